@@ -1,0 +1,1 @@
+//! Site identity and trust: CA, certificates, CSR signing, tokens, grants and TLS configs.

@@ -1,0 +1,1 @@
+//! Links between routers: transports, per-link driver tasks, dialers and the link port.
