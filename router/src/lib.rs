@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`wire`]: versioned, length-prefixed frames; decoders over bytes; no I/O.
-//! - [`link`]: link transports (QUIC, TLS over TCP), the per-link driver, dialers, the link port.
+//! - [`link`]: [`link::Router`]: link transports (QUIC, TLS/TCP + yamux), per-link drivers, dialers, the link port.
 
 pub mod link;
 pub mod wire;

@@ -1,1 +1,284 @@
 //! Links between routers: transports, per-link driver tasks, dialers and the link port.
+//!
+//! A [`Router`] binds the link port (TCP for TLS links and token redemptions, UDP on the same
+//! port number for QUIC links), accepts links from sites we granted, and dials the links it is
+//! given with [`Router::set_links`]. Every link, whatever its transport, is a
+//! [`mux::MuxConnection`]: streams either side may open. The first stream the dialer opens is
+//! the control stream: hello exchange, keepalives, close (frames in [`crate::wire`]). One
+//! driver task per link owns it from hello to close.
+//!
+//! Timings (defaults in [`RouterConfig::new`]):
+//! - keepalive every 1 s, a link is dead after 4 s without any frame (cost: one 13-byte frame
+//!   plus its answer per second per link, each way; a dead peer is noticed within 4 s);
+//! - reconnect backoff starts at 100 ms, doubles, is capped at 5 s, with jitter (each delay is
+//!   drawn from its upper half), so a restarted peer is re-linked within ~5 s of coming back;
+//! - TLS handshake and hello exchange each time out after 10 s;
+//! - `auto` transport: QUIC first, TLS/TCP 250 ms later (or at once if QUIC fails).
+//!
+//! # Layout
+//! - `router`: [`Router`], the public face: start, reconcile dialers, status, revocation.
+//! - [`mux`]: the [`mux::MuxConnection`] trait, [`LinkStream`], yamux over TLS/TCP.
+//! - `quic`: quinn endpoint and connection setup; `MuxConnection` for quinn.
+//! - `tls`: TLS/TCP dial and the inbound TCP port (link vs grant by ALPN).
+//! - `port`: binding TCP and UDP on one port number.
+//! - `handshake`: the hello exchange on the control stream, both sides.
+//! - `driver`: the per-link task: keepalives, liveness, inbound streams, close.
+//! - `dialer`: per-link dial loop, happy eyeballs, backoff, reconciling link specs.
+//! - `table`: the router's table of links and their status.
+//! - `explain`: turning failures into operator-readable refusals or network errors.
+
+mod dialer;
+mod driver;
+mod explain;
+mod handshake;
+pub mod mux;
+mod port;
+mod quic;
+mod router;
+mod table;
+mod tls;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use skiff_certs::SiteId;
+
+use crate::wire::RouterMode;
+
+pub use mux::{LinkStream, StreamReader, StreamWriter};
+pub use router::{IncomingStream, LinkHandle, Router};
+
+/// Default keepalive interval on the control stream.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default time without any frame after which a link is declared dead.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(4);
+
+/// What a router needs to run its links.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// This site's id (its certificates carry it).
+    pub site_id: SiteId,
+    /// This site's name, sent in the hello (for display at peers).
+    pub site_name: String,
+    /// Interior or edge.
+    pub mode: RouterMode,
+    /// The router certificate (PEM, may include a chain) presented on the link port.
+    pub router_cert_pem: String,
+    /// The router certificate's private key (PEM).
+    pub router_key_pem: String,
+    /// This site's CA: inbound link client certificates must chain to it.
+    pub site_ca_pem: String,
+    /// Where to accept links: TCP on this address, UDP (QUIC) on the same port number.
+    /// `None`: no link access (edge, or link access not enabled); the router only dials.
+    pub link_listen: Option<SocketAddr>,
+    /// How often each side sends a keepalive on a link's control stream.
+    pub keepalive_interval: Duration,
+    /// A link with no frame received for this long is closed as dead.
+    pub dead_after: Duration,
+}
+
+impl RouterConfig {
+    /// A configuration with the default timings ([`DEFAULT_KEEPALIVE_INTERVAL`],
+    /// [`DEFAULT_DEAD_AFTER`]) and no link access.
+    pub fn new(
+        site_id: SiteId,
+        site_name: impl Into<String>,
+        mode: RouterMode,
+        router_cert_pem: impl Into<String>,
+        router_key_pem: impl Into<String>,
+        site_ca_pem: impl Into<String>,
+    ) -> Self {
+        RouterConfig {
+            site_id,
+            site_name: site_name.into(),
+            mode,
+            router_cert_pem: router_cert_pem.into(),
+            router_key_pem: router_key_pem.into(),
+            site_ca_pem: site_ca_pem.into(),
+            link_listen: None,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            dead_after: DEFAULT_DEAD_AFTER,
+        }
+    }
+}
+
+/// Decides whether a site that presented a valid link certificate may link to us (it was
+/// granted and is not revoked).
+pub trait InboundPolicy: Send + Sync + 'static {
+    /// `Err(reason)` refuses the link; the reason is shown at the dialing site.
+    fn admit(&self, peer: SiteId) -> Result<(), String>;
+}
+
+/// Serves token redemptions arriving on the link port.
+pub trait GrantHandler: Send + Sync + 'static {
+    /// Called for each TCP connection that negotiated ALPN skiff-grant/1 (token redemption).
+    /// The handler speaks HTTP/1.1 on it.
+    fn serve(
+        &self,
+        stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        peer: SocketAddr,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// Which transport a link may use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tls,
+    /// QUIC first, TLS over TCP if QUIC does not answer quickly (happy eyeballs).
+    Auto,
+}
+
+impl std::str::FromStr for TransportChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quic" => Ok(TransportChoice::Quic),
+            "tls" => Ok(TransportChoice::Tls),
+            "auto" => Ok(TransportChoice::Auto),
+            other => Err(format!(
+                "unknown transport {other:?}: expected quic, tls or auto"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for TransportChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportChoice::Quic => "quic",
+            TransportChoice::Tls => "tls",
+            TransportChoice::Auto => "auto",
+        })
+    }
+}
+
+/// The transport an established link runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC over UDP.
+    Quic,
+    /// TLS over TCP, multiplexed with yamux.
+    Tls,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Quic => "quic",
+            Transport::Tls => "tls",
+        })
+    }
+}
+
+/// An outbound link this router should keep up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// The link's name (unique among this router's outbound links).
+    pub name: String,
+    /// The site we link to; its server certificate must name it.
+    pub peer_site_id: SiteId,
+    /// The peer site's CA (PEM), pinned for this link.
+    pub peer_ca_pem: String,
+    /// `host:port` link endpoints of the peer, tried in order.
+    pub endpoints: Vec<String>,
+    /// Our client certificate for this link (signed by the peer's CA).
+    pub client_cert_pem: String,
+    /// Its private key.
+    pub client_key_pem: String,
+    /// Which transport to use.
+    pub transport: TransportChoice,
+    /// Routing cost of the link.
+    pub cost: u32,
+}
+
+/// Which side made a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// We dial it.
+    Outbound,
+    /// The peer dialed us.
+    Inbound,
+}
+
+/// What a link is doing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum LinkState {
+    /// Dialing or retrying after a network error.
+    Connecting {
+        /// The last attempt's error, if any.
+        last_error: Option<String>,
+    },
+    /// Hellos exchanged; the link carries traffic.
+    Up,
+    /// The peer refused us, or its identity is not the one the link names. Still retried at
+    /// the backoff cap (a revocation may be undone, a peer repaired).
+    Refused {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// One link as shown to operators.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LinkStatus {
+    /// Outbound: the link's name; inbound: `from-<peer site name>`.
+    pub name: String,
+    /// Who dialed.
+    pub direction: Direction,
+    /// The peer's site id (outbound: from the spec; inbound: from its certificate).
+    pub peer_site_id: Option<SiteId>,
+    /// The peer's site name from its hello, once known.
+    pub peer_site_name: Option<String>,
+    /// The transport of the current connection.
+    pub transport: Option<Transport>,
+    /// The remote address of the current (or last tried) connection.
+    pub endpoint: Option<String>,
+    /// Routing cost (inbound links: 1 until the routing protocol says otherwise).
+    pub cost: u32,
+    /// State and its details.
+    #[serde(flatten)]
+    pub state: LinkState,
+    /// When the link entered this state: RFC 3339 UTC, second precision.
+    pub since: String,
+}
+
+/// Why a router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A listening socket could not be bound.
+    #[error(
+        "cannot listen for links on {proto} {addr} (port in use? choose another with --link-port)"
+    )]
+    Bind {
+        /// "TCP" or "UDP".
+        proto: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The router's certificate, key or CA could not be turned into a TLS configuration.
+    #[error("the router's TLS configuration is unusable")]
+    Tls(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The QUIC endpoint could not be created.
+    #[error("cannot start the QUIC endpoint on {addr}")]
+    Quic {
+        /// The UDP address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}

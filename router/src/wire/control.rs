@@ -223,7 +223,11 @@ mod tests {
         // Every strict prefix is incomplete and consumes nothing.
         for cut in 0..total {
             let mut part = BytesMut::from(&buf[..cut]);
-            assert_eq!(ControlFrame::decode(&mut part).unwrap(), None, "cut at {cut}");
+            assert_eq!(
+                ControlFrame::decode(&mut part).unwrap(),
+                None,
+                "cut at {cut}"
+            );
             assert_eq!(part.len(), cut);
         }
         assert_eq!(ControlFrame::decode(&mut buf).unwrap(), Some(f));
@@ -244,7 +248,9 @@ mod tests {
         });
         roundtrip(ControlFrame::Keepalive { id: u64::MAX });
         roundtrip(ControlFrame::KeepaliveAck { id: 3 });
-        roundtrip(ControlFrame::Close { reason: String::new() });
+        roundtrip(ControlFrame::Close {
+            reason: String::new(),
+        });
     }
 
     #[test]

@@ -1,0 +1,501 @@
+//! Outbound links: one dial loop per [`LinkSpec`], happy eyeballs between QUIC and TLS/TCP,
+//! capped exponential backoff with jitter, and reconciling the set of specs.
+//!
+//! A dial loop never gives up: it connects, runs the link until it ends, and reconnects.
+//! Network errors are retried from 100 ms, doubling to a 5 s cap; a refusal (the peer said no,
+//! or its certificate is not the site the link names) is retried at the cap, because a
+//! revocation may be undone or a peer repaired. The delay is drawn from the upper half of the
+//! current step, so routers that lost a common peer do not re-dial in lockstep.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::driver::{Established, LinkCloser, run_link};
+use super::explain::{AttemptError, chain, explain};
+use super::handshake::dial_hello;
+use super::mux::MuxConnection;
+use super::router::Shared;
+use super::table::{EntryId, UpLink, now_rfc3339};
+use super::{Direction, LinkSpec, LinkState, LinkStatus, Transport, TransportChoice, quic, tls};
+
+/// First reconnect delay.
+pub(crate) const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Longest reconnect delay (also the retry interval of a refused link).
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Head start of QUIC over TLS/TCP with `auto`.
+pub(crate) const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
+/// Time limit of one attempt: connect, TLS handshake and hello exchange.
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Capped exponential backoff; jitter is supplied by the caller (`unit` in [0, 1]).
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    step: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff {
+            step: BACKOFF_INITIAL,
+        }
+    }
+
+    /// The next delay: uniformly in the upper half of the current step. Doubles the step.
+    pub(crate) fn next_delay(&mut self, unit: f64) -> Duration {
+        let step = self.step;
+        self.step = (step * 2).min(BACKOFF_CAP);
+        step / 2 + step.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
+    }
+
+    /// After a refusal: wait the cap.
+    pub(crate) fn jump_to_cap(&mut self) {
+        self.step = BACKOFF_CAP;
+    }
+
+    /// After a link was up: start over.
+    pub(crate) fn reset(&mut self) {
+        self.step = BACKOFF_INITIAL;
+    }
+}
+
+fn jitter() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
+}
+
+/// The difference between the running dialers and the desired specs, by name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// New names.
+    pub(crate) start: Vec<LinkSpec>,
+    /// Names no longer wanted.
+    pub(crate) stop: Vec<String>,
+    /// Names whose spec changed.
+    pub(crate) restart: Vec<LinkSpec>,
+}
+
+/// Computes what to start, stop and restart. With duplicate names in `desired`, the last wins.
+pub(crate) fn plan(current: &BTreeMap<String, LinkSpec>, desired: Vec<LinkSpec>) -> Plan {
+    let desired: BTreeMap<String, LinkSpec> =
+        desired.into_iter().map(|s| (s.name.clone(), s)).collect();
+    let mut p = Plan::default();
+    for name in current.keys() {
+        if !desired.contains_key(name) {
+            p.stop.push(name.clone());
+        }
+    }
+    for (name, spec) in desired {
+        match current.get(&name) {
+            None => p.start.push(spec),
+            Some(old) if *old != spec => p.restart.push(spec),
+            Some(_) => {}
+        }
+    }
+    p
+}
+
+/// A dial loop's configuration that does not change between attempts.
+struct DialConfig {
+    tls: Arc<rustls::ClientConfig>,
+    quic: quinn::ClientConfig,
+}
+
+fn dial_config(shared: &Shared, spec: &LinkSpec) -> Result<DialConfig, String> {
+    let tls = skiff_certs::link_client_config(
+        &spec.client_cert_pem,
+        &spec.client_key_pem,
+        &spec.peer_ca_pem,
+        spec.peer_site_id,
+    )
+    .map_err(|e| format!("the link's credentials are unusable: {}", chain(&e)))?;
+    let quic = quic::client_config(tls.clone(), shared.timing)
+        .map_err(|e| format!("the link's TLS configuration cannot be used for QUIC: {e}"))?;
+    Ok(DialConfig { tls, quic })
+}
+
+/// The dial loop of one outbound link; ends when `cancel` fires (link removed, changed, or
+/// router shutdown), after closing the link with a Close frame.
+pub(crate) async fn run_dialer(shared: Arc<Shared>, spec: LinkSpec, cancel: CancellationToken) {
+    let id = shared.table.insert(LinkStatus {
+        name: spec.name.clone(),
+        direction: Direction::Outbound,
+        peer_site_id: Some(spec.peer_site_id),
+        peer_site_name: None,
+        transport: None,
+        endpoint: None,
+        cost: spec.cost,
+        state: LinkState::Connecting { last_error: None },
+        since: now_rfc3339(),
+    });
+    dial_forever(&shared, &spec, &cancel, id).await;
+    shared.table.remove(id);
+}
+
+async fn dial_forever(
+    shared: &Arc<Shared>,
+    spec: &LinkSpec,
+    cancel: &CancellationToken,
+    id: EntryId,
+) {
+    let cfg = match dial_config(shared, spec) {
+        Ok(cfg) => cfg,
+        Err(reason) => {
+            tracing::warn!(%reason, "link cannot be dialed");
+            shared.table.set_state(id, LinkState::Refused { reason });
+            cancel.cancelled().await;
+            return;
+        }
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        let attempt = tokio::select! {
+            () = cancel.cancelled() => return,
+            a = dial_once(shared, spec, &cfg, id) => a,
+        };
+        match attempt {
+            Ok(link) => {
+                let end = run_up_link(shared, spec, cancel, id, link).await;
+                if cancel.is_cancelled() {
+                    return;
+                }
+                tracing::info!(reason = %end, "link down; reconnecting");
+                shared.table.set_state(
+                    id,
+                    LinkState::Connecting {
+                        last_error: Some(end),
+                    },
+                );
+                backoff.reset();
+            }
+            Err(AttemptError::Refused(reason)) => {
+                tracing::warn!(%reason, "link refused; retrying in {} s", BACKOFF_CAP.as_secs());
+                shared.table.set_state(id, LinkState::Refused { reason });
+                backoff.jump_to_cap();
+            }
+            Err(AttemptError::Network(error)) => {
+                tracing::debug!(cause = %error, "link attempt failed");
+                shared.table.set_state(
+                    id,
+                    LinkState::Connecting {
+                        last_error: Some(error),
+                    },
+                );
+            }
+        }
+        let delay = backoff.next_delay(jitter());
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Marks the link up and drives it until it ends; returns why it ended.
+async fn run_up_link(
+    shared: &Arc<Shared>,
+    spec: &LinkSpec,
+    cancel: &CancellationToken,
+    id: EntryId,
+    link: Established,
+) -> String {
+    let closer = LinkCloser::default();
+    let transport = link.transport;
+    let endpoint = link.endpoint.clone();
+    let peer_name = link.peer.site_name.clone();
+    shared.table.set_up(
+        id,
+        UpLink {
+            peer: spec.peer_site_id,
+            conn: link.conn.clone(),
+            closer: closer.clone(),
+        },
+        &peer_name,
+        transport,
+        &endpoint,
+    );
+    tracing::info!(%transport, %endpoint, peer_name = %peer_name, "link up");
+    let run = run_link(
+        link,
+        &spec.name,
+        closer.clone(),
+        shared.timing,
+        shared.sink.clone(),
+    );
+    tokio::pin!(run);
+    let end = tokio::select! {
+        end = &mut run => end,
+        () = cancel.cancelled() => {
+            closer.close(if shared.shutdown.is_cancelled() {
+                "router shutting down"
+            } else {
+                "link removed or changed at the dialing site"
+            });
+            run.await
+        }
+    };
+    end.to_string()
+}
+
+/// One attempt over the spec's endpoints, in order; the first that links wins.
+async fn dial_once(
+    shared: &Arc<Shared>,
+    spec: &LinkSpec,
+    cfg: &DialConfig,
+    id: EntryId,
+) -> Result<Established, AttemptError> {
+    let mut errors: Vec<AttemptError> = Vec::new();
+    for endpoint in &spec.endpoints {
+        shared.table.set_endpoint(id, Some(endpoint.clone()));
+        let addr = match resolve(endpoint).await {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let result = match spec.transport {
+            TransportChoice::Quic => attempt(shared, spec, cfg, Transport::Quic, addr).await,
+            TransportChoice::Tls => attempt(shared, spec, cfg, Transport::Tls, addr).await,
+            TransportChoice::Auto => {
+                happy_eyeballs(
+                    attempt(shared, spec, cfg, Transport::Quic, addr),
+                    attempt(shared, spec, cfg, Transport::Tls, addr),
+                    HAPPY_EYEBALLS_DELAY,
+                )
+                .await
+            }
+        };
+        match result {
+            Ok(link) => return Ok(link),
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(summarize(errors))
+}
+
+/// One error for several: a refusal wins (it needs an operator); otherwise all network errors
+/// in one line.
+fn summarize(errors: Vec<AttemptError>) -> AttemptError {
+    if let Some(refusal) = errors.iter().find(|e| e.is_refusal()) {
+        return refusal.clone();
+    }
+    match errors.len() {
+        0 => AttemptError::Network("the link has no endpoints".into()),
+        1 => errors.into_iter().next().unwrap(),
+        _ => AttemptError::Network(
+            errors
+                .iter()
+                .map(AttemptError::text)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
+}
+
+async fn resolve(endpoint: &str) -> Result<SocketAddr, AttemptError> {
+    let mut addrs = tokio::net::lookup_host(endpoint).await.map_err(|e| {
+        AttemptError::Network(format!("cannot resolve link endpoint {endpoint:?}: {e}"))
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| AttemptError::Network(format!("{endpoint:?} resolves to no address")))
+}
+
+/// Connect, handshake and hello over one transport, within [`ATTEMPT_TIMEOUT`].
+async fn attempt(
+    shared: &Arc<Shared>,
+    spec: &LinkSpec,
+    cfg: &DialConfig,
+    transport: Transport,
+    addr: SocketAddr,
+) -> Result<Established, AttemptError> {
+    let endpoint = addr.to_string();
+    let label = format!("{endpoint} ({transport})");
+    let work = async {
+        let conn: Arc<dyn MuxConnection> = match transport {
+            Transport::Quic => Arc::new(
+                shared
+                    .quic_dialers
+                    .connect(cfg.quic.clone(), addr, &spec.peer_site_id.server_name())
+                    .await
+                    .map_err(|e| explain(&*e, &label, spec.peer_site_id))?,
+            ),
+            Transport::Tls => Arc::new(
+                tls::dial(cfg.tls.clone(), addr, spec.peer_site_id)
+                    .await
+                    .map_err(|e| explain(&*e, &label, spec.peer_site_id))?,
+            ),
+        };
+        match dial_hello(&*conn, &shared.hello, spec.peer_site_id, &label).await {
+            Ok((control, peer)) => Ok(Established {
+                conn,
+                control,
+                peer,
+                transport,
+                endpoint: endpoint.clone(),
+            }),
+            Err(e) => {
+                conn.close("hello failed");
+                Err(e)
+            }
+        }
+    };
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => Err(AttemptError::Network(format!(
+            "{label}: no link within {} s",
+            ATTEMPT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+type Attempt<'a> = Pin<Box<dyn Future<Output = Result<Established, AttemptError>> + Send + 'a>>;
+
+/// Races `first` (QUIC) against `second` (TLS), which starts after `delay` or as soon as
+/// `first` fails with a network error. The first link to complete its hello wins; the other
+/// attempt is dropped (its connection closes). A refusal from `first` is final: the peer would
+/// refuse the same site over the other transport too.
+pub(crate) async fn happy_eyeballs<'a>(
+    first: impl Future<Output = Result<Established, AttemptError>> + Send + 'a,
+    second: impl Future<Output = Result<Established, AttemptError>> + Send + 'a,
+    delay: Duration,
+) -> Result<Established, AttemptError> {
+    let mut first: Attempt<'a> = Box::pin(first);
+    let first_err = tokio::select! {
+        r = &mut first => match r {
+            Ok(link) => return Ok(link),
+            Err(e) if e.is_refusal() => return Err(e),
+            Err(e) => Some(e),
+        },
+        () = tokio::time::sleep(delay) => None,
+    };
+    let mut second: Attempt<'a> = Box::pin(second);
+    let Some(first_err) = first_err else {
+        // Both running: take the first success; if one fails, wait for the other.
+        let (err, rest) = tokio::select! {
+            r = &mut first => match r {
+                Ok(link) => return Ok(link),
+                Err(e) => (e, second),
+            },
+            r = &mut second => match r {
+                Ok(link) => return Ok(link),
+                Err(e) => (e, first),
+            },
+        };
+        return match rest.await {
+            Ok(link) => Ok(link),
+            Err(other) => Err(summarize(vec![err, other])),
+        };
+    };
+    second.await.map_err(|e| summarize(vec![first_err, e]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_certs::SiteId;
+
+    fn spec(name: &str, cost: u32) -> LinkSpec {
+        LinkSpec {
+            name: name.into(),
+            peer_site_id: SiteId::from_bytes([1; 16]),
+            peer_ca_pem: String::new(),
+            endpoints: vec!["h:1".into()],
+            client_cert_pem: String::new(),
+            client_key_pem: String::new(),
+            transport: TransportChoice::Auto,
+            cost,
+        }
+    }
+
+    #[test]
+    fn plan_starts_stops_and_restarts_by_name() {
+        let current: BTreeMap<String, LinkSpec> = [spec("a", 1), spec("b", 1), spec("c", 1)]
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let p = plan(&current, vec![spec("a", 1), spec("b", 5), spec("d", 1)]);
+        assert_eq!(p.start, vec![spec("d", 1)]);
+        assert_eq!(p.stop, vec!["c".to_string()]);
+        assert_eq!(p.restart, vec![spec("b", 5)]);
+        // Applying the same desired state again changes nothing.
+        let after: BTreeMap<String, LinkSpec> = [spec("a", 1), spec("b", 5), spec("d", 1)]
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        assert_eq!(
+            plan(&after, vec![spec("a", 1), spec("b", 5), spec("d", 1)]),
+            Plan::default()
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
+        let mut b = Backoff::new();
+        assert_eq!(b.next_delay(0.0), Duration::from_millis(50));
+        assert_eq!(b.next_delay(1.0), Duration::from_millis(200));
+        let mut last = Duration::ZERO;
+        for _ in 0..10 {
+            last = b.next_delay(1.0);
+        }
+        assert_eq!(last, BACKOFF_CAP);
+        assert_eq!(b.next_delay(0.0), BACKOFF_CAP / 2);
+        b.reset();
+        assert_eq!(b.next_delay(1.0), BACKOFF_INITIAL);
+        b.jump_to_cap();
+        assert!(b.next_delay(0.3) >= BACKOFF_CAP / 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn happy_eyeballs_starts_the_second_after_the_delay_or_on_failure() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // First never finishes: second starts after the delay and its error is reported.
+        let started = AtomicBool::new(false);
+        let t0 = tokio::time::Instant::now();
+        let r = happy_eyeballs(
+            async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Err(AttemptError::Network("quic".into()))
+            },
+            async {
+                started.store(true, Ordering::SeqCst);
+                Err(AttemptError::Network("tls".into()))
+            },
+            Duration::from_millis(250),
+        )
+        .await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(3600));
+        assert!(started.load(Ordering::SeqCst));
+        assert_eq!(r.err().unwrap().text(), "tls; quic");
+
+        // First fails at once: second starts without waiting.
+        let t0 = tokio::time::Instant::now();
+        let r = happy_eyeballs(
+            async { Err(AttemptError::Network("quic".into())) },
+            async { Err(AttemptError::Network("tls".into())) },
+            Duration::from_millis(250),
+        )
+        .await;
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!(r.err().unwrap().text(), "quic; tls");
+
+        // A refusal from the first is final.
+        let r = happy_eyeballs(
+            async { Err(AttemptError::Refused("no".into())) },
+            async { panic!("second attempt started after a refusal") },
+            Duration::from_millis(250),
+        )
+        .await;
+        assert_eq!(r.err().unwrap(), AttemptError::Refused("no".into()));
+    }
+}

@@ -1,0 +1,247 @@
+//! The per-link driver task: owns an established link from hello to close.
+//!
+//! It loops over four event sources: frames on the control stream (keepalives are answered,
+//! a `Close` ends the link), streams the peer opens (handed to the router's incoming-stream
+//! channel), the liveness timer ([`Liveness`], a clock-free state machine), and a request to
+//! close ([`LinkCloser`]: configuration change, revocation, shutdown).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skiff_certs::SiteId;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::handshake::{ControlStream, LINGER, PeerHello};
+use super::mux::{LinkStream, MuxConnection};
+use super::{IncomingStream, Transport};
+use crate::wire::ControlFrame;
+
+/// What the liveness timer wants done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LivenessAction {
+    /// Send a keepalive with this id.
+    Probe(u64),
+    /// Nothing heard for `dead_after`: the link is dead.
+    Dead,
+}
+
+/// Keepalive and dead-peer detection, without a clock: feed it `now`.
+///
+/// Call [`Liveness::on_frame`] for every frame received, sleep until
+/// [`Liveness::next_timeout`], then call [`Liveness::poll`] and act on what it returns.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    interval: Duration,
+    dead_after: Duration,
+    last_heard: Instant,
+    next_probe: Instant,
+    next_id: u64,
+}
+
+impl Liveness {
+    pub(crate) fn new(now: Instant, interval: Duration, dead_after: Duration) -> Self {
+        Liveness {
+            interval,
+            dead_after,
+            last_heard: now,
+            next_probe: now + interval,
+            next_id: 0,
+        }
+    }
+
+    /// A frame arrived from the peer.
+    pub(crate) fn on_frame(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// When [`Liveness::poll`] has something to do next.
+    pub(crate) fn next_timeout(&self) -> Instant {
+        self.next_probe.min(self.last_heard + self.dead_after)
+    }
+
+    /// The due action at `now`, if any.
+    pub(crate) fn poll(&mut self, now: Instant) -> Option<LivenessAction> {
+        if now >= self.last_heard + self.dead_after {
+            return Some(LivenessAction::Dead);
+        }
+        if now >= self.next_probe {
+            self.next_probe = now + self.interval;
+            self.next_id += 1;
+            return Some(LivenessAction::Probe(self.next_id));
+        }
+        None
+    }
+}
+
+/// Asks a link's driver to close the link, with a reason sent to the peer.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LinkCloser {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+}
+
+impl LinkCloser {
+    /// Requests the close; the first reason given wins.
+    pub(crate) fn close(&self, reason: &str) {
+        self.reason
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| reason.to_owned());
+        self.token.cancel();
+    }
+
+    async fn requested(&self) -> String {
+        self.token.cancelled().await;
+        self.reason.lock().unwrap().clone().unwrap_or_default()
+    }
+}
+
+/// How a link ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LinkEnd {
+    /// We closed it on request.
+    ClosedByUs(String),
+    /// The peer sent a `Close` frame.
+    ClosedByPeer(String),
+    /// No frame for `dead_after`.
+    Dead(Duration),
+    /// The connection failed (reset, transport error, protocol violation).
+    Lost(String),
+}
+
+impl std::fmt::Display for LinkEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkEnd::ClosedByUs(r) => write!(f, "closed by this router: {r}"),
+            LinkEnd::ClosedByPeer(r) => write!(f, "closed by the peer: {r}"),
+            LinkEnd::Dead(d) => write!(f, "peer silent for {} s: link declared dead", d.as_secs()),
+            LinkEnd::Lost(r) => write!(f, "connection lost: {r}"),
+        }
+    }
+}
+
+/// A link whose hellos have been exchanged.
+pub(crate) struct Established {
+    pub(crate) conn: Arc<dyn MuxConnection>,
+    pub(crate) control: ControlStream,
+    pub(crate) peer: PeerHello,
+    pub(crate) transport: Transport,
+    pub(crate) endpoint: String,
+}
+
+/// Timings of the driver.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) dead_after: Duration,
+}
+
+/// Where streams opened by peers go.
+#[derive(Clone)]
+pub(crate) struct IncomingSink {
+    pub(crate) tx: mpsc::Sender<IncomingStream>,
+}
+
+impl IncomingSink {
+    fn deliver(&self, peer: SiteId, link: &str, stream: LinkStream) {
+        let incoming = IncomingStream {
+            peer,
+            link: link.to_owned(),
+            stream,
+        };
+        if let Err(e) = self.tx.try_send(incoming) {
+            // Dropping the stream resets it; the peer sees the failure at once.
+            tracing::warn!(cause = %e, "stream from peer dropped: nobody is accepting streams");
+        }
+    }
+}
+
+/// Runs an established link until it ends. The caller has put it in the link table.
+pub(crate) async fn run_link(
+    link: Established,
+    name: &str,
+    closer: LinkCloser,
+    timing: Timing,
+    sink: IncomingSink,
+) -> LinkEnd {
+    let Established {
+        conn,
+        mut control,
+        peer,
+        ..
+    } = link;
+    let mut live = Liveness::new(Instant::now(), timing.keepalive_interval, timing.dead_after);
+    let end = loop {
+        let deadline = live.next_timeout();
+        tokio::select! {
+            biased;
+            reason = closer.requested() => {
+                let _ = control.send(&ControlFrame::Close { reason: reason.clone() }).await;
+                control.finish().await;
+                // Give the Close frame time to arrive: the peer hangs up when it reads it.
+                let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+                break LinkEnd::ClosedByUs(reason);
+            }
+            frame = control.recv() => {
+                live.on_frame(Instant::now());
+                match frame {
+                    Ok(Some(ControlFrame::Keepalive { id })) => {
+                        if let Err(e) = control.send(&ControlFrame::KeepaliveAck { id }).await {
+                            break LinkEnd::Lost(e.to_string());
+                        }
+                    }
+                    Ok(Some(ControlFrame::KeepaliveAck { .. })) => {}
+                    Ok(Some(ControlFrame::Close { reason })) => break LinkEnd::ClosedByPeer(reason),
+                    Ok(Some(other)) => {
+                        break LinkEnd::Lost(format!("unexpected control frame {other:?}"));
+                    }
+                    Ok(None) => break LinkEnd::Lost("the peer ended the control stream".into()),
+                    Err(e) => break LinkEnd::Lost(e.to_string()),
+                }
+            }
+            stream = conn.accept_stream() => match stream {
+                Ok(stream) => sink.deliver(peer.site_id, name, stream),
+                Err(e) => break LinkEnd::Lost(e.to_string()),
+            },
+            () = tokio::time::sleep_until(deadline) => match live.poll(Instant::now()) {
+                Some(LivenessAction::Probe(id)) => {
+                    if let Err(e) = control.send(&ControlFrame::Keepalive { id }).await {
+                        break LinkEnd::Lost(e.to_string());
+                    }
+                }
+                Some(LivenessAction::Dead) => break LinkEnd::Dead(timing.dead_after),
+                None => {}
+            },
+        }
+    };
+    conn.close(&end.to_string());
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_every_interval_and_dies_after_silence() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut live = Liveness::new(t0, s, 4 * s);
+        assert_eq!(live.next_timeout(), t0 + s);
+        assert_eq!(live.poll(t0), None);
+        assert_eq!(live.poll(t0 + s), Some(LivenessAction::Probe(1)));
+        assert_eq!(live.poll(t0 + s), None);
+        assert_eq!(live.next_timeout(), t0 + 2 * s);
+        // An answer keeps it alive past the original deadline.
+        live.on_frame(t0 + 3 * s);
+        assert_eq!(live.poll(t0 + 3 * s), Some(LivenessAction::Probe(2)));
+        assert_eq!(
+            live.poll(t0 + 4 * s + s / 2),
+            Some(LivenessAction::Probe(3))
+        );
+        assert_eq!(live.next_timeout(), t0 + 5 * s + s / 2);
+        assert_eq!(live.poll(t0 + 7 * s), Some(LivenessAction::Dead));
+    }
+}

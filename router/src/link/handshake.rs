@@ -1,0 +1,307 @@
+//! The hello exchange on a link's control stream, dialer and acceptor side.
+//!
+//! The dialer opens the control stream (the first stream of the link) and sends its hello. The
+//! acceptor checks, in this order: the major protocol version, that the hello names the site
+//! of the client certificate, and the [`InboundPolicy`]. It answers with its own hello, or with
+//! a `Refused` frame whose reason the dialer shows to its operator. The checks are the pure
+//! function [`judge_hello`].
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use skiff_certs::SiteId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::InboundPolicy;
+use super::explain::{AttemptError, explain};
+use super::mux::{LinkStream, MuxConnection, StreamReader, StreamWriter};
+use crate::wire::{ControlFrame, PROTOCOL_VERSION, ProtocolVersion, RouterMode};
+
+/// How long a refusing side waits for the other to hang up after its last frame, so the
+/// frame is delivered before the connection is torn down (QUIC drops unsent stream data on
+/// close).
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
+
+/// The framed control stream of a link.
+pub(crate) struct ControlStream {
+    reader: StreamReader,
+    writer: StreamWriter,
+    buf: BytesMut,
+}
+
+impl ControlStream {
+    pub(crate) fn new(stream: LinkStream) -> Self {
+        ControlStream {
+            reader: stream.reader,
+            writer: stream.writer,
+            buf: BytesMut::with_capacity(256),
+        }
+    }
+
+    /// Writes and flushes one frame.
+    pub(crate) async fn send(&mut self, frame: &ControlFrame) -> io::Result<()> {
+        let mut out = BytesMut::new();
+        frame.encode(&mut out);
+        self.writer.write_all(&out).await?;
+        self.writer.flush().await
+    }
+
+    /// Half-closes our direction.
+    pub(crate) async fn finish(&mut self) {
+        let _ = self.writer.shutdown().await;
+    }
+
+    /// Reads the next frame; `Ok(None)` when the peer finished the stream cleanly.
+    /// Cancel-safe: a partial frame stays buffered for the next call.
+    pub(crate) async fn recv(&mut self) -> io::Result<Option<ControlFrame>> {
+        loop {
+            if let Some(frame) = ControlFrame::decode(&mut self.buf)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+            {
+                return Ok(Some(frame));
+            }
+            if self.reader.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+}
+
+/// What a router says about itself in its hello.
+#[derive(Clone, Debug)]
+pub(crate) struct LocalHello {
+    pub(crate) site_id: SiteId,
+    pub(crate) site_name: String,
+    pub(crate) mode: RouterMode,
+    /// Always [`PROTOCOL_VERSION`] except in tests of version mismatch.
+    pub(crate) version: ProtocolVersion,
+}
+
+impl LocalHello {
+    fn frame(&self) -> ControlFrame {
+        ControlFrame::Hello {
+            version: self.version,
+            site_id: *self.site_id.as_bytes(),
+            site_name: self.site_name.clone(),
+            mode: self.mode,
+        }
+    }
+}
+
+/// What the peer said about itself.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerHello {
+    pub(crate) site_id: SiteId,
+    pub(crate) site_name: String,
+    #[allow(dead_code)] // read by the routing protocol (next issue)
+    pub(crate) mode: RouterMode,
+}
+
+fn version_mismatch(peer: &str, theirs: ProtocolVersion, ours: ProtocolVersion) -> String {
+    format!(
+        "{peer} speaks link protocol {theirs}, this router {ours}; upgrade the older router so \
+         both speak link protocol {}.x",
+        theirs.major.max(ours.major)
+    )
+}
+
+/// The acceptor's decision on a dialer's hello. `cert_site` is the site id of the client
+/// certificate the dialer presented. `Err` holds the reason sent in the `Refused` frame.
+pub(crate) fn judge_hello(
+    version: ProtocolVersion,
+    hello_site: SiteId,
+    cert_site: SiteId,
+    policy: &dyn InboundPolicy,
+) -> Result<(), String> {
+    if version.major != PROTOCOL_VERSION.major {
+        return Err(version_mismatch(
+            "the dialing router",
+            version,
+            PROTOCOL_VERSION,
+        ));
+    }
+    if hello_site != cert_site {
+        return Err(format!(
+            "the hello names site {hello_site} but the link certificate is for site {cert_site}"
+        ));
+    }
+    policy.admit(cert_site)
+}
+
+fn protocol_error(endpoint: &str, what: &str) -> AttemptError {
+    AttemptError::Network(format!("peer {endpoint} broke the link protocol: {what}"))
+}
+
+/// Dialer side: opens the control stream, sends our hello, reads the answer.
+pub(crate) async fn dial_hello(
+    conn: &dyn MuxConnection,
+    local: &LocalHello,
+    expected: SiteId,
+    endpoint: &str,
+) -> Result<(ControlStream, PeerHello), AttemptError> {
+    let io_err = |e: io::Error| explain(&e, endpoint, expected);
+    let mut control = ControlStream::new(conn.open_stream().await.map_err(io_err)?);
+    control.send(&local.frame()).await.map_err(io_err)?;
+    let answer = match control.recv().await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => {
+            return Err(AttemptError::Network(format!(
+                "peer {endpoint} hung up during the hello exchange"
+            )));
+        }
+        Err(e) => {
+            // A peer that refused at the transport level shows up here (QUIC close reason,
+            // TLS alert about our certificate).
+            return Err(io_err(e));
+        }
+    };
+    match answer {
+        ControlFrame::Hello {
+            version,
+            site_id,
+            site_name,
+            mode,
+        } => {
+            let site_id = SiteId::from_bytes(site_id);
+            if version.major != local.version.major {
+                let reason = version_mismatch(&format!("peer {endpoint}"), version, local.version);
+                let _ = control
+                    .send(&ControlFrame::Close {
+                        reason: reason.clone(),
+                    })
+                    .await;
+                return Err(AttemptError::Refused(reason));
+            }
+            if site_id != expected {
+                return Err(AttemptError::Refused(format!(
+                    "peer {endpoint} says it is site {site_id}, but the link names site {expected}"
+                )));
+            }
+            Ok((
+                control,
+                PeerHello {
+                    site_id,
+                    site_name,
+                    mode,
+                },
+            ))
+        }
+        ControlFrame::Refused { version, reason } => {
+            if version.major != local.version.major {
+                Err(AttemptError::Refused(version_mismatch(
+                    &format!("peer {endpoint}"),
+                    version,
+                    local.version,
+                )))
+            } else {
+                Err(AttemptError::Refused(format!(
+                    "peer {endpoint} refused the link: {reason}"
+                )))
+            }
+        }
+        other => Err(protocol_error(
+            endpoint,
+            &format!("expected a hello, got {other:?}"),
+        )),
+    }
+}
+
+/// Acceptor side: takes the control stream, judges the hello, answers. `Err` is the reason
+/// the link was not established, for the log; a refusal has been sent to the peer by then.
+pub(crate) async fn accept_hello(
+    conn: &dyn MuxConnection,
+    local: &LocalHello,
+    cert_site: SiteId,
+    policy: &dyn InboundPolicy,
+) -> Result<(ControlStream, PeerHello), String> {
+    let stream = conn
+        .accept_stream()
+        .await
+        .map_err(|e| format!("no control stream: {e}"))?;
+    let mut control = ControlStream::new(stream);
+    let frame = control
+        .recv()
+        .await
+        .map_err(|e| format!("reading the hello failed: {e}"))?
+        .ok_or("the peer hung up before its hello")?;
+    let ControlFrame::Hello {
+        version,
+        site_id,
+        site_name,
+        mode,
+    } = frame
+    else {
+        return Err(format!("expected a hello, got {frame:?}"));
+    };
+    let hello_site = SiteId::from_bytes(site_id);
+    if let Err(reason) = judge_hello(version, hello_site, cert_site, policy) {
+        let refused = ControlFrame::Refused {
+            version: PROTOCOL_VERSION,
+            reason: reason.clone(),
+        };
+        if control.send(&refused).await.is_ok() {
+            control.finish().await;
+            // Let the dialer read the refusal and hang up first.
+            let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+        }
+        return Err(reason);
+    }
+    control
+        .send(&local.frame())
+        .await
+        .map_err(|e| format!("sending our hello failed: {e}"))?;
+    Ok((
+        control,
+        PeerHello {
+            site_id: cert_site,
+            site_name,
+            mode,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Deny;
+    impl InboundPolicy for Deny {
+        fn admit(&self, peer: SiteId) -> Result<(), String> {
+            Err(format!("site {peer} was revoked"))
+        }
+    }
+    struct Allow;
+    impl InboundPolicy for Allow {
+        fn admit(&self, _: SiteId) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn judge_checks_version_then_identity_then_policy() {
+        let a = SiteId::from_bytes([1; 16]);
+        let b = SiteId::from_bytes([2; 16]);
+        let v2 = ProtocolVersion { major: 2, minor: 0 };
+        assert_eq!(
+            judge_hello(v2, b, a, &Allow).unwrap_err(),
+            "the dialing router speaks link protocol 2.0, this router 1.0; upgrade the older \
+             router so both speak link protocol 2.x"
+        );
+        assert!(
+            judge_hello(PROTOCOL_VERSION, b, a, &Allow)
+                .unwrap_err()
+                .contains("link certificate is for site 0101")
+        );
+        assert_eq!(
+            judge_hello(PROTOCOL_VERSION, a, a, &Deny).unwrap_err(),
+            format!("site {a} was revoked")
+        );
+        let newer_minor = ProtocolVersion { major: 1, minor: 7 };
+        assert_eq!(judge_hello(newer_minor, a, a, &Allow), Ok(()));
+    }
+}

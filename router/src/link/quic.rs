@@ -1,0 +1,188 @@
+//! QUIC links (quinn): endpoint and transport configuration, dialing, and
+//! [`MuxConnection`] for a quinn connection.
+//!
+//! The link port's UDP socket carries one quinn endpoint that accepts links (ALPN
+//! skiff-link/1 only; token redemption is TCP-only). Dialing uses a separate client endpoint
+//! per address family on an ephemeral port, made on first use, so a router without link access
+//! (an edge) can dial and dialing does not depend on the listen address.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tokio_util::task::TaskTracker;
+
+use super::driver::Timing;
+use super::mux::{LinkStream, MuxConnection};
+
+/// Concurrent streams a peer may open on one QUIC link.
+const MAX_STREAMS: u32 = 1024;
+
+/// Transport parameters of link connections: quinn's own keepalive and idle timeout back up
+/// the control-stream keepalive (they also keep NAT bindings warm).
+pub(crate) fn transport_config(timing: Timing) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(timing.keepalive_interval));
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(timing.dead_after).ok());
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    Arc::new(t)
+}
+
+/// Server side of the link port's UDP socket.
+pub(crate) fn server_config(
+    tls: Arc<rustls::ServerConfig>,
+    timing: Timing,
+) -> Result<quinn::ServerConfig, quinn::crypto::rustls::NoInitialCipherSuite> {
+    let crypto = QuicServerConfig::try_from(tls)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(transport_config(timing));
+    Ok(cfg)
+}
+
+/// Client side of one link.
+pub(crate) fn client_config(
+    tls: Arc<rustls::ClientConfig>,
+    timing: Timing,
+) -> Result<quinn::ClientConfig, quinn::crypto::rustls::NoInitialCipherSuite> {
+    let crypto = QuicClientConfig::try_from(tls)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport_config(timing));
+    Ok(cfg)
+}
+
+/// quinn's tokio runtime, with every task quinn spawns (endpoint and connection drivers)
+/// tracked, so shutdown can wait until the UDP sockets are really closed and a restarted
+/// router can bind the same port at once.
+#[derive(Debug)]
+pub(crate) struct TrackedRuntime {
+    pub(crate) tasks: TaskTracker,
+}
+
+impl quinn::Runtime for TrackedRuntime {
+    fn new_timer(&self, i: std::time::Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {
+        quinn::TokioRuntime.new_timer(i)
+    }
+
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        self.tasks.spawn(future);
+    }
+
+    fn wrap_udp_socket(
+        &self,
+        t: std::net::UdpSocket,
+    ) -> io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+        quinn::TokioRuntime.wrap_udp_socket(t)
+    }
+}
+
+/// Creates an endpoint on an already bound UDP socket; `cfg` makes it accept connections.
+pub(crate) fn endpoint(
+    socket: std::net::UdpSocket,
+    cfg: Option<quinn::ServerConfig>,
+    runtime: Arc<TrackedRuntime>,
+) -> io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), cfg, socket, runtime)
+}
+
+/// Closes an endpoint and waits (bounded) for its connections to drain.
+pub(crate) async fn close_endpoint(ep: quinn::Endpoint) {
+    ep.close(0u32.into(), b"router shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+}
+
+/// Client endpoints for dialing, one per address family, made on first use.
+pub(crate) struct QuicDialers {
+    runtime: Arc<TrackedRuntime>,
+    v4: Mutex<Option<quinn::Endpoint>>,
+    v6: Mutex<Option<quinn::Endpoint>>,
+}
+
+impl QuicDialers {
+    pub(crate) fn new(runtime: Arc<TrackedRuntime>) -> Self {
+        QuicDialers {
+            runtime,
+            v4: Mutex::default(),
+            v6: Mutex::default(),
+        }
+    }
+
+    fn endpoint_for(&self, peer: SocketAddr) -> io::Result<quinn::Endpoint> {
+        let (slot, bind): (_, SocketAddr) = if peer.is_ipv4() {
+            (&self.v4, "0.0.0.0:0".parse().unwrap())
+        } else {
+            (&self.v6, "[::]:0".parse().unwrap())
+        };
+        let mut g = slot.lock().unwrap();
+        if let Some(ep) = g.as_ref() {
+            return Ok(ep.clone());
+        }
+        let ep = endpoint(std::net::UdpSocket::bind(bind)?, None, self.runtime.clone())?;
+        *g = Some(ep.clone());
+        Ok(ep)
+    }
+
+    /// Dials `peer`, sending `server_name` as SNI; returns once the QUIC handshake is done.
+    pub(crate) async fn connect(
+        &self,
+        cfg: quinn::ClientConfig,
+        peer: SocketAddr,
+        server_name: &str,
+    ) -> Result<QuicConnection, Box<dyn std::error::Error + Send + Sync>> {
+        let ep = self.endpoint_for(peer)?;
+        let conn = ep.connect_with(cfg, peer, server_name)?.await?;
+        Ok(QuicConnection(conn))
+    }
+
+    /// Closes the dialing endpoints and waits (bounded) for their connections to drain.
+    pub(crate) async fn close(&self) {
+        let eps: Vec<quinn::Endpoint> = [&self.v4, &self.v6]
+            .into_iter()
+            .filter_map(|s| s.lock().unwrap().take())
+            .collect();
+        for ep in eps {
+            close_endpoint(ep).await;
+        }
+    }
+}
+
+/// A QUIC link connection.
+pub(crate) struct QuicConnection(pub(crate) quinn::Connection);
+
+fn link_stream((send, recv): (quinn::SendStream, quinn::RecvStream)) -> LinkStream {
+    LinkStream {
+        reader: Box::new(recv),
+        writer: Box::new(send),
+    }
+}
+
+impl MuxConnection for QuicConnection {
+    fn open_stream(&self) -> BoxFuture<'_, io::Result<LinkStream>> {
+        Box::pin(async move {
+            let pair = self.0.open_bi().await.map_err(io::Error::other)?;
+            Ok(link_stream(pair))
+        })
+    }
+
+    fn accept_stream(&self) -> BoxFuture<'_, io::Result<LinkStream>> {
+        Box::pin(async move {
+            let pair = self.0.accept_bi().await.map_err(io::Error::other)?;
+            Ok(link_stream(pair))
+        })
+    }
+
+    fn close(&self, reason: &str) {
+        self.0.close(0u32.into(), reason.as_bytes());
+    }
+
+    fn closed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.0.closed().await;
+        })
+    }
+}

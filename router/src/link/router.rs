@@ -1,0 +1,456 @@
+//! [`Router`]: starts the link port, reconciles dialers, reports link status, closes links of
+//! revoked sites, and hands out links (to open streams) and streams peers opened.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skiff_certs::{ALPN_GRANT, ALPN_LINK, SiteId};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::dialer::{plan, run_dialer};
+use super::driver::{IncomingSink, LinkCloser, Timing, run_link};
+use super::handshake::{LocalHello, accept_hello};
+use super::mux::{LinkStream, MuxConnection};
+use super::quic::{self, QuicConnection, QuicDialers, TrackedRuntime};
+use super::table::{LinkTable, UpLink, now_rfc3339};
+use super::{
+    Direction, GrantHandler, InboundPolicy, LinkSpec, LinkState, LinkStatus, RouterConfig,
+    RouterError, Transport, port, tls,
+};
+use crate::wire::PROTOCOL_VERSION;
+
+/// Streams opened by peers that wait for [`Router::take_incoming`]'s receiver; more are reset.
+const INCOMING_QUEUE: usize = 1024;
+/// How long [`Router::shutdown`] waits for links to close before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Cost shown for inbound links (the routing protocol learns the real one from the dialer).
+const INBOUND_COST: u32 = 1;
+
+/// State shared by the router's tasks.
+pub(crate) struct Shared {
+    pub(crate) hello: LocalHello,
+    pub(crate) timing: Timing,
+    pub(crate) policy: Arc<dyn InboundPolicy>,
+    pub(crate) grants: Option<Arc<dyn GrantHandler>>,
+    pub(crate) table: LinkTable,
+    pub(crate) sink: IncomingSink,
+    pub(crate) quic_dialers: QuicDialers,
+    pub(crate) shutdown: CancellationToken,
+    /// Our tasks: accept loops, dialers, inbound links.
+    pub(crate) tasks: TaskTracker,
+    /// quinn's endpoint and connection drivers.
+    pub(crate) quinn_tasks: TaskTracker,
+}
+
+/// A stream a peer opened on a link (not the control stream).
+#[derive(Debug)]
+pub struct IncomingStream {
+    /// The site at the other end of the link.
+    pub peer: SiteId,
+    /// The link's name as in [`LinkStatus::name`].
+    pub link: String,
+    /// The stream.
+    pub stream: LinkStream,
+}
+
+/// A link that is up, for opening streams to the peer.
+#[derive(Clone)]
+pub struct LinkHandle {
+    peer: SiteId,
+    name: String,
+    transport: Transport,
+    conn: Arc<dyn MuxConnection>,
+}
+
+impl std::fmt::Debug for LinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkHandle")
+            .field("peer", &self.peer)
+            .field("name", &self.name)
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+impl LinkHandle {
+    /// Opens a stream to the peer; it arrives there through [`Router::take_incoming`].
+    pub async fn open_stream(&self) -> io::Result<LinkStream> {
+        self.conn.open_stream().await
+    }
+
+    /// The site at the other end.
+    pub fn peer(&self) -> SiteId {
+        self.peer
+    }
+
+    /// The link's name as in [`LinkStatus::name`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The link's transport.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+}
+
+struct Dialer {
+    spec: LinkSpec,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The link layer of one site's router.
+pub struct Router {
+    shared: Arc<Shared>,
+    link_addr: Option<SocketAddr>,
+    quic_server: Option<quinn::Endpoint>,
+    dialers: Mutex<BTreeMap<String, Dialer>>,
+    incoming: Mutex<Option<mpsc::Receiver<IncomingStream>>>,
+}
+
+impl Router {
+    /// Binds the link port (if `cfg.link_listen` is set) and starts accepting links.
+    pub async fn start(
+        cfg: RouterConfig,
+        policy: Arc<dyn InboundPolicy>,
+        grants: Option<Arc<dyn GrantHandler>>,
+    ) -> Result<Router, RouterError> {
+        Self::start_with_hello(cfg, policy, grants, PROTOCOL_VERSION).await
+    }
+
+    /// [`Router::start`] speaking `version` in hellos (tests of version mismatch).
+    pub(crate) async fn start_with_hello(
+        cfg: RouterConfig,
+        policy: Arc<dyn InboundPolicy>,
+        grants: Option<Arc<dyn GrantHandler>>,
+        version: crate::wire::ProtocolVersion,
+    ) -> Result<Router, RouterError> {
+        let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        let quinn_runtime = Arc::new(TrackedRuntime {
+            tasks: TaskTracker::new(),
+        });
+        let timing = Timing {
+            keepalive_interval: cfg.keepalive_interval,
+            dead_after: cfg.dead_after,
+        };
+        let shared = Arc::new(Shared {
+            hello: LocalHello {
+                site_id: cfg.site_id,
+                site_name: cfg.site_name.clone(),
+                mode: cfg.mode,
+                version,
+            },
+            timing,
+            policy,
+            grants,
+            table: LinkTable::default(),
+            sink: IncomingSink { tx },
+            quic_dialers: QuicDialers::new(quinn_runtime.clone()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            quinn_tasks: quinn_runtime.tasks.clone(),
+        });
+        let mut link_addr = None;
+        let mut quic_server = None;
+        if let Some(listen) = cfg.link_listen {
+            let tls_err = |e: skiff_certs::CertError| RouterError::Tls(Box::new(e));
+            let mut tcp_alpn: Vec<&[u8]> = vec![ALPN_LINK];
+            if shared.grants.is_some() {
+                tcp_alpn.push(ALPN_GRANT);
+            }
+            let tcp_tls = skiff_certs::link_server_config(
+                &cfg.router_cert_pem,
+                &cfg.router_key_pem,
+                &cfg.site_ca_pem,
+                &tcp_alpn,
+            )
+            .map_err(tls_err)?;
+            let quic_tls = skiff_certs::link_server_config(
+                &cfg.router_cert_pem,
+                &cfg.router_key_pem,
+                &cfg.site_ca_pem,
+                &[ALPN_LINK],
+            )
+            .map_err(tls_err)?;
+            let quic_cfg =
+                quic::server_config(quic_tls, timing).map_err(|e| RouterError::Tls(Box::new(e)))?;
+
+            let (tcp, udp) = port::bind_link_port(listen)?;
+            let addr = tcp.local_addr().map_err(|source| RouterError::Bind {
+                proto: "TCP",
+                addr: listen,
+                source,
+            })?;
+            let udp_addr = udp.local_addr().unwrap_or(addr);
+            let listener =
+                tokio::net::TcpListener::from_std(tcp).map_err(|source| RouterError::Bind {
+                    proto: "TCP",
+                    addr,
+                    source,
+                })?;
+            let endpoint =
+                quic::endpoint(udp, Some(quic_cfg), quinn_runtime).map_err(|source| {
+                    RouterError::Quic {
+                        addr: udp_addr,
+                        source,
+                    }
+                })?;
+            let span = tracing::info_span!("link_port", addr = %addr);
+            shared.tasks.spawn(
+                tls::accept_loop(shared.clone(), listener, tcp_tls).instrument(span.clone()),
+            );
+            shared
+                .tasks
+                .spawn(quic_accept_loop(shared.clone(), endpoint.clone()).instrument(span));
+            tracing::info!(%addr, "accepting links (TLS/TCP and QUIC/UDP on one port number)");
+            link_addr = Some(addr);
+            quic_server = Some(endpoint);
+        }
+        Ok(Router {
+            shared,
+            link_addr,
+            quic_server,
+            dialers: Mutex::new(BTreeMap::new()),
+            incoming: Mutex::new(Some(rx)),
+        })
+    }
+
+    /// The bound link address (port 0 resolved); `None` without link access.
+    pub fn link_addr(&self) -> Option<SocketAddr> {
+        self.link_addr
+    }
+
+    /// Reconciles outbound links with `specs`, by name: new names start dialing, removed names
+    /// are closed and stop, changed specs restart, unchanged ones are left alone.
+    pub fn set_links(&self, specs: Vec<LinkSpec>) {
+        let mut dialers = self.dialers.lock().unwrap();
+        let current: BTreeMap<String, LinkSpec> = dialers
+            .iter()
+            .map(|(n, d)| (n.clone(), d.spec.clone()))
+            .collect();
+        let p = plan(&current, specs);
+        for name in p.stop.iter().chain(p.restart.iter().map(|s| &s.name)) {
+            if let Some(d) = dialers.remove(name) {
+                d.cancel.cancel();
+                // The old task removes its table entry when it has closed the link.
+                drop(d.task);
+            }
+        }
+        for spec in p.start.into_iter().chain(p.restart) {
+            let cancel = self.shared.shutdown.child_token();
+            let span = tracing::debug_span!("link", name = %spec.name, peer = %spec.peer_site_id);
+            let task = self.shared.tasks.spawn(
+                run_dialer(self.shared.clone(), spec.clone(), cancel.clone()).instrument(span),
+            );
+            dialers.insert(spec.name.clone(), Dialer { spec, cancel, task });
+        }
+    }
+
+    /// Every link, outbound and inbound, sorted by name.
+    pub fn links(&self) -> Vec<LinkStatus> {
+        self.shared.table.snapshot()
+    }
+
+    /// A receiver whose value changes whenever [`Router::links`] may have changed (a link was
+    /// added, removed, went up or down, or its error changed). For status pages and tests.
+    pub fn link_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.table.subscribe()
+    }
+
+    /// Closes every link to or from `peer` now, telling it `reason` (revocation). Outbound
+    /// dialers keep running; remove their specs to stop them.
+    pub fn disconnect_peer(&self, peer: SiteId, reason: &str) {
+        for closer in self.shared.table.closers(Some(peer)) {
+            closer.close(reason);
+        }
+    }
+
+    /// An up link to `peer` (the cheapest if there are several), for opening streams.
+    pub fn link_to(&self, peer: SiteId) -> Option<LinkHandle> {
+        self.shared
+            .table
+            .up_links(peer)
+            .into_iter()
+            .next()
+            .map(|(status, up)| LinkHandle {
+                peer,
+                name: status.name,
+                transport: status.transport.unwrap_or(Transport::Tls),
+                conn: up.conn,
+            })
+    }
+
+    /// The receiver of streams peers open on any link. Only the first call gets it; streams
+    /// arriving while nobody holds it queue up to a limit and are then reset.
+    pub fn take_incoming(&self) -> Option<mpsc::Receiver<IncomingStream>> {
+        self.incoming.lock().unwrap().take()
+    }
+
+    /// Closes every link with a Close frame, stops all tasks and releases the link port: when
+    /// this returns, a new router can bind the same port.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        for closer in self.shared.table.closers(None) {
+            closer.close("router shutting down");
+        }
+        self.shared.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some link tasks did not stop within {} s",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
+        if let Some(ep) = self.quic_server.take() {
+            quic::close_endpoint(ep).await;
+        }
+        self.shared.quic_dialers.close().await;
+        // With every endpoint handle gone, quinn's drivers end and drop the UDP sockets.
+        self.shared.quinn_tasks.close();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.shared.quinn_tasks.wait()).await;
+    }
+}
+
+impl Drop for Router {
+    /// A router dropped without [`Router::shutdown`] still stops its tasks (in the background).
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    loop {
+        let incoming = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let remote = incoming.remote_address();
+        let shared2 = shared.clone();
+        shared.tasks.spawn(
+            async move {
+                let conn = match tokio::time::timeout(tls::TLS_HANDSHAKE_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => {
+                        tracing::warn!(peer = %remote, cause = %e, "refused a QUIC connection: handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(peer = %remote, "refused a QUIC connection: handshake timed out");
+                        return;
+                    }
+                };
+                let site = match quic_peer_site(&conn) {
+                    Ok(site) => site,
+                    Err(reason) => {
+                        tracing::warn!(peer = %remote, %reason, "refused a QUIC link");
+                        conn.close(super::explain::REFUSED_CODE, reason.as_bytes());
+                        return;
+                    }
+                };
+                serve_inbound(shared2, Arc::new(QuicConnection(conn)), site, Transport::Quic, remote)
+                    .await;
+            }
+            .instrument(tracing::debug_span!("link_port_quic", remote = %remote)),
+        );
+    }
+}
+
+fn quic_peer_site(conn: &quinn::Connection) -> Result<SiteId, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or("the peer presented no client certificate (links need one from a redeemed token)")?;
+    let first = certs
+        .first()
+        .ok_or("the peer presented no client certificate")?;
+    skiff_certs::peer_site_id(first).map_err(|e| format!("unusable client certificate: {e}"))
+}
+
+/// Acceptor side of a link whose transport handshake verified a client certificate for
+/// `cert_site`: hello exchange, then the driver, until the link ends.
+pub(crate) async fn serve_inbound(
+    shared: Arc<Shared>,
+    conn: Arc<dyn MuxConnection>,
+    cert_site: SiteId,
+    transport: Transport,
+    remote: SocketAddr,
+) {
+    let hello = tokio::time::timeout(
+        tls::TLS_HANDSHAKE_TIMEOUT,
+        accept_hello(&*conn, &shared.hello, cert_site, &*shared.policy),
+    )
+    .await
+    .unwrap_or_else(|_| Err("no hello within the handshake timeout".into()));
+    let (control, peer) = match hello {
+        Ok(h) => h,
+        Err(reason) => {
+            tracing::warn!(peer = %remote, site = %cert_site, %transport, %reason, "refused an inbound link");
+            conn.close(&reason);
+            return;
+        }
+    };
+    let name = format!("from-{}", peer.site_name);
+    let span = tracing::debug_span!("link", name = %name, peer = %cert_site);
+    async {
+        let closer = LinkCloser::default();
+        let id = shared.table.insert(LinkStatus {
+            name: name.clone(),
+            direction: Direction::Inbound,
+            peer_site_id: Some(cert_site),
+            peer_site_name: Some(peer.site_name.clone()),
+            transport: Some(transport),
+            endpoint: Some(remote.to_string()),
+            cost: INBOUND_COST,
+            state: LinkState::Connecting { last_error: None },
+            since: now_rfc3339(),
+        });
+        shared.table.set_up(
+            id,
+            UpLink {
+                peer: cert_site,
+                conn: conn.clone(),
+                closer: closer.clone(),
+            },
+            &peer.site_name,
+            transport,
+            &remote.to_string(),
+        );
+        // A revocation that raced with this handshake has closed the links it saw; ask
+        // again now that this link is visible to it.
+        if let Err(reason) = shared.policy.admit(cert_site) {
+            closer.close(&reason);
+        }
+        if shared.shutdown.is_cancelled() {
+            closer.close("router shutting down");
+        }
+        tracing::info!(%transport, peer_name = %peer.site_name, endpoint = %remote, "inbound link up");
+        let established = super::driver::Established {
+            conn,
+            control,
+            peer,
+            transport,
+            endpoint: remote.to_string(),
+        };
+        let end = run_link(established, &name, closer, shared.timing, shared.sink.clone()).await;
+        tracing::info!(reason = %end, "inbound link down");
+        shared.table.remove(id);
+    }
+    .instrument(span)
+    .await;
+}

@@ -1,0 +1,546 @@
+//! Link tests with real sockets on loopback, real TLS and QUIC, and certificates from
+//! skiff-certs: two routers per test, one accepting and one dialing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_certs::{SiteCa, SiteId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::wire::{PROTOCOL_VERSION, ProtocolVersion, RouterMode};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Site {
+    id: SiteId,
+    name: String,
+    ca: SiteCa,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn site(name: &str) -> Site {
+    skiff_certs::install_crypto_provider();
+    let id = SiteId::random();
+    let ca = SiteCa::generate(name, id).unwrap();
+    let issued = ca.issue_router_cert(id, &["127.0.0.1".into()]).unwrap();
+    Site {
+        id,
+        name: name.into(),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem.unwrap(),
+        ca,
+    }
+}
+
+fn config(site: &Site, listen: Option<std::net::SocketAddr>) -> RouterConfig {
+    let mut cfg = RouterConfig::new(
+        site.id,
+        site.name.clone(),
+        RouterMode::Interior,
+        site.cert_pem.clone(),
+        site.key_pem.clone(),
+        site.ca.cert_pem(),
+    );
+    cfg.link_listen = listen;
+    cfg
+}
+
+fn loopback() -> Option<std::net::SocketAddr> {
+    Some("127.0.0.1:0".parse().unwrap())
+}
+
+/// The link spec `dialer` gets by redeeming a token of `acceptor` (without the HTTP part).
+fn spec(acceptor: &Site, dialer: &Site, endpoint: String, transport: TransportChoice) -> LinkSpec {
+    let (csr, key) = skiff_certs::generate_link_csr(dialer.id, &dialer.name).unwrap();
+    let (_, issued) = acceptor
+        .ca
+        .sign_link_csr(&csr, Duration::from_secs(3600))
+        .unwrap();
+    LinkSpec {
+        name: format!("to-{}", acceptor.name),
+        peer_site_id: acceptor.id,
+        peer_ca_pem: acceptor.ca.cert_pem().to_string(),
+        endpoints: vec![endpoint],
+        client_cert_pem: issued.cert_pem,
+        client_key_pem: key,
+        transport,
+        cost: 3,
+    }
+}
+
+struct AllowAll;
+impl InboundPolicy for AllowAll {
+    fn admit(&self, _: SiteId) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Admits until revoked.
+#[derive(Default)]
+struct Revocable(std::sync::Mutex<Option<String>>);
+impl InboundPolicy for Revocable {
+    fn admit(&self, _: SiteId) -> Result<(), String> {
+        match &*self.0.lock().unwrap() {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn start(site: &Site, listen: Option<std::net::SocketAddr>) -> Router {
+    Router::start(config(site, listen), Arc::new(AllowAll), None)
+        .await
+        .unwrap()
+}
+
+/// Waits until `cond` holds for the router's links; panics with the links after [`WAIT`].
+async fn wait_links(
+    router: &Router,
+    what: &str,
+    cond: impl Fn(&[LinkStatus]) -> bool,
+) -> Vec<LinkStatus> {
+    let mut changes = router.link_changes();
+    let result = tokio::time::timeout(WAIT, async {
+        loop {
+            let links = router.links();
+            if cond(&links) {
+                return links;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await;
+    match result {
+        Ok(links) => links,
+        Err(_) => panic!("timed out waiting for {what}; links: {:#?}", router.links()),
+    }
+}
+
+fn is_up(l: &LinkStatus) -> bool {
+    l.state == LinkState::Up
+}
+
+async fn link_up(transport: TransportChoice, expected: Transport) {
+    let a = site("east");
+    let b = site("west");
+    let ra = start(&a, loopback()).await;
+    let rb = start(&b, None).await;
+    let addr = ra.link_addr().unwrap();
+    rb.set_links(vec![spec(&a, &b, addr.to_string(), transport)]);
+
+    let out = wait_links(&rb, "outbound link up", |l| l.len() == 1 && is_up(&l[0])).await;
+    assert_eq!(out[0].name, "to-east");
+    assert_eq!(out[0].direction, Direction::Outbound);
+    assert_eq!(out[0].transport, Some(expected));
+    assert_eq!(out[0].peer_site_name.as_deref(), Some("east"));
+    assert_eq!(out[0].peer_site_id, Some(a.id));
+    assert_eq!(out[0].cost, 3);
+    let inb = wait_links(&ra, "inbound link up", |l| l.len() == 1 && is_up(&l[0])).await;
+    assert_eq!(inb[0].name, "from-west");
+    assert_eq!(inb[0].direction, Direction::Inbound);
+    assert_eq!(inb[0].peer_site_id, Some(b.id));
+    assert_eq!(inb[0].transport, Some(expected));
+
+    // Streams each way, bytes intact, half-close honoured.
+    let mut a_in = ra.take_incoming().unwrap();
+    let mut b_in = rb.take_incoming().unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    for (opener, peer, incoming, from) in
+        [(&rb, a.id, &mut a_in, b.id), (&ra, b.id, &mut b_in, a.id)]
+    {
+        let link = opener.link_to(peer).expect("an up link to the peer");
+        assert_eq!(link.transport(), expected);
+        let mut s = link.open_stream().await.unwrap();
+        let echo = async {
+            let mut got = incoming.recv().await.unwrap();
+            assert_eq!(got.peer, from);
+            let mut buf = Vec::new();
+            got.stream.reader.read_to_end(&mut buf).await.unwrap();
+            got.stream.writer.write_all(&buf).await.unwrap();
+            got.stream.writer.shutdown().await.unwrap();
+        };
+        let send = async {
+            s.writer.write_all(&data).await.unwrap();
+            s.writer.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            s.reader.read_to_end(&mut back).await.unwrap();
+            back
+        };
+        let ((), back) = tokio::join!(echo, send);
+        assert!(back == data, "echoed bytes differ");
+    }
+
+    // Removing the spec closes the link at both ends.
+    rb.set_links(vec![]);
+    wait_links(&rb, "outbound link removed", |l| l.is_empty()).await;
+    wait_links(&ra, "inbound link closed", |l| l.is_empty()).await;
+    rb.shutdown().await;
+    ra.shutdown().await;
+}
+
+#[tokio::test]
+async fn quic_link_comes_up_and_carries_streams_both_ways() {
+    link_up(TransportChoice::Quic, Transport::Quic).await;
+}
+
+#[tokio::test]
+async fn tls_link_comes_up_and_carries_streams_both_ways() {
+    link_up(TransportChoice::Tls, Transport::Tls).await;
+}
+
+#[tokio::test]
+async fn auto_prefers_quic() {
+    link_up(TransportChoice::Auto, Transport::Quic).await;
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_tls_when_udp_is_silent() {
+    let a = site("east");
+    let b = site("west");
+    let ra = start(&a, loopback()).await;
+    let rb = start(&b, None).await;
+    let target = ra.link_addr().unwrap();
+    // A port whose UDP side swallows everything and whose TCP side forwards to the router.
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let _black_hole = std::net::UdpSocket::bind(front_addr).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = front.accept().await {
+            tokio::spawn(async move {
+                let mut out = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+            });
+        }
+    });
+    rb.set_links(vec![spec(
+        &a,
+        &b,
+        front_addr.to_string(),
+        TransportChoice::Auto,
+    )]);
+    let out = wait_links(&rb, "link up", |l| l.len() == 1 && is_up(&l[0])).await;
+    assert_eq!(out[0].transport, Some(Transport::Tls));
+    wait_links(&ra, "inbound link up", |l| l.len() == 1 && is_up(&l[0])).await;
+    rb.shutdown().await;
+    ra.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_peer_is_relinked() {
+    for transport in [TransportChoice::Quic, TransportChoice::Tls] {
+        let a = site("east");
+        let b = site("west");
+        let ra = start(&a, loopback()).await;
+        let addr = ra.link_addr().unwrap();
+        let rb = start(&b, None).await;
+        rb.set_links(vec![spec(&a, &b, addr.to_string(), transport.clone())]);
+        wait_links(&rb, "link up", |l| l.len() == 1 && is_up(&l[0])).await;
+
+        ra.shutdown().await;
+        // Down, and retrying (a shut-down peer is not a refusal).
+        let down = wait_links(&rb, "link down", |l| !is_up(&l[0])).await;
+        assert!(
+            matches!(down[0].state, LinkState::Connecting { .. }),
+            "{:?}",
+            down[0].state
+        );
+
+        let ra = start(&a, Some(addr)).await;
+        wait_links(&rb, "link up again", |l| l.len() == 1 && is_up(&l[0])).await;
+        wait_links(&ra, "inbound link up again", |l| {
+            l.len() == 1 && is_up(&l[0])
+        })
+        .await;
+        rb.shutdown().await;
+        ra.shutdown().await;
+    }
+}
+
+fn refusal(links: &[LinkStatus]) -> Option<String> {
+    match links.first().map(|l| &l.state) {
+        Some(LinkState::Refused { reason }) => Some(reason.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn policy_refusal_and_revocation_are_shown_at_the_dialer() {
+    for transport in [TransportChoice::Quic, TransportChoice::Tls] {
+        let a = site("east");
+        let b = site("west");
+        let policy = Arc::new(Revocable::default());
+        let ra = Router::start(config(&a, loopback()), policy.clone(), None)
+            .await
+            .unwrap();
+        let rb = start(&b, None).await;
+        rb.set_links(vec![spec(
+            &a,
+            &b,
+            ra.link_addr().unwrap().to_string(),
+            transport,
+        )]);
+        wait_links(&rb, "link up", |l| l.len() == 1 && is_up(&l[0])).await;
+
+        // Revocation: the policy says no from now on and the site's links close at once.
+        *policy.0.lock().unwrap() = Some("site west was revoked at east".into());
+        ra.disconnect_peer(b.id, "site west was revoked at east");
+        wait_links(&ra, "inbound link closed", |l| l.is_empty()).await;
+        let links = wait_links(&rb, "refusal", |l| refusal(l).is_some()).await;
+        let reason = refusal(&links).unwrap();
+        assert!(
+            reason.contains("refused the link: site west was revoked at east"),
+            "{reason}"
+        );
+        assert!(ra.links().is_empty(), "a refused dialer left a link");
+        rb.shutdown().await;
+        ra.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_major_version_mismatch_is_refused_with_both_versions() {
+    let a = site("east");
+    let b = site("west");
+    let ra = start(&a, loopback()).await;
+    let v2 = ProtocolVersion { major: 2, minor: 0 };
+    let rb = Router::start_with_hello(config(&b, None), Arc::new(AllowAll), None, v2)
+        .await
+        .unwrap();
+    rb.set_links(vec![spec(
+        &a,
+        &b,
+        ra.link_addr().unwrap().to_string(),
+        TransportChoice::Auto,
+    )]);
+    let links = wait_links(&rb, "refusal", |l| refusal(l).is_some()).await;
+    let reason = refusal(&links).unwrap();
+    assert!(
+        reason.contains(&format!(
+            "speaks link protocol {PROTOCOL_VERSION}, this router 2.0; upgrade the older router"
+        )),
+        "{reason}"
+    );
+    assert!(ra.links().is_empty());
+    rb.shutdown().await;
+    ra.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_with_another_sites_certificate_is_refused_with_both_ids() {
+    for transport in [TransportChoice::Quic, TransportChoice::Tls] {
+        let a = site("east");
+        let b = site("west");
+        // East's router runs with a certificate from east's CA but for another site id.
+        let other = SiteId::random();
+        let issued = a.ca.issue_router_cert(other, &[]).unwrap();
+        let mut cfg = config(&a, loopback());
+        cfg.router_cert_pem = issued.cert_pem;
+        cfg.router_key_pem = issued.key_pem.unwrap();
+        let ra = Router::start(cfg, Arc::new(AllowAll), None).await.unwrap();
+        let rb = start(&b, None).await;
+        let addr = ra.link_addr().unwrap();
+        rb.set_links(vec![spec(&a, &b, addr.to_string(), transport)]);
+        let links = wait_links(&rb, "refusal", |l| refusal(l).is_some()).await;
+        let reason = refusal(&links).unwrap();
+        let short = |id: SiteId| id.to_string()[..8].to_string();
+        assert!(
+            reason.starts_with(&format!("peer {addr}"))
+                && reason.contains(&format!("is not site {}… named in the link", short(a.id)))
+                && reason.contains(&format!("its certificate is for site {}…", short(other))),
+            "{reason}"
+        );
+        rb.shutdown().await;
+        ra.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn plaintext_and_wrong_alpn_are_refused_and_leave_no_link() {
+    let a = site("east");
+    let ra = start(&a, loopback()).await;
+    let addr = ra.link_addr().unwrap();
+
+    // Plaintext HTTP: the TLS handshake fails and the connection is closed.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tcp.read_to_end(&mut buf).await;
+    assert!(!buf.starts_with(b"HTTP"), "got an HTTP answer");
+
+    let tls_with_alpn = |alpn: Vec<Vec<u8>>| {
+        let base = skiff_certs::grant_client_config(a.ca.cert_pem(), a.id).unwrap();
+        let mut cfg = (*base).clone();
+        cfg.alpn_protocols = alpn;
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    };
+    let name = rustls_pki_types::ServerName::try_from(a.id.server_name()).unwrap();
+
+    // An ALPN the port does not serve: the handshake is refused.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let err = tls_with_alpn(vec![b"h2".to_vec()])
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("NoApplicationProtocol"), "{err}");
+
+    // No ALPN at all: the handshake completes but the router hangs up.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tls_with_alpn(vec![])
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    assert!(buf.is_empty());
+
+    // The link ALPN without a client certificate: the router hangs up too.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tls_with_alpn(vec![skiff_certs::ALPN_LINK.to_vec()])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    assert!(buf.is_empty());
+
+    assert!(ra.links().is_empty());
+    ra.shutdown().await;
+}
+
+#[tokio::test]
+async fn grant_connections_go_to_the_grant_handler() {
+    struct Echo;
+    impl GrantHandler for Echo {
+        fn serve(
+            &self,
+            mut stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+            _peer: std::net::SocketAddr,
+        ) -> futures_util::future::BoxFuture<'static, ()> {
+            Box::pin(async move {
+                let mut buf = [0u8; 5];
+                stream.read_exact(&mut buf).await.unwrap();
+                stream.write_all(&buf).await.unwrap();
+                stream.shutdown().await.unwrap();
+            })
+        }
+    }
+    let a = site("east");
+    let ra = Router::start(
+        config(&a, loopback()),
+        Arc::new(AllowAll),
+        Some(Arc::new(Echo)),
+    )
+    .await
+    .unwrap();
+    let cfg = skiff_certs::grant_client_config(a.ca.cert_pem(), a.id).unwrap();
+    let tcp = tokio::net::TcpStream::connect(ra.link_addr().unwrap())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from(a.id.server_name()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"hello").await.unwrap();
+    let mut back = Vec::new();
+    tls.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"hello");
+    assert!(ra.links().is_empty());
+    ra.shutdown().await;
+}
+
+/// Dead-peer detection on a link over an in-memory pipe, in virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_declared_dead_after_dead_after() {
+    use super::driver::{Established, IncomingSink, LinkCloser, LinkEnd, Timing, run_link};
+    use super::handshake::{LocalHello, accept_hello, dial_hello};
+    use super::mux::YamuxConnection;
+
+    let a = SiteId::from_bytes([1; 16]);
+    let b = SiteId::from_bytes([2; 16]);
+    let hello = |id| LocalHello {
+        site_id: id,
+        site_name: "x".into(),
+        mode: RouterMode::Interior,
+        version: PROTOCOL_VERSION,
+    };
+    let (x, y) = tokio::io::duplex(64 * 1024);
+    let dialer = Arc::new(YamuxConnection::start(x, true));
+    let acceptor = Arc::new(YamuxConnection::start(y, false));
+    let (hello_b, hello_a) = (hello(b), hello(a));
+    let (d, acc) = tokio::join!(
+        dial_hello(&*dialer, &hello_b, a, "pipe"),
+        accept_hello(&*acceptor, &hello_a, b, &AllowAll)
+    );
+    let (control, peer) = d.unwrap();
+    // The acceptor's side never runs a driver: it stops answering after the hello.
+    let _silent = acc.unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let timing = Timing {
+        keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+        dead_after: DEFAULT_DEAD_AFTER,
+    };
+    let t0 = tokio::time::Instant::now();
+    let end = run_link(
+        Established {
+            conn: dialer,
+            control,
+            peer,
+            transport: Transport::Tls,
+            endpoint: "pipe".into(),
+        },
+        "l",
+        LinkCloser::default(),
+        timing,
+        IncomingSink { tx },
+    )
+    .await;
+    assert_eq!(end, LinkEnd::Dead(DEFAULT_DEAD_AFTER));
+    assert_eq!(t0.elapsed(), DEFAULT_DEAD_AFTER);
+}
+
+#[tokio::test]
+async fn a_taken_link_port_is_reported_with_a_hint() {
+    let a = site("east");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = match Router::start(
+        config(&a, Some(taken.local_addr().unwrap())),
+        Arc::new(AllowAll),
+        None,
+    )
+    .await
+    {
+        Err(e) => e,
+        Ok(_) => panic!("bound a taken port"),
+    };
+    assert!(err.to_string().contains("--link-port"), "{err}");
+}
+
+#[test]
+fn status_serializes_for_operators() {
+    let s = LinkStatus {
+        name: "to-east".into(),
+        direction: Direction::Outbound,
+        peer_site_id: None,
+        peer_site_name: None,
+        transport: Some(Transport::Quic),
+        endpoint: None,
+        cost: 1,
+        state: LinkState::Refused {
+            reason: "no".into(),
+        },
+        since: "2026-01-01T00:00:00Z".into(),
+    };
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["status"], "refused");
+    assert_eq!(v["reason"], "no");
+    assert_eq!(v["direction"], "outbound");
+    assert_eq!(v["transport"], "quic");
+    assert_eq!("auto".parse::<TransportChoice>(), Ok(TransportChoice::Auto));
+    assert_eq!(TransportChoice::Tls.to_string(), "tls");
+    assert!("udp".parse::<TransportChoice>().is_err());
+}

@@ -1,0 +1,117 @@
+//! TLS over TCP: dialing a link, and the inbound side of the link port's TCP socket, where
+//! ALPN tells a link (skiff-link/1, then yamux) from a token redemption (skiff-grant/1, handed
+//! to the [`GrantHandler`](super::GrantHandler)).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use skiff_certs::{ALPN_GRANT, ALPN_LINK, SiteId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::Instrument;
+
+use super::Transport;
+use super::mux::YamuxConnection;
+use super::router::{Shared, serve_inbound};
+
+/// How long an inbound TLS handshake may take.
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Dials `peer` over TCP, does the TLS handshake as `expected`'s server name, and starts a
+/// yamux session on it.
+pub(crate) async fn dial(
+    cfg: Arc<rustls::ClientConfig>,
+    peer: SocketAddr,
+    expected: SiteId,
+) -> Result<YamuxConnection, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = TcpStream::connect(peer).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(expected.server_name())?;
+    let tls = TlsConnector::from(cfg).connect(name, tcp).await?;
+    Ok(YamuxConnection::start(tls, true))
+}
+
+/// Accepts TCP connections on the link port until shutdown; each is handled on its own task.
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                let shared2 = shared.clone();
+                let acceptor = acceptor.clone();
+                shared.tasks.spawn(
+                    handle_tcp(shared2, acceptor, tcp, remote)
+                        .instrument(tracing::debug_span!("link_port", remote = %remote)),
+                );
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: log, and keep serving.
+                tracing::warn!(cause = %e, "accepting a TCP connection on the link port failed");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+async fn handle_tcp(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %remote, cause = %e,
+                "refused a connection on the link port: TLS handshake failed (not a skiff router or token client?)");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(peer = %remote,
+                "refused a connection on the link port: no TLS handshake within {} s",
+                TLS_HANDSHAKE_TIMEOUT.as_secs());
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    match alpn.as_deref() {
+        Some(p) if p == ALPN_GRANT => match &shared.grants {
+            Some(handler) => handler.serve(tls, remote).await,
+            None => {
+                tracing::warn!(peer = %remote, "refused a token redemption: this router serves no grants")
+            }
+        },
+        Some(p) if p == ALPN_LINK => {
+            let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
+                tracing::warn!(peer = %remote,
+                    "refused a link: the peer presented no client certificate (links need one from a redeemed token)");
+                return;
+            };
+            let site = match skiff_certs::peer_site_id(cert) {
+                Ok(site) => site,
+                Err(e) => {
+                    tracing::warn!(peer = %remote, cause = %e, "refused a link: unusable client certificate");
+                    return;
+                }
+            };
+            let conn = Arc::new(YamuxConnection::start(tls, false));
+            serve_inbound(shared, conn, site, Transport::Tls, remote).await;
+        }
+        other => {
+            tracing::warn!(peer = %remote, alpn = ?other.map(String::from_utf8_lossy),
+                "refused a connection on the link port: no skiff ALPN (expected skiff-link/1 or skiff-grant/1)");
+        }
+    }
+}
