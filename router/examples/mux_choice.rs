@@ -1,6 +1,6 @@
 //! Measures single-stream throughput of the two candidate TLS/TCP link multiplexers, h2 and
-//! yamux, over plain TCP on loopback (TLS costs the same under both, so it is left out here;
-//! `link_throughput` measures whole links with TLS).
+//! yamux, on loopback: over plain TCP (the multiplexer alone) and over TLS 1.3 with the link
+//! configurations from skiff-certs (what a link runs).
 //!
 //! Run: `cargo run --release -p skiff-router --example mux_choice [MiB]`
 
@@ -13,7 +13,44 @@ use tokio::net::{TcpListener, TcpStream};
 
 const CHUNK: usize = 64 * 1024;
 
-async fn pair() -> (TcpStream, TcpStream) {
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+async fn pair(tls: bool) -> (Box<dyn Io>, Box<dyn Io>) {
+    let (a, b) = tcp_pair().await;
+    if !tls {
+        return (Box::new(a), Box::new(b));
+    }
+    use skiff_certs::{SiteCa, SiteId};
+    let (ida, idb) = (SiteId::random(), SiteId::random());
+    let (ca_a, ca_b) = (
+        SiteCa::generate("a", ida).unwrap(),
+        SiteCa::generate("b", idb).unwrap(),
+    );
+    let server_cert = ca_b.issue_router_cert(idb, &[]).unwrap();
+    let (csr, key) = skiff_certs::generate_link_csr(ida, "a").unwrap();
+    let (_, client_cert) = ca_b
+        .sign_link_csr(&csr, std::time::Duration::from_secs(600))
+        .unwrap();
+    let server = skiff_certs::link_server_config(
+        &server_cert.cert_pem,
+        server_cert.key_pem.as_deref().unwrap(),
+        ca_b.cert_pem(),
+        &[skiff_certs::ALPN_LINK],
+    )
+    .unwrap();
+    let client =
+        skiff_certs::link_client_config(&client_cert.cert_pem, &key, ca_b.cert_pem(), idb).unwrap();
+    let _ = ca_a;
+    let name = rustls_pki_types::ServerName::try_from(idb.server_name()).unwrap();
+    let (c, s) = tokio::join!(
+        tokio_rustls::TlsConnector::from(client).connect(name, a),
+        tokio_rustls::TlsAcceptor::from(server).accept(b)
+    );
+    (Box::new(c.unwrap()), Box::new(s.unwrap()))
+}
+
+async fn tcp_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
@@ -23,8 +60,8 @@ async fn pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
-async fn yamux(total: usize) -> f64 {
-    let (a, b) = pair().await;
+async fn yamux(total: usize, tls: bool) -> f64 {
+    let (a, b) = pair(tls).await;
     let dialer = YamuxConnection::start(a, true);
     let acceptor = YamuxConnection::start(b, false);
     let start = Instant::now();
@@ -57,8 +94,8 @@ async fn yamux(total: usize) -> f64 {
     got as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
-async fn h2(total: usize) -> f64 {
-    let (a, b) = pair().await;
+async fn h2(total: usize, tls: bool) -> f64 {
+    let (a, b) = pair(tls).await;
     // Windows as large as yamux may auto-tune to on loopback, so flow control is not the limit.
     let window = 16 * 1024 * 1024;
     let server = tokio::spawn(async move {
@@ -122,11 +159,15 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(256);
     let total = mib * 1024 * 1024;
-    for round in 1..=3 {
-        let y = yamux(total).await;
-        let h = h2(total).await;
-        println!(
-            "round {round}: {mib} MiB, 1 stream, TCP loopback: yamux {y:.0} MB/s, h2 {h:.0} MB/s"
-        );
+    skiff_certs::install_crypto_provider();
+    for tls in [false, true] {
+        let over = if tls { "TLS 1.3/TCP" } else { "plain TCP" };
+        for round in 1..=3 {
+            let y = yamux(total, tls).await;
+            let h = h2(total, tls).await;
+            println!(
+                "{over}, round {round}: {mib} MiB, 1 stream: yamux {y:.0} MB/s, h2 {h:.0} MB/s"
+            );
+        }
     }
 }
