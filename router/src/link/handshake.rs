@@ -148,17 +148,21 @@ pub(crate) async fn dial_hello(
     let mut control = ControlStream::new(conn.open_stream().await.map_err(io_err)?);
     control.send(&local.frame()).await.map_err(io_err)?;
     let answer = match control.recv().await {
-        Ok(Some(frame)) => frame,
-        Ok(None) => {
-            return Err(AttemptError::Network(format!(
-                "peer {endpoint} hung up during the hello exchange"
-            )));
+        Ok(Some(frame)) => Some(frame),
+        Ok(None) => None,
+        // A peer that refused at the transport level shows up here (QUIC close reason).
+        Err(e) => return Err(io_err(e)),
+    };
+    let Some(answer) = answer else {
+        // yamux reports a TLS alert (the peer rejected our certificate) as end-of-stream;
+        // the connection knows the real cause once it has closed.
+        let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+        if let Some(failure) = conn.failure() {
+            return Err(explain(&*failure, endpoint, expected));
         }
-        Err(e) => {
-            // A peer that refused at the transport level shows up here (QUIC close reason,
-            // TLS alert about our certificate).
-            return Err(io_err(e));
-        }
+        return Err(AttemptError::Network(format!(
+            "peer {endpoint} hung up during the hello exchange"
+        )));
     };
     match answer {
         ControlFrame::Hello {

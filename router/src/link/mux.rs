@@ -8,6 +8,7 @@
 
 use std::future::Future as _;
 use std::io;
+use std::sync::Arc;
 use std::task::Poll;
 
 use futures_util::future::BoxFuture;
@@ -44,6 +45,11 @@ pub trait MuxConnection: Send + Sync + 'static {
     fn close(&self, reason: &str);
     /// Waits until the connection is closed, by either side or by a transport error.
     fn closed(&self) -> BoxFuture<'_, ()>;
+    /// The error that ended the connection, when the transport hides it from the streams
+    /// (yamux turns a TLS alert into end-of-stream). Set by the time [`Self::closed`] returns.
+    fn failure(&self) -> Option<Arc<io::Error>> {
+        None
+    }
 }
 
 /// Receive window limit across all streams of one yamux connection (yamux needs at least
@@ -66,6 +72,7 @@ pub struct YamuxConnection {
     inbound: Mutex<mpsc::UnboundedReceiver<yamux::Stream>>,
     close_tx: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     closed_rx: tokio::sync::watch::Receiver<bool>,
+    failure: Arc<std::sync::Mutex<Option<Arc<io::Error>>>>,
 }
 
 impl YamuxConnection {
@@ -85,8 +92,12 @@ impl YamuxConnection {
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
         let (close_tx, close_rx) = oneshot::channel();
         let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let failure2 = failure.clone();
         tokio::spawn(async move {
-            drive(conn, open_rx, inbound_tx, close_rx).await;
+            if let Err(e) = drive(conn, open_rx, inbound_tx, close_rx).await {
+                *failure2.lock().unwrap() = Some(Arc::new(e));
+            }
             let _ = closed_tx.send(true);
         });
         YamuxConnection {
@@ -94,6 +105,7 @@ impl YamuxConnection {
             inbound: Mutex::new(inbound_rx),
             close_tx: std::sync::Mutex::new(Some(close_tx)),
             closed_rx,
+            failure,
         }
     }
 }
@@ -143,43 +155,53 @@ impl MuxConnection for YamuxConnection {
             let _ = rx.wait_for(|closed| *closed).await;
         })
     }
+
+    fn failure(&self) -> Option<Arc<io::Error>> {
+        self.failure.lock().unwrap().clone()
+    }
+}
+
+fn io_error(e: yamux::ConnectionError) -> io::Error {
+    match e {
+        yamux::ConnectionError::Io(io) => io,
+        other => io::Error::other(other),
+    }
 }
 
 /// Polls the yamux state machine until the connection ends: serves open requests in order,
 /// forwards inbound streams, and closes gracefully when asked (or when the handle is dropped).
+/// Returns the error that ended the connection, if one did.
 async fn drive<T>(
     mut conn: yamux::Connection<T>,
     mut open_rx: mpsc::UnboundedReceiver<OpenReply>,
     inbound_tx: mpsc::UnboundedSender<yamux::Stream>,
     mut close_rx: oneshot::Receiver<()>,
-) where
+) -> io::Result<()>
+where
     T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin,
 {
     let mut waiting: Option<OpenReply> = None;
+    // Ready(None): we close; Ready(Some(result)): the connection ended by itself.
     let ended = std::future::poll_fn(|cx| {
         loop {
             if std::pin::Pin::new(&mut close_rx).poll(cx).is_ready() {
-                return Poll::Ready(true);
+                return Poll::Ready(None);
             }
             let mut progressed = false;
             if waiting.is_none() {
                 match open_rx.poll_recv(cx) {
                     Poll::Ready(Some(reply)) => waiting = Some(reply),
-                    Poll::Ready(None) => return Poll::Ready(true),
+                    Poll::Ready(None) => return Poll::Ready(None),
                     Poll::Pending => {}
                 }
             }
             if waiting.is_some() {
                 match conn.poll_new_outbound(cx) {
-                    Poll::Ready(result) => {
-                        let reply = waiting.take().unwrap();
-                        let failed = result.is_err();
-                        let _ = reply.send(result.map_err(io::Error::other));
-                        if failed {
-                            return Poll::Ready(false);
-                        }
+                    Poll::Ready(Ok(stream)) => {
+                        let _ = waiting.take().unwrap().send(Ok(stream));
                         progressed = true;
                     }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(io_error(e)))),
                     Poll::Pending => {}
                 }
             }
@@ -191,9 +213,9 @@ async fn drive<T>(
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(cause = %e, "yamux connection failed");
-                    return Poll::Ready(false);
+                    return Poll::Ready(Some(Err(io_error(e))));
                 }
-                Poll::Ready(None) => return Poll::Ready(false),
+                Poll::Ready(None) => return Poll::Ready(Some(Ok(()))),
                 Poll::Pending => {}
             }
             if !progressed {
@@ -202,11 +224,15 @@ async fn drive<T>(
         }
     })
     .await;
-    if ended {
-        let _ = std::future::poll_fn(|cx| conn.poll_close(cx)).await;
-    }
     if let Some(reply) = waiting {
         let _ = reply.send(Err(closed_error()));
+    }
+    match ended {
+        None => {
+            let _ = std::future::poll_fn(|cx| conn.poll_close(cx)).await;
+            Ok(())
+        }
+        Some(result) => result,
     }
 }
 

@@ -357,6 +357,33 @@ async fn a_peer_with_another_sites_certificate_is_refused_with_both_ids() {
 }
 
 #[tokio::test]
+async fn a_link_certificate_from_another_ca_is_refused_by_the_peer() {
+    for transport in [TransportChoice::Quic, TransportChoice::Tls] {
+        let a = site("east");
+        let b = site("west");
+        let elsewhere = site("elsewhere");
+        let ra = start(&a, loopback()).await;
+        let rb = start(&b, None).await;
+        // West's link certificate was signed by some other site's CA, not east's.
+        let mut bad = spec(
+            &elsewhere,
+            &b,
+            ra.link_addr().unwrap().to_string(),
+            transport,
+        );
+        bad.peer_site_id = a.id;
+        bad.peer_ca_pem = a.ca.cert_pem().to_string();
+        rb.set_links(vec![bad]);
+        let links = wait_links(&rb, "refusal", |l| refusal(l).is_some()).await;
+        let reason = refusal(&links).unwrap();
+        assert!(reason.contains("rejected our link certificate"), "{reason}");
+        assert!(ra.links().is_empty());
+        rb.shutdown().await;
+        ra.shutdown().await;
+    }
+}
+
+#[tokio::test]
 async fn plaintext_and_wrong_alpn_are_refused_and_leave_no_link() {
     let a = site("east");
     let ra = start(&a, loopback()).await;
