@@ -1,1 +1,378 @@
-fn main() {}
+//! `skiff`: the command line of a skiff site. A clap front end only: every verb calls a
+//! library function of `skiff-site-controller`, and every error is printed as one sentence
+//! with a hint, never a backtrace.
+
+mod demo;
+mod output;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use skiff_site_controller::folder::SiteFolder;
+use skiff_site_controller::run::{RunOptions, run_site};
+use skiff_site_controller::site::{self, Created, SiteOptions};
+use skiff_site_controller::token::{self as tokens, IssueOptions, RedeemOptions};
+use skiff_site_controller::{SiteError, error_chain};
+
+/// skiff: a Virtual Application Network. Sites linked over mutual TLS; a service at one site
+/// reachable at every other.
+#[derive(Parser)]
+#[command(name = "skiff", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The site folder, taken by every verb.
+#[derive(Args, Clone)]
+struct DirArg {
+    /// The site folder [default: $XDG_DATA_HOME/skiff, or /var/lib/skiff for root]
+    #[arg(long, env = "SKIFF_DIR", global = true)]
+    dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    fn folder(&self) -> SiteFolder {
+        SiteFolder::new(self.dir.clone().unwrap_or_else(SiteFolder::default_root))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, run, inspect and delete the site in a folder.
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Issue and redeem link tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List and delete links.
+    #[command(subcommand)]
+    Link(LinkCommand),
+    /// Two sites on this machine, linked with a token, then stopped.
+    Demo,
+    /// Print the version and link protocol version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum SiteCommand {
+    /// Create a site (or update the settings of the site of this name in the folder).
+    Create {
+        /// The site's name (a DNS label).
+        name: String,
+        /// Accept links from other sites (and serve token redemptions).
+        #[arg(long)]
+        enable_link_access: bool,
+        /// Host name or address other sites use to reach this one; repeat for several.
+        #[arg(long = "link-host")]
+        link_host: Vec<String>,
+        /// Port of link access (TCP and UDP) [default: 45671].
+        #[arg(long)]
+        link_port: Option<u16>,
+        /// Edge site: dial out only, never carry transit traffic.
+        #[arg(long)]
+        edge: bool,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Run the site in the foreground until SIGINT or SIGTERM.
+    Run {
+        /// Also serve the admin API on this TCP address (e.g. 127.0.0.1:9090).
+        #[arg(long)]
+        admin_address: Option<SocketAddr>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Show the running site; exits 0 only if it runs and answers.
+    Status {
+        /// `json` for scripts.
+        #[arg(long)]
+        output: Option<output::Format>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Delete the site: its identity, links and grants. Refused while it runs.
+    Delete {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Write a token that lets another site link to this one.
+    Issue {
+        /// Where to write the token (0600); `-` for standard output.
+        file: String,
+        /// How long the token may be redeemed (e.g. 15m, 2h, 1d).
+        #[arg(long, default_value = "15m")]
+        expiration_window: String,
+        /// How many sites may redeem it.
+        #[arg(long, default_value_t = 1)]
+        redemptions_allowed: u32,
+        /// Cost of links made with it.
+        #[arg(long, default_value_t = 1)]
+        cost: u32,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Redeem a token: link this site to the site that issued it.
+    Redeem {
+        /// The token file; `-` for standard input.
+        file: String,
+        /// Name of the link [default: the issuing site's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Cost of the link [default: the token's].
+        #[arg(long)]
+        cost: Option<u32>,
+        /// quic, tls or auto (QUIC, falling back to TLS over TCP).
+        #[arg(long, default_value = "auto")]
+        transport: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// List this site's links (outbound and inbound) with their status.
+    List {
+        /// `json` for scripts.
+        #[arg(long)]
+        output: Option<output::Format>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Delete an outbound link: it closes at once.
+    Delete {
+        /// The link's name.
+        name: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+fn main() -> ExitCode {
+    skiff_certs::install_crypto_provider();
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Site(SiteCommand::Run { .. }));
+    init_logging(quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn execute(command: Command) -> Result<ExitCode, SiteError> {
+    match command {
+        Command::Site(c) => site_command(c).await,
+        Command::Token(c) => token_command(c).await,
+        Command::Link(c) => link_command(c).await,
+        Command::Demo => demo::run().await,
+        Command::Version => {
+            println!(
+                "skiff {} (link protocol {})",
+                env!("CARGO_PKG_VERSION"),
+                skiff_router::wire::PROTOCOL_VERSION
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn site_command(c: SiteCommand) -> Result<ExitCode, SiteError> {
+    match c {
+        SiteCommand::Create {
+            name,
+            enable_link_access,
+            link_host,
+            link_port,
+            edge,
+            dir,
+        } => {
+            let folder = dir.folder();
+            let opts = SiteOptions {
+                link_access: enable_link_access,
+                link_hosts: link_host,
+                link_port,
+                edge,
+            };
+            let (s, how) = site::create_site(&folder, &name, &opts)?;
+            let verb = match how {
+                Created::New => "created",
+                Created::Updated => "updated",
+            };
+            println!(
+                "site {name:?} {verb} in {} (id {})",
+                folder.root().display(),
+                s.spec.id
+            );
+            if s.spec.link_access {
+                println!(
+                    "link access on port {} for hosts {}",
+                    s.spec.link_port,
+                    s.spec.link_hosts.join(", ")
+                );
+            }
+            if how == Created::Updated && folder.is_locked() {
+                println!("the site is running: restart it to apply the new settings");
+            } else {
+                println!(
+                    "start it with: skiff site run --dir {}",
+                    folder.root().display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SiteCommand::Run { admin_address, dir } => {
+            let folder = dir.folder();
+            run_site(folder, RunOptions { admin_address }, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SiteCommand::Status { output, dir } => output::site_status(&dir.folder(), output).await,
+        SiteCommand::Delete { dir } => {
+            let name = site::delete_site(&dir.folder())?;
+            println!("site {name:?} deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn token_command(c: TokenCommand) -> Result<ExitCode, SiteError> {
+    match c {
+        TokenCommand::Issue {
+            file,
+            expiration_window,
+            redemptions_allowed,
+            cost,
+            dir,
+        } => {
+            let window = skiff_certs::parse_duration(&expiration_window)
+                .map_err(|e| SiteError::InvalidArgument(format!("--expiration-window: {e}")))?;
+            let folder = dir.folder();
+            let token = tokens::issue_token(
+                &folder,
+                &IssueOptions {
+                    expiration_window: window,
+                    redemptions_allowed,
+                    cost,
+                },
+            )
+            .await?;
+            let yaml = token.to_yaml();
+            if file == "-" {
+                print!("{yaml}");
+            } else {
+                let path = PathBuf::from(&file);
+                skiff_site_controller::folder::write_atomic(
+                    &path,
+                    yaml.as_bytes(),
+                    skiff_site_controller::folder::SECRET_MODE,
+                )?;
+                eprintln!(
+                    "token written to {file}: redeemable {redemptions_allowed} time(s) until {}",
+                    token.spec.expires_at.as_deref().unwrap_or("?")
+                );
+                eprintln!("redeem it at the other site with: skiff token redeem {file}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Redeem {
+            file,
+            name,
+            cost,
+            transport,
+            dir,
+        } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .take(1024 * 1024)
+                    .read_to_string(&mut s)
+                    .map_err(|e| {
+                        SiteError::io("read", std::path::Path::new("standard input"), e)
+                    })?;
+                s
+            } else {
+                skiff_site_controller::folder::read_text(std::path::Path::new(&file))?
+            };
+            let folder = dir.folder();
+            let link = tokens::redeem(
+                &folder,
+                &text,
+                &RedeemOptions {
+                    name,
+                    cost,
+                    transport: Some(transport),
+                },
+            )
+            .await?;
+            println!(
+                "link {:?} to site {:?} created ({}, cost {})",
+                link.metadata.name,
+                link.spec.peer_site_name,
+                link.spec.endpoints.join(", "),
+                link.spec.cost
+            );
+            if folder.is_locked() {
+                println!("check it with: skiff link list");
+            } else {
+                println!("the site is not running: it dials when started with: skiff site run");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
+    match c {
+        LinkCommand::List { output, dir } => output::link_list(&dir.folder(), output).await,
+        LinkCommand::Delete { name, dir } => {
+            let folder = dir.folder();
+            site::delete_link(&folder, &name)?;
+            tokens::reload_if_running(&folder).await?;
+            println!("link {name:?} deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,1 +1,36 @@
-//! placeholder
+//! The site controller: desired state in the site folder turned into a running router.
+//!
+//! # Layout
+//! - [`folder`]: the site folder's files, atomic writes, the run lock.
+//! - [`resources`]: Site, Link and LinkedSite resource shapes (YAML).
+//! - [`site`]: create, load and delete a site; store links, grants and linked sites.
+//! - [`grant`]: token redemption: the grant service and its client.
+//! - [`run`]: a running site: router, grant service, admin API, reload.
+//! - [`admin`]: the admin API server and client.
+//! - [`token`]: issuing and redeeming tokens (the verbs behind `skiff token`).
+
+pub mod admin;
+mod error;
+pub mod folder;
+pub mod grant;
+pub mod resources;
+pub mod run;
+pub mod site;
+pub mod token;
+
+pub use error::SiteError;
+
+/// The error and its causes as one sentence: `outer: cause: cause`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}

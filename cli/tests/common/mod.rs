@@ -1,0 +1,227 @@
+//! Helpers for the black-box CLI tests: sites in temporary folders, `skiff site run` as a
+//! child process (killed by PID when the test ends), and polling of the admin API with bounds.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `skiff` binary under test.
+pub fn skiff_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_skiff")
+}
+
+/// Runs `skiff ARGS` and returns its output.
+pub fn skiff(args: &[&str]) -> Output {
+    Command::new(skiff_bin())
+        .args(args)
+        .env_remove("SKIFF_DIR")
+        .env("SKIFF_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff")
+}
+
+/// Stdout and stderr of an output, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `skiff ARGS` and panics unless it succeeds.
+pub fn ok(args: &[&str]) -> Output {
+    let o = skiff(args);
+    assert!(o.status.success(), "skiff {args:?} failed: {}", text(&o));
+    o
+}
+
+/// Runs `skiff ARGS`, expects failure, returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let o = skiff(args);
+    assert!(
+        !o.status.success(),
+        "skiff {args:?} should fail: {}",
+        text(&o)
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "a panic reached the user: {err}");
+    assert!(
+        !err.contains("RUST_BACKTRACE"),
+        "a backtrace reached the user: {err}"
+    );
+    err
+}
+
+/// One site in a temporary folder, maybe running.
+pub struct Site {
+    pub name: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Site {
+    /// Creates a site; `link_access` sites listen on a free loopback port.
+    pub fn create(name: &str, link_access: bool) -> Site {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(name);
+        let d = dir.to_str().unwrap();
+        if link_access {
+            ok(&[
+                "site",
+                "create",
+                name,
+                "--enable-link-access",
+                "--link-host",
+                "127.0.0.1",
+                "--link-port",
+                "0",
+                "--dir",
+                d,
+            ]);
+        } else {
+            ok(&["site", "create", name, "--dir", d]);
+        }
+        Site {
+            name: name.into(),
+            dir,
+            child: None,
+            _tmp: tmp,
+        }
+    }
+
+    /// The `--dir` value.
+    pub fn d(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// `skiff ARGS --dir D`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--dir", self.d()]);
+        skiff(&a)
+    }
+
+    /// Starts `skiff site run` and waits until `site status` answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = Command::new(skiff_bin())
+            .args(["site", "run", "--dir", self.d()])
+            .env("SKIFF_LOG", "info,skiff_router=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn site run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.run(&["site", "status"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("site run exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "site {} did not start: {}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Kills the running site with SIGKILL (by PID: our own child) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the running site with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("site did not stop on SIGTERM: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self._tmp.path().join(format!("{}.log", self.name))
+    }
+
+    /// What `site run` logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `link list --output json`.
+    pub fn links(&self) -> Vec<Value> {
+        let o = self.run(&["link", "list", "--output", "json"]);
+        assert!(o.status.success(), "link list failed: {}", text(&o));
+        serde_json::from_slice::<Value>(&o.stdout)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Polls `link list` until a link matching `pred` is there, or panics after `within`.
+    pub fn wait_link(&self, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let links = self.links();
+            if let Some(l) = links.iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "site {}: no link {what} within {within:?}; links: {links:#?}\nlog:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Issues a token into `file` with extra args.
+    pub fn issue(&self, file: &Path, extra: &[&str]) {
+        let mut a = vec!["token", "issue", file.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        let o = self.run(&a);
+        assert!(o.status.success(), "token issue failed: {}", text(&o));
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A link in `state` toward `peer` (by site name).
+pub fn is_link(state: &'static str, peer: &str) -> impl Fn(&Value) -> bool {
+    let peer = peer.to_string();
+    move |l| l["status"] == state && l["peer_site_name"] == peer.as_str()
+}

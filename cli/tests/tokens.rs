@@ -1,0 +1,281 @@
+//! Black-box tests of bad tokens through the real `skiff` binary: each is refused with a
+//! message that says why, and leaves no link behind at the redeeming site.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Site, fails, is_link, ok};
+
+/// West accepts links and runs; east is the redeemer.
+fn pair() -> (Site, Site) {
+    let mut west = Site::create("west", true);
+    west.start();
+    let east = Site::create("east", false);
+    (west, east)
+}
+
+fn token_path(site: &Site, name: &str) -> PathBuf {
+    site.dir.with_file_name(name)
+}
+
+fn redeem_fails(east: &Site, token: &Path) -> String {
+    let err = fails(&[
+        "token",
+        "redeem",
+        token.to_str().unwrap(),
+        "--dir",
+        east.d(),
+    ]);
+    assert!(
+        east.links().is_empty(),
+        "a refused redemption left a link: {:?}",
+        east.links()
+    );
+    let link_files = std::fs::read_dir(east.dir.join("links"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(link_files, 0, "a refused redemption left files in links/");
+    err
+}
+
+fn edit(path: &Path, f: impl Fn(String) -> String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, f(text)).unwrap();
+}
+
+#[test]
+fn an_expired_token_is_refused_with_its_expiry_time() {
+    let (west, east) = pair();
+    let token = token_path(&west, "t.yaml");
+    west.issue(&token, &["--expiration-window", "10m"]);
+    // Age the grant at the issuer: its expiry moves into the past.
+    let grants = west.dir.join("grants");
+    let grant = std::fs::read_dir(&grants)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    edit(&grant, |t| {
+        t.lines()
+            .map(|l| {
+                if l.trim_start().starts_with("expiresAt:") {
+                    "  expiresAt: 2020-01-02T03:04:05Z".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let err = redeem_fails(&east, &token);
+    assert!(err.contains("expired at"), "{err}");
+    assert!(
+        err.contains("03:04:05"),
+        "the message must name the expiry time: {err}"
+    );
+    assert!(
+        err.contains("10m"),
+        "the message must name the window: {err}"
+    );
+    assert!(err.contains("skiff token issue"), "{err}");
+}
+
+#[test]
+fn a_used_up_token_is_refused_and_concurrent_redemptions_have_one_winner() {
+    let (west, east) = pair();
+    let token = token_path(&west, "t.yaml");
+    west.issue(&token, &[]);
+    let north = Site::create("north", false);
+    let south = Site::create("south", false);
+    // Three sites redeem the one-use token at the same moment.
+    let children: Vec<_> = [&east, &north, &south]
+        .iter()
+        .map(|s| {
+            std::process::Command::new(common::skiff_bin())
+                .args(["token", "redeem", token.to_str().unwrap(), "--dir", s.d()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let winners = outputs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(winners, 1, "exactly one redemption must win: {outputs:#?}");
+    for o in outputs.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("already redeemed (1 of 1"), "{err}");
+    }
+}
+
+#[test]
+fn a_tampered_code_is_refused() {
+    let (west, east) = pair();
+    let token = token_path(&west, "t.yaml");
+    west.issue(&token, &[]);
+    edit(&token, |t| {
+        t.lines()
+            .map(|l| {
+                if l.trim_start().starts_with("code:") {
+                    "  code: AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let err = redeem_fails(&east, &token);
+    assert!(err.contains("not recognised"), "{err}");
+    // The real grant was not spent by the failed attempt.
+    let grants = std::fs::read_dir(west.dir.join("grants"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let g = std::fs::read_to_string(grants).unwrap();
+    assert!(g.contains("redemptionsMade: 0"), "{g}");
+}
+
+#[test]
+fn a_token_pointing_at_another_site_is_refused() {
+    let (west, east) = pair();
+    let mut south = Site::create("south", true);
+    south.start();
+    let token = token_path(&west, "t.yaml");
+    west.issue(&token, &[]);
+    let south_token = token_path(&south, "s.yaml");
+    south.issue(&south_token, &[]);
+    let south_url = std::fs::read_to_string(&south_token)
+        .unwrap()
+        .lines()
+        .find(|l| l.trim_start().starts_with("url:"))
+        .unwrap()
+        .to_string();
+    // West's token, but its URL leads to south: south cannot prove it is west.
+    edit(&token, |t| {
+        t.lines()
+            .map(|l| {
+                if l.trim_start().starts_with("url:") {
+                    south_url.clone()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let err = redeem_fails(&east, &token);
+    assert!(err.contains("not site"), "{err}");
+    assert!(err.contains("CA in the token"), "{err}");
+}
+
+#[test]
+fn a_token_naming_another_site_id_is_refused() {
+    let (west, east) = pair();
+    let token = token_path(&west, "t.yaml");
+    west.issue(&token, &[]);
+    let other = "0123456789abcdef0123456789abcdef";
+    edit(&token, |t| {
+        t.lines()
+            .map(|l| {
+                if l.trim_start().starts_with("siteId:") {
+                    format!("  siteId: {other}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let err = redeem_fails(&east, &token);
+    assert!(
+        err.contains(other),
+        "the message names the site expected: {err}"
+    );
+}
+
+#[test]
+fn garbage_and_missing_token_files_are_refused() {
+    let (west, east) = pair();
+    let garbage = token_path(&west, "garbage.yaml");
+    std::fs::write(&garbage, "\u{0}\u{1}not a token at all: [").unwrap();
+    let err = redeem_fails(&east, &garbage);
+    assert!(err.contains("token"), "{err}");
+    let wrong_kind = token_path(&west, "kind.yaml");
+    std::fs::write(
+        &wrong_kind,
+        "apiVersion: skiff.io/v1alpha1\nkind: Site\nmetadata:\n  name: x\nspec: {}\n",
+    )
+    .unwrap();
+    let err = redeem_fails(&east, &wrong_kind);
+    assert!(err.contains("AccessToken"), "{err}");
+    let err = redeem_fails(&east, &token_path(&west, "missing.yaml"));
+    assert!(err.contains("missing.yaml"), "{err}");
+}
+
+#[test]
+fn a_token_redeemed_at_its_own_site_is_refused() {
+    let (west, _east) = pair();
+    let token = token_path(&west, "t.yaml");
+    west.issue(&token, &[]);
+    let err = fails(&[
+        "token",
+        "redeem",
+        token.to_str().unwrap(),
+        "--dir",
+        west.d(),
+    ]);
+    assert!(err.contains("this very site"), "{err}");
+}
+
+#[test]
+fn a_token_from_stdin_links_and_a_deleted_link_goes_down() {
+    let (west, mut east) = pair();
+    east.start();
+    let out = ok(&["token", "issue", "-", "--dir", west.d()]);
+    let mut child = std::process::Command::new(common::skiff_bin())
+        .args([
+            "token",
+            "redeem",
+            "-",
+            "--name",
+            "to-west",
+            "--dir",
+            east.d(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    let l = east.wait_link(Duration::from_secs(5), "up", is_link("up", "west"));
+    assert_eq!(l["name"], "to-west");
+    ok(&["link", "delete", "to-west", "--dir", east.d()]);
+    assert!(east.links().is_empty(), "{:?}", east.links());
+    let err = fails(&["link", "delete", "to-west", "--dir", east.d()]);
+    assert!(err.contains("no link named"), "{err}");
+}
+
+#[test]
+fn a_site_not_running_says_so_and_how_to_start_it() {
+    let east = Site::create("east", false);
+    let err = fails(&["site", "status", "--dir", east.d()]);
+    assert!(err.contains("not running"), "{err}");
+    assert!(err.contains("skiff site run"), "{err}");
+    let nothing = tempfile::tempdir().unwrap();
+    let err = fails(&["link", "list", "--dir", nothing.path().to_str().unwrap()]);
+    assert!(err.contains("no site in"), "{err}");
+    assert!(err.contains("skiff site create"), "{err}");
+}

@@ -1,0 +1,270 @@
+//! The site folder: where a site's resources, keys and admin socket live, and how files are
+//! written (atomically, secrets 0600) so that a killed command never leaves half a resource.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::SiteError;
+
+/// File mode of anything holding a secret (keys, grant codes).
+pub const SECRET_MODE: u32 = 0o600;
+/// File mode of public resources.
+pub const PUBLIC_MODE: u32 = 0o644;
+
+/// The folder of one site, with the names of everything in it.
+///
+/// ```text
+/// site.yaml          Site resource (name, id, link access)
+/// ca.crt ca.key      the site CA (key 0600)
+/// router.crt/.key    the router's own certificate (key 0600)
+/// links/NAME.yaml    Link resources (outbound links this site dials); NAME.key 0600
+/// grants/NAME.yaml   AccessGrant resources (token codes, 0600)
+/// peers/ID.yaml      sites that redeemed a grant here and may link in
+/// admin.sock         admin API of the running site (0600)
+/// site.lock          held by the running `skiff site run`
+/// ```
+#[derive(Debug, Clone)]
+pub struct SiteFolder {
+    root: PathBuf,
+}
+
+impl SiteFolder {
+    /// A site folder at `root` (which may not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SiteFolder { root: root.into() }
+    }
+
+    /// The default folder: `$XDG_DATA_HOME/skiff`, else `$HOME/.local/share/skiff`; for root
+    /// `/var/lib/skiff`.
+    pub fn default_root() -> PathBuf {
+        if running_as_root() {
+            return PathBuf::from("/var/lib/skiff");
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(x).join("skiff");
+        }
+        if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(h).join(".local/share/skiff");
+        }
+        PathBuf::from("skiff")
+    }
+
+    /// The folder itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `site.yaml`.
+    pub fn site_file(&self) -> PathBuf {
+        self.root.join("site.yaml")
+    }
+    /// `ca.crt`.
+    pub fn ca_cert_file(&self) -> PathBuf {
+        self.root.join("ca.crt")
+    }
+    /// `ca.key` (secret).
+    pub fn ca_key_file(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    /// `router.crt`.
+    pub fn router_cert_file(&self) -> PathBuf {
+        self.root.join("router.crt")
+    }
+    /// `router.key` (secret).
+    pub fn router_key_file(&self) -> PathBuf {
+        self.root.join("router.key")
+    }
+    /// `links/`.
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    /// `grants/`.
+    pub fn grants_dir(&self) -> PathBuf {
+        self.root.join("grants")
+    }
+    /// `peers/`.
+    pub fn peers_dir(&self) -> PathBuf {
+        self.root.join("peers")
+    }
+    /// `admin.sock`.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.root.join("admin.sock")
+    }
+    /// `site.lock`.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("site.lock")
+    }
+
+    /// Does a site live here?
+    pub fn exists(&self) -> bool {
+        self.site_file().is_file()
+    }
+
+    /// Creates the folder and its sub-folders (0700: it holds keys).
+    pub fn create_dirs(&self) -> Result<(), SiteError> {
+        for dir in [
+            self.root.clone(),
+            self.links_dir(),
+            self.grants_dir(),
+            self.peers_dir(),
+        ] {
+            fs::create_dir_all(&dir).map_err(|e| SiteError::io("create folder", &dir, e))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| SiteError::io("set permissions of", &dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the run lock: only one `site run` per folder. The lock goes with the file handle
+    /// (and with the process, even on SIGKILL).
+    pub fn lock_for_run(&self) -> Result<File, SiteError> {
+        let path = self.lock_file();
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(SECRET_MODE)
+            .open(&path)
+            .map_err(|e| SiteError::io("open", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => Err(SiteError::AlreadyRunning {
+                dir: self.root.clone(),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(SiteError::io("lock", &path, e)),
+        }
+    }
+
+    /// Is a `site run` holding the lock on this folder?
+    pub fn is_locked(&self) -> bool {
+        let Ok(file) = File::open(self.lock_file()) else {
+            return false;
+        };
+        matches!(file.try_lock_shared(), Err(fs::TryLockError::WouldBlock))
+    }
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same folder, written, synced,
+/// given `mode`, then renamed over `path`, and the folder synced. A reader sees the old file or
+/// the new one, never a part; a process killed half way leaves at most a `.tmp` file behind.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SiteError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The mode given to open() is filtered by the umask; set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        SiteError::io("write", path, e)
+    })
+}
+
+/// Reads a file to a string, with an error that names the file.
+pub fn read_text(path: &Path) -> Result<String, SiteError> {
+    fs::read_to_string(path).map_err(|e| SiteError::io("read", path, e))
+}
+
+/// Removes a file; a file that is already gone is not an error.
+pub fn remove_file(path: &Path) -> Result<(), SiteError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SiteError::io("remove", path, e)),
+    }
+}
+
+/// The `.yaml` files of a folder, sorted by name; a missing folder has none. Temporary files
+/// left by a killed writer (`.NAME.tmp`) are skipped.
+pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, SiteError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(SiteError::io("list", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| SiteError::io("list", dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with('.') && name.ends_with(".yaml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn running_as_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_mode_and_replaces_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.key");
+        write_atomic(&path, b"first", SECRET_MODE).unwrap();
+        write_atomic(&path, b"second", SECRET_MODE).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn yaml_listing_skips_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("b.yaml"), "").unwrap();
+        fs::write(dir.path().join("a.yaml"), "").unwrap();
+        fs::write(dir.path().join(".a.yaml.123.tmp"), "").unwrap();
+        fs::write(dir.path().join("a.key"), "").unwrap();
+        let got: Vec<_> = yaml_files(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(got, ["a.yaml", "b.yaml"]);
+        assert!(yaml_files(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn run_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        assert!(!folder.is_locked());
+        let held = folder.lock_for_run().unwrap();
+        assert!(folder.is_locked());
+        assert!(matches!(
+            folder.lock_for_run(),
+            Err(SiteError::AlreadyRunning { .. })
+        ));
+        drop(held);
+        assert!(!folder.is_locked());
+    }
+}

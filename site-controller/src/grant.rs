@@ -1,0 +1,454 @@
+//! Token redemption, both ends: the grant service a site runs on its link port (HTTP/1.1 over
+//! TLS, ALPN `skiff-grant/1`) and the client `skiff token redeem` uses.
+//!
+//! The redeeming site sends a CSR with the token's code; the issuer checks the grant, signs a
+//! client certificate with its CA and answers with it and its link endpoints. The private key
+//! never leaves the redeeming site. Redemptions are serialised by one lock, and the grant's use
+//! count is spent only after signing succeeded, so two concurrent redemptions of a one-use
+//! token: exactly one wins.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use skiff_certs::{AccessToken, SiteCa, SiteId};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::net::TcpStream;
+
+use crate::SiteError;
+use crate::folder::SiteFolder;
+use crate::resources::{LinkedSite, LinkedSiteSpec};
+use crate::site::{list_grants, save_grant, save_linked_site};
+
+/// Path of the redemption request.
+pub const REDEEM_PATH: &str = "/v1/redeem";
+/// Largest request or response body accepted.
+const MAX_BODY: usize = 64 * 1024;
+/// How long a client certificate issued by a redemption is valid. Renewal is not built yet;
+/// see docs/operations.md.
+pub const LINK_CERT_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
+/// How long a redemption may take end to end.
+const REDEEM_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Body of a redemption request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedeemRequest {
+    /// The token's code.
+    pub code: String,
+    /// CSR (PEM) carrying the redeeming site's id as URI SAN.
+    pub csr: String,
+    /// The redeeming site's id (must match the CSR).
+    pub site_id: SiteId,
+    /// The redeeming site's name.
+    pub site_name: String,
+}
+
+/// Body of a successful redemption.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedeemResponse {
+    /// The client certificate (PEM), signed by the issuer's CA.
+    pub certificate: String,
+    /// The issuer's site id.
+    pub site_id: SiteId,
+    /// The issuer's site name.
+    pub site_name: String,
+    /// `host:port` endpoints of the issuer's link access.
+    pub endpoints: Vec<String>,
+    /// The link cost the grant was issued with.
+    pub link_cost: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// The sites allowed to link in: those that redeemed a grant and are not revoked.
+#[derive(Debug, Default)]
+pub struct LinkedSites {
+    sites: RwLock<HashMap<SiteId, LinkedSite>>,
+}
+
+impl LinkedSites {
+    /// Replaces the whole set (on start and reload).
+    pub fn replace(&self, sites: Vec<LinkedSite>) {
+        let map = sites.into_iter().map(|s| (s.spec.site_id, s)).collect();
+        *self.sites.write().unwrap() = map;
+    }
+
+    /// Adds or replaces one site.
+    pub fn insert(&self, site: LinkedSite) {
+        self.sites.write().unwrap().insert(site.spec.site_id, site);
+    }
+}
+
+impl skiff_router::link::InboundPolicy for LinkedSites {
+    fn admit(&self, peer: SiteId) -> Result<(), String> {
+        match self.sites.read().unwrap().get(&peer) {
+            Some(s) if s.spec.revoked => Err(format!(
+                "site {} ({peer}) was revoked here",
+                s.spec.site_name
+            )),
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "site {peer} never redeemed a token here (or the site was re-created): redeem a new token"
+            )),
+        }
+    }
+}
+
+/// The grant service of one site.
+pub struct GrantService {
+    folder: SiteFolder,
+    ca: SiteCa,
+    site_id: SiteId,
+    site_name: String,
+    link_hosts: Vec<String>,
+    /// The bound link port, known once the router started.
+    pub link_port: OnceLock<u16>,
+    linked: Arc<LinkedSites>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl GrantService {
+    /// A grant service for a site.
+    pub fn new(
+        folder: SiteFolder,
+        ca: SiteCa,
+        site_id: SiteId,
+        site_name: String,
+        link_hosts: Vec<String>,
+        linked: Arc<LinkedSites>,
+    ) -> Self {
+        GrantService {
+            folder,
+            ca,
+            site_id,
+            site_name,
+            link_hosts,
+            link_port: OnceLock::new(),
+            linked,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Handles one redemption; `Err` is (status, message for the redeeming user).
+    pub async fn redeem(
+        &self,
+        req: RedeemRequest,
+        peer: SocketAddr,
+    ) -> Result<RedeemResponse, (StatusCode, String)> {
+        let _one_at_a_time = self.lock.lock().await;
+        let now = OffsetDateTime::now_utc();
+        let internal = |e: SiteError| {
+            tracing::error!(cause = %crate::error_chain(&e), "redemption failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the issuing site could not store the grant; see its log".to_string(),
+            )
+        };
+        let grants = list_grants(&self.folder).map_err(internal)?;
+        let Some(mut grant) = grants.into_iter().find(|g| g.matches(&req.code)) else {
+            return Err((
+                StatusCode::FORBIDDEN,
+                skiff_certs::GrantRefusal::UnknownCode.to_string(),
+            ));
+        };
+        grant
+            .check(now)
+            .map_err(|r| (StatusCode::FORBIDDEN, r.to_string()))?;
+        if req.site_id == self.site_id {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "a site cannot link to itself: redeem the token at another site".into(),
+            ));
+        }
+        let (csr_site, cert) = self
+            .ca
+            .sign_link_csr(&req.csr, LINK_CERT_VALIDITY)
+            .map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("bad certificate request: {e}"),
+                )
+            })?;
+        if csr_site != req.site_id {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the certificate request is for site {csr_site}, but the request says {}",
+                    req.site_id
+                ),
+            ));
+        }
+        let linked = LinkedSite::new(LinkedSiteSpec {
+            site_id: req.site_id,
+            site_name: req.site_name.chars().take(63).collect(),
+            grant: grant.metadata.name.clone(),
+            certificate_serial: cert.serial.clone(),
+            linked_at: now.format(&Rfc3339).unwrap_or_default(),
+            revoked: false,
+        });
+        save_linked_site(&self.folder, &linked).map_err(internal)?;
+        grant.spend();
+        save_grant(&self.folder, &grant).map_err(internal)?;
+        self.linked.insert(linked);
+        tracing::info!(
+            grant = %grant.metadata.name,
+            peer_site = %req.site_id,
+            peer_name = %req.site_name,
+            %peer,
+            "token redeemed"
+        );
+        let port = self.link_port.get().copied().unwrap_or_default();
+        Ok(RedeemResponse {
+            certificate: cert.cert_pem,
+            site_id: self.site_id,
+            site_name: self.site_name.clone(),
+            endpoints: self
+                .link_hosts
+                .iter()
+                .map(|h| join_host_port(h, port))
+                .collect(),
+            link_cost: grant.spec.link_cost,
+        })
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        if req.method() != Method::POST || req.uri().path() != REDEEM_PATH {
+            return error_response(StatusCode::NOT_FOUND, "no such endpoint");
+        }
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body refused: {e}"),
+                );
+            }
+        };
+        let parsed: RedeemRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error_response(StatusCode::BAD_REQUEST, &format!("malformed request: {e}"));
+            }
+        };
+        match self.redeem(parsed, peer).await {
+            Ok(resp) => json_response(StatusCode::OK, &resp),
+            Err((status, message)) => {
+                tracing::warn!(%peer, reason = %message, "token redemption refused");
+                error_response(status, &message)
+            }
+        }
+    }
+}
+
+/// The grant service shared by the router's accept loop.
+#[derive(Clone)]
+pub struct SharedGrantService(pub Arc<GrantService>);
+
+impl skiff_router::link::GrantHandler for SharedGrantService {
+    fn serve(
+        &self,
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        peer: SocketAddr,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, std::convert::Infallible>(service.handle(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(REDEEM_TIMEOUT, conn).await {
+                Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "grant connection ended"),
+                Err(_) => tracing::warn!(%peer, "grant connection timed out"),
+                Ok(Ok(())) => {}
+            }
+        })
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(body).unwrap_or_default(),
+    )));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Splits `https://host:port` (or `host:port`) into host and port.
+pub fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} has no port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{url:?} has an invalid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Redeems `token` for the local site `(site_id, site_name)` with `csr_pem`: connects to the
+/// issuer over TLS (verified against the token's CA and site id) and returns its answer.
+pub async fn redeem_token(
+    token: &AccessToken,
+    site_id: SiteId,
+    site_name: &str,
+    csr_pem: &str,
+) -> Result<RedeemResponse, SiteError> {
+    let url = token.spec.url.clone();
+    let unreachable = |reason: String| SiteError::IssuerUnreachable {
+        url: url.clone(),
+        reason,
+    };
+    let (host, port) = parse_url(&url).map_err(&unreachable)?;
+    let config = skiff_certs::grant_client_config(&token.spec.ca, token.spec.site_id)
+        .map_err(SiteError::BadToken)?;
+    let server_name = rustls_pki_types::ServerName::try_from(token.spec.site_id.server_name())
+        .map_err(|e| unreachable(e.to_string()))?;
+    let work = async {
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| unreachable(describe_connect_error(&e)))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| unreachable(describe_tls_error(&e, token.spec.site_id)))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(format!("HTTP handshake failed: {e}")))?;
+        tokio::spawn(conn);
+        let body = serde_json::to_vec(&RedeemRequest {
+            code: token.spec.code.clone(),
+            csr: csr_pem.into(),
+            site_id,
+            site_name: site_name.into(),
+        })
+        .expect("request serialises");
+        let req = Request::post(REDEEM_PATH)
+            .header(http::header::HOST, join_host_port(&host, port))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("valid request");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(format!("no answer: {e}")))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| unreachable(format!("answer unreadable: {e}")))?
+            .to_bytes();
+        if status.is_success() {
+            serde_json::from_slice::<RedeemResponse>(&body)
+                .map_err(|e| unreachable(format!("malformed answer: {e}")))
+        } else {
+            let reason = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            Err(SiteError::RedemptionRefused {
+                issuer: url.clone(),
+                reason,
+            })
+        }
+    };
+    tokio::time::timeout(REDEEM_TIMEOUT, work)
+        .await
+        .map_err(|_| unreachable(format!("no answer within {}s", REDEEM_TIMEOUT.as_secs())))?
+}
+
+fn describe_connect_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => {
+            "connection refused: nothing listens there (is the site running with link access?)"
+                .into()
+        }
+        _ => format!("could not connect: {e}"),
+    }
+}
+
+/// Turns a TLS failure while talking to an issuer or peer into words.
+pub fn describe_tls_error(e: &std::io::Error, expected: SiteId) -> String {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            format!(
+                "the site there is not site {expected}: its certificate is not signed by the CA in the token (a token for another site, or the site was re-created)"
+            )
+        }
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) => {
+            format!("the site there is not the one in the token: {o}")
+        }
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            format!("the site's certificate was refused: {c:?}")
+        }
+        Some(other) => format!("TLS failed: {other}"),
+        None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the peer closed the connection during the TLS handshake (not a skiff link port?)"
+                .into()
+        }
+        None => format!("TLS failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_endpoints() {
+        assert_eq!(
+            parse_url("https://10.0.0.1:45671").unwrap(),
+            ("10.0.0.1".into(), 45671)
+        );
+        assert_eq!(parse_url("https://[::1]:9/").unwrap(), ("::1".into(), 9));
+        assert!(parse_url("https://host").is_err());
+        assert!(parse_url("https://:80").is_err());
+        assert_eq!(join_host_port("::1", 5), "[::1]:5");
+        assert_eq!(join_host_port("a.b", 5), "a.b:5");
+    }
+}

@@ -1,0 +1,302 @@
+//! Resource shapes of the site folder (`apiVersion: skiff.io/v1alpha1`): Site, Link, and the
+//! record of a site that redeemed a grant here (LinkedSite). Tokens and grants live in `certs`.
+
+use serde::{Deserialize, Serialize};
+use skiff_certs::{API_VERSION, SiteId};
+
+use crate::SiteError;
+
+/// Default port of link access (TCP for TLS links and grants, UDP for QUIC).
+pub const DEFAULT_LINK_PORT: u16 = 45671;
+
+/// Default cost of a link.
+pub const DEFAULT_LINK_COST: u32 = 1;
+
+/// `metadata` of every resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The resource's name, unique among resources of its kind in the site.
+    pub name: String,
+}
+
+/// The Site resource: this site's name, identity and link access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Site {
+    /// Always `skiff.io/v1alpha1`.
+    pub api_version: String,
+    /// Always `Site`.
+    pub kind: String,
+    /// The site's name.
+    pub metadata: Metadata,
+    /// What the site is.
+    pub spec: SiteSpec,
+}
+
+/// `spec` of a Site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SiteSpec {
+    /// The site's 128-bit id (in its certificates as `skiff://site/<id>`).
+    pub id: SiteId,
+    /// Whether the site accepts links (and serves token redemptions).
+    #[serde(default)]
+    pub link_access: bool,
+    /// Host names or addresses other sites use to reach this site; tokens carry them.
+    #[serde(default)]
+    pub link_hosts: Vec<String>,
+    /// Port of link access: TCP (TLS links, grants) and UDP (QUIC). 0 picks a free port at
+    /// each start (tests); tokens then carry the port of the running site.
+    #[serde(default = "default_link_port")]
+    pub link_port: u16,
+    /// An edge site only dials out and never carries transit traffic.
+    #[serde(default)]
+    pub edge: bool,
+}
+
+fn default_link_port() -> u16 {
+    DEFAULT_LINK_PORT
+}
+
+/// The Link resource: a link this site dials, made by redeeming a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Link {
+    /// Always `skiff.io/v1alpha1`.
+    pub api_version: String,
+    /// Always `Link`.
+    pub kind: String,
+    /// The link's name.
+    pub metadata: Metadata,
+    /// Where and how to dial.
+    pub spec: LinkSpec,
+}
+
+/// `spec` of a Link. The private key is not here: it is `links/NAME.key` (0600).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkSpec {
+    /// The peer's site id; its certificate must carry it.
+    pub peer_site_id: SiteId,
+    /// The peer's site name, for display.
+    #[serde(default)]
+    pub peer_site_name: String,
+    /// `host:port` endpoints of the peer's link access, tried in order.
+    pub endpoints: Vec<String>,
+    /// The peer's CA (PEM): the only CA trusted on this link.
+    pub peer_ca: String,
+    /// This site's client certificate for the link, signed by the peer's CA (PEM).
+    pub client_certificate: String,
+    /// Cost of the link for routing.
+    #[serde(default = "default_cost")]
+    pub cost: u32,
+    /// `quic`, `tls` or `auto`.
+    #[serde(default = "default_transport")]
+    pub transport: String,
+}
+
+fn default_cost() -> u32 {
+    DEFAULT_LINK_COST
+}
+
+fn default_transport() -> String {
+    "auto".into()
+}
+
+/// A site that redeemed a grant here and may link in (until revoked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkedSite {
+    /// Always `skiff.io/v1alpha1`.
+    pub api_version: String,
+    /// Always `LinkedSite`.
+    pub kind: String,
+    /// Named by the site id.
+    pub metadata: Metadata,
+    /// What was granted.
+    pub spec: LinkedSiteSpec,
+}
+
+/// `spec` of a LinkedSite.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinkedSiteSpec {
+    /// The linked site's id.
+    pub site_id: SiteId,
+    /// The name it gave when redeeming.
+    pub site_name: String,
+    /// The grant it redeemed.
+    pub grant: String,
+    /// Serial of the client certificate issued to it (hex).
+    pub certificate_serial: String,
+    /// When (RFC 3339 UTC).
+    pub linked_at: String,
+    /// A revoked site's links are closed and refused.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl Site {
+    /// A new Site resource.
+    pub fn new(name: &str, spec: SiteSpec) -> Self {
+        Site {
+            api_version: API_VERSION.into(),
+            kind: "Site".into(),
+            metadata: Metadata { name: name.into() },
+            spec,
+        }
+    }
+}
+
+impl Link {
+    /// A new Link resource.
+    pub fn new(name: &str, spec: LinkSpec) -> Self {
+        Link {
+            api_version: API_VERSION.into(),
+            kind: "Link".into(),
+            metadata: Metadata { name: name.into() },
+            spec,
+        }
+    }
+}
+
+impl LinkedSite {
+    /// A new LinkedSite record.
+    pub fn new(spec: LinkedSiteSpec) -> Self {
+        LinkedSite {
+            api_version: API_VERSION.into(),
+            kind: "LinkedSite".into(),
+            metadata: Metadata {
+                name: spec.site_id.to_string(),
+            },
+            spec,
+        }
+    }
+}
+
+/// What every resource type offers to the folder code.
+pub trait Resource: Serialize + for<'de> Deserialize<'de> {
+    /// The `kind` value.
+    const KIND: &'static str;
+    /// Its apiVersion and kind, for checking.
+    fn type_meta(&self) -> (&str, &str);
+    /// Its name.
+    fn name(&self) -> &str;
+}
+
+macro_rules! resource {
+    ($t:ty, $kind:literal) => {
+        impl Resource for $t {
+            const KIND: &'static str = $kind;
+            fn type_meta(&self) -> (&str, &str) {
+                (&self.api_version, &self.kind)
+            }
+            fn name(&self) -> &str {
+                &self.metadata.name
+            }
+        }
+    };
+}
+resource!(Site, "Site");
+resource!(Link, "Link");
+resource!(LinkedSite, "LinkedSite");
+
+/// Serialises a resource as YAML.
+pub fn to_yaml<R: Resource>(r: &R) -> String {
+    serde_saphyr::to_string(r).expect("resources always serialise")
+}
+
+/// Parses a resource from YAML and checks its apiVersion and kind; `origin` names the file in
+/// errors.
+pub fn from_yaml<R: Resource>(text: &str, origin: &std::path::Path) -> Result<R, SiteError> {
+    let r: R = serde_saphyr::from_str(text).map_err(|e| SiteError::BadResource {
+        path: origin.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let (api, kind) = r.type_meta();
+    if api != API_VERSION || kind != R::KIND {
+        return Err(SiteError::BadResource {
+            path: origin.to_path_buf(),
+            reason: format!(
+                "expected apiVersion {API_VERSION} kind {}, found {api} {kind}",
+                R::KIND
+            ),
+        });
+    }
+    Ok(r)
+}
+
+/// Checks a name given for a site, link or grant: it becomes a file name, so 1-63 of
+/// `a-z 0-9 -`, starting and ending with a letter or digit (a Kubernetes DNS label).
+pub fn validate_name(what: &'static str, name: &str) -> Result<(), SiteError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SiteError::InvalidName {
+            what,
+            name: name.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn site_roundtrips_and_defaults_apply() {
+        let site = Site::new(
+            "west",
+            SiteSpec {
+                id: SiteId::random(),
+                link_access: true,
+                link_hosts: vec!["10.0.0.1".into()],
+                link_port: 0,
+                edge: false,
+            },
+        );
+        let back: Site = from_yaml(&to_yaml(&site), Path::new("site.yaml")).unwrap();
+        assert_eq!(back, site);
+
+        let id = SiteId::random();
+        let minimal = format!(
+            "apiVersion: skiff.io/v1alpha1\nkind: Site\nmetadata:\n  name: east\nspec:\n  id: {id}\n"
+        );
+        let s: Site = from_yaml(&minimal, Path::new("site.yaml")).unwrap();
+        assert_eq!(s.spec.link_port, DEFAULT_LINK_PORT);
+        assert!(!s.spec.link_access);
+    }
+
+    #[test]
+    fn wrong_kind_and_unknown_fields_are_refused_with_the_file_named() {
+        let id = SiteId::random();
+        let wrong = format!(
+            "apiVersion: skiff.io/v1alpha1\nkind: Link\nmetadata:\n  name: east\nspec:\n  id: {id}\n"
+        );
+        let err = from_yaml::<Site>(&wrong, Path::new("/x/site.yaml")).unwrap_err();
+        assert!(err.to_string().contains("/x/site.yaml"), "{err}");
+        assert!(err.to_string().contains("kind Site"), "{err}");
+        let extra = format!(
+            "apiVersion: skiff.io/v1alpha1\nkind: Site\nmetadata:\n  name: e\nspec:\n  id: {id}\n  colour: red\n"
+        );
+        let err = from_yaml::<Site>(&extra, Path::new("site.yaml")).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(validate_name("site", "west-1").is_ok());
+        for bad in ["", "West", "-a", "a-", "a/b", "..", &"x".repeat(64)] {
+            assert!(validate_name("site", bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! A running site: the router started from the site folder, the grant service, the admin API,
+//! and reload (re-read the folder, apply only the difference).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use skiff_certs::SiteId;
+use skiff_router::link::{
+    InboundPolicy, LinkSpec as RouterLinkSpec, LinkState, Router, RouterConfig, TransportChoice,
+};
+use skiff_router::wire::RouterMode;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinHandle;
+
+use crate::SiteError;
+use crate::admin::{self, AdminListener};
+use crate::folder::{SiteFolder, remove_file};
+use crate::grant::{GrantService, LinkedSites, SharedGrantService};
+use crate::resources::Site;
+use crate::site::{list_linked_sites, list_links, load_site};
+
+/// Options of `skiff site run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Also serve the admin API on this TCP address.
+    pub admin_address: Option<SocketAddr>,
+}
+
+/// What the admin API and reload share.
+pub struct SiteState {
+    folder: SiteFolder,
+    site: Site,
+    router: Router,
+    linked: Arc<LinkedSites>,
+    reload_lock: tokio::sync::Mutex<()>,
+    started: std::time::SystemTime,
+}
+
+/// A site started from its folder; stop it with [`RunningSite::stop`].
+pub struct RunningSite {
+    state: Arc<SiteState>,
+    admin_tasks: Vec<JoinHandle<()>>,
+    admin_stop: tokio::sync::watch::Sender<bool>,
+    admin_tcp: Option<SocketAddr>,
+    _lock: File,
+}
+
+impl RunningSite {
+    /// Starts the site in `folder`: takes the run lock, starts the router (link access, links),
+    /// the grant service and the admin API.
+    pub async fn start(folder: SiteFolder, opts: RunOptions) -> Result<Self, SiteError> {
+        let loaded = load_site(&folder)?;
+        let lock = folder.lock_for_run()?;
+        let spec = &loaded.site.spec;
+        let linked = Arc::new(LinkedSites::default());
+        linked.replace(list_linked_sites(&folder)?);
+        let link_listen = spec
+            .link_access
+            .then(|| SocketAddr::new(bind_ip(&spec.link_hosts), spec.link_port));
+        let grants = if spec.link_access {
+            // The grant service signs with its own handle on the CA.
+            let ca = skiff_certs::SiteCa::from_pem(loaded.ca.cert_pem(), loaded.ca.key_pem())?;
+            Some(Arc::new(GrantService::new(
+                folder.clone(),
+                ca,
+                loaded.id(),
+                loaded.name().to_string(),
+                spec.link_hosts.clone(),
+                linked.clone(),
+            )))
+        } else {
+            None
+        };
+        let mut config = RouterConfig::new(
+            loaded.id(),
+            loaded.name().to_string(),
+            if spec.edge {
+                RouterMode::Edge
+            } else {
+                RouterMode::Interior
+            },
+            loaded.router_cert_pem.clone(),
+            loaded.router_key_pem.clone(),
+            loaded.ca.cert_pem().to_string(),
+        );
+        config.link_listen = link_listen;
+        let router = Router::start(
+            config,
+            linked.clone() as Arc<dyn InboundPolicy>,
+            grants.clone().map(|g| {
+                Arc::new(SharedGrantService(g)) as Arc<dyn skiff_router::link::GrantHandler>
+            }),
+        )
+        .await?;
+        if let (Some(g), Some(addr)) = (&grants, router.link_addr()) {
+            let _ = g.link_port.set(addr.port());
+        }
+        let state = Arc::new(SiteState {
+            folder: folder.clone(),
+            site: loaded.site.clone(),
+            router,
+            linked,
+            reload_lock: tokio::sync::Mutex::new(()),
+            started: std::time::SystemTime::now(),
+        });
+        state.apply_links()?;
+
+        // The lock is ours, so a socket file left here belongs to a dead run.
+        let sock = folder.admin_socket();
+        remove_file(&sock)?;
+        let unix = UnixListener::bind(&sock).map_err(|e| SiteError::io("listen on", &sock, e))?;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| SiteError::io("set permissions of", &sock, e))?;
+        let (admin_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut admin_tasks = vec![tokio::spawn(admin::serve(
+            AdminListener::Unix(unix),
+            state.clone(),
+            stop_rx.clone(),
+        ))];
+        let mut admin_tcp = None;
+        if let Some(addr) = opts.admin_address {
+            let tcp = TcpListener::bind(addr).await.map_err(|e| SiteError::Io {
+                action: "listen for the admin API on",
+                path: addr.to_string().into(),
+                source: e,
+            })?;
+            admin_tcp = tcp.local_addr().ok();
+            admin_tasks.push(tokio::spawn(admin::serve(
+                AdminListener::Tcp(tcp),
+                state.clone(),
+                stop_rx,
+            )));
+        }
+        tracing::info!(
+            site = %state.site.metadata.name,
+            id = %state.site.spec.id,
+            link_access = ?state.router.link_addr(),
+            admin = %sock.display(),
+            "site running"
+        );
+        Ok(RunningSite {
+            state,
+            admin_tasks,
+            admin_stop,
+            admin_tcp,
+            _lock: lock,
+        })
+    }
+
+    /// The bound link-access address, if the site accepts links.
+    pub fn link_addr(&self) -> Option<SocketAddr> {
+        self.state.router.link_addr()
+    }
+
+    /// The bound admin TCP address, if one was asked for.
+    pub fn admin_tcp_addr(&self) -> Option<SocketAddr> {
+        self.admin_tcp
+    }
+
+    /// The shared state (links, reload). Do not keep a clone of it past [`RunningSite::stop`].
+    pub fn state(&self) -> &SiteState {
+        &self.state
+    }
+
+    /// Stops the admin API, closes the links and releases the folder.
+    pub async fn stop(self) {
+        let _ = self.admin_stop.send(true);
+        for t in self.admin_tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(self.state.folder.admin_socket());
+        match Arc::try_unwrap(self.state) {
+            Ok(state) => state.router.shutdown().await,
+            // Not reachable while the admin servers are the only other holders; dropping the
+            // router still stops its tasks, in the background.
+            Err(_) => {
+                tracing::warn!("site state still shared at stop; links close in the background")
+            }
+        }
+    }
+}
+
+/// Runs the site in `folder` until `shutdown` completes.
+pub async fn run_site(
+    folder: SiteFolder,
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), SiteError> {
+    let site = RunningSite::start(folder, opts).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    site.stop().await;
+    Ok(())
+}
+
+/// Bind address of link access: loopback when every advertised host is a loopback address
+/// (a site on a laptop is then not reachable from the network), else every interface.
+fn bind_ip(hosts: &[String]) -> IpAddr {
+    let all_loopback = !hosts.is_empty()
+        && hosts.iter().all(|h| {
+            h == "localhost"
+                || h.parse::<IpAddr>()
+                    .map(|ip| ip.is_loopback())
+                    .unwrap_or(false)
+        });
+    if all_loopback {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+impl SiteState {
+    /// Re-reads links and linked sites from the folder and applies the difference: new links
+    /// are dialled, removed ones closed, unchanged ones untouched; sites revoked or forgotten
+    /// are disconnected.
+    pub async fn reload(&self) -> Result<(), SiteError> {
+        let _one = self.reload_lock.lock().await;
+        let before: HashSet<SiteId> = self.admitted();
+        self.linked.replace(list_linked_sites(&self.folder)?);
+        let after = self.admitted();
+        for gone in before.difference(&after) {
+            self.router
+                .disconnect_peer(*gone, "the site's link was revoked here");
+        }
+        self.apply_links()?;
+        tracing::info!("reloaded the site folder");
+        Ok(())
+    }
+
+    fn admitted(&self) -> HashSet<SiteId> {
+        list_linked_sites(&self.folder)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| self.linked.admit(s.spec.site_id).is_ok())
+            .map(|s| s.spec.site_id)
+            .collect()
+    }
+
+    fn apply_links(&self) -> Result<(), SiteError> {
+        let mut specs = Vec::new();
+        for (link, key) in list_links(&self.folder)? {
+            let transport: TransportChoice =
+                link.spec
+                    .transport
+                    .parse()
+                    .map_err(|_| SiteError::BadResource {
+                        path: self
+                            .folder
+                            .links_dir()
+                            .join(format!("{}.yaml", link.metadata.name)),
+                        reason: format!(
+                            "transport {:?} is not quic, tls or auto",
+                            link.spec.transport
+                        ),
+                    })?;
+            specs.push(RouterLinkSpec {
+                name: link.metadata.name.clone(),
+                peer_site_id: link.spec.peer_site_id,
+                peer_ca_pem: link.spec.peer_ca.clone(),
+                endpoints: link.spec.endpoints.clone(),
+                client_cert_pem: link.spec.client_certificate.clone(),
+                client_key_pem: key,
+                transport,
+                cost: link.spec.cost,
+            });
+        }
+        self.router.set_links(specs);
+        Ok(())
+    }
+
+    /// `GET /v1/site`.
+    pub fn site_json(&self) -> serde_json::Value {
+        let spec = &self.site.spec;
+        serde_json::json!({
+            "name": self.site.metadata.name,
+            "id": spec.id.to_string(),
+            "mode": if spec.edge { "edge" } else { "interior" },
+            "linkAccess": spec.link_access,
+            "linkHosts": spec.link_hosts,
+            "linkAddress": self.router.link_addr().map(|a| a.to_string()),
+            "linkPort": self.router.link_addr().map(|a| a.port()),
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocolVersion": skiff_router::wire::PROTOCOL_VERSION.to_string(),
+            "pid": std::process::id(),
+            "uptimeSeconds": self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+        })
+    }
+
+    /// The links of the router, outbound and inbound.
+    pub fn links(&self) -> Vec<skiff_router::link::LinkStatus> {
+        self.router.links()
+    }
+
+    /// `GET /v1/links`.
+    pub fn links_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.router.links()).unwrap_or_default()
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub fn metrics_text(&self) -> String {
+        let links = self.router.links();
+        let count = |want: &str| {
+            links
+                .iter()
+                .filter(|l| {
+                    matches!(
+                        (&l.state, want),
+                        (LinkState::Up, "up")
+                            | (LinkState::Connecting { .. }, "connecting")
+                            | (LinkState::Refused { .. }, "refused")
+                    )
+                })
+                .count()
+        };
+        let mut out = String::new();
+        out.push_str(
+            "# HELP skiff_links Links of this site by status.\n# TYPE skiff_links gauge\n",
+        );
+        for s in ["up", "connecting", "refused"] {
+            out.push_str(&format!("skiff_links{{status=\"{s}\"}} {}\n", count(s)));
+        }
+        out.push_str("# HELP skiff_info Build information.\n# TYPE skiff_info gauge\n");
+        out.push_str(&format!(
+            "skiff_info{{version=\"{}\",site=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            self.site.metadata.name
+        ));
+        out
+    }
+}

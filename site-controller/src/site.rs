@@ -1,0 +1,362 @@
+//! Site-folder operations behind the CLI verbs: create, load and delete a site; store links,
+//! grants and linked sites. Every write is atomic; the resource's YAML is written last, so it
+//! is the commit point (a killed command leaves the old state or the new one).
+
+use std::fs;
+
+use skiff_certs::{AccessGrant, SiteCa, SiteId};
+
+use crate::SiteError;
+use crate::folder::{
+    PUBLIC_MODE, SECRET_MODE, SiteFolder, read_text, remove_file, write_atomic, yaml_files,
+};
+use crate::resources::{Link, LinkedSite, Site, SiteSpec, from_yaml, to_yaml, validate_name};
+
+/// What `skiff site create` was asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteOptions {
+    /// Accept links and serve token redemptions.
+    pub link_access: bool,
+    /// Hosts other sites use to reach this one (tokens carry them).
+    pub link_hosts: Vec<String>,
+    /// Port of link access (0: any free port at each start).
+    pub link_port: Option<u16>,
+    /// Edge mode: dial out only, never transit.
+    pub edge: bool,
+}
+
+/// A site read from its folder, with its CA and router certificate.
+pub struct LoadedSite {
+    /// The Site resource.
+    pub site: Site,
+    /// The site CA.
+    pub ca: SiteCa,
+    /// The router's certificate (PEM).
+    pub router_cert_pem: String,
+    /// The router's key (PEM).
+    pub router_key_pem: String,
+}
+
+impl LoadedSite {
+    /// The site's name.
+    pub fn name(&self) -> &str {
+        &self.site.metadata.name
+    }
+    /// The site's id.
+    pub fn id(&self) -> SiteId {
+        self.site.spec.id
+    }
+}
+
+/// What `create_site` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new site, with a new id and CA.
+    New,
+    /// The site existed; its settings were updated and its identity kept.
+    Updated,
+}
+
+/// Creates a site in `folder`, or updates the settings of the site of the same name there
+/// (keeping its id, CA and links). A folder holding a site of another name is refused.
+pub fn create_site(
+    folder: &SiteFolder,
+    name: &str,
+    opts: &SiteOptions,
+) -> Result<(Site, Created), SiteError> {
+    validate_name("site", name)?;
+    if opts.edge && opts.link_access {
+        return Err(SiteError::InvalidArgument(
+            "an edge site cannot accept links: drop --edge or --enable-link-access".into(),
+        ));
+    }
+    for h in &opts.link_hosts {
+        if h.is_empty()
+            || h.contains(['/', ' '])
+            || (h.contains(':') && h.parse::<std::net::Ipv6Addr>().is_err())
+        {
+            return Err(SiteError::InvalidArgument(format!(
+                "--link-host {h:?} is not a host name or IP address (give the port with --link-port)"
+            )));
+        }
+    }
+    let existing = if folder.exists() {
+        let site = load_site_resource(folder)?;
+        if site.metadata.name != name {
+            return Err(SiteError::SiteExists {
+                dir: folder.root().to_path_buf(),
+                existing: site.metadata.name,
+            });
+        }
+        Some(site)
+    } else {
+        None
+    };
+    folder.create_dirs()?;
+    let link_hosts = if opts.link_hosts.is_empty() && opts.link_access {
+        vec!["127.0.0.1".to_string()]
+    } else {
+        opts.link_hosts.clone()
+    };
+    let (id, created, ca) = match &existing {
+        Some(site) => (site.spec.id, Created::Updated, load_ca(folder)?),
+        None => {
+            let id = SiteId::random();
+            let ca = SiteCa::generate(name, id)?;
+            write_atomic(&folder.ca_key_file(), ca.key_pem().as_bytes(), SECRET_MODE)?;
+            write_atomic(
+                &folder.ca_cert_file(),
+                ca.cert_pem().as_bytes(),
+                PUBLIC_MODE,
+            )?;
+            (id, Created::New, ca)
+        }
+    };
+    let spec = SiteSpec {
+        id,
+        link_access: opts.link_access,
+        link_hosts,
+        link_port: opts
+            .link_port
+            .or(existing.as_ref().map(|s| s.spec.link_port))
+            .unwrap_or(crate::resources::DEFAULT_LINK_PORT),
+        edge: opts.edge,
+    };
+    let router = ca.issue_router_cert(id, &spec.link_hosts)?;
+    let router_key = router.key_pem.as_deref().unwrap_or_default();
+    write_atomic(
+        &folder.router_key_file(),
+        router_key.as_bytes(),
+        SECRET_MODE,
+    )?;
+    write_atomic(
+        &folder.router_cert_file(),
+        router.cert_pem.as_bytes(),
+        PUBLIC_MODE,
+    )?;
+    let site = Site::new(name, spec);
+    write_atomic(&folder.site_file(), to_yaml(&site).as_bytes(), PUBLIC_MODE)?;
+    Ok((site, created))
+}
+
+fn load_site_resource(folder: &SiteFolder) -> Result<Site, SiteError> {
+    if !folder.exists() {
+        return Err(SiteError::NoSite {
+            dir: folder.root().to_path_buf(),
+        });
+    }
+    let path = folder.site_file();
+    from_yaml(&read_text(&path)?, &path)
+}
+
+fn load_ca(folder: &SiteFolder) -> Result<SiteCa, SiteError> {
+    Ok(SiteCa::from_pem(
+        &read_text(&folder.ca_cert_file())?,
+        &read_text(&folder.ca_key_file())?,
+    )?)
+}
+
+/// Reads the site of `folder` with its CA and router certificate.
+pub fn load_site(folder: &SiteFolder) -> Result<LoadedSite, SiteError> {
+    let site = load_site_resource(folder)?;
+    Ok(LoadedSite {
+        site,
+        ca: load_ca(folder)?,
+        router_cert_pem: read_text(&folder.router_cert_file())?,
+        router_key_pem: read_text(&folder.router_key_file())?,
+    })
+}
+
+/// Deletes the site: every file skiff wrote in the folder, then the folder if it is empty.
+/// Refused while the site runs. Files skiff did not write are left alone.
+pub fn delete_site(folder: &SiteFolder) -> Result<String, SiteError> {
+    let site = load_site_resource(folder)?;
+    if folder.is_locked() {
+        return Err(SiteError::AlreadyRunning {
+            dir: folder.root().to_path_buf(),
+        });
+    }
+    for dir in [folder.links_dir(), folder.grants_dir(), folder.peers_dir()] {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.ends_with(".yaml") || name.ends_with(".key") || name.ends_with(".tmp") {
+                    remove_file(&e.path())?;
+                }
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+    }
+    // site.yaml first: from here on the folder no longer holds a site.
+    remove_file(&folder.site_file())?;
+    for f in [
+        folder.ca_cert_file(),
+        folder.ca_key_file(),
+        folder.router_cert_file(),
+        folder.router_key_file(),
+        folder.admin_socket(),
+        folder.lock_file(),
+    ] {
+        remove_file(&f)?;
+    }
+    let _ = fs::remove_dir(folder.root());
+    Ok(site.metadata.name)
+}
+
+/// The links this site dials, each with its private key.
+pub fn list_links(folder: &SiteFolder) -> Result<Vec<(Link, String)>, SiteError> {
+    let mut out = Vec::new();
+    for path in yaml_files(&folder.links_dir())? {
+        let link: Link = from_yaml(&read_text(&path)?, &path)?;
+        let key = read_text(&path.with_extension("key"))?;
+        out.push((link, key));
+    }
+    Ok(out)
+}
+
+/// Stores a link: its key first, then its YAML (the commit point).
+pub fn save_link(folder: &SiteFolder, link: &Link, key_pem: &str) -> Result<(), SiteError> {
+    validate_name("link", &link.metadata.name)?;
+    folder.create_dirs()?;
+    let yaml = folder
+        .links_dir()
+        .join(format!("{}.yaml", link.metadata.name));
+    write_atomic(&yaml.with_extension("key"), key_pem.as_bytes(), SECRET_MODE)?;
+    write_atomic(&yaml, to_yaml(link).as_bytes(), PUBLIC_MODE)
+}
+
+/// Removes a link: its YAML first (the commit point), then its key.
+pub fn delete_link(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
+    validate_name("link", name)?;
+    let yaml = folder.links_dir().join(format!("{name}.yaml"));
+    if !yaml.is_file() {
+        return Err(SiteError::NotFound {
+            what: "link",
+            name: name.into(),
+        });
+    }
+    remove_file(&yaml)?;
+    remove_file(&yaml.with_extension("key"))
+}
+
+/// The grants issued here.
+pub fn list_grants(folder: &SiteFolder) -> Result<Vec<AccessGrant>, SiteError> {
+    let mut out = Vec::new();
+    for path in yaml_files(&folder.grants_dir())? {
+        let text = read_text(&path)?;
+        out.push(
+            AccessGrant::from_yaml(&text).map_err(|e| SiteError::BadResource {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+/// Stores a grant (0600: it holds the token's code).
+pub fn save_grant(folder: &SiteFolder, grant: &AccessGrant) -> Result<(), SiteError> {
+    folder.create_dirs()?;
+    let path = folder
+        .grants_dir()
+        .join(format!("{}.yaml", grant.metadata.name));
+    write_atomic(&path, grant.to_yaml().as_bytes(), SECRET_MODE)
+}
+
+/// The sites that redeemed a grant here.
+pub fn list_linked_sites(folder: &SiteFolder) -> Result<Vec<LinkedSite>, SiteError> {
+    let mut out = Vec::new();
+    for path in yaml_files(&folder.peers_dir())? {
+        out.push(from_yaml(&read_text(&path)?, &path)?);
+    }
+    Ok(out)
+}
+
+/// Records a site that redeemed a grant here.
+pub fn save_linked_site(folder: &SiteFolder, peer: &LinkedSite) -> Result<(), SiteError> {
+    folder.create_dirs()?;
+    let path = folder
+        .peers_dir()
+        .join(format!("{}.yaml", peer.spec.site_id));
+    write_atomic(&path, to_yaml(peer).as_bytes(), PUBLIC_MODE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> SiteOptions {
+        SiteOptions {
+            link_access: true,
+            link_hosts: vec![],
+            link_port: Some(0),
+            edge: false,
+        }
+    }
+
+    #[test]
+    fn create_load_update_delete() {
+        skiff_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path().join("west"));
+        let (site, how) = create_site(&folder, "west", &opts()).unwrap();
+        assert_eq!(how, Created::New);
+        assert_eq!(site.spec.link_hosts, ["127.0.0.1"]);
+        let loaded = load_site(&folder).unwrap();
+        assert_eq!(loaded.id(), site.spec.id);
+        use std::os::unix::fs::PermissionsExt;
+        for secret in [folder.ca_key_file(), folder.router_key_file()] {
+            let mode = fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", secret.display());
+        }
+
+        // Same name again: settings change, identity stays.
+        let mut o = opts();
+        o.link_hosts = vec!["west.example.com".into()];
+        let (again, how) = create_site(&folder, "west", &o).unwrap();
+        assert_eq!(how, Created::Updated);
+        assert_eq!(again.spec.id, site.spec.id);
+        assert_eq!(
+            load_site(&folder).unwrap().ca.cert_pem(),
+            loaded.ca.cert_pem()
+        );
+
+        // Another name in the same folder is refused and changes nothing.
+        let err = create_site(&folder, "east", &opts()).err().unwrap();
+        assert!(matches!(err, SiteError::SiteExists { ref existing, .. } if existing == "west"));
+
+        assert_eq!(delete_site(&folder).unwrap(), "west");
+        assert!(!folder.root().exists());
+        assert!(matches!(load_site(&folder), Err(SiteError::NoSite { .. })));
+    }
+
+    #[test]
+    fn delete_leaves_foreign_files_alone() {
+        skiff_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        create_site(&folder, "west", &opts()).unwrap();
+        fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        delete_site(&folder).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+            "mine"
+        );
+        assert!(!folder.site_file().exists());
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        let mut o = opts();
+        o.edge = true;
+        assert!(create_site(&folder, "west", &o).is_err());
+        let mut o = opts();
+        o.link_hosts = vec!["host:80".into()];
+        let err = create_site(&folder, "west", &o).err().unwrap();
+        assert!(err.to_string().contains("--link-port"), "{err}");
+        assert!(!folder.exists());
+    }
+}
