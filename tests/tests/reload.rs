@@ -36,7 +36,10 @@ async fn adding_and_deleting_links_leaves_other_links_untouched() {
         .find(|l| l.name == "to-west")
         .unwrap();
     assert!(is_up(&east.links(), "to-west"));
-    assert_eq!(after.since, before.since, "to-west was reconnected by the reload");
+    assert_eq!(
+        after.since, before.since,
+        "to-west was reconnected by the reload"
+    );
 
     // Deleting one link closes it (at both ends) and leaves the other alone.
     delete_link(&east.folder, "to-south").unwrap();
@@ -45,9 +48,11 @@ async fn adding_and_deleting_links_leaves_other_links_untouched() {
         !east.links().iter().any(|l| l.name == "to-south")
     })
     .await;
-    wait_for(Duration::from_secs(10), "the inbound link gone at south", || {
-        south.links().is_empty()
-    })
+    wait_for(
+        Duration::from_secs(10),
+        "the inbound link gone at south",
+        || south.links().is_empty(),
+    )
     .await;
     let last = east
         .links()
@@ -55,7 +60,10 @@ async fn adding_and_deleting_links_leaves_other_links_untouched() {
         .find(|l| l.name == "to-west")
         .unwrap();
     assert!(is_up(&east.links(), "to-west"));
-    assert_eq!(last.since, before.since, "to-west was disturbed by the delete");
+    assert_eq!(
+        last.since, before.since,
+        "to-west was disturbed by the delete"
+    );
 
     east.stop().await;
 }

@@ -49,6 +49,7 @@ use skiff_certs::SiteId;
 
 use crate::wire::RouterMode;
 
+pub use explain::chain as error_chain;
 pub use mux::{LinkStream, StreamReader, StreamWriter};
 pub use router::{IncomingStream, LinkHandle, Router};
 
@@ -111,6 +112,16 @@ impl RouterConfig {
 pub trait InboundPolicy: Send + Sync + 'static {
     /// `Err(reason)` refuses the link; the reason is shown at the dialing site.
     fn admit(&self, peer: SiteId) -> Result<(), String>;
+
+    /// Whether the key of the certificate presented for `peer` (its [SHA-256 fingerprint]) is
+    /// the one this site granted to that site id. Checked right after the TLS handshake: a
+    /// site id claimed with another key is refused before anything else. The default accepts
+    /// any key.
+    ///
+    /// [SHA-256 fingerprint]: skiff_certs::key_fingerprint
+    fn check_key(&self, _peer: SiteId, _key_fingerprint: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Serves token redemptions arriving on the link port.

@@ -352,7 +352,7 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                         return;
                     }
                 };
-                let site = match quic_peer_site(&conn) {
+                let site = match quic_peer_site(&conn, &*shared2.policy) {
                     Ok(site) => site,
                     Err(reason) => {
                         tracing::warn!(peer = %remote, %reason, "refused a QUIC link");
@@ -368,7 +368,7 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     }
 }
 
-fn quic_peer_site(conn: &quinn::Connection) -> Result<SiteId, String> {
+fn quic_peer_site(conn: &quinn::Connection, policy: &dyn InboundPolicy) -> Result<SiteId, String> {
     let certs = conn
         .peer_identity()
         .and_then(|any| {
@@ -379,7 +379,21 @@ fn quic_peer_site(conn: &quinn::Connection) -> Result<SiteId, String> {
     let first = certs
         .first()
         .ok_or("the peer presented no client certificate")?;
-    skiff_certs::peer_site_id(first).map_err(|e| format!("unusable client certificate: {e}"))
+    client_identity(first, policy)
+}
+
+/// The site id of an inbound link's client certificate, once its key is the one granted to
+/// that site id.
+pub(crate) fn client_identity(
+    cert: &rustls_pki_types::CertificateDer<'_>,
+    policy: &dyn InboundPolicy,
+) -> Result<SiteId, String> {
+    let site =
+        skiff_certs::peer_site_id(cert).map_err(|e| format!("unusable client certificate: {e}"))?;
+    let key = skiff_certs::key_fingerprint(cert)
+        .map_err(|e| format!("unusable client certificate: {e}"))?;
+    policy.check_key(site, &key)?;
+    Ok(site)
 }
 
 /// Acceptor side of a link whose transport handshake verified a client certificate for

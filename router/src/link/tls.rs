@@ -99,10 +99,10 @@ async fn handle_tcp(
                     "refused a link: the peer presented no client certificate (links need one from a redeemed token)");
                 return;
             };
-            let site = match skiff_certs::peer_site_id(cert) {
+            let site = match super::router::client_identity(cert, &*shared.policy) {
                 Ok(site) => site,
-                Err(e) => {
-                    tracing::warn!(peer = %remote, cause = %e, "refused a link: unusable client certificate");
+                Err(reason) => {
+                    tracing::warn!(peer = %remote, %reason, "refused a link");
                     return;
                 }
             };
