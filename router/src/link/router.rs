@@ -329,6 +329,7 @@ impl Drop for Router {
 }
 
 async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(tls::MAX_PENDING_CONNECTIONS));
     loop {
         let incoming = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -338,6 +339,12 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             },
         };
         let remote = incoming.remote_address();
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %remote, limit = tls::MAX_PENDING_CONNECTIONS,
+                "refused a QUIC connection: too many handshakes in progress");
+            incoming.refuse();
+            continue;
+        };
         let shared2 = shared.clone();
         shared.tasks.spawn(
             async move {
@@ -352,6 +359,7 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                         return;
                     }
                 };
+                drop(permit);
                 let site = match quic_peer_site(&conn, &*shared2.policy) {
                     Ok(site) => site,
                     Err(reason) => {
