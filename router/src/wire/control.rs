@@ -1,6 +1,8 @@
-//! Frames of a link's control stream: hello, refusal, keepalive and close.
+//! Frames of a link's control stream: hello, refusal, keepalive, close and link state.
 
 use bytes::{BufMut, BytesMut};
+
+use crate::routing::Advertisement;
 
 use super::{
     ProtocolVersion, WireError, expect_end, get_bytes, get_string, get_u8, get_u16, get_u64,
@@ -12,6 +14,7 @@ const REFUSED: u8 = 0x02;
 const KEEPALIVE: u8 = 0x03;
 const KEEPALIVE_ACK: u8 = 0x04;
 const CLOSE: u8 = 0x05;
+const LINK_STATE: u8 = 0x06;
 
 /// Longest site name or reason text a control frame carries; longer text is cut.
 pub const MAX_TEXT_LEN: usize = 1024;
@@ -27,14 +30,14 @@ pub enum RouterMode {
 }
 
 impl RouterMode {
-    fn to_wire(self) -> u8 {
+    pub(super) fn to_wire(self) -> u8 {
         match self {
             RouterMode::Interior => 0,
             RouterMode::Edge => 1,
         }
     }
 
-    fn from_wire(v: u8) -> Result<Self, WireError> {
+    pub(super) fn from_wire(v: u8) -> Result<Self, WireError> {
         match v {
             0 => Ok(RouterMode::Interior),
             1 => Ok(RouterMode::Edge),
@@ -91,6 +94,9 @@ pub enum ControlFrame {
         /// Why, in words.
         reason: String,
     },
+    /// A router's link-state advertisement, flooded by `router::routing` (encoding and
+    /// limits: [`super::link_state`]).
+    LinkState(Advertisement),
 }
 
 impl ControlFrame {
@@ -128,6 +134,10 @@ impl ControlFrame {
             ControlFrame::Close { reason } => {
                 put_string(&mut payload, truncate(reason));
                 CLOSE
+            }
+            ControlFrame::LinkState(ad) => {
+                super::link_state::encode(ad, &mut payload);
+                LINK_STATE
             }
         };
         put_frame(dst, kind, &payload);
@@ -178,6 +188,7 @@ impl ControlFrame {
                 expect_end(&p)?;
                 ControlFrame::Close { reason }
             }
+            LINK_STATE => ControlFrame::LinkState(super::link_state::decode(&mut p)?),
             other => return Err(WireError::UnknownFrameType(other)),
         };
         Ok(Some(frame))
@@ -191,7 +202,7 @@ fn get_version(p: &mut BytesMut) -> Result<ProtocolVersion, WireError> {
     })
 }
 
-fn get_text(p: &mut BytesMut, field: &'static str) -> Result<String, WireError> {
+pub(super) fn get_text(p: &mut BytesMut, field: &'static str) -> Result<String, WireError> {
     let s = get_string(p, field)?;
     if s.len() > MAX_TEXT_LEN {
         return Err(WireError::InvalidValue {
@@ -202,7 +213,7 @@ fn get_text(p: &mut BytesMut, field: &'static str) -> Result<String, WireError> 
     Ok(s)
 }
 
-fn truncate(s: &str) -> &str {
+pub(super) fn truncate(s: &str) -> &str {
     let mut end = s.len().min(MAX_TEXT_LEN);
     while !s.is_char_boundary(end) {
         end -= 1;

@@ -4,13 +4,18 @@
 //! whose declared length is over [`MAX_FRAME_LEN`] before it allocates anything, so a peer
 //! cannot make a router buffer more than that per stream. Strings are `u16 length | UTF-8`.
 //!
+//! Frame types: `0x01` hello, `0x02` refused, `0x03` keepalive, `0x04` keepalive ack,
+//! `0x05` close, `0x06` link state ([`link_state`]).
+//!
 //! The control stream of a link opens with a [`ControlFrame::Hello`] from each side. The
 //! hello carries the [`ProtocolVersion`]; a peer whose major version differs is refused with
 //! [`ControlFrame::Refused`] and the link is closed.
 
 mod control;
+pub mod link_state;
 
-pub use control::{ControlFrame, RouterMode};
+pub use control::{ControlFrame, MAX_TEXT_LEN, RouterMode};
+pub use link_state::{MAX_KEYS_PER_AD, MAX_LINKS_PER_AD};
 
 use bytes::{Buf, BufMut, BytesMut};
 

@@ -1,0 +1,1 @@
+//! Deterministic simulator of many routers on a virtual clock (tests only).
