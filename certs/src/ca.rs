@@ -308,18 +308,51 @@ impl SiteCa {
 /// Made at the redeeming site: a fresh P-256 key and a CSR carrying the URI SAN
 /// [`SiteId::uri`]. Returns `(csr_pem, key_pem)`; the key never leaves the site.
 pub fn generate_link_csr(site_id: SiteId, site_name: &str) -> Result<(String, String), CertError> {
+    let key_pem = generate_link_key()?;
+    Ok((link_csr(site_id, site_name, &key_pem)?, key_pem))
+}
+
+/// A new P-256 private key (PEM) for a site's link identity.
+pub fn generate_link_key() -> Result<String, CertError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(CertError::crypto("generate the link key"))?;
+    Ok(key.serialize_pem())
+}
+
+/// A CSR for `site_id` signed with the site's existing link key `key_pem`: re-redeeming from
+/// the same site proves it is the site that linked before.
+pub fn link_csr(site_id: SiteId, site_name: &str, key_pem: &str) -> Result<String, CertError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::Pem {
+        what: "link key",
+        reason: "not a P-256 private key".into(),
+        source: Some(Box::new(e)),
+    })?;
     let mut params = CertificateParams::default();
     params.distinguished_name = common_name(&format!("skiff link {site_name}"));
     params.subject_alt_names = vec![uri_san(site_id)?];
     let csr = params
         .serialize_request(&key)
         .map_err(CertError::crypto("make the certificate signing request"))?;
-    let csr_pem = csr
-        .pem()
-        .map_err(CertError::crypto("encode the certificate signing request"))?;
-    Ok((csr_pem, key.serialize_pem()))
+    csr.pem()
+        .map_err(CertError::crypto("encode the certificate signing request"))
+}
+
+/// SHA-256 (hex) of a certificate's subject public key: what ties a site id to the key of
+/// the site that first redeemed a token with it.
+pub fn key_fingerprint(cert: &CertificateDer<'_>) -> Result<String, CertError> {
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| CertError::PeerIdentity {
+            reason: format!("the certificate is not valid X.509 ({e})"),
+        })?;
+    let key = &x509.public_key().subject_public_key.data;
+    Ok(hex(
+        ring::digest::digest(&ring::digest::SHA256, key).as_ref()
+    ))
+}
+
+/// [`key_fingerprint`] of the first certificate in a PEM text.
+pub fn key_fingerprint_pem(cert_pem: &str) -> Result<String, CertError> {
+    key_fingerprint(&first_cert("certificate", cert_pem)?)
 }
 
 /// The first certificate in `pem`.

@@ -21,7 +21,10 @@ pub mod id;
 pub mod tls;
 pub mod token;
 
-pub use ca::{IssuedCert, SiteCa, generate_link_csr};
+pub use ca::{
+    IssuedCert, SiteCa, generate_link_csr, generate_link_key, key_fingerprint, key_fingerprint_pem,
+    link_csr,
+};
 pub use error::CertError;
 pub use id::SiteId;
 pub use tls::{

@@ -34,9 +34,11 @@ fn link_two_sites(transport: &str) {
     );
     assert_eq!(inbound["direction"], "inbound");
     assert_eq!(inbound["transport"], transport, "{inbound:#}");
-    eprintln!(
-        "{transport}: redemption to link up on both sides in {:?}",
-        started.elapsed()
+    let took = started.elapsed();
+    eprintln!("{transport}: redemption to link up on both sides in {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the link took {took:?} from redemption to up on both sides"
     );
 
     // A clean stop (SIGTERM) exits 0 and the other side notices.

@@ -263,7 +263,16 @@ fn a_token_from_stdin_links_and_a_deleted_link_goes_down() {
     let l = east.wait_link(Duration::from_secs(5), "up", is_link("up", "west"));
     assert_eq!(l["name"], "to-west");
     ok(&["link", "delete", "to-west", "--dir", east.d()]);
-    assert!(east.links().is_empty(), "{:?}", east.links());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !east.links().is_empty() || west.links().iter().any(is_link("up", "east")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted link is still there: east {:?} west {:?}",
+            east.links(),
+            west.links()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
     let err = fails(&["link", "delete", "to-west", "--dir", east.d()]);
     assert!(err.contains("no link named"), "{err}");
 }
@@ -278,4 +287,98 @@ fn a_site_not_running_says_so_and_how_to_start_it() {
     let err = fails(&["link", "list", "--dir", nothing.path().to_str().unwrap()]);
     assert!(err.contains("no site in"), "{err}");
     assert!(err.contains("skiff site create"), "{err}");
+}
+
+#[test]
+fn a_site_id_already_linked_cannot_be_claimed_by_another_site() {
+    let (west, mut east) = pair();
+    let token = token_path(&west, "a.yaml");
+    west.issue(&token, &[]);
+    ok(&[
+        "token",
+        "redeem",
+        token.to_str().unwrap(),
+        "--dir",
+        east.d(),
+    ]);
+    // North pretends to be east: same site id, its own key.
+    let north = Site::create("north", false);
+    let east_yaml = std::fs::read_to_string(east.dir.join("site.yaml")).unwrap();
+    let east_id = east_yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("id: "))
+        .unwrap()
+        .to_string();
+    edit(&north.dir.join("site.yaml"), |t| {
+        t.lines()
+            .map(|l| {
+                if l.trim_start().starts_with("id:") {
+                    format!("  id: {east_id}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let second = token_path(&west, "b.yaml");
+    west.issue(&second, &[]);
+    let err = redeem_fails(&north, &second);
+    assert!(err.contains("already linked here by another site"), "{err}");
+    // The real east still links.
+    east.start();
+    east.wait_link(Duration::from_secs(5), "up", is_link("up", "west"));
+}
+
+#[test]
+fn retrying_an_answered_redemption_links_and_spends_nothing_more() {
+    let (west, east) = pair();
+    let token = token_path(&west, "t.yaml");
+    west.issue(&token, &[]);
+    ok(&[
+        "token",
+        "redeem",
+        token.to_str().unwrap(),
+        "--name",
+        "w",
+        "--dir",
+        east.d(),
+    ]);
+    // As if east had died before storing the link: the answer is lost, the token spent.
+    std::fs::remove_file(east.dir.join("links/w.yaml")).unwrap();
+    ok(&[
+        "token",
+        "redeem",
+        token.to_str().unwrap(),
+        "--name",
+        "w",
+        "--dir",
+        east.d(),
+    ]);
+    assert!(east.dir.join("links/w.yaml").is_file());
+    let grant = std::fs::read_dir(west.dir.join("grants"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let g = std::fs::read_to_string(grant).unwrap();
+    assert!(g.contains("redemptionsMade: 1"), "{g}");
+    // Another site still cannot use the spent token.
+    let north = Site::create("north", false);
+    let err = redeem_fails(&north, &token);
+    assert!(err.contains("already redeemed"), "{err}");
+}
+
+#[test]
+fn a_token_written_to_a_bare_file_name_lands_in_the_current_folder() {
+    let (west, _east) = pair();
+    let cwd = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(common::skiff_bin())
+        .args(["token", "issue", "t.token", "--dir", west.d()])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(cwd.path().join("t.token").is_file());
 }

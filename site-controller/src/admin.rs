@@ -20,6 +20,10 @@ use tokio::task::JoinSet;
 use crate::SiteError;
 use crate::run::SiteState;
 
+/// Most admin connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the CLI waits for the admin API.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest admin response the client reads.
@@ -40,6 +44,12 @@ trait AdminIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AdminIo for T {}
 
 impl AdminListener {
+    /// Changes (`POST /v1/reload`) are served on the unix socket only, which the file mode
+    /// limits to the site's owner; the TCP address is for probes and Prometheus.
+    fn allows_changes(&self) -> bool {
+        matches!(self, AdminListener::Unix(_))
+    }
+
     async fn accept(&self) -> std::io::Result<Box<dyn AdminIo>> {
         Ok(match self {
             AdminListener::Unix(l) => Box::new(l.accept().await?.0),
@@ -56,10 +66,14 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let changes = listener.allows_changes();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(stream) => { conns.spawn(serve_conn(stream, state.clone())); }
+                Ok(_) if conns.len() >= MAX_CONNECTIONS => {
+                    tracing::warn!(limit = MAX_CONNECTIONS, "admin connection refused: too many open");
+                }
+                Ok(stream) => { conns.spawn(serve_conn(stream, state.clone(), changes)); }
                 Err(e) => {
                     tracing::warn!(cause = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -72,12 +86,14 @@ pub async fn serve(
     conns.shutdown().await;
 }
 
-async fn serve_conn(stream: Box<dyn AdminIo>, state: Arc<SiteState>) {
+async fn serve_conn(stream: Box<dyn AdminIo>, state: Arc<SiteState>, changes: bool) {
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(route(req, &state).await) }
+        async move { Ok::<_, Infallible>(route(req, &state, changes).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), svc)
         .await
     {
@@ -85,8 +101,12 @@ async fn serve_conn(stream: Box<dyn AdminIo>, state: Arc<SiteState>) {
     }
 }
 
-async fn route(req: Request<Incoming>, state: &SiteState) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, state: &SiteState, changes: bool) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/reload") if !changes => json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": "changes are accepted on the admin socket only"}),
+        ),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/metrics") => text(StatusCode::OK, &state.metrics_text()),

@@ -18,8 +18,9 @@ pub const PUBLIC_MODE: u32 = 0o644;
 /// ```text
 /// site.yaml          Site resource (name, id, link access)
 /// ca.crt ca.key      the site CA (key 0600)
-/// router.crt/.key    the router's own certificate (key 0600)
-/// links/NAME.yaml    Link resources (outbound links this site dials); NAME.key 0600
+/// router.pem         the router's own certificate and key (0600)
+/// link.key           the site's link identity key (0600); link certificates certify it
+/// links/NAME.yaml    Link resources (outbound links this site dials)
 /// grants/NAME.yaml   AccessGrant resources (token codes, 0600)
 /// peers/ID.yaml      sites that redeemed a grant here and may link in
 /// admin.sock         admin API of the running site (0600)
@@ -68,13 +69,14 @@ impl SiteFolder {
     pub fn ca_key_file(&self) -> PathBuf {
         self.root.join("ca.key")
     }
-    /// `router.crt`.
-    pub fn router_cert_file(&self) -> PathBuf {
-        self.root.join("router.crt")
+    /// `router.pem`: the router's certificate and key in one file (secret).
+    pub fn router_file(&self) -> PathBuf {
+        self.root.join("router.pem")
     }
-    /// `router.key` (secret).
-    pub fn router_key_file(&self) -> PathBuf {
-        self.root.join("router.key")
+    /// `link.key`: the site's link identity key (secret). Every link client certificate this
+    /// site obtains certifies this key, so a site id stays bound to the site that linked first.
+    pub fn link_key_file(&self) -> PathBuf {
+        self.root.join("link.key")
     }
     /// `links/`.
     pub fn links_dir(&self) -> PathBuf {
@@ -150,7 +152,11 @@ impl SiteFolder {
 /// given `mode`, then renamed over `path`, and the folder synced. A reader sees the old file or
 /// the new one, never a part; a process killed half way leaves at most a `.tmp` file behind.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SiteError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has an empty parent: the current folder.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -235,6 +241,17 @@ mod tests {
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn atomic_write_takes_a_bare_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::env::current_dir().unwrap();
+        std::env::set_current_dir(dir.path()).unwrap();
+        let result = write_atomic(Path::new("t.token"), b"x", SECRET_MODE);
+        std::env::set_current_dir(old).unwrap();
+        result.unwrap();
+        assert_eq!(fs::read(dir.path().join("t.token")).unwrap(), b"x");
     }
 
     #[test]

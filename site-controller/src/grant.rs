@@ -38,8 +38,8 @@ pub const LINK_CERT_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600
 /// How long a redemption may take end to end.
 const REDEEM_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Body of a redemption request.
-#[derive(Debug, Serialize, Deserialize)]
+/// Body of a redemption request. Its `Debug` hides the code.
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RedeemRequest {
     /// The token's code.
@@ -50,6 +50,16 @@ pub struct RedeemRequest {
     pub site_id: SiteId,
     /// The redeeming site's name.
     pub site_name: String,
+}
+
+impl std::fmt::Debug for RedeemRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedeemRequest")
+            .field("code", &"<redacted>")
+            .field("site_id", &self.site_id)
+            .field("site_name", &self.site_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Body of a successful redemption.
@@ -77,13 +87,32 @@ struct ErrorBody {
 #[derive(Debug, Default)]
 pub struct LinkedSites {
     sites: RwLock<HashMap<SiteId, LinkedSite>>,
+    /// Held by whoever changes `peers/` and this set together (a redemption, a reload), so a
+    /// reload never drops a site redeemed while it read the folder.
+    pub update: tokio::sync::Mutex<()>,
 }
 
 impl LinkedSites {
+    /// The ids admitted now.
+    pub fn admitted(&self) -> std::collections::HashSet<SiteId> {
+        self.sites
+            .read()
+            .unwrap()
+            .values()
+            .filter(|s| !s.spec.revoked)
+            .map(|s| s.spec.site_id)
+            .collect()
+    }
+
     /// Replaces the whole set (on start and reload).
     pub fn replace(&self, sites: Vec<LinkedSite>) {
         let map = sites.into_iter().map(|s| (s.spec.site_id, s)).collect();
         *self.sites.write().unwrap() = map;
+    }
+
+    /// The record of one site.
+    pub fn get(&self, site: SiteId) -> Option<LinkedSite> {
+        self.sites.read().unwrap().get(&site).cloned()
     }
 
     /// Adds or replaces one site.
@@ -105,6 +134,15 @@ impl skiff_router::link::InboundPolicy for LinkedSites {
             )),
         }
     }
+
+    fn check_key(&self, peer: SiteId, key_fingerprint: &str) -> Result<(), String> {
+        match self.sites.read().unwrap().get(&peer) {
+            Some(s) if s.spec.key_fingerprint != key_fingerprint => Err(format!(
+                "the certificate for site {peer} certifies a key other than the one that site linked with"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The grant service of one site.
@@ -117,7 +155,6 @@ pub struct GrantService {
     /// The bound link port, known once the router started.
     pub link_port: OnceLock<u16>,
     linked: Arc<LinkedSites>,
-    lock: tokio::sync::Mutex<()>,
 }
 
 impl GrantService {
@@ -138,7 +175,6 @@ impl GrantService {
             link_hosts,
             link_port: OnceLock::new(),
             linked,
-            lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -148,13 +184,14 @@ impl GrantService {
         req: RedeemRequest,
         peer: SocketAddr,
     ) -> Result<RedeemResponse, (StatusCode, String)> {
-        let _one_at_a_time = self.lock.lock().await;
+        // One redemption at a time, and never during a reload.
+        let _one_at_a_time = self.linked.update.lock().await;
         let now = OffsetDateTime::now_utc();
         let internal = |e: SiteError| {
             tracing::error!(cause = %crate::error_chain(&e), "redemption failed");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "the issuing site could not store the grant; see its log".to_string(),
+                "the issuing site could not read or write its grants; see its log".to_string(),
             )
         };
         let grants = list_grants(&self.folder).map_err(internal)?;
@@ -164,15 +201,13 @@ impl GrantService {
                 skiff_certs::GrantRefusal::UnknownCode.to_string(),
             ));
         };
-        grant
-            .check(now)
-            .map_err(|r| (StatusCode::FORBIDDEN, r.to_string()))?;
         if req.site_id == self.site_id {
             return Err((
                 StatusCode::BAD_REQUEST,
                 "a site cannot link to itself: redeem the token at another site".into(),
             ));
         }
+        // Signing changes nothing yet; the checks that need the key come after it.
         let (csr_site, cert) = self
             .ca
             .sign_link_csr(&req.csr, LINK_CERT_VALIDITY)
@@ -191,23 +226,58 @@ impl GrantService {
                 ),
             ));
         }
+        let key = skiff_certs::key_fingerprint_pem(&cert.cert_pem)
+            .map_err(|e| internal(SiteError::Cert(e)))?;
+        let known = self.linked.get(req.site_id);
+        if let Some(k) = &known {
+            if k.spec.revoked {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!("site {} was revoked here", req.site_id),
+                ));
+            }
+            if k.spec.key_fingerprint != key {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!(
+                        "site id {} is already linked here by another site (its key differs): a site id belongs to the site that linked first; a re-created site has a new id",
+                        req.site_id
+                    ),
+                ));
+            }
+        }
+        // The same site retrying a redemption whose answer it never got: answer again, spend
+        // nothing.
+        let retry = known
+            .as_ref()
+            .is_some_and(|k| k.spec.grant == grant.metadata.name);
+        if !retry {
+            grant
+                .check(now)
+                .map_err(|r| (StatusCode::FORBIDDEN, r.to_string()))?;
+        }
         let linked = LinkedSite::new(LinkedSiteSpec {
             site_id: req.site_id,
             site_name: req.site_name.chars().take(63).collect(),
             grant: grant.metadata.name.clone(),
             certificate_serial: cert.serial.clone(),
+            key_fingerprint: key,
             linked_at: now.format(&Rfc3339).unwrap_or_default(),
             revoked: false,
         });
+        // Commit before answering: an answered redemption is never lost to a crash.
         save_linked_site(&self.folder, &linked).map_err(internal)?;
-        grant.spend();
-        save_grant(&self.folder, &grant).map_err(internal)?;
+        if !retry {
+            grant.spend();
+            save_grant(&self.folder, &grant).map_err(internal)?;
+        }
         self.linked.insert(linked);
         tracing::info!(
             grant = %grant.metadata.name,
             peer_site = %req.site_id,
             peer_name = %req.site_name,
             %peer,
+            retry,
             "token redeemed"
         );
         let port = self.link_port.get().copied().unwrap_or_default();
@@ -314,23 +384,6 @@ pub fn join_host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// Splits `https://host:port` (or `host:port`) into host and port.
-pub fn parse_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("https://").unwrap_or(url);
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{url:?} has no port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{url:?} has an invalid port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    Ok((host.to_string(), port))
-}
-
 /// Redeems `token` for the local site `(site_id, site_name)` with `csr_pem`: connects to the
 /// issuer over TLS (verified against the token's CA and site id) and returns its answer.
 pub async fn redeem_token(
@@ -344,7 +397,7 @@ pub async fn redeem_token(
         url: url.clone(),
         reason,
     };
-    let (host, port) = parse_url(&url).map_err(&unreachable)?;
+    let (host, port) = token.spec.grant_address().map_err(SiteError::BadToken)?;
     let config = skiff_certs::grant_client_config(&token.spec.ca, token.spec.site_id)
         .map_err(SiteError::BadToken)?;
     let server_name = rustls_pki_types::ServerName::try_from(token.spec.site_id.server_name())
@@ -440,14 +493,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_and_endpoints() {
-        assert_eq!(
-            parse_url("https://10.0.0.1:45671").unwrap(),
-            ("10.0.0.1".into(), 45671)
-        );
-        assert_eq!(parse_url("https://[::1]:9/").unwrap(), ("::1".into(), 9));
-        assert!(parse_url("https://host").is_err());
-        assert!(parse_url("https://:80").is_err());
+    fn endpoints() {
         assert_eq!(join_host_port("::1", 5), "[::1]:5");
         assert_eq!(join_host_port("a.b", 5), "a.b:5");
     }

@@ -21,16 +21,4 @@ pub mod token;
 pub use error::SiteError;
 
 /// The error and its causes as one sentence: `outer: cause: cause`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = c.source();
-    }
-    out
-}
+pub use skiff_router::link::error_chain;

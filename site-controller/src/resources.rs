@@ -73,7 +73,7 @@ pub struct Link {
     pub spec: LinkSpec,
 }
 
-/// `spec` of a Link. The private key is not here: it is `links/NAME.key` (0600).
+/// `spec` of a Link. The private key is not here: it is the site's `link.key` (0600).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkSpec {
@@ -128,8 +128,11 @@ pub struct LinkedSiteSpec {
     pub site_name: String,
     /// The grant it redeemed.
     pub grant: String,
-    /// Serial of the client certificate issued to it (hex).
+    /// Serial of the client certificate issued to it last (hex).
     pub certificate_serial: String,
+    /// SHA-256 of the key its certificates certify: the site id is bound to this key, so
+    /// nobody else can claim that id with another token.
+    pub key_fingerprint: String,
     /// When (RFC 3339 UTC).
     pub linked_at: String,
     /// A revoked site's links are closed and refused.

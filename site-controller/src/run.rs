@@ -1,13 +1,11 @@
 //! A running site: the router started from the site folder, the grant service, the admin API,
 //! and reload (re-read the folder, apply only the difference).
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use skiff_certs::SiteId;
 use skiff_router::link::{
     InboundPolicy, LinkSpec as RouterLinkSpec, LinkState, Router, RouterConfig, TransportChoice,
 };
@@ -219,25 +217,19 @@ impl SiteState {
     /// are disconnected.
     pub async fn reload(&self) -> Result<(), SiteError> {
         let _one = self.reload_lock.lock().await;
-        let before: HashSet<SiteId> = self.admitted();
-        self.linked.replace(list_linked_sites(&self.folder)?);
-        let after = self.admitted();
-        for gone in before.difference(&after) {
-            self.router
-                .disconnect_peer(*gone, "the site's link was revoked here");
+        {
+            let _no_redemption = self.linked.update.lock().await;
+            let before = self.linked.admitted();
+            self.linked.replace(list_linked_sites(&self.folder)?);
+            let after = self.linked.admitted();
+            for gone in before.difference(&after) {
+                self.router
+                    .disconnect_peer(*gone, "the site's link was revoked here");
+            }
         }
         self.apply_links()?;
         tracing::info!("reloaded the site folder");
         Ok(())
-    }
-
-    fn admitted(&self) -> HashSet<SiteId> {
-        list_linked_sites(&self.folder)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| self.linked.admit(s.spec.site_id).is_ok())
-            .map(|s| s.spec.site_id)
-            .collect()
     }
 
     fn apply_links(&self) -> Result<(), SiteError> {

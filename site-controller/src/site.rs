@@ -31,9 +31,9 @@ pub struct LoadedSite {
     pub site: Site,
     /// The site CA.
     pub ca: SiteCa,
-    /// The router's certificate (PEM).
+    /// The router's certificate (PEM; the file also holds the key, which PEM readers skip).
     pub router_cert_pem: String,
-    /// The router's key (PEM).
+    /// The router's key (PEM; the file also holds the certificate).
     pub router_key_pem: String,
 }
 
@@ -122,18 +122,15 @@ pub fn create_site(
             .unwrap_or(crate::resources::DEFAULT_LINK_PORT),
         edge: opts.edge,
     };
+    if !folder.link_key_file().is_file() {
+        let key = skiff_certs::generate_link_key()?;
+        write_atomic(&folder.link_key_file(), key.as_bytes(), SECRET_MODE)?;
+    }
+    // Certificate and key in one file: one atomic write, so they always match.
     let router = ca.issue_router_cert(id, &spec.link_hosts)?;
     let router_key = router.key_pem.as_deref().unwrap_or_default();
-    write_atomic(
-        &folder.router_key_file(),
-        router_key.as_bytes(),
-        SECRET_MODE,
-    )?;
-    write_atomic(
-        &folder.router_cert_file(),
-        router.cert_pem.as_bytes(),
-        PUBLIC_MODE,
-    )?;
+    let pem = format!("{}{}", router.cert_pem, router_key);
+    write_atomic(&folder.router_file(), pem.as_bytes(), SECRET_MODE)?;
     let site = Site::new(name, spec);
     write_atomic(&folder.site_file(), to_yaml(&site).as_bytes(), PUBLIC_MODE)?;
     Ok((site, created))
@@ -159,11 +156,12 @@ fn load_ca(folder: &SiteFolder) -> Result<SiteCa, SiteError> {
 /// Reads the site of `folder` with its CA and router certificate.
 pub fn load_site(folder: &SiteFolder) -> Result<LoadedSite, SiteError> {
     let site = load_site_resource(folder)?;
+    let router_pem = read_text(&folder.router_file())?;
     Ok(LoadedSite {
         site,
         ca: load_ca(folder)?,
-        router_cert_pem: read_text(&folder.router_cert_file())?,
-        router_key_pem: read_text(&folder.router_key_file())?,
+        router_cert_pem: router_pem.clone(),
+        router_key_pem: router_pem,
     })
 }
 
@@ -171,11 +169,10 @@ pub fn load_site(folder: &SiteFolder) -> Result<LoadedSite, SiteError> {
 /// Refused while the site runs. Files skiff did not write are left alone.
 pub fn delete_site(folder: &SiteFolder) -> Result<String, SiteError> {
     let site = load_site_resource(folder)?;
-    if folder.is_locked() {
-        return Err(SiteError::AlreadyRunning {
-            dir: folder.root().to_path_buf(),
-        });
-    }
+    // Holding the run lock for the whole delete: a `site run` cannot start half way.
+    let lock = folder.lock_for_run()?;
+    // site.yaml first: from here on the folder no longer holds a site, whatever follows.
+    remove_file(&folder.site_file())?;
     for dir in [folder.links_dir(), folder.grants_dir(), folder.peers_dir()] {
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
@@ -188,45 +185,53 @@ pub fn delete_site(folder: &SiteFolder) -> Result<String, SiteError> {
         }
         let _ = fs::remove_dir(&dir);
     }
-    // site.yaml first: from here on the folder no longer holds a site.
-    remove_file(&folder.site_file())?;
     for f in [
         folder.ca_cert_file(),
         folder.ca_key_file(),
-        folder.router_cert_file(),
-        folder.router_key_file(),
+        folder.router_file(),
+        folder.link_key_file(),
         folder.admin_socket(),
-        folder.lock_file(),
     ] {
         remove_file(&f)?;
     }
+    drop(lock);
+    remove_file(&folder.lock_file())?;
     let _ = fs::remove_dir(folder.root());
     Ok(site.metadata.name)
 }
 
-/// The links this site dials, each with its private key.
+/// The links this site dials, each with the site's link key (which their certificates
+/// certify).
 pub fn list_links(folder: &SiteFolder) -> Result<Vec<(Link, String)>, SiteError> {
+    let paths = yaml_files(&folder.links_dir())?;
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    let key = read_text(&folder.link_key_file())?;
     let mut out = Vec::new();
-    for path in yaml_files(&folder.links_dir())? {
+    for path in paths {
         let link: Link = from_yaml(&read_text(&path)?, &path)?;
-        let key = read_text(&path.with_extension("key"))?;
-        out.push((link, key));
+        out.push((link, key.clone()));
     }
     Ok(out)
 }
 
-/// Stores a link: its key first, then its YAML (the commit point).
-pub fn save_link(folder: &SiteFolder, link: &Link, key_pem: &str) -> Result<(), SiteError> {
+/// The site's link identity key (PEM).
+pub fn link_key(folder: &SiteFolder) -> Result<String, SiteError> {
+    read_text(&folder.link_key_file())
+}
+
+/// Stores a link (one atomic write: the commit point).
+pub fn save_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
     validate_name("link", &link.metadata.name)?;
     folder.create_dirs()?;
     let yaml = folder
         .links_dir()
         .join(format!("{}.yaml", link.metadata.name));
-    write_atomic(&yaml.with_extension("key"), key_pem.as_bytes(), SECRET_MODE)?;
     write_atomic(&yaml, to_yaml(link).as_bytes(), PUBLIC_MODE)
 }
 
-/// Removes a link: its YAML first (the commit point), then its key.
+/// Removes a link.
 pub fn delete_link(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
     validate_name("link", name)?;
     let yaml = folder.links_dir().join(format!("{name}.yaml"));
@@ -236,8 +241,7 @@ pub fn delete_link(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
             name: name.into(),
         });
     }
-    remove_file(&yaml)?;
-    remove_file(&yaml.with_extension("key"))
+    remove_file(&yaml)
 }
 
 /// The grants issued here.
@@ -306,7 +310,11 @@ mod tests {
         let loaded = load_site(&folder).unwrap();
         assert_eq!(loaded.id(), site.spec.id);
         use std::os::unix::fs::PermissionsExt;
-        for secret in [folder.ca_key_file(), folder.router_key_file()] {
+        for secret in [
+            folder.ca_key_file(),
+            folder.router_file(),
+            folder.link_key_file(),
+        ] {
             let mode = fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", secret.display());
         }

@@ -12,7 +12,7 @@ use crate::admin::admin_request;
 use crate::folder::SiteFolder;
 use crate::grant::{join_host_port, redeem_token};
 use crate::resources::{Link, LinkSpec, validate_name};
-use crate::site::{list_links, load_site, save_grant, save_link};
+use crate::site::{link_key, list_links, load_site, save_grant, save_link};
 
 /// What `skiff token issue` was asked for.
 #[derive(Debug, Clone)]
@@ -136,8 +136,21 @@ pub async fn redeem(
             name: n.clone(),
         });
     }
-    let (csr, key) = skiff_certs::generate_link_csr(site.id(), site.name())?;
+    // The site's own link key: a retry, or a new link to a site linked before, proves it is
+    // the same site.
+    let csr = skiff_certs::link_csr(site.id(), site.name(), &link_key(folder)?)?;
     let answer = redeem_token(&token, site.id(), site.name(), &csr).await?;
+    if answer.site_id != token.spec.site_id || answer.endpoints.is_empty() {
+        return Err(SiteError::IssuerUnreachable {
+            url: token.spec.url.clone(),
+            reason: format!(
+                "the answer names site {} and {} endpoints; expected site {} and at least one",
+                answer.site_id,
+                answer.endpoints.len(),
+                token.spec.site_id
+            ),
+        });
+    }
     let name = match &opts.name {
         Some(n) => n.clone(),
         None => free_link_name(&answer.site_name, token.spec.site_id, &existing),
@@ -154,7 +167,7 @@ pub async fn redeem(
             transport,
         },
     );
-    save_link(folder, &link, &key)?;
+    save_link(folder, &link)?;
     reload_if_running(folder).await?;
     Ok(link)
 }
