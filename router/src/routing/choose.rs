@@ -48,7 +48,7 @@ impl Topology {
                 let (next_hop, cost) = if router == self.me {
                     (None, 0)
                 } else {
-                    let r = self.routes.get(&router)?;
+                    let r = self.routes().get(&router)?;
                     (Some(r.next_hop), r.cost_u32())
                 };
                 Some(Target {
@@ -134,7 +134,7 @@ impl Topology {
         self.key_index.get(key).is_some_and(|routers| {
             routers
                 .iter()
-                .any(|(r, c)| *c > 0 && (*r == self.me || self.routes.contains_key(r)))
+                .any(|(r, c)| *c > 0 && (*r == self.me || self.routes().contains_key(r)))
         })
     }
 }

@@ -15,7 +15,8 @@
 //! - `spf`: shortest paths from this router (two-way link check, edge routers never transit).
 //! - `choose`: [`Target`], [`Strategy`]: balanced, priority and weighted target choice.
 //! - `view`: [`RouterView`]: everything known, for `skiff network status`.
-//! - `sim` (tests only): a deterministic simulator of many routers on a virtual clock.
+//! - `sim` (tests only): a deterministic simulator of many routers on a virtual clock;
+//!   `sim_tests`: scenarios on it; `tests`: unit tests of one topology and of target choice.
 
 mod choose;
 mod key;
@@ -25,6 +26,10 @@ mod view;
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

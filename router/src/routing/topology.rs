@@ -2,6 +2,7 @@
 //! sequence numbers, refresh and ageing, and the routes computed from it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use skiff_certs::SiteId;
@@ -26,8 +27,10 @@ pub(super) struct Stored {
 /// The link-state database and route computation of one router.
 ///
 /// `Topology` does no I/O and reads no clock. The link layer feeds it events and sends what it
-/// asks to send; queries always reflect every event handled so far (routes are recomputed
-/// inside the `handle_*` call that changed them).
+/// asks to send; queries always reflect every event handled so far. (Routes are recomputed
+/// by the first query after a change that may affect them, not by every advertisement, so a
+/// burst of advertisements costs one shortest-path run. Queries take `&self`; the cache is a
+/// `OnceLock`, so a `Topology` may be shared behind an `RwLock`.)
 ///
 /// # How to drive it
 ///
@@ -70,8 +73,9 @@ pub struct Topology {
     expiry: BTreeSet<(Instant, SiteId)>,
     /// For each key, the routers advertising it and their connector counts.
     pub(super) key_index: HashMap<RoutingKey, BTreeMap<SiteId, u32>>,
-    /// Shortest paths to every reachable router but us.
-    pub(super) routes: HashMap<SiteId, Route>,
+    /// Shortest paths to every reachable router but us; empty after a change, filled by the
+    /// next query (see [`Topology::routes`]).
+    routes: OnceLock<HashMap<SiteId, Route>>,
     /// (neighbour, origin): send origin's current advertisement to neighbour.
     outbox: VecDeque<(SiteId, SiteId)>,
     queued: HashSet<(SiteId, SiteId)>,
@@ -96,7 +100,7 @@ impl Topology {
             db: HashMap::new(),
             expiry: BTreeSet::new(),
             key_index: HashMap::new(),
-            routes: HashMap::new(),
+            routes: OnceLock::new(),
             outbox: VecDeque::new(),
             queued: HashSet::new(),
             next_refresh: now,
@@ -132,7 +136,7 @@ impl Topology {
             .db
             .keys()
             .copied()
-            .filter(|o| *o == self.me || self.routes.contains_key(o))
+            .filter(|o| *o == self.me || self.routes().contains_key(o))
             .collect();
         sync.sort();
         for origin in sync {
@@ -153,8 +157,8 @@ impl Topology {
 
     /// An advertisement arrived on the link to neighbour `from`.
     ///
-    /// - Newer than the one held (higher `seq`, or none held): stored, routes recomputed,
-    ///   queued to every neighbour but `from`.
+    /// - Newer than the one held (higher `seq`, or none held): stored (routes reflect it from
+    ///   the next query on), queued to every neighbour but `from`.
     /// - Older than the one held: ours is queued back to `from`, so it catches up.
     /// - Equal: ignored.
     /// - Our own id with a `seq` at or above ours (a previous run of this router, or a copy
@@ -266,7 +270,7 @@ impl Topology {
     /// The neighbour to forward to for router `dest`; `None` when `dest` is unreachable or is
     /// this router.
     pub fn next_hop(&self, dest: SiteId) -> Option<SiteId> {
-        self.routes.get(&dest).map(|r| r.next_hop)
+        self.routes().get(&dest).map(|r| r.next_hop)
     }
 
     /// Cost of the shortest path to `dest` (0 for this router); `None` when unreachable.
@@ -274,7 +278,7 @@ impl Topology {
         if dest == self.me {
             return Some(0);
         }
-        self.routes.get(&dest).map(|r| r.cost_u32())
+        self.routes().get(&dest).map(|r| r.cost_u32())
     }
 
     /// Increases whenever routes or key targets may have changed.
@@ -390,8 +394,15 @@ impl Topology {
         }
     }
 
+    /// Shortest paths to every reachable router but us, computed on first use after a change.
+    pub(super) fn routes(&self) -> &HashMap<SiteId, Route> {
+        self.routes
+            .get_or_init(|| spf::shortest_paths(self.me, &self.db))
+    }
+
+    /// Forgets the routes (recomputed by the next query) and bumps the version.
     fn recompute(&mut self) {
-        self.routes = spf::shortest_paths(self.me, &self.db);
+        self.routes = OnceLock::new();
         self.version += 1;
     }
 

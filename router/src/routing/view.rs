@@ -49,7 +49,7 @@ impl Topology {
             .map(|s| {
                 let id = s.ad.origin;
                 let local = id == self.me;
-                let route = self.routes.get(&id);
+                let route = self.routes().get(&id);
                 RouterView {
                     id,
                     name: s.ad.site_name.clone(),

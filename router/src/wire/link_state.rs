@@ -12,7 +12,7 @@
 //! # Limits
 //!
 //! A frame holds at most [`MAX_LINKS_PER_AD`] links and [`MAX_KEYS_PER_AD`] keys, and the
-//! whole payload must fit [`MAX_FRAME_LEN`](super::MAX_FRAME_LEN) (64 KiB). A link takes 20
+//! whole payload must fit [`MAX_FRAME_LEN`] (64 KiB). A link takes 20
 //! bytes and a key 9 bytes plus its length, after at most 1 055 bytes of fixed fields. So
 //! 1 024 links leave room for 1 024 keys of up to 33 characters, or 167 keys of the longest
 //! (253 characters). [`Advertisement::encoded_len`] says whether an advertisement fits;
