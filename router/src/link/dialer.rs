@@ -164,6 +164,7 @@ async fn dial_forever(
         };
         match attempt {
             Ok(link) => {
+                let up_at = tokio::time::Instant::now();
                 let end = run_up_link(shared, spec, cancel, id, link).await;
                 if cancel.is_cancelled() {
                     return;
@@ -175,7 +176,11 @@ async fn dial_forever(
                         last_error: Some(end),
                     },
                 );
-                backoff.reset();
+                // A link that drops right after coming up (a peer that accepts and then
+                // fails) must not be re-dialled at the fastest pace forever.
+                if up_at.elapsed() >= shared.timing.dead_after {
+                    backoff.reset();
+                }
             }
             Err(AttemptError::Refused(reason)) => {
                 tracing::warn!(%reason, "link refused; retrying in {} s", BACKOFF_CAP.as_secs());
@@ -230,6 +235,7 @@ async fn run_up_link(
         closer.clone(),
         shared.timing,
         shared.sink.clone(),
+        &shared.routes,
     );
     tokio::pin!(run);
     let end = tokio::select! {
@@ -336,7 +342,7 @@ async fn attempt(
                     .map_err(|e| explain(&*e, &label, spec.peer_site_id))?,
             ),
         };
-        match dial_hello(&*conn, &shared.hello, spec.peer_site_id, &label).await {
+        match dial_hello(&*conn, &shared.hello, spec.peer_site_id, &label, spec.cost).await {
             Ok((control, peer)) => Ok(Established {
                 conn,
                 control,

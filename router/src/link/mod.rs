@@ -16,7 +16,8 @@
 //! - `auto` transport: QUIC first, TLS/TCP 250 ms later (or at once if QUIC fails).
 //!
 //! # Layout
-//! - `router`: [`Router`], the public face: start, reconcile dialers, status, revocation.
+//! - `router`: [`Router`], the public face: start, reconcile dialers, listeners and
+//!   connectors, status, revocation.
 //! - [`mux`]: the [`mux::MuxConnection`] trait, [`LinkStream`], yamux over TLS/TCP.
 //! - `quic`: quinn endpoint and connection setup; `MuxConnection` for quinn.
 //! - `tls`: TLS/TCP dial and the inbound TCP port (link vs grant by ALPN).
@@ -26,6 +27,7 @@
 //! - `dialer`: per-link dial loop, happy eyeballs, backoff, reconciling link specs.
 //! - `table`: the router's table of links and their status.
 //! - `explain`: turning failures into operator-readable refusals or network errors.
+//! - `routes`: the routing task: feeds link events and link-state frames to the topology.
 
 mod dialer;
 mod driver;
@@ -34,12 +36,13 @@ mod handshake;
 pub mod mux;
 mod port;
 mod quic;
-mod router;
+pub(crate) mod router;
+pub(crate) mod routes;
 mod table;
 mod tls;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,8 +52,10 @@ use skiff_certs::SiteId;
 
 use crate::wire::RouterMode;
 
-pub use mux::{LinkStream, StreamReader, StreamWriter};
+pub use explain::chain as error_chain;
+pub use mux::{LinkRead, LinkStream, LinkWrite, StreamReader, StreamWriter};
 pub use router::{IncomingStream, LinkHandle, Router};
+pub use routes::{KeySite, KeyStatus, NetworkStatus};
 
 /// Default keepalive interval on the control stream.
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -111,6 +116,16 @@ impl RouterConfig {
 pub trait InboundPolicy: Send + Sync + 'static {
     /// `Err(reason)` refuses the link; the reason is shown at the dialing site.
     fn admit(&self, peer: SiteId) -> Result<(), String>;
+
+    /// Whether the key of the certificate presented for `peer` (its [SHA-256 fingerprint]) is
+    /// the one this site granted to that site id. Checked right after the TLS handshake: a
+    /// site id claimed with another key is refused before anything else. The default accepts
+    /// any key.
+    ///
+    /// [SHA-256 fingerprint]: skiff_certs::key_fingerprint
+    fn check_key(&self, _peer: SiteId, _key_fingerprint: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Serves token redemptions arriving on the link port.

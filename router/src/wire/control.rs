@@ -5,8 +5,8 @@ use bytes::{BufMut, BytesMut};
 use crate::routing::Advertisement;
 
 use super::{
-    ProtocolVersion, WireError, expect_end, get_bytes, get_string, get_u8, get_u16, get_u64,
-    put_frame, put_string, split_frame,
+    ProtocolVersion, WireError, expect_end, get_bytes, get_string, get_u8, get_u16, get_u32,
+    get_u64, put_frame, put_string, split_frame,
 };
 
 const HELLO: u8 = 0x01;
@@ -71,6 +71,10 @@ pub enum ControlFrame {
         site_name: String,
         /// The sender's router mode.
         mode: RouterMode,
+        /// The routing cost of this link as configured at the sender (the dialer's link spec;
+        /// the acceptor sends 0 and uses the dialer's). Added in 1.1; a 1.0 hello without it
+        /// decodes as cost 1.
+        cost: u32,
     },
     /// The receiver of a hello will not use this link; the reason is for the operator.
     Refused {
@@ -109,12 +113,14 @@ impl ControlFrame {
                 site_id,
                 site_name,
                 mode,
+                cost,
             } => {
                 payload.put_u16(version.major);
                 payload.put_u16(version.minor);
                 payload.put_slice(site_id);
                 put_string(&mut payload, truncate(site_name));
                 payload.put_u8(mode.to_wire());
+                payload.put_u32(*cost);
                 HELLO
             }
             ControlFrame::Refused { version, reason } => {
@@ -157,8 +163,16 @@ impl ControlFrame {
                 let site_id = get_bytes::<16>(&mut p, "site_id")?;
                 let site_name = get_text(&mut p, "site_name")?;
                 let mode = RouterMode::from_wire(get_u8(&mut p, "mode")?)?;
+                // 1.0 hellos end here: their link cost is 1.
+                let cost = if bytes::Buf::remaining(&p) == 0 {
+                    1
+                } else {
+                    get_u32(&mut p, "cost")?
+                };
                 // A newer minor version may append fields; they are ignored here.
-                if version.major == super::PROTOCOL_VERSION.major {
+                if version.major == super::PROTOCOL_VERSION.major
+                    && version.minor <= super::PROTOCOL_VERSION.minor
+                {
                     expect_end(&p)?;
                 }
                 ControlFrame::Hello {
@@ -166,6 +180,7 @@ impl ControlFrame {
                     site_id,
                     site_name,
                     mode,
+                    cost,
                 }
             }
             REFUSED => {
@@ -252,6 +267,7 @@ mod tests {
             site_id: [7; 16],
             site_name: "west-é".into(),
             mode: RouterMode::Edge,
+            cost: 70_000,
         });
         roundtrip(ControlFrame::Refused {
             version: PROTOCOL_VERSION,
@@ -262,6 +278,24 @@ mod tests {
         roundtrip(ControlFrame::Close {
             reason: String::new(),
         });
+    }
+
+    #[test]
+    fn a_1_0_hello_without_cost_decodes_as_cost_1() {
+        let mut p = BytesMut::new();
+        p.put_u16(1);
+        p.put_u16(0);
+        p.put_slice(&[5; 16]);
+        put_string(&mut p, "old");
+        p.put_u8(0);
+        let mut buf = BytesMut::new();
+        put_frame(&mut buf, HELLO, &p);
+        let Some(ControlFrame::Hello { cost, version, .. }) =
+            ControlFrame::decode(&mut buf).unwrap()
+        else {
+            panic!("not a hello");
+        };
+        assert_eq!((cost, version.minor), (1, 0));
     }
 
     #[test]

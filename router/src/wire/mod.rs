@@ -12,9 +12,14 @@
 //! [`ControlFrame::Refused`] and the link is closed.
 
 mod control;
+mod flow;
 pub mod link_state;
 
 pub use control::{ControlFrame, MAX_TEXT_LEN, RouterMode};
+pub use flow::{
+    FLOW_HEADER_VERSION, FlowHeader, FlowStatusCode, FlowStatusFrame, MAX_ROUTING_KEY_LEN,
+    MAX_STATUS_MESSAGE_LEN,
+};
 pub use link_state::{MAX_KEYS_PER_AD, MAX_LINKS_PER_AD};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -26,7 +31,7 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 pub const FRAME_HEADER_LEN: usize = 5;
 
 /// The protocol version this build speaks on links.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
 /// A link protocol version. Peers interoperate only when the major versions are equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +127,13 @@ pub(crate) fn get_u16(buf: &mut impl Buf, field: &'static str) -> Result<u16, Wi
         return Err(WireError::Truncated(field));
     }
     Ok(buf.get_u16())
+}
+
+pub(crate) fn get_u32(buf: &mut impl Buf, field: &'static str) -> Result<u32, WireError> {
+    if buf.remaining() < 4 {
+        return Err(WireError::Truncated(field));
+    }
+    Ok(buf.get_u32())
 }
 
 pub(crate) fn get_u64(buf: &mut impl Buf, field: &'static str) -> Result<u64, WireError> {

@@ -1,0 +1,3 @@
+//! Resets, refusals, balancing, failover, retries and reconciliation.
+
+use super::*;
