@@ -348,3 +348,9 @@ fn weighted_picks_keys_in_proportion_among_reachable_keys() {
     // Deterministic for a given pick.
     assert_eq!(t.choose(&s, &none, 42), t.choose(&s, &none, 42));
 }
+
+#[test]
+fn topology_can_be_shared_behind_a_lock() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Topology>();
+}
