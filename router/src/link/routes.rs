@@ -193,10 +193,8 @@ fn apply(topo: &mut Topology, neighbours: &mut Neighbours, event: RouteEvent, no
                 },
             );
             let after = neighbours.cost(peer);
-            if before != after {
-                if let Some(cost) = after {
-                    topo.handle_neighbor_up(peer, cost, now);
-                }
+            if let Some(cost) = after.filter(|_| before != after) {
+                topo.handle_neighbor_up(peer, cost, now);
             }
         }
         RouteEvent::LinkDown { link } => {
