@@ -95,6 +95,11 @@ pub trait MuxConnection: Send + Sync + 'static {
 
 /// Most streams (flows plus the control stream) open at once on one yamux connection.
 pub const YAMUX_MAX_STREAMS: usize = 1024;
+/// Streams one side may have open at once on a yamux connection. yamux tears the whole
+/// connection down when a side opens more than [`YAMUX_MAX_STREAMS`], so each side keeps to
+/// a little under half of it (room for streams yamux has not yet collected after their drop);
+/// an open beyond it fails at once.
+pub const YAMUX_MAX_OUTBOUND: usize = YAMUX_MAX_STREAMS / 2 - 16;
 /// Receive window every yamux stream starts with (the yamux specification's 256 KiB).
 pub const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 /// Receive window that yamux's auto-tuning may hand out on top of the 256 KiB each stream
@@ -123,6 +128,8 @@ type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
 /// A yamux session over any tokio byte stream (in practice a TLS stream).
 pub struct YamuxConnection {
     open_tx: mpsc::UnboundedSender<OpenReply>,
+    /// Streams this side may still open (see [`YAMUX_MAX_OUTBOUND`]).
+    outbound: Arc<tokio::sync::Semaphore>,
     inbound: Mutex<mpsc::UnboundedReceiver<yamux::Stream>>,
     close_tx: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     closed_rx: tokio::sync::watch::Receiver<bool>,
@@ -156,6 +163,7 @@ impl YamuxConnection {
         });
         YamuxConnection {
             open_tx,
+            outbound: Arc::new(tokio::sync::Semaphore::new(YAMUX_MAX_OUTBOUND)),
             inbound: Mutex::new(inbound_rx),
             close_tx: std::sync::Mutex::new(Some(close_tx)),
             closed_rx,
@@ -164,10 +172,14 @@ impl YamuxConnection {
     }
 }
 
-fn split_yamux(stream: yamux::Stream) -> LinkStream {
+fn split_yamux(
+    stream: yamux::Stream,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> LinkStream {
     let shared = Arc::new(YamuxShared {
         stream: std::sync::Mutex::new(Some(stream.compat())),
         fin_sent: AtomicBool::new(false),
+        _permit: permit,
     });
     LinkStream {
         reader: Box::new(YamuxReader(shared.clone())),
@@ -180,6 +192,8 @@ struct YamuxShared {
     stream: std::sync::Mutex<Option<Compat<yamux::Stream>>>,
     /// Our side began its FIN: a closed stream seen after this may be a clean close.
     fin_sent: AtomicBool,
+    /// Outbound streams hold one of [`YAMUX_MAX_OUTBOUND`] until both halves are dropped.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl YamuxShared {
@@ -283,9 +297,15 @@ impl MuxConnection for YamuxConnection {
     fn open_stream(&self) -> BoxFuture<'_, io::Result<LinkStream>> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
+            let permit = self.outbound.clone().try_acquire_owned().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{YAMUX_MAX_OUTBOUND} streams already open on this link"),
+                )
+            })?;
             self.open_tx.send(tx).map_err(|_| closed_error())?;
             let stream = rx.await.map_err(|_| closed_error())??;
-            Ok(split_yamux(stream))
+            Ok(split_yamux(stream, Some(permit)))
         })
     }
 
@@ -295,7 +315,7 @@ impl MuxConnection for YamuxConnection {
             inbound
                 .recv()
                 .await
-                .map(split_yamux)
+                .map(|s| split_yamux(s, None))
                 .ok_or_else(closed_error)
         })
     }
@@ -426,6 +446,62 @@ mod tests {
         assert_eq!(back, data);
         let (_, back) = tokio::join!(echo_once(&dialer), roundtrip(&acceptor, &data));
         assert_eq!(back, data);
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_an_error_and_a_fin_a_clean_end() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let dialer = YamuxConnection::start(a, true);
+        let acceptor = YamuxConnection::start(b, false);
+        for reset in [false, true] {
+            let mut s = dialer.open_stream().await.unwrap();
+            s.writer.write_all(b"hi").await.unwrap();
+            let mut t = acceptor.accept_stream().await.unwrap();
+            let mut two = [0u8; 2];
+            t.reader.read_exact(&mut two).await.unwrap();
+            if reset {
+                s.reset();
+            } else {
+                s.writer.shutdown().await.unwrap();
+            }
+            let mut rest = Vec::new();
+            let r = t.reader.read_to_end(&mut rest).await;
+            if reset {
+                assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+            } else {
+                assert_eq!(r.unwrap(), 0);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn too_many_streams_fail_the_open_not_the_connection() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let dialer = YamuxConnection::start(a, true);
+        let acceptor = YamuxConnection::start(b, false);
+        // The acceptor answers every stream (yamux holds back opens while 256 are
+        // unacknowledged) and keeps it open.
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok(mut s) = acceptor.accept_stream().await {
+                let _ = s.writer.write_all(b"k").await;
+                kept.push(s);
+            }
+        });
+        let open_one = || async {
+            let mut s = dialer.open_stream().await?;
+            s.writer.write_all(b"x").await?;
+            let mut k = [0u8; 1];
+            s.reader.read_exact(&mut k).await?;
+            io::Result::Ok(s)
+        };
+        let mut open = Vec::new();
+        for _ in 0..YAMUX_MAX_OUTBOUND {
+            open.push(open_one().await.unwrap());
+        }
+        assert!(open_one().await.is_err());
+        open.pop();
+        open_one().await.unwrap();
     }
 
     #[tokio::test]

@@ -5,7 +5,10 @@
 //! cannot make a router buffer more than that per stream. Strings are `u16 length | UTF-8`.
 //!
 //! Frame types: `0x01` hello, `0x02` refused, `0x03` keepalive, `0x04` keepalive ack,
-//! `0x05` close, `0x06` link state ([`link_state`]).
+//! `0x05` close, `0x06` link state ([`link_state`]) on control streams; `0x10` flow header
+//! ([`FlowHeader`]) and `0x11` flow status ([`FlowStatusFrame`]) at the start of flow streams.
+//!
+//! Protocol 1.1 added the link cost to the hello (a 1.0 hello decodes with cost 1).
 //!
 //! The control stream of a link opens with a [`ControlFrame::Hello`] from each side. The
 //! hello carries the [`ProtocolVersion`]; a peer whose major version differs is refused with
