@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use skiff_router::wire::{FlowHeader, FlowStatus};
+use skiff_router::wire::{FlowHeader, FlowStatusFrame};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
@@ -15,10 +15,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(again.is_empty());
     }
     let mut buf = BytesMut::from(data);
-    if let Ok(Some(status)) = FlowStatus::decode(&mut buf) {
+    if let Ok(Some(status)) = FlowStatusFrame::decode(&mut buf) {
         let mut again = BytesMut::new();
         status.encode(&mut again);
-        assert_eq!(FlowStatus::decode(&mut again).unwrap(), Some(status));
+        assert_eq!(FlowStatusFrame::decode(&mut again).unwrap(), Some(status));
         assert!(again.is_empty());
     }
 });

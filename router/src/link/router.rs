@@ -191,9 +191,12 @@ impl Router {
         );
         let flows = Flows::new(cfg.site_id, cfg.mode, shared.clone(), routes);
         let tap: Arc<Mutex<Option<mpsc::Sender<IncomingStream>>>> = Arc::default();
-        shared
-            .tasks
-            .spawn(dispatch_incoming(rx, tap.clone(), flows.clone()));
+        shared.tasks.spawn(dispatch_incoming(
+            rx,
+            tap.clone(),
+            flows.clone(),
+            shared.shutdown.clone(),
+        ));
         let mut link_addr = None;
         let mut quic_server = None;
         if let Some(listen) = cfg.link_listen {
@@ -423,8 +426,16 @@ async fn dispatch_incoming(
     mut rx: mpsc::Receiver<IncomingStream>,
     tap: Arc<Mutex<Option<mpsc::Sender<IncomingStream>>>>,
     flows: Arc<Flows>,
+    shutdown: CancellationToken,
 ) {
-    while let Some(incoming) = rx.recv().await {
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.cancelled() => return,
+            i = rx.recv() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
         let tapped = tap.lock().unwrap().clone();
         match tapped {
             Some(tx) => {

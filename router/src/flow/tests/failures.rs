@@ -410,3 +410,28 @@ async fn listeners_and_connectors_reconcile_without_disturbing_flows() {
     drop(held);
     net.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_local_connector_is_preferred_and_used_directly() {
+    let net = chain(2, TransportChoice::Quic).await;
+    let (here, n_here) = counted_echo().await;
+    let (there, n_there) = counted_echo().await;
+    net.routers[1].set_connectors(vec![connector("echo", "echo", here)]);
+    net.routers[0].set_connectors(vec![connector("echo", "echo", there)]);
+    net.routers[1].set_listeners(vec![listener("echo", "echo")]);
+    converge(&net).await;
+    wait_for(&net.routers[1], "the key at both routers", |r| {
+        r.network().keys.iter().any(|k| k.sites.len() == 2)
+    })
+    .await;
+    let addr = listener_addr(&net.routers[1], "echo");
+    for i in 0..10 {
+        echo_roundtrip(addr, format!("local {i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    assert_eq!(n_here.load(Ordering::SeqCst), 10);
+    assert_eq!(n_there.load(Ordering::SeqCst), 0);
+    assert_eq!(net.routers[1].connectors()[0].flows_total, 10);
+    net.shutdown().await;
+}
