@@ -183,11 +183,16 @@ impl Flows {
         self.next_flow_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Ranked targets for a listener's strategy.
+    /// Ranked targets for a listener's strategy. Targets that tie (same key, same path cost +
+    /// outstanding flows) are shuffled, so one connection after another (none outstanding)
+    /// still spreads over equally good sites.
     pub(crate) fn choose(&self, strategy: &crate::routing::Strategy) -> Vec<Target> {
         let outstanding = self.outstanding.lock().unwrap().clone();
         let f = |r: SiteId| outstanding.get(&r).copied().unwrap_or(0);
-        self.routes.read().choose(strategy, &f, random_u64())
+        let mut targets = self.routes.read().choose(strategy, &f, random_u64());
+        let score = |t: &Target| (t.key.clone(), u64::from(t.cost) + u64::from(f(t.router)));
+        shuffle_ties(&mut targets, score, random_u64);
+        targets
     }
 
     /// An up link to a neighbour.
@@ -256,6 +261,28 @@ impl Flows {
     }
 }
 
+/// Shuffles each run of consecutive items with equal `score` (Fisher–Yates, `rand` as the
+/// random source), leaving the order between runs alone.
+pub(crate) fn shuffle_ties<T, S: PartialEq>(
+    items: &mut [T],
+    score: impl Fn(&T) -> S,
+    mut rand: impl FnMut() -> u64,
+) {
+    let mut start = 0;
+    while start < items.len() {
+        let s = score(&items[start]);
+        let mut end = start + 1;
+        while end < items.len() && score(&items[end]) == s {
+            end += 1;
+        }
+        for i in (start + 1..end).rev() {
+            let j = start + (rand() % (i - start + 1) as u64) as usize;
+            items.swap(i, j);
+        }
+        start = end;
+    }
+}
+
 /// A random number (balancing picks, flow id bases).
 pub(crate) fn random_u64() -> u64 {
     use ring::rand::SecureRandom;
@@ -278,3 +305,28 @@ pub(crate) fn serve_stream(flows: &Arc<Flows>, incoming: crate::link::IncomingSt
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod unit_tests {
+    use super::shuffle_ties;
+
+    #[test]
+    fn only_ties_are_shuffled() {
+        let mut seen_first = std::collections::BTreeSet::new();
+        let mut seed = 1u64;
+        for _ in 0..200 {
+            let mut v = [(1, 'a'), (1, 'b'), (1, 'c'), (2, 'd'), (3, 'e'), (3, 'f')];
+            shuffle_ties(
+                &mut v,
+                |x| x.0,
+                || {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    seed >> 33
+                },
+            );
+            assert_eq!(v.map(|x| x.0), [1, 1, 1, 2, 3, 3]);
+            seen_first.insert(v[0].1);
+        }
+        assert_eq!(seen_first.len(), 3, "every tied item came first sometimes");
+    }
+}
