@@ -284,3 +284,33 @@ impl NetworkStatus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_one_neighbour_at_the_cost_of_its_cheapest_up_link() {
+        let me = SiteId::from_bytes([1; 16]);
+        let peer = SiteId::from_bytes([2; 16]);
+        let now = Instant::now();
+        let mut topo = Topology::new(me, "me".into(), RouterMode::Interior, now);
+        let mut n = Neighbours::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let up = |link, cost| RouteEvent::LinkUp {
+            link,
+            peer,
+            cost,
+            control: tx.clone(),
+        };
+        let cost = |t: &Topology| t.neighbors().find(|(p, _)| *p == peer).map(|(_, c)| c);
+        apply(&mut topo, &mut n, up(1, 5), now);
+        assert_eq!(cost(&topo), Some(5));
+        apply(&mut topo, &mut n, up(2, 2), now);
+        assert_eq!(cost(&topo), Some(2));
+        apply(&mut topo, &mut n, RouteEvent::LinkDown { link: 2 }, now);
+        assert_eq!(cost(&topo), Some(5));
+        apply(&mut topo, &mut n, RouteEvent::LinkDown { link: 1 }, now);
+        assert_eq!(cost(&topo), None);
+    }
+}

@@ -147,6 +147,10 @@ async fn link_up(transport: TransportChoice, expected: Transport) {
     assert_eq!(inb[0].direction, Direction::Inbound);
     assert_eq!(inb[0].peer_site_id, Some(b.id));
     assert_eq!(inb[0].transport, Some(expected));
+    assert_eq!(
+        inb[0].cost, 3,
+        "the dialer's link cost arrives in its hello"
+    );
 
     // Streams each way, bytes intact, half-close honoured.
     let mut a_in = ra.take_incoming().unwrap();
