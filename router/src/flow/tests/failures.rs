@@ -186,9 +186,14 @@ async fn a_key_at_two_sites_is_balanced_and_fails_over() {
     // One short connection after the other (nothing outstanding): ties are broken at random.
     let (b1, b2) = (n1.load(Ordering::SeqCst), n2.load(Ordering::SeqCst));
     for i in 0..100 {
-        echo_roundtrip(addr, format!("s{i}").as_bytes()).await.unwrap();
+        echo_roundtrip(addr, format!("s{i}").as_bytes())
+            .await
+            .unwrap();
     }
-    let (d1, d2) = (n1.load(Ordering::SeqCst) - b1, n2.load(Ordering::SeqCst) - b2);
+    let (d1, d2) = (
+        n1.load(Ordering::SeqCst) - b1,
+        n2.load(Ordering::SeqCst) - b2,
+    );
     assert!(d1 >= 20 && d2 >= 20, "sequential spread {d1} / {d2}");
 
     // Site 1 goes away: once its loss is known, every new connection works via site 2.
