@@ -70,7 +70,7 @@ pub(crate) fn explain(
 }
 
 /// An error and its causes as one line.
-pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
+pub fn chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {

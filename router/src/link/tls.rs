@@ -40,6 +40,7 @@ pub(crate) async fn accept_loop(
     tls: Arc<rustls::ServerConfig>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -47,27 +48,39 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((tcp, remote)) => {
+                // Connections not yet authenticated (TLS handshake, token redemption) are
+                // capped, so a flood cannot take every file descriptor and task.
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::warn!(peer = %remote, limit = MAX_PENDING_CONNECTIONS,
+                        "refused a connection on the link port: too many handshakes in progress");
+                    continue;
+                };
                 let shared2 = shared.clone();
                 let acceptor = acceptor.clone();
                 shared.tasks.spawn(
-                    handle_tcp(shared2, acceptor, tcp, remote)
+                    handle_tcp(shared2, acceptor, tcp, remote, permit)
                         .instrument(tracing::debug_span!("link_port", remote = %remote)),
                 );
             }
             Err(e) => {
-                // Out of file descriptors and the like: log, and keep serving.
+                // Out of file descriptors and the like: log, pause, and keep serving.
                 tracing::warn!(cause = %e, "accepting a TCP connection on the link port failed");
-                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     }
 }
+
+/// Most connections on the link port that are still in the TLS handshake or redeeming a
+/// token. Beyond it new connections are closed at once (and logged).
+pub(crate) const MAX_PENDING_CONNECTIONS: usize = 256;
 
 async fn handle_tcp(
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -94,15 +107,17 @@ async fn handle_tcp(
             }
         },
         Some(p) if p == ALPN_LINK => {
+            // Authenticated from here on (or refused): no longer counts as pending.
+            drop(pending);
             let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
                 tracing::warn!(peer = %remote,
                     "refused a link: the peer presented no client certificate (links need one from a redeemed token)");
                 return;
             };
-            let site = match skiff_certs::peer_site_id(cert) {
+            let site = match super::router::client_identity(cert, &*shared.policy) {
                 Ok(site) => site,
-                Err(e) => {
-                    tracing::warn!(peer = %remote, cause = %e, "refused a link: unusable client certificate");
+                Err(reason) => {
+                    tracing::warn!(peer = %remote, %reason, "refused a link");
                     return;
                 }
             };
