@@ -1,5 +1,5 @@
-//! `skiff demo`: two sites on this machine, linked by a real token over mutual TLS, shown up,
-//! then stopped. Everything lives in a temporary folder that is removed at the end.
+//! `skiff demo`: two sites on this machine, linked by a real token over mutual TLS, and a
+//! built-in backend at one reached through a listener at the other; then stopped. Everything lives in a temporary folder that is removed at the end.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -8,6 +8,7 @@ use skiff_router::link::LinkState;
 use skiff_site_controller::SiteError;
 use skiff_site_controller::folder::SiteFolder;
 use skiff_site_controller::run::{RunOptions, RunningSite};
+use skiff_site_controller::services::{create_connector, create_listener};
 use skiff_site_controller::site::{SiteOptions, create_site};
 use skiff_site_controller::token::{IssueOptions, RedeemOptions, issue_token, redeem};
 
@@ -69,29 +70,136 @@ async fn demo(tmp: &std::path::Path) -> Result<ExitCode, SiteError> {
     let started = Instant::now();
     let link = redeem(&east, &token.to_yaml(), &RedeemOptions::default()).await?;
 
-    let up = wait_up(&west_site, &east_site).await;
-    let outcome = match up {
-        Some(transport) => {
-            println!(
-                "5. link {:?} is up on both sides over {transport} after {} ms",
-                link.metadata.name,
-                started.elapsed().as_millis()
-            );
-            println!("done: two sites, one token, one mutually authenticated link");
-            Ok(ExitCode::SUCCESS)
-        }
-        None => {
-            println!(
-                "5. the link did not come up within {}s: {}",
-                LINK_UP_TIMEOUT.as_secs(),
-                serde_json::to_string(&east_site.state().links_json()).unwrap_or_default()
-            );
-            Ok(ExitCode::FAILURE)
-        }
+    let Some(transport) = wait_up(&west_site, &east_site).await else {
+        println!(
+            "5. the link did not come up within {}s: {}",
+            LINK_UP_TIMEOUT.as_secs(),
+            serde_json::to_string(&east_site.state().links_json()).unwrap_or_default()
+        );
+        east_site.stop().await;
+        west_site.stop().await;
+        return Ok(ExitCode::FAILURE);
     };
+    println!(
+        "5. link {:?} is up on both sides over {transport} after {} ms",
+        link.metadata.name,
+        started.elapsed().as_millis()
+    );
+    let outcome = service_across(&west, &west_site, &east, &east_site).await;
+    match &outcome {
+        Ok(()) => println!(
+            "done: two sites, one token, one mutually authenticated link, one service across it"
+        ),
+        Err(e) => println!("the service did not work across the sites: {e}"),
+    }
+    let outcome = Ok(if outcome.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    });
     east_site.stop().await;
     west_site.stop().await;
     outcome
+}
+
+/// A built-in backend at west, a connector for it at west and a listener at east; a client at
+/// east reaches the backend through the listener.
+async fn service_across(
+    west: &SiteFolder,
+    west_site: &RunningSite,
+    east: &SiteFolder,
+    east_site: &RunningSite,
+) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("could not start the demo backend: {e}"))?;
+    let backend_port = backend.local_addr().map_err(|e| e.to_string())?.port();
+    let server = tokio::spawn(async move {
+        // One greeting per connection: read a line, answer it, close.
+        while let Ok((conn, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = conn.into_split();
+                let mut line = String::new();
+                if BufReader::new(r).read_line(&mut line).await.is_ok() {
+                    let reply = format!("hello from west, you said: {}", line.trim_end());
+                    let _ = w.write_all(reply.as_bytes()).await;
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    println!(
+        "6. west: a backend on 127.0.0.1:{backend_port}, exposed as routing key \"greeting\" (skiff connector create greeting {backend_port})"
+    );
+    create_connector(
+        west,
+        "greeting",
+        backend_port,
+        None,
+        Some("127.0.0.1"),
+        "tcp",
+    )
+    .map_err(|e| e.to_string())?;
+    west_site
+        .state()
+        .reload()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "7. east: a listener for \"greeting\" (skiff listener create greeting 0 --host 127.0.0.1)"
+    );
+    create_listener(east, "greeting", 0, None, Some("127.0.0.1"), "tcp")
+        .map_err(|e| e.to_string())?;
+    east_site
+        .state()
+        .reload()
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + LINK_UP_TIMEOUT;
+    let address = loop {
+        let l = east_site.state().router().listeners();
+        if let Some(l) = l
+            .iter()
+            .find(|l| l.status == skiff_router::flow::ResourceState::Active)
+        {
+            break l.address.clone().unwrap_or_default();
+        }
+        if Instant::now() > deadline {
+            server.abort();
+            return Err(format!(
+                "the route to \"greeting\" did not reach east: {l:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let t = Instant::now();
+    let result = async {
+        let mut conn = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|e| format!("could not connect to the listener at {address}: {e}"))?;
+        conn.write_all(b"ping from east\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut reply = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut reply)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(reply)
+    };
+    let reply = tokio::time::timeout(LINK_UP_TIMEOUT, result)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())??;
+    server.abort();
+    println!(
+        "8. a client at east connected to {address} and got back in {} ms: {reply:?}",
+        t.elapsed().as_millis()
+    );
+    if reply.starts_with("hello from west") {
+        Ok(())
+    } else {
+        Err(format!("unexpected reply {reply:?}"))
+    }
 }
 
 /// Waits until both sites report an up link; returns the transport.

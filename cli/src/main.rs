@@ -51,6 +51,15 @@ enum Command {
     /// List and delete links.
     #[command(subcommand)]
     Link(LinkCommand),
+    /// Ports here that send connections to a routing key.
+    #[command(subcommand)]
+    Listener(ServiceCommand),
+    /// Backends here that serve a routing key.
+    #[command(subcommand)]
+    Connector(ServiceCommand),
+    /// The whole network as this site sees it.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Two sites on this machine, linked with a token, then stopped.
     Demo,
     /// Print the version and link protocol version.
@@ -156,6 +165,55 @@ enum LinkCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Create one (or replace the one of that name).
+    Create {
+        /// Its name (a DNS label); also the routing key unless --routing-key says otherwise.
+        name: String,
+        /// Listener: the port to listen on (0: any free port). Connector: the backend's port.
+        port: u16,
+        /// The routing key [default: NAME].
+        #[arg(long)]
+        routing_key: Option<String>,
+        /// Listener: bind address [default: 0.0.0.0]. Connector: backend host [default: 127.0.0.1].
+        #[arg(long)]
+        host: Option<String>,
+        /// tcp (http and http2 are not supported yet).
+        #[arg(long = "type", default_value = "tcp")]
+        protocol: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// List them with their status.
+    List {
+        /// `json` for scripts.
+        #[arg(long)]
+        output: Option<output::Format>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Delete one; connections in progress through others are not disturbed.
+    Delete {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Every site, its links and every routing key with the sites that serve it.
+    Status {
+        /// `json` for scripts.
+        #[arg(long)]
+        output: Option<output::Format>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
 fn main() -> ExitCode {
     skiff_certs::install_crypto_provider();
     let cli = Cli::parse();
@@ -199,6 +257,11 @@ async fn execute(command: Command) -> Result<ExitCode, SiteError> {
         Command::Site(c) => site_command(c).await,
         Command::Token(c) => token_command(c).await,
         Command::Link(c) => link_command(c).await,
+        Command::Listener(c) => service_command(output::Service::Listener, c).await,
+        Command::Connector(c) => service_command(output::Service::Connector, c).await,
+        Command::Network(NetworkCommand::Status { output, dir }) => {
+            output::network_status(&dir.folder(), output).await
+        }
         Command::Demo => demo::run().await,
         Command::Version => {
             println!(
@@ -363,6 +426,76 @@ async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
             site::delete_link(&folder, &name)?;
             tokens::reload_if_running(&folder).await?;
             println!("link {name:?} deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn service_command(kind: output::Service, c: ServiceCommand) -> Result<ExitCode, SiteError> {
+    use skiff_site_controller::services::{self, Saved};
+    match c {
+        ServiceCommand::Create {
+            name,
+            port,
+            routing_key,
+            host,
+            protocol,
+            dir,
+        } => {
+            let folder = dir.folder();
+            let (key, saved, where_) = match kind {
+                output::Service::Listener => {
+                    let (l, saved) = services::create_listener(
+                        &folder,
+                        &name,
+                        port,
+                        routing_key.as_deref(),
+                        host.as_deref(),
+                        &protocol,
+                    )?;
+                    let key = l.spec.routing_key.clone().unwrap_or_default();
+                    (key, saved, format!("{}:{}", l.spec.host, l.spec.port))
+                }
+                output::Service::Connector => {
+                    let (c, saved) = services::create_connector(
+                        &folder,
+                        &name,
+                        port,
+                        routing_key.as_deref(),
+                        host.as_deref(),
+                        &protocol,
+                    )?;
+                    (
+                        c.spec.routing_key.clone(),
+                        saved,
+                        format!("{}:{}", c.spec.host, c.spec.port),
+                    )
+                }
+            };
+            let verb = match saved {
+                Saved::Created => "created",
+                Saved::Updated => "updated",
+            };
+            let running = tokens::reload_if_running(&folder).await?;
+            println!("{kind} {name:?} {verb}: {where_} <-> routing key {key:?}");
+            if !running {
+                println!(
+                    "the site is not running: it applies this when started with: skiff site run"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ServiceCommand::List { output, dir } => {
+            output::service_list(kind, &dir.folder(), output).await
+        }
+        ServiceCommand::Delete { name, dir } => {
+            let folder = dir.folder();
+            match kind {
+                output::Service::Listener => services::delete_listener(&folder, &name)?,
+                output::Service::Connector => services::delete_connector(&folder, &name)?,
+            }
+            tokens::reload_if_running(&folder).await?;
+            println!("{kind} {name:?} deleted");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -121,6 +121,209 @@ pub async fn link_list(folder: &SiteFolder, format: Option<Format>) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which of the two service resources a verb is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// `skiff listener`.
+    Listener,
+    /// `skiff connector`.
+    Connector,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Listener => "listener",
+            Service::Connector => "connector",
+        })
+    }
+}
+
+/// `skiff listener list` / `skiff connector list`: live status from the running site, else
+/// the configured resources.
+pub async fn service_list(
+    kind: Service,
+    folder: &SiteFolder,
+    format: Option<Format>,
+) -> Result<ExitCode, SiteError> {
+    use skiff_site_controller::services::{list_connectors, list_listeners};
+    load_site(folder)?;
+    let path = match kind {
+        Service::Listener => "/v1/listeners",
+        Service::Connector => "/v1/connectors",
+    };
+    let items: Vec<Value> = match admin_request(&folder.admin_socket(), Method::GET, path).await {
+        Ok(v) => v.as_array().cloned().unwrap_or_default(),
+        Err(SiteError::NotRunning { .. }) => match kind {
+            Service::Listener => list_listeners(folder)?
+                .into_iter()
+                .map(|l| {
+                    json!({
+                        "name": l.metadata.name,
+                        "routingKey": l.spec.routing_key,
+                        "host": l.spec.host,
+                        "port": l.spec.port,
+                        "protocol": l.spec.protocol,
+                        "status": "stopped",
+                        "reason": "the site is not running",
+                    })
+                })
+                .collect(),
+            Service::Connector => list_connectors(folder)?
+                .into_iter()
+                .map(|c| {
+                    json!({
+                        "name": c.metadata.name,
+                        "routingKey": c.spec.routing_key,
+                        "host": c.spec.host,
+                        "port": c.spec.port,
+                        "protocol": c.spec.protocol,
+                        "status": "stopped",
+                        "reason": "the site is not running",
+                    })
+                })
+                .collect(),
+        },
+        Err(e) => return Err(e),
+    };
+    if format == Some(Format::Json) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&items).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if items.is_empty() {
+        println!("no {kind}s: create one with: skiff {kind} create NAME PORT");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 6]> = items
+        .iter()
+        .map(|i| {
+            let address = match (kind, i.get("address").filter(|a| !a.is_null())) {
+                (Service::Listener, Some(a)) => plain(a),
+                _ => format!("{}:{}", plain(&i["host"]), plain(&i["port"])),
+            };
+            let flows = match (i.get("flowsActive"), i.get("flowsTotal")) {
+                (Some(a), Some(t)) => format!("{} / {}", plain(a), plain(t)),
+                _ => "-".into(),
+            };
+            [
+                plain(&i["name"]),
+                plain(&i["routingKey"]),
+                address,
+                plain(&i["status"]),
+                flows,
+                i.get("reason").map(plain).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME",
+            "ROUTING KEY",
+            "ADDRESS",
+            "STATUS",
+            "FLOWS NOW / TOTAL",
+            "DETAIL",
+        ],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `skiff network status`: every site, its links, and every key with the sites serving it.
+pub async fn network_status(
+    folder: &SiteFolder,
+    format: Option<Format>,
+) -> Result<ExitCode, SiteError> {
+    load_site(folder)?;
+    let net = admin_request(&folder.admin_socket(), Method::GET, "/v1/network").await?;
+    if format == Some(Format::Json) {
+        println!("{}", serde_json::to_string_pretty(&net).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let routers = net["routers"].as_array().cloned().unwrap_or_default();
+    let name_of = |id: &Value| {
+        routers
+            .iter()
+            .find(|r| &r["id"] == id)
+            .map(|r| plain(&r["name"]))
+            .unwrap_or_else(|| plain(id).chars().take(8).collect())
+    };
+    let rows: Vec<[String; 5]> = routers
+        .iter()
+        .map(|r| {
+            let links = r["links"]
+                .as_array()
+                .map(|ls| {
+                    ls.iter()
+                        .map(|l| {
+                            let up = if l["up"] == true { "" } else { " (one-way)" };
+                            format!("{} (cost {}){up}", name_of(&l["peer"]), plain(&l["cost"]))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            let name = if r["local"] == true {
+                format!("{} (this site)", plain(&r["name"]))
+            } else {
+                plain(&r["name"])
+            };
+            [
+                name,
+                plain(&r["mode"]),
+                if r["reachable"] == true {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                plain(&r["cost"]),
+                links,
+            ]
+        })
+        .collect();
+    println!("sites:");
+    print_table(&["SITE", "MODE", "REACHABLE", "COST", "LINKS"], &rows);
+    let keys = net["keys"].as_array().cloned().unwrap_or_default();
+    println!();
+    if keys.is_empty() {
+        println!("routing keys: none (add one with: skiff connector create NAME PORT)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 2]> = keys
+        .iter()
+        .map(|k| {
+            let sites = k["sites"]
+                .as_array()
+                .map(|ss| {
+                    ss.iter()
+                        .map(|s| {
+                            let down = if s["reachable"] == true {
+                                ""
+                            } else {
+                                ", unreachable"
+                            };
+                            format!(
+                                "{} ({} connector(s), port {}{down})",
+                                plain(&s["siteName"]),
+                                plain(&s["connectors"]),
+                                plain(&s["port"])
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            [plain(&k["routingKey"]), sites]
+        })
+        .collect();
+    println!("routing keys:");
+    print_table(&["ROUTING KEY", "SERVED BY"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn plain(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),

@@ -1,7 +1,8 @@
 //! The admin API of a running site (HTTP/JSON on `<site folder>/admin.sock`, optionally on a
 //! TCP address too) and the client the CLI uses to talk to it.
 //!
-//! Routes: `GET /healthz`, `/readyz`, `/metrics`, `/v1/site`, `/v1/links`; `POST /v1/reload`.
+//! Routes: `GET /healthz`, `/readyz`, `/metrics`, `/v1/site`, `/v1/links`, `/v1/listeners`,
+//! `/v1/connectors`, `/v1/network`, `/v1/flows`; `POST /v1/reload`.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -112,6 +113,10 @@ async fn route(req: Request<Incoming>, state: &SiteState, changes: bool) -> Resp
         (&Method::GET, "/metrics") => text(StatusCode::OK, &state.metrics_text()),
         (&Method::GET, "/v1/site") => json(StatusCode::OK, &state.site_json()),
         (&Method::GET, "/v1/links") => json(StatusCode::OK, &state.links_json()),
+        (&Method::GET, "/v1/listeners") => json(StatusCode::OK, &state.listeners_json()),
+        (&Method::GET, "/v1/connectors") => json(StatusCode::OK, &state.connectors_json()),
+        (&Method::GET, "/v1/network") => json(StatusCode::OK, &state.network_json()),
+        (&Method::GET, "/v1/flows") => json(StatusCode::OK, &state.flows_json()),
         (&Method::POST, "/v1/reload") => match state.reload().await {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({"reloaded": true})),
             Err(e) => json(

@@ -21,6 +21,8 @@ pub const PUBLIC_MODE: u32 = 0o644;
 /// router.pem         the router's own certificate and key (0600)
 /// link.key           the site's link identity key (0600); link certificates certify it
 /// links/NAME.yaml    Link resources (outbound links this site dials)
+/// listeners/NAME.yaml  Listener resources (a port here sends to a routing key)
+/// connectors/NAME.yaml Connector resources (a routing key served by host:port here)
 /// grants/NAME.yaml   AccessGrant resources (token codes, 0600)
 /// peers/ID.yaml      sites that redeemed a grant here and may link in
 /// admin.sock         admin API of the running site (0600)
@@ -82,6 +84,14 @@ impl SiteFolder {
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")
     }
+    /// `listeners/`.
+    pub fn listeners_dir(&self) -> PathBuf {
+        self.root.join("listeners")
+    }
+    /// `connectors/`.
+    pub fn connectors_dir(&self) -> PathBuf {
+        self.root.join("connectors")
+    }
     /// `grants/`.
     pub fn grants_dir(&self) -> PathBuf {
         self.root.join("grants")
@@ -109,6 +119,8 @@ impl SiteFolder {
         for dir in [
             self.root.clone(),
             self.links_dir(),
+            self.listeners_dir(),
+            self.connectors_dir(),
             self.grants_dir(),
             self.peers_dir(),
         ] {

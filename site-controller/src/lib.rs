@@ -8,6 +8,7 @@
 //! - [`run`]: a running site: router, grant service, admin API, reload.
 //! - [`admin`]: the admin API server and client.
 //! - [`token`]: issuing and redeeming tokens (the verbs behind `skiff token`).
+//! - [`services`]: listeners and connectors (the verbs, and their router specs).
 
 pub mod admin;
 mod error;
@@ -15,6 +16,7 @@ pub mod folder;
 pub mod grant;
 pub mod resources;
 pub mod run;
+pub mod services;
 pub mod site;
 pub mod token;
 

@@ -178,6 +178,125 @@ impl LinkedSite {
     }
 }
 
+/// The Listener resource: accept connections on a port here and send them to a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// Always `skiff.io/v1alpha1`.
+    pub api_version: String,
+    /// Always `Listener`.
+    pub kind: String,
+    /// The listener's name.
+    pub metadata: Metadata,
+    /// Where it listens and where connections go.
+    pub spec: ListenerSpec,
+}
+
+/// `spec` of a Listener. Exactly one of `routingKey`, `priority` and `weighted` says where
+/// connections go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// The key connections go to, balanced over every site that serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+    /// Keys in failover order: the first with a reachable connector takes the connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub priority: Vec<String>,
+    /// Keys with weights: each connection picks a reachable key by weight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weighted: Vec<WeightedKey>,
+    /// Bind address.
+    #[serde(default = "default_listener_host")]
+    pub host: String,
+    /// Port (0: any free port, shown by `listener list`).
+    pub port: u16,
+    /// `tcp` (`http` and `http2` are not supported yet).
+    #[serde(default = "default_type", rename = "type")]
+    pub protocol: String,
+}
+
+/// One key of a weighted listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WeightedKey {
+    /// The key.
+    pub routing_key: String,
+    /// Its weight (relative to the others).
+    pub weight: u32,
+}
+
+/// The Connector resource: traffic for a key goes to host:port here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Connector {
+    /// Always `skiff.io/v1alpha1`.
+    pub api_version: String,
+    /// Always `Connector`.
+    pub kind: String,
+    /// The connector's name.
+    pub metadata: Metadata,
+    /// The key and the backend.
+    pub spec: ConnectorSpec,
+}
+
+/// `spec` of a Connector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectorSpec {
+    /// The key it serves.
+    pub routing_key: String,
+    /// The backend's host name or address.
+    #[serde(default = "default_connector_host")]
+    pub host: String,
+    /// The backend's port.
+    pub port: u16,
+    /// `tcp` (`http` and `http2` are not supported yet).
+    #[serde(default = "default_type", rename = "type")]
+    pub protocol: String,
+}
+
+/// Default bind address of a listener.
+pub const DEFAULT_LISTENER_HOST: &str = "0.0.0.0";
+/// Default backend host of a connector.
+pub const DEFAULT_CONNECTOR_HOST: &str = "127.0.0.1";
+
+fn default_listener_host() -> String {
+    DEFAULT_LISTENER_HOST.into()
+}
+
+fn default_connector_host() -> String {
+    DEFAULT_CONNECTOR_HOST.into()
+}
+
+fn default_type() -> String {
+    "tcp".into()
+}
+
+impl Listener {
+    /// A new Listener resource.
+    pub fn new(name: &str, spec: ListenerSpec) -> Self {
+        Listener {
+            api_version: API_VERSION.into(),
+            kind: "Listener".into(),
+            metadata: Metadata { name: name.into() },
+            spec,
+        }
+    }
+}
+
+impl Connector {
+    /// A new Connector resource.
+    pub fn new(name: &str, spec: ConnectorSpec) -> Self {
+        Connector {
+            api_version: API_VERSION.into(),
+            kind: "Connector".into(),
+            metadata: Metadata { name: name.into() },
+            spec,
+        }
+    }
+}
+
 /// What every resource type offers to the folder code.
 pub trait Resource: Serialize + for<'de> Deserialize<'de> {
     /// The `kind` value.
@@ -204,6 +323,8 @@ macro_rules! resource {
 resource!(Site, "Site");
 resource!(Link, "Link");
 resource!(LinkedSite, "LinkedSite");
+resource!(Listener, "Listener");
+resource!(Connector, "Connector");
 
 /// Serialises a resource as YAML.
 pub fn to_yaml<R: Resource>(r: &R) -> String {

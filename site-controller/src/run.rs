@@ -18,6 +18,7 @@ use crate::admin::{self, AdminListener};
 use crate::folder::{SiteFolder, remove_file};
 use crate::grant::{GrantService, LinkedSites, SharedGrantService};
 use crate::resources::Site;
+use crate::services::{connector_spec, list_connectors, list_listeners, listener_spec};
 use crate::site::{list_linked_sites, list_links, load_site};
 
 /// Options of `skiff site run`.
@@ -105,6 +106,7 @@ impl RunningSite {
             started: std::time::SystemTime::now(),
         });
         state.apply_links()?;
+        state.apply_services()?;
 
         // The lock is ours, so a socket file left here belongs to a dead run.
         let sock = folder.admin_socket();
@@ -228,6 +230,7 @@ impl SiteState {
             }
         }
         self.apply_links()?;
+        self.apply_services()?;
         tracing::info!("reloaded the site folder");
         Ok(())
     }
@@ -262,6 +265,62 @@ impl SiteState {
         }
         self.router.set_links(specs);
         Ok(())
+    }
+
+    /// Hands the listeners and connectors of the folder to the router, which changes only
+    /// what differs. A resource that cannot be used is skipped (the others still apply) and
+    /// named in the error.
+    fn apply_services(&self) -> Result<(), SiteError> {
+        let mut problems = Vec::new();
+        let mut listeners = Vec::new();
+        for l in list_listeners(&self.folder)? {
+            match listener_spec(&l) {
+                Ok(spec) => listeners.push(spec),
+                Err(e) => problems.push(format!("listener {}: {e}", l.metadata.name)),
+            }
+        }
+        let mut connectors = Vec::new();
+        for c in list_connectors(&self.folder)? {
+            match connector_spec(&c) {
+                Ok(spec) => connectors.push(spec),
+                Err(e) => problems.push(format!("connector {}: {e}", c.metadata.name)),
+            }
+        }
+        self.router.set_connectors(connectors);
+        self.router.set_listeners(listeners);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            for p in &problems {
+                tracing::warn!(problem = %p, "resource skipped");
+            }
+            Err(SiteError::InvalidArgument(problems.join("; ")))
+        }
+    }
+
+    /// `GET /v1/listeners`.
+    pub fn listeners_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.router.listeners()).unwrap_or_default()
+    }
+
+    /// `GET /v1/connectors`.
+    pub fn connectors_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.router.connectors()).unwrap_or_default()
+    }
+
+    /// `GET /v1/network`.
+    pub fn network_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.router.network()).unwrap_or_default()
+    }
+
+    /// `GET /v1/flows`.
+    pub fn flows_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.router.flows()).unwrap_or_default()
+    }
+
+    /// The router (for in-process tests and the demo).
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// `GET /v1/site`.

@@ -3,6 +3,7 @@
 //! is the commit point (a killed command leaves the old state or the new one).
 
 use std::fs;
+use std::path::Path;
 
 use skiff_certs::{AccessGrant, SiteCa, SiteId};
 
@@ -10,7 +11,9 @@ use crate::SiteError;
 use crate::folder::{
     PUBLIC_MODE, SECRET_MODE, SiteFolder, read_text, remove_file, write_atomic, yaml_files,
 };
-use crate::resources::{Link, LinkedSite, Site, SiteSpec, from_yaml, to_yaml, validate_name};
+use crate::resources::{
+    Link, LinkedSite, Resource, Site, SiteSpec, from_yaml, to_yaml, validate_name,
+};
 
 /// What `skiff site create` was asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -173,7 +176,13 @@ pub fn delete_site(folder: &SiteFolder) -> Result<String, SiteError> {
     let lock = folder.lock_for_run()?;
     // site.yaml first: from here on the folder no longer holds a site, whatever follows.
     remove_file(&folder.site_file())?;
-    for dir in [folder.links_dir(), folder.grants_dir(), folder.peers_dir()] {
+    for dir in [
+        folder.links_dir(),
+        folder.listeners_dir(),
+        folder.connectors_dir(),
+        folder.grants_dir(),
+        folder.peers_dir(),
+    ] {
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let name = e.file_name();
@@ -223,25 +232,51 @@ pub fn link_key(folder: &SiteFolder) -> Result<String, SiteError> {
 
 /// Stores a link (one atomic write: the commit point).
 pub fn save_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
-    validate_name("link", &link.metadata.name)?;
-    folder.create_dirs()?;
-    let yaml = folder
-        .links_dir()
-        .join(format!("{}.yaml", link.metadata.name));
-    write_atomic(&yaml, to_yaml(link).as_bytes(), PUBLIC_MODE)
+    save_resource(folder, &folder.links_dir(), link)
 }
 
 /// Removes a link.
 pub fn delete_link(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
-    validate_name("link", name)?;
-    let yaml = folder.links_dir().join(format!("{name}.yaml"));
-    if !yaml.is_file() {
+    delete_resource(&folder.links_dir(), "link", name)
+}
+
+/// Every resource of one kind in `dir`, sorted by name.
+pub fn list_resources<R: Resource>(dir: &Path) -> Result<Vec<R>, SiteError> {
+    let mut out = Vec::new();
+    for path in yaml_files(dir)? {
+        out.push(from_yaml(&read_text(&path)?, &path)?);
+    }
+    Ok(out)
+}
+
+/// Stores a resource as `dir/NAME.yaml` (one atomic write: the commit point).
+pub fn save_resource<R: Resource>(
+    folder: &SiteFolder,
+    dir: &Path,
+    resource: &R,
+) -> Result<(), SiteError> {
+    let what = match R::KIND {
+        "Listener" => "listener",
+        "Connector" => "connector",
+        _ => "link",
+    };
+    validate_name(what, resource.name())?;
+    folder.create_dirs()?;
+    let path = dir.join(format!("{}.yaml", resource.name()));
+    write_atomic(&path, to_yaml(resource).as_bytes(), PUBLIC_MODE)
+}
+
+/// Removes `dir/NAME.yaml`; a missing one is a NotFound error naming `what`.
+pub fn delete_resource(dir: &Path, what: &'static str, name: &str) -> Result<(), SiteError> {
+    validate_name(what, name)?;
+    let path = dir.join(format!("{name}.yaml"));
+    if !path.is_file() {
         return Err(SiteError::NotFound {
-            what: "link",
+            what,
             name: name.into(),
         });
     }
-    remove_file(&yaml)
+    remove_file(&path)
 }
 
 /// The grants issued here.
@@ -270,11 +305,7 @@ pub fn save_grant(folder: &SiteFolder, grant: &AccessGrant) -> Result<(), SiteEr
 
 /// The sites that redeemed a grant here.
 pub fn list_linked_sites(folder: &SiteFolder) -> Result<Vec<LinkedSite>, SiteError> {
-    let mut out = Vec::new();
-    for path in yaml_files(&folder.peers_dir())? {
-        out.push(from_yaml(&read_text(&path)?, &path)?);
-    }
-    Ok(out)
+    list_resources(&folder.peers_dir())
 }
 
 /// Records a site that redeemed a grant here.

@@ -225,3 +225,82 @@ pub fn is_link(state: &'static str, peer: &str) -> impl Fn(&Value) -> bool {
     let peer = peer.to_string();
     move |l| l["status"] == state && l["peer_site_name"] == peer.as_str()
 }
+
+impl Site {
+    /// The PID of the running `site run`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Polls `listener list` until the listener `name` is active; returns its address.
+    pub fn wait_listener_active(&self, name: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let o = self.run(&["listener", "list", "--output", "json"]);
+            assert!(o.status.success(), "listener list failed: {}", text(&o));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            let found = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["name"] == name)
+                .cloned();
+            if let Some(l) = &found
+                && l["status"] == "active"
+            {
+                return l["address"].as_str().unwrap().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listener {name} not active within {within:?}: {found:?}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A port free on loopback for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP");
+}
+
+/// Links `from` to `to` (which has link access) with a fresh token.
+pub fn link(from: &Site, to: &Site) {
+    let token = to
+        .dir
+        .with_file_name(format!("to-{}-{}.token", to.name, from.name));
+    to.issue(&token, &[]);
+    ok(&[
+        "token",
+        "redeem",
+        token.to_str().unwrap(),
+        "--dir",
+        from.d(),
+    ]);
+}

@@ -235,6 +235,7 @@ async fn run_up_link(
         closer.clone(),
         shared.timing,
         shared.sink.clone(),
+        &shared.routes,
     );
     tokio::pin!(run);
     let end = tokio::select! {
@@ -341,7 +342,7 @@ async fn attempt(
                     .map_err(|e| explain(&*e, &label, spec.peer_site_id))?,
             ),
         };
-        match dial_hello(&*conn, &shared.hello, spec.peer_site_id, &label).await {
+        match dial_hello(&*conn, &shared.hello, spec.peer_site_id, &label, spec.cost).await {
             Ok((control, peer)) => Ok(Established {
                 conn,
                 control,

@@ -1,9 +1,10 @@
 //! The per-link driver task: owns an established link from hello to close.
 //!
-//! It loops over four event sources: frames on the control stream (keepalives are answered,
-//! a `Close` ends the link), streams the peer opens (handed to the router's incoming-stream
-//! channel), the liveness timer ([`Liveness`], a clock-free state machine), and a request to
-//! close ([`LinkCloser`]: configuration change, revocation, shutdown).
+//! It loops over five event sources: frames on the control stream (keepalives are answered,
+//! link-state frames go to the routing task, a `Close` ends the link), frames the routing task
+//! wants sent, streams the peer opens (handed to the router's incoming-stream channel), the
+//! liveness timer ([`Liveness`], a clock-free state machine), and a request to close
+//! ([`LinkCloser`]: configuration change, revocation, shutdown).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handshake::{ControlStream, LINGER, PeerHello};
 use super::mux::{LinkStream, MuxConnection};
+use super::routes::{RouteEvent, Routes};
 use super::{IncomingStream, Transport};
 use crate::wire::ControlFrame;
 
@@ -158,13 +160,16 @@ impl IncomingSink {
     }
 }
 
-/// Runs an established link until it ends. The caller has put it in the link table.
+/// Runs an established link until it ends. The caller has put it in the link table. The
+/// routing task learns that the link is up (with a sender for frames to put on its control
+/// stream), every link-state frame that arrives on it, and when it ends.
 pub(crate) async fn run_link(
     link: Established,
     name: &str,
     closer: LinkCloser,
     timing: Timing,
     sink: IncomingSink,
+    routes: &Routes,
 ) -> LinkEnd {
     let Established {
         conn,
@@ -172,6 +177,14 @@ pub(crate) async fn run_link(
         peer,
         ..
     } = link;
+    let route_link = routes.link_id();
+    let (outgoing_tx, mut outgoing) = mpsc::unbounded_channel();
+    routes.send(RouteEvent::LinkUp {
+        link: route_link,
+        peer: peer.site_id,
+        cost: peer.cost,
+        control: outgoing_tx,
+    });
     let mut live = Liveness::new(Instant::now(), timing.keepalive_interval, timing.dead_after);
     let end = loop {
         let deadline = live.next_timeout();
@@ -194,11 +207,19 @@ pub(crate) async fn run_link(
                     }
                     Ok(Some(ControlFrame::KeepaliveAck { .. })) => {}
                     Ok(Some(ControlFrame::Close { reason })) => break LinkEnd::ClosedByPeer(reason),
+                    Ok(Some(ControlFrame::LinkState(ad))) => {
+                        routes.send(RouteEvent::Advertisement { from: peer.site_id, ad });
+                    }
                     Ok(Some(other)) => {
                         break LinkEnd::Lost(format!("unexpected control frame {other:?}"));
                     }
                     Ok(None) => break LinkEnd::Lost("the peer ended the control stream".into()),
                     Err(e) => break LinkEnd::Lost(e.to_string()),
+                }
+            }
+            Some(frame) = outgoing.recv() => {
+                if let Err(e) = control.send(&frame).await {
+                    break LinkEnd::Lost(e.to_string());
                 }
             }
             stream = conn.accept_stream() => match stream {
@@ -216,6 +237,7 @@ pub(crate) async fn run_link(
             },
         }
     };
+    routes.send(RouteEvent::LinkDown { link: route_link });
     conn.close(&end.to_string());
     end
 }

@@ -83,12 +83,14 @@ pub(crate) struct LocalHello {
 }
 
 impl LocalHello {
-    fn frame(&self) -> ControlFrame {
+    /// Our hello; `cost` is the link's cost (the dialer's spec; 0 from the acceptor).
+    fn frame(&self, cost: u32) -> ControlFrame {
         ControlFrame::Hello {
             version: self.version,
             site_id: *self.site_id.as_bytes(),
             site_name: self.site_name.clone(),
             mode: self.mode,
+            cost,
         }
     }
 }
@@ -98,8 +100,10 @@ impl LocalHello {
 pub(crate) struct PeerHello {
     pub(crate) site_id: SiteId,
     pub(crate) site_name: String,
-    #[allow(dead_code)] // read by the routing protocol (next issue)
+    #[allow(dead_code)] // the routing protocol learns modes from advertisements
     pub(crate) mode: RouterMode,
+    /// The link cost the dialer configured (dialer side: our own spec's cost).
+    pub(crate) cost: u32,
 }
 
 fn version_mismatch(peer: &str, theirs: ProtocolVersion, ours: ProtocolVersion) -> String {
@@ -143,26 +147,35 @@ pub(crate) async fn dial_hello(
     local: &LocalHello,
     expected: SiteId,
     endpoint: &str,
+    cost: u32,
 ) -> Result<(ControlStream, PeerHello), AttemptError> {
     let io_err = |e: io::Error| explain(&e, endpoint, expected);
     let mut control = ControlStream::new(conn.open_stream().await.map_err(io_err)?);
-    control.send(&local.frame()).await.map_err(io_err)?;
+    control.send(&local.frame(cost)).await.map_err(io_err)?;
     let answer = match control.recv().await {
-        Ok(Some(frame)) => Some(frame),
-        Ok(None) => None,
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Err(None),
+        // yamux streams report a lost connection as a reset.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(Some(e)),
         // A peer that refused at the transport level shows up here (QUIC close reason).
         Err(e) => return Err(io_err(e)),
     };
-    let Some(answer) = answer else {
-        // yamux reports a TLS alert (the peer rejected our certificate) as end-of-stream;
-        // the connection knows the real cause once it has closed.
-        let _ = tokio::time::timeout(LINGER, conn.closed()).await;
-        if let Some(failure) = conn.failure() {
-            return Err(explain(&*failure, endpoint, expected));
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            // yamux hides a TLS alert (the peer rejected our certificate) behind the end of
+            // its streams; the connection knows the real cause once it has closed.
+            let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+            if let Some(failure) = conn.failure() {
+                return Err(explain(&*failure, endpoint, expected));
+            }
+            return Err(match e {
+                Some(e) => io_err(e),
+                None => AttemptError::Network(format!(
+                    "peer {endpoint} hung up during the hello exchange"
+                )),
+            });
         }
-        return Err(AttemptError::Network(format!(
-            "peer {endpoint} hung up during the hello exchange"
-        )));
     };
     match answer {
         ControlFrame::Hello {
@@ -170,6 +183,7 @@ pub(crate) async fn dial_hello(
             site_id,
             site_name,
             mode,
+            cost: _,
         } => {
             let site_id = SiteId::from_bytes(site_id);
             if version.major != local.version.major {
@@ -192,6 +206,7 @@ pub(crate) async fn dial_hello(
                     site_id,
                     site_name,
                     mode,
+                    cost,
                 },
             ))
         }
@@ -238,6 +253,7 @@ pub(crate) async fn accept_hello(
         site_id,
         site_name,
         mode,
+        cost,
     } = frame
     else {
         return Err(format!("expected a hello, got {frame:?}"));
@@ -256,7 +272,7 @@ pub(crate) async fn accept_hello(
         return Err(reason);
     }
     control
-        .send(&local.frame())
+        .send(&local.frame(0))
         .await
         .map_err(|e| format!("sending our hello failed: {e}"))?;
     Ok((
@@ -265,6 +281,7 @@ pub(crate) async fn accept_hello(
             site_id: cert_site,
             site_name,
             mode,
+            cost,
         },
     ))
 }
@@ -293,7 +310,7 @@ mod tests {
         let v2 = ProtocolVersion { major: 2, minor: 0 };
         assert_eq!(
             judge_hello(v2, b, a, &Allow).unwrap_err(),
-            "the dialing router speaks link protocol 2.0, this router 1.0; upgrade the older \
+            "the dialing router speaks link protocol 2.0, this router 1.1; upgrade the older \
              router so both speak link protocol 2.x"
         );
         assert!(

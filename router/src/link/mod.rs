@@ -16,7 +16,8 @@
 //! - `auto` transport: QUIC first, TLS/TCP 250 ms later (or at once if QUIC fails).
 //!
 //! # Layout
-//! - `router`: [`Router`], the public face: start, reconcile dialers, status, revocation.
+//! - `router`: [`Router`], the public face: start, reconcile dialers, listeners and
+//!   connectors, status, revocation.
 //! - [`mux`]: the [`mux::MuxConnection`] trait, [`LinkStream`], yamux over TLS/TCP.
 //! - `quic`: quinn endpoint and connection setup; `MuxConnection` for quinn.
 //! - `tls`: TLS/TCP dial and the inbound TCP port (link vs grant by ALPN).
@@ -26,6 +27,7 @@
 //! - `dialer`: per-link dial loop, happy eyeballs, backoff, reconciling link specs.
 //! - `table`: the router's table of links and their status.
 //! - `explain`: turning failures into operator-readable refusals or network errors.
+//! - `routes`: the routing task: feeds link events and link-state frames to the topology.
 
 mod dialer;
 mod driver;
@@ -34,12 +36,13 @@ mod handshake;
 pub mod mux;
 mod port;
 mod quic;
-mod router;
+pub(crate) mod router;
+pub(crate) mod routes;
 mod table;
 mod tls;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -50,8 +53,9 @@ use skiff_certs::SiteId;
 use crate::wire::RouterMode;
 
 pub use explain::chain as error_chain;
-pub use mux::{LinkStream, StreamReader, StreamWriter};
+pub use mux::{LinkRead, LinkStream, LinkWrite, StreamReader, StreamWriter};
 pub use router::{IncomingStream, LinkHandle, Router};
+pub use routes::{KeySite, KeyStatus, NetworkStatus};
 
 /// Default keepalive interval on the control stream.
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);

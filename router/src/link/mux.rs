@@ -5,21 +5,54 @@
 //! with yamux (symmetric: both ends open streams); one task per connection polls the yamux
 //! state machine, answers open requests and hands out inbound streams. Why yamux and not h2:
 //! docs/benchmarks.md, "Link multiplexer over TLS/TCP".
+//!
+//! Resets: QUIC resets each direction on its own (`RESET_STREAM`, `STOP_SENDING`). yamux 0.13
+//! has one `RST` for the whole stream, sent when a stream is dropped while open in both
+//! directions, and reports a received `RST` as end-of-stream; the halves here turn an
+//! end-of-stream on a stream that closed before we sent our FIN into a
+//! [`io::ErrorKind::ConnectionReset`] error. The gap: once either direction has ended with a
+//! FIN, yamux turns a drop into a FIN, so a reset after a half-close arrives as a clean end on
+//! TLS/TCP links (docs/flows.md).
+//!
+//! Windows (the per-flow memory bound): yamux streams get [`YAMUX_STREAM_WINDOW`] each plus
+//! an auto-tuned share of [`YAMUX_WINDOW_POOL`]; QUIC streams get a fixed
+//! [`QUIC_STREAM_WINDOW`].
 
 use std::future::Future as _;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-/// The receiving half of a link stream.
-pub type StreamReader = Box<dyn AsyncRead + Send + Unpin>;
+/// The receiving side of a link stream, with a way to abandon it.
+pub trait LinkRead: AsyncRead + Send + Unpin {
+    /// Stops receiving: the peer's writes fail (QUIC `STOP_SENDING`). On yamux, which has no
+    /// per-direction stop, this resets the whole stream (see [`LinkWrite::reset`]).
+    fn stop(&mut self);
+}
+
+/// The sending side of a link stream, with a way to abandon it.
+pub trait LinkWrite: AsyncWrite + Send + Unpin {
+    /// Abandons the stream's sending direction: the peer's reads fail with
+    /// [`io::ErrorKind::ConnectionReset`] instead of ending cleanly (QUIC `RESET_STREAM`;
+    /// yamux: an `RST` flag, which closes both directions; see the module docs for its limit).
+    fn reset(&mut self);
+}
+
+/// The receiving half of a link stream. A read fails with
+/// [`io::ErrorKind::ConnectionReset`] when the peer reset the stream, and with another error
+/// when the link was lost; `Ok(0)` is always a clean end (the peer's FIN).
+pub type StreamReader = Box<dyn LinkRead>;
 /// The sending half of a link stream. `shutdown` sends a FIN (half-close).
-pub type StreamWriter = Box<dyn AsyncWrite + Send + Unpin>;
+pub type StreamWriter = Box<dyn LinkWrite>;
+
+/// Application error code of a flow stream reset (QUIC `RESET_STREAM` / `STOP_SENDING`).
+pub const FLOW_RESET_CODE: u32 = 1;
 
 /// One bidirectional stream on a link.
 pub struct LinkStream {
@@ -27,6 +60,14 @@ pub struct LinkStream {
     pub reader: StreamReader,
     /// Bytes to the peer.
     pub writer: StreamWriter,
+}
+
+impl LinkStream {
+    /// Abandons both directions: the peer sees a reset, never a clean end.
+    pub fn reset(&mut self) {
+        self.writer.reset();
+        self.reader.stop();
+    }
 }
 
 impl std::fmt::Debug for LinkStream {
@@ -52,13 +93,31 @@ pub trait MuxConnection: Send + Sync + 'static {
     }
 }
 
-/// Receive window limit across all streams of one yamux connection (yamux needs at least
-/// 256 KiB per allowed stream).
-const YAMUX_MAX_STREAMS: usize = 1024;
+/// Most streams (flows plus the control stream) open at once on one yamux connection.
+pub const YAMUX_MAX_STREAMS: usize = 1024;
+/// Streams one side may have open at once on a yamux connection. yamux tears the whole
+/// connection down when a side opens more than [`YAMUX_MAX_STREAMS`], so each side keeps to
+/// a little under half of it (room for streams yamux has not yet collected after their drop);
+/// an open beyond it fails at once.
+pub const YAMUX_MAX_OUTBOUND: usize = YAMUX_MAX_STREAMS / 2 - 16;
+/// Receive window every yamux stream starts with (the yamux specification's 256 KiB).
+pub const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
+/// Receive window that yamux's auto-tuning may hand out on top of the 256 KiB each stream
+/// starts with, shared by all streams of one connection. One stream's window is therefore at
+/// most 256 KiB + 16 MiB, and all streams together hold at most 256 KiB per open stream +
+/// 16 MiB, however many flows stall. 16 MiB per round trip is ~1.3 Gbit/s at 100 ms.
+pub const YAMUX_WINDOW_POOL: usize = 16 * 1024 * 1024;
+
+/// Receive window of one QUIC stream (fixed; quinn does not auto-tune). 4 MiB per round trip
+/// is ~320 Mbit/s at 100 ms, ~3 Gbit/s at 10 ms. The QUIC connection window is left unlimited
+/// so that stalled streams, which hold their stream window, can never block the others.
+pub const QUIC_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
 fn yamux_config() -> yamux::Config {
     let mut cfg = yamux::Config::default();
-    cfg.set_max_connection_receive_window(Some(YAMUX_MAX_STREAMS * 256 * 1024 * 2));
+    cfg.set_max_connection_receive_window(Some(
+        YAMUX_MAX_STREAMS * YAMUX_STREAM_WINDOW + YAMUX_WINDOW_POOL,
+    ));
     cfg.set_max_num_streams(YAMUX_MAX_STREAMS);
     cfg.set_split_send_size(64 * 1024);
     cfg
@@ -69,6 +128,8 @@ type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
 /// A yamux session over any tokio byte stream (in practice a TLS stream).
 pub struct YamuxConnection {
     open_tx: mpsc::UnboundedSender<OpenReply>,
+    /// Streams this side may still open (see [`YAMUX_MAX_OUTBOUND`]).
+    outbound: Arc<tokio::sync::Semaphore>,
     inbound: Mutex<mpsc::UnboundedReceiver<yamux::Stream>>,
     close_tx: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     closed_rx: tokio::sync::watch::Receiver<bool>,
@@ -102,6 +163,7 @@ impl YamuxConnection {
         });
         YamuxConnection {
             open_tx,
+            outbound: Arc::new(tokio::sync::Semaphore::new(YAMUX_MAX_OUTBOUND)),
             inbound: Mutex::new(inbound_rx),
             close_tx: std::sync::Mutex::new(Some(close_tx)),
             closed_rx,
@@ -110,11 +172,120 @@ impl YamuxConnection {
     }
 }
 
-fn split_yamux(stream: yamux::Stream) -> LinkStream {
-    let (reader, writer) = tokio::io::split(stream.compat());
+fn split_yamux(
+    stream: yamux::Stream,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> LinkStream {
+    let shared = Arc::new(YamuxShared {
+        stream: std::sync::Mutex::new(Some(stream.compat())),
+        fin_sent: AtomicBool::new(false),
+        _permit: permit,
+    });
     LinkStream {
-        reader: Box::new(reader),
-        writer: Box::new(writer),
+        reader: Box::new(YamuxReader(shared.clone())),
+        writer: Box::new(YamuxWriter(shared)),
+    }
+}
+
+/// One yamux stream shared by its two halves. `None` once reset by us.
+struct YamuxShared {
+    stream: std::sync::Mutex<Option<Compat<yamux::Stream>>>,
+    /// Our side began its FIN: a closed stream seen after this may be a clean close.
+    fin_sent: AtomicBool,
+    /// Outbound streams hold one of [`YAMUX_MAX_OUTBOUND`] until both halves are dropped.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl YamuxShared {
+    /// Drops the stream while it is open, which makes yamux send `RST`.
+    fn reset(&self) {
+        drop(self.stream.lock().unwrap().take());
+    }
+}
+
+fn reset_locally() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "stream reset by this router",
+    )
+}
+
+struct YamuxReader(Arc<YamuxShared>);
+struct YamuxWriter(Arc<YamuxShared>);
+
+impl AsyncRead for YamuxReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut g = self.0.stream.lock().unwrap();
+        let Some(stream) = g.as_mut() else {
+            return Poll::Ready(Err(reset_locally()));
+        };
+        let before = buf.filled().len();
+        let wanted = buf.remaining() > 0;
+        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, buf))?;
+        // yamux reports the peer's RST (and a lost connection) as end-of-stream. The stream
+        // only reaches `Closed` on a clean end once we have sent our FIN too, so a closed
+        // stream before that was reset.
+        if wanted
+            && buf.filled().len() == before
+            && stream.get_ref().is_closed()
+            && !self.0.fin_sent.load(Ordering::Acquire)
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the peer reset the stream (or the link was lost)",
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl LinkRead for YamuxReader {
+    fn stop(&mut self) {
+        self.0.reset();
+    }
+}
+
+impl AsyncWrite for YamuxWriter {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.stream.lock().unwrap().as_mut() {
+            Some(s) => std::pin::Pin::new(s).poll_write(cx, data),
+            None => Poll::Ready(Err(reset_locally())),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.0.stream.lock().unwrap().as_mut() {
+            Some(s) => std::pin::Pin::new(s).poll_flush(cx),
+            None => Poll::Ready(Err(reset_locally())),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.0.fin_sent.store(true, Ordering::Release);
+        match self.0.stream.lock().unwrap().as_mut() {
+            Some(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            None => Poll::Ready(Err(reset_locally())),
+        }
+    }
+}
+
+impl LinkWrite for YamuxWriter {
+    fn reset(&mut self) {
+        self.0.reset();
     }
 }
 
@@ -126,9 +297,15 @@ impl MuxConnection for YamuxConnection {
     fn open_stream(&self) -> BoxFuture<'_, io::Result<LinkStream>> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
+            let permit = self.outbound.clone().try_acquire_owned().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{YAMUX_MAX_OUTBOUND} streams already open on this link"),
+                )
+            })?;
             self.open_tx.send(tx).map_err(|_| closed_error())?;
             let stream = rx.await.map_err(|_| closed_error())??;
-            Ok(split_yamux(stream))
+            Ok(split_yamux(stream, Some(permit)))
         })
     }
 
@@ -138,7 +315,7 @@ impl MuxConnection for YamuxConnection {
             inbound
                 .recv()
                 .await
-                .map(split_yamux)
+                .map(|s| split_yamux(s, None))
                 .ok_or_else(closed_error)
         })
     }
@@ -269,6 +446,62 @@ mod tests {
         assert_eq!(back, data);
         let (_, back) = tokio::join!(echo_once(&dialer), roundtrip(&acceptor, &data));
         assert_eq!(back, data);
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_an_error_and_a_fin_a_clean_end() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let dialer = YamuxConnection::start(a, true);
+        let acceptor = YamuxConnection::start(b, false);
+        for reset in [false, true] {
+            let mut s = dialer.open_stream().await.unwrap();
+            s.writer.write_all(b"hi").await.unwrap();
+            let mut t = acceptor.accept_stream().await.unwrap();
+            let mut two = [0u8; 2];
+            t.reader.read_exact(&mut two).await.unwrap();
+            if reset {
+                s.reset();
+            } else {
+                s.writer.shutdown().await.unwrap();
+            }
+            let mut rest = Vec::new();
+            let r = t.reader.read_to_end(&mut rest).await;
+            if reset {
+                assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+            } else {
+                assert_eq!(r.unwrap(), 0);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn too_many_streams_fail_the_open_not_the_connection() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let dialer = YamuxConnection::start(a, true);
+        let acceptor = YamuxConnection::start(b, false);
+        // The acceptor answers every stream (yamux holds back opens while 256 are
+        // unacknowledged) and keeps it open.
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok(mut s) = acceptor.accept_stream().await {
+                let _ = s.writer.write_all(b"k").await;
+                kept.push(s);
+            }
+        });
+        let open_one = || async {
+            let mut s = dialer.open_stream().await?;
+            s.writer.write_all(b"x").await?;
+            let mut k = [0u8; 1];
+            s.reader.read_exact(&mut k).await?;
+            io::Result::Ok(s)
+        };
+        let mut open = Vec::new();
+        for _ in 0..YAMUX_MAX_OUTBOUND {
+            open.push(open_one().await.unwrap());
+        }
+        assert!(open_one().await.is_err());
+        open.pop();
+        open_one().await.unwrap();
     }
 
     #[tokio::test]

@@ -31,6 +31,10 @@ pub(crate) fn transport_config(timing: Timing) -> Arc<quinn::TransportConfig> {
     t.max_idle_timeout(quinn::IdleTimeout::try_from(timing.dead_after).ok());
     t.max_concurrent_bidi_streams(MAX_STREAMS.into());
     t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window(super::mux::QUIC_STREAM_WINDOW.into());
+    // Unacknowledged bytes we buffer across all streams of the connection (quinn's default
+    // is 8 stream windows); with fixed stream windows this bounds the send side per link.
+    t.send_window(8 * u64::from(super::mux::QUIC_STREAM_WINDOW));
     Arc::new(t)
 }
 
@@ -153,6 +157,18 @@ impl QuicDialers {
 
 /// A QUIC link connection.
 pub(crate) struct QuicConnection(pub(crate) quinn::Connection);
+
+impl super::mux::LinkRead for quinn::RecvStream {
+    fn stop(&mut self) {
+        let _ = quinn::RecvStream::stop(self, super::mux::FLOW_RESET_CODE.into());
+    }
+}
+
+impl super::mux::LinkWrite for quinn::SendStream {
+    fn reset(&mut self) {
+        let _ = quinn::SendStream::reset(self, super::mux::FLOW_RESET_CODE.into());
+    }
+}
 
 fn link_stream((send, recv): (quinn::SendStream, quinn::RecvStream)) -> LinkStream {
     LinkStream {

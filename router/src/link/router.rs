@@ -19,10 +19,14 @@ use super::driver::{IncomingSink, LinkCloser, Timing, run_link};
 use super::handshake::{LocalHello, accept_hello};
 use super::mux::{LinkStream, MuxConnection};
 use super::quic::{self, QuicConnection, QuicDialers, TrackedRuntime};
+use super::routes::{self, Routes};
 use super::table::{LinkTable, UpLink, now_rfc3339};
 use super::{
     Direction, GrantHandler, InboundPolicy, LinkSpec, LinkState, LinkStatus, RouterConfig,
     RouterError, Transport, port, tls,
+};
+use crate::flow::{
+    self, ConnectorSpec, ConnectorStatus, FlowStatus, Flows, ListenerSpec, ListenerStatus,
 };
 use crate::wire::PROTOCOL_VERSION;
 
@@ -30,8 +34,6 @@ use crate::wire::PROTOCOL_VERSION;
 const INCOMING_QUEUE: usize = 1024;
 /// How long [`Router::shutdown`] waits for links to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Cost shown for inbound links (the routing protocol learns the real one from the dialer).
-const INBOUND_COST: u32 = 1;
 
 /// State shared by the router's tasks.
 pub(crate) struct Shared {
@@ -41,12 +43,30 @@ pub(crate) struct Shared {
     pub(crate) grants: Option<Arc<dyn GrantHandler>>,
     pub(crate) table: LinkTable,
     pub(crate) sink: IncomingSink,
+    /// The topology and the routing task's inbox.
+    pub(crate) routes: Arc<Routes>,
     pub(crate) quic_dialers: QuicDialers,
     pub(crate) shutdown: CancellationToken,
     /// Our tasks: accept loops, dialers, inbound links.
     pub(crate) tasks: TaskTracker,
     /// quinn's endpoint and connection drivers.
     pub(crate) quinn_tasks: TaskTracker,
+}
+
+impl Shared {
+    /// An up link to `peer` (the cheapest if there are several), for opening streams.
+    pub(crate) fn link_handle(&self, peer: SiteId) -> Option<LinkHandle> {
+        self.table
+            .up_links(peer)
+            .into_iter()
+            .next()
+            .map(|(status, up)| LinkHandle {
+                peer,
+                name: status.name,
+                transport: status.transport.unwrap_or(Transport::Tls),
+                conn: up.conn,
+            })
+    }
 }
 
 /// A stream a peer opened on a link (not the control stream).
@@ -113,7 +133,12 @@ pub struct Router {
     link_addr: Option<SocketAddr>,
     quic_server: Option<quinn::Endpoint>,
     dialers: Mutex<BTreeMap<String, Dialer>>,
-    incoming: Mutex<Option<mpsc::Receiver<IncomingStream>>>,
+    /// Where streams peers open go instead of the flow layer, once [`Router::take_incoming`]
+    /// was called.
+    tap: Arc<Mutex<Option<mpsc::Sender<IncomingStream>>>>,
+    tap_taken: std::sync::atomic::AtomicBool,
+    flows: Arc<Flows>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Router {
@@ -134,6 +159,7 @@ impl Router {
         version: crate::wire::ProtocolVersion,
     ) -> Result<Router, RouterError> {
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        let (routes, route_events) = Routes::new(cfg.site_id, cfg.site_name.clone(), cfg.mode);
         let quinn_runtime = Arc::new(TrackedRuntime {
             tasks: TaskTracker::new(),
         });
@@ -153,11 +179,24 @@ impl Router {
             grants,
             table: LinkTable::default(),
             sink: IncomingSink { tx },
+            routes: routes.clone(),
             quic_dialers: QuicDialers::new(quinn_runtime.clone()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             quinn_tasks: quinn_runtime.tasks.clone(),
         });
+        shared.tasks.spawn(
+            routes::run(routes.clone(), route_events, shared.shutdown.clone())
+                .instrument(tracing::debug_span!("routing")),
+        );
+        let flows = Flows::new(cfg.site_id, cfg.mode, shared.clone(), routes);
+        let tap: Arc<Mutex<Option<mpsc::Sender<IncomingStream>>>> = Arc::default();
+        shared.tasks.spawn(dispatch_incoming(
+            rx,
+            tap.clone(),
+            flows.clone(),
+            shared.shutdown.clone(),
+        ));
         let mut link_addr = None;
         let mut quic_server = None;
         if let Some(listen) = cfg.link_listen {
@@ -219,7 +258,10 @@ impl Router {
             link_addr,
             quic_server,
             dialers: Mutex::new(BTreeMap::new()),
-            incoming: Mutex::new(Some(rx)),
+            tap,
+            tap_taken: std::sync::atomic::AtomicBool::new(false),
+            flows,
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -275,29 +317,80 @@ impl Router {
 
     /// An up link to `peer` (the cheapest if there are several), for opening streams.
     pub fn link_to(&self, peer: SiteId) -> Option<LinkHandle> {
-        self.shared
-            .table
-            .up_links(peer)
-            .into_iter()
-            .next()
-            .map(|(status, up)| LinkHandle {
-                peer,
-                name: status.name,
-                transport: status.transport.unwrap_or(Transport::Tls),
-                conn: up.conn,
-            })
+        self.shared.link_handle(peer)
     }
 
-    /// The receiver of streams peers open on any link. Only the first call gets it; streams
-    /// arriving while nobody holds it queue up to a limit and are then reset.
+    /// Diverts the streams peers open on any link to the returned receiver, instead of
+    /// serving them as flows (tests and tools that speak their own protocol on streams).
+    /// Only the first call gets it; streams arriving while the receiver is full are reset.
     pub fn take_incoming(&self) -> Option<mpsc::Receiver<IncomingStream>> {
-        self.incoming.lock().unwrap().take()
+        if self
+            .tap_taken
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        *self.tap.lock().unwrap() = Some(tx);
+        Some(rx)
+    }
+
+    /// Reconciles listeners with `specs`, by name: new ones are bound, removed ones closed,
+    /// changed ones rebound, unchanged ones (and every flow) left alone. A listener that
+    /// cannot be bound, or whose type is not served yet, shows the reason in
+    /// [`Router::listeners`].
+    pub fn set_listeners(&self, specs: Vec<ListenerSpec>) {
+        let _rt = self.runtime.enter();
+        flow::config_set_listeners(&self.flows, specs);
+    }
+
+    /// Reconciles connectors with `specs`, by name, and advertises their routing keys to the
+    /// network (connector count, protocol, port).
+    pub fn set_connectors(&self, specs: Vec<ConnectorSpec>) {
+        flow::config_set_connectors(&self.flows, specs);
+    }
+
+    /// Every listener, sorted by name.
+    pub fn listeners(&self) -> Vec<ListenerStatus> {
+        flow::config_listeners(&self.flows)
+    }
+
+    /// Every connector, sorted by name.
+    pub fn connectors(&self) -> Vec<ConnectorStatus> {
+        flow::config_connectors(&self.flows)
+    }
+
+    /// Active flows through this router.
+    pub fn flows(&self) -> Vec<FlowStatus> {
+        self.flows.snapshot()
+    }
+
+    /// The network as this router knows it: every router, its links, every routing key.
+    pub fn network(&self) -> super::NetworkStatus {
+        super::NetworkStatus::of(&self.shared.routes.read())
+    }
+
+    /// A receiver whose value changes whenever the routing table may have changed (routers,
+    /// links or keys learnt or lost). For status pages and tests.
+    pub fn route_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.routes.subscribe()
     }
 
     /// Closes every link with a Close frame, stops all tasks and releases the link port: when
     /// this returns, a new router can bind the same port.
     pub async fn shutdown(mut self) {
         self.shared.shutdown.cancel();
+        self.set_listeners(Vec::new());
+        self.flows.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.flows.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some flows did not stop within {} s",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
         for closer in self.shared.table.closers(None) {
             closer.close("router shutting down");
         }
@@ -325,6 +418,33 @@ impl Drop for Router {
     /// A router dropped without [`Router::shutdown`] still stops its tasks (in the background).
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+    }
+}
+
+/// Hands each stream a peer opens to the flow layer, or to the tap once one is installed.
+async fn dispatch_incoming(
+    mut rx: mpsc::Receiver<IncomingStream>,
+    tap: Arc<Mutex<Option<mpsc::Sender<IncomingStream>>>>,
+    flows: Arc<Flows>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.cancelled() => return,
+            i = rx.recv() => match i {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        let tapped = tap.lock().unwrap().clone();
+        match tapped {
+            Some(tx) => {
+                if let Err(e) = tx.try_send(incoming) {
+                    tracing::warn!(cause = %e, "stream from peer dropped: its receiver is full");
+                }
+            }
+            None => flow::serve_stream(&flows, incoming),
+        }
     }
 }
 
@@ -438,7 +558,7 @@ pub(crate) async fn serve_inbound(
             peer_site_name: Some(peer.site_name.clone()),
             transport: Some(transport),
             endpoint: Some(remote.to_string()),
-            cost: INBOUND_COST,
+            cost: peer.cost,
             state: LinkState::Connecting { last_error: None },
             since: now_rfc3339(),
         });
@@ -469,7 +589,15 @@ pub(crate) async fn serve_inbound(
             transport,
             endpoint: remote.to_string(),
         };
-        let end = run_link(established, &name, closer, shared.timing, shared.sink.clone()).await;
+        let end = run_link(
+            established,
+            &name,
+            closer,
+            shared.timing,
+            shared.sink.clone(),
+            &shared.routes,
+        )
+        .await;
         tracing::info!(reason = %end, "inbound link down");
         shared.table.remove(id);
     }

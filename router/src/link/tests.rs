@@ -10,17 +10,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::*;
 use crate::wire::{PROTOCOL_VERSION, ProtocolVersion, RouterMode};
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-struct Site {
-    id: SiteId,
-    name: String,
-    ca: SiteCa,
-    cert_pem: String,
-    key_pem: String,
+pub(crate) struct Site {
+    pub(crate) id: SiteId,
+    pub(crate) name: String,
+    pub(crate) ca: SiteCa,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
-fn site(name: &str) -> Site {
+pub(crate) fn site(name: &str) -> Site {
     skiff_certs::install_crypto_provider();
     let id = SiteId::random();
     let ca = SiteCa::generate(name, id).unwrap();
@@ -34,7 +34,7 @@ fn site(name: &str) -> Site {
     }
 }
 
-fn config(site: &Site, listen: Option<std::net::SocketAddr>) -> RouterConfig {
+pub(crate) fn config(site: &Site, listen: Option<std::net::SocketAddr>) -> RouterConfig {
     let mut cfg = RouterConfig::new(
         site.id,
         site.name.clone(),
@@ -47,12 +47,17 @@ fn config(site: &Site, listen: Option<std::net::SocketAddr>) -> RouterConfig {
     cfg
 }
 
-fn loopback() -> Option<std::net::SocketAddr> {
+pub(crate) fn loopback() -> Option<std::net::SocketAddr> {
     Some("127.0.0.1:0".parse().unwrap())
 }
 
 /// The link spec `dialer` gets by redeeming a token of `acceptor` (without the HTTP part).
-fn spec(acceptor: &Site, dialer: &Site, endpoint: String, transport: TransportChoice) -> LinkSpec {
+pub(crate) fn spec(
+    acceptor: &Site,
+    dialer: &Site,
+    endpoint: String,
+    transport: TransportChoice,
+) -> LinkSpec {
     let (csr, key) = skiff_certs::generate_link_csr(dialer.id, &dialer.name).unwrap();
     let (_, issued) = acceptor
         .ca
@@ -70,7 +75,7 @@ fn spec(acceptor: &Site, dialer: &Site, endpoint: String, transport: TransportCh
     }
 }
 
-struct AllowAll;
+pub(crate) struct AllowAll;
 impl InboundPolicy for AllowAll {
     fn admit(&self, _: SiteId) -> Result<(), String> {
         Ok(())
@@ -89,7 +94,7 @@ impl InboundPolicy for Revocable {
     }
 }
 
-async fn start(site: &Site, listen: Option<std::net::SocketAddr>) -> Router {
+pub(crate) async fn start(site: &Site, listen: Option<std::net::SocketAddr>) -> Router {
     Router::start(config(site, listen), Arc::new(AllowAll), None)
         .await
         .unwrap()
@@ -142,6 +147,10 @@ async fn link_up(transport: TransportChoice, expected: Transport) {
     assert_eq!(inb[0].direction, Direction::Inbound);
     assert_eq!(inb[0].peer_site_id, Some(b.id));
     assert_eq!(inb[0].transport, Some(expected));
+    assert_eq!(
+        inb[0].cost, 3,
+        "the dialer's link cost arrives in its hello"
+    );
 
     // Streams each way, bytes intact, half-close honoured.
     let mut a_in = ra.take_incoming().unwrap();
@@ -500,7 +509,7 @@ async fn a_silent_peer_is_declared_dead_after_dead_after() {
     let acceptor = Arc::new(YamuxConnection::start(y, false));
     let (hello_b, hello_a) = (hello(b), hello(a));
     let (d, acc) = tokio::join!(
-        dial_hello(&*dialer, &hello_b, a, "pipe"),
+        dial_hello(&*dialer, &hello_b, a, "pipe", 1),
         accept_hello(&*acceptor, &hello_a, b, &AllowAll)
     );
     let (control, peer) = d.unwrap();
@@ -511,6 +520,7 @@ async fn a_silent_peer_is_declared_dead_after_dead_after() {
         keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
         dead_after: DEFAULT_DEAD_AFTER,
     };
+    let (routes, _events) = super::routes::Routes::new(b, "x".into(), RouterMode::Interior);
     let t0 = tokio::time::Instant::now();
     let end = run_link(
         Established {
@@ -524,6 +534,7 @@ async fn a_silent_peer_is_declared_dead_after_dead_after() {
         LinkCloser::default(),
         timing,
         IncomingSink { tx },
+        &routes,
     )
     .await;
     assert_eq!(end, LinkEnd::Dead(DEFAULT_DEAD_AFTER));

@@ -1,10 +1,12 @@
-//! Frames of a link's control stream: hello, refusal, keepalive and close.
+//! Frames of a link's control stream: hello, refusal, keepalive, close and link state.
 
 use bytes::{BufMut, BytesMut};
 
+use crate::routing::Advertisement;
+
 use super::{
-    ProtocolVersion, WireError, expect_end, get_bytes, get_string, get_u8, get_u16, get_u64,
-    put_frame, put_string, split_frame,
+    ProtocolVersion, WireError, expect_end, get_bytes, get_string, get_u8, get_u16, get_u32,
+    get_u64, put_frame, put_string, split_frame,
 };
 
 const HELLO: u8 = 0x01;
@@ -12,6 +14,7 @@ const REFUSED: u8 = 0x02;
 const KEEPALIVE: u8 = 0x03;
 const KEEPALIVE_ACK: u8 = 0x04;
 const CLOSE: u8 = 0x05;
+const LINK_STATE: u8 = 0x06;
 
 /// Longest site name or reason text a control frame carries; longer text is cut.
 pub const MAX_TEXT_LEN: usize = 1024;
@@ -27,14 +30,14 @@ pub enum RouterMode {
 }
 
 impl RouterMode {
-    fn to_wire(self) -> u8 {
+    pub(super) fn to_wire(self) -> u8 {
         match self {
             RouterMode::Interior => 0,
             RouterMode::Edge => 1,
         }
     }
 
-    fn from_wire(v: u8) -> Result<Self, WireError> {
+    pub(super) fn from_wire(v: u8) -> Result<Self, WireError> {
         match v {
             0 => Ok(RouterMode::Interior),
             1 => Ok(RouterMode::Edge),
@@ -68,6 +71,10 @@ pub enum ControlFrame {
         site_name: String,
         /// The sender's router mode.
         mode: RouterMode,
+        /// The routing cost of this link as configured at the sender (the dialer's link spec;
+        /// the acceptor sends 0 and uses the dialer's). Added in 1.1; a 1.0 hello without it
+        /// decodes as cost 1.
+        cost: u32,
     },
     /// The receiver of a hello will not use this link; the reason is for the operator.
     Refused {
@@ -91,6 +98,9 @@ pub enum ControlFrame {
         /// Why, in words.
         reason: String,
     },
+    /// A router's link-state advertisement, flooded by `router::routing` (encoding and
+    /// limits: [`super::link_state`]).
+    LinkState(Advertisement),
 }
 
 impl ControlFrame {
@@ -103,12 +113,14 @@ impl ControlFrame {
                 site_id,
                 site_name,
                 mode,
+                cost,
             } => {
                 payload.put_u16(version.major);
                 payload.put_u16(version.minor);
                 payload.put_slice(site_id);
                 put_string(&mut payload, truncate(site_name));
                 payload.put_u8(mode.to_wire());
+                payload.put_u32(*cost);
                 HELLO
             }
             ControlFrame::Refused { version, reason } => {
@@ -129,6 +141,10 @@ impl ControlFrame {
                 put_string(&mut payload, truncate(reason));
                 CLOSE
             }
+            ControlFrame::LinkState(ad) => {
+                super::link_state::encode(ad, &mut payload);
+                LINK_STATE
+            }
         };
         put_frame(dst, kind, &payload);
     }
@@ -147,8 +163,16 @@ impl ControlFrame {
                 let site_id = get_bytes::<16>(&mut p, "site_id")?;
                 let site_name = get_text(&mut p, "site_name")?;
                 let mode = RouterMode::from_wire(get_u8(&mut p, "mode")?)?;
+                // 1.0 hellos end here: their link cost is 1.
+                let cost = if bytes::Buf::remaining(&p) == 0 {
+                    1
+                } else {
+                    get_u32(&mut p, "cost")?
+                };
                 // A newer minor version may append fields; they are ignored here.
-                if version.major == super::PROTOCOL_VERSION.major {
+                if version.major == super::PROTOCOL_VERSION.major
+                    && version.minor <= super::PROTOCOL_VERSION.minor
+                {
                     expect_end(&p)?;
                 }
                 ControlFrame::Hello {
@@ -156,6 +180,7 @@ impl ControlFrame {
                     site_id,
                     site_name,
                     mode,
+                    cost,
                 }
             }
             REFUSED => {
@@ -178,6 +203,7 @@ impl ControlFrame {
                 expect_end(&p)?;
                 ControlFrame::Close { reason }
             }
+            LINK_STATE => ControlFrame::LinkState(super::link_state::decode(&mut p)?),
             other => return Err(WireError::UnknownFrameType(other)),
         };
         Ok(Some(frame))
@@ -191,7 +217,7 @@ fn get_version(p: &mut BytesMut) -> Result<ProtocolVersion, WireError> {
     })
 }
 
-fn get_text(p: &mut BytesMut, field: &'static str) -> Result<String, WireError> {
+pub(super) fn get_text(p: &mut BytesMut, field: &'static str) -> Result<String, WireError> {
     let s = get_string(p, field)?;
     if s.len() > MAX_TEXT_LEN {
         return Err(WireError::InvalidValue {
@@ -202,7 +228,7 @@ fn get_text(p: &mut BytesMut, field: &'static str) -> Result<String, WireError> 
     Ok(s)
 }
 
-fn truncate(s: &str) -> &str {
+pub(super) fn truncate(s: &str) -> &str {
     let mut end = s.len().min(MAX_TEXT_LEN);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -241,6 +267,7 @@ mod tests {
             site_id: [7; 16],
             site_name: "west-é".into(),
             mode: RouterMode::Edge,
+            cost: 70_000,
         });
         roundtrip(ControlFrame::Refused {
             version: PROTOCOL_VERSION,
@@ -251,6 +278,24 @@ mod tests {
         roundtrip(ControlFrame::Close {
             reason: String::new(),
         });
+    }
+
+    #[test]
+    fn a_1_0_hello_without_cost_decodes_as_cost_1() {
+        let mut p = BytesMut::new();
+        p.put_u16(1);
+        p.put_u16(0);
+        p.put_slice(&[5; 16]);
+        put_string(&mut p, "old");
+        p.put_u8(0);
+        let mut buf = BytesMut::new();
+        put_frame(&mut buf, HELLO, &p);
+        let Some(ControlFrame::Hello { cost, version, .. }) =
+            ControlFrame::decode(&mut buf).unwrap()
+        else {
+            panic!("not a hello");
+        };
+        assert_eq!((cost, version.minor), (1, 0));
     }
 
     #[test]

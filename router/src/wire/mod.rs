@@ -4,13 +4,26 @@
 //! whose declared length is over [`MAX_FRAME_LEN`] before it allocates anything, so a peer
 //! cannot make a router buffer more than that per stream. Strings are `u16 length | UTF-8`.
 //!
+//! Frame types: `0x01` hello, `0x02` refused, `0x03` keepalive, `0x04` keepalive ack,
+//! `0x05` close, `0x06` link state ([`link_state`]) on control streams; `0x10` flow header
+//! ([`FlowHeader`]) and `0x11` flow status ([`FlowStatusFrame`]) at the start of flow streams.
+//!
+//! Protocol 1.1 added the link cost to the hello (a 1.0 hello decodes with cost 1).
+//!
 //! The control stream of a link opens with a [`ControlFrame::Hello`] from each side. The
 //! hello carries the [`ProtocolVersion`]; a peer whose major version differs is refused with
 //! [`ControlFrame::Refused`] and the link is closed.
 
 mod control;
+mod flow;
+pub mod link_state;
 
-pub use control::{ControlFrame, RouterMode};
+pub use control::{ControlFrame, MAX_TEXT_LEN, RouterMode};
+pub use flow::{
+    FLOW_HEADER_VERSION, FlowHeader, FlowStatusCode, FlowStatusFrame, MAX_ROUTING_KEY_LEN,
+    MAX_STATUS_MESSAGE_LEN,
+};
+pub use link_state::{MAX_KEYS_PER_AD, MAX_LINKS_PER_AD};
 
 use bytes::{Buf, BufMut, BytesMut};
 
@@ -21,7 +34,7 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 pub const FRAME_HEADER_LEN: usize = 5;
 
 /// The protocol version this build speaks on links.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
 /// A link protocol version. Peers interoperate only when the major versions are equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +130,13 @@ pub(crate) fn get_u16(buf: &mut impl Buf, field: &'static str) -> Result<u16, Wi
         return Err(WireError::Truncated(field));
     }
     Ok(buf.get_u16())
+}
+
+pub(crate) fn get_u32(buf: &mut impl Buf, field: &'static str) -> Result<u32, WireError> {
+    if buf.remaining() < 4 {
+        return Err(WireError::Truncated(field));
+    }
+    Ok(buf.get_u32())
 }
 
 pub(crate) fn get_u64(buf: &mut impl Buf, field: &'static str) -> Result<u64, WireError> {

@@ -1,0 +1,532 @@
+//! Listeners and connectors of a router: their specs, reconciliation by name (unchanged ones
+//! are left alone, so adding or removing one never disturbs the others' flows), the accept
+//! loops of listeners, the keys advertised for connectors, and their status.
+//!
+//! Removing or changing a listener closes its socket at once (a restarted listener may bind
+//! the same port right away); flows it already accepted run on. Removing a connector stops new
+//! flows to it; flows already connected run on.
+
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Flows;
+use crate::link::routes::RouteEvent;
+use crate::routing::{KeyAd, Protocol, RoutingKey, Strategy};
+
+/// Pause after a failed `accept` (out of file descriptors) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// "Accept connections on host:port here and send them to a key."
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// Unique among this router's listeners.
+    pub name: String,
+    /// Where connections go (`Balanced(key)` for a plain listener).
+    pub strategy: Strategy,
+    /// Bind address, e.g. `0.0.0.0` or `127.0.0.1`.
+    pub host: String,
+    /// Port; 0 picks a free one (see [`ListenerStatus::address`]).
+    pub port: u16,
+    /// Only [`Protocol::Tcp`] is served for now.
+    pub protocol: Protocol,
+}
+
+/// "Traffic for a key goes to host:port here."
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectorSpec {
+    /// Unique among this router's connectors.
+    pub name: String,
+    /// The key it serves.
+    pub routing_key: RoutingKey,
+    /// The backend's host name or address.
+    pub host: String,
+    /// The backend's port (also advertised: the port consumers expect).
+    pub port: u16,
+    /// Only [`Protocol::Tcp`] is served for now.
+    pub protocol: Protocol,
+}
+
+/// Whether a listener or connector works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceState {
+    /// Serving.
+    Active,
+    /// A listener whose keys have no reachable connector: connections are refused at once.
+    NoTarget,
+    /// Not serving; see the reason.
+    Error,
+}
+
+/// A listener as shown to operators.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerStatus {
+    /// Its name.
+    pub name: String,
+    /// The key it sends to (the first key for priority and weighted listeners).
+    pub routing_key: String,
+    /// Every key it may send to.
+    pub routing_keys: Vec<String>,
+    /// The configured bind host.
+    pub host: String,
+    /// The configured port.
+    pub port: u16,
+    /// The bound address (port 0 resolved); absent when binding failed.
+    pub address: Option<String>,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Active, no-target or error.
+    pub status: ResourceState,
+    /// Why it is in error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Client connections in progress.
+    pub flows_active: u64,
+    /// Client connections accepted since the listener started.
+    pub flows_total: u64,
+    /// Client connections refused (no target, or every target failed).
+    pub flows_refused: u64,
+}
+
+/// A connector as shown to operators.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorStatus {
+    /// Its name.
+    pub name: String,
+    /// The key it serves.
+    pub routing_key: String,
+    /// The backend host.
+    pub host: String,
+    /// The backend port.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Active or error.
+    pub status: ResourceState,
+    /// Why it is in error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Backend connections in progress.
+    pub flows_active: u64,
+    /// Backend connections made since the connector was configured.
+    pub flows_total: u64,
+    /// Backend connections that failed (refused, timed out).
+    pub flows_failed: u64,
+}
+
+/// Flow counters of one listener or connector.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    active: AtomicU64,
+    total: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a flow as active (and in the total) until the guard drops.
+    pub(crate) fn start(self: &Arc<Self>) -> CounterGuard {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        CounterGuard(self.clone())
+    }
+
+    /// Counts a refused or failed flow.
+    pub(crate) fn fail(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Decrements the active count of a [`Counters`] on drop.
+pub(crate) struct CounterGuard(Arc<Counters>);
+
+impl Drop for CounterGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A running (or failed) listener.
+pub(crate) struct Listener {
+    pub(crate) spec: ListenerSpec,
+    /// The socket; taken (closed) when the listener is removed or changed.
+    socket: Mutex<Option<TcpListener>>,
+    address: Option<SocketAddr>,
+    error: Option<String>,
+    pub(crate) counters: Arc<Counters>,
+    cancel: CancellationToken,
+}
+
+/// A configured connector.
+pub(crate) struct Connector {
+    pub(crate) spec: ConnectorSpec,
+    error: Option<String>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Connector {
+    /// Backend connections in progress.
+    pub(crate) fn active(&self) -> u64 {
+        self.counters.active.load(Ordering::Relaxed)
+    }
+}
+
+/// The listeners and connectors of a router.
+#[derive(Default)]
+pub(crate) struct Config {
+    listeners: Mutex<BTreeMap<String, Arc<Listener>>>,
+    connectors: RwLock<BTreeMap<String, Arc<Connector>>>,
+}
+
+/// What reconciling a set of named specs does.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Plan<S> {
+    /// Names to stop (removed, or changed and restarted).
+    pub(crate) stop: Vec<String>,
+    /// Specs to start (new, or changed).
+    pub(crate) start: Vec<S>,
+}
+
+/// The difference between the running specs and the desired ones, by name. A later duplicate
+/// name in `desired` wins.
+pub(crate) fn plan<S: Clone + PartialEq>(
+    current: &BTreeMap<String, S>,
+    desired: Vec<S>,
+    name: impl Fn(&S) -> &str,
+) -> Plan<S> {
+    let desired: BTreeMap<String, S> = desired
+        .into_iter()
+        .map(|s| (name(&s).to_owned(), s))
+        .collect();
+    let mut p = Plan {
+        stop: Vec::new(),
+        start: Vec::new(),
+    };
+    for (n, s) in current {
+        match desired.get(n) {
+            Some(d) if d == s => {}
+            Some(_) | None => p.stop.push(n.clone()),
+        }
+    }
+    for (n, d) in desired {
+        if current.get(&n) != Some(&d) {
+            p.start.push(d);
+        }
+    }
+    p
+}
+
+fn strategy_keys(s: &Strategy) -> Vec<&RoutingKey> {
+    match s {
+        Strategy::Balanced(k) => vec![k],
+        Strategy::Priority(keys) => keys.iter().collect(),
+        Strategy::Weighted(keys) => keys.iter().map(|(k, _)| k).collect(),
+    }
+}
+
+fn unsupported(protocol: Protocol) -> Option<String> {
+    (protocol != Protocol::Tcp).then(|| format!("type {protocol} is not yet supported (use tcp)"))
+}
+
+fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
+    if let Some(reason) = unsupported(spec.protocol) {
+        return Err(reason);
+    }
+    let host = if spec.host.is_empty() {
+        "0.0.0.0"
+    } else {
+        spec.host.as_str()
+    };
+    let addrs: Vec<SocketAddr> = (host, spec.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve bind address {host}: {e}"))?
+        .collect();
+    let mut last = format!("no address for {host}");
+    for addr in addrs {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                l.set_nonblocking(true)
+                    .map_err(|e| format!("cannot configure {addr}: {e}"))?;
+                return TcpListener::from_std(l)
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"));
+            }
+            Err(e) => {
+                last = format!("cannot listen on {addr}: {e} (port in use? choose another port)")
+            }
+        }
+    }
+    Err(last)
+}
+
+impl Config {
+    /// The connectors serving `key` with TCP, least busy first.
+    pub(crate) fn connectors_for(&self, key: &RoutingKey) -> Vec<Arc<Connector>> {
+        let mut out: Vec<Arc<Connector>> = self
+            .connectors
+            .read()
+            .unwrap()
+            .values()
+            .filter(|c| c.error.is_none() && &c.spec.routing_key == key)
+            .cloned()
+            .collect();
+        out.sort_by_key(|c| c.active());
+        out
+    }
+
+    /// Whether this router has a connector for `key` (of any protocol).
+    pub(crate) fn has_connector(&self, key: &RoutingKey) -> bool {
+        self.connectors
+            .read()
+            .unwrap()
+            .values()
+            .any(|c| &c.spec.routing_key == key)
+    }
+}
+
+/// Reconciles listeners with `specs` (binds new and changed ones, closes removed ones).
+pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
+    let mut listeners = flows.config.listeners.lock().unwrap();
+    let current: BTreeMap<String, ListenerSpec> = listeners
+        .iter()
+        .map(|(n, l)| (n.clone(), l.spec.clone()))
+        .collect();
+    let p = plan(&current, specs, |s| &s.name);
+    for name in p.stop {
+        if let Some(old) = listeners.remove(&name) {
+            // Closing the socket now frees the port for a restarted listener.
+            drop(old.socket.lock().unwrap().take());
+            old.cancel.cancel();
+            tracing::info!(listener = %name, "listener stopped");
+        }
+    }
+    for spec in p.start {
+        let bound = bind(&spec);
+        let address = bound.as_ref().ok().and_then(|l| l.local_addr().ok());
+        let error = bound.as_ref().err().cloned();
+        let listener = Arc::new(Listener {
+            spec: spec.clone(),
+            socket: Mutex::new(bound.ok()),
+            address,
+            error: error.clone(),
+            counters: Arc::default(),
+            cancel: flows.shutdown.child_token(),
+        });
+        match (&error, address) {
+            (Some(reason), _) => {
+                tracing::warn!(listener = %spec.name, %reason, "listener not started")
+            }
+            (None, Some(addr)) => {
+                tracing::info!(listener = %spec.name, %addr, "listener started");
+                let span = tracing::info_span!("listener", name = %spec.name, %addr);
+                flows
+                    .tasks
+                    .spawn(accept_loop(flows.clone(), listener.clone()).instrument(span));
+            }
+            (None, None) => {}
+        }
+        listeners.insert(spec.name.clone(), listener);
+    }
+}
+
+async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
+    loop {
+        let accept = poll_fn(|cx| match listener.socket.lock().unwrap().as_ref() {
+            Some(l) => l.poll_accept(cx).map(Some),
+            None => Poll::Ready(None),
+        });
+        let accepted = tokio::select! {
+            () = listener.cancel.cancelled() => return,
+            a = accept => a,
+        };
+        match accepted {
+            None => return,
+            Some(Ok((tcp, remote))) => {
+                let span = tracing::debug_span!("client", %remote);
+                flows.tasks.spawn(
+                    super::tcp::serve_client(flows.clone(), listener.clone(), tcp).instrument(span),
+                );
+            }
+            Some(Err(e)) => {
+                tracing::warn!(cause = %e, "accepting a client connection failed");
+                tokio::select! {
+                    () = listener.cancel.cancelled() => return,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reconciles connectors with `specs` and advertises their keys.
+pub(crate) fn set_connectors(flows: &Arc<Flows>, specs: Vec<ConnectorSpec>) {
+    let keys = {
+        let mut connectors = flows.config.connectors.write().unwrap();
+        let current: BTreeMap<String, ConnectorSpec> = connectors
+            .iter()
+            .map(|(n, c)| (n.clone(), c.spec.clone()))
+            .collect();
+        let p = plan(&current, specs, |s| &s.name);
+        for name in p.stop {
+            connectors.remove(&name);
+        }
+        for spec in p.start {
+            let error = unsupported(spec.protocol);
+            if let Some(reason) = &error {
+                tracing::warn!(connector = %spec.name, %reason, "connector not started");
+            }
+            connectors.insert(
+                spec.name.clone(),
+                Arc::new(Connector {
+                    spec,
+                    error,
+                    counters: Arc::default(),
+                }),
+            );
+        }
+        advertised_keys(connectors.values().map(|c| &**c))
+    };
+    flows.routes.send(RouteEvent::LocalKeys(keys));
+}
+
+/// One [`KeyAd`] per key served by working connectors: their count, and the protocol and
+/// port of the first (by name).
+fn advertised_keys<'a>(connectors: impl Iterator<Item = &'a Connector>) -> Vec<KeyAd> {
+    let mut by_key: BTreeMap<&RoutingKey, KeyAd> = BTreeMap::new();
+    for c in connectors.filter(|c| c.error.is_none()) {
+        by_key
+            .entry(&c.spec.routing_key)
+            .and_modify(|ad| ad.connectors += 1)
+            .or_insert_with(|| KeyAd {
+                key: c.spec.routing_key.clone(),
+                connectors: 1,
+                protocol: c.spec.protocol,
+                port: c.spec.port,
+            });
+    }
+    by_key.into_values().collect()
+}
+
+/// Listener status, sorted by name.
+pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
+    let listeners: Vec<Arc<Listener>> = flows
+        .config
+        .listeners
+        .lock()
+        .unwrap()
+        .values()
+        .cloned()
+        .collect();
+    let topo = flows.routes.read();
+    listeners
+        .iter()
+        .map(|l| {
+            let keys = strategy_keys(&l.spec.strategy);
+            let status = if l.error.is_some() {
+                ResourceState::Error
+            } else if keys.iter().any(|k| topo.has_route(k)) {
+                ResourceState::Active
+            } else {
+                ResourceState::NoTarget
+            };
+            ListenerStatus {
+                name: l.spec.name.clone(),
+                routing_key: keys
+                    .first()
+                    .map(|k| k.as_str().to_owned())
+                    .unwrap_or_default(),
+                routing_keys: keys.iter().map(|k| k.as_str().to_owned()).collect(),
+                host: l.spec.host.clone(),
+                port: l.spec.port,
+                address: l.address.map(|a| a.to_string()),
+                protocol: l.spec.protocol,
+                status,
+                reason: l.error.clone(),
+                flows_active: l.counters.active.load(Ordering::Relaxed),
+                flows_total: l.counters.total.load(Ordering::Relaxed),
+                flows_refused: l.counters.failed.load(Ordering::Relaxed),
+            }
+        })
+        .collect()
+}
+
+/// Connector status, sorted by name.
+pub(crate) fn connectors(flows: &Flows) -> Vec<ConnectorStatus> {
+    flows
+        .config
+        .connectors
+        .read()
+        .unwrap()
+        .values()
+        .map(|c| ConnectorStatus {
+            name: c.spec.name.clone(),
+            routing_key: c.spec.routing_key.as_str().to_owned(),
+            host: c.spec.host.clone(),
+            port: c.spec.port,
+            protocol: c.spec.protocol,
+            status: if c.error.is_some() {
+                ResourceState::Error
+            } else {
+                ResourceState::Active
+            },
+            reason: c.error.clone(),
+            flows_active: c.counters.active.load(Ordering::Relaxed),
+            flows_total: c.counters.total.load(Ordering::Relaxed),
+            flows_failed: c.counters.failed.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct S(&'static str, u32);
+
+    #[test]
+    fn plan_touches_only_what_changed() {
+        let current: BTreeMap<String, S> = [S("a", 1), S("b", 1), S("c", 1)]
+            .into_iter()
+            .map(|s| (s.0.to_owned(), s))
+            .collect();
+        let p = plan(&current, vec![S("a", 1), S("b", 2), S("d", 1)], |s| s.0);
+        assert_eq!(p.stop, vec!["b".to_owned(), "c".to_owned()]);
+        assert_eq!(p.start, vec![S("b", 2), S("d", 1)]);
+        let same = plan(&current, vec![S("c", 1), S("b", 1), S("a", 1)], |s| s.0);
+        assert!(same.stop.is_empty() && same.start.is_empty());
+    }
+
+    #[test]
+    fn keys_are_advertised_once_with_their_connector_count() {
+        let key: RoutingKey = "db".parse().unwrap();
+        let c = |name: &str, port, protocol| Connector {
+            spec: ConnectorSpec {
+                name: name.into(),
+                routing_key: key.clone(),
+                host: "localhost".into(),
+                port,
+                protocol,
+            },
+            error: unsupported(protocol),
+            counters: Arc::default(),
+        };
+        let all = [
+            c("a", 5432, Protocol::Tcp),
+            c("b", 5433, Protocol::Tcp),
+            c("h", 80, Protocol::Http),
+        ];
+        let ads = advertised_keys(all.iter());
+        assert_eq!(ads.len(), 1);
+        assert_eq!((ads[0].connectors, ads[0].port), (2, 5432));
+    }
+}

@@ -1,0 +1,332 @@
+//! Flows: client TCP connections carried from a listener at one router to a connector at
+//! another, one link stream per connection, through as many routers as the routes need.
+//!
+//! Roles of a router in a flow:
+//! - **ingress**: a listener accepted the client. The router asks the topology for targets
+//!   ([`Topology::choose`](crate::routing::Topology::choose)); a local target is connected
+//!   directly, a remote one gets a stream on the link to the next hop, opened with a
+//!   [`FlowHeader`](crate::wire::FlowHeader). The client's first bytes (at most
+//!   [`REPLAY_LIMIT`]) are sent along at once and kept until the egress answers; a
+//!   connect failure there is retried at the next target with the same bytes.
+//! - **transit**: a stream for another router is forwarded on a new stream to the next hop
+//!   towards it, header first, then spliced.
+//! - **egress**: a stream for this router is connected to a local connector of its key
+//!   (within [`CONNECT_TIMEOUT`]); the answer ([`FlowStatusFrame`](crate::wire::FlowStatusFrame))
+//!   goes back before any payload byte.
+//!
+//! Protocol details, memory bounds and reset semantics: docs/flows.md.
+//!
+//! # Layout
+//! - `splice`: copying both ways with bounded buffers, half-close and resets.
+//! - `tcp`: the three roles above.
+//! - `config`: listener and connector specs, their reconciliation, accept loops and status.
+
+mod config;
+mod splice;
+mod tcp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use skiff_certs::SiteId;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::link::LinkHandle;
+use crate::link::routes::Routes;
+use crate::routing::{RoutingKey, Target};
+use crate::wire::RouterMode;
+
+pub use config::{ConnectorSpec, ConnectorStatus, ListenerSpec, ListenerStatus, ResourceState};
+pub(crate) use config::{
+    connectors as config_connectors, listeners as config_listeners,
+    set_connectors as config_set_connectors, set_listeners as config_set_listeners,
+};
+pub use splice::COPY_BUFFER;
+
+/// Client bytes an ingress reads (and keeps, for a retry elsewhere) before the egress has
+/// answered.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+/// How long an egress waits for a connector's backend to accept a TCP connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a router waits for a flow header on a stream a peer opened, and an ingress for
+/// the egress's answer (the egress's connect timeout plus the way there and back).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Routers a flow may pass through; a header that has passed more is answered no-route.
+pub const MAX_HOPS: u8 = 32;
+/// Targets an ingress tries for one client connection before giving up.
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// What a router does in a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowRole {
+    /// A listener here accepted the client.
+    Ingress,
+    /// Bytes pass through here.
+    Transit,
+    /// A connector here reaches the backend.
+    Egress,
+}
+
+/// One active flow as shown to operators.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowStatus {
+    /// The flow id chosen by the origin (hex), the same at every router of the flow.
+    pub id: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// The ingress router.
+    pub origin: SiteId,
+    /// The egress router.
+    pub destination: SiteId,
+    /// What this router does in it.
+    pub role: FlowRole,
+    /// Bytes moved from the client towards the backend through this router.
+    pub bytes_forward: u64,
+    /// Bytes moved from the backend towards the client through this router.
+    pub bytes_back: u64,
+    /// Seconds since the flow started here.
+    pub age_seconds: u64,
+}
+
+/// A flow in the registry; removed when its [`FlowGuard`] drops.
+pub(crate) struct FlowRecord {
+    id: u64,
+    key: String,
+    origin: SiteId,
+    destination: SiteId,
+    role: FlowRole,
+    started: std::time::Instant,
+    pub(crate) forward: Arc<AtomicU64>,
+    pub(crate) back: Arc<AtomicU64>,
+}
+
+/// Keeps a flow in the registry while it lives.
+pub(crate) struct FlowGuard {
+    flows: Arc<Flows>,
+    id: u64,
+    pub(crate) record: Arc<FlowRecord>,
+}
+
+impl Drop for FlowGuard {
+    fn drop(&mut self) {
+        self.flows.active.lock().unwrap().remove(&self.id);
+    }
+}
+
+/// Counts one flow (being set up, or running) against a target router, for balancing.
+pub(crate) struct Outstanding {
+    flows: Arc<Flows>,
+    router: SiteId,
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        let mut o = self.flows.outstanding.lock().unwrap();
+        if let Some(n) = o.get_mut(&self.router) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                o.remove(&self.router);
+            }
+        }
+    }
+}
+
+/// The flow side of a router: listeners, connectors, active flows, and what flows need from
+/// the links and the routes.
+pub(crate) struct Flows {
+    pub(crate) me: SiteId,
+    pub(crate) mode: RouterMode,
+    pub(crate) links: Arc<crate::link::router::Shared>,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) config: config::Config,
+    /// Flows in progress per target router, counted at the ingress (balancing).
+    outstanding: Mutex<HashMap<SiteId, u32>>,
+    /// Active flows by local registry id.
+    active: Mutex<BTreeMap<u64, Arc<FlowRecord>>>,
+    next_registry_id: AtomicU64,
+    /// Base of the flow ids this router chooses as an origin (random per run).
+    next_flow_id: AtomicU64,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Flows {
+    pub(crate) fn new(
+        me: SiteId,
+        mode: RouterMode,
+        links: Arc<crate::link::router::Shared>,
+        routes: Arc<Routes>,
+    ) -> Arc<Flows> {
+        let shutdown = links.shutdown.child_token();
+        Arc::new(Flows {
+            me,
+            mode,
+            links,
+            routes,
+            config: config::Config::default(),
+            outstanding: Mutex::default(),
+            active: Mutex::default(),
+            next_registry_id: AtomicU64::new(1),
+            next_flow_id: AtomicU64::new(random_u64() >> 16 << 16),
+            tasks: TaskTracker::new(),
+            shutdown,
+        })
+    }
+
+    /// A new flow id (as origin).
+    pub(crate) fn new_flow_id(&self) -> u64 {
+        self.next_flow_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Ranked targets for a listener's strategy. Targets that tie (same key, same path cost +
+    /// outstanding flows) are shuffled, so one connection after another (none outstanding)
+    /// still spreads over equally good sites.
+    pub(crate) fn choose(&self, strategy: &crate::routing::Strategy) -> Vec<Target> {
+        let outstanding = self.outstanding.lock().unwrap().clone();
+        let f = |r: SiteId| outstanding.get(&r).copied().unwrap_or(0);
+        let mut targets = self.routes.read().choose(strategy, &f, random_u64());
+        let score = |t: &Target| (t.key.clone(), u64::from(t.cost) + u64::from(f(t.router)));
+        shuffle_ties(&mut targets, score, random_u64);
+        targets
+    }
+
+    /// An up link to a neighbour.
+    pub(crate) fn link_to(&self, peer: SiteId) -> Option<LinkHandle> {
+        self.links.link_handle(peer)
+    }
+
+    /// Counts a flow against `router` until the guard drops. Taken when an ingress starts
+    /// trying a target, so a burst of new connections spreads over the targets at once.
+    pub(crate) fn hold(self: &Arc<Self>, router: SiteId) -> Outstanding {
+        *self.outstanding.lock().unwrap().entry(router).or_insert(0) += 1;
+        Outstanding {
+            flows: self.clone(),
+            router,
+        }
+    }
+
+    /// Registers a flow for [`Flows::snapshot`] until the guard drops.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        id: u64,
+        key: &RoutingKey,
+        origin: SiteId,
+        destination: SiteId,
+        role: FlowRole,
+    ) -> FlowGuard {
+        let registry_id = self.next_registry_id.fetch_add(1, Ordering::Relaxed);
+        let record = Arc::new(FlowRecord {
+            id,
+            key: key.as_str().to_owned(),
+            origin,
+            destination,
+            role,
+            started: std::time::Instant::now(),
+            forward: Arc::default(),
+            back: Arc::default(),
+        });
+        self.active
+            .lock()
+            .unwrap()
+            .insert(registry_id, record.clone());
+        FlowGuard {
+            flows: self.clone(),
+            id: registry_id,
+            record,
+        }
+    }
+
+    /// Active flows, oldest first.
+    pub(crate) fn snapshot(&self) -> Vec<FlowStatus> {
+        self.active
+            .lock()
+            .unwrap()
+            .values()
+            .map(|r| FlowStatus {
+                id: format!("{:016x}", r.id),
+                routing_key: r.key.clone(),
+                origin: r.origin,
+                destination: r.destination,
+                role: r.role,
+                bytes_forward: r.forward.load(Ordering::Relaxed),
+                bytes_back: r.back.load(Ordering::Relaxed),
+                age_seconds: r.started.elapsed().as_secs(),
+            })
+            .collect()
+    }
+}
+
+/// Shuffles each run of consecutive items with equal `score` (Fisher–Yates, `rand` as the
+/// random source), leaving the order between runs alone.
+pub(crate) fn shuffle_ties<T, S: PartialEq>(
+    items: &mut [T],
+    score: impl Fn(&T) -> S,
+    mut rand: impl FnMut() -> u64,
+) {
+    let mut start = 0;
+    while start < items.len() {
+        let s = score(&items[start]);
+        let mut end = start + 1;
+        while end < items.len() && score(&items[end]) == s {
+            end += 1;
+        }
+        for i in (start + 1..end).rev() {
+            let j = start + (rand() % (i - start + 1) as u64) as usize;
+            items.swap(i, j);
+        }
+        start = end;
+    }
+}
+
+/// A random number (balancing picks, flow id bases).
+pub(crate) fn random_u64() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Serves a stream a peer opened: transit or egress, by its header.
+pub(crate) fn serve_stream(flows: &Arc<Flows>, incoming: crate::link::IncomingStream) {
+    let f = flows.clone();
+    flows.tasks.spawn(async move {
+        let cancel = f.shutdown.clone();
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tcp::serve_stream(f, incoming) => {}
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod unit_tests {
+    use super::shuffle_ties;
+
+    #[test]
+    fn only_ties_are_shuffled() {
+        let mut seen_first = std::collections::BTreeSet::new();
+        let mut seed = 1u64;
+        for _ in 0..200 {
+            let mut v = [(1, 'a'), (1, 'b'), (1, 'c'), (2, 'd'), (3, 'e'), (3, 'f')];
+            shuffle_ties(
+                &mut v,
+                |x| x.0,
+                || {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    seed >> 33
+                },
+            );
+            assert_eq!(v.map(|x| x.0), [1, 1, 1, 2, 3, 3]);
+            seen_first.insert(v[0].1);
+        }
+        assert_eq!(seen_first.len(), 3, "every tied item came first sometimes");
+    }
+}

@@ -1,0 +1,498 @@
+//! TCP flows: the ingress (a listener's client connection), transit and egress roles.
+//!
+//! Ingress, per client connection: rank targets; for each in turn (at most
+//! [`MAX_ATTEMPTS`]): a local target is connected directly; a remote one gets a new stream on
+//! the link to its next hop carrying the header, then the client's bytes as they come, while
+//! the ingress waits for the egress's status. Until the status arrives the ingress reads at
+//! most [`REPLAY_LIMIT`] bytes from the client and keeps them; a retryable status
+//! (no-route, connect-refused, connect-timeout) sends header and kept bytes to the next
+//! target. With no target at all the client is refused at once with a TCP reset.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use skiff_certs::SiteId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::config::{Connector, Listener};
+use super::splice::{FlowEnd, Pump, SpliceEnd, splice};
+use super::{
+    CONNECT_TIMEOUT, FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS, MAX_HOPS, REPLAY_LIMIT,
+};
+use crate::link::{IncomingStream, LinkStream};
+use crate::routing::{Protocol, RoutingKey, Target};
+use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame, RouterMode};
+
+/// Refuses a client connection with a TCP reset.
+fn refuse(mut client: TcpStream) {
+    client.abort();
+    drop(client);
+}
+
+fn log_end(end: &SpliceEnd) {
+    match end {
+        SpliceEnd::Clean => tracing::debug!("flow ended"),
+        SpliceEnd::Aborted(e) => tracing::debug!(cause = %e, "flow reset"),
+    }
+}
+
+/// Serves one client connection accepted by `listener`.
+pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, client: TcpStream) {
+    let targets = flows.choose(&listener.spec.strategy);
+    if targets.is_empty() {
+        listener.counters.fail();
+        tracing::debug!("refused a client: no reachable target");
+        refuse(client);
+        return;
+    }
+    let _ = client.set_nodelay(true);
+    let _active = listener.counters.start();
+    let flow_id = flows.new_flow_id();
+    let mut client = client;
+    let mut replay = BytesMut::new();
+    let mut client_eof = false;
+    let mut last = String::new();
+    for target in targets.into_iter().take(MAX_ATTEMPTS) {
+        let _outstanding = flows.hold(target.router);
+        match target.next_hop {
+            None => match connect_local(&flows, &target.key).await {
+                Ok((mut backend, connector)) => {
+                    let _c = connector.counters.start();
+                    let guard =
+                        flows.register(flow_id, &target.key, flows.me, flows.me, FlowRole::Ingress);
+                    let forward =
+                        Pump::new(replay.freeze(), client_eof, guard.record.forward.clone());
+                    let back = Pump::new(Bytes::new(), false, guard.record.back.clone());
+                    let end =
+                        splice(&mut client, &mut backend, forward, back, &flows.shutdown).await;
+                    log_end(&end);
+                    return;
+                }
+                Err(status) => last = format!("local connector: {}", status.message),
+            },
+            Some(hop) => {
+                match attempt_remote(
+                    &flows,
+                    &target,
+                    hop,
+                    flow_id,
+                    &mut client,
+                    &mut replay,
+                    &mut client_eof,
+                )
+                .await
+                {
+                    Attempt::Connected(mut stream, leftover) => {
+                        let guard = flows.register(
+                            flow_id,
+                            &target.key,
+                            flows.me,
+                            target.router,
+                            FlowRole::Ingress,
+                        );
+                        guard
+                            .record
+                            .forward
+                            .fetch_add(replay.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        let forward = if client_eof {
+                            Pump::finished(guard.record.forward.clone())
+                        } else {
+                            Pump::new(Bytes::new(), false, guard.record.forward.clone())
+                        };
+                        let back = Pump::new(leftover, false, guard.record.back.clone());
+                        let end =
+                            splice(&mut client, &mut stream, forward, back, &flows.shutdown).await;
+                        log_end(&end);
+                        return;
+                    }
+                    Attempt::Retry(reason) => last = reason,
+                    Attempt::Fail(reason) => {
+                        tracing::debug!(%reason, "flow failed");
+                        listener.counters.fail();
+                        refuse(client);
+                        return;
+                    }
+                }
+            }
+        }
+        tracing::debug!(reason = %last, "target failed; trying the next");
+    }
+    tracing::debug!(reason = %last, "every target failed; client refused");
+    listener.counters.fail();
+    refuse(client);
+}
+
+/// The outcome of one remote attempt.
+enum Attempt {
+    /// The egress answered ok: the stream, and payload bytes read after the status.
+    Connected(LinkStream, Bytes),
+    /// Nothing reached a backend: try the next target.
+    Retry(String),
+    /// Give up on the client (reset it).
+    Fail(String),
+}
+
+async fn attempt_remote(
+    flows: &Arc<Flows>,
+    target: &Target,
+    hop: SiteId,
+    flow_id: u64,
+    client: &mut TcpStream,
+    replay: &mut BytesMut,
+    client_eof: &mut bool,
+) -> Attempt {
+    let Some(link) = flows.link_to(hop) else {
+        return Attempt::Retry(format!("no link up to next hop {hop}"));
+    };
+    let mut stream = match link.open_stream().await {
+        Ok(s) => s,
+        Err(e) => return Attempt::Retry(format!("cannot open a stream to {hop}: {e}")),
+    };
+    let header = FlowHeader {
+        routing_key: target.key.as_str().to_owned(),
+        destination: *target.router.as_bytes(),
+        origin: *flows.me.as_bytes(),
+        flow_id,
+        protocol: Protocol::Tcp,
+        hops: 0,
+    };
+    let mut out = BytesMut::new();
+    header.encode(&mut out);
+    out.extend_from_slice(replay);
+    let opened = async {
+        stream.writer.write_all(&out).await?;
+        if *client_eof {
+            stream.writer.shutdown().await?;
+        }
+        stream.writer.flush().await
+    };
+    if let Err(e) = opened.await {
+        stream.reset();
+        return Attempt::Retry(format!("stream to {hop} failed: {e}"));
+    }
+    let mut answer = BytesMut::with_capacity(256);
+    let mut chunk = vec![0u8; 16 * 1024];
+    // After a failed write the egress may still have answered: keep reading the status.
+    let mut write_failed = false;
+    let wait = async {
+        loop {
+            match FlowStatusFrame::decode(&mut answer) {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => {}
+                Err(e) => return Err(format!("bad status frame: {e}")),
+            }
+            let room = REPLAY_LIMIT - replay.len();
+            let read_client = !*client_eof && room > 0 && !write_failed;
+            tokio::select! {
+                r = stream.reader.read_buf(&mut answer) => match r {
+                    Ok(0) => return Err("the stream ended before the egress answered".to_owned()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("the stream failed before the egress answered: {e}")),
+                },
+                r = client.read(&mut chunk[..room.min(16 * 1024)]), if read_client => match r {
+                    Ok(0) => {
+                        *client_eof = true;
+                        if stream.writer.shutdown().await.is_err() {
+                            write_failed = true;
+                        }
+                    }
+                    Ok(n) => {
+                        replay.extend_from_slice(&chunk[..n]);
+                        if stream.writer.write_all(&chunk[..n]).await.is_err() {
+                            write_failed = true;
+                        }
+                    }
+                    Err(e) => return Err(format!("client: {e}")),
+                },
+            }
+        }
+    };
+    let status = match tokio::time::timeout(HEADER_TIMEOUT, wait).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(reason)) => {
+            stream.reset();
+            return Attempt::Fail(reason);
+        }
+        Err(_) => {
+            stream.reset();
+            return Attempt::Fail(format!(
+                "no answer from {} within {} s",
+                target.router,
+                HEADER_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    match status.code {
+        FlowStatusCode::Ok => Attempt::Connected(stream, answer.freeze()),
+        code if code.is_retryable() => {
+            stream.reset();
+            Attempt::Retry(format!("{code}: {}", status.message))
+        }
+        code => {
+            stream.reset();
+            Attempt::Fail(format!("{code}: {}", status.message))
+        }
+    }
+}
+
+/// Connects to the least busy local connector of `key` that answers.
+async fn connect_local(
+    flows: &Flows,
+    key: &RoutingKey,
+) -> Result<(TcpStream, Arc<Connector>), FlowStatusFrame> {
+    let connectors = flows.config.connectors_for(key);
+    if connectors.is_empty() {
+        let why = if flows.config.has_connector(key) {
+            "its connectors here are not usable"
+        } else {
+            "no connector for it here"
+        };
+        return Err(FlowStatusFrame::fail(
+            FlowStatusCode::NoRoute,
+            format!("key {key}: {why}"),
+        ));
+    }
+    let mut last = None;
+    for c in connectors {
+        match connect_backend(&c.spec.host, c.spec.port).await {
+            Ok(tcp) => return Ok((tcp, c)),
+            Err(status) => {
+                c.counters.fail();
+                tracing::debug!(connector = %c.spec.name, reason = %status.message, "backend connect failed");
+                last = Some(status);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| FlowStatusFrame::fail(FlowStatusCode::NoRoute, "no connector")))
+}
+
+/// Connects to host:port within [`CONNECT_TIMEOUT`], trying each address in turn.
+async fn connect_backend(host: &str, port: u16) -> Result<TcpStream, FlowStatusFrame> {
+    let work = async {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| {
+                FlowStatusFrame::fail(
+                    FlowStatusCode::ConnectRefused,
+                    format!("cannot resolve {host}: {e}"),
+                )
+            })?
+            .collect();
+        let mut last = FlowStatusFrame::fail(
+            FlowStatusCode::ConnectRefused,
+            format!("{host} has no address"),
+        );
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Ok(tcp);
+                }
+                Err(e) => {
+                    last = FlowStatusFrame::fail(
+                        FlowStatusCode::ConnectRefused,
+                        format!("{host}:{port} ({addr}): {e}"),
+                    );
+                }
+            }
+        }
+        Err(last)
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => Err(FlowStatusFrame::fail(
+            FlowStatusCode::ConnectTimeout,
+            format!(
+                "{host}:{port} did not accept within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+/// Reads the header of a stream a peer opened; returns it and the payload bytes read after it.
+async fn read_header(stream: &mut LinkStream) -> Result<(FlowHeader, BytesMut), String> {
+    let mut buf = BytesMut::with_capacity(512);
+    let work = async {
+        loop {
+            match FlowHeader::decode(&mut buf) {
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {}
+                Err(e) => return Err(format!("bad flow header: {e}")),
+            }
+            match stream.reader.read_buf(&mut buf).await {
+                Ok(0) => return Err("the stream ended before its header".to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading the flow header failed: {e}")),
+            }
+        }
+    };
+    match tokio::time::timeout(HEADER_TIMEOUT, work).await {
+        Ok(Ok(h)) => Ok((h, buf)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!(
+            "no flow header within {} s",
+            HEADER_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Answers a flow with a failure status and ends the stream.
+async fn answer_failure(stream: &mut LinkStream, status: FlowStatusFrame) {
+    tracing::debug!(code = %status.code, reason = %status.message, "flow refused");
+    let mut out = BytesMut::new();
+    status.encode(&mut out);
+    let send = async {
+        stream.writer.write_all(&out).await?;
+        stream.writer.shutdown().await
+    };
+    if tokio::time::timeout(Duration::from_secs(5), send)
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        stream.reset();
+    }
+}
+
+/// Serves a stream a peer opened: transit when its header names another router, egress when
+/// it names us.
+pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
+    let IncomingStream {
+        peer, mut stream, ..
+    } = incoming;
+    let (header, leftover) = match read_header(&mut stream).await {
+        Ok(h) => h,
+        Err(reason) => {
+            tracing::debug!(%peer, %reason, "stream dropped");
+            stream.reset();
+            return;
+        }
+    };
+    let origin = SiteId::from_bytes(header.origin);
+    let destination = SiteId::from_bytes(header.destination);
+    let key: RoutingKey = match header.routing_key.parse() {
+        Ok(k) => k,
+        Err(e) => {
+            answer_failure(
+                &mut stream,
+                FlowStatusFrame::fail(FlowStatusCode::Denied, format!("bad routing key: {e}")),
+            )
+            .await;
+            return;
+        }
+    };
+    if destination == flows.me {
+        egress(&flows, stream, &header, key, origin, leftover).await;
+    } else {
+        transit(&flows, stream, header, key, origin, destination, leftover).await;
+    }
+}
+
+async fn egress(
+    flows: &Arc<Flows>,
+    mut stream: LinkStream,
+    header: &FlowHeader,
+    key: RoutingKey,
+    origin: SiteId,
+    leftover: BytesMut,
+) {
+    if header.protocol != Protocol::Tcp {
+        let why = format!("type {} flows are not yet supported", header.protocol);
+        answer_failure(
+            &mut stream,
+            FlowStatusFrame::fail(FlowStatusCode::Denied, why),
+        )
+        .await;
+        return;
+    }
+    let (mut backend, connector) = match connect_local(flows, &key).await {
+        Ok(c) => c,
+        Err(status) => {
+            answer_failure(&mut stream, status).await;
+            return;
+        }
+    };
+    let _c = connector.counters.start();
+    let mut ok = BytesMut::new();
+    FlowStatusFrame::ok().encode(&mut ok);
+    if let Err(e) = stream.writer.write_all(&ok).await {
+        tracing::debug!(cause = %e, "the stream failed before the status was sent");
+        stream.reset();
+        backend.abort();
+        return;
+    }
+    let guard = flows.register(header.flow_id, &key, origin, flows.me, FlowRole::Egress);
+    let forward = Pump::new(leftover.freeze(), false, guard.record.forward.clone());
+    let back = Pump::new(Bytes::new(), false, guard.record.back.clone());
+    let end = splice(&mut stream, &mut backend, forward, back, &flows.shutdown).await;
+    log_end(&end);
+}
+
+async fn transit(
+    flows: &Arc<Flows>,
+    mut stream: LinkStream,
+    header: FlowHeader,
+    key: RoutingKey,
+    origin: SiteId,
+    destination: SiteId,
+    leftover: BytesMut,
+) {
+    let no_route = |why: String| FlowStatusFrame::fail(FlowStatusCode::NoRoute, why);
+    if flows.mode == RouterMode::Edge {
+        let why = format!(
+            "router {} is an edge router and carries no transit",
+            flows.me
+        );
+        answer_failure(&mut stream, no_route(why)).await;
+        return;
+    }
+    if header.hops >= MAX_HOPS {
+        let why = format!("flow passed {MAX_HOPS} routers (routing loop?)");
+        answer_failure(&mut stream, no_route(why)).await;
+        return;
+    }
+    let next = flows.routes.read().next_hop(destination);
+    let link = next.and_then(|hop| flows.link_to(hop));
+    let Some(link) = link else {
+        let why = format!("router {} has no route to router {destination}", flows.me);
+        answer_failure(&mut stream, no_route(why)).await;
+        return;
+    };
+    let mut out = match link.open_stream().await {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!("router {} cannot reach {}: {e}", flows.me, link.peer());
+            answer_failure(&mut stream, no_route(why)).await;
+            return;
+        }
+    };
+    let mut first = BytesMut::new();
+    FlowHeader {
+        hops: header.hops + 1,
+        ..header
+    }
+    .encode(&mut first);
+    first.extend_from_slice(&leftover);
+    if let Err(e) = out.writer.write_all(&first).await {
+        let why = format!(
+            "router {} lost the stream to {}: {e}",
+            flows.me,
+            link.peer()
+        );
+        out.reset();
+        answer_failure(&mut stream, no_route(why)).await;
+        return;
+    }
+    let guard = flows.register(header.flow_id, &key, origin, destination, FlowRole::Transit);
+    guard
+        .record
+        .forward
+        .fetch_add(leftover.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let forward = Pump::new(Bytes::new(), false, guard.record.forward.clone());
+    let back = Pump::new(Bytes::new(), false, guard.record.back.clone());
+    let end = splice(&mut stream, &mut out, forward, back, &flows.shutdown).await;
+    log_end(&end);
+}

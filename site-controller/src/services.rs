@@ -1,0 +1,260 @@
+//! Listeners and connectors: the verbs behind `skiff listener` and `skiff connector`, and the
+//! translation of their resources into the router's specs (pure functions, tested here).
+
+use std::str::FromStr;
+
+use skiff_router::flow::{ConnectorSpec as RouterConnector, ListenerSpec as RouterListener};
+use skiff_router::routing::{Protocol, RoutingKey, Strategy};
+
+use crate::SiteError;
+use crate::folder::SiteFolder;
+use crate::resources::{Connector, ConnectorSpec, Listener, ListenerSpec, validate_name};
+use crate::site::{delete_resource, list_resources, load_site, save_resource};
+
+/// What happened to a listener or connector on create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// It is new.
+    Created,
+    /// One of that name existed and was replaced.
+    Updated,
+}
+
+/// The protocol of a `--type` value; `http` and `http2` are refused until they are built.
+pub fn parse_type(value: &str) -> Result<Protocol, String> {
+    match value {
+        "tcp" => Ok(Protocol::Tcp),
+        "http" | "http2" => Err(format!(
+            "type {value} is not yet supported: skiff carries tcp for now (HTTP routing per request is coming)"
+        )),
+        other => Err(format!("type {other:?} is not one of tcp, http, http2")),
+    }
+}
+
+fn parse_key(value: &str) -> Result<RoutingKey, String> {
+    RoutingKey::from_str(value).map_err(|e| format!("routing key {value:?}: {e}"))
+}
+
+/// The router's spec for a Listener resource.
+pub fn listener_spec(l: &Listener) -> Result<RouterListener, String> {
+    let spec = &l.spec;
+    let strategy = match (
+        &spec.routing_key,
+        spec.priority.is_empty(),
+        spec.weighted.is_empty(),
+    ) {
+        (Some(k), true, true) => Strategy::Balanced(parse_key(k)?),
+        (None, false, true) => Strategy::Priority(
+            spec.priority
+                .iter()
+                .map(|k| parse_key(k))
+                .collect::<Result<_, _>>()?,
+        ),
+        (None, true, false) => Strategy::Weighted(
+            spec.weighted
+                .iter()
+                .map(|w| Ok((parse_key(&w.routing_key)?, w.weight)))
+                .collect::<Result<_, String>>()?,
+        ),
+        _ => {
+            return Err(
+                "give exactly one of routingKey, priority (a list of keys) and weighted (keys with weights)"
+                    .into(),
+            );
+        }
+    };
+    Ok(RouterListener {
+        name: l.metadata.name.clone(),
+        strategy,
+        host: spec.host.clone(),
+        port: spec.port,
+        protocol: parse_type(&spec.protocol)?,
+    })
+}
+
+/// The router's spec for a Connector resource.
+pub fn connector_spec(c: &Connector) -> Result<RouterConnector, String> {
+    if c.spec.port == 0 {
+        return Err("a connector needs the backend's port (not 0)".into());
+    }
+    if c.spec.host.is_empty() {
+        return Err("a connector needs the backend's host".into());
+    }
+    Ok(RouterConnector {
+        name: c.metadata.name.clone(),
+        routing_key: parse_key(&c.spec.routing_key)?,
+        host: c.spec.host.clone(),
+        port: c.spec.port,
+        protocol: parse_type(&c.spec.protocol)?,
+    })
+}
+
+/// The site's listeners.
+pub fn list_listeners(folder: &SiteFolder) -> Result<Vec<Listener>, SiteError> {
+    list_resources(&folder.listeners_dir())
+}
+
+/// The site's connectors.
+pub fn list_connectors(folder: &SiteFolder) -> Result<Vec<Connector>, SiteError> {
+    list_resources(&folder.connectors_dir())
+}
+
+/// `skiff listener create NAME PORT [--routing-key K] [--host H] [--type T]`.
+pub fn create_listener(
+    folder: &SiteFolder,
+    name: &str,
+    port: u16,
+    routing_key: Option<&str>,
+    host: Option<&str>,
+    protocol: &str,
+) -> Result<(Listener, Saved), SiteError> {
+    validate_name("listener", name)?;
+    load_site(folder)?;
+    let listener = Listener::new(
+        name,
+        ListenerSpec {
+            routing_key: Some(routing_key.unwrap_or(name).to_string()),
+            priority: vec![],
+            weighted: vec![],
+            host: host
+                .unwrap_or(crate::resources::DEFAULT_LISTENER_HOST)
+                .to_string(),
+            port,
+            protocol: protocol.to_string(),
+        },
+    );
+    listener_spec(&listener).map_err(SiteError::InvalidArgument)?;
+    let existed = list_listeners(folder)?
+        .iter()
+        .any(|l| l.metadata.name == name);
+    save_resource(folder, &folder.listeners_dir(), &listener)?;
+    Ok((
+        listener,
+        if existed {
+            Saved::Updated
+        } else {
+            Saved::Created
+        },
+    ))
+}
+
+/// `skiff connector create NAME PORT [--routing-key K] [--host H] [--type T]`.
+pub fn create_connector(
+    folder: &SiteFolder,
+    name: &str,
+    port: u16,
+    routing_key: Option<&str>,
+    host: Option<&str>,
+    protocol: &str,
+) -> Result<(Connector, Saved), SiteError> {
+    validate_name("connector", name)?;
+    load_site(folder)?;
+    let connector = Connector::new(
+        name,
+        ConnectorSpec {
+            routing_key: routing_key.unwrap_or(name).to_string(),
+            host: host
+                .unwrap_or(crate::resources::DEFAULT_CONNECTOR_HOST)
+                .to_string(),
+            port,
+            protocol: protocol.to_string(),
+        },
+    );
+    connector_spec(&connector).map_err(SiteError::InvalidArgument)?;
+    let existed = list_connectors(folder)?
+        .iter()
+        .any(|c| c.metadata.name == name);
+    save_resource(folder, &folder.connectors_dir(), &connector)?;
+    Ok((
+        connector,
+        if existed {
+            Saved::Updated
+        } else {
+            Saved::Created
+        },
+    ))
+}
+
+/// `skiff listener delete NAME`.
+pub fn delete_listener(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
+    delete_resource(&folder.listeners_dir(), "listener", name)
+}
+
+/// `skiff connector delete NAME`.
+pub fn delete_connector(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
+    delete_resource(&folder.connectors_dir(), "connector", name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::WeightedKey;
+
+    fn listener(spec: ListenerSpec) -> Listener {
+        Listener::new("web", spec)
+    }
+
+    fn base() -> ListenerSpec {
+        ListenerSpec {
+            routing_key: Some("backend".into()),
+            priority: vec![],
+            weighted: vec![],
+            host: "0.0.0.0".into(),
+            port: 8080,
+            protocol: "tcp".into(),
+        }
+    }
+
+    #[test]
+    fn listener_strategies_come_from_exactly_one_field() {
+        let s = listener_spec(&listener(base())).unwrap();
+        assert_eq!(s.strategy, Strategy::Balanced("backend".parse().unwrap()));
+
+        let mut p = base();
+        p.routing_key = None;
+        p.priority = vec!["a".into(), "b".into()];
+        let s = listener_spec(&listener(p)).unwrap();
+        assert_eq!(
+            s.strategy,
+            Strategy::Priority(vec!["a".parse().unwrap(), "b".parse().unwrap()])
+        );
+
+        let mut w = base();
+        w.routing_key = None;
+        w.weighted = vec![WeightedKey {
+            routing_key: "a".into(),
+            weight: 3,
+        }];
+        assert!(matches!(
+            listener_spec(&listener(w)).unwrap().strategy,
+            Strategy::Weighted(_)
+        ));
+
+        let mut both = base();
+        both.priority = vec!["a".into()];
+        let err = listener_spec(&listener(both)).unwrap_err();
+        assert!(err.contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn http_is_refused_as_not_yet_supported_and_bad_keys_are_named() {
+        let mut h = base();
+        h.protocol = "http".into();
+        let err = listener_spec(&listener(h)).unwrap_err();
+        assert!(err.contains("not yet supported"), "{err}");
+        let mut k = base();
+        k.routing_key = Some("Bad Key!".into());
+        let err = listener_spec(&listener(k)).unwrap_err();
+        assert!(err.contains("Bad Key!"), "{err}");
+        let c = Connector::new(
+            "db",
+            ConnectorSpec {
+                routing_key: "db".into(),
+                host: "127.0.0.1".into(),
+                port: 0,
+                protocol: "tcp".into(),
+            },
+        );
+        assert!(connector_spec(&c).unwrap_err().contains("port"));
+    }
+}
