@@ -191,7 +191,7 @@ pub(crate) async fn run_link(
         tokio::select! {
             biased;
             reason = closer.requested() => {
-                let _ = control.send(&ControlFrame::Close { reason: reason.clone() }).await;
+                let _ = send_within(&mut control, &ControlFrame::Close { reason: reason.clone() }, timing.dead_after).await;
                 control.finish().await;
                 // Give the Close frame time to arrive: the peer hangs up when it reads it.
                 let _ = tokio::time::timeout(LINGER, conn.closed()).await;
@@ -201,7 +201,7 @@ pub(crate) async fn run_link(
                 live.on_frame(Instant::now());
                 match frame {
                     Ok(Some(ControlFrame::Keepalive { id })) => {
-                        if let Err(e) = control.send(&ControlFrame::KeepaliveAck { id }).await {
+                        if let Err(e) = send_within(&mut control, &ControlFrame::KeepaliveAck { id }, timing.dead_after).await {
                             break LinkEnd::Lost(e.to_string());
                         }
                     }
@@ -218,7 +218,7 @@ pub(crate) async fn run_link(
                 }
             }
             Some(frame) = outgoing.recv() => {
-                if let Err(e) = control.send(&frame).await {
+                if let Err(e) = send_within(&mut control, &frame, timing.dead_after).await {
                     break LinkEnd::Lost(e.to_string());
                 }
             }
@@ -228,7 +228,7 @@ pub(crate) async fn run_link(
             },
             () = tokio::time::sleep_until(deadline) => match live.poll(Instant::now()) {
                 Some(LivenessAction::Probe(id)) => {
-                    if let Err(e) = control.send(&ControlFrame::Keepalive { id }).await {
+                    if let Err(e) = send_within(&mut control, &ControlFrame::Keepalive { id }, timing.dead_after).await {
                         break LinkEnd::Lost(e.to_string());
                     }
                 }
@@ -240,6 +240,22 @@ pub(crate) async fn run_link(
     routes.send(RouteEvent::LinkDown { link: route_link });
     conn.close(&end.to_string());
     end
+}
+
+/// Sends one control frame, or fails once `limit` has passed: a peer that stops reading its
+/// control stream must not freeze the driver (and its liveness timer) forever.
+async fn send_within(
+    control: &mut ControlStream,
+    frame: &ControlFrame,
+    limit: Duration,
+) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, control.send(frame)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the peer took no control frame for {} s", limit.as_secs()),
+        )),
+    }
 }
 
 #[cfg(test)]

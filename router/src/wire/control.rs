@@ -160,6 +160,17 @@ impl ControlFrame {
         let frame = match kind {
             HELLO => {
                 let version = get_version(&mut p)?;
+                if version.major != super::PROTOCOL_VERSION.major {
+                    // Another major version may lay the rest out differently: keep only the
+                    // version, so the handshake can refuse the peer by naming both versions.
+                    return Ok(Some(ControlFrame::Hello {
+                        version,
+                        site_id: [0; 16],
+                        site_name: String::new(),
+                        mode: RouterMode::Interior,
+                        cost: 1,
+                    }));
+                }
                 let site_id = get_bytes::<16>(&mut p, "site_id")?;
                 let site_name = get_text(&mut p, "site_name")?;
                 let mode = RouterMode::from_wire(get_u8(&mut p, "mode")?)?;
@@ -170,9 +181,7 @@ impl ControlFrame {
                     get_u32(&mut p, "cost")?
                 };
                 // A newer minor version may append fields; they are ignored here.
-                if version.major == super::PROTOCOL_VERSION.major
-                    && version.minor <= super::PROTOCOL_VERSION.minor
-                {
+                if version.minor <= super::PROTOCOL_VERSION.minor {
                     expect_end(&p)?;
                 }
                 ControlFrame::Hello {
@@ -296,6 +305,41 @@ mod tests {
             panic!("not a hello");
         };
         assert_eq!((cost, version.minor), (1, 0));
+    }
+
+    #[test]
+    fn hellos_of_a_newer_minor_or_another_major_version_decode_to_their_version() {
+        // 1.9 appends a field this build does not know: ignored.
+        let mut payload = BytesMut::new();
+        payload.put_u16(PROTOCOL_VERSION.major);
+        payload.put_u16(9);
+        payload.put_slice(&[3; 16]);
+        put_string(&mut payload, "west");
+        payload.put_u8(0);
+        payload.put_u32(5);
+        payload.put_u64(42);
+        let mut buf = BytesMut::new();
+        put_frame(&mut buf, HELLO, &payload);
+        let Some(ControlFrame::Hello { version, cost, .. }) =
+            ControlFrame::decode(&mut buf).unwrap()
+        else {
+            panic!("not a hello");
+        };
+        assert_eq!((version.minor, cost), (9, 5));
+
+        // 2.0 with a layout this build cannot read: the version still comes through.
+        let mut payload = BytesMut::new();
+        payload.put_u16(PROTOCOL_VERSION.major + 1);
+        payload.put_u16(0);
+        payload.put_slice(b"something else entirely");
+        let mut buf = BytesMut::new();
+        put_frame(&mut buf, HELLO, &payload);
+        let Some(ControlFrame::Hello { version, .. }) = ControlFrame::decode(&mut buf).unwrap()
+        else {
+            panic!("not a hello");
+        };
+        assert_eq!(version.major, PROTOCOL_VERSION.major + 1);
+        assert!(buf.is_empty());
     }
 
     #[test]
