@@ -359,12 +359,12 @@ fn a_client_that_never_reads_pins_bounded_memory_and_other_flows_keep_moving() {
         grown.1
     );
     // The bound documented in docs/flows.md: per-flow window x hops, plus socket buffers.
-    const PATH_BOUND: u64 = 48 * 1024 * 1024;
+    const PATH_BOUND: u64 = 32 * 1024 * 1024;
     assert!(
         in_path < PATH_BOUND,
         "the path buffered {in_path} bytes for a client that never reads"
     );
-    const RSS_BOUND_KIB: u64 = 64 * 1024;
+    const RSS_BOUND_KIB: u64 = 32 * 1024;
     assert!(
         grown.0 < RSS_BOUND_KIB && grown.1 < RSS_BOUND_KIB,
         "router memory grew {grown:?} KiB"
