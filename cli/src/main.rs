@@ -478,6 +478,11 @@ async fn service_command(kind: output::Service, c: ServiceCommand) -> Result<Exi
             };
             let running = tokens::reload_if_running(&folder).await?;
             println!("{kind} {name:?} {verb}: {where_} <-> routing key {key:?}");
+            if running && let Some(reason) = output::service_error(kind, &folder, &name).await {
+                return Err(SiteError::InvalidArgument(format!(
+                    "{kind} {name:?} is saved but the running site cannot use it: {reason}"
+                )));
+            }
             if !running {
                 println!(
                     "the site is not running: it applies this when started with: skiff site run"

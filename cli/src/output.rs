@@ -232,6 +232,23 @@ pub async fn service_list(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The error a running site reports for one listener or connector, if any.
+pub async fn service_error(kind: Service, folder: &SiteFolder, name: &str) -> Option<String> {
+    let path = match kind {
+        Service::Listener => "/v1/listeners",
+        Service::Connector => "/v1/connectors",
+    };
+    let items = admin_request(&folder.admin_socket(), Method::GET, path)
+        .await
+        .ok()?;
+    let item = items
+        .as_array()?
+        .iter()
+        .find(|i| i["name"] == name)?
+        .clone();
+    (item["status"] == "error").then(|| plain(&item["reason"]))
+}
+
 /// `skiff network status`: every site, its links, and every key with the sites serving it.
 pub async fn network_status(
     folder: &SiteFolder,

@@ -268,34 +268,31 @@ impl SiteState {
     }
 
     /// Hands the listeners and connectors of the folder to the router, which changes only
-    /// what differs. A resource that cannot be used is skipped (the others still apply) and
-    /// named in the error.
+    /// what differs. A resource that cannot be used (a hand-edited file with a bad key or an
+    /// unsupported type) is skipped with a warning in the log; the others still apply, and
+    /// the site keeps running. Only failing to read the folder is an error.
     fn apply_services(&self) -> Result<(), SiteError> {
-        let mut problems = Vec::new();
         let mut listeners = Vec::new();
         for l in list_listeners(&self.folder)? {
             match listener_spec(&l) {
                 Ok(spec) => listeners.push(spec),
-                Err(e) => problems.push(format!("listener {}: {e}", l.metadata.name)),
+                Err(e) => {
+                    tracing::warn!(listener = %l.metadata.name, problem = %e, "listener skipped")
+                }
             }
         }
         let mut connectors = Vec::new();
         for c in list_connectors(&self.folder)? {
             match connector_spec(&c) {
                 Ok(spec) => connectors.push(spec),
-                Err(e) => problems.push(format!("connector {}: {e}", c.metadata.name)),
+                Err(e) => {
+                    tracing::warn!(connector = %c.metadata.name, problem = %e, "connector skipped")
+                }
             }
         }
         self.router.set_connectors(connectors);
         self.router.set_listeners(listeners);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            for p in &problems {
-                tracing::warn!(problem = %p, "resource skipped");
-            }
-            Err(SiteError::InvalidArgument(problems.join("; ")))
-        }
+        Ok(())
     }
 
     /// `GET /v1/listeners`.

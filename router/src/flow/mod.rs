@@ -54,6 +54,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a router waits for a flow header on a stream a peer opened, and an ingress for
 /// the egress's answer (the egress's connect timeout plus the way there and back).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a router waits to open a stream on a link (a link at its stream limit holds new
+/// opens back); past it the ingress tries the next target, a transit router answers no-route.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// TCP keepalive on client and backend sockets: a peer host that vanishes without a FIN or
+/// RST is noticed after about idle + 3 x interval, and its flow ends.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Interval between TCP keepalive probes once idle.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Routers a flow may pass through; a header that has passed more is answered no-route.
 pub const MAX_HOPS: u8 = 32;
 /// Targets an ingress tries for one client connection before giving up.

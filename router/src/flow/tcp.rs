@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use super::config::{Connector, Listener};
 use super::splice::{FlowEnd, Pump, SpliceEnd, splice};
 use super::{
-    CONNECT_TIMEOUT, FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS, MAX_HOPS, REPLAY_LIMIT,
+    CONNECT_TIMEOUT, FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS, MAX_HOPS, OPEN_TIMEOUT,
+    REPLAY_LIMIT, TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL,
 };
 use crate::link::{IncomingStream, LinkStream};
 use crate::routing::{Protocol, RoutingKey, Target};
@@ -49,6 +50,7 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
         return;
     }
     let _ = client.set_nodelay(true);
+    set_keepalive(&client);
     let _active = listener.counters.start();
     let flow_id = flows.new_flow_id();
     let mut client = client;
@@ -147,9 +149,15 @@ async fn attempt_remote(
     let Some(link) = flows.link_to(hop) else {
         return Attempt::Retry(format!("no link up to next hop {hop}"));
     };
-    let mut stream = match link.open_stream().await {
-        Ok(s) => s,
-        Err(e) => return Attempt::Retry(format!("cannot open a stream to {hop}: {e}")),
+    let mut stream = match tokio::time::timeout(OPEN_TIMEOUT, link.open_stream()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Attempt::Retry(format!("cannot open a stream to {hop}: {e}")),
+        Err(_) => {
+            return Attempt::Retry(format!(
+                "no stream to {hop} within {} s (the link is at its stream limit)",
+                OPEN_TIMEOUT.as_secs()
+            ));
+        }
     };
     let header = FlowHeader {
         routing_key: target.key.as_str().to_owned(),
@@ -169,14 +177,12 @@ async fn attempt_remote(
         }
         stream.writer.flush().await
     };
-    if let Err(e) = opened.await {
-        stream.reset();
-        return Attempt::Retry(format!("stream to {hop} failed: {e}"));
-    }
+    // Part of the header and bytes may have reached the egress, which may have passed them
+    // to a backend: only an answer from it says whether a retry elsewhere is safe, so a
+    // failed write waits for the status like any other.
+    let mut write_failed = opened.await.is_err();
     let mut answer = BytesMut::with_capacity(256);
     let mut chunk = vec![0u8; 16 * 1024];
-    // After a failed write the egress may still have answered: keep reading the status.
-    let mut write_failed = false;
     let wait = async {
         loop {
             match FlowStatusFrame::decode(&mut answer) {
@@ -256,8 +262,22 @@ async fn connect_local(
         ));
     }
     let mut last = None;
+    // All connectors together get one CONNECT_TIMEOUT, so the ingress hears back (and can
+    // retry at another site) well within its HEADER_TIMEOUT.
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     for c in connectors {
-        match connect_backend(&c.spec.host, c.spec.port).await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let attempt = tokio::time::timeout(left, connect_backend(&c.spec.host, c.spec.port));
+        let result = attempt.await.unwrap_or_else(|_| {
+            Err(FlowStatusFrame::fail(
+                FlowStatusCode::ConnectTimeout,
+                format!("{}:{} did not accept in time", c.spec.host, c.spec.port),
+            ))
+        });
+        match result {
             Ok(tcp) => return Ok((tcp, c)),
             Err(status) => {
                 c.counters.fail();
@@ -289,6 +309,7 @@ async fn connect_backend(host: &str, port: u16) -> Result<TcpStream, FlowStatusF
             match TcpStream::connect(addr).await {
                 Ok(tcp) => {
                     let _ = tcp.set_nodelay(true);
+                    set_keepalive(&tcp);
                     return Ok(tcp);
                 }
                 Err(e) => {
@@ -461,10 +482,20 @@ async fn transit(
         answer_failure(&mut stream, no_route(why)).await;
         return;
     };
-    let mut out = match link.open_stream().await {
-        Ok(s) => s,
-        Err(e) => {
+    let mut out = match tokio::time::timeout(OPEN_TIMEOUT, link.open_stream()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             let why = format!("router {} cannot reach {}: {e}", flows.me, link.peer());
+            answer_failure(&mut stream, no_route(why)).await;
+            return;
+        }
+        Err(_) => {
+            let why = format!(
+                "router {} got no stream to {} within {} s",
+                flows.me,
+                link.peer(),
+                OPEN_TIMEOUT.as_secs()
+            );
             answer_failure(&mut stream, no_route(why)).await;
             return;
         }
@@ -482,8 +513,10 @@ async fn transit(
             flows.me,
             link.peer()
         );
+        // The next hop may have passed some of the bytes on: not retryable, reset.
+        tracing::debug!(reason = %why, "transit flow reset");
         out.reset();
-        answer_failure(&mut stream, no_route(why)).await;
+        stream.reset();
         return;
     }
     let guard = flows.register(header.flow_id, &key, origin, destination, FlowRole::Transit);
@@ -495,4 +528,16 @@ async fn transit(
     let back = Pump::new(Bytes::new(), false, guard.record.back.clone());
     let end = splice(&mut stream, &mut out, forward, back, &flows.shutdown).await;
     log_end(&end);
+}
+
+/// Turns on TCP keepalive, so a flow to a host that vanished ends instead of holding its
+/// task, sockets and buffers forever.
+fn set_keepalive(tcp: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        tracing::debug!(cause = %e, "could not turn on TCP keepalive");
+    }
 }

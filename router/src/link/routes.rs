@@ -201,12 +201,12 @@ fn apply(topo: &mut Topology, neighbours: &mut Neighbours, event: RouteEvent, no
             let Some(peer) = neighbours.links.get(&link).map(|l| l.peer) else {
                 return;
             };
-            let before = neighbours.cost(peer);
             neighbours.links.remove(&link);
             match neighbours.cost(peer) {
                 None => topo.handle_neighbor_down(peer, now),
-                Some(cost) if Some(cost) != before => topo.handle_neighbor_up(peer, cost, now),
-                Some(_) => {}
+                // Still a neighbour through another link: advertisements queued on the lost
+                // link may be gone with it, so sync the peer again (same cost or not).
+                Some(cost) => topo.handle_neighbor_up(peer, cost, now),
             }
         }
         RouteEvent::Advertisement { from, ad } => topo.handle_advertisement(from, ad, now),

@@ -303,7 +303,8 @@ impl Topology {
 
     /// Makes, stores and floods a new advertisement of ours with the next sequence number.
     fn originate(&mut self, now: Instant) {
-        self.seq += 1;
+        // The decoder refuses sequence numbers past `MAX_SEQ`, so this cannot wrap.
+        self.seq = self.seq.saturating_add(1);
         self.next_refresh = now + REFRESH_INTERVAL;
         let links: Vec<(SiteId, u32)> = self
             .neighbors

@@ -107,12 +107,23 @@ pub(super) fn encode(ad: &Advertisement, p: &mut BytesMut) {
     debug_assert!(p.len() <= MAX_FRAME_LEN);
 }
 
+/// Highest sequence number an advertisement may carry.
+pub const MAX_SEQ: u64 = u64::MAX / 2;
+
 /// Decodes a whole link-state payload.
 pub(super) fn decode(p: &mut BytesMut) -> Result<Advertisement, WireError> {
     let origin = SiteId::from_bytes(get_bytes::<16>(p, "origin")?);
     let site_name = get_text(p, "site_name")?;
     let mode = super::RouterMode::from_wire(get_u8(p, "mode")?)?;
     let seq = get_u64(p, "seq")?;
+    // A router counts up from 1 by one per change or refresh (every 30 s): half of u64 is
+    // never reached honestly, and refusing the rest keeps `seq + 1` from wrapping anywhere.
+    if seq > MAX_SEQ {
+        return Err(WireError::InvalidValue {
+            field: "seq",
+            value: seq,
+        });
+    }
 
     let link_count = get_u16(p, "link_count")? as usize;
     if link_count > MAX_LINKS_PER_AD {
@@ -188,12 +199,25 @@ mod tests {
         s.parse().unwrap()
     }
 
+    #[test]
+    fn a_sequence_number_past_the_limit_is_refused() {
+        let mut ad = sample();
+        ad.seq = MAX_SEQ + 1;
+        let mut buf = BytesMut::new();
+        ControlFrame::LinkState(ad).encode(&mut buf);
+        let err = ControlFrame::decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, WireError::InvalidValue { field: "seq", .. }),
+            "{err:?}"
+        );
+    }
+
     fn sample() -> Advertisement {
         Advertisement {
             origin: id(1),
             site_name: "west-é".into(),
             mode: RouterMode::Edge,
-            seq: u64::MAX - 1,
+            seq: MAX_SEQ,
             links: vec![(id(2), 1), (id(3), u32::MAX)],
             keys: vec![
                 KeyAd {
@@ -378,7 +402,7 @@ mod tests {
             any::<[u8; 16]>(),
             ".{0,40}",
             any::<bool>(),
-            any::<u64>(),
+            0..=MAX_SEQ,
             proptest::collection::vec((any::<[u8; 16]>(), any::<u32>()), 0..50),
             proptest::collection::vec(arb_key(), 0..50),
         )
