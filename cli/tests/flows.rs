@@ -39,28 +39,10 @@ fn ask(addr: &str) -> Result<String, String> {
     }
 }
 
-fn site_with_port(name: &str) -> Site {
-    let s = Site::create(name, true);
-    let port = free_port().to_string();
-    ok(&[
-        "site",
-        "create",
-        name,
-        "--enable-link-access",
-        "--link-host",
-        "127.0.0.1",
-        "--link-port",
-        &port,
-        "--dir",
-        s.d(),
-    ]);
-    s
-}
-
 #[test]
 fn the_same_key_at_two_sites_is_balanced_and_fails_over_and_back() {
-    let mut west = site_with_port("west");
-    let mut south = site_with_port("south");
+    let mut west = Site::create_on_fixed_port("west");
+    let mut south = Site::create_on_fixed_port("south");
     let mut east = Site::create("east", false);
     let (wp, sp) = (name_server("west"), name_server("south"));
     ok(&[

@@ -63,34 +63,9 @@ fn two_sites_link_with_a_token_over_tls() {
     link_two_sites("tls");
 }
 
-/// A port free on loopback for both TCP and UDP right now.
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP");
-}
-
 #[test]
 fn sites_killed_with_sigkill_relink_without_a_token_within_10s() {
-    let mut west = Site::create("west", true);
-    let port = free_port().to_string();
-    ok(&[
-        "site",
-        "create",
-        "west",
-        "--enable-link-access",
-        "--link-host",
-        "127.0.0.1",
-        "--link-port",
-        &port,
-        "--dir",
-        west.d(),
-    ]);
+    let mut west = Site::create_on_fixed_port("west");
     let mut east = Site::create("east", false);
     west.start();
     east.start();
@@ -140,20 +115,7 @@ fn sites_killed_with_sigkill_relink_without_a_token_within_10s() {
 fn a_redemption_answered_is_never_lost_to_sigkill() {
     // The issuer commits the linked site and the spent grant before it answers, so killing it
     // right after an answer must not lose the link.
-    let mut west = Site::create("west", true);
-    let port = free_port().to_string();
-    ok(&[
-        "site",
-        "create",
-        "west",
-        "--enable-link-access",
-        "--link-host",
-        "127.0.0.1",
-        "--link-port",
-        &port,
-        "--dir",
-        west.d(),
-    ]);
+    let mut west = Site::create_on_fixed_port("west");
     let east = Site::create("east", false);
     west.start();
     for round in 0..3 {

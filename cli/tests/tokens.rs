@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Site, fails, is_link, ok};
+use common::{Site, fails, is_link, ok, set_field};
 
 /// West accepts links and runs; east is the redeemer.
 fn pair() -> (Site, Site) {
@@ -40,11 +40,6 @@ fn redeem_fails(east: &Site, token: &Path) -> String {
     err
 }
 
-fn edit(path: &Path, f: impl Fn(String) -> String) {
-    let text = std::fs::read_to_string(path).unwrap();
-    std::fs::write(path, f(text)).unwrap();
-}
-
 #[test]
 fn an_expired_token_is_refused_with_its_expiry_time() {
     let (west, east) = pair();
@@ -58,18 +53,7 @@ fn an_expired_token_is_refused_with_its_expiry_time() {
         .unwrap()
         .unwrap()
         .path();
-    edit(&grant, |t| {
-        t.lines()
-            .map(|l| {
-                if l.trim_start().starts_with("expiresAt:") {
-                    "  expiresAt: 2020-01-02T03:04:05Z".to_string()
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
+    set_field(&grant, "expiresAt", "2020-01-02T03:04:05Z");
     let err = redeem_fails(&east, &token);
     assert!(err.contains("expired at"), "{err}");
     assert!(
@@ -119,18 +103,11 @@ fn a_tampered_code_is_refused() {
     let (west, east) = pair();
     let token = token_path(&west, "t.yaml");
     west.issue(&token, &[]);
-    edit(&token, |t| {
-        t.lines()
-            .map(|l| {
-                if l.trim_start().starts_with("code:") {
-                    "  code: AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string()
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
+    set_field(
+        &token,
+        "code",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    );
     let err = redeem_fails(&east, &token);
     assert!(err.contains("not recognised"), "{err}");
     // The real grant was not spent by the failed attempt.
@@ -160,18 +137,11 @@ fn a_token_pointing_at_another_site_is_refused() {
         .unwrap()
         .to_string();
     // West's token, but its URL leads to south: south cannot prove it is west.
-    edit(&token, |t| {
-        t.lines()
-            .map(|l| {
-                if l.trim_start().starts_with("url:") {
-                    south_url.clone()
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
+    set_field(
+        &token,
+        "url",
+        south_url.trim().trim_start_matches("url:").trim(),
+    );
     let err = redeem_fails(&east, &token);
     assert!(err.contains("not site"), "{err}");
     assert!(err.contains("CA in the token"), "{err}");
@@ -183,18 +153,7 @@ fn a_token_naming_another_site_id_is_refused() {
     let token = token_path(&west, "t.yaml");
     west.issue(&token, &[]);
     let other = "0123456789abcdef0123456789abcdef";
-    edit(&token, |t| {
-        t.lines()
-            .map(|l| {
-                if l.trim_start().starts_with("siteId:") {
-                    format!("  siteId: {other}")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
+    set_field(&token, "siteId", other);
     let err = redeem_fails(&east, &token);
     assert!(
         err.contains(other),
@@ -309,18 +268,7 @@ fn a_site_id_already_linked_cannot_be_claimed_by_another_site() {
         .find_map(|l| l.trim().strip_prefix("id: "))
         .unwrap()
         .to_string();
-    edit(&north.dir.join("site.yaml"), |t| {
-        t.lines()
-            .map(|l| {
-                if l.trim_start().starts_with("id:") {
-                    format!("  id: {east_id}")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
+    set_field(&north.dir.join("site.yaml"), "id", &east_id);
     let second = token_path(&west, "b.yaml");
     west.issue(&second, &[]);
     let err = redeem_fails(&north, &second);

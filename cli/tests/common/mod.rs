@@ -290,6 +290,47 @@ pub fn free_port() -> u16 {
     panic!("no port free for both TCP and UDP");
 }
 
+impl Site {
+    /// A site with link access on a fixed free port, so it can be restarted on the same port.
+    pub fn create_on_fixed_port(name: &str) -> Site {
+        let site = Site::create(name, true);
+        let port = free_port().to_string();
+        ok(&[
+            "site",
+            "create",
+            name,
+            "--enable-link-access",
+            "--link-host",
+            "127.0.0.1",
+            "--link-port",
+            &port,
+            "--dir",
+            site.d(),
+        ]);
+        site
+    }
+}
+
+/// Replaces, in a YAML file, every line whose key is `key` (e.g. `code`) by `key: value`,
+/// keeping its indentation.
+pub fn set_field(path: &Path, key: &str, value: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let prefix = format!("{key}:");
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let trimmed = l.trim_start();
+            if trimmed.starts_with(&prefix) {
+                let indent = &l[..l.len() - trimmed.len()];
+                format!("{indent}{key}: {value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(path, out.join("\n") + "\n").unwrap();
+}
+
 /// Links `from` to `to` (which has link access) with a fresh token.
 pub fn link(from: &Site, to: &Site) {
     let token = to
