@@ -134,6 +134,9 @@ pub struct YamuxConnection {
     close_tx: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     closed_rx: tokio::sync::watch::Receiver<bool>,
     failure: Arc<std::sync::Mutex<Option<Arc<io::Error>>>>,
+    /// Set the moment the connection is found dead (or closed): an end-of-stream seen on
+    /// one of its streams after that is a loss, not the peer's FIN.
+    lost: Arc<AtomicBool>,
 }
 
 impl YamuxConnection {
@@ -155,8 +158,12 @@ impl YamuxConnection {
         let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
         let failure = Arc::new(std::sync::Mutex::new(None));
         let failure2 = failure.clone();
+        let lost = Arc::new(AtomicBool::new(false));
+        let lost2 = lost.clone();
         tokio::spawn(async move {
-            if let Err(e) = drive(conn, open_rx, inbound_tx, close_rx).await {
+            let result = drive(conn, open_rx, inbound_tx, close_rx, &lost2).await;
+            lost2.store(true, Ordering::Release);
+            if let Err(e) = result {
                 *failure2.lock().unwrap() = Some(Arc::new(e));
             }
             let _ = closed_tx.send(true);
@@ -168,6 +175,7 @@ impl YamuxConnection {
             close_tx: std::sync::Mutex::new(Some(close_tx)),
             closed_rx,
             failure,
+            lost,
         }
     }
 }
@@ -175,10 +183,12 @@ impl YamuxConnection {
 fn split_yamux(
     stream: yamux::Stream,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    lost: Arc<AtomicBool>,
 ) -> LinkStream {
     let shared = Arc::new(YamuxShared {
         stream: std::sync::Mutex::new(Some(stream.compat())),
         fin_sent: AtomicBool::new(false),
+        lost,
         _permit: permit,
     });
     LinkStream {
@@ -192,6 +202,8 @@ struct YamuxShared {
     stream: std::sync::Mutex<Option<Compat<yamux::Stream>>>,
     /// Our side began its FIN: a closed stream seen after this may be a clean close.
     fin_sent: AtomicBool,
+    /// The connection's [`YamuxConnection::lost`].
+    lost: Arc<AtomicBool>,
     /// Outbound streams hold one of [`YAMUX_MAX_OUTBOUND`] until both halves are dropped.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -229,15 +241,19 @@ impl AsyncRead for YamuxReader {
         // yamux reports the peer's RST (and a lost connection) as end-of-stream. The stream
         // only reaches `Closed` on a clean end once we have sent our FIN too, so a closed
         // stream before that was reset.
-        if wanted
-            && buf.filled().len() == before
-            && stream.get_ref().is_closed()
-            && !self.0.fin_sent.load(Ordering::Acquire)
-        {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "the peer reset the stream (or the link was lost)",
-            )));
+        if wanted && buf.filled().len() == before && stream.get_ref().is_closed() {
+            if self.0.lost.load(Ordering::Acquire) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the link was lost",
+                )));
+            }
+            if !self.0.fin_sent.load(Ordering::Acquire) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the peer reset the stream (or the link was lost)",
+                )));
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -305,7 +321,7 @@ impl MuxConnection for YamuxConnection {
             })?;
             self.open_tx.send(tx).map_err(|_| closed_error())?;
             let stream = rx.await.map_err(|_| closed_error())??;
-            Ok(split_yamux(stream, Some(permit)))
+            Ok(split_yamux(stream, Some(permit), self.lost.clone()))
         })
     }
 
@@ -315,7 +331,7 @@ impl MuxConnection for YamuxConnection {
             inbound
                 .recv()
                 .await
-                .map(|s| split_yamux(s, None))
+                .map(|s| split_yamux(s, None, self.lost.clone()))
                 .ok_or_else(closed_error)
         })
     }
@@ -353,6 +369,7 @@ async fn drive<T>(
     mut open_rx: mpsc::UnboundedReceiver<OpenReply>,
     inbound_tx: mpsc::UnboundedSender<yamux::Stream>,
     mut close_rx: oneshot::Receiver<()>,
+    lost: &AtomicBool,
 ) -> io::Result<()>
 where
     T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin,
@@ -362,6 +379,7 @@ where
     let ended = std::future::poll_fn(|cx| {
         loop {
             if std::pin::Pin::new(&mut close_rx).poll(cx).is_ready() {
+                lost.store(true, Ordering::Release);
                 return Poll::Ready(None);
             }
             let mut progressed = false;
@@ -389,10 +407,14 @@ where
                     progressed = true;
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    lost.store(true, Ordering::Release);
                     tracing::debug!(cause = %e, "yamux connection failed");
                     return Poll::Ready(Some(Err(io_error(e))));
                 }
-                Poll::Ready(None) => return Poll::Ready(Some(Ok(()))),
+                Poll::Ready(None) => {
+                    lost.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Ok(())));
+                }
                 Poll::Pending => {}
             }
             if !progressed {
@@ -472,6 +494,33 @@ mod tests {
                 assert_eq!(r.unwrap(), 0);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_link_lost_after_our_fin_is_an_error_not_a_clean_end() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let dialer = YamuxConnection::start(a, true);
+        let acceptor = YamuxConnection::start(b, false);
+        let mut s = dialer.open_stream().await.unwrap();
+        s.writer.write_all(b"request").await.unwrap();
+        s.writer.shutdown().await.unwrap();
+        let mut t = acceptor.accept_stream().await.unwrap();
+        let mut req = Vec::new();
+        t.reader.read_to_end(&mut req).await.unwrap();
+        assert_eq!(req, b"request");
+        t.writer.write_all(b"part of the rep").await.unwrap();
+        let mut part = [0u8; 15];
+        s.reader.read_exact(&mut part).await.unwrap();
+        // The link dies mid-reply (the other side vanishes).
+        drop(t);
+        drop(acceptor);
+        let mut rest = Vec::new();
+        let r = s.reader.read_to_end(&mut rest).await;
+        assert_eq!(
+            r.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionAborted),
+            "a cut-off reply must not look complete"
+        );
     }
 
     #[tokio::test]
