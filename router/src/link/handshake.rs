@@ -155,8 +155,15 @@ pub(crate) async fn dial_hello(
     let answer = match control.recv().await {
         Ok(Some(frame)) => Ok(frame),
         Ok(None) => Err(None),
-        // yamux streams report a lost connection as a reset.
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(Some(e)),
+        // yamux streams report a lost connection as a reset or an abort.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            Err(Some(e))
+        }
         // A peer that refused at the transport level shows up here (QUIC close reason).
         Err(e) => return Err(io_err(e)),
     };
