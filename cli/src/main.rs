@@ -60,7 +60,7 @@ enum Command {
     /// The whole network as this site sees it.
     #[command(subcommand)]
     Network(NetworkCommand),
-    /// Two sites on this machine, linked with a token, then stopped.
+    /// Two sites on this machine, linked with a token, a service reached across them.
     Demo,
     /// Print the version and link protocol version.
     Version,
