@@ -5,58 +5,18 @@
 //! Run: `cargo run --release -p skiff-router --example flow_throughput [MiB] [rounds] [conns]`
 //! (defaults 1024, 20000, 2000).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+#[path = "support/mod.rs"]
+mod support;
 
-use skiff_certs::{SiteCa, SiteId};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use support::{router, site};
+
 use skiff_router::flow::{ConnectorSpec, ListenerSpec, ResourceState};
-use skiff_router::link::{InboundPolicy, LinkSpec, Router, RouterConfig, TransportChoice};
+use skiff_router::link::{LinkSpec, Router, TransportChoice};
 use skiff_router::routing::{Protocol, Strategy};
-use skiff_router::wire::RouterMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-struct AllowAll;
-impl InboundPolicy for AllowAll {
-    fn admit(&self, _: SiteId) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-struct Site {
-    id: SiteId,
-    ca: SiteCa,
-    cert: String,
-    key: String,
-}
-
-fn site(name: &str) -> Site {
-    let id = SiteId::random();
-    let ca = SiteCa::generate(name, id).unwrap();
-    let issued = ca.issue_router_cert(id, &[]).unwrap();
-    Site {
-        id,
-        cert: issued.cert_pem,
-        key: issued.key_pem.unwrap(),
-        ca,
-    }
-}
-
-async fn router(s: &Site, name: &str, listen: bool) -> Router {
-    let mut cfg = RouterConfig::new(
-        s.id,
-        name,
-        RouterMode::Interior,
-        s.cert.clone(),
-        s.key.clone(),
-        s.ca.cert_pem(),
-    );
-    if listen {
-        cfg.link_listen = Some("127.0.0.1:0".parse().unwrap());
-    }
-    Router::start(cfg, Arc::new(AllowAll), None).await.unwrap()
-}
 
 /// Backends: a sink (reads to EOF, then closes) and an echo.
 async fn backends() -> (SocketAddr, SocketAddr) {

@@ -3,56 +3,14 @@
 //!
 //! Run: `cargo run --release -p skiff-router --example link_throughput [MiB]` (default 256).
 
-use std::sync::Arc;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
+use support::{router, site};
 
-use skiff_certs::{SiteCa, SiteId};
-use skiff_router::link::{
-    InboundPolicy, LinkSpec, LinkState, Router, RouterConfig, TransportChoice,
-};
-use skiff_router::wire::RouterMode;
+use skiff_router::link::{LinkSpec, LinkState, TransportChoice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct AllowAll;
-impl InboundPolicy for AllowAll {
-    fn admit(&self, _: SiteId) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-struct Site {
-    id: SiteId,
-    ca: SiteCa,
-    cert: String,
-    key: String,
-}
-
-fn site(name: &str) -> Site {
-    let id = SiteId::random();
-    let ca = SiteCa::generate(name, id).unwrap();
-    let issued = ca.issue_router_cert(id, &[]).unwrap();
-    Site {
-        id,
-        cert: issued.cert_pem,
-        key: issued.key_pem.unwrap(),
-        ca,
-    }
-}
-
-async fn router(s: &Site, name: &str, listen: bool) -> Router {
-    let mut cfg = RouterConfig::new(
-        s.id,
-        name,
-        RouterMode::Interior,
-        s.cert.clone(),
-        s.key.clone(),
-        s.ca.cert_pem(),
-    );
-    if listen {
-        cfg.link_listen = Some("127.0.0.1:0".parse().unwrap());
-    }
-    Router::start(cfg, Arc::new(AllowAll), None).await.unwrap()
-}
 
 async fn run(transport: TransportChoice, total: usize) {
     let (a, b) = (site("east"), site("west"));
