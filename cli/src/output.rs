@@ -154,36 +154,47 @@ pub async fn service_list(
     };
     let items: Vec<Value> = match admin_request(&folder.admin_socket(), Method::GET, path).await {
         Ok(v) => v.as_array().cloned().unwrap_or_default(),
-        Err(SiteError::NotRunning { .. }) => match kind {
-            Service::Listener => list_listeners(folder)?
-                .into_iter()
-                .map(|l| {
-                    json!({
-                        "name": l.metadata.name,
-                        "routingKey": l.spec.routing_key,
-                        "host": l.spec.host,
-                        "port": l.spec.port,
-                        "protocol": l.spec.protocol,
-                        "status": "stopped",
-                        "reason": "the site is not running",
-                    })
+        Err(SiteError::NotRunning { .. }) => {
+            let stopped = |name: &str, key: Option<&str>, host: &str, port: u16, protocol: &str| {
+                json!({
+                    "name": name,
+                    "routingKey": key,
+                    "host": host,
+                    "port": port,
+                    "protocol": protocol,
+                    "status": "stopped",
+                    "reason": "the site is not running",
                 })
-                .collect(),
-            Service::Connector => list_connectors(folder)?
-                .into_iter()
-                .map(|c| {
-                    json!({
-                        "name": c.metadata.name,
-                        "routingKey": c.spec.routing_key,
-                        "host": c.spec.host,
-                        "port": c.spec.port,
-                        "protocol": c.spec.protocol,
-                        "status": "stopped",
-                        "reason": "the site is not running",
+            };
+            match kind {
+                Service::Listener => list_listeners(folder)?
+                    .iter()
+                    .map(|l| {
+                        let s = &l.spec;
+                        stopped(
+                            &l.metadata.name,
+                            s.routing_key.as_deref(),
+                            &s.host,
+                            s.port,
+                            &s.protocol,
+                        )
                     })
-                })
-                .collect(),
-        },
+                    .collect(),
+                Service::Connector => list_connectors(folder)?
+                    .iter()
+                    .map(|c| {
+                        let s = &c.spec;
+                        stopped(
+                            &c.metadata.name,
+                            Some(&s.routing_key),
+                            &s.host,
+                            s.port,
+                            &s.protocol,
+                        )
+                    })
+                    .collect(),
+            }
+        }
         Err(e) => return Err(e),
     };
     if format == Some(Format::Json) {
