@@ -89,13 +89,7 @@ pub fn link_client_config(
     const WHAT: &str = "link client";
     let chain = cert_chain("link client certificate", client_cert_pem)?;
     let key = private_key("link client key", client_key_pem)?;
-    let provider = provider();
-    let verifier = SiteVerifier::new(peer_ca_pem, expected, provider.clone(), WHAT)?;
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_config(WHAT))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
+    let mut config = client_builder(peer_ca_pem, expected, WHAT)?
         .with_client_auth_cert(chain, key)
         .map_err(tls_config(WHAT))?;
     config.alpn_protocols = vec![ALPN_LINK.to_vec()];
@@ -109,16 +103,25 @@ pub fn grant_client_config(
     expected: SiteId,
 ) -> Result<Arc<ClientConfig>, CertError> {
     const WHAT: &str = "grant client";
-    let provider = provider();
-    let verifier = SiteVerifier::new(peer_ca_pem, expected, provider.clone(), WHAT)?;
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_config(WHAT))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+    let mut config = client_builder(peer_ca_pem, expected, WHAT)?.with_no_client_auth();
     config.alpn_protocols = vec![ALPN_GRANT.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A TLS 1.3 client builder that trusts only `peer_ca_pem` and requires the server to be site
+/// `expected`; the caller adds (or not) its client certificate.
+fn client_builder(
+    peer_ca_pem: &str,
+    expected: SiteId,
+    what: &'static str,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, CertError> {
+    let provider = provider();
+    let verifier = SiteVerifier::new(peer_ca_pem, expected, provider.clone(), what)?;
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_config(what))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier))
 }
 
 /// The site id in a certificate's URI SAN. Exactly one `skiff://site/<id>` URI SAN is

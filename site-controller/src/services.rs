@@ -8,7 +8,7 @@ use skiff_router::routing::{Protocol, RoutingKey, Strategy};
 
 use crate::SiteError;
 use crate::folder::SiteFolder;
-use crate::resources::{Connector, ConnectorSpec, Listener, ListenerSpec, validate_name};
+use crate::resources::{Connector, ConnectorSpec, Listener, ListenerSpec, Resource, validate_name};
 use crate::site::{delete_resource, list_resources, load_site, save_resource};
 
 /// What happened to a listener or connector on create.
@@ -124,18 +124,7 @@ pub fn create_listener(
         },
     );
     listener_spec(&listener).map_err(SiteError::InvalidArgument)?;
-    let existed = list_listeners(folder)?
-        .iter()
-        .any(|l| l.metadata.name == name);
-    save_resource(folder, &folder.listeners_dir(), &listener)?;
-    Ok((
-        listener,
-        if existed {
-            Saved::Updated
-        } else {
-            Saved::Created
-        },
-    ))
+    store(folder, &folder.listeners_dir(), listener)
 }
 
 /// `skiff connector create NAME PORT [--routing-key K] [--host H] [--type T]`.
@@ -161,18 +150,23 @@ pub fn create_connector(
         },
     );
     connector_spec(&connector).map_err(SiteError::InvalidArgument)?;
-    let existed = list_connectors(folder)?
-        .iter()
-        .any(|c| c.metadata.name == name);
-    save_resource(folder, &folder.connectors_dir(), &connector)?;
-    Ok((
-        connector,
-        if existed {
-            Saved::Updated
-        } else {
-            Saved::Created
-        },
-    ))
+    store(folder, &folder.connectors_dir(), connector)
+}
+
+/// Saves a checked listener or connector, saying whether one of that name was replaced.
+fn store<R: Resource>(
+    folder: &SiteFolder,
+    dir: &std::path::Path,
+    resource: R,
+) -> Result<(R, Saved), SiteError> {
+    let existed = dir.join(format!("{}.yaml", resource.name())).is_file();
+    save_resource(folder, dir, &resource)?;
+    let saved = if existed {
+        Saved::Updated
+    } else {
+        Saved::Created
+    };
+    Ok((resource, saved))
 }
 
 /// `skiff listener delete NAME`.

@@ -70,11 +70,21 @@ pub struct Site {
 impl Site {
     /// Creates a site; `link_access` sites listen on a free loopback port.
     pub fn create(name: &str, link_access: bool) -> Site {
+        Site::make(name, link_access.then(|| "0".to_string()))
+    }
+
+    /// A site with link access on a fixed free port, so it can be restarted on the same port.
+    pub fn create_on_fixed_port(name: &str) -> Site {
+        Site::make(name, Some(free_port().to_string()))
+    }
+
+    /// A site in a new temporary folder; with a link port, it accepts links on loopback.
+    fn make(name: &str, link_port: Option<String>) -> Site {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join(name);
         let d = dir.to_str().unwrap();
-        if link_access {
-            ok(&[
+        match &link_port {
+            Some(port) => ok(&[
                 "site",
                 "create",
                 name,
@@ -82,13 +92,12 @@ impl Site {
                 "--link-host",
                 "127.0.0.1",
                 "--link-port",
-                "0",
+                port,
                 "--dir",
                 d,
-            ]);
-        } else {
-            ok(&["site", "create", name, "--dir", d]);
-        }
+            ]),
+            None => ok(&["site", "create", name, "--dir", d]),
+        };
         Site {
             name: name.into(),
             dir,
@@ -288,27 +297,6 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no port free for both TCP and UDP");
-}
-
-impl Site {
-    /// A site with link access on a fixed free port, so it can be restarted on the same port.
-    pub fn create_on_fixed_port(name: &str) -> Site {
-        let site = Site::create(name, true);
-        let port = free_port().to_string();
-        ok(&[
-            "site",
-            "create",
-            name,
-            "--enable-link-access",
-            "--link-host",
-            "127.0.0.1",
-            "--link-port",
-            &port,
-            "--dir",
-            site.d(),
-        ]);
-        site
-    }
 }
 
 /// Replaces, in a YAML file, every line whose key is `key` (e.g. `code`) by `key: value`,
