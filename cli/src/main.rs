@@ -92,6 +92,16 @@ enum SiteCommand {
         /// Also serve the admin API on this TCP address (e.g. 127.0.0.1:9090).
         #[arg(long)]
         admin_address: Option<SocketAddr>,
+        /// Run inside Kubernetes: settings, identity, links and services come from the API of
+        /// one namespace (see docs/kubernetes.md); the folder is rebuilt from it at start.
+        #[arg(long)]
+        kubernetes: bool,
+        /// The namespace (default: POD_NAMESPACE, else the pod's service account namespace).
+        #[arg(long, requires = "kubernetes")]
+        namespace: Option<String>,
+        /// Ports the router pod's listeners for keys served elsewhere may use: FIRST-LAST.
+        #[arg(long, requires = "kubernetes", default_value = "20000-29999", value_parser = parse_port_range)]
+        listener_ports: std::ops::RangeInclusive<u16>,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -318,9 +328,40 @@ async fn site_command(c: SiteCommand) -> Result<ExitCode, SiteError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        SiteCommand::Run { admin_address, dir } => {
+        SiteCommand::Run {
+            admin_address,
+            kubernetes: true,
+            namespace,
+            listener_ports,
+            dir,
+        } => {
+            use skiff_site_controller::kubernetes::{
+                KubeOptions, namespace_from_environment, run_kubernetes_site,
+            };
+            let namespace = namespace_from_environment(namespace).ok_or_else(|| {
+                SiteError::InvalidArgument(
+                    "no namespace: pass --namespace, or set POD_NAMESPACE (the Deployment in deploy/ sets it)".into(),
+                )
+            })?;
+            let mut opts = KubeOptions::new(namespace);
+            opts.admin_address = admin_address;
+            opts.listener_ports = listener_ports;
+            run_kubernetes_site(dir.folder(), opts, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SiteCommand::Run {
+            admin_address, dir, ..
+        } => {
             let folder = dir.folder();
-            run_site(folder, RunOptions { admin_address }, shutdown_signal()).await?;
+            run_site(
+                folder,
+                RunOptions {
+                    admin_address,
+                    ..Default::default()
+                },
+                shutdown_signal(),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         SiteCommand::Status { output, dir } => output::site_status(&dir.folder(), output).await,
@@ -504,6 +545,21 @@ async fn service_command(kind: output::Service, c: ServiceCommand) -> Result<Exi
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--listener-ports FIRST-LAST`.
+fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad =
+        || format!("{text:?} is not FIRST-LAST, two ports with FIRST <= LAST (e.g. 20000-29999)");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
 }
 
 async fn shutdown_signal() {

@@ -117,6 +117,7 @@ async fn skiff_path(
         routing_key: name.parse().unwrap(),
         host: addr.ip().to_string(),
         port: addr.port(),
+        advertised_port: None,
         protocol: Protocol::Tcp,
     };
     let listener = |name: &str| ListenerSpec {

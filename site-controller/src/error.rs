@@ -121,6 +121,26 @@ pub enum SiteError {
         /// Its message.
         message: String,
     },
+    /// The site is run by Kubernetes; its listeners and connectors come from the API.
+    #[error("the site in {} is run by Kubernetes (namespace {namespace}): its {what}s come from the Kubernetes API", dir.display())]
+    ManagedByKubernetes {
+        /// `listener` or `connector`.
+        what: &'static str,
+        /// The site folder.
+        dir: PathBuf,
+        /// Its namespace.
+        namespace: String,
+    },
+    /// A request to the Kubernetes API failed.
+    #[cfg(feature = "kubernetes")]
+    #[error("could not {action} in the Kubernetes API")]
+    Kube {
+        /// What was being done, e.g. `read Secret skiff-site-identity`.
+        action: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl SiteError {
@@ -152,6 +172,9 @@ impl SiteError {
             SiteError::NotRunning { .. } => {
                 "start it with: skiff site run (in the foreground, or as a systemd service)".into()
             }
+            SiteError::ManagedByKubernetes { what, .. } => format!(
+                "annotate a Service with skiff.io/expose: \"true\", or apply a ConfigMap labelled skiff.io/type={what} holding the {what} YAML (see docs/kubernetes.md)"
+            ),
             SiteError::NotFound { what, .. } => format!("list them with: skiff {what} list"),
             SiteError::BadToken(_) => {
                 "ask the issuing site for a new token: skiff token issue FILE".into()
@@ -163,6 +186,17 @@ impl SiteError {
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
                 "check the folder's owner and permissions, or pick another with --dir".into()
+            }
+            #[cfg(feature = "kubernetes")]
+            SiteError::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } if status.code == 403 => {
+                "the router's ServiceAccount lacks a permission: apply deploy/role.yaml and deploy/rolebinding.yaml in this namespace".into()
+            }
+            #[cfg(feature = "kubernetes")]
+            SiteError::Kube { .. } => {
+                "check that the API server is reachable from the pod (kubectl get --raw /readyz) and see the router's log".into()
             }
             _ => return None,
         })

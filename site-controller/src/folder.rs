@@ -25,6 +25,7 @@ pub const PUBLIC_MODE: u32 = 0o644;
 /// connectors/NAME.yaml Connector resources (a routing key served by host:port here)
 /// grants/NAME.yaml   AccessGrant resources (token codes, 0600)
 /// peers/ID.yaml      sites that redeemed a grant here and may link in
+/// kubernetes         present when the site is run by Kubernetes (holds the namespace)
 /// admin.sock         admin API of the running site (0600)
 /// site.lock          held by the running `skiff site run`
 /// ```
@@ -57,6 +58,19 @@ impl SiteFolder {
     /// The folder itself.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `kubernetes`: written by `skiff site run --kubernetes`; listeners and connectors of
+    /// such a site come from the Kubernetes API, not from the CLI.
+    pub fn kubernetes_marker(&self) -> PathBuf {
+        self.root.join("kubernetes")
+    }
+
+    /// The namespace, when the site is run by Kubernetes.
+    pub fn kubernetes_namespace(&self) -> Option<String> {
+        fs::read_to_string(self.kubernetes_marker())
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     /// `site.yaml`.

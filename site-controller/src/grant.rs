@@ -151,7 +151,7 @@ pub struct GrantService {
     ca: SiteCa,
     site_id: SiteId,
     site_name: String,
-    link_hosts: Vec<String>,
+    link_hosts: std::sync::RwLock<Vec<String>>,
     /// The bound link port, known once the router started.
     pub link_port: OnceLock<u16>,
     linked: Arc<LinkedSites>,
@@ -172,10 +172,16 @@ impl GrantService {
             ca,
             site_id,
             site_name,
-            link_hosts,
+            link_hosts: std::sync::RwLock::new(link_hosts),
             link_port: OnceLock::new(),
             linked,
         }
+    }
+
+    /// Replaces the hosts that redeeming sites are told to dial (a Kubernetes site learns its
+    /// load balancer's address after it started).
+    pub fn set_link_hosts(&self, hosts: Vec<String>) {
+        *self.link_hosts.write().unwrap() = hosts;
     }
 
     /// Handles one redemption; `Err` is (status, message for the redeeming user).
@@ -287,6 +293,8 @@ impl GrantService {
             site_name: self.site_name.clone(),
             endpoints: self
                 .link_hosts
+                .read()
+                .unwrap()
                 .iter()
                 .map(|h| join_host_port(h, port))
                 .collect(),

@@ -9,11 +9,14 @@
 //! - [`admin`]: the admin API server and client.
 //! - [`token`]: issuing and redeeming tokens (the verbs behind `skiff token`).
 //! - [`services`]: listeners and connectors (the verbs, and their router specs).
+//! - [`kubernetes`]: the Kubernetes site (feature `kubernetes`): the folder fed from the API.
 
 pub mod admin;
 mod error;
 pub mod folder;
 pub mod grant;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod resources;
 pub mod run;
 pub mod services;

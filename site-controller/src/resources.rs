@@ -251,6 +251,10 @@ pub struct ConnectorSpec {
     pub host: String,
     /// The backend's port.
     pub port: u16,
+    /// The port other sites advertise to their consumers, when it is not the backend's port
+    /// (a Kubernetes Service port in front of pods listening on another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_port: Option<u16>,
     /// `tcp` (`http` and `http2` are not supported yet).
     #[serde(default = "default_type", rename = "type")]
     pub protocol: String,

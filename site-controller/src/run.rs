@@ -26,6 +26,9 @@ use crate::site::{list_linked_sites, list_links, load_site};
 pub struct RunOptions {
     /// Also serve the admin API on this TCP address.
     pub admin_address: Option<SocketAddr>,
+    /// Bind link access to this address instead of the one chosen from the link hosts
+    /// (loopback when every host is a loopback address, else every interface).
+    pub link_bind: Option<IpAddr>,
 }
 
 /// What the admin API and reload share.
@@ -34,8 +37,10 @@ pub struct SiteState {
     site: Site,
     router: Router,
     linked: Arc<LinkedSites>,
+    grants: Option<Arc<GrantService>>,
     reload_lock: tokio::sync::Mutex<()>,
     started: std::time::SystemTime,
+    controller_status: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 /// A site started from its folder; stop it with [`RunningSite::stop`].
@@ -56,9 +61,10 @@ impl RunningSite {
         let spec = &loaded.site.spec;
         let linked = Arc::new(LinkedSites::default());
         linked.replace(list_linked_sites(&folder)?);
-        let link_listen = spec
-            .link_access
-            .then(|| SocketAddr::new(bind_ip(&spec.link_hosts), spec.link_port));
+        let link_listen = spec.link_access.then(|| {
+            let ip = opts.link_bind.unwrap_or_else(|| bind_ip(&spec.link_hosts));
+            SocketAddr::new(ip, spec.link_port)
+        });
         let grants = if spec.link_access {
             // The grant service signs with its own handle on the CA.
             let ca = skiff_certs::SiteCa::from_pem(loaded.ca.cert_pem(), loaded.ca.key_pem())?;
@@ -102,8 +108,10 @@ impl RunningSite {
             site: loaded.site.clone(),
             router,
             linked,
+            grants,
             reload_lock: tokio::sync::Mutex::new(()),
             started: std::time::SystemTime::now(),
+            controller_status: std::sync::Mutex::new(None),
         });
         state.apply_links()?;
         state.apply_services()?;
@@ -163,6 +171,12 @@ impl RunningSite {
     /// The shared state (links, reload). Do not keep a clone of it past [`RunningSite::stop`].
     pub fn state(&self) -> &SiteState {
         &self.state
+    }
+
+    /// A handle on the shared state for a task that runs beside the site; the task must drop
+    /// it before [`RunningSite::stop`].
+    pub fn shared_state(&self) -> Arc<SiteState> {
+        self.state.clone()
     }
 
     /// Stops the admin API, closes the links and releases the folder.
@@ -295,6 +309,20 @@ impl SiteState {
         Ok(())
     }
 
+    /// Replaces the hosts redeeming sites are told to dial (tokens read them from the
+    /// folder's site.yaml, which the caller updates).
+    pub fn set_link_hosts(&self, hosts: Vec<String>) {
+        if let Some(g) = &self.grants {
+            g.set_link_hosts(hosts);
+        }
+    }
+
+    /// Sets what a controller beside the site reports in `GET /v1/site` (under its own key,
+    /// e.g. `kubernetes`: conflicts and token outcomes).
+    pub fn set_controller_status(&self, status: serde_json::Value) {
+        *self.controller_status.lock().unwrap() = Some(status);
+    }
+
     /// `GET /v1/listeners`.
     pub fn listeners_json(&self) -> serde_json::Value {
         serde_json::to_value(self.router.listeners()).unwrap_or_default()
@@ -323,7 +351,7 @@ impl SiteState {
     /// `GET /v1/site`.
     pub fn site_json(&self) -> serde_json::Value {
         let spec = &self.site.spec;
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "name": self.site.metadata.name,
             "id": spec.id.to_string(),
             "mode": if spec.edge { "edge" } else { "interior" },
@@ -335,7 +363,11 @@ impl SiteState {
             "protocolVersion": skiff_router::wire::PROTOCOL_VERSION.to_string(),
             "pid": std::process::id(),
             "uptimeSeconds": self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-        })
+        });
+        if let Some(s) = self.controller_status.lock().unwrap().clone() {
+            v["kubernetes"] = s;
+        }
+        v
     }
 
     /// The links of the router, outbound and inbound.

@@ -31,7 +31,8 @@ pub fn parse_type(value: &str) -> Result<Protocol, String> {
     }
 }
 
-fn parse_key(value: &str) -> Result<RoutingKey, String> {
+/// Parses a routing key, saying which value was wrong.
+pub fn parse_key(value: &str) -> Result<RoutingKey, String> {
     RoutingKey::from_str(value).map_err(|e| format!("routing key {value:?}: {e}"))
 }
 
@@ -85,6 +86,7 @@ pub fn connector_spec(c: &Connector) -> Result<RouterConnector, String> {
         routing_key: parse_key(&c.spec.routing_key)?,
         host: c.spec.host.clone(),
         port: c.spec.port,
+        advertised_port: c.spec.advertised_port,
         protocol: parse_type(&c.spec.protocol)?,
     })
 }
@@ -109,6 +111,7 @@ pub fn create_listener(
     protocol: &str,
 ) -> Result<(Listener, Saved), SiteError> {
     validate_name("listener", name)?;
+    refuse_if_kubernetes(folder, "listener")?;
     load_site(folder)?;
     let listener = Listener::new(
         name,
@@ -137,6 +140,7 @@ pub fn create_connector(
     protocol: &str,
 ) -> Result<(Connector, Saved), SiteError> {
     validate_name("connector", name)?;
+    refuse_if_kubernetes(folder, "connector")?;
     load_site(folder)?;
     let connector = Connector::new(
         name,
@@ -146,11 +150,25 @@ pub fn create_connector(
                 .unwrap_or(crate::resources::DEFAULT_CONNECTOR_HOST)
                 .to_string(),
             port,
+            advertised_port: None,
             protocol: protocol.to_string(),
         },
     );
     connector_spec(&connector).map_err(SiteError::InvalidArgument)?;
     store(folder, &folder.connectors_dir(), connector)
+}
+
+/// Listeners and connectors of a Kubernetes site come from the API; a file written here
+/// would be replaced at the controller's next pass.
+fn refuse_if_kubernetes(folder: &SiteFolder, what: &'static str) -> Result<(), SiteError> {
+    match folder.kubernetes_namespace() {
+        Some(namespace) => Err(SiteError::ManagedByKubernetes {
+            what,
+            dir: folder.root().to_path_buf(),
+            namespace,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Saves a checked listener or connector, saying whether one of that name was replaced.
@@ -171,11 +189,13 @@ fn store<R: Resource>(
 
 /// `skiff listener delete NAME`.
 pub fn delete_listener(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
+    refuse_if_kubernetes(folder, "listener")?;
     delete_resource(&folder.listeners_dir(), "listener", name)
 }
 
 /// `skiff connector delete NAME`.
 pub fn delete_connector(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
+    refuse_if_kubernetes(folder, "connector")?;
     delete_resource(&folder.connectors_dir(), "connector", name)
 }
 
@@ -246,6 +266,7 @@ mod tests {
                 routing_key: "db".into(),
                 host: "127.0.0.1".into(),
                 port: 0,
+                advertised_port: None,
                 protocol: "tcp".into(),
             },
         );

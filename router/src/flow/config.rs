@@ -49,8 +49,12 @@ pub struct ConnectorSpec {
     pub routing_key: RoutingKey,
     /// The backend's host name or address.
     pub host: String,
-    /// The backend's port (also advertised: the port consumers expect).
+    /// The backend's port (also advertised: the port consumers expect, unless
+    /// `advertised_port` says otherwise).
     pub port: u16,
+    /// The port consumers expect when it differs from the backend's, e.g. a Kubernetes
+    /// Service's port in front of pods that listen on another.
+    pub advertised_port: Option<u16>,
     /// Only [`Protocol::Tcp`] is served for now.
     pub protocol: Protocol,
 }
@@ -410,7 +414,7 @@ fn advertised_keys<'a>(connectors: impl Iterator<Item = &'a Connector>) -> Vec<K
                 key: c.spec.routing_key.clone(),
                 connectors: 1,
                 protocol: c.spec.protocol,
-                port: c.spec.port,
+                port: c.spec.advertised_port.unwrap_or(c.spec.port),
             });
     }
     by_key.into_values().collect()
@@ -515,6 +519,7 @@ mod tests {
                 routing_key: key.clone(),
                 host: "localhost".into(),
                 port,
+                advertised_port: None,
                 protocol,
             },
             error: unsupported(protocol),

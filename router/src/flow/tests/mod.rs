@@ -100,6 +100,7 @@ pub(crate) fn connector(name: &str, k: &str, backend: SocketAddr) -> ConnectorSp
         routing_key: key(k),
         host: backend.ip().to_string(),
         port: backend.port(),
+        advertised_port: None,
         protocol: Protocol::Tcp,
     }
 }

@@ -1,0 +1,265 @@
+//! Keeps a Kubernetes site's links, grants and linked sites in Secrets, so a restarted pod
+//! (whose site folder is an emptyDir) loses nothing, while the router keeps using the folder.
+//!
+//! Both sides change: the running site writes the folder (a peer redeems a grant, `kubectl
+//! exec ... skiff token redeem`, `skiff link delete`), operators write Secrets (`kubectl
+//! delete secret`, a restored backup). [`plan`] is a three-way merge against the state last
+//! seen in sync: a side that changed since then wins; when both changed, the API wins (the
+//! cluster is the record an operator edits and backs up). It is pure and unit-tested;
+//! [`read_folder`] and [`write_folder`] are its folder half, the `kubernetes` module its API half.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::SiteError;
+use crate::folder::{SECRET_MODE, SiteFolder, read_text, remove_file, write_atomic, yaml_files};
+
+/// What is mirrored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `links/NAME.yaml` ↔ Secret `skiff-link-NAME`.
+    Link,
+    /// `grants/NAME.yaml` ↔ Secret `skiff-grant-NAME`.
+    Grant,
+    /// `peers/ID.yaml` ↔ Secret `skiff-peer-ID`.
+    Peer,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 3] = [Kind::Link, Kind::Grant, Kind::Peer];
+
+    /// The `skiff.io/type` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Link => "link",
+            Kind::Grant => "grant",
+            Kind::Peer => "peer",
+        }
+    }
+
+    /// The Secret's data key.
+    pub fn data_key(self) -> &'static str {
+        match self {
+            Kind::Link => "link.yaml",
+            Kind::Grant => "grant.yaml",
+            Kind::Peer => "peer.yaml",
+        }
+    }
+
+    /// The Secret holding resource `name`.
+    pub fn secret_name(self, name: &str) -> String {
+        format!("skiff-{}-{name}", self.label())
+    }
+
+    /// Its folder.
+    pub fn dir(self, folder: &SiteFolder) -> PathBuf {
+        match self {
+            Kind::Link => folder.links_dir(),
+            Kind::Grant => folder.grants_dir(),
+            Kind::Peer => folder.peers_dir(),
+        }
+    }
+
+    /// The kind of a `skiff.io/type` label value.
+    pub fn from_label(label: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.label() == label)
+    }
+}
+
+/// One mirrored item: its kind and name.
+pub type Item = (Kind, String);
+/// Items and their contents.
+pub type Blobs = BTreeMap<Item, Vec<u8>>;
+
+/// One step of a sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Write the item into the folder.
+    ToFolder(Item, Vec<u8>),
+    /// Remove it from the folder.
+    RemoveFromFolder(Item),
+    /// Create or replace its Secret.
+    ToApi(Item, Vec<u8>),
+    /// Delete its Secret.
+    RemoveFromApi(Item),
+}
+
+/// The steps that bring `folder` and `api` together, given `base`, the state both had the
+/// last time they were in sync. After the steps run, both sides equal the returned state,
+/// which is the next `base`.
+pub fn plan(base: &Blobs, folder: &Blobs, api: &Blobs) -> (Vec<Step>, Blobs) {
+    let items: BTreeSet<&Item> = base.keys().chain(folder.keys()).chain(api.keys()).collect();
+    let mut steps = Vec::new();
+    let mut next = Blobs::new();
+    for item in items {
+        let (b, f, a) = (base.get(item), folder.get(item), api.get(item));
+        let winner = if f == a {
+            f
+        } else if a == b {
+            // Only the folder changed.
+            match f {
+                Some(v) => steps.push(Step::ToApi(item.clone(), v.clone())),
+                None => steps.push(Step::RemoveFromApi(item.clone())),
+            }
+            f
+        } else {
+            // The API changed (alone, or both did: the API wins).
+            match a {
+                Some(v) => steps.push(Step::ToFolder(item.clone(), v.clone())),
+                None => steps.push(Step::RemoveFromFolder(item.clone())),
+            }
+            a
+        };
+        if let Some(v) = winner {
+            next.insert(item.clone(), v.clone());
+        }
+    }
+    (steps, next)
+}
+
+/// The mirrored files of the folder.
+pub fn read_folder(folder: &SiteFolder) -> Result<Blobs, SiteError> {
+    let mut out = Blobs::new();
+    for kind in Kind::ALL {
+        for path in yaml_files(&kind.dir(folder))? {
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            out.insert((kind, name.to_string()), read_text(&path)?.into_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// Writes or removes one item in the folder (files 0600: links name a client certificate,
+/// grants hold token codes).
+pub fn write_folder(
+    folder: &SiteFolder,
+    item: &Item,
+    value: Option<&[u8]>,
+) -> Result<(), SiteError> {
+    let (kind, name) = item;
+    crate::resources::validate_name(kind.label(), name)?;
+    let dir = kind.dir(folder);
+    let path = dir.join(format!("{name}.yaml"));
+    match value {
+        Some(v) => {
+            std::fs::create_dir_all(&dir).map_err(|e| SiteError::io("create", &dir, e))?;
+            write_atomic(&path, v, SECRET_MODE)
+        }
+        None => remove_file(&path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blobs(items: &[(Kind, &str, &str)]) -> Blobs {
+        items
+            .iter()
+            .map(|(k, n, v)| ((*k, n.to_string()), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn item(k: Kind, n: &str) -> Item {
+        (k, n.to_string())
+    }
+
+    #[test]
+    fn in_sync_means_no_steps() {
+        let s = blobs(&[(Kind::Link, "east", "a"), (Kind::Grant, "g", "b")]);
+        let (steps, next) = plan(&s, &s, &s);
+        assert!(steps.is_empty());
+        assert_eq!(next, s);
+    }
+
+    #[test]
+    fn a_change_in_the_folder_goes_to_the_api() {
+        let base = blobs(&[(Kind::Grant, "g", "unspent"), (Kind::Link, "old", "x")]);
+        let folder = blobs(&[(Kind::Grant, "g", "spent"), (Kind::Peer, "p1", "id")]);
+        let (steps, next) = plan(&base, &folder, &base);
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        assert!(steps.contains(&Step::RemoveFromApi(item(Kind::Link, "old"))));
+        assert!(steps.contains(&Step::ToApi(item(Kind::Grant, "g"), b"spent".to_vec())));
+        assert!(steps.contains(&Step::ToApi(item(Kind::Peer, "p1"), b"id".to_vec())));
+        assert_eq!(next, folder);
+    }
+
+    #[test]
+    fn a_change_in_the_api_goes_to_the_folder() {
+        let base = blobs(&[(Kind::Link, "east", "v1"), (Kind::Link, "gone", "x")]);
+        let api = blobs(&[(Kind::Link, "east", "v2"), (Kind::Link, "new", "n")]);
+        let (steps, next) = plan(&base, &base, &api);
+        assert_eq!(steps.len(), 3);
+        assert!(steps.contains(&Step::ToFolder(item(Kind::Link, "east"), b"v2".to_vec())));
+        assert!(steps.contains(&Step::ToFolder(item(Kind::Link, "new"), b"n".to_vec())));
+        assert!(steps.contains(&Step::RemoveFromFolder(item(Kind::Link, "gone"))));
+        assert_eq!(next, api);
+    }
+
+    #[test]
+    fn when_both_changed_the_api_wins() {
+        let base = blobs(&[(Kind::Grant, "g", "v1")]);
+        let folder = blobs(&[(Kind::Grant, "g", "folder")]);
+        let api = blobs(&[(Kind::Grant, "g", "api")]);
+        let (steps, next) = plan(&base, &folder, &api);
+        assert_eq!(
+            steps,
+            vec![Step::ToFolder(item(Kind::Grant, "g"), b"api".to_vec())]
+        );
+        assert_eq!(next, api);
+        // Deleted in the API while changed in the folder: deleted.
+        let (steps, next) = plan(&base, &folder, &Blobs::new());
+        assert_eq!(steps, vec![Step::RemoveFromFolder(item(Kind::Grant, "g"))]);
+        assert!(next.is_empty());
+    }
+
+    #[test]
+    fn the_same_change_on_both_sides_needs_no_step() {
+        let base = blobs(&[(Kind::Link, "l", "v1")]);
+        let both = blobs(&[(Kind::Link, "l", "v2")]);
+        let (steps, next) = plan(&base, &both, &both);
+        assert!(steps.is_empty());
+        assert_eq!(next, both);
+    }
+
+    #[test]
+    fn at_start_the_api_is_the_record() {
+        // A pod starts with base = its folder: whatever the folder holds that the API does
+        // not (a Secret deleted while the pod was down) goes, and the API's items come back.
+        let api = blobs(&[(Kind::Link, "l", "v"), (Kind::Peer, "p", "q")]);
+        let stale = blobs(&[(Kind::Link, "l", "old"), (Kind::Grant, "deleted", "x")]);
+        let (steps, next) = plan(&stale, &stale, &api);
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        assert!(steps.contains(&Step::ToFolder(item(Kind::Link, "l"), b"v".to_vec())));
+        assert!(steps.contains(&Step::ToFolder(item(Kind::Peer, "p"), b"q".to_vec())));
+        assert!(steps.contains(&Step::RemoveFromFolder(item(Kind::Grant, "deleted"))));
+        assert_eq!(next, api);
+        // An empty folder (a new emptyDir) gets everything.
+        let (steps, next) = plan(&Blobs::new(), &Blobs::new(), &api);
+        assert_eq!(steps.len(), 2);
+        assert_eq!(next, api);
+    }
+
+    #[test]
+    fn folder_side_writes_and_removes_files_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        let it = item(Kind::Grant, "g1");
+        write_folder(&folder, &it, Some(b"code: x\n")).unwrap();
+        let read = read_folder(&folder).unwrap();
+        assert_eq!(read.get(&it).map(Vec::as_slice), Some(&b"code: x\n"[..]));
+        let mode = std::fs::metadata(folder.grants_dir().join("g1.yaml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        write_folder(&folder, &it, None).unwrap();
+        assert!(read_folder(&folder).unwrap().is_empty());
+        // A name from the API that is not a file name is refused, never written.
+        assert!(write_folder(&folder, &item(Kind::Link, "../x"), Some(b"x")).is_err());
+    }
+}
