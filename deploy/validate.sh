@@ -215,7 +215,7 @@ skipped=()
 # Dry-run one source: $1 is -f or -k, $2 the file or folder.
 server_check() {
   local out rest
-  if out=$("$KUBECTL" apply --dry-run=server -n "$NAMESPACE" "$1" "$2" 2>&1); then
+  if out=$("$KUBECTL" apply --dry-run=server --validate=strict -n "$NAMESPACE" "$1" "$2" 2>&1); then
     echo "ok  $2 (server dry-run)"
     return
   fi
