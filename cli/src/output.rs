@@ -41,8 +41,14 @@ pub async fn site_status(
         s("mode"),
         s("uptimeSeconds")
     );
+    let kube = site.get("kubernetes").filter(|k| !k.is_null());
+    // A Kubernetes site learns its load balancer's address while it runs.
+    let hosts = kube
+        .and_then(|k| k.get("linkHosts"))
+        .map(plain)
+        .unwrap_or_else(|| s("linkHosts"));
     match site.get("linkAddress").and_then(Value::as_str) {
-        Some(addr) => println!("link access: {addr} (tokens point at {})", s("linkHosts")),
+        Some(addr) => println!("link access: {addr} (tokens point at {hosts})"),
         None => println!("link access: off"),
     }
     let list = links.as_array().cloned().unwrap_or_default();
@@ -53,6 +59,31 @@ pub async fn site_status(
         count("connecting"),
         count("refused")
     );
+    if let Some(k) = kube {
+        println!(
+            "kubernetes: namespace {}",
+            k.get("namespace").map(plain).unwrap_or_default()
+        );
+        for t in k["tokens"].as_array().into_iter().flatten() {
+            println!(
+                "  token Secret {}: {} ({})",
+                plain(&t["secret"]),
+                plain(&t["status"]),
+                plain(&t["message"])
+            );
+        }
+        for p in k["problems"].as_array().into_iter().flatten() {
+            println!(
+                "  problem: {} {}: {}",
+                plain(&p["object"]),
+                plain(&p["reason"]),
+                plain(&p["message"])
+            );
+        }
+        if let Some(e) = k.get("lastError").and_then(Value::as_str) {
+            println!("  last pass failed: {e}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -139,8 +139,15 @@ impl SiteFolder {
             self.peers_dir(),
         ] {
             fs::create_dir_all(&dir).map_err(|e| SiteError::io("create folder", &dir, e))?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                .map_err(|e| SiteError::io("set permissions of", &dir, e))?;
+            // A folder someone else made for us (a Kubernetes emptyDir is root's, mode 0777)
+            // keeps its mode: we may not change it, and every secret in it is 0600 anyway.
+            let owner = fs::metadata(&dir)
+                .map_err(|e| SiteError::io("read", &dir, e))?
+                .uid();
+            if Some(owner) == own_uid() {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| SiteError::io("set permissions of", &dir, e))?;
+            }
         }
         Ok(())
     }
@@ -243,6 +250,11 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, SiteError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// This process's user id (the owner of what it creates).
+fn own_uid() -> Option<u32> {
+    fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 fn running_as_root() -> bool {

@@ -220,6 +220,27 @@ mod tests {
     }
 
     #[test]
+    fn a_kubernetes_site_refuses_cli_edits_of_its_services() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        crate::site::create_site(&folder, "east", &Default::default()).unwrap();
+        std::fs::write(folder.kubernetes_marker(), "east\n").unwrap();
+        let err = create_listener(&folder, "db", 5432, None, None, "tcp").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("run by Kubernetes (namespace east)"),
+            "{err}"
+        );
+        assert!(err.hint().unwrap().contains("skiff.io/expose"), "{err}");
+        assert!(create_connector(&folder, "db", 5432, None, None, "tcp").is_err());
+        assert!(delete_connector(&folder, "db").is_err());
+        assert!(
+            list_listeners(&folder).unwrap().is_empty(),
+            "nothing written"
+        );
+    }
+
+    #[test]
     fn listener_strategies_come_from_exactly_one_field() {
         let s = listener_spec(&listener(base())).unwrap();
         assert_eq!(s.strategy, Strategy::Balanced("backend".parse().unwrap()));

@@ -84,6 +84,9 @@ pub struct Inputs<'a> {
     pub remote_keys: &'a [RemoteKey],
     /// Ports the router's listeners for remote keys may use.
     pub listener_ports: RangeInclusive<u16>,
+    /// Ports listeners of remote keys have now, by key (keys without a Service, a name
+    /// conflict, keep theirs too).
+    pub current_ports: &'a BTreeMap<String, u16>,
 }
 
 /// Computes the desired state.
@@ -330,8 +333,8 @@ fn exposed_services(services: &[Service], slices: &[EndpointSlice], d: &mut Desi
 }
 
 /// A listener and a Service for every key served elsewhere but not here. Ports come from
-/// `listener_ports`; a key keeps the port its Service already records, so restarts move
-/// nothing.
+/// `listener_ports`; a key keeps the port its Service records (so restarts move nothing),
+/// else the port its listener has now.
 fn remote_listeners(inp: &Inputs<'_>, d: &mut Desired) {
     let local_keys: BTreeSet<&str> = d
         .connectors
@@ -370,6 +373,15 @@ fn remote_listeners(inp: &Inputs<'_>, d: &mut Desired) {
             && used.insert(port)
         {
             ports.insert(k, port);
+        }
+    }
+    for (key, port) in inp.current_ports {
+        if let Some((k, _)) = wanted.get_key_value(key.as_str())
+            && !ports.contains_key(k)
+            && inp.listener_ports.contains(port)
+            && used.insert(*port)
+        {
+            ports.insert(k, *port);
         }
     }
     let mut free = inp.listener_ports.clone().filter(|p| !used.contains(p));

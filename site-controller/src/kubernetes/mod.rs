@@ -568,7 +568,12 @@ async fn reconcile(ctx: &Ctx, state: &SiteState, memory: &mut LoopState) -> Resu
 
     // 3. Listeners, connectors, Services.
     let remote = remote_keys(state);
+    let current_ports: BTreeMap<String, u16> = crate::services::list_listeners(&ctx.folder)?
+        .into_iter()
+        .filter_map(|l| Some((l.spec.routing_key?, l.spec.port)))
+        .collect();
     let want = desired::desired(&Inputs {
+        current_ports: &current_ports,
         services: &services,
         slices: &slices,
         configmaps: &configmaps,

@@ -103,6 +103,7 @@ fn run(
         configmaps,
         remote_keys,
         listener_ports: 20000..=20002,
+        current_ports: &BTreeMap::new(),
     })
 }
 
@@ -274,6 +275,34 @@ fn a_key_keeps_its_port_across_passes_and_restarts() {
     let third = run(&actual, &[], &[], &[remote("api", 80), remote("db", 5432)]);
     assert_eq!(third, second);
     assert!(service_steps(&third.services, &actual).is_empty());
+}
+
+#[test]
+fn a_key_without_a_service_keeps_its_listener_port_too() {
+    // "clash" has no Service (a name conflict), so only its listener records its port.
+    let theirs = service("clash", &[], &[(None, 1, 1)]);
+    let keys = [remote("backend", 80), remote("clash", 80)];
+    let first = run(std::slice::from_ref(&theirs), &[], &[], &keys);
+    assert_eq!(first.listeners["clash"].spec.port, 20001);
+    let mut actual = after_steps(&first, std::slice::from_ref(&theirs));
+    // backend goes; clash must not move into its port (a client of the old port would then
+    // reach the wrong service).
+    let current = BTreeMap::from([("clash".to_string(), 20001u16)]);
+    let second = desired(&Inputs {
+        services: &actual,
+        slices: &[],
+        configmaps: &[],
+        remote_keys: &[remote("clash", 80)],
+        listener_ports: 20000..=20002,
+        current_ports: &current,
+    });
+    assert_eq!(second.listeners["clash"].spec.port, 20001);
+    for step in service_steps(&second.services, &actual) {
+        if let ServiceStep::Delete(n) = step {
+            actual.retain(|s| s.metadata.name.as_deref() != Some(&n));
+        }
+    }
+    assert_eq!(actual.len(), 1, "only their Service is left");
 }
 
 #[test]
