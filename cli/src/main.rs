@@ -102,6 +102,10 @@ enum SiteCommand {
         /// Ports the router pod's listeners for keys served elsewhere may use: FIRST-LAST.
         #[arg(long, requires = "kubernetes", default_value = "20000-29999", value_parser = parse_port_range)]
         listener_ports: std::ops::RangeInclusive<u16>,
+        /// A host other sites dial, carried by tokens before the site ConfigMap's linkHosts
+        /// and the link Service's load balancer addresses (repeatable).
+        #[arg(long = "link-host", requires = "kubernetes")]
+        link_hosts: Vec<String>,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -333,6 +337,7 @@ async fn site_command(c: SiteCommand) -> Result<ExitCode, SiteError> {
             kubernetes: true,
             namespace,
             listener_ports,
+            link_hosts,
             dir,
         } => {
             use skiff_site_controller::kubernetes::{
@@ -346,6 +351,7 @@ async fn site_command(c: SiteCommand) -> Result<ExitCode, SiteError> {
             let mut opts = KubeOptions::new(namespace);
             opts.admin_address = admin_address;
             opts.listener_ports = listener_ports;
+            opts.link_hosts = link_hosts;
             run_kubernetes_site(dir.folder(), opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

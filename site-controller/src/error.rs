@@ -133,7 +133,7 @@ pub enum SiteError {
     },
     /// A request to the Kubernetes API failed.
     #[cfg(feature = "kubernetes")]
-    #[error("could not {action} in the Kubernetes API")]
+    #[error("Kubernetes API: could not {action}")]
     Kube {
         /// What was being done, e.g. `read Secret skiff-site-identity`.
         action: String,
@@ -194,6 +194,11 @@ impl SiteError {
             } if status.code == 403 => {
                 "the router's ServiceAccount lacks a permission: apply deploy/role.yaml and deploy/rolebinding.yaml in this namespace".into()
             }
+            #[cfg(feature = "kubernetes")]
+            SiteError::Kube {
+                source: kube::Error::InferConfig(_),
+                ..
+            } => "in a pod, keep automountServiceAccountToken on (deploy/deployment.yaml); elsewhere point KUBECONFIG at a kubeconfig".into(),
             #[cfg(feature = "kubernetes")]
             SiteError::Kube { .. } => {
                 "check that the API server is reachable from the pod (kubectl get --raw /readyz) and see the router's log".into()

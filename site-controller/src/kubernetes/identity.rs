@@ -102,15 +102,20 @@ pub(super) async fn read_settings(ctx: &Ctx) -> Result<SiteSettings, SiteError> 
     })
 }
 
-/// The hosts tokens carry: the configured ones, then the load balancer addresses of the link
-/// Service, then the Service's in-cluster name (other namespaces of the same cluster reach
-/// it there; other clusters skip it).
+/// The hosts tokens carry: `--link-host`, then the ConfigMap's, then the load balancer
+/// addresses of the link Service, then the Service's in-cluster name (other namespaces of the
+/// same cluster reach it there; other clusters skip it).
 pub(super) fn link_hosts(
     ctx: &Ctx,
     settings: &SiteSettings,
     link_service: Option<&Service>,
 ) -> Vec<String> {
-    let mut hosts = settings.options.link_hosts.clone();
+    let mut hosts = ctx.opts.link_hosts.clone();
+    for h in &settings.options.link_hosts {
+        if !hosts.contains(h) {
+            hosts.push(h.clone());
+        }
+    }
     let ingress = link_service
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.load_balancer.as_ref())

@@ -79,6 +79,8 @@ pub struct KubeOptions {
     pub link_bind: IpAddr,
     /// Interval between full passes.
     pub resync: Duration,
+    /// Hosts tokens carry before those of the site's ConfigMap (`--link-host`).
+    pub link_hosts: Vec<String>,
 }
 
 impl KubeOptions {
@@ -90,6 +92,7 @@ impl KubeOptions {
             admin_address: None,
             link_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             resync: DEFAULT_RESYNC,
+            link_hosts: Vec::new(),
         }
     }
 }
@@ -294,7 +297,7 @@ pub async fn run_kubernetes_site(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), SiteError> {
     let client = Client::try_default().await.map_err(|e| SiteError::Kube {
-        action: "connect to the Kubernetes API (in-cluster, or KUBECONFIG)".into(),
+        action: "find the API server (in-cluster service account, or KUBECONFIG)".into(),
         source: e,
     })?;
     let site = KubeSite::start(client, folder, opts).await?;
