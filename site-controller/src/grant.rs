@@ -145,6 +145,16 @@ impl skiff_router::link::InboundPolicy for LinkedSites {
     }
 }
 
+/// Where a redemption is committed beyond the site folder before it is answered (a Kubernetes
+/// site stores its grants and linked sites in Secrets: a pod lost right after answering must
+/// not come back with the grant unspent).
+pub trait CommitHook: Send + Sync {
+    /// Stores what the folder now holds; `Err` says why it could not.
+    fn commit(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
+}
+
 /// The grant service of one site.
 pub struct GrantService {
     folder: SiteFolder,
@@ -155,6 +165,7 @@ pub struct GrantService {
     /// The bound link port, known once the router started.
     pub link_port: OnceLock<u16>,
     linked: Arc<LinkedSites>,
+    commit_hook: OnceLock<Arc<dyn CommitHook>>,
 }
 
 impl GrantService {
@@ -175,6 +186,7 @@ impl GrantService {
             link_hosts: std::sync::RwLock::new(link_hosts),
             link_port: OnceLock::new(),
             linked,
+            commit_hook: OnceLock::new(),
         }
     }
 
@@ -182,6 +194,12 @@ impl GrantService {
     /// load balancer's address after it started).
     pub fn set_link_hosts(&self, hosts: Vec<String>) {
         *self.link_hosts.write().unwrap() = hosts;
+    }
+
+    /// Sets where redemptions are committed besides the folder (once; later calls are
+    /// ignored).
+    pub fn set_commit_hook(&self, hook: Arc<dyn CommitHook>) {
+        let _ = self.commit_hook.set(hook);
     }
 
     /// Handles one redemption; `Err` is (status, message for the redeeming user).
@@ -277,7 +295,21 @@ impl GrantService {
             grant.spend();
             save_grant(&self.folder, &grant).map_err(internal)?;
         }
+        // Known from here on (as in the folder), so a retry after a failed commit is
+        // recognised as one and spends nothing.
         self.linked.insert(linked);
+        if let Some(hook) = self.commit_hook.get() {
+            // Not answered unless stored: the redeeming site retries, and a retry spends
+            // nothing more.
+            hook.commit().await.map_err(|why| {
+                tracing::error!(cause = %why, "redemption not committed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the issuing site could not store the redemption; try again shortly"
+                        .to_string(),
+                )
+            })?;
+        }
         tracing::info!(
             grant = %grant.metadata.name,
             peer_site = %req.site_id,
@@ -451,6 +483,10 @@ pub async fn redeem_token(
             let reason = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|b| b.error)
                 .unwrap_or_else(|_| format!("HTTP {status}"));
+            if status.is_server_error() {
+                // The issuer's own trouble, not a refusal: trying again may work.
+                return Err(unreachable(format!("it answered {status}: {reason}")));
+            }
             Err(SiteError::RedemptionRefused {
                 issuer: url.clone(),
                 reason,

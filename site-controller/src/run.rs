@@ -317,6 +317,14 @@ impl SiteState {
         }
     }
 
+    /// Makes redemptions commit through `hook` too before they are answered (no-op for a
+    /// site without link access).
+    pub fn set_grant_commit_hook(&self, hook: Arc<dyn crate::grant::CommitHook>) {
+        if let Some(g) = &self.grants {
+            g.set_commit_hook(hook);
+        }
+    }
+
     /// Sets what a controller beside the site reports in `GET /v1/site` (under its own key,
     /// e.g. `kubernetes`: conflicts and token outcomes).
     pub fn set_controller_status(&self, status: serde_json::Value) {

@@ -376,6 +376,17 @@ async fn services_cross_namespaces_and_survive_restarts() {
     })
     .await;
     assert_eq!(status, "Redeemed", "{message}");
+    // East answered only once the spent grant was in its Secret: a pod lost right after
+    // answering cannot come back with the grant unspent.
+    let grants = Api::<Secret>::namespaced(client.clone(), "east")
+        .list(&ListParams::default().labels("skiff.io/type=grant"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(grants.len(), 1);
+    let grant =
+        String::from_utf8(grants[0].data.as_ref().unwrap()["grant.yaml"].0.clone()).unwrap();
+    assert!(grant.contains("redemptionsMade: 1"), "{grant}");
     wait_for("the link to come up", || async {
         (links_up(&west) == 1).then_some(())
     })

@@ -242,6 +242,7 @@ impl KubeSite {
         for step in &steps {
             apply_mirror_step(&ctx, step).await?;
         }
+        let base: SharedBase = Arc::new(tokio::sync::Mutex::new(base));
         // Marks the folder: the CLI then refuses to edit listeners and connectors here.
         write_atomic(
             &folder.kubernetes_marker(),
@@ -263,16 +264,15 @@ impl KubeSite {
             restored = steps.len(),
             "Kubernetes site started"
         );
+        let ctx = Arc::new(ctx);
+        // A redemption here is answered only once its spent grant is in a Secret.
+        site.state().set_grant_commit_hook(Arc::new(SecretCommit {
+            ctx: ctx.clone(),
+            base: base.clone(),
+        }));
         let (stop, stop_rx) = watch::channel(false);
         let state = site.shared_state();
-        let task = tokio::spawn(control_loop(
-            Arc::new(ctx),
-            state,
-            settings,
-            hosts,
-            base,
-            stop_rx,
-        ));
+        let task = tokio::spawn(control_loop(ctx, state, settings, hosts, base, stop_rx));
         Ok(KubeSite { site, stop, task })
     }
 
@@ -445,11 +445,74 @@ where
     })
 }
 
+/// The mirror's last in-step state, shared by the loop and the grant commit hook.
+type SharedBase = Arc<tokio::sync::Mutex<Blobs>>;
+
+/// A mirror pass both ways; says whether the folder changed (the site must then reload).
+/// On a failed step the base stays as it was: the steps done made both sides equal for
+/// their items, so the next pass neither repeats nor loses anything.
+async fn mirror_pass(ctx: &Ctx, base: &SharedBase) -> Result<bool, SiteError> {
+    let mut base = base.lock().await;
+    let here = mirror::read_folder(&ctx.folder)?;
+    let there = read_mirrored(ctx).await?;
+    let (steps, next) = mirror::plan(&base, &here, &there);
+    let mut folder_changed = false;
+    for step in &steps {
+        apply_mirror_step(ctx, step).await?;
+        folder_changed |= matches!(step, Step::ToFolder(..) | Step::RemoveFromFolder(_));
+    }
+    *base = next;
+    Ok(folder_changed)
+}
+
+/// The folder-to-API half of a pass, for the grant commit hook (which runs inside a
+/// redemption, where the site cannot reload): changes from the API are left for the loop,
+/// whose next pass still sees them because their base is kept.
+async fn mirror_push(ctx: &Ctx, base: &SharedBase) -> Result<(), SiteError> {
+    let mut base = base.lock().await;
+    let here = mirror::read_folder(&ctx.folder)?;
+    let there = read_mirrored(ctx).await?;
+    let (steps, mut next) = mirror::plan(&base, &here, &there);
+    for step in &steps {
+        match step {
+            Step::ToApi(..) | Step::RemoveFromApi(_) => apply_mirror_step(ctx, step).await?,
+            Step::ToFolder(item, _) | Step::RemoveFromFolder(item) => match base.get(item) {
+                Some(v) => {
+                    next.insert(item.clone(), v.clone());
+                }
+                None => {
+                    next.remove(item);
+                }
+            },
+        }
+    }
+    *base = next;
+    Ok(())
+}
+
+/// Commits redemptions to Secrets (see [`crate::grant::CommitHook`]).
+struct SecretCommit {
+    ctx: Arc<Ctx>,
+    base: SharedBase,
+}
+
+impl crate::grant::CommitHook for SecretCommit {
+    fn commit(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            mirror_push(&self.ctx, &self.base)
+                .await
+                .map_err(|e| crate::error_chain(&e))
+        })
+    }
+}
+
 /// What the loop remembers between passes.
 struct LoopState {
     settings: SiteSettings,
     hosts: Vec<String>,
-    base: Blobs,
+    base: SharedBase,
     retries: tokens::Retries,
     reported: BTreeSet<Problem>,
 }
@@ -459,7 +522,7 @@ async fn control_loop(
     state: Arc<SiteState>,
     settings: SiteSettings,
     hosts: Vec<String>,
-    base: Blobs,
+    base: SharedBase,
     mut stop: watch::Receiver<bool>,
 ) {
     let wake = Arc::new(Notify::new());
@@ -479,6 +542,7 @@ async fn control_loop(
     let mut resync = tokio::time::interval(ctx.opts.resync);
     let mut network = tokio::time::interval(NETWORK_POLL);
     let mut last_keys = remote_keys(&state);
+    let mut last_folder = mirror::read_folder(&ctx.folder).unwrap_or_default();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -488,11 +552,15 @@ async fn control_loop(
             }
             _ = resync.tick() => {}
             _ = network.tick() => {
+                // New or gone keys in the network, or a change the site made in its folder
+                // (`skiff token issue` in the pod writes a grant): a pass now.
                 let keys = remote_keys(&state);
-                if keys == last_keys {
+                let folder = mirror::read_folder(&ctx.folder).unwrap_or_default();
+                if keys == last_keys && folder == last_folder {
                     continue;
                 }
                 last_keys = keys;
+                last_folder = folder;
             }
         }
         if let Err(e) = reconcile(&ctx, &state, &mut memory).await {
@@ -545,15 +613,7 @@ async fn reconcile(ctx: &Ctx, state: &SiteState, memory: &mut LoopState) -> Resu
     let (token_outcomes, _) = tokens::redeem_tokens(ctx, &token_secrets, &mut memory.retries).await;
 
     // 2. Links, grants and linked sites.
-    let here = mirror::read_folder(&ctx.folder)?;
-    let there = read_mirrored(ctx).await?;
-    let (steps, next) = mirror::plan(&memory.base, &here, &there);
-    let mut folder_changed = false;
-    for step in &steps {
-        apply_mirror_step(ctx, step).await?;
-        folder_changed |= matches!(step, Step::ToFolder(..) | Step::RemoveFromFolder(_));
-    }
-    memory.base = next;
+    let mut folder_changed = mirror_pass(ctx, &memory.base).await?;
 
     // Hosts tokens carry: the load balancer's address appears after the site started.
     let link_service = services
