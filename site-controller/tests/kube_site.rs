@@ -113,7 +113,9 @@ fn options(ns: &str) -> KubeOptions {
     let mut o = KubeOptions::new(ns);
     o.link_bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
     o.listener_ports = first..=first + 20;
-    o.resync = Duration::from_secs(1);
+    // No periodic pass within a test's time: every change must arrive through the watches
+    // (or the router's view of the network), including after the API server restarts.
+    o.resync = Duration::from_secs(600);
     o
 }
 
@@ -335,7 +337,7 @@ async fn services_cross_namespaces_and_survive_restarts() {
         .await
         .expect("east starts");
     let west_opts = options("west");
-    let west = KubeSite::start(
+    let mut west = KubeSite::start(
         client.clone(),
         SiteFolder::new(west_dir.path()),
         west_opts.clone(),
@@ -356,7 +358,11 @@ async fn services_cross_namespaces_and_survive_restarts() {
     })
     .await;
     assert_eq!(status, "Failed", "{message}");
-    assert!(message.contains("token"), "{message}");
+    assert!(message.contains("the token is not usable"), "{message}");
+    assert!(
+        message.contains("ask the issuing site for a new token"),
+        "{message}"
+    );
     assert!(!events(&client, "west", "TokenFailed").await.is_empty());
 
     // A good token links west to east.
@@ -461,7 +467,71 @@ async fn services_cross_namespaces_and_survive_restarts() {
     let problems = status["kubernetes"]["problems"].to_string();
     assert!(problems.contains("NameConflict"), "{status}");
 
-    // Removing the annotation removes the connector and the Service at west.
+    let uid = |client: Client| async move {
+        Api::<Service>::namespaced(client, "west")
+            .get("backend")
+            .await
+            .ok()
+            .and_then(|s| s.metadata.uid)
+    };
+    let backend_uid = uid(client.clone()).await.expect("backend's uid");
+
+    // The router container restarts in its pod (same folder), then the pod is replaced (new,
+    // empty folder): the link comes back from its Secret, the Service of backend is never
+    // deleted and keeps its listener port, and nothing is duplicated.
+    let new_pod_dir = tempfile::tempdir().unwrap();
+    for same_folder in [true, false] {
+        west.stop().await;
+        let dir = &new_pod_dir;
+        let folder = if same_folder {
+            SiteFolder::new(west_dir.path())
+        } else {
+            SiteFolder::new(dir.path())
+        };
+        west = KubeSite::start(client.clone(), folder, west_opts.clone())
+            .await
+            .expect("west restarts");
+        wait_for("the link to come up again", || async {
+            (links_up(&west) == 1).then_some(())
+        })
+        .await;
+        wait_for("bytes across the sites after the restart", || async {
+            round_trip(listener).await.ok()
+        })
+        .await;
+        assert_eq!(
+            managed_service(&client, "west", "backend").await,
+            Some((8080, listener)),
+            "same port, same listener port"
+        );
+        assert_eq!(
+            uid(client.clone()).await,
+            Some(backend_uid.clone()),
+            "the Service was never deleted and re-made"
+        );
+        for (ns, kind) in [
+            ("west", "link"),
+            ("west", "site-identity"),
+            ("east", "grant"),
+            ("east", "peer"),
+        ] {
+            assert_eq!(
+                labelled_count::<Secret>(&client, ns, &format!("skiff.io/type={kind}")).await,
+                1,
+                "{kind} Secrets at {ns}"
+            );
+        }
+        let (status, _) = token_status(&client, "west", "link-to-east").await.unwrap();
+        assert_eq!(status, "Redeemed", "not redeemed a second time");
+    }
+    assert_eq!(
+        events(&client, "west", "TokenRedeemed").await.len(),
+        1,
+        "one Event"
+    );
+
+    // Removing the annotation removes the connector and the Service at west at once (east
+    // is reachable and no longer serves the key).
     set_expose(&client, "east", "backend", false).await;
     wait_for("backend to leave west", || async {
         managed_service(&client, "west", "backend")
@@ -482,41 +552,6 @@ async fn services_cross_namespaces_and_survive_restarts() {
     );
     assert!(round_trip(listener).await.is_err(), "the listener is gone");
 
-    // A controller restart in a new pod (empty folder) restores the link from its Secret
-    // and duplicates nothing.
-    west.stop().await;
-    let west_dir2 = tempfile::tempdir().unwrap();
-    let west = KubeSite::start(
-        client.clone(),
-        SiteFolder::new(west_dir2.path()),
-        west_opts.clone(),
-    )
-    .await
-    .expect("west restarts");
-    wait_for("the restored link to come up", || async {
-        (links_up(&west) == 1).then_some(())
-    })
-    .await;
-    set_expose(&client, "east", "backend", true).await;
-    let (_, listener2) = wait_for("Service backend at west again", || {
-        managed_service(&client, "west", "backend")
-    })
-    .await;
-    wait_for("bytes across the sites after the restart", || async {
-        round_trip(listener2).await.ok()
-    })
-    .await;
-    assert_eq!(
-        labelled_count::<Secret>(&client, "west", "skiff.io/type=link").await,
-        1
-    );
-    assert_eq!(
-        labelled_count::<Secret>(&client, "west", "skiff.io/type=site-identity").await,
-        1
-    );
-    let (status, _) = token_status(&client, "west", "link-to-east").await.unwrap();
-    assert_eq!(status, "Redeemed", "not redeemed a second time");
-
     // The API server restarts after a compaction, so watches resume from a resourceVersion
     // that is gone (410 Gone): the controllers carry on.
     server.compact().await;
@@ -528,6 +563,15 @@ async fn services_cross_namespaces_and_survive_restarts() {
     .await;
     wait_for("bytes to the new Service", || async {
         round_trip(listener3).await.ok()
+    })
+    .await;
+    // West's watches came back too: a managed Service deleted by hand is made again.
+    Api::<Service>::namespaced(client.clone(), "west")
+        .delete("after-restart", &Default::default())
+        .await
+        .expect("delete the managed Service");
+    wait_for("west to make the deleted Service again", || {
+        managed_service(&client, "west", "after-restart")
     })
     .await;
 

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::names::{
     ANNOTATION_EXPOSE, ANNOTATION_LISTENER_PORT, ANNOTATION_ROUTING_KEY, ANNOTATION_TYPE,
     KEY_CONNECTOR, KEY_LISTENER, LABEL_MANAGED_BY, LABEL_ROUTING_KEY, LABEL_SERVICE_NAME,
-    LABEL_TYPE, MANAGED_BY, ROUTER_SELECTOR, is_service_name, resource_name,
+    LABEL_TYPE, MANAGED_BY, ROUTER_SELECTOR, is_service_name, resource_name, unique_name,
 };
 use crate::resources::{
     Connector, ConnectorSpec, DEFAULT_LISTENER_HOST, Listener, ListenerSpec, from_yaml,
@@ -243,6 +243,16 @@ fn exposed_services(services: &[Service], slices: &[EndpointSlice], d: &mut Desi
             continue;
         }
 
+        if let Some(external) = svc.spec.as_ref().and_then(|s| s.external_name.as_ref()) {
+            d.problems.push(bad(
+                "ExternalName",
+                format!(
+                    "an ExternalName Service has no endpoints to connect to; use a connector ConfigMap with host: {external}"
+                ),
+            ));
+            continue;
+        }
+        let (before, problems_before) = (d.connectors.len(), d.problems.len());
         let ports = svc
             .spec
             .as_ref()
@@ -312,7 +322,7 @@ fn exposed_services(services: &[Service], slices: &[EndpointSlice], d: &mut Desi
                         continue;
                     }
                     for addr in &ep.addresses {
-                        let cname = resource_name(&format!("{name}-{port_label}-{addr}"));
+                        let cname = unique_name(&format!("{name}-{port_label}-{addr}"));
                         d.connectors.entry(cname.clone()).or_insert_with(|| {
                             Connector::new(
                                 &cname,
@@ -328,6 +338,12 @@ fn exposed_services(services: &[Service], slices: &[EndpointSlice], d: &mut Desi
                     }
                 }
             }
+        }
+        if d.connectors.len() == before && d.problems.len() == problems_before {
+            d.problems.push(bad(
+                "NoReadyEndpoints",
+                "no ready endpoint with a resolvable port in the Service's EndpointSlices: the key is not served from here until a pod is ready".into(),
+            ));
         }
     }
 }
@@ -479,7 +495,10 @@ fn drop_conflicts(services: &[Service], d: &mut Desired) {
 /// What to do with one Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceStep {
-    /// Create it, or bring it back to the desired shape.
+    /// Create it (a create, never an apply: a Service someone made meanwhile is not taken
+    /// over, the create fails and the next pass reports the conflict).
+    Create(ManagedService),
+    /// Bring a Service skiff manages back to the desired shape.
     Apply(ManagedService),
     /// Delete a managed Service nothing wants any more.
     Delete(String),
@@ -499,7 +518,8 @@ pub fn service_steps(
     for (name, m) in desired {
         match managed.get(name.as_str()) {
             Some(s) if shape_matches(s, m) => {}
-            _ => steps.push(ServiceStep::Apply(m.clone())),
+            Some(_) => steps.push(ServiceStep::Apply(m.clone())),
+            None => steps.push(ServiceStep::Create(m.clone())),
         }
     }
     for name in managed.keys() {

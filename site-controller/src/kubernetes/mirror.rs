@@ -4,9 +4,12 @@
 //! Both sides change: the running site writes the folder (a peer redeems a grant, `kubectl
 //! exec ... skiff token redeem`, `skiff link delete`), operators write Secrets (`kubectl
 //! delete secret`, a restored backup). [`plan`] is a three-way merge against the state last
-//! seen in sync: a side that changed since then wins; when both changed, the API wins (the
-//! cluster is the record an operator edits and backs up). It is pure and unit-tested;
-//! [`read_folder`] and [`write_folder`] are its folder half, the `kubernetes` module its API half.
+//! seen in sync (the base, kept in the folder's `mirror-base.json` so a restarted container
+//! keeps it): a side that changed since then wins; when both changed, the API wins (the
+//! cluster is the record an operator edits and backs up), except that a grant's count of
+//! redemptions never goes down, so no backup or edit makes a spent token usable again. It is
+//! pure and unit-tested; [`read_folder`] and [`write_folder`] are its folder half, the
+//! `kubernetes` module its API half.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -94,6 +97,19 @@ pub fn plan(base: &Blobs, folder: &Blobs, api: &Blobs) -> (Vec<Step>, Blobs) {
     let mut next = Blobs::new();
     for item in items {
         let (b, f, a) = (base.get(item), folder.get(item), api.get(item));
+        if let (Kind::Grant, Some(fv), Some(av)) = (item.0, f, a)
+            && fv != av
+            && let Some(merged) = merge_grants(fv, av)
+        {
+            if &merged != fv {
+                steps.push(Step::ToFolder(item.clone(), merged.clone()));
+            }
+            if &merged != av {
+                steps.push(Step::ToApi(item.clone(), merged.clone()));
+            }
+            next.insert(item.clone(), merged);
+            continue;
+        }
         let winner = if f == a {
             f
         } else if a == b {
@@ -116,6 +132,108 @@ pub fn plan(base: &Blobs, folder: &Blobs, api: &Blobs) -> (Vec<Step>, Blobs) {
         }
     }
     (steps, next)
+}
+
+/// Two versions of one grant as one: the API's (unless only the folder's count differs),
+/// with the higher count of redemptions. `None` when either does not parse (the plain rules
+/// then apply, and [`check`] reports the bad one).
+fn merge_grants(folder: &[u8], api: &[u8]) -> Option<Vec<u8>> {
+    let parse = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|t| skiff_certs::AccessGrant::from_yaml(t).ok())
+    };
+    let (f, a) = (parse(folder)?, parse(api)?);
+    let mut merged = a.clone();
+    merged.spec.redemptions_made = a.spec.redemptions_made.max(f.spec.redemptions_made);
+    Some(if merged == a {
+        api.to_vec()
+    } else if merged == f {
+        folder.to_vec()
+    } else {
+        merged.to_yaml().into_bytes()
+    })
+}
+
+/// Whether an item may be written into the folder: a file name, and a resource this version
+/// reads. A Secret that fails is reported and left alone; it never stops the site.
+pub fn check(item: &Item, value: &[u8]) -> Result<(), String> {
+    let (kind, name) = item;
+    crate::resources::validate_name(kind.label(), name).map_err(|e| e.to_string())?;
+    let text = std::str::from_utf8(value).map_err(|_| "not UTF-8 text".to_string())?;
+    let origin = std::path::Path::new(kind.data_key());
+    match kind {
+        Kind::Link => crate::resources::from_yaml::<crate::resources::Link>(text, origin)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Kind::Peer => crate::resources::from_yaml::<crate::resources::LinkedSite>(text, origin)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Kind::Grant => skiff_certs::AccessGrant::from_yaml(text)
+            .map(|_| ())
+            .map_err(|e| format!("{}: {e}", kind.data_key())),
+    }
+}
+
+/// File of the base, in the site folder (0600: it holds copies of the mirrored secrets).
+const BASE_FILE: &str = "mirror-base.json";
+
+/// The base saved by the last pass in this folder, if any (a container restarted in the same
+/// pod keeps its emptyDir, and with it what the API has not seen yet).
+pub fn load_base(folder: &SiteFolder) -> Result<Option<Blobs>, SiteError> {
+    let path = folder.root().join(BASE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SiteError::io("read", &path, e)),
+    };
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(&text).map_err(|e| SiteError::BadResource {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut out = Blobs::new();
+    for (key, value) in map {
+        let Some((label, name)) = key.split_once('/') else {
+            continue;
+        };
+        if let Some(kind) = Kind::from_label(label) {
+            out.insert((kind, name.to_string()), value.into_bytes());
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Saves the base for [`load_base`].
+pub fn save_base(folder: &SiteFolder, base: &Blobs) -> Result<(), SiteError> {
+    let map: BTreeMap<String, String> = base
+        .iter()
+        .map(|((kind, name), v)| {
+            (
+                format!("{}/{name}", kind.label()),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    let text = serde_json::to_string(&map).expect("strings serialise");
+    write_atomic(&folder.root().join(BASE_FILE), text.as_bytes(), SECRET_MODE)
+}
+
+/// The base after some steps failed: a failed item keeps its old base, so the next pass
+/// still sees its change on the side it came from (a folder change is never mistaken for
+/// one from the API); items whose steps ran take their new state.
+pub fn settle(base: &Blobs, mut next: Blobs, failed: &BTreeSet<Item>) -> Blobs {
+    for item in failed {
+        match base.get(item) {
+            Some(v) => {
+                next.insert(item.clone(), v.clone());
+            }
+            None => {
+                next.remove(item);
+            }
+        }
+    }
+    next
 }
 
 /// The mirrored files of the folder.
@@ -241,6 +359,91 @@ mod tests {
         let (steps, next) = plan(&Blobs::new(), &Blobs::new(), &api);
         assert_eq!(steps.len(), 2);
         assert_eq!(next, api);
+    }
+
+    fn grant(made: u32, window_secs: u64) -> Vec<u8> {
+        let mut g = skiff_certs::AccessGrant::new(
+            "g",
+            std::time::Duration::from_secs(window_secs),
+            2,
+            1,
+            time::macros::datetime!(2026-11-25 12:00 UTC),
+        );
+        g.spec.code = "one-code-for-every-version".into();
+        for _ in 0..made {
+            g.spend();
+        }
+        g.to_yaml().into_bytes()
+    }
+
+    #[test]
+    fn a_spent_grant_is_never_unspent() {
+        let it = item(Kind::Grant, "g");
+        let unspent = grant(0, 900);
+        let spent = grant(1, 900);
+        let base: Blobs = [(it.clone(), unspent.clone())].into();
+        let folder: Blobs = [(it.clone(), spent.clone())].into();
+        // An operator restores an old backup of the Secret with a longer window while the
+        // site spends the grant: the API's version, with the spend kept, goes to both sides.
+        let restored: Blobs = [(it.clone(), grant(0, 3600))].into();
+        let (steps, next) = plan(&base, &folder, &restored);
+        let merged = next[&it].clone();
+        let text = String::from_utf8(merged.clone()).unwrap();
+        assert!(text.contains("redemptionsMade: 1"), "{text}");
+        assert!(
+            text.contains("expirationWindow: 1h") || text.contains("3600"),
+            "{text}"
+        );
+        assert_eq!(
+            steps,
+            vec![
+                Step::ToFolder(it.clone(), merged.clone()),
+                Step::ToApi(it.clone(), merged)
+            ]
+        );
+        // A stale base (a step that failed) cannot make the API's unspent copy win.
+        let (steps, next) = plan(&Blobs::new(), &folder, &[(it.clone(), unspent)].into());
+        assert_eq!(steps, vec![Step::ToApi(it.clone(), spent.clone())]);
+        assert_eq!(next[&it], spent);
+    }
+
+    #[test]
+    fn a_failed_step_keeps_its_items_old_base() {
+        // Pass N: a new link goes to the API, a new grant fails to.
+        let (l, g) = (item(Kind::Link, "l"), item(Kind::Grant, "g"));
+        let folder: Blobs = [(l.clone(), b"link".to_vec()), (g.clone(), grant(0, 900))].into();
+        let (steps, next) = plan(&Blobs::new(), &folder, &Blobs::new());
+        assert_eq!(steps.len(), 2);
+        let base = settle(&Blobs::new(), next, &[g.clone()].into());
+        assert_eq!(base.get(&l).map(Vec::as_slice), Some(&b"link"[..]));
+        assert!(!base.contains_key(&g));
+        // Pass N+1: the API has the link only; the grant is still the folder's to push.
+        let api: Blobs = [(l.clone(), b"link".to_vec())].into();
+        let (steps, _) = plan(&base, &folder, &api);
+        assert_eq!(steps, vec![Step::ToApi(g, grant(0, 900))]);
+    }
+
+    #[test]
+    fn items_are_checked_before_they_reach_the_folder() {
+        assert!(check(&item(Kind::Grant, "g"), &grant(0, 900)).is_ok());
+        let err = check(
+            &item(Kind::Link, "l"),
+            b"apiVersion: skiff.io/v1alpha1\nkind: Link\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("link.yaml"), "{err}");
+        assert!(check(&item(Kind::Peer, "../../etc"), b"x").is_err());
+        assert!(check(&item(Kind::Grant, "g"), &[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn the_base_survives_in_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        assert_eq!(load_base(&folder).unwrap(), None);
+        let base = blobs(&[(Kind::Link, "l", "a: 1\n"), (Kind::Peer, "p", "b")]);
+        save_base(&folder, &base).unwrap();
+        assert_eq!(load_base(&folder).unwrap(), Some(base));
     }
 
     #[test]

@@ -21,12 +21,14 @@
 //! # Layout
 //! - [`names`]: labels, annotations, object names.
 //! - [`desired`]: the desired state as a pure function, and the Service steps.
+//! - [`keys`]: which keys served elsewhere keep their Service (held while a site restarts).
 //! - [`mirror`]: the three-way merge of links, grants and linked sites.
 //! - `identity`: the site's settings and identity Secret.
 //! - `tokens`: redemption of token Secrets.
 
 pub mod desired;
 mod identity;
+pub mod keys;
 pub mod mirror;
 pub mod names;
 mod tokens;
@@ -45,6 +47,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use skiff_certs::SiteId;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -54,7 +57,7 @@ use crate::resources::{Resource, to_yaml};
 use crate::run::{RunOptions, RunningSite, SiteState};
 use desired::{Inputs, Problem, RemoteKey, ServiceStep};
 use identity::SiteSettings;
-use mirror::{Blobs, Kind, Step};
+use mirror::{Blobs, Item, Kind, Step};
 use names::{
     ANNOTATION_NAME, FIELD_MANAGER, LABEL_MANAGED_BY, LABEL_TYPE, LINK_SERVICE, MANAGED_BY,
 };
@@ -81,6 +84,9 @@ pub struct KubeOptions {
     pub resync: Duration,
     /// Hosts tokens carry before those of the site's ConfigMap (`--link-host`).
     pub link_hosts: Vec<String>,
+    /// How long the Service of a key is kept while the site serving it is unreachable, and
+    /// the Services found at start while the links come up.
+    pub key_hold: Duration,
 }
 
 impl KubeOptions {
@@ -93,6 +99,7 @@ impl KubeOptions {
             link_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             resync: DEFAULT_RESYNC,
             link_hosts: Vec::new(),
+            key_hold: keys::DEFAULT_KEY_HOLD,
         }
     }
 }
@@ -212,6 +219,8 @@ pub struct KubeSite {
     site: RunningSite,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    ctx: Arc<Ctx>,
+    base: SharedBase,
 }
 
 impl KubeSite {
@@ -235,14 +244,21 @@ impl KubeSite {
             .map_err(|e| ctx.kube_error(format!("read Service {LINK_SERVICE}"), e))?;
         let hosts = identity::link_hosts(&ctx, &settings, link_service.as_ref());
         let id = identity::prepare_folder(&ctx, &settings, hosts.clone()).await?;
-        // Links, grants and linked sites: the API is the record at start.
-        let here = mirror::read_folder(&folder)?;
-        let there = read_mirrored(&ctx).await?;
-        let (steps, base) = mirror::plan(&here, &here, &there);
-        for step in &steps {
-            apply_mirror_step(&ctx, step).await?;
-        }
+        // Links, grants and linked sites. A container restarted in the same pod finds its
+        // folder and the base it last saved: a normal pass then keeps what the API has not
+        // seen yet. A new folder (a new pod) takes the API as the record.
+        let base = match mirror::load_base(&folder)? {
+            Some(b) => b,
+            None => mirror::read_folder(&folder)?,
+        };
         let base: SharedBase = Arc::new(tokio::sync::Mutex::new(base));
+        let restored = mirror_sync(&ctx, &base, false).await?;
+        for why in &restored.failed {
+            tracing::warn!(cause = %why, "a link, grant or linked site is not in step yet; the control loop retries");
+        }
+        for p in &restored.problems {
+            tracing::warn!(secret = %p.name, problem = %p.message, "Secret left alone");
+        }
         // Marks the folder: the CLI then refuses to edit listeners and connectors here.
         write_atomic(
             &folder.kubernetes_marker(),
@@ -261,7 +277,6 @@ impl KubeSite {
             namespace = %ctx.namespace,
             site = %settings.name,
             %id,
-            restored = steps.len(),
             "Kubernetes site started"
         );
         let ctx = Arc::new(ctx);
@@ -272,8 +287,21 @@ impl KubeSite {
         }));
         let (stop, stop_rx) = watch::channel(false);
         let state = site.shared_state();
-        let task = tokio::spawn(control_loop(ctx, state, settings, hosts, base, stop_rx));
-        Ok(KubeSite { site, stop, task })
+        let task = tokio::spawn(control_loop(
+            ctx.clone(),
+            state,
+            settings,
+            hosts,
+            base.clone(),
+            stop_rx,
+        ));
+        Ok(KubeSite {
+            site,
+            stop,
+            task,
+            ctx,
+            base,
+        })
     }
 
     /// The running site.
@@ -281,10 +309,20 @@ impl KubeSite {
         &self.site
     }
 
-    /// Stops the control loop, then the site.
+    /// Stops the control loop, pushes what the folder has that the API has not seen yet,
+    /// then stops the site.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        match mirror_sync(&self.ctx, &self.base, true).await {
+            Ok(out) if out.failed.is_empty() => {}
+            Ok(out) => {
+                tracing::warn!(failed = ?out.failed, "some changes did not reach their Secrets")
+            }
+            Err(e) => {
+                tracing::warn!(cause = %crate::error_chain(&e), "last mirror pass failed")
+            }
+        }
         self.site.stop().await;
     }
 }
@@ -448,46 +486,94 @@ where
 /// The mirror's last in-step state, shared by the loop and the grant commit hook.
 type SharedBase = Arc<tokio::sync::Mutex<Blobs>>;
 
-/// A mirror pass both ways; says whether the folder changed (the site must then reload).
-/// On a failed step the base stays as it was: the steps done made both sides equal for
-/// their items, so the next pass neither repeats nor loses anything.
-async fn mirror_pass(ctx: &Ctx, base: &SharedBase) -> Result<bool, SiteError> {
-    let mut base = base.lock().await;
-    let here = mirror::read_folder(&ctx.folder)?;
-    let there = read_mirrored(ctx).await?;
-    let (steps, next) = mirror::plan(&base, &here, &there);
-    let mut folder_changed = false;
-    for step in &steps {
-        apply_mirror_step(ctx, step).await?;
-        folder_changed |= matches!(step, Step::ToFolder(..) | Step::RemoveFromFolder(_));
-    }
-    *base = next;
-    Ok(folder_changed)
+/// What a mirror pass did.
+#[derive(Default)]
+struct MirrorOutcome {
+    /// The folder changed: the site must reload.
+    folder_changed: bool,
+    /// Secrets that cannot be used (bad name or content), reported and left alone.
+    problems: Vec<Problem>,
+    /// Steps that failed (their items are tried again at the next pass).
+    failed: Vec<String>,
 }
 
-/// The folder-to-API half of a pass, for the grant commit hook (which runs inside a
-/// redemption, where the site cannot reload): changes from the API are left for the loop,
-/// whose next pass still sees them because their base is kept.
-async fn mirror_push(ctx: &Ctx, base: &SharedBase) -> Result<(), SiteError> {
-    let mut base = base.lock().await;
-    let here = mirror::read_folder(&ctx.folder)?;
-    let there = read_mirrored(ctx).await?;
-    let (steps, mut next) = mirror::plan(&base, &here, &there);
+/// A mirror pass: both ways, or (`push_only`, for the grant commit hook, which runs inside a
+/// redemption where the site cannot reload) only the folder's changes to the API, leaving
+/// the API's for the loop.
+///
+/// A Secret that does not check out is left out of the pass entirely (so neither side
+/// changes for it) and reported. A step that fails keeps its item's old base, so its change
+/// is still seen from the side it came from at the next pass; the other items go on. The
+/// base is saved in the folder after every pass.
+async fn mirror_sync(
+    ctx: &Ctx,
+    shared: &SharedBase,
+    push_only: bool,
+) -> Result<MirrorOutcome, SiteError> {
+    let mut base = shared.lock().await;
+    let mut here = mirror::read_folder(&ctx.folder)?;
+    let mut there = read_mirrored(ctx).await?;
+    let mut out = MirrorOutcome::default();
+    let bad: Vec<Item> = there
+        .iter()
+        .filter_map(|(item, v)| mirror::check(item, v).err().map(|why| (item.clone(), why)))
+        .map(|(item, why)| {
+            out.problems.push(Problem {
+                kind: "Secret",
+                name: item.0.secret_name(&item.1),
+                reason: "InvalidResource",
+                message: format!(
+                    "{} of {} {}: {why}; it is left alone until fixed or deleted",
+                    item.0.data_key(),
+                    item.0.label(),
+                    item.1
+                ),
+            });
+            item
+        })
+        .collect();
+    let mut view = base.clone();
+    for item in &bad {
+        here.remove(item);
+        there.remove(item);
+        view.remove(item);
+    }
+    let (steps, next) = mirror::plan(&view, &here, &there);
+    let mut failed = BTreeSet::new();
     for step in &steps {
-        match step {
-            Step::ToApi(..) | Step::RemoveFromApi(_) => apply_mirror_step(ctx, step).await?,
-            Step::ToFolder(item, _) | Step::RemoveFromFolder(item) => match base.get(item) {
-                Some(v) => {
-                    next.insert(item.clone(), v.clone());
+        let item = match step {
+            Step::ToFolder(i, _) | Step::RemoveFromFolder(i) => {
+                if push_only {
+                    failed.insert(i.clone());
+                    continue;
                 }
-                None => {
-                    next.remove(item);
-                }
-            },
+                i
+            }
+            Step::ToApi(i, _) | Step::RemoveFromApi(i) => i,
+        };
+        match apply_mirror_step(ctx, step).await {
+            Ok(()) => {
+                out.folder_changed |=
+                    matches!(step, Step::ToFolder(..) | Step::RemoveFromFolder(_));
+            }
+            Err(e) => {
+                failed.insert(item.clone());
+                out.failed.push(crate::error_chain(&e));
+            }
         }
     }
-    *base = next;
-    Ok(())
+    let mut next = mirror::settle(&view, next, &failed);
+    // Bad items keep whatever base they had.
+    for item in &bad {
+        if let Some(v) = base.get(item) {
+            next.insert(item.clone(), v.clone());
+        }
+    }
+    if next != *base {
+        mirror::save_base(&ctx.folder, &next)?;
+        *base = next;
+    }
+    Ok(out)
 }
 
 /// Commits redemptions to Secrets (see [`crate::grant::CommitHook`]).
@@ -501,9 +587,13 @@ impl crate::grant::CommitHook for SecretCommit {
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            mirror_push(&self.ctx, &self.base)
+            let out = mirror_sync(&self.ctx, &self.base, true)
                 .await
-                .map_err(|e| crate::error_chain(&e))
+                .map_err(|e| crate::error_chain(&e))?;
+            match out.failed.first() {
+                Some(why) => Err(why.clone()),
+                None => Ok(()),
+            }
         })
     }
 }
@@ -515,6 +605,13 @@ struct LoopState {
     base: SharedBase,
     retries: tokens::Retries,
     reported: BTreeSet<Problem>,
+    /// The folder changed and the site has not reloaded it yet (a pass failed after that).
+    reload_pending: bool,
+    /// Keys served elsewhere, held while their site restarts.
+    hold: keys::KeyHold,
+    /// Last known problems and token outcomes (kept in the status when a pass fails).
+    problems: Vec<Problem>,
+    tokens: Vec<tokens::TokenOutcome>,
 }
 
 async fn control_loop(
@@ -525,6 +622,32 @@ async fn control_loop(
     base: SharedBase,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The Services of keys served elsewhere that exist now keep their keys until the links
+    // are up and say otherwise.
+    let mut hold = keys::KeyHold::new(ctx.opts.key_hold);
+    match ctx
+        .list::<Service>(
+            "Services",
+            Some(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
+        )
+        .await
+    {
+        Ok(services) => hold.seed(
+            services.iter().filter_map(|s| {
+                let key = s.metadata.labels.as_ref()?.get(names::LABEL_ROUTING_KEY)?;
+                let port = s.spec.as_ref()?.ports.as_ref()?.first()?.port;
+                Some(RemoteKey {
+                    key: key.clone(),
+                    port: u16::try_from(port).ok()?,
+                    protocol: "tcp".into(),
+                })
+            }),
+            std::time::Instant::now(),
+        ),
+        Err(e) => {
+            tracing::warn!(cause = %crate::error_chain(&e), "could not read the managed Services; keys are known once the links are up")
+        }
+    }
     let wake = Arc::new(Notify::new());
     let watches = [
         watch_kind::<Service>(&ctx, None, wake.clone()),
@@ -538,10 +661,14 @@ async fn control_loop(
         base,
         retries: tokens::Retries::default(),
         reported: BTreeSet::new(),
+        reload_pending: false,
+        hold,
+        problems: Vec::new(),
+        tokens: Vec::new(),
     };
     let mut resync = tokio::time::interval(ctx.opts.resync);
     let mut network = tokio::time::interval(NETWORK_POLL);
-    let mut last_keys = remote_keys(&state);
+    let mut last_view = network_view(&state);
     let mut last_folder = mirror::read_folder(&ctx.folder).unwrap_or_default();
     loop {
         tokio::select! {
@@ -554,19 +681,19 @@ async fn control_loop(
             _ = network.tick() => {
                 // New or gone keys in the network, or a change the site made in its folder
                 // (`skiff token issue` in the pod writes a grant): a pass now.
-                let keys = remote_keys(&state);
+                let view = network_view(&state);
                 let folder = mirror::read_folder(&ctx.folder).unwrap_or_default();
-                if keys == last_keys && folder == last_folder {
+                if view == last_view && folder == last_folder {
                     continue;
                 }
-                last_keys = keys;
+                last_view = view;
                 last_folder = folder;
             }
         }
         if let Err(e) = reconcile(&ctx, &state, &mut memory).await {
             let cause = crate::error_chain(&e);
             tracing::warn!(%cause, "reconcile failed; trying again at the next change or resync");
-            set_status(&ctx, &state, &memory, &[], &[], Some(cause));
+            set_status(&ctx, &state, &memory, Some(cause));
         }
     }
     for w in watches {
@@ -574,25 +701,31 @@ async fn control_loop(
     }
 }
 
-/// Keys other reachable sites serve, from the router's view of the network.
-fn remote_keys(state: &SiteState) -> Vec<RemoteKey> {
-    let mut out: Vec<RemoteKey> = state
-        .router()
-        .network()
-        .routers
-        .into_iter()
-        .filter(|r| !r.local && r.reachable)
-        .flat_map(|r| r.keys)
-        .filter(|k| k.connectors > 0)
-        .map(|k| RemoteKey {
-            key: k.key.as_str().to_string(),
-            port: k.port,
-            protocol: k.protocol.to_string(),
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.key, a.port).cmp(&(&b.key, b.port)));
-    out.dedup();
-    out
+/// What the router knows of the other sites: the keys reachable ones serve, and which are
+/// reachable.
+type NetworkView = (Vec<(SiteId, RemoteKey)>, BTreeSet<SiteId>);
+
+fn network_view(state: &SiteState) -> NetworkView {
+    let mut live = Vec::new();
+    let mut reachable = BTreeSet::new();
+    for r in state.router().network().routers {
+        if r.local || !r.reachable {
+            continue;
+        }
+        reachable.insert(r.id);
+        for k in r.keys.into_iter().filter(|k| k.connectors > 0) {
+            live.push((
+                r.id,
+                RemoteKey {
+                    key: k.key.as_str().to_string(),
+                    port: k.port,
+                    protocol: k.protocol.to_string(),
+                },
+            ));
+        }
+    }
+    live.sort_by(|a, b| (a.0, &a.1.key, a.1.port).cmp(&(b.0, &b.1.key, b.1.port)));
+    (live, reachable)
 }
 
 /// One pass: tokens, mirror, listeners and connectors, Services, problems.
@@ -611,9 +744,14 @@ async fn reconcile(ctx: &Ctx, state: &SiteState, memory: &mut LoopState) -> Resu
 
     // 1. Tokens.
     let (token_outcomes, _) = tokens::redeem_tokens(ctx, &token_secrets, &mut memory.retries).await;
+    memory.tokens = token_outcomes;
 
     // 2. Links, grants and linked sites.
-    let mut folder_changed = mirror_pass(ctx, &memory.base).await?;
+    let mirrored = mirror_sync(ctx, &memory.base, false).await?;
+    memory.reload_pending |= mirrored.folder_changed;
+    for why in &mirrored.failed {
+        tracing::warn!(cause = %why, "a mirror step failed; trying again at the next pass");
+    }
 
     // Hosts tokens carry: the load balancer's address appears after the site started.
     let link_service = services
@@ -630,7 +768,10 @@ async fn reconcile(ctx: &Ctx, state: &SiteState, memory: &mut LoopState) -> Resu
     }
 
     // 3. Listeners, connectors, Services.
-    let remote = remote_keys(state);
+    let (live, reachable) = network_view(state);
+    let remote = memory
+        .hold
+        .update(&live, &reachable, std::time::Instant::now());
     let current_ports: BTreeMap<String, u16> = crate::services::list_listeners(&ctx.folder)?
         .into_iter()
         .filter_map(|l| Some((l.spec.routing_key?, l.spec.port)))
@@ -643,14 +784,28 @@ async fn reconcile(ctx: &Ctx, state: &SiteState, memory: &mut LoopState) -> Resu
         remote_keys: &remote,
         listener_ports: ctx.opts.listener_ports.clone(),
     });
-    folder_changed |= sync_dir(&ctx.folder.listeners_dir(), &want.listeners)?;
-    folder_changed |= sync_dir(&ctx.folder.connectors_dir(), &want.connectors)?;
-    if folder_changed {
+    memory.reload_pending |= sync_dir(&ctx.folder.listeners_dir(), &want.listeners)?;
+    memory.reload_pending |= sync_dir(&ctx.folder.connectors_dir(), &want.connectors)?;
+    if memory.reload_pending {
         state.reload().await?;
+        memory.reload_pending = false;
     }
     let api = ctx.api::<Service>();
     for step in desired::service_steps(&want.services, &services) {
         match step {
+            ServiceStep::Create(m) => {
+                match api
+                    .create(&PostParams::default(), &desired::service_object(&m))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(service = %m.name, port = m.port, listener_port = m.target_port, "Service created")
+                    }
+                    // Made by someone else since the LIST: theirs; the next pass reports it.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(ctx.kube_error(format!("create Service {}", m.name), e)),
+                }
+            }
             ServiceStep::Apply(m) => {
                 api.patch(
                     &m.name,
@@ -682,7 +837,10 @@ async fn reconcile(ctx: &Ctx, state: &SiteState, memory: &mut LoopState) -> Resu
                 .and_then(|c| c.metadata.uid.clone()),
         }
     };
-    let now: BTreeSet<Problem> = want.problems.iter().cloned().collect();
+    let mut problems = want.problems.clone();
+    problems.extend(mirrored.problems);
+    problems.sort();
+    let now: BTreeSet<Problem> = problems.iter().cloned().collect();
     for p in now.difference(&memory.reported) {
         tracing::warn!(object = %format!("{}/{}", p.kind, p.name), reason = p.reason, message = %p.message, "problem");
         ctx.event(
@@ -696,19 +854,14 @@ async fn reconcile(ctx: &Ctx, state: &SiteState, memory: &mut LoopState) -> Resu
         .await;
     }
     memory.reported = now;
-    set_status(ctx, state, memory, &want.problems, &token_outcomes, None);
+    memory.problems = problems;
+    set_status(ctx, state, memory, None);
     Ok(())
 }
 
-fn set_status(
-    ctx: &Ctx,
-    state: &SiteState,
-    memory: &LoopState,
-    problems: &[Problem],
-    tokens: &[tokens::TokenOutcome],
-    error: Option<String>,
-) {
-    let problems: Vec<_> = problems
+fn set_status(ctx: &Ctx, state: &SiteState, memory: &LoopState, error: Option<String>) {
+    let problems: Vec<_> = memory
+        .problems
         .iter()
         .map(|p| {
             serde_json::json!({
@@ -722,7 +875,7 @@ fn set_status(
         "namespace": ctx.namespace,
         "linkHosts": memory.hosts,
         "problems": problems,
-        "tokens": tokens,
+        "tokens": memory.tokens,
         "lastError": error,
     }));
 }

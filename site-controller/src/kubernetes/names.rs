@@ -96,6 +96,18 @@ pub fn resource_name(text: &str) -> String {
     format!("{}-{hash}", head.trim_end_matches('-'))
 }
 
+/// A resource name made from free text that stays distinct for distinct texts (two IPv6
+/// addresses may sanitise alike): the sanitised text, cut to 54 characters, and 8 hex digits
+/// of its hash.
+pub fn unique_name(text: &str) -> String {
+    let head: String = resource_name(text).chars().take(54).collect();
+    format!(
+        "{}-{}",
+        head.trim_end_matches('-'),
+        &sha256_hex(text.as_bytes())[..8]
+    )
+}
+
 /// SHA-256 of `data` in hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, data)
@@ -131,5 +143,12 @@ mod tests {
         assert!(a.len() <= 63 && b.len() <= 63);
         assert_ne!(a, b);
         assert!(crate::resources::validate_name("connector", &a).is_ok());
+        let (x, y) = (
+            unique_name("db-5432-fd00::1:0"),
+            unique_name("db-5432-fd00:1::0"),
+        );
+        assert_ne!(x, y);
+        assert!(x.starts_with("db-5432-fd00-1-0-"), "{x}");
+        assert!(crate::resources::validate_name("connector", &x).is_ok());
     }
 }

@@ -142,11 +142,15 @@ fn outcome(secret: &str, status: &str, message: &str) -> TokenOutcome {
     }
 }
 
-/// Writes the outcome on the Secret and as an Event. Failing to write it is logged: the
-/// next pass tries again (the status is unchanged, so the token is not redeemed twice once
-/// redeemed: a redeemed token's retry is answered by the issuer without spending it again).
+/// Writes the outcome on the Secret, and as an Event when the status changed (a token
+/// retried every minute gives one Event, not one a minute). Failing to write it is logged:
+/// the next pass tries again (a redeemed token redeemed again is answered by the issuer
+/// without spending it twice).
 async fn record(ctx: &Ctx, s: &Secret, status: &str, message: &str, hash: Option<&str>) {
     let name = s.metadata.name.clone().unwrap_or_default();
+    let notes = s.metadata.annotations.clone().unwrap_or_default();
+    let changed = notes.get(ANNOTATION_STATUS).map(String::as_str) != Some(status)
+        || notes.get(ANNOTATION_TOKEN_HASH).map(String::as_str) != hash;
     let mut notes = BTreeMap::from([
         (ANNOTATION_STATUS, Some(status)),
         (ANNOTATION_STATUS_MESSAGE, Some(message)),
@@ -159,6 +163,9 @@ async fn record(ctx: &Ctx, s: &Secret, status: &str, message: &str, hash: Option
         .await
     {
         tracing::warn!(secret = %name, cause = %e, "could not record the token's outcome");
+    }
+    if !changed {
+        return;
     }
     let (kind, reason) = match status {
         "Redeemed" => (EventType::Normal, "TokenRedeemed"),

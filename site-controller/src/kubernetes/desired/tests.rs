@@ -112,7 +112,7 @@ fn after_steps(d: &Desired, actual: &[Service]) -> Vec<Service> {
     let mut out: Vec<Service> = actual.to_vec();
     for step in service_steps(&d.services, actual) {
         match step {
-            ServiceStep::Apply(m) => {
+            ServiceStep::Apply(m) | ServiceStep::Create(m) => {
                 out.retain(|s| s.metadata.name.as_deref() != Some(m.name.as_str()));
                 out.push(service_object(&m));
             }
@@ -156,10 +156,32 @@ fn an_exposed_service_gives_one_connector_per_ready_endpoint() {
 }
 
 #[test]
+fn an_exposed_service_nothing_can_serve_is_reported() {
+    let svcs = [exposed("backend", &[(None, 8080, 80)])];
+    let unready = [slice(
+        "backend",
+        &[(None, 80)],
+        &[("10.0.0.1", Some(false))],
+    )];
+    for slices in [&unready[..], &[]] {
+        let d = run(&svcs, slices, &[], &[]);
+        assert!(d.connectors.is_empty());
+        let reasons: Vec<&str> = d.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(reasons, ["NoReadyEndpoints"]);
+    }
+    let mut external = exposed("ext", &[(None, 443, 443)]);
+    external.spec.as_mut().unwrap().external_name = Some("api.example.com".into());
+    let d = run(&[external], &[], &[], &[]);
+    assert_eq!(d.problems[0].reason, "ExternalName");
+    assert!(d.problems[0].message.contains("host: api.example.com"));
+}
+
+#[test]
 fn the_annotation_is_needed_and_can_name_the_key() {
     let plain = [service("backend", &[], &[(None, 8080, 80)])];
     let slices = [slice("backend", &[(None, 80)], &[("10.0.0.1", Some(true))])];
-    assert!(run(&plain, &slices, &[], &[]).connectors.is_empty());
+    let d = run(&plain, &slices, &[], &[]);
+    assert!(d.connectors.is_empty() && d.problems.is_empty());
     let off = [service(
         "backend",
         &[(ANNOTATION_EXPOSE, "false")],
