@@ -80,30 +80,13 @@ async fn manifests_apply_and_the_controller_accepts_the_examples() {
     }
 
     // Applied for real, the east example is a site the controller runs as documented.
-    kubectl(
-        &server,
-        &["apply", "-n", "east", "-k", "examples/kubernetes/east"],
-    );
-    kubectl(
-        &server,
-        &[
-            "apply",
-            "-n",
-            "east",
-            "-f",
-            "examples/kubernetes/connector-configmap.yaml",
-        ],
-    );
-    kubectl(
-        &server,
-        &[
-            "apply",
-            "-n",
-            "east",
-            "-f",
-            "examples/kubernetes/listener-configmap.yaml",
-        ],
-    );
+    for target in [
+        ["-k", "examples/kubernetes/east"],
+        ["-f", "examples/kubernetes/connector-configmap.yaml"],
+        ["-f", "examples/kubernetes/listener-configmap.yaml"],
+    ] {
+        kubectl(&server, &[&["apply", "-n", "east"][..], &target].concat());
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut opts = KubeOptions::new("east");
     opts.link_bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
