@@ -148,7 +148,7 @@ impl skiff_router::link::InboundPolicy for LinkedSites {
 /// Where a redemption is committed beyond the site folder before it is answered (a Kubernetes
 /// site stores its grants and linked sites in Secrets: a pod lost right after answering must
 /// not come back with the grant unspent).
-pub trait CommitHook: Send + Sync {
+pub trait CommitHook: Send + Sync + std::fmt::Debug {
     /// Stores what the folder now holds; `Err` says why it could not.
     fn commit(
         &self,

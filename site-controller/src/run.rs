@@ -29,6 +29,9 @@ pub struct RunOptions {
     /// Bind link access to this address instead of the one chosen from the link hosts
     /// (loopback when every host is a loopback address, else every interface).
     pub link_bind: Option<IpAddr>,
+    /// Where redemptions are committed besides the folder before they are answered (set
+    /// before the link port opens, so no redemption escapes it).
+    pub grant_commit_hook: Option<Arc<dyn crate::grant::CommitHook>>,
 }
 
 /// What the admin API and reload share.
@@ -100,6 +103,9 @@ impl RunningSite {
             }),
         )
         .await?;
+        if let (Some(g), Some(hook)) = (&grants, &opts.grant_commit_hook) {
+            g.set_commit_hook(hook.clone());
+        }
         if let (Some(g), Some(addr)) = (&grants, router.link_addr()) {
             let _ = g.link_port.set(addr.port());
         }
@@ -314,14 +320,6 @@ impl SiteState {
     pub fn set_link_hosts(&self, hosts: Vec<String>) {
         if let Some(g) = &self.grants {
             g.set_link_hosts(hosts);
-        }
-    }
-
-    /// Makes redemptions commit through `hook` too before they are answered (no-op for a
-    /// site without link access).
-    pub fn set_grant_commit_hook(&self, hook: Arc<dyn crate::grant::CommitHook>) {
-        if let Some(g) = &self.grants {
-            g.set_commit_hook(hook);
         }
     }
 

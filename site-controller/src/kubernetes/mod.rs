@@ -265,11 +265,17 @@ impl KubeSite {
             format!("{}\n", ctx.namespace).as_bytes(),
             PUBLIC_MODE,
         )?;
+        let ctx = Arc::new(ctx);
         let site = RunningSite::start(
             folder,
             RunOptions {
                 admin_address: ctx.opts.admin_address,
                 link_bind: Some(ctx.opts.link_bind),
+                // A redemption here is answered only once its spent grant is in a Secret.
+                grant_commit_hook: Some(Arc::new(SecretCommit {
+                    ctx: ctx.clone(),
+                    base: base.clone(),
+                })),
             },
         )
         .await?;
@@ -279,12 +285,6 @@ impl KubeSite {
             %id,
             "Kubernetes site started"
         );
-        let ctx = Arc::new(ctx);
-        // A redemption here is answered only once its spent grant is in a Secret.
-        site.state().set_grant_commit_hook(Arc::new(SecretCommit {
-            ctx: ctx.clone(),
-            base: base.clone(),
-        }));
         let (stop, stop_rx) = watch::channel(false);
         let state = site.shared_state();
         let task = tokio::spawn(control_loop(
@@ -580,6 +580,12 @@ async fn mirror_sync(
 struct SecretCommit {
     ctx: Arc<Ctx>,
     base: SharedBase,
+}
+
+impl std::fmt::Debug for SecretCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretCommit(namespace {})", self.ctx.namespace)
+    }
 }
 
 impl crate::grant::CommitHook for SecretCommit {
