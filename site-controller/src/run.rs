@@ -409,6 +409,9 @@ impl SiteState {
         for s in ["up", "connecting", "refused"] {
             out.push_str(&format!("skiff_links{{status=\"{s}\"}} {}\n", count(s)));
         }
+        out.push_str(&skiff_router::flow::http_prometheus_text(
+            &self.router.http_metrics(),
+        ));
         out.push_str("# HELP skiff_info Build information.\n# TYPE skiff_info gauge\n");
         out.push_str(&format!(
             "skiff_info{{version=\"{}\",site=\"{}\"}} 1\n",

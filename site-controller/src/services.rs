@@ -20,13 +20,12 @@ pub enum Saved {
     Updated,
 }
 
-/// The protocol of a `--type` value; `http` and `http2` are refused until they are built.
+/// The protocol of a `--type` value.
 pub fn parse_type(value: &str) -> Result<Protocol, String> {
     match value {
         "tcp" => Ok(Protocol::Tcp),
-        "http" | "http2" => Err(format!(
-            "type {value} is not yet supported: skiff carries tcp for now (HTTP routing per request is coming)"
-        )),
+        "http" => Ok(Protocol::Http),
+        "http2" => Ok(Protocol::Http2),
         other => Err(format!("type {other:?} is not one of tcp, http, http2")),
     }
 }
@@ -272,11 +271,17 @@ mod tests {
     }
 
     #[test]
-    fn http_is_refused_as_not_yet_supported_and_bad_keys_are_named() {
+    fn types_and_bad_keys_are_named() {
         let mut h = base();
-        h.protocol = "http".into();
+        h.protocol = "http2".into();
+        assert_eq!(
+            listener_spec(&listener(h)).unwrap().protocol,
+            Protocol::Http2
+        );
+        let mut h = base();
+        h.protocol = "grpc".into();
         let err = listener_spec(&listener(h)).unwrap_err();
-        assert!(err.contains("not yet supported"), "{err}");
+        assert!(err.contains("not one of tcp, http, http2"), "{err}");
         let mut k = base();
         k.routing_key = Some("Bad Key!".into());
         let err = listener_spec(&listener(k)).unwrap_err();

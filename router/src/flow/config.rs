@@ -100,6 +100,9 @@ pub struct ListenerStatus {
     pub flows_total: u64,
     /// Client connections refused (no target, or every target failed).
     pub flows_refused: u64,
+    /// HTTP listeners: requests to its first key by status class (`2xx`, ..., `error`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<BTreeMap<String, u64>>,
 }
 
 /// A connector as shown to operators.
@@ -176,6 +179,8 @@ pub(crate) struct Connector {
     pub(crate) spec: ConnectorSpec,
     error: Option<String>,
     pub(crate) counters: Arc<Counters>,
+    /// Connections to the backend of an `http` or `http2` connector.
+    pub(crate) http_pool: Option<Arc<super::http::BackendPool>>,
 }
 
 impl Connector {
@@ -238,14 +243,7 @@ fn strategy_keys(s: &Strategy) -> Vec<&RoutingKey> {
     }
 }
 
-fn unsupported(protocol: Protocol) -> Option<String> {
-    (protocol != Protocol::Tcp).then(|| format!("type {protocol} is not yet supported (use tcp)"))
-}
-
 fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
-    if let Some(reason) = unsupported(spec.protocol) {
-        return Err(reason);
-    }
     let host = if spec.host.is_empty() {
         "0.0.0.0"
     } else {
@@ -273,14 +271,21 @@ fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
 }
 
 impl Config {
-    /// The connectors serving `key` with TCP, least busy first.
-    pub(crate) fn connectors_for(&self, key: &RoutingKey) -> Vec<Arc<Connector>> {
+    /// The connectors serving `key` with a protocol of the family (HTTP, or TCP), least busy
+    /// first.
+    pub(crate) fn connectors_for_family(
+        &self,
+        key: &RoutingKey,
+        http: bool,
+    ) -> Vec<Arc<Connector>> {
         let mut out: Vec<Arc<Connector>> = self
             .connectors
             .read()
             .unwrap()
             .values()
-            .filter(|c| c.error.is_none() && &c.spec.routing_key == key)
+            .filter(|c| {
+                c.error.is_none() && &c.spec.routing_key == key && c.spec.protocol.is_http() == http
+            })
             .cloned()
             .collect();
         out.sort_by_key(|c| c.active());
@@ -356,9 +361,16 @@ async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
             None => return,
             Some(Ok((tcp, remote))) => {
                 let span = tracing::debug_span!("client", %remote);
-                flows.tasks.spawn(
-                    super::tcp::serve_client(flows.clone(), listener.clone(), tcp).instrument(span),
-                );
+                let (f, l) = (flows.clone(), listener.clone());
+                if listener.spec.protocol.is_http() {
+                    flows
+                        .tasks
+                        .spawn(super::http::serve_client(f, l, tcp).instrument(span));
+                } else {
+                    flows
+                        .tasks
+                        .spawn(super::tcp::serve_client(f, l, tcp).instrument(span));
+                }
             }
             Some(Err(e)) => {
                 tracing::warn!(cause = %e, "accepting a client connection failed");
@@ -384,16 +396,20 @@ pub(crate) fn set_connectors(flows: &Arc<Flows>, specs: Vec<ConnectorSpec>) {
             connectors.remove(&name);
         }
         for spec in p.start {
-            let error = unsupported(spec.protocol);
-            if let Some(reason) = &error {
-                tracing::warn!(connector = %spec.name, %reason, "connector not started");
-            }
+            let http_pool = spec.protocol.is_http().then(|| {
+                Arc::new(super::http::BackendPool::new(
+                    &spec.host,
+                    spec.port,
+                    spec.protocol == Protocol::Http2,
+                ))
+            });
             connectors.insert(
                 spec.name.clone(),
                 Arc::new(Connector {
                     spec,
-                    error,
+                    error: None,
                     counters: Arc::default(),
+                    http_pool,
                 }),
             );
         }
@@ -402,14 +418,18 @@ pub(crate) fn set_connectors(flows: &Arc<Flows>, specs: Vec<ConnectorSpec>) {
     flows.routes.send(RouteEvent::LocalKeys(keys));
 }
 
-/// One [`KeyAd`] per key served by working connectors: their count, and the protocol and
-/// port of the first (by name).
+/// One [`KeyAd`] per key served by working connectors: the protocol and port of the first (by
+/// name), and the count of those of its family (HTTP or TCP; a key is served by one family).
 fn advertised_keys<'a>(connectors: impl Iterator<Item = &'a Connector>) -> Vec<KeyAd> {
     let mut by_key: BTreeMap<&RoutingKey, KeyAd> = BTreeMap::new();
     for c in connectors.filter(|c| c.error.is_none()) {
         by_key
             .entry(&c.spec.routing_key)
-            .and_modify(|ad| ad.connectors += 1)
+            .and_modify(|ad| {
+                if ad.protocol.is_http() == c.spec.protocol.is_http() {
+                    ad.connectors += 1
+                }
+            })
             .or_insert_with(|| KeyAd {
                 key: c.spec.routing_key.clone(),
                 connectors: 1,
@@ -458,6 +478,11 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
                 flows_active: l.counters.active.load(Ordering::Relaxed),
                 flows_total: l.counters.total.load(Ordering::Relaxed),
                 flows_refused: l.counters.failed.load(Ordering::Relaxed),
+                requests: l.spec.protocol.is_http().then(|| {
+                    keys.first()
+                        .map(|k| flows.http_metrics.key(k.as_str()).snapshot().requests)
+                        .unwrap_or_default()
+                }),
             }
         })
         .collect()
@@ -522,8 +547,9 @@ mod tests {
                 advertised_port: None,
                 protocol,
             },
-            error: unsupported(protocol),
+            error: None,
             counters: Arc::default(),
+            http_pool: None,
         };
         let all = [
             c("a", 5432, Protocol::Tcp),
@@ -532,6 +558,8 @@ mod tests {
         ];
         let ads = advertised_keys(all.iter());
         assert_eq!(ads.len(), 1);
+        // A connector of the other family for the same key is not counted.
         assert_eq!((ads[0].connectors, ads[0].port), (2, 5432));
+        assert_eq!(ads[0].protocol, Protocol::Tcp);
     }
 }

@@ -22,6 +22,7 @@
 //! - `config`: listener and connector specs, their reconciliation, accept loops and status.
 
 mod config;
+mod http;
 mod splice;
 mod tcp;
 
@@ -44,7 +45,10 @@ pub(crate) use config::{
     connectors as config_connectors, listeners as config_listeners,
     set_connectors as config_set_connectors, set_listeners as config_set_listeners,
 };
+pub use http::metrics::{KeyMetricsSnapshot, prometheus_text as http_prometheus_text};
+pub use http::{ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES, RESPONSE_TIMEOUT};
 pub use splice::COPY_BUFFER;
+pub(crate) use tcp::set_keepalive;
 
 /// Client bytes an ingress reads (and keeps, for a retry elsewhere) before the egress has
 /// answered.
@@ -161,6 +165,10 @@ pub(crate) struct Flows {
     next_flow_id: AtomicU64,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// Per-key request metrics of HTTP listeners.
+    pub(crate) http_metrics: http::metrics::HttpMetrics,
+    /// HTTP/2 connections to egress routers.
+    pub(crate) http_peers: http::Peers,
 }
 
 impl Flows {
@@ -183,6 +191,8 @@ impl Flows {
             next_flow_id: AtomicU64::new(random_u64() >> 16 << 16),
             tasks: TaskTracker::new(),
             shutdown,
+            http_metrics: http::metrics::HttpMetrics::default(),
+            http_peers: http::Peers::default(),
         })
     }
 
@@ -200,6 +210,23 @@ impl Flows {
         let mut targets = self.routes.read().choose(strategy, &f, random_u64());
         let score = |t: &Target| (t.key.clone(), u64::from(t.cost) + u64::from(f(t.router)));
         shuffle_ties(&mut targets, score, random_u64);
+        targets
+    }
+
+    /// [`Flows::choose`], keeping the targets whose router serves the key with a protocol
+    /// of the listener's family: HTTP (`http`, `http2`) or not (`tcp`).
+    pub(crate) fn choose_family(
+        &self,
+        strategy: &crate::routing::Strategy,
+        http: bool,
+    ) -> Vec<Target> {
+        let mut targets = self.choose(strategy);
+        let routes = self.routes.read();
+        targets.retain(|t| {
+            routes
+                .key_protocol(t.router, &t.key)
+                .is_some_and(|p| p.is_http() == http)
+        });
         targets
     }
 

@@ -42,7 +42,7 @@ fn log_end(end: &SpliceEnd) {
 
 /// Serves one client connection accepted by `listener`.
 pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, client: TcpStream) {
-    let targets = flows.choose(&listener.spec.strategy);
+    let targets = flows.choose_family(&listener.spec.strategy, false);
     if targets.is_empty() {
         listener.counters.fail();
         tracing::debug!("refused a client: no reachable target");
@@ -249,7 +249,7 @@ async fn connect_local(
     flows: &Flows,
     key: &RoutingKey,
 ) -> Result<(TcpStream, Arc<Connector>), FlowStatusFrame> {
-    let connectors = flows.config.connectors_for(key);
+    let connectors = flows.config.connectors_for_family(key, false);
     if connectors.is_empty() {
         let why = if flows.config.has_connector(key) {
             "its connectors here are not usable"
@@ -290,7 +290,7 @@ async fn connect_local(
 }
 
 /// Connects to host:port within [`CONNECT_TIMEOUT`], trying each address in turn.
-async fn connect_backend(host: &str, port: u16) -> Result<TcpStream, FlowStatusFrame> {
+pub(crate) async fn connect_backend(host: &str, port: u16) -> Result<TcpStream, FlowStatusFrame> {
     let work = async {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
@@ -362,7 +362,7 @@ async fn read_header(stream: &mut LinkStream) -> Result<(FlowHeader, BytesMut), 
 }
 
 /// Answers a flow with a failure status and ends the stream.
-async fn answer_failure(stream: &mut LinkStream, status: FlowStatusFrame) {
+pub(crate) async fn answer_failure(stream: &mut LinkStream, status: FlowStatusFrame) {
     tracing::debug!(code = %status.code, reason = %status.message, "flow refused");
     let mut out = BytesMut::new();
     status.encode(&mut out);
@@ -420,13 +420,8 @@ async fn egress(
     origin: SiteId,
     leftover: BytesMut,
 ) {
-    if header.protocol != Protocol::Tcp {
-        let why = format!("type {} flows are not yet supported", header.protocol);
-        answer_failure(
-            &mut stream,
-            FlowStatusFrame::fail(FlowStatusCode::Denied, why),
-        )
-        .await;
+    if header.protocol.is_http() {
+        super::http::serve_egress(flows, stream, header, key, origin, leftover).await;
         return;
     }
     let (mut backend, connector) = match connect_local(flows, &key).await {
@@ -532,7 +527,7 @@ async fn transit(
 
 /// Turns on TCP keepalive, so a flow to a host that vanished ends instead of holding its
 /// task, sockets and buffers forever.
-fn set_keepalive(tcp: &TcpStream) {
+pub(crate) fn set_keepalive(tcp: &TcpStream) {
     let ka = socket2::TcpKeepalive::new()
         .with_time(TCP_KEEPALIVE_IDLE)
         .with_interval(TCP_KEEPALIVE_INTERVAL)

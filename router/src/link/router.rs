@@ -365,6 +365,13 @@ impl Router {
         self.flows.snapshot()
     }
 
+    /// Request metrics of HTTP listeners, by routing key.
+    pub fn http_metrics(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::flow::KeyMetricsSnapshot> {
+        self.flows.http_metrics.snapshot()
+    }
+
     /// The network as this router knows it: every router, its links, every routing key.
     pub fn network(&self) -> super::NetworkStatus {
         super::NetworkStatus::of(&self.shared.routes.read())

@@ -129,6 +129,17 @@ impl Topology {
         }
     }
 
+    /// The protocol `router` advertises for `key`, if it advertises the key.
+    pub fn key_protocol(&self, router: SiteId, key: &RoutingKey) -> Option<super::Protocol> {
+        self.db
+            .get(&router)?
+            .ad
+            .keys
+            .iter()
+            .find(|k| &k.key == key)
+            .map(|k| k.protocol)
+    }
+
     /// Whether any router we can reach (ourselves included) has a connector for `key`.
     pub fn has_route(&self, key: &RoutingKey) -> bool {
         self.key_index.get(key).is_some_and(|routers| {

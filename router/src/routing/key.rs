@@ -98,6 +98,11 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Whether requests are routed one by one (`http`, `http2`), not connections.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2)
+    }
+
     pub(crate) fn to_wire(self) -> u8 {
         match self {
             Protocol::Tcp => 0,

@@ -5,8 +5,10 @@
 //! - this file: networks of routers (chains, stars), backends, waiting helpers.
 //! - `transfer`: bytes arrive intact over 1–3 hops; half-close; server-speaks-first.
 //! - `failures`: resets, refusals, balancing, failover, retries, reconciliation.
+//! - `http`: HTTP flows: per-request balancing, trailers, retries, upgrades.
 
 mod failures;
+mod http;
 mod transfer;
 
 use std::net::SocketAddr;

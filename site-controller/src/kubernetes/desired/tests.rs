@@ -246,19 +246,25 @@ fn a_multi_port_service_gives_one_key_per_port() {
 }
 
 #[test]
-fn http_types_are_reported_not_silently_dropped() {
-    let svcs = [service(
-        "web",
-        &[(ANNOTATION_EXPOSE, "true"), (ANNOTATION_TYPE, "http")],
-        &[(None, 80, 80)],
-    )];
+fn the_type_annotation_sets_the_protocol_and_a_bad_one_is_reported() {
+    let svc = |t: &str| {
+        [service(
+            "web",
+            &[(ANNOTATION_EXPOSE, "true"), (ANNOTATION_TYPE, t)],
+            &[(None, 80, 80)],
+        )]
+    };
     let slices = [slice("web", &[(None, 80)], &[("10.0.0.1", Some(true))])];
-    let d = run(&svcs, &slices, &[], &[]);
+    let d = run(&svc("http2"), &slices, &[], &[]);
+    assert_eq!(d.connectors.values().next().unwrap().spec.protocol, "http2");
+    let d = run(&svc("grpc"), &slices, &[], &[]);
     assert!(d.connectors.is_empty());
     assert_eq!(d.problems.len(), 1);
     assert_eq!(d.problems[0].reason, "UnsupportedType");
     assert!(
-        d.problems[0].message.contains("not yet supported"),
+        d.problems[0]
+            .message
+            .contains("not one of tcp, http, http2"),
         "{}",
         d.problems[0].message
     );

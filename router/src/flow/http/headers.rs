@@ -1,0 +1,160 @@
+//! Header rules of the HTTP proxy: hop-by-hop headers stripped in both directions, `Via`
+//! added, and the request shapes refused as smuggling attempts. Pure functions, unit-tested.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The `Via` value skiff adds.
+pub(crate) const VIA: &str = "1.1 skiff";
+
+/// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
+/// non-standard `Proxy-Connection` and `Keep-Alive`.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers and every header the `Connection` header names. `TE: trailers`
+/// survives (gRPC needs it end to end) when `keep_te_trailers` is set.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = keep_te_trailers
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends skiff to `Via`.
+pub(crate) fn add_via(headers: &mut HeaderMap) {
+    headers.append(header::VIA, HeaderValue::from_static(VIA));
+}
+
+/// Why a request head is refused before anything is sent on (400 Bad Request): the framing
+/// shapes that let two parsers disagree about where a request ends. hyper already refuses
+/// header folding, two different `Content-Length`s and bad chunk sizes; these are the ones it
+/// would accept and normalise in a way a backend behind another proxy might not.
+pub(crate) fn smuggling_shape(headers: &HeaderMap) -> Option<&'static str> {
+    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let cl: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    if !te.is_empty() && !cl.is_empty() {
+        return Some("Content-Length together with Transfer-Encoding");
+    }
+    if te.len() > 1 {
+        return Some("more than one Transfer-Encoding header");
+    }
+    if let Some(v) = te.first()
+        && !v
+            .to_str()
+            .is_ok_and(|s| s.trim().eq_ignore_ascii_case("chunked"))
+    {
+        return Some("a Transfer-Encoding other than chunked");
+    }
+    if cl.len() > 1
+        || cl
+            .iter()
+            .any(|v| !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Some("a Content-Length that is not one plain number");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "close, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "trailers, deflate"),
+            ("x-end-to-end", "kept"),
+            ("proxy-authorization", "Basic x"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-end-to-end", "proxy-authorization", "te"]);
+        assert_eq!(h["te"], "trailers");
+        let mut h = map(&[("te", "deflate")]);
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn via_is_appended() {
+        let mut h = map(&[("via", "1.0 fred")]);
+        add_via(&mut h);
+        let v: Vec<&str> = h
+            .get_all("via")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(v, ["1.0 fred", "1.1 skiff"]);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_named() {
+        let ok = [
+            map(&[("content-length", "10")]),
+            map(&[("transfer-encoding", "chunked")]),
+            map(&[("transfer-encoding", "Chunked")]),
+            map(&[]),
+        ];
+        for h in ok {
+            assert_eq!(smuggling_shape(&h), None, "{h:?}");
+        }
+        let bad = [
+            map(&[("content-length", "10"), ("transfer-encoding", "chunked")]),
+            map(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ]),
+            map(&[("transfer-encoding", "xchunked")]),
+            map(&[("transfer-encoding", "chunked, identity")]),
+            map(&[("transfer-encoding", "identity, chunked")]),
+            map(&[("content-length", "10"), ("content-length", "10")]),
+            map(&[("content-length", "+10")]),
+        ];
+        for h in bad {
+            assert!(smuggling_shape(&h).is_some(), "{h:?}");
+        }
+    }
+}

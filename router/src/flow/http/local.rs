@@ -1,0 +1,72 @@
+//! Sending a request to this router's connectors for a key: the least busy first, the next
+//! when one cannot be reached, each in its backend's form (HTTP/1.1: origin-form target and
+//! `Host`; HTTP/2: absolute URI).
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri};
+
+use super::backend::SendError;
+use super::io::Body;
+use crate::flow::Flows;
+use crate::routing::RoutingKey;
+
+/// Sends `req` to a local connector of `key`.
+pub(crate) async fn send(
+    flows: &Arc<Flows>,
+    key: &RoutingKey,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, SendError> {
+    let connectors = flows.config.connectors_for_family(key, true);
+    if connectors.is_empty() {
+        return Err(SendError::NotSent(
+            req,
+            format!("key {key}: no HTTP connector for it here"),
+        ));
+    }
+    let mut last = String::new();
+    for c in connectors {
+        let Some(pool) = c.http_pool.clone() else {
+            continue;
+        };
+        let _active = c.counters.start();
+        backend_form(&mut req, c.spec.protocol == crate::routing::Protocol::Http2);
+        match pool.send(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(SendError::NotSent(r, why)) => {
+                c.counters.fail();
+                tracing::debug!(connector = %c.spec.name, reason = %why, "backend not reached");
+                last = format!("{}: {why}", pool.address());
+                req = r;
+            }
+            Err(SendError::Failed(why)) => {
+                c.counters.fail();
+                return Err(SendError::Failed(format!("{}: {why}", pool.address())));
+            }
+        }
+    }
+    Err(SendError::NotSent(req, last))
+}
+
+/// Puts a request (absolute URI, as the ingress made it) in the form its backend takes.
+pub(crate) fn backend_form(req: &mut Request<Body>, http2: bool) {
+    if http2 {
+        *req.version_mut() = http::Version::HTTP_2;
+        return;
+    }
+    if let Some(auth) = req.uri().authority().cloned()
+        && let Ok(v) = HeaderValue::from_str(auth.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    if let Ok(uri) = target.parse::<Uri>() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+}

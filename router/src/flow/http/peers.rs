@@ -1,0 +1,183 @@
+//! HTTP/2 connections from this router to the egress routers of HTTP keys, carried in flow
+//! streams (flow header protocol `http`) and shared by every request to the same (router,
+//! key): up to [`STREAMS_PER_CONNECTION`] requests at a time each, up to
+//! [`CONNECTIONS_PER_PEER`] connections. A connection that ends is replaced on the next
+//! request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::BytesMut;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use skiff_certs::SiteId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::io::{Body, StreamIo};
+use crate::flow::{FlowRole, Flows, HEADER_TIMEOUT, OPEN_TIMEOUT};
+use crate::routing::{Protocol, Target};
+use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame};
+
+/// Requests one connection carries at a time before another is opened.
+pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
+/// Connections to one (router, key) at most.
+pub(crate) const CONNECTIONS_PER_PEER: usize = 4;
+
+/// One HTTP/2 connection to an egress router.
+pub(crate) struct PeerConn {
+    sender: http2::SendRequest<Body>,
+    in_flight: AtomicUsize,
+}
+
+/// Counts a request on a connection until dropped.
+pub(crate) struct InFlight(Arc<PeerConn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl InFlight {
+    /// The connection's sender.
+    pub(crate) fn sender(&self) -> http2::SendRequest<Body> {
+        self.0.sender.clone()
+    }
+}
+
+/// Connections by (egress router, routing key).
+type ByPeer = HashMap<(SiteId, String), Vec<Arc<PeerConn>>>;
+
+/// The connections of one router, by (egress router, key).
+#[derive(Default)]
+pub(crate) struct Peers {
+    conns: tokio::sync::Mutex<ByPeer>,
+}
+
+impl Peers {
+    /// A connection to `target` with room for one more request, opened if needed. `Err`:
+    /// no connection could be had (nothing was sent; another target may be tried).
+    pub(crate) async fn get(
+        &self,
+        flows: &Arc<Flows>,
+        target: &Target,
+    ) -> Result<InFlight, String> {
+        let mut conns = self.conns.lock().await;
+        let list = conns
+            .entry((target.router, target.key.as_str().to_owned()))
+            .or_default();
+        list.retain(|c| !c.sender.is_closed());
+        let best = list
+            .iter()
+            .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
+            .cloned();
+        let conn = match best {
+            Some(c)
+                if c.in_flight.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION
+                    || list.len() >= CONNECTIONS_PER_PEER =>
+            {
+                c
+            }
+            _ => {
+                let c = Arc::new(open(flows, target).await?);
+                list.push(c.clone());
+                c
+            }
+        };
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(InFlight(conn))
+    }
+}
+
+/// Opens a flow stream to the target's router and an HTTP/2 connection on it.
+async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
+    let hop = target
+        .next_hop
+        .ok_or_else(|| "a local target has no peer connection".to_owned())?;
+    let link = flows
+        .link_to(hop)
+        .ok_or_else(|| format!("no link up to next hop {hop}"))?;
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, link.open_stream())
+        .await
+        .map_err(|_| format!("no stream to {hop} in time (the link is at its stream limit)"))?
+        .map_err(|e| format!("cannot open a stream to {hop}: {e}"))?;
+    let flow_id = flows.new_flow_id();
+    let header = FlowHeader {
+        routing_key: target.key.as_str().to_owned(),
+        destination: *target.router.as_bytes(),
+        origin: *flows.me.as_bytes(),
+        flow_id,
+        protocol: Protocol::Http,
+        hops: 0,
+    };
+    let mut out = BytesMut::new();
+    header.encode(&mut out);
+    let mut answer = BytesMut::with_capacity(256);
+    let handshake = async {
+        stream
+            .writer
+            .write_all(&out)
+            .await
+            .map_err(|e| format!("writing the flow header: {e}"))?;
+        stream
+            .writer
+            .flush()
+            .await
+            .map_err(|e| format!("writing the flow header: {e}"))?;
+        loop {
+            match FlowStatusFrame::decode(&mut answer) {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => {}
+                Err(e) => return Err(format!("bad status frame: {e}")),
+            }
+            match stream.reader.read_buf(&mut answer).await {
+                Ok(0) => return Err("the stream ended before the egress answered".to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("the stream failed before the egress answered: {e}")),
+            }
+        }
+    };
+    let status = match tokio::time::timeout(HEADER_TIMEOUT, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(why)) => {
+            stream.reset();
+            return Err(why);
+        }
+        Err(_) => {
+            stream.reset();
+            return Err(format!("no answer from {} in time", target.router));
+        }
+    };
+    if status.code != FlowStatusCode::Ok {
+        stream.reset();
+        return Err(format!("{}: {}", status.code, status.message));
+    }
+    let io = TokioIo::new(StreamIo::new(stream, answer.freeze()));
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(io)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {}: {e}", target.router))?;
+    let guard = flows.register(
+        flow_id,
+        &target.key,
+        flows.me,
+        target.router,
+        FlowRole::Ingress,
+    );
+    let shutdown = flows.shutdown.clone();
+    flows.tasks.spawn(async move {
+        let _registered = guard;
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            r = conn => if let Err(e) = r {
+                tracing::debug!(cause = %e, "HTTP/2 connection to a peer router ended");
+            },
+        }
+    });
+    Ok(PeerConn {
+        sender,
+        in_flight: AtomicUsize::new(0),
+    })
+}

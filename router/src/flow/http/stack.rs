@@ -1,0 +1,328 @@
+//! The HTTP ingress: a client connection served by hyper (HTTP/1.1 or h2c), and the layers
+//! every request passes, built here in one place (STYLE.md rule 5). From the client inwards:
+//!
+//! 1. **rescue** ([`handle`]): any error below becomes a response, 502 / 503 / 504 with a
+//!    `skiff-error` header; metrics are counted here.
+//! 2. **refuse** ([`proxy`]): request shapes that smuggle (400).
+//! 3. **normalise** ([`normalise_request`], [`normalise_response`]): hop-by-hop headers out
+//!    both ways, `Via` in, an absolute URI for the HTTP/2 leg.
+//! 4. **route + retry** ([`route`]): targets for the listener's strategy; the next one only
+//!    while the request was never sent (and its body is empty, so it can be made again).
+//! 5. **timeout**: [`RESPONSE_TIMEOUT`] for the response head of each attempt.
+//! 6. **forward** ([`forward`]): the local connectors, or the pooled HTTP/2 connection to the
+//!    target router.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::backend::SendError;
+use super::headers::{add_via, smuggling_shape, strip_hop_by_hop};
+use super::io::{Body, boxed, full};
+use super::{
+    ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_CLIENT_STREAMS, MAX_HEAD_BYTES, MAX_PENDING_RESETS,
+    MAX_REQUEST_ATTEMPTS, NOT_SENT_HEADER, RESPONSE_TIMEOUT, local, upgrade,
+};
+use crate::flow::config::Listener;
+use crate::flow::{Flows, set_keepalive};
+use crate::routing::{RoutingKey, Target};
+
+/// Why skiff answers a request itself.
+#[derive(Debug)]
+pub(crate) enum ProxyError {
+    /// The request is malformed or smuggles (400).
+    BadRequest(&'static str),
+    /// No site serves the key, or none could be reached (503).
+    NoRoute(String),
+    /// The request was sent and failed on the way or at the backend (502).
+    Failed(String),
+    /// No response head in time (504).
+    Timeout,
+}
+
+impl ProxyError {
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            ProxyError::NoRoute(_) => (StatusCode::SERVICE_UNAVAILABLE, "no-route"),
+            ProxyError::Failed(_) => (StatusCode::BAD_GATEWAY, "backend-failed"),
+            ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ProxyError::BadRequest(why) => (*why).to_owned(),
+            ProxyError::NoRoute(why) | ProxyError::Failed(why) => why.clone(),
+            ProxyError::Timeout => {
+                format!("no response head within {} s", RESPONSE_TIMEOUT.as_secs())
+            }
+        }
+    }
+}
+
+/// The response for an error: its status, `skiff-error: <reason>`, and a one-line body.
+pub(crate) fn rescue(e: &ProxyError) -> Response<Body> {
+    let (status, reason) = e.status();
+    rescue_response(status, reason, &e.detail())
+}
+
+/// A response skiff makes: `status`, `skiff-error: reason`, a one-line body.
+pub(crate) fn rescue_response(status: StatusCode, reason: &str, detail: &str) -> Response<Body> {
+    let text = format!("skiff: {reason}: {detail}\n");
+    let len = text.len();
+    let mut resp = Response::new(full(text));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        h.insert(HeaderName::from_static(ERROR_HEADER), v);
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    add_via(h);
+    resp
+}
+
+/// What every request of one listener shares.
+struct Ingress {
+    flows: Arc<Flows>,
+    listener: Arc<Listener>,
+}
+
+/// Serves one client connection of an HTTP listener until it ends.
+pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, client: TcpStream) {
+    let _ = client.set_nodelay(true);
+    set_keepalive(&client);
+    let _active = listener.counters.start();
+    let shutdown = flows.shutdown.clone();
+    let ingress = Arc::new(Ingress { flows, listener });
+    let service = hyper::service::service_fn(move |req| handle(ingress.clone(), req));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CLIENT_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_PENDING_RESETS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        r = conn => if let Err(e) = r {
+            tracing::debug!(cause = %e, "HTTP client connection ended with an error");
+        },
+    }
+}
+
+/// Layer 1, rescue: every request gets a response; metrics per key.
+async fn handle(
+    ingress: Arc<Ingress>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let (key, result) = proxy(&ingress, req).await;
+    let key = key
+        .or_else(|| first_key(&ingress.listener))
+        .map(|k| k.as_str().to_owned())
+        .unwrap_or_default();
+    let metrics = ingress.flows.http_metrics.key(&key);
+    let resp = match result {
+        Ok(resp) => {
+            metrics.record(Some(resp.status().as_u16()), started.elapsed());
+            resp
+        }
+        Err(e) => {
+            tracing::debug!(error = ?e, "request answered by skiff");
+            metrics.record(None, started.elapsed());
+            rescue(&e)
+        }
+    };
+    let counted = metrics.clone();
+    Ok(resp.map(|b| {
+        b.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                counted.add_out(d.len());
+            }
+            f
+        })
+        .boxed_unsync()
+    }))
+}
+
+fn first_key(listener: &Listener) -> Option<RoutingKey> {
+    use crate::routing::Strategy;
+    match &listener.spec.strategy {
+        Strategy::Balanced(k) => Some(k.clone()),
+        Strategy::Priority(keys) => keys.first().cloned(),
+        Strategy::Weighted(keys) => keys.first().map(|(k, _)| k.clone()),
+    }
+}
+
+/// Layers 2 to 6 for one request; also says which key served it.
+async fn proxy(
+    ingress: &Ingress,
+    req: Request<Incoming>,
+) -> (Option<RoutingKey>, Result<Response<Body>, ProxyError>) {
+    if let Some(why) = smuggling_shape(req.headers()) {
+        return (None, Err(ProxyError::BadRequest(why)));
+    }
+    let targets = ingress
+        .flows
+        .choose_family(&ingress.listener.spec.strategy, true);
+    if targets.is_empty() {
+        return (
+            None,
+            Err(ProxyError::NoRoute(
+                "no reachable site serves the key over HTTP".into(),
+            )),
+        );
+    }
+    if upgrade::is_upgrade(&req) {
+        let key = targets[0].key.clone();
+        return (
+            Some(key),
+            upgrade::ingress(&ingress.flows, targets, req).await,
+        );
+    }
+    let metrics = ingress.flows.http_metrics.key(targets[0].key.as_str());
+    let req = match normalise_request(req) {
+        Ok(r) => r,
+        Err(e) => return (None, Err(e)),
+    };
+    let req = req.map(|b| {
+        b.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                metrics.add_in(d.len());
+            }
+            f
+        })
+        .boxed_unsync()
+    });
+    let (key, result) = route(&ingress.flows, targets, req).await;
+    (key, result.map(normalise_response))
+}
+
+/// Layer 3 (request side): hop-by-hop headers out, `Via` in, the absolute URI the HTTP/2 leg
+/// needs (from `Host` for HTTP/1.1 clients).
+pub(crate) fn normalise_request(req: Request<Incoming>) -> Result<Request<Body>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = format!("http://{authority}{path}")
+        .parse::<Uri>()
+        .map_err(|_| ProxyError::BadRequest("a Host or request target that is not a URI"))?;
+    parts.headers.remove(header::HOST);
+    strip_hop_by_hop(&mut parts.headers, true);
+    add_via(&mut parts.headers);
+    parts.version = http::Version::HTTP_2;
+    Ok(Request::from_parts(parts, boxed(body)))
+}
+
+/// Layer 3 (response side).
+pub(crate) fn normalise_response(mut resp: Response<Body>) -> Response<Body> {
+    let h = resp.headers_mut();
+    strip_hop_by_hop(h, false);
+    h.remove(NOT_SENT_HEADER);
+    add_via(h);
+    resp
+}
+
+/// Layers 4 and 5: each target in turn while the request was never sent.
+async fn route(
+    flows: &Arc<Flows>,
+    targets: Vec<Target>,
+    req: Request<Body>,
+) -> (Option<RoutingKey>, Result<Response<Body>, ProxyError>) {
+    // A request without a body can be made again after an egress answered "not sent".
+    let replayable = req.body().is_end_stream();
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let mut last = String::from("no target");
+    let mut last_key = None;
+    for target in targets.into_iter().take(MAX_REQUEST_ATTEMPTS) {
+        let b = match body.take() {
+            Some(b) => b,
+            None if replayable => super::io::empty(),
+            None => break,
+        };
+        let req = Request::from_parts(parts.clone(), b);
+        last_key = Some(target.key.clone());
+        let _outstanding = flows.hold(target.router);
+        let attempt = tokio::time::timeout(RESPONSE_TIMEOUT, forward(flows, &target, req));
+        match attempt.await {
+            Err(_) => return (last_key, Err(ProxyError::Timeout)),
+            Ok(Ok(resp)) if resp.headers().contains_key(NOT_SENT_HEADER) && replayable => {
+                last = format!(
+                    "{}: {}",
+                    target.router,
+                    resp.headers()
+                        .get(ERROR_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("not sent")
+                );
+            }
+            Ok(Ok(resp)) => return (last_key, Ok(resp)),
+            Ok(Err(SendError::NotSent(req, why))) => {
+                body = Some(req.into_body());
+                last = why;
+            }
+            Ok(Err(SendError::Failed(why))) => return (last_key, Err(ProxyError::Failed(why))),
+        }
+        tracing::debug!(reason = %last, "target not reached; trying the next");
+    }
+    (last_key, Err(ProxyError::NoRoute(last)))
+}
+
+/// Layer 6: the local connectors, or the target router over a pooled HTTP/2 connection.
+async fn forward(
+    flows: &Arc<Flows>,
+    target: &Target,
+    req: Request<Body>,
+) -> Result<Response<Body>, SendError> {
+    if target.next_hop.is_none() {
+        return local::send(flows, &target.key, req).await;
+    }
+    let conn = match flows.http_peers.get(flows, target).await {
+        Ok(c) => c,
+        Err(why) => return Err(SendError::NotSent(req, why)),
+    };
+    let mut sender = conn.sender();
+    match sender.try_send_request(req).await {
+        // The request counts on its connection until its response body is done.
+        Ok(resp) => Ok(resp.map(move |b| super::io::with_guard(boxed(b), conn))),
+        Err(mut e) => match e.take_message() {
+            Some(req) => Err(SendError::NotSent(req, e.into_error().to_string())),
+            None => Err(SendError::Failed(e.into_error().to_string())),
+        },
+    }
+}

@@ -1,0 +1,332 @@
+//! HTTP flows between in-process routers: real hyper backends and clients. Per-request
+//! balancing on one connection, trailers from an HTTP/2 backend, a request never sent moving
+//! on to the next site, and an upgrade across two hops with half-close.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use ::http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// An HTTP/1.1 (or, with `h2`, HTTP/2) backend answering `name` and counting requests.
+async fn named_backend(
+    name: &'static str,
+    h2: bool,
+    seen: Arc<Mutex<BTreeMap<&'static str, usize>>>,
+) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    *seen.lock().unwrap().entry(name).or_default() += 1;
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name)))) }
+                });
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn http_listener(name: &str, k: &str) -> ListenerSpec {
+    let mut l = listener(name, k);
+    l.protocol = Protocol::Http;
+    l
+}
+
+fn http_connector(name: &str, k: &str, addr: SocketAddr, protocol: Protocol) -> ConnectorSpec {
+    let mut c = connector(name, k, addr);
+    c.protocol = protocol;
+    c
+}
+
+async fn two_sites(net: &Net, k: &str) {
+    wait_for(&net.routers[0], "the key at two sites", |r| {
+        r.network()
+            .keys
+            .iter()
+            .any(|x| x.routing_key == k && x.sites.iter().filter(|s| s.reachable).count() == 2)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_one_connection_are_balanced_over_two_sites() {
+    let net = star(3, TransportChoice::Tls).await;
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let a = named_backend("one", false, seen.clone()).await;
+    let b = named_backend("two", true, seen.clone()).await;
+    net.routers[1].set_connectors(vec![http_connector("web", "web", a, Protocol::Http)]);
+    net.routers[2].set_connectors(vec![http_connector("web", "web", b, Protocol::Http2)]);
+    net.routers[0].set_listeners(vec![http_listener("web", "web")]);
+    converge(&net).await;
+    two_sites(&net, "web").await;
+    let addr = listener_addr(&net.routers[0], "web");
+
+    // HTTP/1.1, one keep-alive connection, one request after the other.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..60 {
+        h1.ready().await.unwrap();
+        let req = Request::get("http://web/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = within(WAIT, "a response", h1.send_request(req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap();
+    }
+    let counts = seen.lock().unwrap().clone();
+    assert!(
+        counts["one"] >= 10 && counts["two"] >= 10,
+        "spread {counts:?}"
+    );
+
+    // HTTP/2 (h2c), one connection, 60 requests at once.
+    seen.lock().unwrap().clear();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut all = Vec::new();
+    for _ in 0..60 {
+        let mut h2 = h2.clone();
+        all.push(tokio::spawn(async move {
+            let req = Request::get("http://web/")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = h2.send_request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }));
+    }
+    for t in all {
+        let (status, body) = within(WAIT, "an HTTP/2 response", t).await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body == "one" || body == "two", "{body:?}");
+    }
+    let counts = seen.lock().unwrap().clone();
+    assert!(
+        counts["one"] >= 5 && counts["two"] >= 5,
+        "HTTP/2 spread {counts:?}"
+    );
+    let m = net.routers[0].http_metrics();
+    assert_eq!(m["web"].requests["2xx"], 120);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_from_an_http2_backend_reach_the_client() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    let mut trailers = ::http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    trailers.insert("grpc-message", "fine".parse().unwrap());
+                    let frames = vec![
+                        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                            b"\0\0\0\0\x02hi",
+                        ))),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ];
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                    Ok::<_, Infallible>(Response::new(body))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let net = chain(2, TransportChoice::Quic).await;
+    net.routers[0].set_connectors(vec![http_connector("grpc", "grpc", grpc, Protocol::Http2)]);
+    net.routers[1].set_listeners(vec![http_listener("grpc", "grpc")]);
+    wait_active(&net.routers[1], "grpc").await;
+    let addr = listener_addr(&net.routers[1], "grpc");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("http://grpc/svc/Method")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let resp = within(WAIT, "a gRPC response", h2.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "fine");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_never_sent_moves_on_and_errors_say_why() {
+    let net = star(3, TransportChoice::Quic).await;
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let good = named_backend("good", false, seen.clone()).await;
+    // A port nothing listens on: every connect is refused.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    net.routers[1].set_connectors(vec![http_connector("web", "web", closed, Protocol::Http)]);
+    net.routers[2].set_connectors(vec![http_connector("web", "web", good, Protocol::Http)]);
+    net.routers[0].set_listeners(vec![
+        http_listener("web", "web"),
+        http_listener("none", "nothing-serves-this"),
+    ]);
+    converge(&net).await;
+    two_sites(&net, "web").await;
+    let addr = listener_addr(&net.routers[0], "web");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..20 {
+        h1.ready().await.unwrap();
+        let req = Request::get("http://web/")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = within(WAIT, "a response", h1.send_request(req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+        resp.into_body().collect().await.unwrap();
+    }
+    assert_eq!(seen.lock().unwrap()["good"], 20);
+
+    // Only the refusing site: 503 with the reason; no site at all: 503 no-route.
+    net.routers[2].set_connectors(vec![]);
+    wait_for(&net.routers[0], "the key at one site", |r| {
+        r.network()
+            .keys
+            .iter()
+            .any(|x| x.routing_key == "web" && x.sites.iter().filter(|s| s.reachable).count() == 1)
+    })
+    .await;
+    h1.ready().await.unwrap();
+    let req = Request::get("http://web/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h1.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["skiff-error"], "no-route");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("refused"),
+        "{body:?}"
+    );
+    let none = listener_addr(&net.routers[0], "none");
+    let tcp = TcpStream::connect(none).await.unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    h1.ready().await.unwrap();
+    let req = Request::get("http://x/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h1.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["skiff-error"], "no-route");
+    net.shutdown().await;
+}
+
+/// A backend that switches protocols on any request, then echoes until the client's FIN and
+/// finishes its side.
+async fn upgrade_echo(mut s: TcpStream) {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read_exact(&mut b).await.is_err() {
+            return;
+        }
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(text.contains("upgrade: echo"), "{text}");
+    let _ = s
+        .write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await;
+    echo(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_crosses_two_hops_with_half_close() {
+    let net = chain(3, TransportChoice::Tls).await;
+    let ws = backend(upgrade_echo).await;
+    net.routers[0].set_connectors(vec![http_connector("ws", "ws", ws, Protocol::Http)]);
+    net.routers[2].set_listeners(vec![http_listener("ws", "ws")]);
+    wait_active(&net.routers[2], "ws").await;
+    let addr = listener_addr(&net.routers[2], "ws");
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /chat HTTP/1.1\r\nHost: ws\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        within(WAIT, "the 101", c.read_exact(&mut b)).await.unwrap();
+        head.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(text.starts_with("http/1.1 101"), "{text}");
+    assert!(text.contains("upgrade: echo"), "{text}");
+    let payload = pattern(3, 200_000);
+    let (mut r, mut w) = c.into_split();
+    let send = {
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            w.write_all(&payload).await.unwrap();
+            w.shutdown().await.unwrap();
+        })
+    };
+    let mut back = Vec::new();
+    within(WAIT, "the echo and its end", r.read_to_end(&mut back))
+        .await
+        .unwrap();
+    send.await.unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "echo differs");
+    net.shutdown().await;
+}
