@@ -239,9 +239,25 @@ pub async fn service_list(
         println!("no {kind}s: create one with: skiff {kind} create NAME PORT");
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 6]> = items
+    let rows: Vec<[String; 7]> = items
         .iter()
         .map(|i| {
+            // HTTP listeners: requests by status class (the non-zero ones).
+            let requests = i.get("requests").and_then(Value::as_object).map(|r| {
+                let counts: Vec<String> = r
+                    .iter()
+                    .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                    .map(|(class, n)| format!("{class} {}", plain(n)))
+                    .collect();
+                format!(
+                    "requests: {}",
+                    if counts.is_empty() {
+                        "none".into()
+                    } else {
+                        counts.join(", ")
+                    }
+                )
+            });
             let address = match (kind, i.get("address").filter(|a| !a.is_null())) {
                 (Service::Listener, Some(a)) => plain(a),
                 _ => format!("{}:{}", plain(&i["host"]), plain(&i["port"])),
@@ -253,10 +269,11 @@ pub async fn service_list(
             [
                 plain(&i["name"]),
                 plain(&i["routingKey"]),
+                plain(&i["protocol"]),
                 address,
                 plain(&i["status"]),
                 flows,
-                i.get("reason").map(plain).unwrap_or_default(),
+                i.get("reason").map(plain).or(requests).unwrap_or_default(),
             ]
         })
         .collect();
@@ -264,6 +281,7 @@ pub async fn service_list(
         &[
             "NAME",
             "ROUTING KEY",
+            "TYPE",
             "ADDRESS",
             "STATUS",
             "FLOWS NOW / TOTAL",
