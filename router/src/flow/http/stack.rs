@@ -204,6 +204,10 @@ async fn proxy(
         Ok(r) => r,
         Err(e) => return (None, Err(e)),
     };
+    // A request that fails because the client's body is malformed (a bad chunk size) is the
+    // client's fault: 400, not 502.
+    let client_body_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = client_body_failed.clone();
     let req = req.map(|b| {
         b.map_frame(move |f| {
             if let Some(d) = f.data_ref() {
@@ -211,9 +215,21 @@ async fn proxy(
             }
             f
         })
+        .map_err(move |e| {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            e
+        })
         .boxed_unsync()
     });
     let (key, result) = route(&ingress.flows, targets, req).await;
+    let result = match result {
+        Err(ProxyError::Failed(_))
+            if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            Err(ProxyError::BadRequest("the request body is malformed"))
+        }
+        other => other,
+    };
     (key, result.map(normalise_response))
 }
 
