@@ -33,7 +33,11 @@ pub(crate) async fn send(
         let _active = c.counters.start();
         backend_form(&mut req, c.spec.protocol == crate::routing::Protocol::Http2);
         match pool.send(req).await {
-            Ok(resp) => return Ok(resp),
+            Ok(mut resp) => {
+                // An HTTP/1.1 backend's framing headers end here (HTTP/2 forbids them).
+                super::headers::strip_hop_by_hop(resp.headers_mut(), false);
+                return Ok(resp);
+            }
             Err(SendError::NotSent(r, why)) => {
                 c.counters.fail();
                 tracing::debug!(connector = %c.spec.name, reason = %why, "backend not reached");

@@ -46,13 +46,14 @@ impl InFlight {
     }
 }
 
-/// Connections by (egress router, routing key).
-type ByPeer = HashMap<(SiteId, String), Vec<Arc<PeerConn>>>;
+/// The connections to one (egress router, key); the lock is held while one is opened, so a
+/// burst of first requests opens one connection, not many.
+type PeerEntry = Arc<tokio::sync::Mutex<Vec<Arc<PeerConn>>>>;
 
 /// The connections of one router, by (egress router, key).
 #[derive(Default)]
 pub(crate) struct Peers {
-    conns: tokio::sync::Mutex<ByPeer>,
+    conns: std::sync::Mutex<HashMap<(SiteId, String), PeerEntry>>,
 }
 
 impl Peers {
@@ -63,10 +64,14 @@ impl Peers {
         flows: &Arc<Flows>,
         target: &Target,
     ) -> Result<InFlight, String> {
-        let mut conns = self.conns.lock().await;
-        let list = conns
+        let entry = self
+            .conns
+            .lock()
+            .unwrap()
             .entry((target.router, target.key.as_str().to_owned()))
-            .or_default();
+            .or_default()
+            .clone();
+        let mut list = entry.lock().await;
         list.retain(|c| !c.sender.is_closed());
         let best = list
             .iter()
