@@ -80,23 +80,6 @@ fn samples(metrics: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
         .collect()
 }
 
-/// Every number under a key whose name mentions `word`, anywhere in `v`.
-fn numbers_under(v: &Value, word: &str, inside: bool, out: &mut Vec<(String, f64)>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                let hit = inside || k.to_lowercase().contains(word);
-                if hit && let Some(n) = x.as_f64() {
-                    out.push((k.clone(), n));
-                }
-                numbers_under(x, word, hit, out);
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| numbers_under(x, word, inside, out)),
-        _ => {}
-    }
-}
-
 #[test]
 fn one_keep_alive_connection_is_balanced_over_two_sites_and_counted_in_metrics() {
     if !have("curl", "curl") {
@@ -177,20 +160,26 @@ fn one_keep_alive_connection_is_balanced_over_two_sites_and_counted_in_metrics()
         "no body bytes counted for key web (100 answers of 4-5 bytes):\n{metrics}"
     );
 
-    // `listener list` shows the request count.
+    // `listener list` shows the requests by class (docs/cli.md: JSON field `requests`).
     let l = listener_json(west, "web");
-    let mut counts = Vec::new();
-    numbers_under(&l, "request", false, &mut counts);
-    assert!(
-        counts.iter().any(|(_, v)| *v == n as f64),
-        "listener list --output json shows no request count of {n}: {l:#}"
+    assert_eq!(
+        l["requests"]["2xx"].as_u64(),
+        Some(n as u64),
+        "listener list --output json does not count {n} requests of class 2xx: {l:#}"
     );
     let table = west.run(&["listener", "list"]);
     let table = String::from_utf8_lossy(&table.stdout);
     eprintln!("{table}");
+    let row = table
+        .lines()
+        .find(|r| r.starts_with("web "))
+        .unwrap_or_else(|| panic!("no row for listener web:\n{table}"));
     assert!(
-        table.contains(&n.to_string()),
-        "listener list shows no request count of {n}:\n{table}"
+        row.contains("2xx")
+            && row
+                .split(|c: char| !c.is_ascii_digit())
+                .any(|w| w == n.to_string()),
+        "listener list shows no count of {n} 2xx requests:\n{table}"
     );
 }
 
@@ -382,6 +371,120 @@ fn errors_are_rescued_into_503_502_and_504_with_a_reason() {
         failures.is_empty(),
         "{failures:#?}\nwest log:\n{}",
         west.log()
+    );
+}
+
+#[test]
+fn a_request_is_retried_elsewhere_only_when_it_was_never_sent() {
+    let rt = runtime();
+    // Two keys served at east and south, one link from west each, so requests tie: at east,
+    // `refused` has no backend listening and `dropped` has one that reads each request and
+    // closes without answering; at south both are answered.
+    let mut west = Site::create("west", false);
+    let mut east = Site::create("east", true);
+    let mut south = Site::create("south", true);
+    let (dp, dropped_heads) = dropping_backend();
+    http_connector(&east, "refused", "refused", refusing_port(), "http");
+    http_connector(&east, "dropped", "dropped", dp, "http");
+    let (sp, south_seen) = web_backend(&rt, "south");
+    http_connector(&south, "refused", "refused", sp, "http");
+    http_connector(&south, "dropped", "dropped", sp, "http");
+    http_listener(&west, "refused", "refused");
+    http_listener(&west, "dropped", "dropped");
+    east.start();
+    south.start();
+    west.start();
+    link(&west, &east);
+    link(&west, &south);
+    wait_key_served(&west, "refused", 2, Duration::from_secs(15));
+    wait_key_served(&west, "dropped", 2, Duration::from_secs(15));
+    let refused = west.wait_listener_active("refused", Duration::from_secs(10));
+    let dropped = west.wait_listener_active("dropped", Duration::from_secs(10));
+    let post = |addr: &str, i: usize| {
+        let body = format!("payload {i} {}", "x".repeat(1000));
+        let req = format!(
+            "POST /item HTTP/1.1\r\nHost: web\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (raw, _) = exchange(addr, req.as_bytes(), Duration::from_secs(40));
+        parse_reply(&raw).map(|r| (r.status, r.text()))
+    };
+
+    // Never sent (east's backend refused the connection): every method goes on to south.
+    let refusals = || {
+        let o = east.run(&["connector", "list", "--output", "json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "refused")
+            .and_then(|c| c["flowsFailed"].as_u64())
+            .unwrap_or(0)
+    };
+    let mut failed = Vec::new();
+    let start = refusals();
+    for i in 0..30 {
+        match post(&refused, i) {
+            Some((200, b)) if b == "south" => {}
+            other => failed.push(format!("POST {i}: {other:?}")),
+        }
+    }
+    let after_posts = refusals();
+    for i in 0..30 {
+        let g = get(&refused, "/", "");
+        if (g.status, g.text().as_str()) != (200, "south") {
+            failed.push(format!(
+                "GET {i}: {} {:?} {:?}",
+                g.status,
+                g.header("skiff-error"),
+                g.text()
+            ));
+        }
+    }
+    let after_gets = refusals();
+    eprintln!(
+        "east's backend refused {} of 30 POSTs and {} of 30 GETs",
+        after_posts - start,
+        after_gets - after_posts
+    );
+    assert!(
+        after_posts > start && after_gets > after_posts,
+        "east's connector counted no refusals (flowsFailed {start} -> {after_posts} -> {after_gets}): \
+         the test did not exercise a request that was never sent"
+    );
+
+    // Sent (east's backend read it, then failed): never made again at south.
+    let before = south_seen.requests.load(Ordering::Relaxed);
+    let mut answered = 0u64;
+    let mut gateway_errors = 0u64;
+    let mut other = Vec::new();
+    for i in 0..30 {
+        match post(&dropped, i) {
+            Some((200, b)) if b == "south" => answered += 1,
+            Some((502, _)) => gateway_errors += 1,
+            r => other.push(format!("POST {i}: {r:?}")),
+        }
+    }
+    let at_south = south_seen.requests.load(Ordering::Relaxed) - before;
+    let at_east = dropped_heads.load(Ordering::Relaxed);
+    eprintln!(
+        "30 POSTs: {answered} answered by south, {gateway_errors} 502; east's backend read {at_east}, south's {at_south}"
+    );
+    assert!(
+        other.is_empty(),
+        "answers other than 200 or 502: {other:#?}"
+    );
+    assert!(
+        gateway_errors > 0,
+        "no request ever went to east: the test did not exercise a failure"
+    );
+    assert_eq!(
+        at_south, answered,
+        "south's backend saw {at_south} requests but answered {answered}: a request that reached east was made again"
+    );
+    assert_eq!(
+        at_east, gateway_errors,
+        "east's backend read {at_east} requests, {gateway_errors} came back as 502"
     );
 }
 

@@ -27,8 +27,8 @@ enum Expect {
     Refuse,
     /// Refused with `431` or `400` (the head is over 64 KiB).
     TooLarge,
-    /// Refused (400) or normalised (answered, seen once at the backend).
-    Either,
+    /// Normalised: answered, seen once at the backend.
+    Normalise,
 }
 
 /// A request the recorder must never see: it hides in the bytes of another one.
@@ -64,7 +64,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
                 "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
                 &format!("0\r\n\r\n{s}"),
             ),
-            Refuse,
+            Normalise,
         ),
         (
             "Transfer-Encoding with Content-Length",
@@ -72,7 +72,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
                 "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
                 &format!("{:x}\r\n{s}\r\n0\r\n\r\n", s.len()),
             ),
-            Refuse,
+            Normalise,
         ),
         (
             "two different Content-Lengths",
@@ -80,6 +80,19 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
                 &format!("Content-Length: 0\r\nContent-Length: {}\r\n", s.len()),
                 s,
             ),
+            Refuse,
+        ),
+        (
+            "two equal Content-Lengths",
+            post(
+                &format!("Content-Length: {0}\r\nContent-Length: {0}\r\n", s.len()),
+                s,
+            ),
+            Refuse,
+        ),
+        (
+            "Content-Length: +N",
+            post(&format!("Content-Length: +{}\r\n", s.len()), s),
             Refuse,
         ),
         (
@@ -131,12 +144,12 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
         (
             "Transfer-Encoding:<SP><SP>chunked<SP> (optional whitespace)",
             post("Transfer-Encoding:  chunked \r\n", "5\r\nhello\r\n0\r\n\r\n"),
-            Either,
+            Pass,
         ),
         (
             "Transfer-Encoding: CHUNKED",
             post("Transfer-Encoding: CHUNKED\r\n", "5\r\nhello\r\n0\r\n\r\n"),
-            Either,
+            Pass,
         ),
         (
             "obs-fold of an ordinary header",
@@ -152,7 +165,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
         (
             "bare LF line endings",
             b"GET /case HTTP/1.1\nHost: web\nConnection: close\n\n".to_vec(),
-            Either,
+            Normalise,
         ),
         (
             "bare LF hiding a Content-Length",
@@ -161,7 +174,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
                 s.len()
             )
             .into_bytes(),
-            Either,
+            Normalise,
         ),
         (
             "chunk size 0x10",
@@ -193,7 +206,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Expect)> {
                 "Transfer-Encoding: chunked\r\n",
                 &format!("3\r\nabc{s}\r\n0\r\n\r\n"),
             ),
-            Either,
+            Refuse,
         ),
         ("request head over 64 KiB", big, TooLarge),
     ]
@@ -238,7 +251,7 @@ fn the_smuggling_corpus_is_refused_or_normalised_and_never_splits_a_request() {
                 Expect::Pass => status == Some(200) && seen == 1,
                 Expect::Refuse => status == Some(400),
                 Expect::TooLarge => matches!(status, Some(431 | 400)) && seen == 0,
-                Expect::Either => status == Some(400) || (status == Some(200) && seen == 1),
+                Expect::Normalise => status == Some(200) && seen == 1,
             };
         let verdict = if good { "ok" } else { "BROKEN" };
         table.push_str(&format!(
@@ -281,7 +294,7 @@ fn latencies(addr: &str, n: usize, gap: Duration) -> Vec<Duration> {
     out
 }
 
-/// 1 + 6 + 2 + 2 + 43 bytes: never a whole head within the test.
+/// A request head of 78 bytes: sent one byte per second, never whole within the test.
 const SLOW_HEAD: &[u8] =
     b"GET / HTTP/1.1\r\nHost: web\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
@@ -305,39 +318,47 @@ fn slowloris_connections_are_cut_at_the_header_timeout_while_requests_keep_their
     let baseline = latencies(&addr, 30, Duration::from_millis(20));
     let fds_before = fd_count(west.pid());
 
-    // 500 connections send a request head one byte per second.
+    // 500 connections send a request head one byte per second. Each is watched every 100 ms;
+    // its age when the router cut it is noted.
     let started = Instant::now();
-    let mut slow: Vec<(TcpStream, Option<Duration>)> = (0..SLOW)
+    let mut slow: Vec<(TcpStream, Instant, usize, Option<Duration>)> = (0..SLOW)
         .map(|i| {
             let mut c = TcpStream::connect(&addr)
                 .unwrap_or_else(|e| panic!("slow connection {i} was not accepted: {e}"));
             c.write_all(&SLOW_HEAD[..1]).unwrap();
             c.set_nonblocking(true).unwrap();
-            (c, None)
+            (c, Instant::now(), 1, None)
         })
         .collect();
     let opened = started.elapsed();
     let dripper = std::thread::spawn(move || {
         let mut buf = [0u8; 1024];
-        for tick in 1.. {
-            let next = started + Duration::from_secs(tick);
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
-            for (c, cut) in slow.iter_mut().filter(|(_, cut)| cut.is_none()) {
+        let mut last_drip = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(100));
+            let drip = last_drip.elapsed() >= Duration::from_secs(1);
+            if drip {
+                last_drip = Instant::now();
+            }
+            for (c, at, sent, cut) in slow.iter_mut().filter(|s| s.3.is_none()) {
                 let gone = match c.read(&mut buf) {
                     Ok(0) => true,
                     Ok(_) => false, // an answer (e.g. 408); the end follows
                     Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
                 };
-                let byte = SLOW_HEAD.get(tick as usize).copied().unwrap_or(b'a');
-                if gone || c.write(&[byte]).is_err() {
-                    *cut = Some(started.elapsed());
+                let failed = drip && !gone && {
+                    *sent += 1;
+                    c.write(&[SLOW_HEAD[*sent % SLOW_HEAD.len()]]).is_err()
+                };
+                if gone || failed {
+                    *cut = Some(at.elapsed());
                 }
             }
-            if slow.iter().all(|(_, cut)| cut.is_some()) || tick >= 16 {
+            if slow.iter().all(|s| s.3.is_some()) {
                 break;
             }
         }
-        slow.into_iter().map(|(_, cut)| cut).collect::<Vec<_>>()
+        slow.into_iter().map(|s| s.3).collect::<Vec<_>>()
     });
 
     // Meanwhile, normal requests.
@@ -349,7 +370,7 @@ fn slowloris_connections_are_cut_at_the_header_timeout_while_requests_keep_their
     let p50 = |v: &[Duration]| v[v.len() / 2];
     eprintln!(
         "{SLOW} slow connections opened in {opened:?}; router fds {fds_before} -> {fds_during}; \
-         cut: {} of {SLOW}, first at {:?}, last at {:?}; \
+         cut: {} of {SLOW}, aged {:?} to {:?}; \
          normal requests p50 {:?} before, {:?} during (max {:?})",
         cut.len(),
         cut.iter().min(),
@@ -361,7 +382,7 @@ fn slowloris_connections_are_cut_at_the_header_timeout_while_requests_keep_their
     assert_eq!(
         cut.len(),
         SLOW,
-        "{} slow connections were still open after 16 s (header read timeout 10 s)",
+        "{} slow connections were still open after 20 s (header read timeout 10 s)",
         SLOW - cut.len()
     );
     let (first, last) = (*cut.iter().min().unwrap(), *cut.iter().max().unwrap());
@@ -370,8 +391,8 @@ fn slowloris_connections_are_cut_at_the_header_timeout_while_requests_keep_their
         "a slow connection was cut after {first:?}, before the 10 s header timeout"
     );
     assert!(
-        last <= Duration::from_secs(13),
-        "the last slow connection was cut after {last:?}, not at the 10 s header timeout"
+        last <= Duration::from_millis(12_500),
+        "a slow connection was cut only after {last:?}, not at the 10 s header timeout"
     );
     assert!(
         p50(&during) <= p50(&baseline) * 5 + Duration::from_millis(20),
@@ -437,6 +458,12 @@ fn a_rapid_reset_burst_leaves_cpu_and_memory_bounded_and_the_listener_serving() 
         out["sent"].as_u64().unwrap_or(0) >= 100,
         "the burst did not get going: {out}"
     );
+    // docs/http.md: more than 100 resets pending and the connection is closed with GOAWAY
+    // ENHANCE_YOUR_CALM (0xb).
+    assert_eq!(
+        out["goaway"], 11,
+        "the rapid-reset connection was not closed with GOAWAY ENHANCE_YOUR_CALM: {out}"
+    );
     for (i, site) in ["west (ingress)", "east (egress)"].iter().enumerate() {
         assert!(
             grown[i] < 64 * 1024,
@@ -444,7 +471,7 @@ fn a_rapid_reset_burst_leaves_cpu_and_memory_bounded_and_the_listener_serving() 
             grown[i]
         );
         assert!(
-            cpu[i] < Duration::from_secs(5),
+            cpu[i] < Duration::from_secs(2),
             "{site}: the burst cost {:?} of CPU",
             cpu[i]
         );

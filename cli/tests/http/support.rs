@@ -711,6 +711,33 @@ pub fn silent_backend() -> u16 {
     port
 }
 
+/// A backend that reads each request head, counts it and closes the connection without an
+/// answer: a request that surely reached a backend and failed there.
+pub fn dropping_backend() -> (u16, Arc<AtomicU64>) {
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let heads = Arc::new(AtomicU64::new(0));
+    let h = heads.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while find(&head, b"\r\n\r\n").is_none() {
+                    match c.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                h.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    });
+    (port, heads)
+}
+
 /// A backend for raw upgrades: it answers any request head with `101 Switching Protocols`
 /// (`Upgrade: raw-echo`), echoes bytes until the client's FIN, then writes `bye` and closes.
 pub fn upgrade_echo_backend() -> u16 {
