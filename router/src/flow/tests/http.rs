@@ -330,3 +330,88 @@ async fn an_upgrade_crosses_two_hops_with_half_close() {
     assert!(back == payload, "echo differs");
     net.shutdown().await;
 }
+
+/// An HTTP/2 backend (the h2 crate, frame-level): on `/reset-me` it sends its response head
+/// then resets the stream with ENHANCE_YOUR_CALM; on `/wait` it reports the reason the
+/// client's reset arrived with.
+async fn resetting_backend(
+    seen_reset: tokio::sync::mpsc::Sender<Option<h2::Reason>>,
+) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen_reset = seen_reset.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let seen_reset = seen_reset.clone();
+                    tokio::spawn(async move {
+                        if req.uri().path() == "/reset-me" {
+                            let mut send = respond.send_response(Response::new(()), false).unwrap();
+                            let _ = send.send_data(Bytes::from_static(b"partial"), false);
+                            // Let the head and the data leave before the reset (a reset
+                            // drops what is still queued).
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            send.send_reset(h2::Reason::ENHANCE_YOUR_CALM);
+                        } else {
+                            let mut body = req.into_body();
+                            let reason = loop {
+                                match body.data().await {
+                                    Some(Ok(_)) => {}
+                                    Some(Err(e)) => break e.reason(),
+                                    None => break None,
+                                }
+                            };
+                            let _ = seen_reset.send(reason).await;
+                        }
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_resets_cross_the_routers_with_their_code() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let be = resetting_backend(tx).await;
+    let net = chain(2, TransportChoice::Quic).await;
+    net.routers[0].set_connectors(vec![http_connector("h2", "h2", be, Protocol::Http2)]);
+    net.routers[1].set_listeners(vec![http_listener("h2", "h2")]);
+    wait_active(&net.routers[1], "h2").await;
+    let addr = listener_addr(&net.routers[1], "h2");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+
+    // The backend resets after its head: the client's stream is reset with the same code.
+    let req = Request::get("http://h2/reset-me").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let resp = within(WAIT, "the head", resp).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let reason = loop {
+        match within(WAIT, "the body", body.data()).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break e.reason(),
+            None => break None,
+        }
+    };
+    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM));
+
+    // The client resets its request: the backend's stream is reset, with the client's code.
+    let mut client = client.ready().await.unwrap();
+    let req = Request::post("http://h2/wait").body(()).unwrap();
+    let (_resp, mut send) = client.send_request(req, false).unwrap();
+    send.send_data(Bytes::from_static(b"some"), false).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    send.send_reset(h2::Reason::STREAM_CLOSED);
+    let seen = within(WAIT, "the backend to see the reset", rx.recv()).await;
+    assert_eq!(seen, Some(Some(h2::Reason::STREAM_CLOSED)));
+    net.shutdown().await;
+}
