@@ -129,6 +129,7 @@ impl BackendPool {
                     };
                     let (sender, conn) = match http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
+                        .max_header_list_size(super::MAX_HEAD_BYTES as u32)
                         .handshake(io)
                         .await
                     {

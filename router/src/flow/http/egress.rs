@@ -57,6 +57,7 @@ pub(crate) async fn serve_egress(
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(super::MAX_HEAD_BYTES as u32)
         .serve_connection(io, service);
     tokio::select! {
         () = flows.shutdown.cancelled() => {}

@@ -161,6 +161,7 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
     let io = TokioIo::new(StreamIo::new(stream, answer.freeze()));
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .max_header_list_size(super::MAX_HEAD_BYTES as u32)
         .handshake(io)
         .await
         .map_err(|e| format!("HTTP/2 handshake with {}: {e}", target.router))?;
