@@ -489,6 +489,82 @@ fn a_request_is_retried_elsewhere_only_when_it_was_never_sent() {
 }
 
 #[test]
+fn http2_resets_pass_both_ways() {
+    let rt = runtime();
+    let (hold_port, heads, ended) = holding_backend();
+    let mut west = Site::create("west", false);
+    let mut east = Site::create("east", true);
+    http_connector(&east, "hold", "hold", hold_port, "http");
+    http_connector(&east, "broken", "broken", truncating_backend(), "http");
+    http_listener(&west, "hold", "hold");
+    http_listener(&west, "broken", "broken");
+    east.start();
+    west.start();
+    link(&west, &east);
+    wait_key_served(&west, "hold", 1, Duration::from_secs(15));
+    wait_key_served(&west, "broken", 1, Duration::from_secs(15));
+    let hold = west.wait_listener_active("hold", Duration::from_secs(10));
+    let broken = west.wait_listener_active("broken", Duration::from_secs(10));
+    let h2 = |addr: String| async move {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2c handshake with the listener");
+        tokio::spawn(conn);
+        sender
+    };
+    rt.block_on(async {
+        // The client resets its stream (RST_STREAM CANCEL) while the backend works on it:
+        // the backend's request is given up (its connection ends).
+        let mut sender = h2(hold.clone()).await;
+        let req = hyper::Request::get(format!("http://{hold}/work"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let pending = tokio::spawn(async move { sender.send_request(req).await.map(|_| ()) });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while heads.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the request never reached the backend");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pending.abort();
+        let reset_at = Instant::now();
+        while ended.load(Ordering::Relaxed) == 0 {
+            assert!(
+                reset_at.elapsed() < Duration::from_secs(5),
+                "the client reset its stream, yet 5 s later the backend still held the request"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("client reset reached the backend in {:?}", reset_at.elapsed());
+
+        // The backend breaks its response: the client's stream is reset, not ended cleanly.
+        let mut sender = h2(broken.clone()).await;
+        let req = hyper::Request::get(format!("http://{broken}/"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+            .await
+            .expect("no response head within 20 s");
+        match resp {
+            Err(e) => eprintln!("broken response: the request failed: {e}"),
+            Ok(resp) => {
+                let body = tokio::time::timeout(Duration::from_secs(20), resp.into_body().collect())
+                    .await
+                    .expect("the broken body neither ended nor failed within 20 s");
+                match body {
+                    Ok(b) => panic!(
+                        "a response broken at the backend after 10 of 100000 bytes ended cleanly at the client with {} bytes",
+                        b.to_bytes().len()
+                    ),
+                    Err(e) => eprintln!("broken response: the stream was reset: {e}"),
+                }
+            }
+        }
+    });
+}
+
+#[test]
 fn hop_by_hop_headers_are_stripped_and_bodies_arrive_intact() {
     if !have("curl", "curl") {
         return;

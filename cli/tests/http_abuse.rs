@@ -458,6 +458,10 @@ fn a_rapid_reset_burst_leaves_cpu_and_memory_bounded_and_the_listener_serving() 
         out["sent"].as_u64().unwrap_or(0) >= 100,
         "the burst did not get going: {out}"
     );
+    assert_eq!(
+        out["max_concurrent_streams"], 100,
+        "the listener does not limit a client connection to 100 concurrent streams: {out}"
+    );
     // docs/http.md: more than 100 resets pending and the connection is closed with GOAWAY
     // ENHANCE_YOUR_CALM (0xb).
     assert_eq!(

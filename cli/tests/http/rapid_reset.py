@@ -19,7 +19,14 @@ import h2.events
 import h2.exceptions
 
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-out = {"sent": 0, "goaway": None, "ended": None, "responses": 0, "seconds": None}
+out = {
+    "sent": 0,
+    "goaway": None,
+    "ended": None,
+    "responses": 0,
+    "max_concurrent_streams": None,
+    "seconds": None,
+}
 started = time.monotonic()
 sock = socket.create_connection((host, port), timeout=10)
 conn = h2.connection.H2Connection(
@@ -71,6 +78,7 @@ def drain(wait):
 
 
 alive = drain(0.5)  # the server's SETTINGS
+out["max_concurrent_streams"] = conn.remote_settings.max_concurrent_streams
 while alive and out["sent"] < n and out["goaway"] is None:
     try:
         for _ in range(min(100, n - out["sent"])):

@@ -738,6 +738,60 @@ pub fn dropping_backend() -> (u16, Arc<AtomicU64>) {
     (port, heads)
 }
 
+/// A backend that reads each request head and never answers: counts the heads it read and
+/// the connections that ended afterwards (the request was given up on).
+pub fn holding_backend() -> (u16, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let heads = Arc::new(AtomicU64::new(0));
+    let ended = Arc::new(AtomicU64::new(0));
+    let (h, e) = (heads.clone(), ended.clone());
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let (h, e) = (h.clone(), e.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while find(&head, b"\r\n\r\n").is_none() {
+                    match c.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                h.fetch_add(1, Ordering::Relaxed);
+                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                e.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    });
+    (port, heads, ended)
+}
+
+/// A backend that answers each request with `Content-Length: 100000`, 10 bytes, and a close:
+/// a response broken in the middle.
+pub fn truncating_backend() -> u16 {
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while find(&head, b"\r\n\r\n").is_none() {
+                    match c.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n0123456789");
+            });
+        }
+    });
+    port
+}
+
 /// A backend for raw upgrades: it answers any request head with `101 Switching Protocols`
 /// (`Upgrade: raw-echo`), echoes bytes until the client's FIN, then writes `bye` and closes.
 pub fn upgrade_echo_backend() -> u16 {
