@@ -172,6 +172,8 @@ pub(crate) struct Listener {
     error: Option<String>,
     pub(crate) counters: Arc<Counters>,
     cancel: CancellationToken,
+    /// HTTP listeners: client connections it may still take.
+    pub(crate) http_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A configured connector.
@@ -329,6 +331,9 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
             error: error.clone(),
             counters: Arc::default(),
             cancel: flows.shutdown.child_token(),
+            http_slots: Arc::new(tokio::sync::Semaphore::new(
+                super::http::MAX_CLIENT_CONNECTIONS,
+            )),
         });
         match (&error, address) {
             (Some(reason), _) => {

@@ -26,6 +26,25 @@ pub(crate) enum SendError {
     NotSent(Request<Body>, String),
     /// It may have reached the backend; it must not be sent again.
     Failed(String),
+    /// It was sent and no response head came within [`super::RESPONSE_TIMEOUT`].
+    TimedOut,
+}
+
+/// The outcome of `try_send_request`, waiting at most [`super::RESPONSE_TIMEOUT`] for the
+/// response head (the time to get a connection is bounded before this starts).
+pub(crate) async fn sent(
+    sending: impl std::future::Future<
+        Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>>,
+    >,
+) -> Result<Response<Incoming>, SendError> {
+    match tokio::time::timeout(super::RESPONSE_TIMEOUT, sending).await {
+        Err(_) => Err(SendError::TimedOut),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(req) => Err(SendError::NotSent(req, e.into_error().to_string())),
+            None => Err(SendError::Failed(e.into_error().to_string())),
+        },
+    }
 }
 
 /// The connections to one connector's backend.
@@ -87,7 +106,11 @@ impl BackendPool {
                     Ok(io) => io,
                     Err(why) => return Err(SendError::NotSent(req, why)),
                 };
-                let (sender, conn) = match http1::Builder::new().handshake(io).await {
+                let (sender, conn) = match http1::Builder::new()
+                    .max_buf_size(super::MAX_HEAD_BYTES)
+                    .handshake(io)
+                    .await
+                {
                     Ok(pair) => pair,
                     Err(e) => return Err(SendError::NotSent(req, e.to_string())),
                 };
@@ -101,7 +124,7 @@ impl BackendPool {
                 sender
             }
         };
-        match sender.try_send_request(req).await {
+        match sent(sender.try_send_request(req)).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
                 let body = GiveBack {
@@ -110,10 +133,7 @@ impl BackendPool {
                 };
                 Ok(Response::from_parts(parts, super::io::boxed(body)))
             }
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent(req, e.into_error().to_string())),
-                None => Err(SendError::Failed(e.into_error().to_string())),
-            },
+            Err(e) => Err(e),
         }
     }
 
@@ -129,6 +149,8 @@ impl BackendPool {
                     };
                     let (sender, conn) = match http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
+                        .initial_stream_window_size(super::PEER_STREAM_WINDOW)
+                        .initial_connection_window_size(super::PEER_CONNECTION_WINDOW)
                         .max_header_list_size(super::MAX_HEAD_BYTES as u32)
                         .handshake(io)
                         .await
@@ -144,12 +166,9 @@ impl BackendPool {
                 }
             }
         };
-        match sender.try_send_request(req).await {
+        match sent(sender.try_send_request(req)).await {
             Ok(resp) => Ok(resp.map(super::io::boxed)),
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent(req, e.into_error().to_string())),
-                None => Err(SendError::Failed(e.into_error().to_string())),
-            },
+            Err(e) => Err(e),
         }
     }
 
@@ -174,23 +193,24 @@ impl BackendPool {
             Ok(io) => io,
             Err(why) => return Err(SendError::NotSent(req, why)),
         };
-        let (mut sender, conn) = match http1::Builder::new().handshake(io).await {
+        let (mut sender, conn) = match http1::Builder::new()
+            .max_buf_size(super::MAX_HEAD_BYTES)
+            .handshake(io)
+            .await
+        {
             Ok(pair) => pair,
             Err(e) => return Err(SendError::NotSent(req, e.to_string())),
         };
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        match sender.try_send_request(req).await {
+        match sent(sender.try_send_request(req)).await {
             Ok(mut resp) => {
                 let upgraded = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
                     .then(|| hyper::upgrade::on(&mut resp));
                 Ok((resp.map(super::io::boxed), upgraded))
             }
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent(req, e.into_error().to_string())),
-                None => Err(SendError::Failed(e.into_error().to_string())),
-            },
+            Err(e) => Err(e),
         }
     }
 }

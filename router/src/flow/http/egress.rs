@@ -22,10 +22,6 @@ use crate::link::LinkStream;
 use crate::routing::RoutingKey;
 use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame};
 
-/// Requests one inter-router connection may carry at once (the ingress opens another
-/// connection beyond its own limit of 100).
-const MAX_STREAMS: u32 = 256;
-
 /// Serves an HTTP flow stream: answers its status, then HTTP/2 until the stream ends.
 pub(crate) async fn serve_egress(
     flows: &Arc<Flows>,
@@ -56,8 +52,14 @@ pub(crate) async fn serve_egress(
     let service = hyper::service::service_fn(move |req| request(f.clone(), key.clone(), req));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(super::MAX_HEAD_BYTES as u32)
+        .max_concurrent_streams(super::PEER_MAX_STREAMS)
+        .initial_stream_window_size(super::PEER_STREAM_WINDOW)
+        .initial_connection_window_size(super::PEER_CONNECTION_WINDOW)
+        .max_frame_size(super::PEER_MAX_FRAME)
+        .max_header_list_size(super::PEER_MAX_HEADER_LIST)
+        // The peer is a router of this network: its resets are requests its clients reset.
+        .max_local_error_reset_streams(None)
+        .max_pending_accept_reset_streams(None)
         .serve_connection(io, service);
     tokio::select! {
         () = flows.shutdown.cancelled() => {}
@@ -89,5 +91,13 @@ async fn request(
         Err(SendError::Failed(why)) => {
             rescue_response(StatusCode::BAD_GATEWAY, "backend-failed", &why)
         }
+        Err(SendError::TimedOut) => rescue_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            &format!(
+                "no response head within {} s",
+                super::RESPONSE_TIMEOUT.as_secs()
+            ),
+        ),
     })
 }

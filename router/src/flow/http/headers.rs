@@ -7,16 +7,32 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub(crate) const VIA: &str = "1.1 skiff";
 
 /// Headers that describe one connection, never the message (RFC 9110 7.6.1), plus the
-/// non-standard `Proxy-Connection` and `Keep-Alive`.
+/// non-standard `Proxy-Connection` and `Keep-Alive`, and `HTTP2-Settings` of the h2c upgrade.
+/// (`Trailer` is end to end: HTTP/1.1 encoders write only the trailers it declares.)
 const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
+    "http2-settings",
 ];
+
+/// Headers skiff's routers use between themselves; never taken from a client or a backend.
+pub(crate) const INTERNAL: [&str; 3] = [
+    super::NOT_SENT_HEADER,
+    super::UPGRADE_HEADER,
+    super::UPGRADED_HEADER,
+];
+
+/// Removes skiff's internal headers (a client or backend could otherwise steer the routers:
+/// fake "not sent" to cause a second send, or fake an upgrade).
+pub(crate) fn strip_internal(headers: &mut HeaderMap) {
+    for n in INTERNAL {
+        headers.remove(n);
+    }
+}
 
 /// Removes hop-by-hop headers and every header the `Connection` header names. `TE: trailers`
 /// survives (gRPC needs it end to end) when `keep_te_trailers` is set.
@@ -108,14 +124,32 @@ mod tests {
             ("te", "trailers, deflate"),
             ("x-end-to-end", "kept"),
             ("proxy-authorization", "Basic x"),
+            ("trailer", "grpc-status"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
         ]);
         strip_hop_by_hop(&mut h, true);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-end-to-end", "proxy-authorization", "te"]);
+        assert_eq!(
+            names,
+            ["x-end-to-end", "proxy-authorization", "trailer", "te"]
+        );
         assert_eq!(h["te"], "trailers");
         let mut h = map(&[("te", "deflate")]);
         strip_hop_by_hop(&mut h, true);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn internal_headers_never_come_from_outside() {
+        let mut h = map(&[
+            ("skiff-not-sent", "1"),
+            ("skiff-upgrade", "websocket"),
+            ("skiff-upgrade-status", "101"),
+            ("skiff-error", "kept: it only informs"),
+        ]);
+        strip_internal(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["skiff-error"]);
     }
 
     #[test]

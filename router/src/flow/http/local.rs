@@ -12,7 +12,7 @@ use super::io::Body;
 use crate::flow::Flows;
 use crate::routing::RoutingKey;
 
-/// Sends `req` to a local connector of `key`.
+/// Sends `req` (absolute URI, as the ingress made it) to a local connector of `key`.
 pub(crate) async fn send(
     flows: &Arc<Flows>,
     key: &RoutingKey,
@@ -26,28 +26,38 @@ pub(crate) async fn send(
         ));
     }
     let mut last = String::new();
+    let (uri, version) = (req.uri().clone(), req.version());
     for c in connectors {
         let Some(pool) = c.http_pool.clone() else {
             continue;
         };
-        let _active = c.counters.start();
+        let active = c.counters.start();
         backend_form(&mut req, c.spec.protocol == crate::routing::Protocol::Http2);
         match pool.send(req).await {
             Ok(mut resp) => {
-                // An HTTP/1.1 backend's framing headers end here (HTTP/2 forbids them).
+                // An HTTP/1.1 backend's framing headers end here (HTTP/2 forbids them), and
+                // a backend never speaks for skiff.
                 super::headers::strip_hop_by_hop(resp.headers_mut(), false);
-                return Ok(resp);
+                super::headers::strip_internal(resp.headers_mut());
+                // Busy until the response body is done (least-busy choice, flow counts).
+                return Ok(resp.map(|b| super::io::with_guard(b, active)));
             }
             Err(SendError::NotSent(r, why)) => {
                 c.counters.fail();
                 tracing::debug!(connector = %c.spec.name, reason = %why, "backend not reached");
                 last = format!("{}: {why}", pool.address());
+                // Back to the form it came in, for the next connector (HTTP/1.1 and HTTP/2
+                // ones want different forms).
                 req = r;
+                *req.uri_mut() = uri.clone();
+                *req.version_mut() = version;
+                req.headers_mut().remove(header::HOST);
             }
             Err(SendError::Failed(why)) => {
                 c.counters.fail();
                 return Err(SendError::Failed(format!("{}: {why}", pool.address())));
             }
+            Err(SendError::TimedOut) => return Err(SendError::TimedOut),
         }
     }
     Err(SendError::NotSent(req, last))

@@ -54,3 +54,20 @@ const NOT_SENT_HEADER: &str = "skiff-not-sent";
 const UPGRADE_HEADER: &str = "skiff-upgrade";
 /// Header between routers: the backend switched protocols.
 const UPGRADED_HEADER: &str = "skiff-upgrade-status";
+/// How long getting a connection for a request may take (a stream on the link, the egress's
+/// answer, the HTTP/2 handshake); past it the request was never sent and the next site is
+/// tried.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP client connections one listener serves at once; more are closed at once.
+pub const MAX_CLIENT_CONNECTIONS: usize = 10_000;
+/// Between routers: HTTP/2 stream receive window. With [`PEER_CONNECTION_WINDOW`] = streams x
+/// this, a stream whose reader is slow never holds back another.
+const PEER_STREAM_WINDOW: u32 = 256 * 1024;
+/// Between routers and towards HTTP/2 backends: connection receive window.
+const PEER_CONNECTION_WINDOW: u32 = 128 * PEER_STREAM_WINDOW;
+/// Between routers: streams per connection (the ingress opens another connection past 100).
+const PEER_MAX_STREAMS: u32 = 128;
+/// Between routers: header list size (a 64 KiB head may grow with HPACK's Huffman code) and
+/// frame size (so a large head needs few CONTINUATION frames).
+const PEER_MAX_HEADER_LIST: u32 = 1024 * 1024;
+const PEER_MAX_FRAME: u32 = 1024 * 1024;

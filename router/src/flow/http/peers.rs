@@ -14,8 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use skiff_certs::SiteId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::CONNECTION_TIMEOUT;
 use super::io::{Body, StreamIo};
-use crate::flow::{FlowRole, Flows, HEADER_TIMEOUT, OPEN_TIMEOUT};
+use crate::flow::{FlowRole, Flows, OPEN_TIMEOUT};
 use crate::routing::{Protocol, Target};
 use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame};
 
@@ -46,9 +47,19 @@ impl InFlight {
     }
 }
 
-/// The connections to one (egress router, key); the lock is held while one is opened, so a
-/// burst of first requests opens one connection, not many.
-type PeerEntry = Arc<tokio::sync::Mutex<Vec<Arc<PeerConn>>>>;
+/// The connections to one (egress router, key), and when opening one last failed; the lock is
+/// held while one is opened (within [`CONNECTION_TIMEOUT`]), so a burst of first requests
+/// opens one connection, not many.
+type PeerEntry = Arc<tokio::sync::Mutex<Entry>>;
+
+#[derive(Default)]
+struct Entry {
+    conns: Vec<Arc<PeerConn>>,
+    failed: Option<(std::time::Instant, String)>,
+}
+
+/// After a failed open, requests fail over at once for this long instead of trying again.
+const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The connections of one router, by (egress router, key).
 #[derive(Default)]
@@ -57,13 +68,25 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
-    /// A connection to `target` with room for one more request, opened if needed. `Err`:
-    /// no connection could be had (nothing was sent; another target may be tried).
+    /// A connection to `target` with room for one more request, opened if needed, within
+    /// [`CONNECTION_TIMEOUT`]. `Err`: no connection could be had (nothing was sent; another
+    /// target may be tried).
     pub(crate) async fn get(
         &self,
         flows: &Arc<Flows>,
         target: &Target,
     ) -> Result<InFlight, String> {
+        match tokio::time::timeout(CONNECTION_TIMEOUT, self.get_now(flows, target)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no connection to {} within {} s",
+                target.router,
+                CONNECTION_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    async fn get_now(&self, flows: &Arc<Flows>, target: &Target) -> Result<InFlight, String> {
         let entry = self
             .conns
             .lock()
@@ -71,23 +94,38 @@ impl Peers {
             .entry((target.router, target.key.as_str().to_owned()))
             .or_default()
             .clone();
-        let mut list = entry.lock().await;
-        list.retain(|c| !c.sender.is_closed());
-        let best = list
+        let mut entry = entry.lock().await;
+        entry.conns.retain(|c| !c.sender.is_closed());
+        let best = entry
+            .conns
             .iter()
             .min_by_key(|c| c.in_flight.load(Ordering::Relaxed))
             .cloned();
         let conn = match best {
             Some(c)
                 if c.in_flight.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION
-                    || list.len() >= CONNECTIONS_PER_PEER =>
+                    || entry.conns.len() >= CONNECTIONS_PER_PEER =>
             {
                 c
             }
             _ => {
-                let c = Arc::new(open(flows, target).await?);
-                list.push(c.clone());
-                c
+                if let Some((at, why)) = &entry.failed
+                    && at.elapsed() < FAILURE_MEMORY
+                {
+                    return Err(why.clone());
+                }
+                match open(flows, target).await {
+                    Ok(c) => {
+                        let c = Arc::new(c);
+                        entry.conns.push(c.clone());
+                        entry.failed = None;
+                        c
+                    }
+                    Err(why) => {
+                        entry.failed = Some((std::time::Instant::now(), why.clone()));
+                        return Err(why);
+                    }
+                }
             }
         };
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -143,15 +181,11 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
             }
         }
     };
-    let status = match tokio::time::timeout(HEADER_TIMEOUT, handshake).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(why)) => {
+    let status = match handshake.await {
+        Ok(s) => s,
+        Err(why) => {
             stream.reset();
             return Err(why);
-        }
-        Err(_) => {
-            stream.reset();
-            return Err(format!("no answer from {} in time", target.router));
         }
     };
     if status.code != FlowStatusCode::Ok {
@@ -161,7 +195,10 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
     let io = TokioIo::new(StreamIo::new(stream, answer.freeze()));
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_header_list_size(super::MAX_HEAD_BYTES as u32)
+        .initial_stream_window_size(super::PEER_STREAM_WINDOW)
+        .initial_connection_window_size(super::PEER_CONNECTION_WINDOW)
+        .max_frame_size(super::PEER_MAX_FRAME)
+        .max_header_list_size(super::PEER_MAX_HEADER_LIST)
         .handshake(io)
         .await
         .map_err(|e| format!("HTTP/2 handshake with {}: {e}", target.router))?;

@@ -23,8 +23,8 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::backend::SendError;
-use super::headers::{add_via, smuggling_shape, strip_hop_by_hop};
+use super::backend::{SendError, sent};
+use super::headers::{add_via, smuggling_shape, strip_hop_by_hop, strip_internal};
 use super::io::{Body, boxed, full};
 use super::{
     ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_CLIENT_STREAMS, MAX_HEAD_BYTES, MAX_PENDING_RESETS,
@@ -39,28 +39,32 @@ use crate::routing::{RoutingKey, Target};
 pub(crate) enum ProxyError {
     /// The request is malformed or smuggles (400).
     BadRequest(&'static str),
-    /// No site serves the key, or none could be reached (503).
-    NoRoute(String),
+    /// No site serves the key, or none could be reached (503); the `skiff-error` reason
+    /// (`no-route`, or `connect-refused` when backends refused) and the detail.
+    NoRoute(&'static str, String),
     /// The request was sent and failed on the way or at the backend (502).
     Failed(String),
     /// No response head in time (504).
     Timeout,
+    /// A request skiff does not proxy (501).
+    NotImplemented(&'static str),
 }
 
 impl ProxyError {
     fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
-            ProxyError::NoRoute(_) => (StatusCode::SERVICE_UNAVAILABLE, "no-route"),
+            ProxyError::NoRoute(reason, _) => (StatusCode::SERVICE_UNAVAILABLE, *reason),
             ProxyError::Failed(_) => (StatusCode::BAD_GATEWAY, "backend-failed"),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ProxyError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not-proxied"),
         }
     }
 
     fn detail(&self) -> String {
         match self {
-            ProxyError::BadRequest(why) => (*why).to_owned(),
-            ProxyError::NoRoute(why) | ProxyError::Failed(why) => why.clone(),
+            ProxyError::BadRequest(why) | ProxyError::NotImplemented(why) => (*why).to_owned(),
+            ProxyError::NoRoute(_, why) | ProxyError::Failed(why) => why.clone(),
             ProxyError::Timeout => {
                 format!("no response head within {} s", RESPONSE_TIMEOUT.as_secs())
             }
@@ -101,9 +105,21 @@ struct Ingress {
 
 /// Serves one client connection of an HTTP listener until it ends.
 pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, client: TcpStream) {
+    let Ok(_slot) = listener.http_slots.clone().try_acquire_owned() else {
+        listener.counters.fail();
+        tracing::warn!(
+            limit = super::MAX_CLIENT_CONNECTIONS,
+            "HTTP listener at its connection limit; a client was refused"
+        );
+        return;
+    };
     let _ = client.set_nodelay(true);
     set_keepalive(&client);
     let _active = listener.counters.start();
+    if !first_bytes(&client).await {
+        tracing::debug!("a client sent no request in time; closed");
+        return;
+    }
     let shutdown = flows.shutdown.clone();
     let ingress = Arc::new(Ingress { flows, listener });
     let service = hyper::service::service_fn(move |req| handle(ingress.clone(), req));
@@ -119,13 +135,49 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
         .max_concurrent_streams(MAX_CLIENT_STREAMS)
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_local_error_reset_streams(MAX_PENDING_RESETS)
-        .max_header_list_size(MAX_HEAD_BYTES as u32);
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
     tokio::select! {
         () = shutdown.cancelled() => {}
         r = conn => if let Err(e) = r {
             tracing::debug!(cause = %e, "HTTP client connection ended with an error");
         },
+    }
+}
+
+/// The HTTP/2 connection preface; hyper reads up to its length, with no timeout, to tell
+/// HTTP/1.1 from HTTP/2.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client shows enough of a request within [`HEADER_READ_TIMEOUT`] for hyper to
+/// tell the protocol (after that hyper's own timeouts apply): a connection that sends nothing,
+/// or a piece of the HTTP/2 preface and then nothing, is closed.
+async fn first_bytes(tcp: &TcpStream) -> bool {
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        if n >= PREFACE.len() || buf[..n] != PREFACE[..n] {
+            return true;
+        }
+        // Part of the preface: look again shortly.
+        if tokio::time::timeout_at(
+            deadline,
+            tokio::time::sleep(std::time::Duration::from_millis(20)),
+        )
+        .await
+        .is_err()
+        {
+            return false;
+        }
     }
 }
 
@@ -142,6 +194,12 @@ async fn handle(
         .unwrap_or_default();
     let metrics = ingress.flows.http_metrics.key(&key);
     let resp = match result {
+        // Answered by a skiff router on the way (an egress's rescue): an error, not the
+        // backend's status.
+        Ok(resp) if resp.headers().contains_key(ERROR_HEADER) => {
+            metrics.record(None, started.elapsed());
+            resp
+        }
         Ok(resp) => {
             metrics.record(Some(resp.status().as_u16()), started.elapsed());
             resp
@@ -188,6 +246,7 @@ async fn proxy(
         return (
             None,
             Err(ProxyError::NoRoute(
+                "no-route",
                 "no reachable site serves the key over HTTP".into(),
             )),
         );
@@ -237,6 +296,14 @@ async fn proxy(
 /// needs (from `Host` for HTTP/1.1 clients).
 pub(crate) fn normalise_request(req: Request<Incoming>) -> Result<Request<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    if parts.method == http::Method::CONNECT {
+        return Err(ProxyError::NotImplemented("CONNECT is not proxied"));
+    }
+    if parts.uri == "*" {
+        return Err(ProxyError::NotImplemented(
+            "a request for * (OPTIONS *) is not proxied",
+        ));
+    }
     let authority = parts
         .uri
         .authority()
@@ -247,8 +314,15 @@ pub(crate) fn normalise_request(req: Request<Incoming>) -> Result<Request<Body>,
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "localhost".into());
+        });
+    let authority = match authority {
+        Some(a) => a,
+        // HTTP/1.1 requires Host (RFC 9112 3.2); an HTTP/1.0 client may omit it.
+        None if parts.version == http::Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("an HTTP/1.1 request without Host"));
+        }
+        None => "localhost".into(),
+    };
     let path = parts
         .uri
         .path_and_query()
@@ -259,6 +333,7 @@ pub(crate) fn normalise_request(req: Request<Incoming>) -> Result<Request<Body>,
         .map_err(|_| ProxyError::BadRequest("a Host or request target that is not a URI"))?;
     parts.headers.remove(header::HOST);
     strip_hop_by_hop(&mut parts.headers, true);
+    strip_internal(&mut parts.headers);
     add_via(&mut parts.headers);
     parts.version = http::Version::HTTP_2;
     Ok(Request::from_parts(parts, boxed(body)))
@@ -284,6 +359,7 @@ async fn route(
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
     let mut last = String::from("no target");
+    let mut reason = "no-route";
     let mut last_key = None;
     for target in targets.into_iter().take(MAX_REQUEST_ATTEMPTS) {
         let b = match body.take() {
@@ -293,11 +369,12 @@ async fn route(
         };
         let req = Request::from_parts(parts.clone(), b);
         last_key = Some(target.key.clone());
-        let _outstanding = flows.hold(target.router);
-        let attempt = tokio::time::timeout(RESPONSE_TIMEOUT, forward(flows, &target, req));
-        match attempt.await {
-            Err(_) => return (last_key, Err(ProxyError::Timeout)),
-            Ok(Ok(resp)) if resp.headers().contains_key(NOT_SENT_HEADER) && replayable => {
+        // Counts against the target until the response body is done (balancing).
+        let outstanding = flows.hold(target.router);
+        match forward(flows, &target, req).await {
+            Ok(resp) if resp.headers().contains_key(NOT_SENT_HEADER) && replayable => {
+                // The egress's backends refused it.
+                reason = "connect-refused";
                 last = format!(
                     "{}: {}",
                     target.router,
@@ -307,16 +384,26 @@ async fn route(
                         .unwrap_or("not sent")
                 );
             }
-            Ok(Ok(resp)) => return (last_key, Ok(resp)),
-            Ok(Err(SendError::NotSent(req, why))) => {
+            Ok(resp) => {
+                let resp = resp.map(|b| super::io::with_guard(b, outstanding));
+                return (last_key, Ok(resp));
+            }
+            Err(SendError::NotSent(req, why)) => {
                 body = Some(req.into_body());
+                // Here: the local backends refused; elsewhere: the way to the site failed.
+                reason = if target.next_hop.is_none() {
+                    "connect-refused"
+                } else {
+                    "no-route"
+                };
                 last = why;
             }
-            Ok(Err(SendError::Failed(why))) => return (last_key, Err(ProxyError::Failed(why))),
+            Err(SendError::Failed(why)) => return (last_key, Err(ProxyError::Failed(why))),
+            Err(SendError::TimedOut) => return (last_key, Err(ProxyError::Timeout)),
         }
         tracing::debug!(reason = %last, "target not reached; trying the next");
     }
-    (last_key, Err(ProxyError::NoRoute(last)))
+    (last_key, Err(ProxyError::NoRoute(reason, last)))
 }
 
 /// Layer 6: the local connectors, or the target router over a pooled HTTP/2 connection.
@@ -333,12 +420,9 @@ async fn forward(
         Err(why) => return Err(SendError::NotSent(req, why)),
     };
     let mut sender = conn.sender();
-    match sender.try_send_request(req).await {
+    match sent(sender.try_send_request(req)).await {
         // The request counts on its connection until its response body is done.
         Ok(resp) => Ok(resp.map(move |b| super::io::with_guard(boxed(b), conn))),
-        Err(mut e) => match e.take_message() {
-            Some(req) => Err(SendError::NotSent(req, e.into_error().to_string())),
-            None => Err(SendError::Failed(e.into_error().to_string())),
-        },
+        Err(e) => Err(e),
     }
 }

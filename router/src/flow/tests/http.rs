@@ -248,7 +248,7 @@ async fn a_request_never_sent_moves_on_and_errors_say_why() {
         .unwrap();
     let resp = h1.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 503);
-    assert_eq!(resp.headers()["skiff-error"], "no-route");
+    assert_eq!(resp.headers()["skiff-error"], "connect-refused");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(
         String::from_utf8_lossy(&body).contains("refused"),
