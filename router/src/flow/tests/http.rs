@@ -415,3 +415,79 @@ async fn http2_resets_cross_the_routers_with_their_code() {
     assert_eq!(seen, Some(Some(h2::Reason::STREAM_CLOSED)));
     net.shutdown().await;
 }
+
+/// An HTTP/1.1 backend that answers with `skiff-not-sent: 1` (as if it were a router) and
+/// records every request's headers.
+async fn forging_backend(seen: Arc<Mutex<Vec<::http::HeaderMap>>>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    seen.lock().unwrap().push(req.headers().clone());
+                    async move {
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"forged")));
+                        r.headers_mut()
+                            .insert("skiff-not-sent", "1".parse().unwrap());
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_the_routers_use_between_them_cannot_be_forged() {
+    let net = star(3, TransportChoice::Quic).await;
+    let forged = Arc::new(Mutex::new(Vec::new()));
+    let other = Arc::new(Mutex::new(BTreeMap::new()));
+    let a = forging_backend(forged.clone()).await;
+    let b = named_backend("plain", false, other.clone()).await;
+    net.routers[1].set_connectors(vec![http_connector("web", "web", a, Protocol::Http)]);
+    net.routers[2].set_connectors(vec![http_connector("web", "web", b, Protocol::Http)]);
+    net.routers[0].set_listeners(vec![http_listener("web", "web")]);
+    converge(&net).await;
+    two_sites(&net, "web").await;
+    let addr = listener_addr(&net.routers[0], "web");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..30 {
+        h1.ready().await.unwrap();
+        // A client's forged upgrade header, and an h2c upgrade (not an upgrade here).
+        let req = Request::get("http://web/")
+            .header("skiff-upgrade", "websocket")
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .header("upgrade", "h2c")
+            .header("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = within(WAIT, "a response", h1.send_request(req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.headers().contains_key("skiff-not-sent"));
+        resp.into_body().collect().await.unwrap();
+    }
+    // Every request reached exactly one backend: a backend's "not sent" made no second send.
+    let (f, o) = (forged.lock().unwrap().len(), other.lock().unwrap()["plain"]);
+    assert_eq!(f + o, 30, "forged {f}, plain {o}");
+    assert!(f > 0, "the forging backend got no request");
+    for h in forged.lock().unwrap().iter() {
+        assert!(!h.contains_key("skiff-upgrade"), "{h:?}");
+        assert!(
+            !h.contains_key("upgrade") && !h.contains_key("http2-settings"),
+            "{h:?}"
+        );
+    }
+    net.shutdown().await;
+}
