@@ -17,6 +17,9 @@ use crate::flow::CONNECT_TIMEOUT;
 
 /// Idle HTTP/1.1 connections kept per connector.
 const MAX_IDLE: usize = 32;
+/// How long an idle HTTP/1.1 connection is reused: below common backend keep-alive timeouts
+/// (nginx 75 s, Apache 5 s is the outlier), so a request rarely races the backend's close.
+const IDLE_REUSE: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Why a request got no response.
 // The request comes back whole on the (rare) failure path, where a box would gain nothing.
@@ -52,7 +55,7 @@ pub(crate) struct BackendPool {
     host: String,
     port: u16,
     http2: bool,
-    idle: Mutex<Vec<http1::SendRequest<Body>>>,
+    idle: Mutex<Vec<(http1::SendRequest<Body>, std::time::Instant)>>,
     shared: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -92,38 +95,48 @@ impl BackendPool {
         if self.http2 {
             return self.send_h2(req).await;
         }
-        let ready = {
+        let reused = {
             let mut idle = self.idle.lock().unwrap();
-            idle.retain(|s| !s.is_closed());
+            idle.retain(|(s, at)| !s.is_closed() && at.elapsed() < IDLE_REUSE);
             idle.iter()
-                .position(|s| s.is_ready())
-                .map(|i| idle.swap_remove(i))
+                .position(|(s, _)| s.is_ready())
+                .map(|i| idle.swap_remove(i).0)
         };
-        let mut sender = match ready {
-            Some(s) => s,
-            None => {
-                let io = match self.connect().await {
-                    Ok(io) => io,
-                    Err(why) => return Err(SendError::NotSent(req, why)),
-                };
-                let (sender, conn) = match http1::Builder::new()
-                    .max_buf_size(super::MAX_HEAD_BYTES)
-                    .handshake(io)
-                    .await
-                {
-                    Ok(pair) => pair,
-                    Err(e) => return Err(SendError::NotSent(req, e.to_string())),
-                };
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                let mut sender = sender;
-                if let Err(e) = sender.ready().await {
-                    return Err(SendError::NotSent(req, e.to_string()));
-                }
-                sender
-            }
+        let req = match reused {
+            Some(sender) => match self.send_on(sender, req).await {
+                // The backend closed the kept-alive connection as we took it: nothing was
+                // sent, so a new connection to the same backend is tried first.
+                Err(SendError::NotSent(req, _)) => req,
+                done => return done,
+            },
+            None => req,
         };
+        let io = match self.connect().await {
+            Ok(io) => io,
+            Err(why) => return Err(SendError::NotSent(req, why)),
+        };
+        let (mut sender, conn) = match http1::Builder::new()
+            .max_buf_size(super::MAX_HEAD_BYTES)
+            .handshake(io)
+            .await
+        {
+            Ok(pair) => pair,
+            Err(e) => return Err(SendError::NotSent(req, e.to_string())),
+        };
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        if let Err(e) = sender.ready().await {
+            return Err(SendError::NotSent(req, e.to_string()));
+        }
+        self.send_on(sender, req).await
+    }
+
+    async fn send_on(
+        self: &Arc<Self>,
+        mut sender: http1::SendRequest<Body>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
         match sent(sender.try_send_request(req)).await {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
@@ -180,7 +193,7 @@ impl BackendPool {
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
         }
-        idle.push(sender);
+        idle.push((sender, std::time::Instant::now()));
     }
 
     /// Sends an upgrade request (WebSocket) on a connection of its own, and on

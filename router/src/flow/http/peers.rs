@@ -22,8 +22,9 @@ use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame};
 
 /// Requests one connection carries at a time before another is opened.
 pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
-/// Connections to one (router, key) at most.
-pub(crate) const CONNECTIONS_PER_PEER: usize = 4;
+/// Connections to one (router, key) at most: long-lived requests (WebSocket, SSE, gRPC
+/// streams) hold their stream, so up to 64 x 100 may be open at once.
+pub(crate) const CONNECTIONS_PER_PEER: usize = 64;
 
 /// One HTTP/2 connection to an egress router.
 pub(crate) struct PeerConn {
