@@ -87,6 +87,25 @@ impl BackendPool {
         Ok(TokioIo::new(tcp))
     }
 
+    /// A new HTTP/1.1 connection to the backend (`upgrades`: one that may switch protocols);
+    /// its task ends with the connection.
+    async fn connect_h1(&self, upgrades: bool) -> Result<http1::SendRequest<Body>, String> {
+        let io = self.connect().await?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(super::MAX_HEAD_BYTES)
+            .handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+        });
+        Ok(sender)
+    }
+
     /// Sends `req`; the response's body keeps an HTTP/1.1 connection busy until it ends.
     pub(crate) async fn send(
         self: &Arc<Self>,
@@ -111,21 +130,10 @@ impl BackendPool {
             },
             None => req,
         };
-        let io = match self.connect().await {
-            Ok(io) => io,
+        let mut sender = match self.connect_h1(false).await {
+            Ok(s) => s,
             Err(why) => return Err(SendError::NotSent(req, why)),
         };
-        let (mut sender, conn) = match http1::Builder::new()
-            .max_buf_size(super::MAX_HEAD_BYTES)
-            .handshake(io)
-            .await
-        {
-            Ok(pair) => pair,
-            Err(e) => return Err(SendError::NotSent(req, e.to_string())),
-        };
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         if let Err(e) = sender.ready().await {
             return Err(SendError::NotSent(req, e.to_string()));
         }
@@ -202,21 +210,10 @@ impl BackendPool {
         &self,
         req: Request<Body>,
     ) -> Result<(Response<Body>, Option<hyper::upgrade::OnUpgrade>), SendError> {
-        let io = match self.connect().await {
-            Ok(io) => io,
+        let mut sender = match self.connect_h1(true).await {
+            Ok(s) => s,
             Err(why) => return Err(SendError::NotSent(req, why)),
         };
-        let (mut sender, conn) = match http1::Builder::new()
-            .max_buf_size(super::MAX_HEAD_BYTES)
-            .handshake(io)
-            .await
-        {
-            Ok(pair) => pair,
-            Err(e) => return Err(SendError::NotSent(req, e.to_string())),
-        };
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
         match sent(sender.try_send_request(req)).await {
             Ok(mut resp) => {
                 let upgraded = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)

@@ -48,6 +48,16 @@ async fn named_backend(
     addr
 }
 
+/// An HTTP/1.1 client connection to `addr`.
+async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    h1
+}
+
 fn http_listener(name: &str, k: &str) -> ListenerSpec {
     let mut l = listener(name, k);
     l.protocol = Protocol::Http;
@@ -84,11 +94,7 @@ async fn requests_on_one_connection_are_balanced_over_two_sites() {
     let addr = listener_addr(&net.routers[0], "web");
 
     // HTTP/1.1, one keep-alive connection, one request after the other.
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut h1 = h1_client(addr).await;
     for _ in 0..60 {
         h1.ready().await.unwrap();
         let req = Request::get("http://web/")
@@ -215,11 +221,7 @@ async fn a_request_never_sent_moves_on_and_errors_say_why() {
     converge(&net).await;
     two_sites(&net, "web").await;
     let addr = listener_addr(&net.routers[0], "web");
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut h1 = h1_client(addr).await;
     for _ in 0..20 {
         h1.ready().await.unwrap();
         let req = Request::get("http://web/")
@@ -255,11 +257,7 @@ async fn a_request_never_sent_moves_on_and_errors_say_why() {
         "{body:?}"
     );
     let none = listener_addr(&net.routers[0], "none");
-    let tcp = TcpStream::connect(none).await.unwrap();
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut h1 = h1_client(none).await;
     h1.ready().await.unwrap();
     let req = Request::get("http://x/")
         .body(Empty::<Bytes>::new())
@@ -456,11 +454,7 @@ async fn headers_the_routers_use_between_them_cannot_be_forged() {
     converge(&net).await;
     two_sites(&net, "web").await;
     let addr = listener_addr(&net.routers[0], "web");
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut h1 = h1_client(addr).await;
     for _ in 0..30 {
         h1.ready().await.unwrap();
         // A client's forged upgrade header, and an h2c upgrade (not an upgrade here).
