@@ -366,21 +366,21 @@ async fn listeners_and_connectors_reconcile_without_disturbing_flows() {
     let mut b = [0u8; 1];
     held.read_exact(&mut b).await.unwrap();
 
-    // Add a second listener and connector, with a port taken and an unsupported type.
+    // Add a second listener and connector, with a port taken and an address not of this host.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut busy = listener("busy", "a");
     busy.port = taken.local_addr().unwrap().port();
-    let mut http = listener("http", "a");
-    http.protocol = Protocol::Http;
+    let mut foreign = listener("foreign", "a");
+    foreign.host = "192.0.2.1".into();
     net.routers[0].set_connectors(vec![
         connector("a", "a", echo_addr),
         connector("b", "b", echo_addr),
     ]);
-    net.routers[1].set_listeners(vec![listener("a", "a"), listener("b", "b"), busy, http]);
+    net.routers[1].set_listeners(vec![listener("a", "a"), listener("b", "b"), busy, foreign]);
     let l = net.routers[1].listeners();
     assert_eq!(
         l.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
-        ["a", "b", "busy", "http"]
+        ["a", "b", "busy", "foreign"]
     );
     assert_eq!(
         listener_addr(&net.routers[1], "a"),
@@ -395,10 +395,7 @@ async fn listeners_and_connectors_reconcile_without_disturbing_flows() {
     );
     assert_eq!(l[3].status, ResourceState::Error);
     assert!(
-        l[3].reason
-            .as_deref()
-            .unwrap()
-            .contains("not yet supported"),
+        l[3].reason.as_deref().unwrap().contains("192.0.2.1"),
         "{:?}",
         l[3].reason
     );
