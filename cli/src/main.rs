@@ -193,7 +193,8 @@ enum ServiceCommand {
         /// Listener: bind address [default: 0.0.0.0]. Connector: backend host [default: 127.0.0.1].
         #[arg(long)]
         host: Option<String>,
-        /// tcp (http and http2 are not supported yet).
+        /// tcp: connections. http: HTTP/1.1 and h2c, routed request by request (a connector's
+        /// backend speaks HTTP/1.1). http2: the same, with an HTTP/2 backend (gRPC).
         #[arg(long = "type", default_value = "tcp")]
         protocol: String,
         #[command(flatten)]

@@ -211,7 +211,7 @@ pub struct ListenerSpec {
     pub host: String,
     /// Port (0: any free port, shown by `listener list`).
     pub port: u16,
-    /// `tcp` (`http` and `http2` are not supported yet).
+    /// `tcp`, `http` or `http2` (docs/http.md).
     #[serde(default = "default_type", rename = "type")]
     pub protocol: String,
 }
@@ -255,7 +255,7 @@ pub struct ConnectorSpec {
     /// (a Kubernetes Service port in front of pods listening on another).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertised_port: Option<u16>,
-    /// `tcp` (`http` and `http2` are not supported yet).
+    /// `tcp`, `http` (an HTTP/1.1 backend) or `http2` (an HTTP/2 backend).
     #[serde(default = "default_type", rename = "type")]
     pub protocol: String,
 }

@@ -36,7 +36,7 @@ pub struct ListenerSpec {
     pub host: String,
     /// Port; 0 picks a free one (see [`ListenerStatus::address`]).
     pub port: u16,
-    /// Only [`Protocol::Tcp`] is served for now.
+    /// TCP connections, or HTTP requests routed one by one (`Http`, `Http2`).
     pub protocol: Protocol,
 }
 
@@ -55,7 +55,7 @@ pub struct ConnectorSpec {
     /// The port consumers expect when it differs from the backend's, e.g. a Kubernetes
     /// Service's port in front of pods that listen on another.
     pub advertised_port: Option<u16>,
-    /// Only [`Protocol::Tcp`] is served for now.
+    /// What the backend speaks: TCP, HTTP/1.1 (`Http`) or HTTP/2 (`Http2`).
     pub protocol: Protocol,
 }
 
