@@ -230,6 +230,41 @@ impl Flows {
         targets
     }
 
+    /// A new stream on the link to `hop` (within [`OPEN_TIMEOUT`]) for a flow to `target`,
+    /// and the encoded flow header that must open it. `Err` says why there is none (nothing
+    /// was sent: another target may be tried).
+    pub(crate) async fn open_flow(
+        &self,
+        target: &Target,
+        hop: SiteId,
+        flow_id: u64,
+        protocol: crate::routing::Protocol,
+    ) -> Result<(crate::link::LinkStream, bytes::BytesMut), String> {
+        let link = self
+            .link_to(hop)
+            .ok_or_else(|| format!("no link up to next hop {hop}"))?;
+        let stream = tokio::time::timeout(OPEN_TIMEOUT, link.open_stream())
+            .await
+            .map_err(|_| {
+                format!(
+                    "no stream to {hop} within {} s (the link is at its stream limit)",
+                    OPEN_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("cannot open a stream to {hop}: {e}"))?;
+        let header = crate::wire::FlowHeader {
+            routing_key: target.key.as_str().to_owned(),
+            destination: *target.router.as_bytes(),
+            origin: *self.me.as_bytes(),
+            flow_id,
+            protocol,
+            hops: 0,
+        };
+        let mut out = bytes::BytesMut::new();
+        header.encode(&mut out);
+        Ok((stream, out))
+    }
+
     /// An up link to a neighbour.
     pub(crate) fn link_to(&self, peer: SiteId) -> Option<LinkHandle> {
         self.links.link_handle(peer)

@@ -146,29 +146,10 @@ async fn attempt_remote(
     replay: &mut BytesMut,
     client_eof: &mut bool,
 ) -> Attempt {
-    let Some(link) = flows.link_to(hop) else {
-        return Attempt::Retry(format!("no link up to next hop {hop}"));
+    let (mut stream, mut out) = match flows.open_flow(target, hop, flow_id, Protocol::Tcp).await {
+        Ok(opened) => opened,
+        Err(why) => return Attempt::Retry(why),
     };
-    let mut stream = match tokio::time::timeout(OPEN_TIMEOUT, link.open_stream()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Attempt::Retry(format!("cannot open a stream to {hop}: {e}")),
-        Err(_) => {
-            return Attempt::Retry(format!(
-                "no stream to {hop} within {} s (the link is at its stream limit)",
-                OPEN_TIMEOUT.as_secs()
-            ));
-        }
-    };
-    let header = FlowHeader {
-        routing_key: target.key.as_str().to_owned(),
-        destination: *target.router.as_bytes(),
-        origin: *flows.me.as_bytes(),
-        flow_id,
-        protocol: Protocol::Tcp,
-        hops: 0,
-    };
-    let mut out = BytesMut::new();
-    header.encode(&mut out);
     out.extend_from_slice(replay);
     let opened = async {
         stream.writer.write_all(&out).await?;

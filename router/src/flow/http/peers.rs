@@ -16,9 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::CONNECTION_TIMEOUT;
 use super::io::{Body, StreamIo};
-use crate::flow::{FlowRole, Flows, OPEN_TIMEOUT};
+use crate::flow::{FlowRole, Flows};
 use crate::routing::{Protocol, Target};
-use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame};
+use crate::wire::{FlowStatusCode, FlowStatusFrame};
 
 /// Requests one connection carries at a time before another is opened.
 pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
@@ -139,24 +139,10 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
     let hop = target
         .next_hop
         .ok_or_else(|| "a local target has no peer connection".to_owned())?;
-    let link = flows
-        .link_to(hop)
-        .ok_or_else(|| format!("no link up to next hop {hop}"))?;
-    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, link.open_stream())
-        .await
-        .map_err(|_| format!("no stream to {hop} in time (the link is at its stream limit)"))?
-        .map_err(|e| format!("cannot open a stream to {hop}: {e}"))?;
     let flow_id = flows.new_flow_id();
-    let header = FlowHeader {
-        routing_key: target.key.as_str().to_owned(),
-        destination: *target.router.as_bytes(),
-        origin: *flows.me.as_bytes(),
-        flow_id,
-        protocol: Protocol::Http,
-        hops: 0,
-    };
-    let mut out = BytesMut::new();
-    header.encode(&mut out);
+    let (mut stream, out) = flows
+        .open_flow(target, hop, flow_id, Protocol::Http)
+        .await?;
     let mut answer = BytesMut::with_capacity(256);
     let handshake = async {
         stream
