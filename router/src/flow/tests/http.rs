@@ -48,6 +48,18 @@ async fn named_backend(
     addr
 }
 
+/// A GET of `uri` on an HTTP/1.1 client connection, once it is ready.
+async fn get(
+    h1: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    uri: &str,
+) -> Response<Incoming> {
+    h1.ready().await.unwrap();
+    let req = Request::get(uri).body(Empty::<Bytes>::new()).unwrap();
+    within(WAIT, "a response", h1.send_request(req))
+        .await
+        .unwrap()
+}
+
 /// An HTTP/1.1 client connection to `addr`.
 async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -96,13 +108,7 @@ async fn requests_on_one_connection_are_balanced_over_two_sites() {
     // HTTP/1.1, one keep-alive connection, one request after the other.
     let mut h1 = h1_client(addr).await;
     for _ in 0..60 {
-        h1.ready().await.unwrap();
-        let req = Request::get("http://web/")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = within(WAIT, "a response", h1.send_request(req))
-            .await
-            .unwrap();
+        let resp = get(&mut h1, "http://web/").await;
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap();
     }
@@ -223,13 +229,7 @@ async fn a_request_never_sent_moves_on_and_errors_say_why() {
     let addr = listener_addr(&net.routers[0], "web");
     let mut h1 = h1_client(addr).await;
     for _ in 0..20 {
-        h1.ready().await.unwrap();
-        let req = Request::get("http://web/")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = within(WAIT, "a response", h1.send_request(req))
-            .await
-            .unwrap();
+        let resp = get(&mut h1, "http://web/").await;
         assert_eq!(resp.status(), 200, "{:?}", resp.headers());
         resp.into_body().collect().await.unwrap();
     }
@@ -244,11 +244,7 @@ async fn a_request_never_sent_moves_on_and_errors_say_why() {
             .any(|x| x.routing_key == "web" && x.sites.iter().filter(|s| s.reachable).count() == 1)
     })
     .await;
-    h1.ready().await.unwrap();
-    let req = Request::get("http://web/")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = h1.send_request(req).await.unwrap();
+    let resp = get(&mut h1, "http://web/").await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["skiff-error"], "connect-refused");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -258,11 +254,7 @@ async fn a_request_never_sent_moves_on_and_errors_say_why() {
     );
     let none = listener_addr(&net.routers[0], "none");
     let mut h1 = h1_client(none).await;
-    h1.ready().await.unwrap();
-    let req = Request::get("http://x/")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = h1.send_request(req).await.unwrap();
+    let resp = get(&mut h1, "http://x/").await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["skiff-error"], "no-route");
     net.shutdown().await;
