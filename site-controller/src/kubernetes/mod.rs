@@ -749,8 +749,7 @@ async fn reconcile(ctx: &Ctx, state: &SiteState, memory: &mut LoopState) -> Resu
         .await?;
 
     // 1. Tokens.
-    let (token_outcomes, _) = tokens::redeem_tokens(ctx, &token_secrets, &mut memory.retries).await;
-    memory.tokens = token_outcomes;
+    memory.tokens = tokens::redeem_tokens(ctx, &token_secrets, &mut memory.retries).await;
 
     // 2. Links, grants and linked sites.
     let mirrored = mirror_sync(ctx, &memory.base, false).await?;

@@ -41,15 +41,14 @@ pub(super) struct Retries {
     next: HashMap<String, (String, Instant, Duration)>,
 }
 
-/// Redeems the token Secrets that need it; returns every token's current outcome and
-/// whether a link was added.
+/// Redeems the token Secrets that need it (a new link reaches the running site through
+/// `token::redeem`, which asks it to reload); returns every token's current outcome.
 pub(super) async fn redeem_tokens(
     ctx: &Ctx,
     secrets: &[Secret],
     retries: &mut Retries,
-) -> (Vec<TokenOutcome>, bool) {
+) -> Vec<TokenOutcome> {
     let mut outcomes = Vec::new();
-    let mut linked = false;
     let now = Instant::now();
     for s in secrets {
         let Some(name) = s.metadata.name.clone() else {
@@ -91,7 +90,6 @@ pub(super) async fn redeem_tokens(
         match redeem(&ctx.folder, &text, &opts).await {
             Ok(link) => {
                 retries.next.remove(&name);
-                linked = true;
                 let msg = format!(
                     "link {} to site {} made",
                     link.metadata.name, link.spec.peer_site_name
@@ -131,7 +129,7 @@ pub(super) async fn redeem_tokens(
     retries
         .next
         .retain(|n, _| secrets.iter().any(|s| s.metadata.name.as_ref() == Some(n)));
-    (outcomes, linked)
+    outcomes
 }
 
 fn outcome(secret: &str, status: &str, message: &str) -> TokenOutcome {
