@@ -548,6 +548,22 @@ pub const BIG: usize = 5 << 20;
 /// - `/upload`: answers `LENGTH HASH` of the request body (FNV-1a, hex);
 /// - `/big`: streams [`BIG`] bytes of [`pattern`] in 64 KiB frames.
 pub fn web_backend(rt: &tokio::runtime::Runtime, name: &'static str) -> (u16, Arc<Seen>) {
+    serve_each(rt, move |conn, s| {
+        let svc = hyper::service::service_fn(move |req| answer(name, s.clone(), req));
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(conn), svc)
+                .with_upgrades(),
+        );
+    })
+}
+
+/// A loopback listener whose every connection is counted in a new [`Seen`] and handed to
+/// `serve` (which spawns what serves it); gives the port and the counts.
+fn serve_each(
+    rt: &tokio::runtime::Runtime,
+    serve: impl Fn(tokio::net::TcpStream, Arc<Seen>) + Send + 'static,
+) -> (u16, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let l = StdListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -560,13 +576,7 @@ pub fn web_backend(rt: &tokio::runtime::Runtime, name: &'static str) -> (u16, Ar
                 return;
             };
             s.connections.fetch_add(1, Ordering::Relaxed);
-            let s = s.clone();
-            let svc = hyper::service::service_fn(move |req| answer(name, s.clone(), req));
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(conn), svc)
-                    .with_upgrades(),
-            );
+            serve(conn, s.clone());
         }
     });
     (port, seen)
@@ -634,56 +644,42 @@ async fn answer(
 /// answered `200`, `content-type: application/grpc`, one length-prefixed message echoing the
 /// request's, and the trailers `grpc-status: 0`, `grpc-message: all-good`.
 pub fn grpc_backend(rt: &tokio::runtime::Runtime) -> (u16, Arc<Seen>) {
-    let seen = Arc::new(Seen::default());
-    let l = StdListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    l.set_nonblocking(true).unwrap();
-    let s = seen.clone();
-    rt.spawn(async move {
-        let l = tokio::net::TcpListener::from_std(l).unwrap();
-        loop {
-            let Ok((conn, _)) = l.accept().await else {
-                return;
-            };
-            s.connections.fetch_add(1, Ordering::Relaxed);
+    serve_each(rt, |conn, s| {
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let s = s.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let s = s.clone();
-                async move {
-                    s.requests.fetch_add(1, Ordering::Relaxed);
-                    let is_grpc = req
-                        .headers()
-                        .get("content-type")
-                        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-                    let msg = req
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert(
-                        "grpc-status",
-                        if is_grpc { "0" } else { "3" }.parse().unwrap(),
-                    );
-                    trailers.insert("grpc-message", "all-good".parse().unwrap());
-                    let resp = Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(Frames::of(vec![
-                            Frame::data(msg),
-                            Frame::trailers(trailers),
-                        ]))
-                        .unwrap();
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(conn), svc),
-            );
-        }
-    });
-    (port, seen)
+            async move {
+                s.requests.fetch_add(1, Ordering::Relaxed);
+                let is_grpc = req
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                let msg = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert(
+                    "grpc-status",
+                    if is_grpc { "0" } else { "3" }.parse().unwrap(),
+                );
+                trailers.insert("grpc-message", "all-good".parse().unwrap());
+                let resp = Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(Frames::of(vec![
+                        Frame::data(msg),
+                        Frame::trailers(trailers),
+                    ]))
+                    .unwrap();
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(conn), svc),
+        );
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

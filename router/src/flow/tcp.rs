@@ -315,23 +315,32 @@ pub(crate) async fn connect_backend(host: &str, port: u16) -> Result<TcpStream, 
     }
 }
 
+/// Reads from `stream` into `buf` until `decode` gives one frame (`what` names it in errors:
+/// "its flow header", "the egress's answer"); bytes after the frame stay in `buf`.
+pub(crate) async fn read_frame<T, E: std::fmt::Display>(
+    stream: &mut LinkStream,
+    buf: &mut BytesMut,
+    what: &str,
+    decode: impl Fn(&mut BytesMut) -> Result<Option<T>, E>,
+) -> Result<T, String> {
+    loop {
+        match decode(buf) {
+            Ok(Some(frame)) => return Ok(frame),
+            Ok(None) => {}
+            Err(e) => return Err(format!("bad {what}: {e}")),
+        }
+        match stream.reader.read_buf(buf).await {
+            Ok(0) => return Err(format!("the stream ended before {what}")),
+            Ok(_) => {}
+            Err(e) => return Err(format!("the stream failed before {what}: {e}")),
+        }
+    }
+}
+
 /// Reads the header of a stream a peer opened; returns it and the payload bytes read after it.
 async fn read_header(stream: &mut LinkStream) -> Result<(FlowHeader, BytesMut), String> {
     let mut buf = BytesMut::with_capacity(512);
-    let work = async {
-        loop {
-            match FlowHeader::decode(&mut buf) {
-                Ok(Some(h)) => return Ok(h),
-                Ok(None) => {}
-                Err(e) => return Err(format!("bad flow header: {e}")),
-            }
-            match stream.reader.read_buf(&mut buf).await {
-                Ok(0) => return Err("the stream ended before its header".to_owned()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("reading the flow header failed: {e}")),
-            }
-        }
-    };
+    let work = read_frame(stream, &mut buf, "its flow header", FlowHeader::decode);
     match tokio::time::timeout(HEADER_TIMEOUT, work).await {
         Ok(Ok(h)) => Ok((h, buf)),
         Ok(Err(e)) => Err(e),

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use skiff_certs::SiteId;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::CONNECTION_TIMEOUT;
 use super::io::{Body, StreamIo};
@@ -155,18 +155,13 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
             .flush()
             .await
             .map_err(|e| format!("writing the flow header: {e}"))?;
-        loop {
-            match FlowStatusFrame::decode(&mut answer) {
-                Ok(Some(status)) => return Ok(status),
-                Ok(None) => {}
-                Err(e) => return Err(format!("bad status frame: {e}")),
-            }
-            match stream.reader.read_buf(&mut answer).await {
-                Ok(0) => return Err("the stream ended before the egress answered".to_owned()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("the stream failed before the egress answered: {e}")),
-            }
-        }
+        crate::flow::tcp::read_frame(
+            &mut stream,
+            &mut answer,
+            "the egress's answer",
+            FlowStatusFrame::decode,
+        )
+        .await
     };
     let status = match handshake.await {
         Ok(s) => s,
