@@ -109,9 +109,7 @@ pub fn create_listener(
     host: Option<&str>,
     protocol: &str,
 ) -> Result<(Listener, Saved), SiteError> {
-    validate_name("listener", name)?;
-    refuse_if_kubernetes(folder, "listener")?;
-    load_site(folder)?;
+    may_create(folder, "listener", name)?;
     let listener = Listener::new(
         name,
         ListenerSpec {
@@ -138,9 +136,7 @@ pub fn create_connector(
     host: Option<&str>,
     protocol: &str,
 ) -> Result<(Connector, Saved), SiteError> {
-    validate_name("connector", name)?;
-    refuse_if_kubernetes(folder, "connector")?;
-    load_site(folder)?;
+    may_create(folder, "connector", name)?;
     let connector = Connector::new(
         name,
         ConnectorSpec {
@@ -155,6 +151,15 @@ pub fn create_connector(
     );
     connector_spec(&connector).map_err(SiteError::InvalidArgument)?;
     store(folder, &folder.connectors_dir(), connector)
+}
+
+/// Checks before a listener or connector is written: a good name, a site in the folder, and
+/// not a Kubernetes site.
+fn may_create(folder: &SiteFolder, what: &'static str, name: &str) -> Result<(), SiteError> {
+    validate_name(what, name)?;
+    refuse_if_kubernetes(folder, what)?;
+    load_site(folder)?;
+    Ok(())
 }
 
 /// Listeners and connectors of a Kubernetes site come from the API; a file written here
