@@ -374,7 +374,7 @@ pub struct SharedGrantService(pub Arc<GrantService>);
 impl skiff_router::link::GrantHandler for SharedGrantService {
     fn serve(
         &self,
-        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        stream: tokio_rustls::server::TlsStream<skiff_router::link::LinkSocket>,
         peer: SocketAddr,
     ) -> futures_util::future::BoxFuture<'static, ()> {
         let service = self.0.clone();

@@ -56,6 +56,7 @@ pub use explain::chain as error_chain;
 pub use mux::{LinkRead, LinkStream, LinkWrite, StreamReader, StreamWriter};
 pub use router::{IncomingStream, LinkHandle, Router};
 pub use routes::{KeySite, KeyStatus, NetworkStatus};
+pub use tls::LinkSocket;
 
 /// Default keepalive interval on the control stream.
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -134,7 +135,7 @@ pub trait GrantHandler: Send + Sync + 'static {
     /// The handler speaks HTTP/1.1 on it.
     fn serve(
         &self,
-        stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        stream: tokio_rustls::server::TlsStream<LinkSocket>,
         peer: SocketAddr,
     ) -> BoxFuture<'static, ()>;
 }

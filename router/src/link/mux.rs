@@ -94,7 +94,7 @@ pub trait MuxConnection: Send + Sync + 'static {
 }
 
 /// Most streams (flows plus the control stream) open at once on one yamux connection.
-pub const YAMUX_MAX_STREAMS: usize = 1024;
+pub const YAMUX_MAX_STREAMS: usize = 32 * 1024;
 /// Streams one side may have open at once on a yamux connection. yamux tears the whole
 /// connection down when a side opens more than [`YAMUX_MAX_STREAMS`], so each side keeps to
 /// a little under half of it (room for streams yamux has not yet collected after their drop);
@@ -108,10 +108,73 @@ pub const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 /// 16 MiB, however many flows stall. 16 MiB per round trip is ~1.3 Gbit/s at 100 ms.
 pub const YAMUX_WINDOW_POOL: usize = 16 * 1024 * 1024;
 
-/// Receive window of one QUIC stream (fixed; quinn does not auto-tune). 4 MiB per round trip
-/// is ~320 Mbit/s at 100 ms, ~3 Gbit/s at 10 ms. The QUIC connection window is left unlimited
-/// so that stalled streams, which hold their stream window, can never block the others.
-pub const QUIC_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Receive window of one QUIC stream (fixed; quinn does not auto-tune). 2 MiB per round trip
+/// is ~160 Mbit/s at 100 ms, ~1.6 Gbit/s at 10 ms. The QUIC connection window is left
+/// unlimited so that stalled streams, which hold their stream window, can never block the
+/// others. (4 MiB made a router hold 60 MiB under 8 parallel bulk flows: docs/benchmarks.md.)
+pub const QUIC_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// Bytes one QUIC link buffers for sending (unacknowledged, or not yet sent) over all its
+/// streams: 8 MiB per round trip is ~670 Mbit/s at 100 ms.
+pub const QUIC_SEND_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// Largest yamux data frame this side sends (yamux's default is 16 KiB; larger frames cost
+/// fewer headers and wake-ups per byte, at up to this much head-of-line delay between
+/// streams: 0.5 ms at 1 Gbit/s).
+const FRAME_SIZE: usize = 64 * 1024;
+
+/// Write buffer under yamux: frames sent in one pass of the driver go out together, up to
+/// this much (a little over two whole frames, headers included).
+const FRAME_WRITE_BUFFER: usize = 2 * FRAME_SIZE + 1024;
+
+/// The byte stream under yamux, with its writes batched. yamux writes a frame's 12-byte
+/// header and its body in two writes and flushes after every frame, which over TLS made a
+/// 12-byte record and a system call of their own for every header, and a system call for
+/// every small frame. Here writes go to a buffer, and while the driver task holds `hold`
+/// (during a pass over everything yamux has to do) a flush leaves them there; the driver
+/// lets go and flushes once the pass is over. The frames of one pass (often the requests of
+/// many flows) thus go out in one TLS write and one system call.
+struct Batched<T> {
+    io: tokio::io::BufWriter<T>,
+    hold: Arc<AtomicBool>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.hold.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
 
 fn yamux_config() -> yamux::Config {
     let mut cfg = yamux::Config::default();
@@ -119,7 +182,7 @@ fn yamux_config() -> yamux::Config {
         YAMUX_MAX_STREAMS * YAMUX_STREAM_WINDOW + YAMUX_WINDOW_POOL,
     ));
     cfg.set_max_num_streams(YAMUX_MAX_STREAMS);
-    cfg.set_split_send_size(64 * 1024);
+    cfg.set_split_send_size(FRAME_SIZE);
     cfg
 }
 
@@ -151,6 +214,11 @@ impl YamuxConnection {
         } else {
             yamux::Mode::Server
         };
+        let gate = Arc::new(AtomicBool::new(false));
+        let io = Batched {
+            io: tokio::io::BufWriter::with_capacity(FRAME_WRITE_BUFFER, io),
+            hold: gate.clone(),
+        };
         let conn = yamux::Connection::new(io.compat(), yamux_config(), mode);
         let (open_tx, open_rx) = mpsc::unbounded_channel();
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
@@ -161,7 +229,7 @@ impl YamuxConnection {
         let lost = Arc::new(AtomicBool::new(false));
         let lost2 = lost.clone();
         tokio::spawn(async move {
-            let result = drive(conn, open_rx, inbound_tx, close_rx, &lost2).await;
+            let result = drive(conn, open_rx, inbound_tx, close_rx, &lost2, &gate).await;
             lost2.store(true, Ordering::Release);
             if let Err(e) = result {
                 *failure2.lock().unwrap() = Some(Arc::new(e));
@@ -370,6 +438,7 @@ async fn drive<T>(
     inbound_tx: mpsc::UnboundedSender<yamux::Stream>,
     mut close_rx: oneshot::Receiver<()>,
     lost: &AtomicBool,
+    hold_flushes: &AtomicBool,
 ) -> io::Result<()>
 where
     T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin,
@@ -377,6 +446,9 @@ where
     let mut waiting: Option<OpenReply> = None;
     // Ready(None): we close; Ready(Some(result)): the connection ended by itself.
     let ended = std::future::poll_fn(|cx| {
+        // Frames written during the pass stay buffered (see `Batched`) ...
+        hold_flushes.store(true, Ordering::Relaxed);
+        let mut last_pass = false;
         loop {
             if std::pin::Pin::new(&mut close_rx).poll(cx).is_ready() {
                 lost.store(true, Ordering::Release);
@@ -418,11 +490,17 @@ where
                 Poll::Pending => {}
             }
             if !progressed {
-                return Poll::Pending;
+                if last_pass {
+                    return Poll::Pending;
+                }
+                // ... until yamux has nothing more to do: one more pass, which flushes.
+                hold_flushes.store(false, Ordering::Relaxed);
+                last_pass = true;
             }
         }
     })
     .await;
+    hold_flushes.store(false, Ordering::Relaxed);
     if let Some(reply) = waiting {
         let _ = reply.send(Err(closed_error()));
     }

@@ -21,7 +21,7 @@ use super::driver::Timing;
 use super::mux::{LinkStream, MuxConnection};
 
 /// Concurrent streams a peer may open on one QUIC link.
-const MAX_STREAMS: u32 = 1024;
+const MAX_STREAMS: u32 = 16 * 1024;
 
 /// Transport parameters of link connections: quinn's own keepalive and idle timeout back up
 /// the control-stream keepalive (they also keep NAT bindings warm).
@@ -32,9 +32,9 @@ pub(crate) fn transport_config(timing: Timing) -> Arc<quinn::TransportConfig> {
     t.max_concurrent_bidi_streams(MAX_STREAMS.into());
     t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window(super::mux::QUIC_STREAM_WINDOW.into());
-    // Unacknowledged bytes we buffer across all streams of the connection (quinn's default
-    // is 8 stream windows); with fixed stream windows this bounds the send side per link.
-    t.send_window(8 * u64::from(super::mux::QUIC_STREAM_WINDOW));
+    // Bytes we buffer, sent or not, until acknowledged, across all streams of the connection:
+    // this bounds the send side per link (quinn's default is 8 stream windows).
+    t.send_window(super::mux::QUIC_SEND_WINDOW);
     Arc::new(t)
 }
 

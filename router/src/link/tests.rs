@@ -453,7 +453,7 @@ async fn grant_connections_go_to_the_grant_handler() {
     impl GrantHandler for Echo {
         fn serve(
             &self,
-            mut stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+            mut stream: tokio_rustls::server::TlsStream<super::LinkSocket>,
             _peer: std::net::SocketAddr,
         ) -> futures_util::future::BoxFuture<'static, ()> {
             Box::pin(async move {
