@@ -259,6 +259,7 @@ fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
     for addr in addrs {
         match std::net::TcpListener::bind(addr) {
             Ok(l) => {
+                super::tcp::configure_listening(&l);
                 l.set_nonblocking(true)
                     .map_err(|e| format!("cannot configure {addr}: {e}"))?;
                 return TcpListener::from_std(l)
@@ -526,6 +527,37 @@ mod tests {
 
     #[derive(Clone, Debug, PartialEq, Eq)]
     struct S(&'static str, u32);
+
+    #[tokio::test]
+    async fn accepted_clients_get_nodelay_and_keepalive() {
+        let spec = ListenerSpec {
+            name: "l".into(),
+            strategy: Strategy::Balanced("k".parse().unwrap()),
+            host: "127.0.0.1".into(),
+            port: 0,
+            protocol: Protocol::Tcp,
+        };
+        let l = bind(&spec).unwrap();
+        let _c = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (a, _) = l.accept().await.unwrap();
+        super::super::tcp::configure_accepted(&a);
+        let s = socket2::SockRef::from(&a);
+        assert!(
+            s.tcp_nodelay().unwrap(),
+            "TCP_NODELAY on the accepted client"
+        );
+        assert!(
+            s.keepalive().unwrap(),
+            "SO_KEEPALIVE on the accepted client"
+        );
+        assert_eq!(
+            s.tcp_keepalive_time().unwrap(),
+            crate::flow::TCP_KEEPALIVE_IDLE,
+            "keepalive idle time"
+        );
+    }
 
     #[test]
     fn plan_touches_only_what_changed() {

@@ -48,7 +48,6 @@ pub(crate) use config::{
 pub use http::metrics::{KeyMetricsSnapshot, prometheus_text as http_prometheus_text};
 pub use http::{ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES, RESPONSE_TIMEOUT};
 pub use splice::COPY_BUFFER;
-pub(crate) use tcp::set_keepalive;
 
 /// Client bytes an ingress reads (and keeps, for a retry elsewhere) before the egress has
 /// answered.
@@ -355,10 +354,25 @@ pub(crate) fn shuffle_ties<T, S: PartialEq>(
 
 /// A random number (balancing picks, flow id bases).
 pub(crate) fn random_u64() -> u64 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 8];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    u64::from_le_bytes(b)
+    // A per-thread xorshift64 seeded once from the system's source: this only spreads flows
+    // over equal targets (no secret depends on it), and a system call per connection for it
+    // showed in the new-connection profile.
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            use ring::rand::SecureRandom;
+            let mut b = [0u8; 8];
+            let _ = ring::rand::SystemRandom::new().fill(&mut b);
+            u64::from_le_bytes(b) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
 }
 
 /// Serves a stream a peer opened: transit or egress, by its header.

@@ -7,7 +7,13 @@
 //! other end's writing side, so half-close is carried through and the other direction keeps
 //! flowing. Any error on either end (a reset by the peer, a lost link, a failed write)
 //! [aborts](FlowEnd::abort) both ends, so the far side sees a reset, never a clean close.
+//!
+//! A pump holds its buffer only while bytes move: when its source has nothing to read, the
+//! buffer goes back to a small per-thread stock ([`take_buffer`], [`give_back`]). An idle
+//! flow therefore holds no copy buffer at all, and a busy router reuses a few warm buffers
+//! instead of asking the allocator for fresh ones.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -28,6 +34,35 @@ pub const COPY_BUFFER: usize = 64 * 1024;
 
 /// Buffers one pump moves in one poll before yielding to other tasks.
 const BURST: usize = 16;
+
+/// Spare copy buffers kept per worker thread (1 MiB).
+const SPARE_BUFFERS: usize = 16;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A copy buffer of [`COPY_BUFFER`] bytes: a spare one of this thread, else a new one.
+pub(crate) fn take_buffer() -> Box<[u8]> {
+    SPARE
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0u8; COPY_BUFFER].into_boxed_slice())
+}
+
+/// Returns a buffer from [`take_buffer`] to this thread's spares (freed if there are enough).
+pub(crate) fn give_back(buf: Box<[u8]>) {
+    if buf.len() != COPY_BUFFER {
+        return;
+    }
+    let _ = SPARE.try_with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    });
+}
 
 /// One end of a flow: bytes in, bytes out, and a way to abandon it with a reset.
 pub(crate) trait FlowEnd: AsyncRead + AsyncWrite + Send + Unpin {
@@ -108,6 +143,16 @@ impl Pump {
         }
     }
 
+    /// Gives the copy buffer back (nothing in it is waiting to be written).
+    fn release(&mut self) {
+        debug_assert_eq!(self.pos, self.cap);
+        if !self.buf.is_empty() {
+            give_back(std::mem::take(&mut self.buf));
+        }
+        self.pos = 0;
+        self.cap = 0;
+    }
+
     /// A direction that is already finished (its FIN was passed on before the splice).
     pub(crate) fn finished(count: Arc<AtomicU64>) -> Self {
         let mut p = Pump::new(Bytes::new(), true, count);
@@ -145,11 +190,13 @@ impl Pump {
                     return Poll::Pending;
                 }
                 if self.buf.is_empty() {
-                    self.buf = vec![0u8; COPY_BUFFER].into_boxed_slice();
+                    self.buf = take_buffer();
                 }
                 let mut rb = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *r).poll_read(cx, &mut rb) {
                     Poll::Pending => {
+                        // Nothing to read: the buffer is empty, let another flow use it.
+                        self.release();
                         if self.unflushed {
                             ready!(Pin::new(&mut *w).poll_flush(cx))?;
                             self.unflushed = false;
@@ -182,9 +229,17 @@ impl Pump {
                 ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
                 self.done = true;
                 // The direction is over: give the buffer back now, not at flow end.
-                self.buf = Vec::new().into_boxed_slice();
+                self.release();
                 return Poll::Ready(Ok(()));
             }
+        }
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            give_back(std::mem::take(&mut self.buf));
         }
     }
 }

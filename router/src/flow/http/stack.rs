@@ -30,8 +30,8 @@ use super::{
     ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_CLIENT_STREAMS, MAX_HEAD_BYTES, MAX_PENDING_RESETS,
     MAX_REQUEST_ATTEMPTS, NOT_SENT_HEADER, RESPONSE_TIMEOUT, local, upgrade,
 };
+use crate::flow::Flows;
 use crate::flow::config::Listener;
-use crate::flow::{Flows, set_keepalive};
 use crate::routing::{RoutingKey, Target};
 
 /// Why skiff answers a request itself.
@@ -113,8 +113,7 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
         );
         return;
     };
-    let _ = client.set_nodelay(true);
-    set_keepalive(&client);
+    super::super::tcp::configure_accepted(&client);
     let _active = listener.counters.start();
     if !first_bytes(&client).await {
         tracing::debug!("a client sent no request in time; closed");

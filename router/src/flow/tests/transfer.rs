@@ -160,3 +160,48 @@ async fn quic_server_speaks_first() {
 async fn tls_server_speaks_first() {
     server_speaks_first(TransportChoice::Tls).await;
 }
+
+/// Many flows at once, each a run of small request/answer exchanges of its own bytes: copy
+/// buffers pass from flow to flow and the link batches the frames of many flows into one
+/// write, and no flow may ever see another's bytes or lose one of its own.
+async fn many_small_exchanges(transport: TransportChoice) {
+    const FLOWS: u64 = 64;
+    const EXCHANGES: usize = 50;
+    let net = chain(2, transport).await;
+    let echo_addr = backend(echo).await;
+    net.routers[1].set_connectors(vec![connector("echo", "echo", echo_addr)]);
+    net.routers[0].set_listeners(vec![listener("echo", "echo")]);
+    converge(&net).await;
+    wait_active(&net.routers[0], "echo").await;
+    let addr = listener_addr(&net.routers[0], "echo");
+    let flows = (0..FLOWS).map(|seed| {
+        tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let data = pattern(seed + 1, 300 * EXCHANGES);
+            let mut back = vec![0u8; 300];
+            for i in 0..EXCHANGES {
+                // 1 to 300 bytes, a different size for every exchange and flow.
+                let n = 1 + (i * 37 + seed as usize * 11) % 300;
+                let msg = &data[i * 300..i * 300 + n];
+                c.write_all(msg).await.unwrap();
+                c.read_exact(&mut back[..n]).await.unwrap();
+                assert_eq!(&back[..n], msg, "flow {seed}, exchange {i}: wrong bytes");
+            }
+        })
+    });
+    let all = futures_util::future::join_all(flows);
+    for r in within(Duration::from_secs(120), "64 flows of 50 exchanges", all).await {
+        r.unwrap();
+    }
+    net.shutdown().await;
+}
+
+#[tokio::test]
+async fn quic_many_small_exchanges_stay_apart() {
+    many_small_exchanges(TransportChoice::Quic).await;
+}
+
+#[tokio::test]
+async fn tls_many_small_exchanges_stay_apart() {
+    many_small_exchanges(TransportChoice::Tls).await;
+}
