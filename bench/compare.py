@@ -14,7 +14,7 @@ Metrics (per path, median of the rounds):
 - new connections/s (redis-benchmark -k 0: a new connection for every PING, 50 clients);
 - CPU s/GB: user+system CPU of the proxy processes (from /proc) during the iperf3 runs, per
   10^9 bytes delivered; CPU us/conn: the same during the new-connection run, per connection;
-- peak RSS per proxy process (VmHWM) over the whole run, and RSS of an idle proxy, with its
+- peak RSS per proxy process (VmHWM) over the rounds (read before the idle-flow phase), and RSS of an idle proxy, with its
   private part (RssAnon: RSS without the shared code and library pages);
 - once, after the rounds: RSS growth per idle flow with N idle connections held open, and
   for skiff the time from `token redeem` to a link that is up.
@@ -25,6 +25,7 @@ import json
 import os
 import resource
 import selectors
+import signal
 import shutil
 import socket
 import statistics
@@ -113,8 +114,12 @@ class Holder:
         self.ask("drop")
 
     def stop(self):
-        self.proc.stdin.close()
-        self.proc.wait(5)
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
 
 
 def holder_main():
@@ -203,6 +208,13 @@ class HAProxy(Path):
                   "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n"
                   "  timeout server 1h\n")
         self.procs = []
+        try:
+            self._start(d, common, back, front)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, d, common, back, front):
         for i, parts in enumerate((back, front)):
             cfg = os.path.join(d, f"h{i}.cfg")
             with open(cfg, "w") as f:
@@ -240,11 +252,17 @@ class Skiff(Path):
     site linked to the previous one (`hops` routers in a line)."""
 
     def __init__(self, work, servers, transport, hops):
-        self.name = f"skiff, {hops} routers, {transport.upper() if transport == 'tls' else 'QUIC'} links"
-        if transport == "tls":
-            self.name = f"skiff, {hops} routers, TLS/TCP links"
-        self.dirs = [os.path.join(work, f"skiff-{transport}-{hops}-{i}") for i in range(hops)]
+        kind = "TLS/TCP" if transport == "tls" else "QUIC"
+        self.name = f"skiff, {hops} routers, {kind} links"
         self.procs = []
+        try:
+            self._start(work, servers, transport, hops)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, work, servers, transport, hops):
+        self.dirs = [os.path.join(work, f"skiff-{transport}-{hops}-{i}") for i in range(hops)]
         self.link_up_ms = []
         for i, d in enumerate(self.dirs):
             access = ["--enable-link-access", "--link-port", "0"] if i < hops - 1 else []
@@ -395,6 +413,8 @@ def main():
     else:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
 
+    # SIGTERM (e.g. `timeout`) stops everything the same way as an error does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     work = tempfile.mkdtemp(prefix="skiff-bench-")
     servers, paths, holder = [], [], None
@@ -422,7 +442,7 @@ def main():
         }
         for key in wanted:
             log(f"bench: starting {key}")
-            paths.append(makers[key]())
+            paths.append(makers[key]())  # a failed start stops its own processes
         time.sleep(1.0)
         idle_rss = {p.name: [status_kib(pid, "VmRSS") for pid in p.pids()] for p in paths}
         idle_anon = {p.name: [status_kib(pid, "RssAnon") for pid in p.pids()] for p in paths}
@@ -441,12 +461,13 @@ def main():
         report(args, paths, results, idle_rss, idle_anon, peak, per_flow,
                time.monotonic() - started)
     finally:
-        for p in paths:
-            p.stop()
-        if holder:
-            holder.stop()
+        for stop in [p.stop for p in paths] + ([holder.stop] if holder else []) + [
+                s.kill for s in servers]:
+            try:
+                stop()
+            except Exception as e:  # keep stopping the rest
+                log(f"bench: cleanup: {e}")
         for s in servers:
-            s.terminate()
             s.wait()
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
@@ -457,7 +478,7 @@ def report(args, paths, results, idle_rss, idle_anon, peak, per_flow, elapsed):
         vals = [m[key] for m in results[name] if m[key] is not None]
         return statistics.median(vals) if vals else None
 
-    direct = paths[0].name if paths and isinstance(paths[0], Direct) else None
+    direct = next((p.name for p in paths if isinstance(p, Direct)), None)
     print(f"Loopback, {os.cpu_count()} CPUs, {args.rounds} alternating rounds, medians; "
           "throughput/rate columns are ratios to direct (absolute in brackets), latency in us.\n")
     print("| path | iperf3 1 stream | 8 streams | redis GET, 50 clients | GET p50, 1 client, "

@@ -14,6 +14,8 @@
 //! - [`error`]: [`CertError`], grouped by who is at fault.
 //! - `encode`: hex and base64 helpers (private).
 
+#![forbid(unsafe_code)]
+
 pub mod ca;
 mod encode;
 pub mod error;

@@ -262,17 +262,26 @@ fn main() -> ExitCode {
 /// with glibc's defaults each free at the top of the heap trimmed it (`madvise`) and the next
 /// allocation faulted the pages back in, a tenth of the router's CPU under load
 /// (docs/benchmarks.md, "Where the time goes"). Free memory is now kept up to 4 MiB per
-/// arena, allocations up to 512 KiB come from the heap, and two arenas serve all threads
-/// (fewer half-empty heaps).
+/// arena, allocations up to 512 KiB come from the heap, and one arena per CPU (2 to 8) serves
+/// all threads (fewer half-empty heaps). An operator's own `GLIBC_TUNABLES` or `MALLOC_*`
+/// settings win: then nothing is changed.
 #[allow(unsafe_code)]
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any other thread
-    // exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * 1024 * 1024);
+    {
+        let operator_set = std::env::vars_os()
+            .any(|(k, _)| k == "GLIBC_TUNABLES" || k.to_string_lossy().starts_with("MALLOC_"));
+        if operator_set {
+            return;
+        }
+        let arenas = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+        // SAFETY: mallopt only changes allocator parameters; called before any other thread
+        // exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas as libc::c_int);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * 1024 * 1024);
+        }
     }
 }
 

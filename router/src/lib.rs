@@ -6,6 +6,8 @@
 //! - [`flow`]: TCP flows: listeners, connectors, ingress / transit / egress, splicing.
 //! - [`link`]: [`link::Router`]: link transports (QUIC, TLS/TCP + yamux), per-link drivers, dialers, the link port.
 
+#![forbid(unsafe_code)]
+
 pub mod flow;
 pub mod link;
 pub mod routing;

@@ -11,6 +11,8 @@
 //! - [`services`]: listeners and connectors (the verbs, and their router specs).
 //! - [`kubernetes`]: the Kubernetes site (feature `kubernetes`): the folder fed from the API.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 mod error;
 pub mod folder;

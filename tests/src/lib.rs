@@ -4,6 +4,8 @@
 //! # Layout
 //! - this file: [`TestSite`], [`link`], [`wait_for`].
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use skiff_router::link::{LinkState, LinkStatus};

@@ -162,7 +162,7 @@ async fn attempt_remote(
     // failed write waits for the status like any other.
     let mut write_failed = opened.await.is_err();
     let mut answer = BytesMut::with_capacity(256);
-    let mut chunk = super::splice::take_buffer();
+    let mut chunk = vec![0u8; 16 * 1024];
     let wait = async {
         loop {
             match FlowStatusFrame::decode(&mut answer) {
@@ -196,9 +196,7 @@ async fn attempt_remote(
             }
         }
     };
-    let waited = tokio::time::timeout(HEADER_TIMEOUT, wait).await;
-    super::splice::give_back(chunk);
-    let status = match waited {
+    let status = match tokio::time::timeout(HEADER_TIMEOUT, wait).await {
         Ok(Ok(status)) => status,
         Ok(Err(reason)) => {
             stream.reset();
@@ -528,11 +526,12 @@ pub(crate) fn set_keepalive<S: std::os::fd::AsFd>(tcp: &S) {
     }
 }
 
-/// Sets up a client connection a listener accepted: no Nagle delay, keepalive. On Linux the
+/// Sets up a client connection a listener accepted: no Nagle delay, keepalive. On Linux (and
+/// Android) the
 /// accepted socket inherits both from the listening socket ([`configure_listening`]), which
 /// saves five system calls per connection.
 pub(crate) fn configure_accepted(client: &TcpStream) {
-    if cfg!(not(target_os = "linux")) {
+    if cfg!(not(any(target_os = "linux", target_os = "android"))) {
         let _ = client.set_nodelay(true);
         set_keepalive(client);
     }

@@ -109,7 +109,7 @@ pub const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 pub const YAMUX_WINDOW_POOL: usize = 16 * 1024 * 1024;
 
 /// Receive window of one QUIC stream (fixed; quinn does not auto-tune). 2 MiB per round trip
-/// is ~160 Mbit/s at 100 ms, ~1.6 Gbit/s at 10 ms. The QUIC connection window is left
+/// is ~170 Mbit/s at 100 ms, ~1.7 Gbit/s at 10 ms. The QUIC connection window is left
 /// unlimited so that stalled streams, which hold their stream window, can never block the
 /// others. (4 MiB made a router hold 60 MiB under 8 parallel bulk flows: docs/benchmarks.md.)
 pub const QUIC_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -134,6 +134,9 @@ const FRAME_WRITE_BUFFER: usize = 2 * FRAME_SIZE + 1024;
 /// (during a pass over everything yamux has to do) a flush leaves them there; the driver
 /// lets go and flushes once the pass is over. The frames of one pass (often the requests of
 /// many flows) thus go out in one TLS write and one system call.
+/// Bytes a held flush may leave waiting in [`Batched`]'s buffer.
+const HELD_FLUSH_LIMIT: usize = 32 * 1024;
+
 struct Batched<T> {
     io: tokio::io::BufWriter<T>,
     hold: Arc<AtomicBool>,
@@ -162,7 +165,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.hold.load(Ordering::Relaxed) {
+        // Held, small writes wait for the end of the pass; once HELD_FLUSH_LIMIT bytes are
+        // waiting they go out at once, so a long pass cannot delay window updates and pongs.
+        if self.hold.load(Ordering::Relaxed) && self.io.buffer().len() < HELD_FLUSH_LIMIT {
             return Poll::Ready(Ok(()));
         }
         std::pin::Pin::new(&mut self.io).poll_flush(cx)

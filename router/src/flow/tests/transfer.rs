@@ -196,12 +196,14 @@ async fn many_small_exchanges(transport: TransportChoice) {
     net.shutdown().await;
 }
 
-#[tokio::test]
+// Several worker threads: frames arrive while the link's driver holds its flushes, and copy
+// buffers move between the threads' stocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quic_many_small_exchanges_stay_apart() {
     many_small_exchanges(TransportChoice::Quic).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_many_small_exchanges_stay_apart() {
     many_small_exchanges(TransportChoice::Tls).await;
 }
