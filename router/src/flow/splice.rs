@@ -43,7 +43,7 @@ thread_local! {
 }
 
 /// A copy buffer of [`COPY_BUFFER`] bytes: a spare one of this thread, else a new one.
-pub(crate) fn take_buffer() -> Box<[u8]> {
+fn take_buffer() -> Box<[u8]> {
     SPARE
         .try_with(|s| s.borrow_mut().pop())
         .ok()
@@ -51,8 +51,9 @@ pub(crate) fn take_buffer() -> Box<[u8]> {
         .unwrap_or_else(|| vec![0u8; COPY_BUFFER].into_boxed_slice())
 }
 
-/// Returns a buffer from [`take_buffer`] to this thread's spares (freed if there are enough).
-pub(crate) fn give_back(buf: Box<[u8]>) {
+/// Returns a buffer from [`take_buffer`] to this thread's spares (freed if there are enough;
+/// an empty one, i.e. none, is ignored).
+fn give_back(buf: Box<[u8]>) {
     if buf.len() != COPY_BUFFER {
         return;
     }
@@ -146,9 +147,7 @@ impl Pump {
     /// Gives the copy buffer back (nothing in it is waiting to be written).
     fn release(&mut self) {
         debug_assert_eq!(self.pos, self.cap);
-        if !self.buf.is_empty() {
-            give_back(std::mem::take(&mut self.buf));
-        }
+        give_back(std::mem::take(&mut self.buf));
         self.pos = 0;
         self.cap = 0;
     }
@@ -238,9 +237,7 @@ impl Pump {
 
 impl Drop for Pump {
     fn drop(&mut self) {
-        if !self.buf.is_empty() {
-            give_back(std::mem::take(&mut self.buf));
-        }
+        give_back(std::mem::take(&mut self.buf));
     }
 }
 

@@ -527,9 +527,8 @@ pub(crate) fn set_keepalive<S: std::os::fd::AsFd>(tcp: &S) {
 }
 
 /// Sets up a client connection a listener accepted: no Nagle delay, keepalive. On Linux (and
-/// Android) the
-/// accepted socket inherits both from the listening socket ([`configure_listening`]), which
-/// saves five system calls per connection.
+/// Android) the accepted socket inherits both from the listening socket
+/// ([`configure_listening`]), which saves five system calls per connection.
 pub(crate) fn configure_accepted(client: &TcpStream) {
     if cfg!(not(any(target_os = "linux", target_os = "android"))) {
         let _ = client.set_nodelay(true);

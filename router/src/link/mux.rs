@@ -127,6 +127,9 @@ const FRAME_SIZE: usize = 64 * 1024;
 /// this much (a little over two whole frames, headers included).
 const FRAME_WRITE_BUFFER: usize = 2 * FRAME_SIZE + 1024;
 
+/// Bytes a held flush may leave waiting in [`Batched`]'s buffer.
+const HELD_FLUSH_LIMIT: usize = 32 * 1024;
+
 /// The byte stream under yamux, with its writes batched. yamux writes a frame's 12-byte
 /// header and its body in two writes and flushes after every frame, which over TLS made a
 /// 12-byte record and a system call of their own for every header, and a system call for
@@ -134,9 +137,6 @@ const FRAME_WRITE_BUFFER: usize = 2 * FRAME_SIZE + 1024;
 /// (during a pass over everything yamux has to do) a flush leaves them there; the driver
 /// lets go and flushes once the pass is over. The frames of one pass (often the requests of
 /// many flows) thus go out in one TLS write and one system call.
-/// Bytes a held flush may leave waiting in [`Batched`]'s buffer.
-const HELD_FLUSH_LIMIT: usize = 32 * 1024;
-
 struct Batched<T> {
     io: tokio::io::BufWriter<T>,
     hold: Arc<AtomicBool>,
@@ -219,10 +219,10 @@ impl YamuxConnection {
         } else {
             yamux::Mode::Server
         };
-        let gate = Arc::new(AtomicBool::new(false));
+        let hold_flushes = Arc::new(AtomicBool::new(false));
         let io = Batched {
             io: tokio::io::BufWriter::with_capacity(FRAME_WRITE_BUFFER, io),
-            hold: gate.clone(),
+            hold: hold_flushes.clone(),
         };
         let conn = yamux::Connection::new(io.compat(), yamux_config(), mode);
         let (open_tx, open_rx) = mpsc::unbounded_channel();
@@ -234,7 +234,7 @@ impl YamuxConnection {
         let lost = Arc::new(AtomicBool::new(false));
         let lost2 = lost.clone();
         tokio::spawn(async move {
-            let result = drive(conn, open_rx, inbound_tx, close_rx, &lost2, &gate).await;
+            let result = drive(conn, open_rx, inbound_tx, close_rx, &lost2, &hold_flushes).await;
             lost2.store(true, Ordering::Release);
             if let Err(e) = result {
                 *failure2.lock().unwrap() = Some(Arc::new(e));
