@@ -13,12 +13,15 @@
 //! - [`tls`]: rustls client/server configs for links and grants, and the site-id verifier.
 //! - [`error`]: [`CertError`], grouped by who is at fault.
 //! - `encode`: hex and base64 helpers (private).
+//! - `fuzzing`: the body of the fuzz target, shared with the seed replay test (hidden).
 
 #![forbid(unsafe_code)]
 
 pub mod ca;
 mod encode;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id;
 pub mod tls;
 pub mod token;

@@ -9,6 +9,7 @@
 //! - [`admin`]: the admin API server and client.
 //! - [`token`]: issuing and redeeming tokens (the verbs behind `skiff token`).
 //! - [`services`]: listeners and connectors (the verbs, and their router specs).
+//! - `fuzzing`: the bodies of the fuzz targets, shared with the seed replay test (hidden).
 //! - [`kubernetes`]: the Kubernetes site (feature `kubernetes`): the folder fed from the API.
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,8 @@
 pub mod admin;
 mod error;
 pub mod folder;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grant;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;

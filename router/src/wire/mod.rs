@@ -16,6 +16,8 @@
 
 mod control;
 mod flow;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod link_state;
 
 pub use control::{ControlFrame, MAX_TEXT_LEN, RouterMode};

@@ -1,0 +1,131 @@
+//! The body of the `token_yaml` fuzz target (`fuzz/fuzz_targets/`), shared with the seed
+//! replay test (`certs/tests/fuzz_seeds.rs`) so that `cargo test` checks the same properties on
+//! the committed seeds (`fuzz/seeds/token_yaml/`) that the fuzzer checks on what it generates.
+//!
+//! Panics when a property does not hold; not an API.
+
+use serde::Deserialize;
+
+use crate::{AccessGrant, AccessToken, format_duration, parse_duration};
+
+/// A moment to check grants against (2026-11-26 00:00:00 UTC): fixed, so a seed's outcome
+/// never depends on the day the test runs.
+const NOW_UNIX: i64 = 1_795_651_200;
+
+/// Shortest code the leak check looks for: a shorter one may appear in a message by chance.
+const MIN_CODE_LEN: usize = 8;
+
+/// `spec.code` of any document, read without validating anything else.
+#[derive(Deserialize)]
+struct AnyCode {
+    spec: Option<AnySpec>,
+}
+
+#[derive(Deserialize)]
+struct AnySpec {
+    code: Option<String>,
+}
+
+fn code_of(text: &str) -> Option<String> {
+    serde_saphyr::from_str::<AnyCode>(text)
+        .ok()?
+        .spec?
+        .code
+        .filter(|c| c.len() >= MIN_CODE_LEN)
+}
+
+/// The error as a user or a log would see it: message and `Debug` (which adds the causes).
+fn shown<E: std::fmt::Display + std::fmt::Debug>(e: &E) -> String {
+    format!("{e} {e:?}")
+}
+
+/// The code of `text` is never part of what `parse` reports when it refuses `text`.
+///
+/// A message may hold the code's characters by chance (fixed wording, another field's value),
+/// so a message that holds them counts as a leak only when it stops holding them once that
+/// one occurrence of the code in `text` is replaced by other letters of the same length.
+fn assert_error_hides_code<T, E>(text: &str, parse: impl Fn(&str) -> Result<T, E>)
+where
+    E: std::fmt::Display + std::fmt::Debug,
+{
+    let Some(code) = code_of(text) else { return };
+    let Err(e) = parse(text) else { return };
+    let message = shown(&e);
+    if !message.contains(&code) || text.matches(code.as_str()).count() != 1 {
+        return;
+    }
+    let filler = if code.starts_with('q') { "z" } else { "q" };
+    let other = text.replacen(&code, &filler.repeat(code.len()), 1);
+    if code_of(&other).as_deref() != Some(&filler.repeat(code.len())[..]) {
+        return; // the one occurrence was not the code's value
+    }
+    let other_message = parse(&other).err().map(|e| shown(&e)).unwrap_or_default();
+    assert!(
+        other_message.contains(&code),
+        "an error shows the secret code {code:?}: {message}"
+    );
+}
+
+/// Target `token_yaml`: the input, as UTF-8 text, is read as an access token file, as an access
+/// grant file and as a duration.
+///
+/// Checks: a token or grant that parses serializes to YAML that parses to the same value; its
+/// `Debug` does not depend on the code; an error never shows the code; the grant's checks
+/// never panic and it matches its own code; a duration that parses formats to text that
+/// parses to the same duration.
+#[doc(hidden)]
+pub fn token_yaml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+
+    if let Ok(token) = AccessToken::from_yaml(text) {
+        let again = AccessToken::from_yaml(&token.to_yaml())
+            .unwrap_or_else(|e| panic!("a parsed token does not parse once written: {e:?}"));
+        assert_eq!(again, token, "token changed through YAML");
+        token
+            .spec
+            .grant_address()
+            .expect("a parsed token has a usable grant address");
+        let mut recoded = token.clone();
+        recoded.spec.code = format!("other-{}", token.spec.code);
+        assert_eq!(
+            format!("{recoded:?}"),
+            format!("{token:?}"),
+            "Debug shows the code"
+        );
+    }
+    assert_error_hides_code(text, AccessToken::from_yaml);
+
+    if let Ok(grant) = AccessGrant::from_yaml(text) {
+        let again = AccessGrant::from_yaml(&grant.to_yaml())
+            .unwrap_or_else(|e| panic!("a parsed grant does not parse once written: {e:?}"));
+        assert_eq!(again, grant, "grant changed through YAML");
+        assert!(grant.matches(&grant.spec.code));
+        let now = time::OffsetDateTime::from_unix_timestamp(NOW_UNIX).unwrap();
+        let _ = grant.check(now);
+        let mut spent = grant.clone();
+        spent.spend();
+        assert_eq!(
+            spent.spec.redemptions_made,
+            grant.spec.redemptions_made.saturating_add(1)
+        );
+        let mut recoded = grant.clone();
+        recoded.spec.code = format!("other-{}", grant.spec.code);
+        assert_eq!(
+            format!("{recoded:?}"),
+            format!("{grant:?}"),
+            "Debug shows the code"
+        );
+    }
+    assert_error_hides_code(text, AccessGrant::from_yaml);
+
+    if let Ok(d) = parse_duration(text) {
+        let formatted = format_duration(d);
+        assert_eq!(
+            parse_duration(&formatted).ok(),
+            Some(d),
+            "{text:?} formats as {formatted:?}"
+        );
+    }
+}

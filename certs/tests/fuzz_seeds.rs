@@ -1,0 +1,60 @@
+//! Replays the committed seeds of the `token_yaml` fuzz target (`fuzz/seeds/token_yaml/`)
+//! through the same checks the target runs (`skiff_certs::fuzzing::token_yaml`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Runs `check` on every file of `fuzz/seeds/<target>/`, naming each seed that fails; fails
+/// when the folder is missing or empty, so the replay can never pass by testing nothing.
+fn replay(target: &str, check: fn(&[u8])) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/seeds")
+        .join(target);
+    let entries = fs::read_dir(&dir).unwrap_or_else(|e| {
+        panic!(
+            "seed folder {} of fuzz target {target} is missing ({e}); it must hold the target's seeds",
+            dir.display()
+        )
+    });
+    let mut seeds: Vec<PathBuf> = entries
+        .map(|e| e.expect("seed folder entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    seeds.sort();
+    assert!(
+        !seeds.is_empty(),
+        "seed folder {} is empty: run the fuzz target and add seeds (docs/fuzzing.md)",
+        dir.display()
+    );
+    let mut failed = Vec::new();
+    for seed in &seeds {
+        let data = fs::read(seed).unwrap_or_else(|e| panic!("reading {}: {e}", seed.display()));
+        if std::panic::catch_unwind(|| check(&data)).is_err() {
+            failed.push(seed.display().to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} seeds of {target} fail their check (reproduce with `cargo fuzz run -s none {target} SEED`): {failed:#?}",
+        failed.len(),
+        seeds.len()
+    );
+}
+
+#[test]
+fn token_yaml_seeds_hold() {
+    replay("token_yaml", skiff_certs::fuzzing::token_yaml);
+}
+
+/// The token and grants `skiff token issue` wrote (copied into the seeds) still parse, so a
+/// parser that came to refuse everything could not pass the replay by refusing the seeds too.
+#[test]
+fn files_written_by_skiff_still_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/token_yaml");
+    let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap();
+    let token = skiff_certs::AccessToken::from_yaml(&read("token-issued-by-skiff.yaml")).unwrap();
+    assert_eq!(token.spec.link_cost, 5);
+    for grant in ["grant-fresh.yaml", "grant-redeemed-once.yaml"] {
+        skiff_certs::AccessGrant::from_yaml(&read(grant)).unwrap();
+    }
+}
