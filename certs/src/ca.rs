@@ -350,6 +350,38 @@ pub fn key_fingerprint(cert: &CertificateDer<'_>) -> Result<String, CertError> {
     ))
 }
 
+/// A certificate's serial number in the form [`IssuedCert::serial`] uses (lowercase hex of
+/// its DER integer bytes): what a site records to tell the certificates it issued apart.
+pub fn certificate_serial(cert: &CertificateDer<'_>) -> Result<String, CertError> {
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| CertError::PeerIdentity {
+            reason: format!("the certificate is not valid X.509 ({e})"),
+        })?;
+    Ok(hex(x509.raw_serial()))
+}
+
+/// The validity period `(not_before, not_after)` of the first certificate in a PEM text.
+pub fn certificate_validity_pem(
+    cert_pem: &str,
+) -> Result<(OffsetDateTime, OffsetDateTime), CertError> {
+    let der = first_cert("certificate", cert_pem)?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| CertError::pem("certificate", format!("not valid X.509 ({e})")))?;
+    let v = x509.validity();
+    Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
+}
+
+/// The first certificate (DER) in a PEM text.
+pub fn first_certificate(cert_pem: &str) -> Result<CertificateDer<'static>, CertError> {
+    first_cert("certificate", cert_pem)
+}
+
+/// [`certificate_serial`] of the first certificate in a PEM text.
+pub fn certificate_serial_pem(cert_pem: &str) -> Result<String, CertError> {
+    let der = first_cert("certificate", cert_pem)?;
+    certificate_serial(&der).map_err(|e| CertError::pem("certificate", e.to_string()))
+}
+
 /// [`key_fingerprint`] of the first certificate in a PEM text.
 pub fn key_fingerprint_pem(cert_pem: &str) -> Result<String, CertError> {
     key_fingerprint(&first_cert("certificate", cert_pem)?)

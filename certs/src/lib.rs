@@ -27,7 +27,8 @@ pub mod tls;
 pub mod token;
 
 pub use ca::{
-    IssuedCert, SiteCa, generate_link_csr, generate_link_key, key_fingerprint, key_fingerprint_pem,
+    IssuedCert, SiteCa, certificate_serial, certificate_serial_pem, certificate_validity_pem,
+    first_certificate, generate_link_csr, generate_link_key, key_fingerprint, key_fingerprint_pem,
     link_csr,
 };
 pub use error::CertError;

@@ -177,6 +177,29 @@ enum LinkCommand {
         #[command(flatten)]
         dir: DirArg,
     },
+    /// At the accepting site: revoke a site that linked here. Its links close at once; its
+    /// re-dials and certificate renewals are refused.
+    Revoke {
+        /// The linked site's name or id.
+        site: String,
+        /// `json` for scripts.
+        #[arg(long)]
+        output: Option<output::Format>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Renew the client certificate of outbound links at their issuers (all links, or the
+    /// links to the peer of NAME). Established links stay up; the next dial uses the new
+    /// certificate.
+    Renew {
+        /// A link's name [default: every outbound link].
+        name: Option<String>,
+        /// `json` for scripts.
+        #[arg(long)]
+        output: Option<output::Format>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -503,6 +526,81 @@ async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
             site::delete_link(&folder, &name)?;
             tokens::reload_if_running(&folder).await?;
             println!("link {name:?} deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+        LinkCommand::Revoke { site, output, dir } => {
+            let r = tokens::revoke(&dir.folder(), &site).await?;
+            let s = &r.site.spec;
+            if output == Some(output::Format::Json) {
+                let v = serde_json::json!({
+                    "site": s.site_name,
+                    "id": s.site_id.to_string(),
+                    "revoked": true,
+                    "revokedAt": s.revoked_at,
+                    "alreadyRevoked": !r.newly,
+                    "applied": r.applied,
+                });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let when = s.revoked_at.as_deref().unwrap_or("earlier");
+            if r.newly {
+                println!("site {:?} ({}) revoked", s.site_name, s.site_id);
+            } else {
+                println!(
+                    "site {:?} ({}) was already revoked (at {when})",
+                    s.site_name, s.site_id
+                );
+            }
+            if r.applied {
+                println!("its links are closed; its re-dials and renewals are refused");
+            } else {
+                println!("the site is not running: the revocation holds from its next start");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LinkCommand::Renew { name, output, dir } => {
+            let folder = dir.folder();
+            let selection = match &name {
+                Some(n) => tokens::RenewSelection::Link(n),
+                None => tokens::RenewSelection::All,
+            };
+            let outcomes = tokens::renew_links(&folder, selection).await?;
+            if outcomes.iter().any(|o| o.error.is_none()) {
+                tokens::reload_if_running(&folder).await?;
+            }
+            let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+            if output == Some(output::Format::Json) {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&outcomes).unwrap_or_default()
+                );
+            } else if outcomes.is_empty() {
+                println!("no outbound links: nothing to renew");
+            } else {
+                for o in &outcomes {
+                    let links = o.links.join(", ");
+                    match &o.error {
+                        None => println!(
+                            "link {links} (to {}): renewed, serial {}, expires {}; the old certificate links until {}",
+                            o.peer_site_name,
+                            o.serial.as_deref().unwrap_or_default(),
+                            o.expires.as_deref().unwrap_or_default(),
+                            o.previous_valid_until.as_deref().unwrap_or_default()
+                        ),
+                        Some(e) => eprintln!(
+                            "error: link {links} (to {}): not renewed: {e}",
+                            o.peer_site_name
+                        ),
+                    }
+                }
+            }
+            if failed > 0 {
+                eprintln!(
+                    "hint: a link that was not renewed keeps its certificate and works until it expires; check that the issuing site runs and has not revoked this one, then retry"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,11 +1,18 @@
-//! Token redemption, both ends: the grant service a site runs on its link port (HTTP/1.1 over
-//! TLS, ALPN `skiff-grant/1`) and the client `skiff token redeem` uses.
+//! Token redemption and certificate renewal, both ends: the grant service a site runs on its
+//! link port (HTTP/1.1 over TLS, ALPN `skiff-grant/1`) and the client `skiff token redeem` and
+//! `skiff link renew` use.
 //!
 //! The redeeming site sends a CSR with the token's code; the issuer checks the grant, signs a
 //! client certificate with its CA and answers with it and its link endpoints. The private key
 //! never leaves the redeeming site. Redemptions are serialised by one lock, and the grant's use
 //! count is spent only after signing succeeded, so two concurrent redemptions of a one-use
 //! token: exactly one wins.
+//!
+//! A renewal (`POST /v1/renew`) carries the site id and a CSR for the key that site linked
+//! with: the CSR's signature proves the requester holds that key, and the issuer signs a new
+//! certificate only for the key recorded for the site id, never for a revoked site. The
+//! certificate it replaces keeps linking for the site's overlap window
+//! (`spec.certificateOverlap`), then only the new one does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,10 +37,12 @@ use crate::site::{list_grants, save_grant, save_linked_site};
 
 /// Path of the redemption request.
 pub const REDEEM_PATH: &str = "/v1/redeem";
+/// Path of the certificate renewal request.
+pub const RENEW_PATH: &str = "/v1/renew";
 /// Largest request or response body accepted.
 const MAX_BODY: usize = 64 * 1024;
-/// How long a client certificate issued by a redemption is valid. Renewal is not built yet;
-/// see docs/operations.md.
+/// How long a client certificate issued by a redemption or renewal is valid (renewed
+/// automatically when a third of it is left; docs/operations.md).
 pub const LINK_CERT_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 /// How long a redemption may take end to end.
 const REDEEM_TIMEOUT: Duration = Duration::from_secs(15);
@@ -76,6 +85,28 @@ pub struct RedeemResponse {
     pub endpoints: Vec<String>,
     /// The link cost the grant was issued with.
     pub link_cost: u32,
+}
+
+/// Body of a renewal request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RenewRequest {
+    /// The renewing site's id (must match the CSR).
+    pub site_id: SiteId,
+    /// CSR (PEM) signed with the key the site linked with.
+    pub csr: String,
+}
+
+/// Body of a successful renewal.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RenewResponse {
+    /// The new client certificate (PEM), signed by the issuer's CA.
+    pub certificate: String,
+    /// Its serial (hex).
+    pub serial: String,
+    /// Until when the certificate it replaces still links (RFC 3339 UTC).
+    pub previous_serial_valid_until: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -143,6 +174,49 @@ impl skiff_router::link::InboundPolicy for LinkedSites {
             _ => Ok(()),
         }
     }
+
+    fn check_serial(&self, peer: SiteId, serial: &str) -> Result<(), String> {
+        let sites = self.sites.read().unwrap();
+        match sites.get(&peer) {
+            Some(s) => serial_allowed(&s.spec, serial, OffsetDateTime::now_utc()),
+            // Unknown sites are refused by `admit`.
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether a linked site may link with the certificate of serial `serial` at `now`: any
+/// certificate until it first renews; after that the current one, and the previous one until
+/// the end of its overlap window.
+pub fn serial_allowed(
+    spec: &LinkedSiteSpec,
+    serial: &str,
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    let Some(previous) = &spec.previous_certificate_serial else {
+        return Ok(());
+    };
+    if serial == spec.certificate_serial {
+        return Ok(());
+    }
+    let who = format!("site {} ({})", spec.site_name, spec.site_id);
+    if serial == previous {
+        let until = spec
+            .previous_serial_valid_until
+            .as_deref()
+            .unwrap_or_default();
+        match OffsetDateTime::parse(until, &Rfc3339) {
+            Ok(end) if now < end => return Ok(()),
+            _ => {
+                return Err(format!(
+                    "{who} presented its previous link certificate (serial {serial}): it was replaced by a renewal and its overlap window ended at {until}; that site must dial with its renewed certificate (skiff link renew there)"
+                ));
+            }
+        }
+    }
+    Err(format!(
+        "{who} presented a link certificate (serial {serial}) that was replaced by a renewal and no longer links here; that site must dial with its current certificate (skiff link renew there)"
+    ))
 }
 
 /// Where a redemption is committed beyond the site folder before it is answered (a Kubernetes
@@ -162,6 +236,8 @@ pub struct GrantService {
     site_id: SiteId,
     site_name: String,
     link_hosts: std::sync::RwLock<Vec<String>>,
+    /// How long a renewed site's previous certificate keeps linking.
+    overlap: std::sync::RwLock<Duration>,
     /// The bound link port, known once the router started.
     pub link_port: OnceLock<u16>,
     linked: Arc<LinkedSites>,
@@ -184,6 +260,7 @@ impl GrantService {
             site_id,
             site_name,
             link_hosts: std::sync::RwLock::new(link_hosts),
+            overlap: std::sync::RwLock::new(crate::resources::DEFAULT_CERTIFICATE_OVERLAP),
             link_port: OnceLock::new(),
             linked,
             commit_hook: OnceLock::new(),
@@ -194,6 +271,11 @@ impl GrantService {
     /// load balancer's address after it started).
     pub fn set_link_hosts(&self, hosts: Vec<String>) {
         *self.link_hosts.write().unwrap() = hosts;
+    }
+
+    /// Sets the overlap window of renewed certificates (site.yaml `spec.certificateOverlap`).
+    pub fn set_certificate_overlap(&self, overlap: Duration) {
+        *self.overlap.write().unwrap() = overlap;
     }
 
     /// Sets where redemptions are committed besides the folder (once; later calls are
@@ -280,6 +362,15 @@ impl GrantService {
                 .check(now)
                 .map_err(|r| (StatusCode::FORBIDDEN, r.to_string()))?;
         }
+        // A site that renewed before keeps the serial rule: the certificate this one
+        // replaces links on for the overlap window only.
+        let (previous_certificate_serial, previous_serial_valid_until) = match &known {
+            Some(k) if k.spec.previous_certificate_serial.is_some() => (
+                Some(k.spec.certificate_serial.clone()),
+                (now + *self.overlap.read().unwrap()).format(&Rfc3339).ok(),
+            ),
+            _ => (None, None),
+        };
         let linked = LinkedSite::new(LinkedSiteSpec {
             site_id: req.site_id,
             site_name: req.site_name.chars().take(63).collect(),
@@ -288,6 +379,9 @@ impl GrantService {
             key_fingerprint: key,
             linked_at: now.format(&Rfc3339).unwrap_or_default(),
             revoked: false,
+            revoked_at: None,
+            previous_certificate_serial,
+            previous_serial_valid_until,
         });
         // Commit before answering: an answered redemption is never lost to a crash.
         save_linked_site(&self.folder, &linked).map_err(internal)?;
@@ -334,12 +428,116 @@ impl GrantService {
         })
     }
 
+    /// Handles one renewal; `Err` is (status, message for the renewing site).
+    pub async fn renew(
+        &self,
+        req: RenewRequest,
+        peer: SocketAddr,
+    ) -> Result<RenewResponse, (StatusCode, String)> {
+        // One change of peers/ at a time, and never during a reload.
+        let _one_at_a_time = self.linked.update.lock().await;
+        let now = OffsetDateTime::now_utc();
+        let internal = |e: SiteError| {
+            tracing::error!(cause = %crate::error_chain(&e), "renewal failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the issuing site could not read or write its linked sites; see its log"
+                    .to_string(),
+            )
+        };
+        // The folder is the truth (a `skiff link revoke` may have written it a moment ago).
+        let known = crate::site::load_linked_site(&self.folder, req.site_id)
+            .map_err(internal)?
+            .or_else(|| self.linked.get(req.site_id));
+        let Some(known) = known else {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "site {} never linked here (or was forgotten): redeem a new token",
+                    req.site_id
+                ),
+            ));
+        };
+        if known.spec.revoked {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "site {} ({}) was revoked here and cannot renew its link certificate",
+                    known.spec.site_name, req.site_id
+                ),
+            ));
+        }
+        let (csr_site, cert) = self
+            .ca
+            .sign_link_csr(&req.csr, LINK_CERT_VALIDITY)
+            .map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("bad certificate request: {e}"),
+                )
+            })?;
+        if csr_site != req.site_id {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the certificate request is for site {csr_site}, but the request says {}",
+                    req.site_id
+                ),
+            ));
+        }
+        let key = skiff_certs::key_fingerprint_pem(&cert.cert_pem)
+            .map_err(|e| internal(SiteError::Cert(e)))?;
+        if key != known.spec.key_fingerprint {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the certificate request certifies a key other than the one site {} linked with: a renewal keeps the site's link key (a site with a new key must redeem a new token)",
+                    req.site_id
+                ),
+            ));
+        }
+        let until = (now + *self.overlap.read().unwrap())
+            .format(&Rfc3339)
+            .unwrap_or_default();
+        let mut spec = known.spec.clone();
+        let replaced = std::mem::replace(&mut spec.certificate_serial, cert.serial.clone());
+        spec.previous_certificate_serial = Some(replaced.clone());
+        spec.previous_serial_valid_until = Some(until.clone());
+        let renewed = LinkedSite::new(spec);
+        save_linked_site(&self.folder, &renewed).map_err(internal)?;
+        self.linked.insert(renewed);
+        if let Some(hook) = self.commit_hook.get() {
+            hook.commit().await.map_err(|why| {
+                tracing::error!(cause = %why, "renewal not committed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the issuing site could not store the renewal; try again shortly".to_string(),
+                )
+            })?;
+        }
+        tracing::info!(
+            peer_site = %req.site_id,
+            peer_name = %known.spec.site_name,
+            %peer,
+            serial = %cert.serial,
+            replaced_serial = %replaced,
+            replaced_valid_until = %until,
+            "link certificate renewed"
+        );
+        Ok(RenewResponse {
+            certificate: cert.cert_pem,
+            serial: cert.serial,
+            previous_serial_valid_until: until,
+        })
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Full<Bytes>> {
-        if req.method() != Method::POST || req.uri().path() != REDEEM_PATH {
+        let renewal = req.uri().path() == RENEW_PATH;
+        if req.method() != Method::POST || !(renewal || req.uri().path() == REDEEM_PATH) {
             return error_response(StatusCode::NOT_FOUND, "no such endpoint");
         }
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -351,6 +549,24 @@ impl GrantService {
                 );
             }
         };
+        if renewal {
+            let parsed: RenewRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!("malformed request: {e}"),
+                    );
+                }
+            };
+            return match self.renew(parsed, peer).await {
+                Ok(resp) => json_response(StatusCode::OK, &resp),
+                Err((status, message)) => {
+                    tracing::warn!(%peer, reason = %message, "certificate renewal refused");
+                    error_response(status, &message)
+                }
+            };
+        }
         let parsed: RedeemRequest = match serde_json::from_slice(&body) {
             Ok(r) => r,
             Err(e) => {
@@ -433,36 +649,104 @@ pub async fn redeem_token(
     csr_pem: &str,
 ) -> Result<RedeemResponse, SiteError> {
     let url = token.spec.url.clone();
-    let unreachable = |reason: String| SiteError::IssuerUnreachable {
-        url: url.clone(),
-        reason,
-    };
     let (host, port) = token.spec.grant_address().map_err(SiteError::BadToken)?;
-    let config = skiff_certs::grant_client_config(&token.spec.ca, token.spec.site_id)
-        .map_err(SiteError::BadToken)?;
-    let server_name = rustls_pki_types::ServerName::try_from(token.spec.site_id.server_name())
+    let body = RedeemRequest {
+        code: token.spec.code.clone(),
+        csr: csr_pem.into(),
+        site_id,
+        site_name: site_name.into(),
+    };
+    post_to_issuer(
+        &token.spec.ca,
+        token.spec.site_id,
+        &host,
+        port,
+        REDEEM_PATH,
+        &body,
+    )
+    .await
+    .map_err(|e| match e {
+        IssuerAnswer::Unreachable(reason) => SiteError::IssuerUnreachable { url, reason },
+        IssuerAnswer::Refused(reason) => SiteError::RedemptionRefused {
+            issuer: url,
+            reason,
+        },
+    })
+}
+
+/// Asks the issuer `issuer` (CA `issuer_ca_pem`, grant endpoint `endpoint` = `host:port`) for
+/// a new client certificate for the local site `site_id`, certifying the key of `csr_pem`.
+pub async fn renew_certificate(
+    issuer_ca_pem: &str,
+    issuer: SiteId,
+    endpoint: &str,
+    site_id: SiteId,
+    csr_pem: &str,
+) -> Result<RenewResponse, IssuerAnswer> {
+    let (host, port) = split_host_port(endpoint)
+        .ok_or_else(|| IssuerAnswer::Unreachable(format!("{endpoint:?} is not host:port")))?;
+    let body = RenewRequest {
+        site_id,
+        csr: csr_pem.into(),
+    };
+    post_to_issuer(issuer_ca_pem, issuer, &host, port, RENEW_PATH, &body).await
+}
+
+/// `host:port` (IPv6 in brackets) split.
+fn split_host_port(endpoint: &str) -> Option<(String, u16)> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// Why a request to an issuer's grant endpoint failed.
+#[derive(Debug)]
+pub enum IssuerAnswer {
+    /// Not reached, or it failed on its side: trying again later may work.
+    Unreachable(String),
+    /// It answered and refused; its reason, verbatim.
+    Refused(String),
+}
+
+impl std::fmt::Display for IssuerAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IssuerAnswer::Unreachable(r) => write!(f, "not reached: {r}"),
+            IssuerAnswer::Refused(r) => write!(f, "refused: {r}"),
+        }
+    }
+}
+
+/// POSTs `body` as JSON to `path` on the grant endpoint of site `issuer` at `host:port`, over
+/// TLS verified against `issuer_ca_pem` and `issuer`, and parses the JSON answer.
+async fn post_to_issuer<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    issuer_ca_pem: &str,
+    issuer: SiteId,
+    host: &str,
+    port: u16,
+    path: &str,
+    body: &Req,
+) -> Result<Resp, IssuerAnswer> {
+    let unreachable = IssuerAnswer::Unreachable;
+    let config = skiff_certs::grant_client_config(issuer_ca_pem, issuer)
+        .map_err(|e| unreachable(format!("the issuer's CA is unusable: {e}")))?;
+    let server_name = rustls_pki_types::ServerName::try_from(issuer.server_name())
         .map_err(|e| unreachable(e.to_string()))?;
     let work = async {
-        let tcp = TcpStream::connect((host.as_str(), port))
+        let tcp = TcpStream::connect((host, port))
             .await
             .map_err(|e| unreachable(describe_connect_error(&e)))?;
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await
-            .map_err(|e| unreachable(describe_tls_error(&e, token.spec.site_id)))?;
+            .map_err(|e| unreachable(describe_tls_error(&e, issuer)))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| unreachable(format!("HTTP handshake failed: {e}")))?;
         tokio::spawn(conn);
-        let body = serde_json::to_vec(&RedeemRequest {
-            code: token.spec.code.clone(),
-            csr: csr_pem.into(),
-            site_id,
-            site_name: site_name.into(),
-        })
-        .expect("request serialises");
-        let req = Request::post(REDEEM_PATH)
-            .header(http::header::HOST, join_host_port(&host, port))
+        let body = serde_json::to_vec(body).expect("request serialises");
+        let req = Request::post(path)
+            .header(http::header::HOST, join_host_port(host, port))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .expect("valid request");
@@ -477,7 +761,7 @@ pub async fn redeem_token(
             .map_err(|e| unreachable(format!("answer unreadable: {e}")))?
             .to_bytes();
         if status.is_success() {
-            serde_json::from_slice::<RedeemResponse>(&body)
+            serde_json::from_slice::<Resp>(&body)
                 .map_err(|e| unreachable(format!("malformed answer: {e}")))
         } else {
             let reason = serde_json::from_slice::<ErrorBody>(&body)
@@ -487,10 +771,7 @@ pub async fn redeem_token(
                 // The issuer's own trouble, not a refusal: trying again may work.
                 return Err(unreachable(format!("it answered {status}: {reason}")));
             }
-            Err(SiteError::RedemptionRefused {
-                issuer: url.clone(),
-                reason,
-            })
+            Err(IssuerAnswer::Refused(reason))
         }
     };
     tokio::time::timeout(REDEEM_TIMEOUT, work)
@@ -540,5 +821,40 @@ mod tests {
     fn endpoints() {
         assert_eq!(join_host_port("::1", 5), "[::1]:5");
         assert_eq!(join_host_port("a.b", 5), "a.b:5");
+        assert_eq!(split_host_port("[::1]:5"), Some(("::1".into(), 5)));
+        assert_eq!(split_host_port("a.b:7"), Some(("a.b".into(), 7)));
+        assert_eq!(split_host_port("a.b"), None);
+    }
+
+    #[test]
+    fn after_a_renewal_only_the_current_and_the_previous_within_its_window_link() {
+        let now = OffsetDateTime::now_utc();
+        let mut spec = LinkedSiteSpec {
+            site_id: SiteId::random(),
+            site_name: "b".into(),
+            grant: "g".into(),
+            certificate_serial: "51".into(),
+            key_fingerprint: "k".into(),
+            linked_at: String::new(),
+            revoked: false,
+            revoked_at: None,
+            previous_certificate_serial: None,
+            previous_serial_valid_until: None,
+        };
+        // Never renewed: any serial our CA issued with the right key.
+        assert!(serial_allowed(&spec, "42", now).is_ok());
+        spec.previous_certificate_serial = Some("50".into());
+        spec.previous_serial_valid_until = (now + Duration::from_secs(60)).format(&Rfc3339).ok();
+        assert!(serial_allowed(&spec, "51", now).is_ok());
+        assert!(serial_allowed(&spec, "50", now).is_ok());
+        let late = now + Duration::from_secs(61);
+        let err = serial_allowed(&spec, "50", late).unwrap_err();
+        assert!(err.contains("overlap window ended"), "{err}");
+        assert!(serial_allowed(&spec, "51", late).is_ok());
+        let err = serial_allowed(&spec, "42", now).unwrap_err();
+        assert!(
+            err.contains("serial 42") && err.contains("replaced by a renewal"),
+            "{err}"
+        );
     }
 }

@@ -53,6 +53,32 @@ pub struct SiteSpec {
     /// An edge site only dials out and never carries transit traffic.
     #[serde(default)]
     pub edge: bool,
+    /// How long a linked site's previous client certificate keeps linking after it renewed
+    /// (`30s`, `24h`, ...); absent: [`DEFAULT_CERTIFICATE_OVERLAP`]. Longer tolerates a
+    /// dialer that renewed but has not redialled (it still holds the old certificate in a
+    /// process that was not reloaded); shorter shrinks the time a stolen old certificate
+    /// still works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_overlap: Option<String>,
+}
+
+/// Default overlap window of a renewed link client certificate: 24 h.
+pub const DEFAULT_CERTIFICATE_OVERLAP: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
+
+impl SiteSpec {
+    /// The certificate overlap window (`certificateOverlap`, or the default); `Err` names
+    /// the bad value.
+    pub fn certificate_overlap(&self) -> Result<std::time::Duration, SiteError> {
+        match &self.certificate_overlap {
+            None => Ok(DEFAULT_CERTIFICATE_OVERLAP),
+            Some(text) => skiff_certs::parse_duration(text).map_err(|e| {
+                SiteError::InvalidArgument(format!(
+                    "site.yaml spec.certificateOverlap {text:?} is not a duration like 30s, 10m or 24h: {e}"
+                ))
+            }),
+        }
+    }
 }
 
 fn default_link_port() -> u16 {
@@ -138,6 +164,17 @@ pub struct LinkedSiteSpec {
     /// A revoked site's links are closed and refused.
     #[serde(default)]
     pub revoked: bool,
+    /// When it was revoked (RFC 3339 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    /// Serial of the certificate that the last renewal replaced (hex). Set once the site has
+    /// renewed: from then on only `certificateSerial`, and this one until
+    /// `previousSerialValidUntil`, may link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_certificate_serial: Option<String>,
+    /// End of the overlap window of `previousCertificateSerial` (RFC 3339 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_serial_valid_until: Option<String>,
 }
 
 impl Site {
@@ -390,6 +427,7 @@ mod tests {
                 link_hosts: vec!["10.0.0.1".into()],
                 link_port: 0,
                 edge: false,
+                certificate_overlap: Some("90s".into()),
             },
         );
         let back: Site = from_yaml(&to_yaml(&site), Path::new("site.yaml")).unwrap();
@@ -402,6 +440,14 @@ mod tests {
         let s: Site = from_yaml(&minimal, Path::new("site.yaml")).unwrap();
         assert_eq!(s.spec.link_port, DEFAULT_LINK_PORT);
         assert!(!s.spec.link_access);
+        assert_eq!(
+            s.spec.certificate_overlap().unwrap(),
+            DEFAULT_CERTIFICATE_OVERLAP
+        );
+        assert_eq!(
+            back.spec.certificate_overlap().unwrap(),
+            std::time::Duration::from_secs(90)
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub struct SiteState {
 pub struct RunningSite {
     state: Arc<SiteState>,
     admin_tasks: Vec<JoinHandle<()>>,
+    renewal_task: JoinHandle<()>,
     admin_stop: tokio::sync::watch::Sender<bool>,
     admin_tcp: Option<SocketAddr>,
     _lock: File,
@@ -62,6 +63,7 @@ impl RunningSite {
         let loaded = load_site(&folder)?;
         let lock = folder.lock_for_run()?;
         let spec = &loaded.site.spec;
+        let overlap = spec.certificate_overlap()?;
         let linked = Arc::new(LinkedSites::default());
         linked.replace(list_linked_sites(&folder)?);
         let link_listen = spec.link_access.then(|| {
@@ -105,6 +107,9 @@ impl RunningSite {
         .await?;
         if let (Some(g), Some(hook)) = (&grants, &opts.grant_commit_hook) {
             g.set_commit_hook(hook.clone());
+        }
+        if let Some(g) = &grants {
+            g.set_certificate_overlap(overlap);
         }
         if let (Some(g), Some(addr)) = (&grants, router.link_addr()) {
             let _ = g.link_port.set(addr.port());
@@ -155,9 +160,11 @@ impl RunningSite {
             admin = %sock.display(),
             "site running"
         );
+        let renewal_task = tokio::spawn(renew_certificates(Arc::downgrade(&state)));
         Ok(RunningSite {
             state,
             admin_tasks,
+            renewal_task,
             admin_stop,
             admin_tcp,
             _lock: lock,
@@ -187,6 +194,8 @@ impl RunningSite {
 
     /// Stops the admin API, closes the links and releases the folder.
     pub async fn stop(self) {
+        self.renewal_task.abort();
+        let _ = self.renewal_task.await;
         let _ = self.admin_stop.send(true);
         for t in self.admin_tasks {
             let _ = t.await;
@@ -198,6 +207,54 @@ impl RunningSite {
             // router still stops its tasks, in the background.
             Err(_) => {
                 tracing::warn!("site state still shared at stop; links close in the background")
+            }
+        }
+    }
+}
+
+/// How often a running site checks whether its link client certificates need renewing.
+pub const RENEWAL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// At start and every [`RENEWAL_CHECK_INTERVAL`]: renews the client certificates of outbound
+/// links that have less than a third of their validity left, then reloads (which hands the new
+/// certificates to the dialers without redialling). Failures are logged and retried at the
+/// next check. Holds the state weakly, so it never keeps a stopped site alive.
+async fn renew_certificates(state: std::sync::Weak<SiteState>) {
+    let mut every = tokio::time::interval(RENEWAL_CHECK_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(folder) = state.upgrade().map(|s| s.folder.clone()) else {
+            return;
+        };
+        let outcomes = match crate::token::renew_links(&folder, crate::token::RenewSelection::Due)
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(cause = %crate::error_chain(&e), "checking link certificates for renewal failed");
+                continue;
+            }
+        };
+        let mut renewed = false;
+        for o in &outcomes {
+            match &o.error {
+                None => renewed = true,
+                Some(reason) => tracing::warn!(
+                    links = ?o.links,
+                    peer = %o.peer_site_id,
+                    %reason,
+                    "automatic link certificate renewal failed; retrying in {} h",
+                    RENEWAL_CHECK_INTERVAL.as_secs() / 3600
+                ),
+            }
+        }
+        if renewed {
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            if let Err(e) = state.reload().await {
+                tracing::warn!(cause = %crate::error_chain(&e), "reload after renewal failed");
             }
         }
     }
@@ -239,6 +296,13 @@ impl SiteState {
     /// are disconnected.
     pub async fn reload(&self) -> Result<(), SiteError> {
         let _one = self.reload_lock.lock().await;
+        if let Some(g) = &self.grants {
+            match load_site(&self.folder).and_then(|s| s.site.spec.certificate_overlap()) {
+                Ok(overlap) => g.set_certificate_overlap(overlap),
+                Err(e) => tracing::warn!(cause = %crate::error_chain(&e),
+                    "site.yaml unreadable: the certificate overlap window stays as it was"),
+            }
+        }
         {
             let _no_redemption = self.linked.update.lock().await;
             let before = self.linked.admitted();

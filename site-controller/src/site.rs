@@ -124,6 +124,9 @@ pub fn create_site(
             .or(existing.as_ref().map(|s| s.spec.link_port))
             .unwrap_or(crate::resources::DEFAULT_LINK_PORT),
         edge: opts.edge,
+        certificate_overlap: existing
+            .as_ref()
+            .and_then(|s| s.spec.certificate_overlap.clone()),
     };
     if !folder.link_key_file().is_file() {
         let key = skiff_certs::generate_link_key()?;
@@ -315,6 +318,78 @@ pub fn save_linked_site(folder: &SiteFolder, peer: &LinkedSite) -> Result<(), Si
         .peers_dir()
         .join(format!("{}.yaml", peer.spec.site_id));
     write_atomic(&path, to_yaml(peer).as_bytes(), PUBLIC_MODE)
+}
+
+/// The record of site `id` in `peers/`, if it linked here.
+pub fn load_linked_site(folder: &SiteFolder, id: SiteId) -> Result<Option<LinkedSite>, SiteError> {
+    let path = folder.peers_dir().join(format!("{id}.yaml"));
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(from_yaml(&read_text(&path)?, &path)?))
+}
+
+/// Finds the linked site `who` names: its name, its id, or a prefix of its id (8 characters
+/// or more). Unknown or ambiguous: an error listing the linked sites.
+pub fn find_linked_site(folder: &SiteFolder, who: &str) -> Result<LinkedSite, SiteError> {
+    let all = list_linked_sites(folder)?;
+    let by_id: Vec<&LinkedSite> = all
+        .iter()
+        .filter(|s| {
+            let id = s.spec.site_id.to_string();
+            id == who || (who.len() >= 8 && id.starts_with(who))
+        })
+        .collect();
+    let found: Vec<&LinkedSite> = if by_id.is_empty() {
+        all.iter().filter(|s| s.spec.site_name == who).collect()
+    } else {
+        by_id
+    };
+    let listing = || {
+        if all.is_empty() {
+            "no site has linked to this one yet".to_string()
+        } else {
+            let names: Vec<String> = all
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} ({}{})",
+                        s.spec.site_name,
+                        s.spec.site_id,
+                        if s.spec.revoked { ", revoked" } else { "" }
+                    )
+                })
+                .collect();
+            format!("the sites linked here are: {}", names.join(", "))
+        }
+    };
+    match found.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(SiteError::InvalidArgument(format!(
+            "no site named {who:?} (or with that id) has linked to this site; {}",
+            listing()
+        ))),
+        many => Err(SiteError::InvalidArgument(format!(
+            "{} linked sites are named {who:?}: name one by its id; {}",
+            many.len(),
+            listing()
+        ))),
+    }
+}
+
+/// Marks the linked site `who` (see [`find_linked_site`]) revoked in `peers/` (one atomic
+/// write). Returns its record and whether it was revoked just now (`false`: it already was).
+pub fn revoke_linked_site(folder: &SiteFolder, who: &str) -> Result<(LinkedSite, bool), SiteError> {
+    let mut site = find_linked_site(folder, who)?;
+    if site.spec.revoked {
+        return Ok((site, false));
+    }
+    site.spec.revoked = true;
+    site.spec.revoked_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok();
+    save_linked_site(folder, &site)?;
+    Ok((site, true))
 }
 
 #[cfg(test)]

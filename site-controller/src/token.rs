@@ -205,3 +205,249 @@ pub async fn reload_if_running(folder: &SiteFolder) -> Result<bool, SiteError> {
         Err(e) => Err(e),
     }
 }
+
+/// Which outbound links a renewal is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewSelection<'a> {
+    /// Every outbound link.
+    All,
+    /// The links to the peer of this link.
+    Link(&'a str),
+    /// The links whose certificate has less than a third of its validity left.
+    Due,
+}
+
+/// The outcome of renewing the client certificate of the links to one peer.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkRenewal {
+    /// The links to that peer (all get the new certificate).
+    pub links: Vec<String>,
+    /// The peer's site name.
+    pub peer_site_name: String,
+    /// The peer's site id.
+    pub peer_site_id: SiteId,
+    /// The new certificate's serial, when renewed.
+    pub serial: Option<String>,
+    /// When the new certificate expires (RFC 3339 UTC), when renewed.
+    pub expires: Option<String>,
+    /// Until when the issuer still accepts the replaced certificate, when renewed.
+    pub previous_valid_until: Option<String>,
+    /// Why it was not renewed.
+    pub error: Option<String>,
+}
+
+/// Whether a certificate has less than a third of its validity left at `now` (or cannot be
+/// read, which a renewal repairs).
+pub fn renewal_due(cert_pem: &str, now: OffsetDateTime) -> bool {
+    match skiff_certs::certificate_validity_pem(cert_pem) {
+        Ok((start, end)) => (end - now) * 3 < end - start,
+        Err(_) => true,
+    }
+}
+
+/// Renews the client certificates of the selected outbound links at their issuers and stores
+/// them (one atomic write per link file). One request per peer site: every link to that peer
+/// gets the new certificate, because the issuer keeps one current certificate per site. The
+/// running site is not asked to reload; the caller does that (a certificate change does not
+/// redial an established link). A link that cannot be renewed keeps its certificate.
+pub async fn renew_links(
+    folder: &SiteFolder,
+    selection: RenewSelection<'_>,
+) -> Result<Vec<LinkRenewal>, SiteError> {
+    let site = load_site(folder)?;
+    let links = list_links(folder)?;
+    let now = OffsetDateTime::now_utc();
+    let peers: Vec<SiteId> = match selection {
+        RenewSelection::All => links.iter().map(|(l, _)| l.spec.peer_site_id).collect(),
+        RenewSelection::Link(name) => {
+            validate_name("link", name)?;
+            let (l, _) = links
+                .iter()
+                .find(|(l, _)| l.metadata.name == name)
+                .ok_or_else(|| SiteError::NotFound {
+                    what: "link",
+                    name: name.into(),
+                })?;
+            vec![l.spec.peer_site_id]
+        }
+        RenewSelection::Due => links
+            .iter()
+            .filter(|(l, _)| renewal_due(&l.spec.client_certificate, now))
+            .map(|(l, _)| l.spec.peer_site_id)
+            .collect(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for peer in peers {
+        if !seen.insert(peer) {
+            continue;
+        }
+        let group: Vec<&Link> = links
+            .iter()
+            .map(|(l, _)| l)
+            .filter(|l| l.spec.peer_site_id == peer)
+            .collect();
+        out.push(renew_peer(folder, &site, &group).await?);
+    }
+    Ok(out)
+}
+
+/// Renews the certificate of the links `group` (all to one peer).
+async fn renew_peer(
+    folder: &SiteFolder,
+    site: &crate::site::LoadedSite,
+    group: &[&Link],
+) -> Result<LinkRenewal, SiteError> {
+    let first = group[0];
+    let mut outcome = LinkRenewal {
+        links: group.iter().map(|l| l.metadata.name.clone()).collect(),
+        peer_site_name: first.spec.peer_site_name.clone(),
+        peer_site_id: first.spec.peer_site_id,
+        serial: None,
+        expires: None,
+        previous_valid_until: None,
+        error: None,
+    };
+    let key = link_key(folder)?;
+    let csr = skiff_certs::link_csr(site.id(), site.name(), &key)?;
+    let mut endpoints: Vec<&String> = Vec::new();
+    for l in group {
+        for e in &l.spec.endpoints {
+            if !endpoints.contains(&e) {
+                endpoints.push(e);
+            }
+        }
+    }
+    let mut failures = Vec::new();
+    let mut answer = None;
+    for endpoint in endpoints {
+        match crate::grant::renew_certificate(
+            &first.spec.peer_ca,
+            first.spec.peer_site_id,
+            endpoint,
+            site.id(),
+            &csr,
+        )
+        .await
+        {
+            Ok(a) => {
+                answer = Some(a);
+                break;
+            }
+            Err(crate::grant::IssuerAnswer::Refused(reason)) => {
+                // A refusal is the issuer's decision; other endpoints are the same issuer.
+                failures = vec![format!("refused by the issuer: {reason}")];
+                break;
+            }
+            Err(crate::grant::IssuerAnswer::Unreachable(reason)) => {
+                failures.push(format!("{endpoint}: {reason}"));
+            }
+        }
+    }
+    let Some(answer) = answer else {
+        outcome.error = Some(if failures.is_empty() {
+            "the link has no endpoints".into()
+        } else {
+            failures.join("; ")
+        });
+        return Ok(outcome);
+    };
+    // The issuer must certify our key and our id, or the link would stop working.
+    let ours = skiff_certs::key_fingerprint_pem(&first.spec.client_certificate).ok();
+    let theirs = skiff_certs::key_fingerprint_pem(&answer.certificate).ok();
+    let cert_site = skiff_certs::first_certificate(&answer.certificate)
+        .ok()
+        .and_then(|der| skiff_certs::peer_site_id(&der).ok());
+    if theirs.is_none() || theirs != ours || cert_site != Some(site.id()) {
+        outcome.error = Some(
+            "the issuer answered with a certificate for another key or site; the link keeps its certificate"
+                .into(),
+        );
+        return Ok(outcome);
+    }
+    for l in group {
+        let mut renewed = (*l).clone();
+        renewed.spec.client_certificate = answer.certificate.clone();
+        save_link(folder, &renewed)?;
+    }
+    outcome.expires = skiff_certs::certificate_validity_pem(&answer.certificate)
+        .ok()
+        .and_then(|(_, end)| end.format(&Rfc3339).ok());
+    outcome.serial = Some(answer.serial);
+    outcome.previous_valid_until = Some(answer.previous_serial_valid_until);
+    tracing::info!(
+        peer = %first.spec.peer_site_id,
+        links = ?outcome.links,
+        serial = ?outcome.serial,
+        "link certificate renewed"
+    );
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_with_a_third_left() {
+        skiff_certs::install_crypto_provider();
+        let ca = skiff_certs::SiteCa::generate("east", SiteId::random()).unwrap();
+        let (csr, _) = skiff_certs::generate_link_csr(SiteId::random(), "west").unwrap();
+        let (_, cert) = ca.sign_link_csr(&csr, Duration::from_secs(3000)).unwrap();
+        let now = OffsetDateTime::now_utc();
+        // Valid from now - 300 s to now + 3000 s: a third (1100 s) is left at now + 1900 s.
+        assert!(!renewal_due(&cert.cert_pem, now));
+        assert!(!renewal_due(
+            &cert.cert_pem,
+            now + Duration::from_secs(1890)
+        ));
+        assert!(renewal_due(&cert.cert_pem, now + Duration::from_secs(1910)));
+        assert!(renewal_due("not a certificate", now));
+    }
+}
+
+/// What `skiff link revoke` did.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    /// The revoked site's record.
+    pub site: crate::resources::LinkedSite,
+    /// `false`: it was revoked before.
+    pub newly: bool,
+    /// Whether a running site applied it now (else it applies at the next start).
+    pub applied: bool,
+}
+
+/// Revokes the linked site `who` (name, id or id prefix) at this site: records it in
+/// `peers/`, and if the site runs, reloads it, which closes that site's links at once; its
+/// re-dials and renewals are refused from then on. Idempotent.
+pub async fn revoke(folder: &SiteFolder, who: &str) -> Result<Revoked, SiteError> {
+    load_site(folder)?;
+    let (mut site, newly) = crate::site::revoke_linked_site(folder, who)?;
+    let mut applied = reload_if_running(folder).await?;
+    // A redemption or renewal answered while we wrote may have stored the record again
+    // without the mark; the running site then still admits it. Mark again until it holds
+    // (each pass is one write and one reload).
+    for _ in 0..5 {
+        match crate::site::load_linked_site(folder, site.spec.site_id)? {
+            Some(now) if now.spec.revoked => {
+                site = now;
+                return Ok(Revoked {
+                    site,
+                    newly,
+                    applied,
+                });
+            }
+            _ => {
+                let (again, _) =
+                    crate::site::revoke_linked_site(folder, &site.spec.site_id.to_string())?;
+                site = again;
+                applied = reload_if_running(folder).await?;
+            }
+        }
+    }
+    Err(SiteError::InvalidArgument(format!(
+        "site {} ({}) could not be kept revoked: its record was rewritten five times while revoking (is another skiff changing this folder?)",
+        site.spec.site_name, site.spec.site_id
+    )))
+}

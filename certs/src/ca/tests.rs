@@ -144,6 +144,20 @@ fn signed_link_cert_is_client_only_with_the_requested_site() {
 }
 
 #[test]
+fn serial_and_validity_read_back_from_the_certificate() {
+    let ca = SiteCa::generate("east", SiteId::random()).unwrap();
+    let (csr, _) = generate_link_csr(SiteId::random(), "west").unwrap();
+    let (_, a) = ca.sign_link_csr(&csr, Duration::from_secs(3600)).unwrap();
+    let (_, b) = ca.sign_link_csr(&csr, Duration::from_secs(3600)).unwrap();
+    assert_eq!(certificate_serial(&der(&a.cert_pem)).unwrap(), a.serial);
+    assert_eq!(certificate_serial_pem(&b.cert_pem).unwrap(), b.serial);
+    assert_ne!(a.serial, b.serial);
+    let (start, end) = certificate_validity_pem(&a.cert_pem).unwrap();
+    assert_eq!(end, a.not_after);
+    assert_eq!((end - start).whole_seconds(), 3600 + 300);
+}
+
+#[test]
 fn csr_asking_for_ca_rights_gets_a_client_only_leaf() {
     let ca = SiteCa::generate("east", SiteId::random()).unwrap();
     let peer = SiteId::random();

@@ -82,6 +82,22 @@ pub(crate) struct Plan {
     pub(crate) stop: Vec<String>,
     /// Names whose spec changed.
     pub(crate) restart: Vec<LinkSpec>,
+    /// Names whose client certificate or key alone changed (a renewal): the running dial
+    /// loop takes them for its next dial and the established link stays up.
+    pub(crate) renew: Vec<LinkSpec>,
+}
+
+/// Whether `a` and `b` differ at most in the link's credentials.
+fn same_but_credentials(a: &LinkSpec, b: &LinkSpec) -> bool {
+    LinkSpec {
+        client_cert_pem: String::new(),
+        client_key_pem: String::new(),
+        ..a.clone()
+    } == LinkSpec {
+        client_cert_pem: String::new(),
+        client_key_pem: String::new(),
+        ..b.clone()
+    }
 }
 
 /// Computes what to start, stop and restart. With duplicate names in `desired`, the last wins.
@@ -97,8 +113,9 @@ pub(crate) fn plan(current: &BTreeMap<String, LinkSpec>, desired: Vec<LinkSpec>)
     for (name, spec) in desired {
         match current.get(&name) {
             None => p.start.push(spec),
-            Some(old) if *old != spec => p.restart.push(spec),
-            Some(_) => {}
+            Some(old) if *old == spec => {}
+            Some(old) if same_but_credentials(old, &spec) => p.renew.push(spec),
+            Some(_) => p.restart.push(spec),
         }
     }
     p
@@ -124,8 +141,14 @@ fn dial_config(shared: &Shared, spec: &LinkSpec) -> Result<DialConfig, String> {
 }
 
 /// The dial loop of one outbound link; ends when `cancel` fires (link removed, changed, or
-/// router shutdown), after closing the link with a Close frame.
-pub(crate) async fn run_dialer(shared: Arc<Shared>, spec: LinkSpec, cancel: CancellationToken) {
+/// router shutdown), after closing the link with a Close frame. A spec sent on `renewals`
+/// (new credentials only) is used from the next dial on; the link up now stays up.
+pub(crate) async fn run_dialer(
+    shared: Arc<Shared>,
+    spec: LinkSpec,
+    renewals: tokio::sync::watch::Receiver<LinkSpec>,
+    cancel: CancellationToken,
+) {
     let id = shared.table.insert(LinkStatus {
         name: spec.name.clone(),
         direction: Direction::Outbound,
@@ -137,27 +160,50 @@ pub(crate) async fn run_dialer(shared: Arc<Shared>, spec: LinkSpec, cancel: Canc
         state: LinkState::Connecting { last_error: None },
         since: now_rfc3339(),
     });
-    dial_forever(&shared, &spec, &cancel, id).await;
+    dial_forever(&shared, spec, renewals, &cancel, id).await;
     shared.table.remove(id);
 }
 
 async fn dial_forever(
     shared: &Arc<Shared>,
-    spec: &LinkSpec,
+    mut spec: LinkSpec,
+    mut renewals: tokio::sync::watch::Receiver<LinkSpec>,
     cancel: &CancellationToken,
     id: EntryId,
 ) {
-    let cfg = match dial_config(shared, spec) {
-        Ok(cfg) => cfg,
-        Err(reason) => {
-            tracing::warn!(%reason, "link cannot be dialed");
-            shared.table.set_state(id, LinkState::Refused { reason });
-            cancel.cancelled().await;
-            return;
+    let mut cfg = loop {
+        match dial_config(shared, &spec) {
+            Ok(cfg) => break cfg,
+            Err(reason) => {
+                tracing::warn!(%reason, "link cannot be dialed");
+                shared.table.set_state(id, LinkState::Refused { reason });
+                // Wait for usable credentials (or the end).
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = renewals.changed() => match r {
+                        Ok(()) => spec = renewals.borrow_and_update().clone(),
+                        Err(_) => { cancel.cancelled().await; return; }
+                    },
+                }
+            }
         }
     };
     let mut backoff = Backoff::new();
     loop {
+        if renewals.has_changed().unwrap_or(false) {
+            let renewed = renewals.borrow_and_update().clone();
+            match dial_config(shared, &renewed) {
+                Ok(c) => {
+                    tracing::info!("link credentials renewed; the next dial uses them");
+                    cfg = c;
+                    spec = renewed;
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "renewed link credentials unusable; dialing with the previous ones")
+                }
+            }
+        }
+        let spec = &spec;
         let attempt = tokio::select! {
             () = cancel.cancelled() => return,
             a = dial_once(shared, spec, &cfg, id) => a,
@@ -434,6 +480,13 @@ mod tests {
         assert_eq!(p.start, vec![spec("d", 1)]);
         assert_eq!(p.stop, vec!["c".to_string()]);
         assert_eq!(p.restart, vec![spec("b", 5)]);
+        assert!(p.renew.is_empty());
+        // A new client certificate alone is a renewal, not a restart.
+        let mut renewed = spec("a", 1);
+        renewed.client_cert_pem = "new".into();
+        let p = plan(&current, vec![renewed.clone(), spec("b", 1), spec("c", 1)]);
+        assert_eq!(p.renew, vec![renewed]);
+        assert!(p.restart.is_empty() && p.start.is_empty() && p.stop.is_empty());
         // Applying the same desired state again changes nothing.
         let after: BTreeMap<String, LinkSpec> = [spec("a", 1), spec("b", 5), spec("d", 1)]
             .into_iter()

@@ -127,6 +127,14 @@ pub trait InboundPolicy: Send + Sync + 'static {
     fn check_key(&self, _peer: SiteId, _key_fingerprint: &str) -> Result<(), String> {
         Ok(())
     }
+
+    /// Whether the certificate with serial `serial` (lowercase hex, as
+    /// [`skiff_certs::certificate_serial`]) may still link for `peer`: after a renewal only
+    /// the current certificate, and the previous one within its overlap window, may. Checked
+    /// with [`InboundPolicy::check_key`], before the hello. The default accepts any serial.
+    fn check_serial(&self, _peer: SiteId, _serial: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Serves token redemptions arriving on the link port.

@@ -123,6 +123,8 @@ impl LinkHandle {
 
 struct Dialer {
     spec: LinkSpec,
+    /// New credentials for the dial loop (a renewal): no redial.
+    renewals: tokio::sync::watch::Sender<LinkSpec>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -271,7 +273,9 @@ impl Router {
     }
 
     /// Reconciles outbound links with `specs`, by name: new names start dialing, removed names
-    /// are closed and stop, changed specs restart, unchanged ones are left alone.
+    /// are closed and stop, changed specs restart, unchanged ones are left alone. A spec whose
+    /// client certificate or key alone changed (a renewal) does not restart: the link up now
+    /// keeps running and the next dial presents the new certificate.
     pub fn set_links(&self, specs: Vec<LinkSpec>) {
         let mut dialers = self.dialers.lock().unwrap();
         let current: BTreeMap<String, LinkSpec> = dialers
@@ -286,13 +290,34 @@ impl Router {
                 drop(d.task);
             }
         }
+        for spec in p.renew {
+            if let Some(d) = dialers.get_mut(&spec.name) {
+                d.renewals.send_replace(spec.clone());
+                d.spec = spec;
+            }
+        }
         for spec in p.start.into_iter().chain(p.restart) {
             let cancel = self.shared.shutdown.child_token();
             let span = tracing::debug_span!("link", name = %spec.name, peer = %spec.peer_site_id);
+            let (renewals, renewals_rx) = tokio::sync::watch::channel(spec.clone());
             let task = self.shared.tasks.spawn(
-                run_dialer(self.shared.clone(), spec.clone(), cancel.clone()).instrument(span),
+                run_dialer(
+                    self.shared.clone(),
+                    spec.clone(),
+                    renewals_rx,
+                    cancel.clone(),
+                )
+                .instrument(span),
             );
-            dialers.insert(spec.name.clone(), Dialer { spec, cancel, task });
+            dialers.insert(
+                spec.name.clone(),
+                Dialer {
+                    spec,
+                    renewals,
+                    cancel,
+                    task,
+                },
+            );
         }
     }
 
@@ -518,7 +543,7 @@ fn quic_peer_site(conn: &quinn::Connection, policy: &dyn InboundPolicy) -> Resul
 }
 
 /// The site id of an inbound link's client certificate, once its key is the one granted to
-/// that site id.
+/// that site id and its serial is one that site may still link with.
 pub(crate) fn client_identity(
     cert: &rustls_pki_types::CertificateDer<'_>,
     policy: &dyn InboundPolicy,
@@ -528,6 +553,9 @@ pub(crate) fn client_identity(
     let key = skiff_certs::key_fingerprint(cert)
         .map_err(|e| format!("unusable client certificate: {e}"))?;
     policy.check_key(site, &key)?;
+    let serial = skiff_certs::certificate_serial(cert)
+        .map_err(|e| format!("unusable client certificate: {e}"))?;
+    policy.check_serial(site, &serial)?;
     Ok(site)
 }
 

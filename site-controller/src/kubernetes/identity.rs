@@ -195,6 +195,7 @@ pub(super) async fn prepare_folder(
                 link_hosts: vec![],
                 link_port: crate::resources::DEFAULT_LINK_PORT,
                 edge: opts.edge,
+                certificate_overlap: None,
             },
         );
         write_atomic(&folder.site_file(), to_yaml(&site).as_bytes(), PUBLIC_MODE)?;

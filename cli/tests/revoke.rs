@@ -1,0 +1,358 @@
+//! Black-box tests of `skiff link revoke` through the real binary, over QUIC and TLS/TCP: a
+//! revoked site's link closes at once with its flow, its re-dials keep being refused (and say
+//! why at both ends), other linked sites are not disturbed, and a revocation made while the
+//! site is stopped holds from its next start.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Site, fails, is_link, ok, text};
+use serde_json::Value;
+
+/// A TCP echo server on loopback, stopped (and its threads joined) on drop.
+struct Echo {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start() -> Echo {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let accept = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let stop3 = stop2.clone();
+                        conns.push(std::thread::spawn(move || echo(c, &stop3)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Echo {
+            port,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+fn echo(mut c: TcpStream, stop: &AtomicBool) {
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match c.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Links `from` to `to` with a fresh token over `transport`.
+fn link_over(from: &Site, to: &Site, transport: &str) {
+    let token = to
+        .dir
+        .with_file_name(format!("to-{}-from-{}.token", to.name, from.name));
+    to.issue(&token, &[]);
+    ok(&[
+        "token",
+        "redeem",
+        token.to_str().unwrap(),
+        "--transport",
+        transport,
+        "--dir",
+        from.d(),
+    ]);
+}
+
+fn link_named(site: &Site, name: &str) -> Option<Value> {
+    site.links().into_iter().find(|l| l["name"] == name)
+}
+
+/// A flow echoing through `addr` until it breaks or `stop` is set: (bytes echoed intact,
+/// when it ended, why).
+fn flow(
+    addr: String,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU64>,
+) -> JoinHandle<(u64, Instant, String)> {
+    std::thread::spawn(move || {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut echoed = 0u64;
+        let mut round = 0u8;
+        let why = loop {
+            if stop.load(Ordering::Relaxed) {
+                break "stopped".to_string();
+            }
+            round = round.wrapping_add(1);
+            let out = [round; 1024];
+            if let Err(e) = c.write_all(&out) {
+                break format!("write: {e}");
+            }
+            let mut back = [0u8; 1024];
+            match c.read_exact(&mut back) {
+                Ok(()) => {
+                    assert_eq!(back, out, "bytes changed on the way");
+                    echoed += 1024;
+                    progress.store(echoed, Ordering::Relaxed);
+                }
+                Err(e) => break format!("read: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        (echoed, Instant::now(), why)
+    })
+}
+
+fn revoke_over(transport: &str) {
+    let echo = Echo::start();
+    let mut a = Site::create("a", true);
+    let mut b = Site::create("b", false);
+    let mut c = Site::create("c", false);
+    a.start();
+    b.start();
+    c.start();
+    ok(&[
+        "connector",
+        "create",
+        "echo",
+        &echo.port.to_string(),
+        "--dir",
+        a.d(),
+    ]);
+    ok(&[
+        "listener",
+        "create",
+        "echo",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--dir",
+        b.d(),
+    ]);
+    link_over(&b, &a, transport);
+    link_over(&c, &a, transport);
+    b.wait_link(Duration::from_secs(5), "b up to a", is_link("up", "a"));
+    c.wait_link(Duration::from_secs(5), "c up to a", is_link("up", "a"));
+    a.wait_link(Duration::from_secs(5), "a from c", is_link("up", "c"));
+    let addr = b.wait_listener_active("echo", Duration::from_secs(10));
+
+    // A flow from b through the link to a's backend, moving bytes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let running = flow(addr.clone(), stop.clone(), progress.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while progress.load(Ordering::Relaxed) < 64 * 1024 {
+        assert!(
+            Instant::now() < deadline && !running.is_finished(),
+            "the flow did not move 64 KiB"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let c_at_a = link_named(&a, "from-c").expect("c's inbound link at a");
+    let c_out = link_named(&c, "a").expect("c's outbound link");
+
+    // Revoke b at a.
+    let t0 = Instant::now();
+    let out = ok(&["link", "revoke", "b", "--dir", a.d()]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("revoked") && said.contains("links are closed"),
+        "{said}"
+    );
+    let mut down_at_b = None;
+    let mut down_at_a = None;
+    let deadline = t0 + Duration::from_secs(5);
+    while down_at_b.is_none() || down_at_a.is_none() {
+        if down_at_b.is_none() && link_named(&b, "a").is_some_and(|l| l["status"] != "up") {
+            down_at_b = Some(t0.elapsed());
+        }
+        if down_at_a.is_none() && link_named(&a, "from-b").is_none() {
+            down_at_a = Some(t0.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked link stayed up: b {:#?} a {:#?}",
+            b.links(),
+            a.links()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (echoed, ended, why) = running.join().unwrap();
+    let flow_end = ended.saturating_duration_since(t0);
+    eprintln!(
+        "{transport}: revoke -> link down at b in {:?}, gone at a in {:?}, flow ended after {flow_end:?} ({why}, {echoed} bytes echoed before)",
+        down_at_b.unwrap(),
+        down_at_a.unwrap()
+    );
+    assert!(down_at_b.unwrap() < Duration::from_secs(1), "{down_at_b:?}");
+    assert!(down_at_a.unwrap() < Duration::from_secs(1), "{down_at_a:?}");
+    assert!(
+        flow_end < Duration::from_secs(1),
+        "the flow outlived the revocation by {flow_end:?}"
+    );
+    assert!(echoed > 0);
+    assert_ne!(why, "stopped");
+
+    // Re-dials keep being refused, and both ends say why.
+    let refused = b.wait_link(Duration::from_secs(15), "refused", |l| {
+        l["name"] == "a" && l["status"] == "refused"
+    });
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revoked"),
+        "{refused:#}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let refusals = a
+            .log()
+            .lines()
+            .filter(|l| l.contains("refused an inbound link") && l.contains("was revoked here"))
+            .count();
+        if refusals >= 2 {
+            eprintln!("{transport}: a refused {refusals} re-dials of b, each logged as revoked");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a did not log 2 refused re-dials:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(link_named(&a, "from-b").is_none(), "{:#?}", a.links());
+    // New connections through b's listener fail instead of reaching a.
+    let mut probe = TcpStream::connect(&addr).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = probe.write_all(b"ping");
+    let mut buf = [0u8; 4];
+    assert!(
+        !matches!(probe.read(&mut buf), Ok(4)),
+        "a flow still crossed the revoked link"
+    );
+
+    // c was not disturbed: up at both ends since before the revocation.
+    let c_at_a_now = link_named(&a, "from-c").expect("c's inbound link at a");
+    let c_out_now = link_named(&c, "a").expect("c's outbound link");
+    assert_eq!(c_at_a_now["status"], "up");
+    assert_eq!(c_at_a_now["since"], c_at_a["since"], "{c_at_a_now:#}");
+    assert_eq!(c_out_now["status"], "up");
+    assert_eq!(c_out_now["since"], c_out["since"], "{c_out_now:#}");
+
+    // Idempotent.
+    let again = ok(&["link", "revoke", "b", "--dir", a.d(), "--output", "json"]);
+    let v: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["alreadyRevoked"], true, "{v:#}");
+    assert_eq!(v["revoked"], true);
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn revoke_closes_the_link_and_its_flow_at_once_and_refuses_redials_over_quic() {
+    revoke_over("quic");
+}
+
+#[test]
+fn revoke_closes_the_link_and_its_flow_at_once_and_refuses_redials_over_tls() {
+    revoke_over("tls");
+}
+
+#[test]
+fn revoke_names_sites_clearly_and_holds_from_the_next_start() {
+    let mut a = Site::create_on_fixed_port("a");
+    let mut b = Site::create("b", false);
+    a.start();
+    b.start();
+    link_over(&b, &a, "auto");
+    b.wait_link(Duration::from_secs(5), "up", is_link("up", "a"));
+
+    // Unknown and malformed names: an error that lists the linked sites.
+    let err = fails(&["link", "revoke", "nobody", "--dir", a.d()]);
+    assert!(err.contains("no site named \"nobody\""), "{err}");
+    assert!(err.contains("the sites linked here are: b ("), "{err}");
+    // At a site nobody linked to.
+    let err = fails(&["link", "revoke", "a", "--dir", b.d()]);
+    assert!(err.contains("no site has linked to this one yet"), "{err}");
+
+    // Revoked while a is stopped: the revocation holds from its next start.
+    a.stop();
+    let out = ok(&["link", "revoke", "b", "--dir", a.d()]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("not running"), "{said}");
+    // By id, a second time: already revoked.
+    let id = std::fs::read_dir(a.dir.join("peers"))
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_suffix(".yaml")
+                .map(String::from)
+        })
+        .unwrap();
+    let out = a.run(&["link", "revoke", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already revoked"),
+        "{}",
+        text(&out)
+    );
+    a.start();
+    let refused = b.wait_link(Duration::from_secs(15), "refused after a's restart", |l| {
+        l["name"] == "a" && l["status"] == "refused"
+    });
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("revoked"),
+        "{refused:#}"
+    );
+    // And it cannot come back through a new token either.
+    let token = a.dir.with_file_name("again.token");
+    a.issue(&token, &[]);
+    let err = fails(&["token", "redeem", token.to_str().unwrap(), "--dir", b.d()]);
+    assert!(err.contains("revoked"), "{err}");
+}
