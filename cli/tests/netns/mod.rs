@@ -46,8 +46,9 @@
 //! Fault tools act on a site's hub veth: [`Net::cut`]/[`Net::heal`] (nft, between two sites,
 //! both directions), [`Net::blackhole`]/[`Net::restore`] (drop everything on the hub veth),
 //! [`Net::link_down`]/[`Net::link_up`] (`ip link set`), [`Net::throttle`]/[`Net::unthrottle`]
-//! (`tc tbf` on both ends of the veth), [`Net::loss`] (nft `numgen random`, both
-//! directions), and [`Net::watch`]/[`Net::packets`] (nft counters: did X send to Y).
+//! (`tc tbf` on both ends of the veth), [`Net::loss`]/[`Net::lost`] (nft `numgen random` in
+//! the bridge, per packet, both directions), and [`Net::watch`]/[`Net::packets`] (nft
+//! counters: did X send to Y).
 
 #![allow(dead_code)]
 
@@ -377,9 +378,7 @@ impl Net {
                  add rule inet skiff input ip saddr @cut drop
                  add chain inet skiff output { type filter hook output priority 0; policy accept; }
                  add rule inet skiff output oifname @holes drop
-                 add rule inet skiff output ip daddr @cut drop
-                 add chain inet skiff loss_in { type filter hook input priority 10; policy accept; }
-                 add chain inet skiff loss_out { type filter hook output priority 10; policy accept; }",
+                 add rule inet skiff output ip daddr @cut drop",
             );
             let d = net.sites[i].dir.to_str().unwrap().to_string();
             let port = LINK_PORT.to_string();
@@ -803,19 +802,69 @@ impl Net {
         self.nft(name, "delete element inet skiff holes { \"hub0\" }");
     }
 
-    /// Drops `percent` % of the packets in and out of the site's hub veth, at random (0 ends
-    /// the loss). Replaces any earlier loss setting of the site.
+    /// Drops `percent` % of the packets to and from the site on the wire (in the bridge),
+    /// at random (0 ends the loss). Replaces any earlier loss setting of the site. Packets
+    /// are MTU-sized there (senders segment), so this is per-packet loss for TCP and QUIC.
     pub fn loss(&self, name: &str, percent: f64) {
-        let mut script =
-            "flush chain inet skiff loss_in\nflush chain inet skiff loss_out\n".to_string();
+        let port = &self.site(name).bridge_port;
+        let chain = format!("loss_{port}");
+        let mut script = format!(
+            "add table bridge skiff\n\
+             add chain bridge skiff {chain} {{ type filter hook forward priority 0; policy accept; }}\n\
+             flush chain bridge skiff {chain}\n"
+        );
         let per_million = (percent * 10_000.0).round() as u64;
         if per_million > 0 {
+            // Every sender segments (as a real NIC puts MTU-sized packets on the wire), so the
+            // bridge drops single packets, not 64 KiB TSO/GSO batches. Costs throughput, so
+            // only once some loss is asked for.
+            for s in &self.sites {
+                sh(
+                    "ip",
+                    &[
+                        "-n",
+                        &s.ns,
+                        "link",
+                        "set",
+                        "dev",
+                        "hub0",
+                        "gso_max_segs",
+                        "1",
+                    ],
+                );
+            }
             script += &format!(
-                "add rule inet skiff loss_in iifname \"hub0\" numgen random mod 1000000 < {per_million} drop\n\
-                 add rule inet skiff loss_out oifname \"hub0\" numgen random mod 1000000 < {per_million} drop\n"
+                "add rule bridge skiff {chain} iifname \"{port}\" numgen random mod 1000000 < {per_million} counter drop\n\
+                 add rule bridge skiff {chain} oifname \"{port}\" numgen random mod 1000000 < {per_million} counter drop\n"
             );
         }
-        self.nft(name, &script);
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.hub, "nft", &script])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "nft in the hub failed: {}\n{script}",
+            text(&o)
+        );
+    }
+
+    /// Packets dropped so far by [`Net::loss`] to and from the site.
+    pub fn lost(&self, name: &str) -> u64 {
+        let chain = format!("loss_{}", self.site(name).bridge_port);
+        let o = Command::new("ip")
+            .args([
+                "netns", "exec", &self.hub, "nft", "list", "chain", "bridge", "skiff", &chain,
+            ])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let words: Vec<&str> = out.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "packets")
+            .filter_map(|w| w[1].parse::<u64>().ok())
+            .sum()
     }
 
     /// Sets the site's hub veth administratively down (the bridge end sees no carrier).
