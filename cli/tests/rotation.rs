@@ -1,0 +1,453 @@
+//! Black-box tests of link certificate rotation through the real binary: `skiff link renew`
+//! with 50 flows running breaks none of them and keeps the link; the certificate it replaces
+//! links only within the issuer's overlap window; a revoked site cannot renew; a renewal for
+//! another key is refused.
+
+mod common;
+
+use std::hash::Hasher;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Site, fails, is_link, ok};
+use serde_json::Value;
+
+/// A TCP echo server on loopback, stopped (and its threads joined) on drop.
+struct Echo {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start() -> Echo {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let accept = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let stop3 = stop2.clone();
+                        conns.push(std::thread::spawn(move || echo(c, &stop3)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Echo {
+            port,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+fn echo(mut c: TcpStream, stop: &AtomicBool) {
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match c.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Links `from` to `to` with a fresh token over `transport`.
+fn link_over(from: &Site, to: &Site, transport: &str) {
+    let token = to
+        .dir
+        .with_file_name(format!("to-{}-from-{}.token", to.name, from.name));
+    to.issue(&token, &[]);
+    ok(&[
+        "token",
+        "redeem",
+        token.to_str().unwrap(),
+        "--transport",
+        transport,
+        "--dir",
+        from.d(),
+    ]);
+}
+
+fn link_named(site: &Site, name: &str) -> Option<Value> {
+    site.links().into_iter().find(|l| l["name"] == name)
+}
+
+/// Sets `spec.certificateOverlap` in a stopped site's site.yaml.
+fn set_overlap(site: &Site, overlap: &str) {
+    let path = site.dir.join("site.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(l) = lines.next() {
+        out.push(l.to_string());
+        if l == "spec:" {
+            let next = lines.peek().copied().unwrap_or("  ");
+            let indent = &next[..next.len() - next.trim_start().len()];
+            out.push(format!("{indent}certificateOverlap: {overlap}"));
+        }
+    }
+    std::fs::write(&path, out.join("\n") + "\n").unwrap();
+}
+
+/// The value of `key:` in the one linked-site record of `site`.
+fn peer_field(site: &Site, key: &str) -> String {
+    let mut records = std::fs::read_dir(site.dir.join("peers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".yaml"));
+    let record = records.next().expect("a linked-site record");
+    assert!(records.next().is_none(), "one linked site expected");
+    let text = std::fs::read_to_string(record.path()).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().trim_matches(['"', '\'']).to_string())
+        .unwrap_or_default()
+}
+
+fn link_file(site: &Site, link: &str) -> std::path::PathBuf {
+    site.dir.join("links").join(format!("{link}.yaml"))
+}
+
+fn renew_json(site: &Site) -> Value {
+    let out = ok(&["link", "renew", "--dir", site.d(), "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v:#}");
+    assert!(v[0]["error"].is_null(), "{v:#}");
+    v[0].clone()
+}
+
+/// What one flow did: bytes sent and echoed back, digests of both, and why it ended.
+struct FlowResult {
+    sent: u64,
+    received: u64,
+    sent_digest: u64,
+    received_digest: u64,
+    end: String,
+}
+
+/// A flow through `addr` that streams pseudo-random 4 KiB chunks and reads them back until
+/// `stop`; `progress` counts bytes echoed.
+fn flow(
+    addr: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU64>,
+) -> JoinHandle<FlowResult> {
+    std::thread::spawn(move || {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut sent_h = std::collections::hash_map::DefaultHasher::new();
+        let mut recv_h = std::collections::hash_map::DefaultHasher::new();
+        let mut r = FlowResult {
+            sent: 0,
+            received: 0,
+            sent_digest: 0,
+            received_digest: 0,
+            end: "stopped".into(),
+        };
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut chunk = vec![0u8; 4096];
+        let mut back = vec![0u8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            for b in chunk.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            if let Err(e) = c.write_all(&chunk) {
+                r.end = format!("write failed: {e}");
+                break;
+            }
+            sent_h.write(&chunk);
+            r.sent += chunk.len() as u64;
+            if let Err(e) = c.read_exact(&mut back) {
+                r.end = format!("read failed: {e}");
+                break;
+            }
+            recv_h.write(&back);
+            r.received += back.len() as u64;
+            progress.store(r.received, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        r.sent_digest = sent_h.finish();
+        r.received_digest = recv_h.finish();
+        r
+    })
+}
+
+fn renew_with_flows_running(transport: &str) {
+    const FLOWS: usize = 50;
+    const OVERLAP: Duration = Duration::from_secs(3);
+    let echo = Echo::start();
+    let mut a = Site::create("a", true);
+    let mut b = Site::create("b", false);
+    set_overlap(&a, "3s");
+    a.start();
+    b.start();
+    ok(&[
+        "connector",
+        "create",
+        "echo",
+        &echo.port.to_string(),
+        "--dir",
+        a.d(),
+    ]);
+    ok(&[
+        "listener",
+        "create",
+        "echo",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--dir",
+        b.d(),
+    ]);
+    link_over(&b, &a, transport);
+    b.wait_link(Duration::from_secs(5), "b up to a", is_link("up", "a"));
+    let addr = b.wait_listener_active("echo", Duration::from_secs(10));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress: Vec<Arc<AtomicU64>> = (0..FLOWS).map(|_| Arc::default()).collect();
+    let flows: Vec<JoinHandle<FlowResult>> = (0..FLOWS)
+        .map(|i| {
+            flow(
+                addr.clone(),
+                i as u64 + 1,
+                stop.clone(),
+                progress[i].clone(),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while progress
+        .iter()
+        .any(|p| p.load(Ordering::Relaxed) < 64 * 1024)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every flow moved 64 KiB within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out_before = link_named(&b, "a").expect("b's link");
+    let in_before = link_named(&a, "from-b").expect("a's inbound link");
+    let serial_before = peer_field(&a, "certificateSerial");
+    let cert_before = std::fs::read_to_string(link_file(&b, "a")).unwrap();
+
+    let t0 = Instant::now();
+    let renewed = renew_json(&b);
+    let took = t0.elapsed();
+    let at_renewal: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+    let serial = renewed["serial"].as_str().unwrap().to_string();
+    assert_ne!(serial, serial_before);
+    assert_eq!(peer_field(&a, "certificateSerial"), serial);
+    assert_eq!(peer_field(&a, "previousCertificateSerial"), serial_before);
+    assert_ne!(
+        std::fs::read_to_string(link_file(&b, "a")).unwrap(),
+        cert_before
+    );
+
+    // Let the flows run past the end of the overlap window: the link established with the
+    // replaced certificate is not cut by it.
+    std::thread::sleep(OVERLAP + Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<FlowResult> = flows.into_iter().map(|f| f.join().unwrap()).collect();
+    let mut total = 0;
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.end, "stopped", "flow {i} broke");
+        assert_eq!(r.sent, r.received, "flow {i}");
+        assert_eq!(r.sent_digest, r.received_digest, "flow {i}: bytes changed");
+        assert!(
+            r.received > at_renewal[i],
+            "flow {i} moved nothing after the renewal"
+        );
+        total += r.received;
+    }
+    let out_after = link_named(&b, "a").expect("b's link");
+    let in_after = link_named(&a, "from-b").expect("a's inbound link");
+    assert_eq!(out_after["status"], "up");
+    assert_eq!(
+        out_after["since"], out_before["since"],
+        "b's link redialled"
+    );
+    assert_eq!(
+        in_after["since"], in_before["since"],
+        "a's inbound link redialled"
+    );
+    eprintln!(
+        "{transport}: renew took {took:?}; {FLOWS} flows, {} MiB echoed intact, none broken, link since unchanged",
+        total / (1024 * 1024)
+    );
+
+    // Forced reconnect: b comes back with the new certificate (the old one's window is over,
+    // so it could not link with the old one).
+    b.kill();
+    b.start();
+    let t = Instant::now();
+    b.wait_link(
+        Duration::from_secs(10),
+        "up after restart with the new certificate",
+        is_link("up", "a"),
+    );
+    eprintln!(
+        "{transport}: b restarted, up with the renewed certificate in {:?}",
+        t.elapsed()
+    );
+    assert!(
+        !a.log().contains("refused an inbound link"),
+        "a refused b: {}",
+        a.log()
+    );
+}
+
+#[test]
+fn renewing_with_50_flows_running_breaks_none_and_keeps_the_link_over_quic() {
+    renew_with_flows_running("quic");
+}
+
+#[test]
+fn renewing_with_50_flows_running_breaks_none_and_keeps_the_link_over_tls() {
+    renew_with_flows_running("tls");
+}
+
+#[test]
+fn the_replaced_certificate_links_within_the_overlap_window_and_is_refused_after() {
+    const OVERLAP: Duration = Duration::from_secs(6);
+    let mut a = Site::create("a", true);
+    let mut b = Site::create("b", false);
+    set_overlap(&a, "6s");
+    a.start();
+    b.start();
+    link_over(&b, &a, "quic");
+    b.wait_link(Duration::from_secs(5), "up", is_link("up", "a"));
+    let old = std::fs::read_to_string(link_file(&b, "a")).unwrap();
+
+    let renewed_at = Instant::now();
+    renew_json(&b);
+    // b comes back holding the replaced certificate (as a stolen copy would): within the
+    // window it still links.
+    b.kill();
+    std::fs::write(link_file(&b, "a"), &old).unwrap();
+    b.start();
+    b.wait_link(
+        Duration::from_secs(4),
+        "up with the old certificate",
+        is_link("up", "a"),
+    );
+    let within = renewed_at.elapsed();
+    assert!(within < OVERLAP, "linked only {within:?} after the renewal");
+    eprintln!("old certificate linked {within:?} after the renewal (window {OVERLAP:?})");
+
+    // After the window, the old certificate is refused, and both ends say why.
+    let wait = (renewed_at + OVERLAP + Duration::from_millis(500))
+        .saturating_duration_since(Instant::now());
+    std::thread::sleep(wait);
+    b.kill();
+    b.start();
+    let refused = b.wait_link(Duration::from_secs(10), "refused", |l| {
+        l["name"] == "a" && l["status"] == "refused"
+    });
+    let reason = refused["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("overlap window ended"), "{reason}");
+    assert!(
+        a.log().contains("overlap window ended"),
+        "a's log does not say why: {}",
+        a.log()
+    );
+
+    // Renewing repairs it: the dialer takes the new certificate for its next dial.
+    let t = Instant::now();
+    renew_json(&b);
+    b.wait_link(
+        Duration::from_secs(10),
+        "up after renewing",
+        is_link("up", "a"),
+    );
+    eprintln!("renewed after refusal: up again in {:?}", t.elapsed());
+}
+
+#[test]
+fn a_revoked_site_cannot_renew() {
+    let mut a = Site::create("a", true);
+    let mut b = Site::create("b", false);
+    a.start();
+    b.start();
+    link_over(&b, &a, "auto");
+    b.wait_link(Duration::from_secs(5), "up", is_link("up", "a"));
+    ok(&["link", "revoke", "b", "--dir", a.d()]);
+    let before = std::fs::read_to_string(link_file(&b, "a")).unwrap();
+    let err = fails(&["link", "renew", "a", "--dir", b.d()]);
+    assert!(
+        err.contains("was revoked here and cannot renew its link certificate"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    assert_eq!(std::fs::read_to_string(link_file(&b, "a")).unwrap(), before);
+    assert!(
+        a.log().contains("certificate renewal refused"),
+        "{}",
+        a.log()
+    );
+}
+
+#[test]
+fn a_renewal_for_another_key_is_refused() {
+    let mut a = Site::create("a", true);
+    let b = Site::create("b", false);
+    a.start();
+    link_over(&b, &a, "auto");
+    let serial = peer_field(&a, "certificateSerial");
+    // b's link key replaced by another one: the CSR proves possession of a key the issuer
+    // never bound to b's id.
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    write_key(&b.dir.join("link.key"), &other.serialize_pem());
+    let err = fails(&["link", "renew", "--dir", b.d()]);
+    assert!(
+        err.contains("certifies a key other than the one site"),
+        "{err}"
+    );
+    assert_eq!(peer_field(&a, "certificateSerial"), serial);
+    // Unknown link name: the error says so.
+    let err = fails(&["link", "renew", "nope", "--dir", b.d()]);
+    assert!(err.contains("nope"), "{err}");
+}
+
+fn write_key(path: &Path, pem: &str) {
+    std::fs::write(path, pem).unwrap();
+}
