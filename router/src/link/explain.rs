@@ -244,6 +244,244 @@ fn presented_site(reason: &str) -> Option<String> {
     Some(short(id))
 }
 
+/// Why the link port refused a connection whose TLS handshake (over TCP, or inside QUIC)
+/// failed, in words for the accepting site's log: which check failed and what to do.
+pub(crate) fn inbound_handshake_failure(err: &(dyn StdError + 'static)) -> String {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return InboundRefusal::from_rustls(tls).to_string();
+        }
+        if let Some(q) = e.downcast_ref::<quinn::ConnectionError>() {
+            return InboundRefusal::from_quic(q).to_string();
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                cur = Some(inner);
+                continue;
+            }
+            if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                return "the client hung up during the TLS handshake".into();
+            }
+        }
+        cur = e.source();
+    }
+    format!("TLS handshake failed: {}", chain(err))
+}
+
+/// The check an inbound handshake failed, from the accepting side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum InboundRefusal {
+    /// The client certificate's validity ended (UNIX seconds, when known).
+    Expired {
+        not_after: Option<u64>,
+        now: Option<u64>,
+    },
+    /// The client certificate's validity has not begun.
+    NotYetValid {
+        not_before: Option<u64>,
+        now: Option<u64>,
+    },
+    /// The client certificate does not chain to this site's CA.
+    NotOurCa,
+    /// The client certificate is not a client (link) certificate.
+    WrongPurpose,
+    /// The client offered no ALPN this port serves.
+    NoAlpn,
+    /// The client did not speak TLS.
+    NotTls,
+    /// The client rejected this router's certificate (its TLS alert).
+    ClientDistrusts(AlertDescription),
+    /// The client aborted for another reason.
+    ClientAborted(String),
+    /// Anything else, in rustls's or quinn's words.
+    Other(String),
+}
+
+impl InboundRefusal {
+    fn from_rustls(err: &rustls::Error) -> Self {
+        use rustls::CertificateError as C;
+        match err {
+            rustls::Error::InvalidCertificate(cert) => match cert {
+                C::ExpiredContext { time, not_after } => InboundRefusal::Expired {
+                    not_after: Some(not_after.as_secs()),
+                    now: Some(time.as_secs()),
+                },
+                C::Expired => InboundRefusal::Expired {
+                    not_after: None,
+                    now: None,
+                },
+                C::NotValidYetContext { time, not_before } => InboundRefusal::NotYetValid {
+                    not_before: Some(not_before.as_secs()),
+                    now: Some(time.as_secs()),
+                },
+                C::NotValidYet => InboundRefusal::NotYetValid {
+                    not_before: None,
+                    now: None,
+                },
+                C::UnknownIssuer => InboundRefusal::NotOurCa,
+                C::InvalidPurpose | C::InvalidPurposeContext { .. } => InboundRefusal::WrongPurpose,
+                other => InboundRefusal::Other(format!("invalid client certificate: {other}")),
+            },
+            rustls::Error::NoApplicationProtocol => InboundRefusal::NoAlpn,
+            rustls::Error::InvalidMessage(_) => InboundRefusal::NotTls,
+            rustls::Error::AlertReceived(alert) if alert_is_about_our_cert(*alert) => {
+                InboundRefusal::ClientDistrusts(*alert)
+            }
+            rustls::Error::AlertReceived(alert) => {
+                InboundRefusal::ClientAborted(format!("TLS alert {alert:?}"))
+            }
+            other => InboundRefusal::Other(other.to_string()),
+        }
+    }
+
+    fn from_quic(err: &quinn::ConnectionError) -> Self {
+        use quinn::ConnectionError as Q;
+        match err {
+            // Our TLS stack refused: quinn keeps the alert and rustls's message.
+            Q::TransportError(te) if is_crypto(te.code) => {
+                Self::from_alert_text(alert_of(te.code), &te.reason)
+            }
+            Q::ConnectionClosed(close) if is_crypto(close.error_code) => {
+                let alert = alert_of(close.error_code);
+                if alert_is_about_our_cert(alert) {
+                    InboundRefusal::ClientDistrusts(alert)
+                } else {
+                    InboundRefusal::ClientAborted(close.to_string())
+                }
+            }
+            Q::TimedOut => {
+                InboundRefusal::Other("the client went silent during the QUIC handshake".into())
+            }
+            other => InboundRefusal::Other(format!("QUIC handshake failed: {other}")),
+        }
+    }
+
+    /// The same classification as [`InboundRefusal::from_rustls`], from the alert rustls
+    /// sent and its error message (all that QUIC keeps of a local TLS failure).
+    fn from_alert_text(alert: AlertDescription, reason: &str) -> Self {
+        let number_after = |mark: &str| -> Option<u64> {
+            let start = reason.find(mark)? + mark.len();
+            reason[start..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        let now = number_after("verification time ");
+        match alert {
+            AlertDescription::CertificateExpired => {
+                if reason.contains("not valid yet") || reason.contains("NotValidYet") {
+                    InboundRefusal::NotYetValid {
+                        not_before: number_after("not valid before "),
+                        now,
+                    }
+                } else {
+                    InboundRefusal::Expired {
+                        not_after: number_after("not valid after "),
+                        now,
+                    }
+                }
+            }
+            AlertDescription::UnknownCA => InboundRefusal::NotOurCa,
+            AlertDescription::UnsupportedCertificate => InboundRefusal::WrongPurpose,
+            AlertDescription::NoApplicationProtocol => InboundRefusal::NoAlpn,
+            _ => InboundRefusal::Other(reason.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for InboundRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InboundRefusal::Expired { not_after, now } => {
+                f.write_str("the client certificate ")?;
+                match (not_after, now) {
+                    (Some(end), Some(now)) => write!(
+                        f,
+                        "expired at {} ({} ago)",
+                        utc(*end),
+                        span(now.saturating_sub(*end))
+                    )?,
+                    (Some(end), None) => write!(f, "expired at {}", utc(*end))?,
+                    _ => f.write_str("has expired")?,
+                }
+                f.write_str(
+                    ": the dialing site needs a new one (redeem a new token from this site \
+                     there), or this machine's clock is ahead",
+                )
+            }
+            InboundRefusal::NotYetValid { not_before, now } => {
+                f.write_str("the client certificate ")?;
+                match (not_before, now) {
+                    (Some(start), Some(now)) => write!(
+                        f,
+                        "is not valid before {} ({} from now)",
+                        utc(*start),
+                        span(start.saturating_sub(*now))
+                    )?,
+                    (Some(start), None) => write!(f, "is not valid before {}", utc(*start))?,
+                    _ => f.write_str("is not valid yet")?,
+                }
+                f.write_str(
+                    ": this machine's clock is behind (check NTP), or the certificate was not \
+                     issued by this site",
+                )
+            }
+            InboundRefusal::NotOurCa => f.write_str(
+                "the client certificate was not issued by this site's CA (self-signed, another \
+                 site's CA, or a token from before this site was re-created): the dialing site \
+                 must redeem a token issued by this site",
+            ),
+            InboundRefusal::WrongPurpose => f.write_str(
+                "the client certificate is not for client authentication: links present the \
+                 certificate a token redemption returned",
+            ),
+            InboundRefusal::NoAlpn => f.write_str(
+                "no common ALPN (links offer skiff-link/1, token redemptions skiff-grant/1 over \
+                 TCP): not a skiff router or token client",
+            ),
+            InboundRefusal::NotTls => f.write_str(
+                "not TLS: the client sent plaintext or another protocol to the link port",
+            ),
+            InboundRefusal::ClientDistrusts(alert) => write!(
+                f,
+                "the client aborted the handshake with TLS alert {alert:?}: it does not trust \
+                 this router's certificate (it pins another CA or expects another site id: a \
+                 token from before this site was re-created?)"
+            ),
+            InboundRefusal::ClientAborted(why) => write!(f, "the client aborted: {why}"),
+            InboundRefusal::Other(why) => write!(f, "TLS handshake failed: {why}"),
+        }
+    }
+}
+
+fn alert_of(code: impl Into<u64>) -> AlertDescription {
+    AlertDescription::from((code.into() & 0xff) as u8)
+}
+
+/// UNIX seconds as RFC 3339 UTC.
+fn utc(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{secs} (UNIX)"))
+}
+
+/// A duration in its largest whole unit: `3 days`, `5 h`, `12 min`, `40 s`.
+fn span(secs: u64) -> String {
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} h", s / 3600),
+        s if s >= 2 * 60 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +523,82 @@ mod tests {
         assert!(
             got.text().contains("rejected our link certificate"),
             "{got}"
+        );
+    }
+
+    #[test]
+    fn inbound_refusals_read_the_same_over_tls_and_quic() {
+        use rustls::CertificateError as C;
+        use rustls_pki_types::UnixTime;
+        let at = |s| UnixTime::since_unix_epoch(std::time::Duration::from_secs(s));
+        let cases = [
+            C::ExpiredContext {
+                time: at(1_795_656_084),
+                not_after: at(1_795_569_684),
+            },
+            C::NotValidYetContext {
+                time: at(1_795_656_084),
+                not_before: at(1_795_742_484),
+            },
+            C::UnknownIssuer,
+            C::InvalidPurpose,
+        ];
+        for c in cases {
+            let alert = AlertDescription::from(c.clone());
+            let err = rustls::Error::InvalidCertificate(c);
+            // QUIC keeps only the alert and rustls's message.
+            assert_eq!(
+                InboundRefusal::from_alert_text(alert, &err.to_string()),
+                InboundRefusal::from_rustls(&err),
+                "{err}"
+            );
+        }
+        let err = rustls::Error::NoApplicationProtocol;
+        assert_eq!(
+            InboundRefusal::from_alert_text(
+                AlertDescription::NoApplicationProtocol,
+                &err.to_string()
+            ),
+            InboundRefusal::NoAlpn
+        );
+    }
+
+    #[test]
+    fn inbound_refusals_name_the_check_and_the_dates() {
+        use rustls::CertificateError as C;
+        use rustls_pki_types::UnixTime;
+        let at = |s| UnixTime::since_unix_epoch(std::time::Duration::from_secs(s));
+        // As tokio-rustls reports it: inside an io::Error.
+        let expired = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(C::ExpiredContext {
+                time: at(1_795_656_084),
+                not_after: at(1_795_569_684),
+            }),
+        );
+        assert_eq!(
+            inbound_handshake_failure(&expired),
+            "the client certificate expired at 2026-11-25T01:21:24Z (24 h ago): the dialing site \
+             needs a new one (redeem a new token from this site there), or this machine's clock \
+             is ahead"
+        );
+        let early = rustls::Error::InvalidCertificate(C::NotValidYetContext {
+            time: at(1_795_656_084),
+            not_before: at(1_795_742_484),
+        });
+        assert!(
+            inbound_handshake_failure(&early).starts_with(
+                "the client certificate is not valid before 2026-11-27T01:21:24Z (24 h from now)"
+            ),
+            "{}",
+            inbound_handshake_failure(&early)
+        );
+        let plaintext = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        assert!(inbound_handshake_failure(&plaintext).starts_with("not TLS"));
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            inbound_handshake_failure(&eof),
+            "the client hung up during the TLS handshake"
         );
     }
 

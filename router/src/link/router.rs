@@ -32,7 +32,8 @@ use crate::wire::PROTOCOL_VERSION;
 
 /// Streams opened by peers that wait for [`Router::take_incoming`]'s receiver; more are reset.
 const INCOMING_QUEUE: usize = 1024;
-/// How long [`Router::shutdown`] waits for links to close before giving up on them.
+/// How long [`Router::shutdown`] waits for TCP flows in progress to finish (then resets them),
+/// and then for links to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// State shared by the router's tasks.
@@ -408,11 +409,25 @@ impl Router {
         self.shared.routes.subscribe()
     }
 
-    /// Closes every link with a Close frame, stops all tasks and releases the link port: when
-    /// this returns, a new router can bind the same port.
+    /// Drains, then closes every link with a Close frame, stops all tasks and releases the
+    /// link port: when this returns, a new router can bind the same port.
+    ///
+    /// Draining: listeners close at once (new clients are refused), while TCP flows in
+    /// progress go on over links still up, for up to [`SHUTDOWN_GRACE`]; flows left after
+    /// that, and HTTP connections, are reset.
     pub async fn shutdown(mut self) {
-        self.shared.shutdown.cancel();
         self.set_listeners(Vec::new());
+        self.flows.tcp_flows.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.flows.tcp_flows.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some flows did not finish within {} s; resetting them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
+        self.shared.shutdown.cancel();
         self.flows.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.flows.tasks.wait())
             .await
@@ -503,11 +518,14 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 let conn = match tokio::time::timeout(tls::TLS_HANDSHAKE_TIMEOUT, incoming).await {
                     Ok(Ok(conn)) => conn,
                     Ok(Err(e)) => {
-                        tracing::warn!(peer = %remote, cause = %e, "refused a QUIC connection: handshake failed");
+                        let why = super::explain::inbound_handshake_failure(&e);
+                        tracing::warn!(peer = %remote, transport = %Transport::Quic, cause = %e,
+                            "refused a QUIC connection: {why}");
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!(peer = %remote, "refused a QUIC connection: handshake timed out");
+                        tracing::warn!(peer = %remote, transport = %Transport::Quic,
+                            "refused a QUIC connection: handshake timed out");
                         return;
                     }
                 };
@@ -515,7 +533,7 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 let site = match quic_peer_site(&conn, &*shared2.policy) {
                     Ok(site) => site,
                     Err(reason) => {
-                        tracing::warn!(peer = %remote, %reason, "refused a QUIC link");
+                        tracing::warn!(peer = %remote, transport = %Transport::Quic, %reason, "refused a QUIC link");
                         conn.close(super::explain::REFUSED_CODE, reason.as_bytes());
                         return;
                     }

@@ -102,12 +102,13 @@ async fn handle_tcp(
     {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::warn!(peer = %remote, cause = %e,
-                "refused a connection on the link port: TLS handshake failed (not a skiff router or token client?)");
+            let why = super::explain::inbound_handshake_failure(&e);
+            tracing::warn!(peer = %remote, transport = %Transport::Tls, cause = %e,
+                "refused a connection on the link port: {why}");
             return;
         }
         Err(_) => {
-            tracing::warn!(peer = %remote,
+            tracing::warn!(peer = %remote, transport = %Transport::Tls,
                 "refused a connection on the link port: no TLS handshake within {} s",
                 TLS_HANDSHAKE_TIMEOUT.as_secs());
             return;
@@ -126,14 +127,14 @@ async fn handle_tcp(
             // Authenticated from here on (or refused): no longer counts as pending.
             drop(pending);
             let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
-                tracing::warn!(peer = %remote,
+                tracing::warn!(peer = %remote, transport = %Transport::Tls,
                     "refused a link: the peer presented no client certificate (links need one from a redeemed token)");
                 return;
             };
             let site = match super::router::client_identity(cert, &*shared.policy) {
                 Ok(site) => site,
                 Err(reason) => {
-                    tracing::warn!(peer = %remote, %reason, "refused a link");
+                    tracing::warn!(peer = %remote, transport = %Transport::Tls, %reason, "refused a link");
                     return;
                 }
             };
@@ -141,7 +142,7 @@ async fn handle_tcp(
             serve_inbound(shared, conn, site, Transport::Tls, remote).await;
         }
         other => {
-            tracing::warn!(peer = %remote, alpn = ?other.map(String::from_utf8_lossy),
+            tracing::warn!(peer = %remote, transport = %Transport::Tls, alpn = ?other.map(String::from_utf8_lossy),
                 "refused a connection on the link port: no skiff ALPN (expected skiff-link/1 or skiff-grant/1)");
         }
     }
