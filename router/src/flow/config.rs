@@ -25,6 +25,37 @@ use crate::routing::{KeyAd, Protocol, RoutingKey, Strategy};
 /// Pause after a failed `accept` (out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// File descriptors kept free of client connections: the admin socket and its connections,
+/// link sockets and re-dials, backends of flows other sites send here, the log.
+const FD_RESERVE: u64 = 64;
+
+/// How often at most a listener logs that `accept` keeps failing.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The soft limit on open files of this process (`ulimit -n`), from /proc/self/limits;
+/// `None` where that cannot be read or there is no limit.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Client connections all listeners of a router may hold at once: each may use two file
+/// descriptors here (the client's socket and, at a local connector, the backend's), and
+/// [`FD_RESERVE`] stay free, so a storm of clients can never take the descriptors the admin
+/// API, the links and other flows need. Beyond it new connections wait in the kernel's
+/// accept queue until a flow ends.
+fn client_slots(open_file_limit: Option<u64>) -> usize {
+    match open_file_limit {
+        Some(n) => usize::try_from((n.saturating_sub(FD_RESERVE) / 2).max(1)).unwrap_or(usize::MAX),
+        None => tokio::sync::Semaphore::MAX_PERMITS,
+    }
+}
+
 /// "Accept connections on host:port here and send them to a key."
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerSpec {
@@ -193,10 +224,25 @@ impl Connector {
 }
 
 /// The listeners and connectors of a router.
-#[derive(Default)]
 pub(crate) struct Config {
     listeners: Mutex<BTreeMap<String, Arc<Listener>>>,
     connectors: RwLock<BTreeMap<String, Arc<Connector>>>,
+    /// Client connections the listeners may still accept (see [`client_slots`]).
+    client_slots: Arc<tokio::sync::Semaphore>,
+    /// The number [`Self::client_slots`] started with.
+    client_slot_count: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let n = client_slots(open_file_limit());
+        Config {
+            listeners: Mutex::default(),
+            connectors: RwLock::default(),
+            client_slots: Arc::new(tokio::sync::Semaphore::new(n)),
+            client_slot_count: n,
+        }
+    }
 }
 
 /// What reconciling a set of named specs does.
@@ -354,7 +400,32 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
 }
 
 async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
+    let slots = flows.config.client_slots.clone();
+    // Failed accepts since the last log line, and when that was.
+    let mut failed_since_log = 0u64;
+    let mut last_log: Option<tokio::time::Instant> = None;
     loop {
+        // A slot first: at the router's limit, new clients wait in the kernel's queue
+        // instead of taking the descriptors everything else needs.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(
+                    limit = flows.config.client_slot_count,
+                    "holding new client connections back: the listeners hold as many as this \
+                     router's open-file limit allows (ulimit -n, minus a reserve); they are \
+                     accepted as flows end. Raise the limit (ulimit -n, systemd LimitNOFILE) \
+                     to serve more at once"
+                );
+                let waited = tokio::select! {
+                    () = listener.cancel.cancelled() => return,
+                    s = slots.clone().acquire_owned() => s,
+                };
+                let Ok(slot) = waited else { return };
+                tracing::info!("accepting client connections again");
+                slot
+            }
+        };
         let accept = poll_fn(|cx| match listener.socket.lock().unwrap().as_ref() {
             Some(l) => l.poll_accept(cx).map(Some),
             None => Poll::Ready(None),
@@ -369,17 +440,34 @@ async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
                 let span = tracing::debug_span!("client", %remote);
                 let (f, l) = (flows.clone(), listener.clone());
                 if listener.spec.protocol.is_http() {
-                    flows
-                        .tasks
-                        .spawn(super::http::serve_client(f, l, tcp).instrument(span));
+                    flows.tasks.spawn(
+                        async move {
+                            let _slot = slot;
+                            super::http::serve_client(f, l, tcp).await;
+                        }
+                        .instrument(span),
+                    );
                 } else {
-                    flows
-                        .tasks
-                        .spawn(super::tcp::serve_client(f, l, tcp).instrument(span));
+                    flows.tasks.spawn(
+                        async move {
+                            let _slot = slot;
+                            super::tcp::serve_client(f, l, tcp).await;
+                        }
+                        .instrument(span),
+                    );
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(cause = %e, "accepting a client connection failed");
+                // Out of descriptors despite the slots (other flows took them): pause and
+                // retry; the connection stays queued. Logged at most every 10 s.
+                failed_since_log += 1;
+                if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_LOG_EVERY) {
+                    tracing::warn!(cause = %e, failed = failed_since_log,
+                        "accepting client connections fails; retrying every {} ms",
+                        ACCEPT_ERROR_PAUSE.as_millis());
+                    failed_since_log = 0;
+                    last_log = Some(tokio::time::Instant::now());
+                }
                 tokio::select! {
                     () = listener.cancel.cancelled() => return,
                     () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
@@ -527,6 +615,18 @@ mod tests {
 
     #[derive(Clone, Debug, PartialEq, Eq)]
     struct S(&'static str, u32);
+
+    #[test]
+    fn client_slots_leave_the_reserve_and_two_descriptors_per_client() {
+        assert_eq!(client_slots(Some(256)), 96);
+        assert_eq!(client_slots(Some(1024)), 480);
+        assert_eq!(client_slots(Some(10)), 1);
+        assert_eq!(client_slots(None), tokio::sync::Semaphore::MAX_PERMITS);
+        // This process has a limit on Linux, and it is read.
+        if cfg!(target_os = "linux") {
+            assert!(open_file_limit().is_some_and(|n| n > 0));
+        }
+    }
 
     #[tokio::test]
     async fn accepted_clients_get_nodelay_and_keepalive() {
