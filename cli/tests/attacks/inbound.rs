@@ -71,6 +71,7 @@ over_both_transports!(
     right_ca_for_a_site_that_never_redeemed,
     expired_client_certificate,
     not_yet_valid_client_certificate,
+    client_that_pins_another_ca,
 );
 
 /// The log line's field naming the transport of the refused connection.
@@ -302,5 +303,36 @@ fn not_yet_valid_client_certificate(via: Via) {
     s.assert_untouched(&[
         transport_words(via),
         "client certificate is not valid before",
+    ]);
+}
+
+fn client_that_pins_another_ca(via: Via) {
+    // A dialer that pinned another CA for this site id (a token of another site, edited):
+    // it rejects the site's certificate. The site's log must say that the client distrusts
+    // it, not blame the client.
+    let s = Scene::new();
+    let stale = SiteCa::generate("elsewhere", SiteId::random()).unwrap();
+    let key = new_key();
+    let cert = forge_link_cert(
+        &s.t.ca_pem,
+        &s.t.ca_key_pem,
+        SiteId::random(),
+        &key,
+        valid_now(),
+    );
+    let a = block_on(attempt(
+        &s.t,
+        via,
+        link_client_config(&cert, &key, stale.cert_pem(), s.t.id).unwrap(),
+    ));
+    assert!(
+        matches!(a.seen, hostile::Seen::HandshakeFailed(_)),
+        "the client must fail the handshake: {a:?}"
+    );
+    assert!(a.text().contains("UnknownIssuer"), "{a:?}");
+    s.assert_untouched(&[
+        transport_words(via),
+        "the client aborted the handshake with TLS alert UnknownCA",
+        "does not trust this router's certificate",
     ]);
 }
