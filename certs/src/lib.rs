@@ -34,8 +34,8 @@ pub use ca::{
 pub use error::CertError;
 pub use id::SiteId;
 pub use tls::{
-    ALPN_GRANT, ALPN_LINK, grant_client_config, link_client_config, link_server_config,
-    peer_site_id,
+    ALPN_GRANT, ALPN_LINK, RouterCertificate, grant_client_config, link_client_config,
+    link_server_config, link_server_config_with, peer_site_id,
 };
 pub use token::{
     API_VERSION, AccessGrant, AccessGrantSpec, AccessToken, AccessTokenSpec, GrantRefusal,

@@ -54,9 +54,19 @@ pub fn link_server_config(
     site_ca_pem: &str,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, CertError> {
+    let cert = RouterCertificate::from_pem(router_cert_pem, router_key_pem)?;
+    link_server_config_with(Arc::new(cert), site_ca_pem, alpn)
+}
+
+/// [`link_server_config`] presenting `cert`, which may be replaced while the config serves
+/// ([`RouterCertificate::replace`]): TLS/TCP and QUIC configs built on the same `cert` both
+/// present the new certificate from their next handshake on.
+pub fn link_server_config_with(
+    cert: Arc<RouterCertificate>,
+    site_ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, CertError> {
     const WHAT: &str = "link server";
-    let chain = cert_chain("router certificate", router_cert_pem)?;
-    let key = private_key("router key", router_key_pem)?;
     let roots = root_store("site CA certificate", site_ca_pem)?;
     let provider = provider();
     let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
@@ -67,10 +77,64 @@ pub fn link_server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_config(WHAT))?
         .with_client_cert_verifier(client_verifier)
-        .with_single_cert(chain, key)
-        .map_err(tls_config(WHAT))?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// The certificate a link port presents (the router certificate and its key), replaceable
+/// while the port serves: handshakes after [`RouterCertificate::replace`] get the new one,
+/// connections already established keep theirs.
+pub struct RouterCertificate {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl std::fmt::Debug for RouterCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterCertificate").finish_non_exhaustive()
+    }
+}
+
+impl RouterCertificate {
+    /// From a certificate chain and its key (PEM); the key must match the certificate.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        Ok(RouterCertificate {
+            current: std::sync::RwLock::new(Arc::new(certified_key(cert_pem, key_pem)?)),
+        })
+    }
+
+    /// Presents `cert_pem` (with `key_pem`) from the next handshake on; `Err` (a bad or
+    /// mismatched pair) leaves the current one in place.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), CertError> {
+        let new = Arc::new(certified_key(cert_pem, key_pem)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(())
+    }
+
+    /// The certificate presented now (DER of the end-entity certificate).
+    pub fn end_entity(&self) -> CertificateDer<'static> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).cert[0].clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for RouterCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn certified_key(cert_pem: &str, key_pem: &str) -> Result<rustls::sign::CertifiedKey, CertError> {
+    let chain = cert_chain("router certificate", cert_pem)?;
+    let key = private_key("router key", key_pem)?;
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider()).map_err(tls_config("link server"))
 }
 
 /// Dialer side of a link: presents `client_cert_pem` (signed by the peer's CA), trusts only

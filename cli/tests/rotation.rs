@@ -451,3 +451,145 @@ fn a_renewal_for_another_key_is_refused() {
 fn write_key(path: &Path, pem: &str) {
     std::fs::write(path, pem).unwrap();
 }
+
+/// A router certificate for `site` signed by its CA with the given validity around now
+/// (cert and key PEM, as router.pem holds them).
+fn router_pem(site: &Site, valid_before_now: Duration, valid_after_now: Duration) -> String {
+    let ca_cert = std::fs::read_to_string(site.dir.join("ca.crt")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(site.dir.join("ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, ca_key).unwrap();
+    let yaml = std::fs::read_to_string(site.dir.join("site.yaml")).unwrap();
+    let id = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .trim_matches(['"', '\''])
+        .to_string();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![
+        rcgen::SanType::URI(format!("skiff://site/{id}").try_into().unwrap()),
+        rcgen::SanType::DnsName(server_name(&id).try_into().unwrap()),
+        rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()),
+    ];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - valid_before_now;
+    params.not_after = now + valid_after_now;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    format!("{}{}", cert.pem(), key.serialize_pem())
+}
+
+fn server_name(id: &str) -> String {
+    let parsed: skiff_certs::SiteId = id.parse().unwrap();
+    parsed.server_name()
+}
+
+/// The certificate the link port at `port` presents over TLS/TCP, read with openssl.
+fn presented_serial(port: u16, server_name: &str) -> String {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "10",
+            "openssl",
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            server_name,
+            "-alpn",
+            "skiff-grant/1",
+            "-showcerts",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .unwrap_or_else(|| panic!("openssl printed no certificate: {text}"));
+    skiff_certs::certificate_serial_pem(&text[start..]).unwrap()
+}
+
+#[test]
+fn the_router_certificate_is_renewed_with_a_third_left_and_swapped_in_without_touching_links() {
+    let mut a = Site::create("a", true);
+    let mut b = Site::create("b", false);
+    let mut c = Site::create("c", false);
+    a.start();
+    b.start();
+    c.start();
+    link_over(&b, &a, "tls");
+    link_over(&c, &a, "quic");
+    a.wait_link(Duration::from_secs(5), "b", is_link("up", "b"));
+    a.wait_link(Duration::from_secs(5), "c", is_link("up", "c"));
+    let before: Vec<Value> = a.links();
+    let status: Value =
+        serde_json::from_slice(&ok(&["site", "status", "--output", "json", "--dir", a.d()]).stdout)
+            .unwrap();
+    let port = status["site"]["linkPort"].as_u64().expect("link port") as u16;
+    let id = status["site"]["id"].as_str().unwrap().to_string();
+    let name = server_name(&id);
+    let first = presented_serial(port, &name);
+
+    // Time passes: router.pem has 60 of its 360 days left (less than a third).
+    let day = Duration::from_secs(24 * 3600);
+    let aged = router_pem(&a, 300 * day, 60 * day);
+    std::fs::write(a.dir.join("router.pem"), &aged).unwrap();
+    let aged_serial = skiff_certs::certificate_serial_pem(&aged).unwrap();
+    // Any reload checks it (as the 12-hourly check and the start do).
+    ok(&[
+        "listener",
+        "create",
+        "nudge",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--dir",
+        a.d(),
+    ]);
+    let renewed = std::fs::read_to_string(a.dir.join("router.pem")).unwrap();
+    let serial = skiff_certs::certificate_serial_pem(&renewed).unwrap();
+    assert_ne!(serial, aged_serial, "router.pem was not renewed");
+    assert_ne!(serial, first);
+    let (_, end) = skiff_certs::certificate_validity_pem(&renewed).unwrap();
+    let left = end - time::OffsetDateTime::now_utc();
+    assert!(left.whole_days() >= 364, "renewed for {left}");
+    assert!(
+        a.log().contains("router certificate renewed"),
+        "{}",
+        a.log()
+    );
+
+    // New handshakes get the new certificate; established links were not touched.
+    assert_eq!(presented_serial(port, &name), serial);
+    let after = a.links();
+    for l in &before {
+        let now = after
+            .iter()
+            .find(|x| x["name"] == l["name"])
+            .unwrap_or_else(|| panic!("link {} gone: {after:#?}", l["name"]));
+        assert_eq!(now["status"], "up");
+        assert_eq!(now["since"], l["since"], "{} was re-made", l["name"]);
+    }
+    // Dialers accept it (it chains to the CA they pinned).
+    b.kill();
+    b.start();
+    b.wait_link(Duration::from_secs(10), "b up again", is_link("up", "a"));
+    c.kill();
+    c.start();
+    c.wait_link(Duration::from_secs(10), "c up again", is_link("up", "a"));
+
+    // A restart keeps the renewed one (nothing due).
+    a.kill();
+    a.start();
+    assert_eq!(
+        std::fs::read_to_string(a.dir.join("router.pem")).unwrap(),
+        renewed
+    );
+}

@@ -215,16 +215,19 @@ impl RunningSite {
 /// How often a running site checks whether its link client certificates need renewing.
 pub const RENEWAL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
-/// At start and every [`RENEWAL_CHECK_INTERVAL`]: renews the client certificates of outbound
-/// links that have less than a third of their validity left, then reloads (which hands the new
-/// certificates to the dialers without redialling). Failures are logged and retried at the
+/// At start and every [`RENEWAL_CHECK_INTERVAL`]: renews the router certificate and the client
+/// certificates of outbound links that have less than a third of their validity left, then
+/// reloads (which hands the new link certificates to the dialers without redialling). Failures are logged and retried at the
 /// next check. Holds the state weakly, so it never keeps a stopped site alive.
 async fn renew_certificates(state: std::sync::Weak<SiteState>) {
     let mut every = tokio::time::interval(RENEWAL_CHECK_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let Some(folder) = state.upgrade().map(|s| s.folder.clone()) else {
+        let Some(folder) = state.upgrade().map(|s| {
+            s.refresh_router_certificate();
+            s.folder.clone()
+        }) else {
             return;
         };
         let outcomes = match crate::token::renew_links(&folder, crate::token::RenewSelection::Due)
@@ -313,10 +316,47 @@ impl SiteState {
                     .disconnect_peer(*gone, "the site's link was revoked here");
             }
         }
+        self.refresh_router_certificate();
         self.apply_links()?;
         self.apply_services()?;
         tracing::info!("reloaded the site folder");
         Ok(())
+    }
+
+    /// Renews router.pem from the site CA when a third of its validity is left, and presents
+    /// router.pem on the link port when it differs from the certificate presented now (renewed
+    /// here, or replaced by an operator): new handshakes get it, established links keep
+    /// running. Failures are logged; the current certificate stays.
+    pub fn refresh_router_certificate(&self) {
+        let Some(presented) = self.router.router_certificate() else {
+            return;
+        };
+        match crate::site::renew_router_certificate_if_due(&self.folder) {
+            Ok(Some(serial)) => tracing::info!(%serial, "router certificate renewed"),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(cause = %crate::error_chain(&e), "renewing the router certificate failed");
+                return;
+            }
+        }
+        let pem = match crate::folder::read_text(&self.folder.router_file()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(cause = %crate::error_chain(&e), "reading the router certificate failed");
+                return;
+            }
+        };
+        if skiff_certs::first_certificate(&pem).ok().as_ref() == Some(&presented) {
+            return;
+        }
+        match self.router.replace_router_certificate(&pem, &pem) {
+            Ok(()) => tracing::info!(
+                serial = %skiff_certs::certificate_serial_pem(&pem).unwrap_or_default(),
+                "link port presents the new router certificate from the next handshake on"
+            ),
+            Err(e) => tracing::warn!(cause = %skiff_router::link::error_chain(&e),
+                "router.pem not presented: it is unusable; the previous certificate stays"),
+        }
     }
 
     fn apply_links(&self) -> Result<(), SiteError> {

@@ -320,6 +320,24 @@ pub fn save_linked_site(folder: &SiteFolder, peer: &LinkedSite) -> Result<(), Si
     write_atomic(&path, to_yaml(peer).as_bytes(), PUBLIC_MODE)
 }
 
+/// Reissues the router certificate (router.pem) from the site CA when less than a third of
+/// its validity is left (or it cannot be read), for the site's current link hosts; one atomic
+/// write of certificate and key together. Returns the new certificate's serial, `None` when
+/// nothing was due.
+pub fn renew_router_certificate_if_due(folder: &SiteFolder) -> Result<Option<String>, SiteError> {
+    let current = read_text(&folder.router_file())?;
+    if !crate::token::renewal_due(&current, time::OffsetDateTime::now_utc()) {
+        return Ok(None);
+    }
+    let site = load_site_resource(folder)?;
+    let ca = load_ca(folder)?;
+    let router = ca.issue_router_cert(site.spec.id, &site.spec.link_hosts)?;
+    let router_key = router.key_pem.as_deref().unwrap_or_default();
+    let pem = format!("{}{}", router.cert_pem, router_key);
+    write_atomic(&folder.router_file(), pem.as_bytes(), SECRET_MODE)?;
+    Ok(Some(router.serial))
+}
+
 /// The record of site `id` in `peers/`, if it linked here.
 pub fn load_linked_site(folder: &SiteFolder, id: SiteId) -> Result<Option<LinkedSite>, SiteError> {
     let path = folder.peers_dir().join(format!("{id}.yaml"));

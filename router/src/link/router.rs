@@ -134,6 +134,8 @@ pub struct Router {
     shared: Arc<Shared>,
     link_addr: Option<SocketAddr>,
     quic_server: Option<quinn::Endpoint>,
+    /// The certificate the link port presents (TLS/TCP and QUIC), when it has link access.
+    server_cert: Option<Arc<skiff_certs::RouterCertificate>>,
     dialers: Mutex<BTreeMap<String, Dialer>>,
     /// Where streams peers open go instead of the flow layer, once [`Router::take_incoming`]
     /// was called.
@@ -201,26 +203,25 @@ impl Router {
         ));
         let mut link_addr = None;
         let mut quic_server = None;
+        let mut server_cert = None;
         if let Some(listen) = cfg.link_listen {
             let tls_err = |e: skiff_certs::CertError| RouterError::Tls(Box::new(e));
             let mut tcp_alpn: Vec<&[u8]> = vec![ALPN_LINK];
             if shared.grants.is_some() {
                 tcp_alpn.push(ALPN_GRANT);
             }
-            let tcp_tls = skiff_certs::link_server_config(
-                &cfg.router_cert_pem,
-                &cfg.router_key_pem,
-                &cfg.site_ca_pem,
-                &tcp_alpn,
-            )
-            .map_err(tls_err)?;
-            let quic_tls = skiff_certs::link_server_config(
-                &cfg.router_cert_pem,
-                &cfg.router_key_pem,
-                &cfg.site_ca_pem,
-                &[ALPN_LINK],
-            )
-            .map_err(tls_err)?;
+            // One certificate behind both configs, replaceable while they serve.
+            let cert = Arc::new(
+                skiff_certs::RouterCertificate::from_pem(&cfg.router_cert_pem, &cfg.router_key_pem)
+                    .map_err(tls_err)?,
+            );
+            let tcp_tls =
+                skiff_certs::link_server_config_with(cert.clone(), &cfg.site_ca_pem, &tcp_alpn)
+                    .map_err(tls_err)?;
+            let quic_tls =
+                skiff_certs::link_server_config_with(cert.clone(), &cfg.site_ca_pem, &[ALPN_LINK])
+                    .map_err(tls_err)?;
+            server_cert = Some(cert);
             let quic_cfg =
                 quic::server_config(quic_tls, timing).map_err(|e| RouterError::Tls(Box::new(e)))?;
 
@@ -259,6 +260,7 @@ impl Router {
             shared,
             link_addr,
             quic_server,
+            server_cert,
             dialers: Mutex::new(BTreeMap::new()),
             tap,
             tap_taken: std::sync::atomic::AtomicBool::new(false),
@@ -270,6 +272,28 @@ impl Router {
     /// The bound link address (port 0 resolved); `None` without link access.
     pub fn link_addr(&self) -> Option<SocketAddr> {
         self.link_addr
+    }
+
+    /// Presents `cert_pem` (with `key_pem`) on the link port from the next handshake on, over
+    /// TLS/TCP and QUIC alike; established links keep running on the certificate they were
+    /// made with. Without link access there is nothing to replace. `Err` (a bad or mismatched
+    /// pair) keeps the current certificate.
+    pub fn replace_router_certificate(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<(), RouterError> {
+        match &self.server_cert {
+            Some(c) => c
+                .replace(cert_pem, key_pem)
+                .map_err(|e| RouterError::Tls(Box::new(e))),
+            None => Ok(()),
+        }
+    }
+
+    /// The certificate the link port presents now (DER); `None` without link access.
+    pub fn router_certificate(&self) -> Option<rustls_pki_types::CertificateDer<'static>> {
+        self.server_cert.as_ref().map(|c| c.end_entity())
     }
 
     /// Reconciles outbound links with `specs`, by name: new names start dialing, removed names
