@@ -163,6 +163,9 @@ pub(crate) struct Flows {
     /// Base of the flow ids this router chooses as an origin (random per run).
     next_flow_id: AtomicU64,
     pub(crate) tasks: TaskTracker,
+    /// TCP flows in progress (client, transit and egress ends): a stopping router waits for
+    /// them before it closes its links.
+    pub(crate) tcp_flows: TaskTracker,
     pub(crate) shutdown: CancellationToken,
     /// Per-key request metrics of HTTP listeners.
     pub(crate) http_metrics: http::metrics::HttpMetrics,
@@ -189,6 +192,7 @@ impl Flows {
             next_registry_id: AtomicU64::new(1),
             next_flow_id: AtomicU64::new(random_u64() >> 16 << 16),
             tasks: TaskTracker::new(),
+            tcp_flows: TaskTracker::new(),
             shutdown,
             http_metrics: http::metrics::HttpMetrics::default(),
             http_peers: http::Peers::default(),

@@ -51,6 +51,7 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
     }
     configure_accepted(&client);
     let _active = listener.counters.start();
+    let _in_progress = flows.tcp_flows.token();
     let flow_id = flows.new_flow_id();
     let mut client = client;
     let mut replay = BytesMut::new();
@@ -381,6 +382,9 @@ pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
             return;
         }
     };
+    // HTTP connections are not waited for at shutdown (pooled connections between routers
+    // and kept-alive clients would hold every stop for the whole grace).
+    let _in_progress = (!header.protocol.is_http()).then(|| flows.tcp_flows.token());
     let origin = SiteId::from_bytes(header.origin);
     let destination = SiteId::from_bytes(header.destination);
     let key: RoutingKey = match header.routing_key.parse() {

@@ -32,7 +32,8 @@ use crate::wire::PROTOCOL_VERSION;
 
 /// Streams opened by peers that wait for [`Router::take_incoming`]'s receiver; more are reset.
 const INCOMING_QUEUE: usize = 1024;
-/// How long [`Router::shutdown`] waits for links to close before giving up on them.
+/// How long [`Router::shutdown`] waits for TCP flows in progress to finish (then resets them),
+/// and then for links to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// State shared by the router's tasks.
@@ -432,11 +433,25 @@ impl Router {
         self.shared.routes.subscribe()
     }
 
-    /// Closes every link with a Close frame, stops all tasks and releases the link port: when
-    /// this returns, a new router can bind the same port.
+    /// Drains, then closes every link with a Close frame, stops all tasks and releases the
+    /// link port: when this returns, a new router can bind the same port.
+    ///
+    /// Draining: listeners close at once (new clients are refused), while TCP flows in
+    /// progress go on over links still up, for up to [`SHUTDOWN_GRACE`]; flows left after
+    /// that, and HTTP connections, are reset.
     pub async fn shutdown(mut self) {
-        self.shared.shutdown.cancel();
         self.set_listeners(Vec::new());
+        self.flows.tcp_flows.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.flows.tcp_flows.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some flows did not finish within {} s; resetting them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
+        self.shared.shutdown.cancel();
         self.flows.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.flows.tasks.wait())
             .await
