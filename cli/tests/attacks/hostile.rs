@@ -265,12 +265,14 @@ pub fn forge_link_cert(
 }
 
 /// A router (server) certificate signed by the CA `ca_pem`/`ca_key_pem` whose URI SAN names
-/// `uri_site` and whose DNS SAN names `dns_site`'s server name; returns `(cert, key)` PEM.
+/// `uri_site` and whose DNS SAN names `dns_site`'s server name, valid over `validity`;
+/// returns `(cert, key)` PEM.
 pub fn forge_router_cert(
     ca_pem: &str,
     ca_key_pem: &str,
     uri_site: SiteId,
     dns_site: SiteId,
+    validity: Validity,
 ) -> (String, String) {
     let issuer = Issuer::from_ca_cert_pem(ca_pem, KeyPair::from_pem(ca_key_pem).unwrap()).unwrap();
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -288,9 +290,8 @@ pub fn forge_router_cert(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let (not_before, not_after) = valid_now();
-    params.not_before = not_before;
-    params.not_after = not_after;
+    params.not_before = validity.0;
+    params.not_after = validity.1;
     params.use_authority_key_identifier_extension = true;
     let cert = params.signed_by(&key, &issuer).unwrap();
     (cert.pem(), key.serialize_pem())

@@ -1,8 +1,9 @@
 //! The dialing side: a router dials a server that presents a certificate from the CA pinned
 //! for the link, but for another site id (the address now belongs to another site of the
-//! same CA, or a thief of the CA key poses as the site). The dialer refuses it, says which
-//! site it expected and which it met, and the link never comes up; the server never sees a
-//! finished handshake.
+//! same CA, or a thief of the CA key poses as the site), or for the right site outside its
+//! validity. The dialer refuses it and says why (which site it expected and which it met; when
+//! the certificate expired or becomes valid), the link never comes up, and the server never
+//! sees a finished handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use skiff_router::wire::RouterMode;
 use tokio::sync::mpsc;
 
 use super::hostile::{
-    ANSWER_WITHIN, AdmitAll, Via, block_on, forge_link_cert, forge_router_cert, new_key, valid_now,
-    wait_refused,
+    ANSWER_WITHIN, AdmitAll, Validity, Via, block_on, expired, forge_link_cert, forge_router_cert,
+    new_key, not_yet_valid, valid_now, wait_refused,
 };
 
 /// A server on loopback presenting `cert`; reports the outcome of every handshake.
@@ -61,19 +62,16 @@ async fn impostor(
     }
 }
 
-/// West's CA signs a server certificate for `impostor` (URI SAN) whose DNS SAN names
-/// `dns_site(west, impostor)`; a router dials west at the impostor's address. Returns the
-/// dialer's refusal and the impostor's first handshake outcome.
-fn dial_the_impostor(via: Via, dns_site: fn(SiteId, SiteId) -> SiteId) -> (String, String) {
+/// A router dials site west at the address of a server presenting `make_cert(west's CA,
+/// west's id)`. Returns the dialer's refusal and the server's first handshake outcome (an
+/// error: the dialer aborted).
+fn dial_the_impostor(
+    via: Via,
+    make_cert: impl FnOnce(&SiteCa, SiteId) -> (String, String),
+) -> (String, String) {
     let west = SiteId::random();
     let west_ca = SiteCa::generate("west", west).unwrap();
-    let impostor_id = SiteId::random();
-    let (cert, key) = forge_router_cert(
-        west_ca.cert_pem(),
-        west_ca.key_pem(),
-        impostor_id,
-        dns_site(west, impostor_id),
-    );
+    let (cert, key) = make_cert(&west_ca, west);
     block_on(async {
         let (addr, mut handshakes) = impostor(via, &cert, &key, west_ca.cert_pem()).await;
         // The dialer is a genuine linked site: its client certificate is from west's CA.
@@ -118,20 +116,38 @@ fn dial_the_impostor(via: Via, dns_site: fn(SiteId, SiteId) -> SiteId) -> (Strin
             .expect("the impostor saw no handshake")
             .unwrap();
         router.shutdown().await;
-        let short = |id: SiteId| id.to_string()[..8].to_string();
-        assert!(
-            reason.contains(&format!("is not site {}", short(west)))
-                && reason.contains(&format!(
-                    "its certificate is for site {}",
-                    short(impostor_id)
-                )),
-            "the dialer must name the site it expected and the one it met: {reason}"
-        );
         (
             reason,
             at_server.expect_err("the impostor finished a handshake"),
         )
     })
+}
+
+/// West's CA signs a certificate for `impostor` (URI SAN) whose DNS SAN names
+/// `dns_site(west, impostor)`; the dialer must name the site it expected and the one it met.
+fn dial_another_site(via: Via, dns_site: fn(SiteId, SiteId) -> SiteId) -> String {
+    let impostor_id = SiteId::random();
+    let mut west_id = None;
+    let (reason, at_server) = dial_the_impostor(via, |ca, west| {
+        west_id = Some(west);
+        forge_router_cert(
+            ca.cert_pem(),
+            ca.key_pem(),
+            impostor_id,
+            dns_site(west, impostor_id),
+            valid_now(),
+        )
+    });
+    let short = |id: SiteId| id.to_string()[..8].to_string();
+    assert!(
+        reason.contains(&format!("is not site {}", short(west_id.unwrap())))
+            && reason.contains(&format!(
+                "its certificate is for site {}",
+                short(impostor_id)
+            )),
+        "the dialer must name the site it expected and the one it met: {reason}"
+    );
+    at_server
 }
 
 macro_rules! over_both_transports {
@@ -152,18 +168,43 @@ macro_rules! over_both_transports {
 over_both_transports!(
     server_certificate_from_the_pinned_ca_for_another_site,
     server_certificate_with_the_expected_name_but_another_site_id,
+    expired_server_certificate,
+    not_yet_valid_server_certificate,
 );
 
 fn server_certificate_from_the_pinned_ca_for_another_site(via: Via) {
     // A router certificate of another site of the same CA: both its SANs name that site.
-    let (_, at_server) = dial_the_impostor(via, |_, impostor| impostor);
+    let at_server = dial_another_site(via, |_, impostor| impostor);
     assert_peer_aborted(via, &at_server);
 }
 
 fn server_certificate_with_the_expected_name_but_another_site_id(via: Via) {
     // Its DNS SAN is the server name the dialer asks for, so TLS name checking passes; only
     // the site id in the URI SAN gives it away.
-    let (_, at_server) = dial_the_impostor(via, |west, _| west);
+    let at_server = dial_another_site(via, |west, _| west);
+    assert_peer_aborted(via, &at_server);
+}
+
+/// The right site's certificate from the pinned CA, valid over `validity`.
+fn right_site_cert(validity: Validity) -> impl FnOnce(&SiteCa, SiteId) -> (String, String) {
+    move |ca, west| forge_router_cert(ca.cert_pem(), ca.key_pem(), west, west, validity)
+}
+
+fn expired_server_certificate(via: Via) {
+    let (reason, at_server) = dial_the_impostor(via, right_site_cert(expired()));
+    assert!(
+        reason.contains("'s certificate expired at ") && reason.contains(" ago)"),
+        "the dialer must say when the certificate expired: {reason}"
+    );
+    assert_peer_aborted(via, &at_server);
+}
+
+fn not_yet_valid_server_certificate(via: Via) {
+    let (reason, at_server) = dial_the_impostor(via, right_site_cert(not_yet_valid()));
+    assert!(
+        reason.contains("'s certificate is not valid before ") && reason.contains("from now)"),
+        "the dialer must say from when the certificate is valid: {reason}"
+    );
     assert_peer_aborted(via, &at_server);
 }
 

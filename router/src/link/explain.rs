@@ -150,9 +150,9 @@ fn explain_rustls(err: &rustls::Error, endpoint: &str, expected: SiteId) -> Opti
             C::Expired
             | C::ExpiredContext { .. }
             | C::NotValidYet
-            | C::NotValidYetContext { .. } => refused(format!(
-                "peer {endpoint}'s certificate is expired or not yet valid: check both \
-                     machines' clocks and the peer's router certificate"
+            | C::NotValidYetContext { .. } => refused(peer_out_of_validity(
+                endpoint,
+                &InboundRefusal::from_rustls(err),
             )),
             C::NotValidForName | C::NotValidForNameContext { .. } => {
                 refused(site_mismatch(endpoint, expected, "another site"))
@@ -216,9 +216,14 @@ fn explain_local_tls_failure(reason: &str, endpoint: &str, expected: SiteId) -> 
              (the CA in the token): the site's CA was re-created or the address belongs to \
              another site; redeem a new token"
         ))
-    } else if reason.contains("no application protocol") || reason.contains("NoApplicationProtocol")
+    } else if reason.contains("no application protocol")
+        || reason.contains("NoApplicationProtocol")
+        || reason.contains("doesn't support any known protocol")
     {
         AttemptError::Refused(wrong_protocol(endpoint))
+    } else if reason.contains("certificate expired") || reason.contains("not valid yet") {
+        let check = InboundRefusal::from_alert_text(AlertDescription::CertificateExpired, reason);
+        AttemptError::Refused(peer_out_of_validity(endpoint, &check))
     } else {
         AttemptError::Refused(format!("peer {endpoint}: TLS handshake failed: {reason}"))
     }
@@ -391,43 +396,57 @@ impl InboundRefusal {
     }
 }
 
+/// "expired at <UTC> (N ago)" or "is not valid before <UTC> (N from now)", as far as known;
+/// `None` for other checks.
+fn validity_words(check: &InboundRefusal) -> Option<String> {
+    Some(match check {
+        InboundRefusal::Expired { not_after, now } => match (not_after, now) {
+            (Some(end), Some(now)) => format!(
+                "expired at {} ({} ago)",
+                utc(*end),
+                span(now.saturating_sub(*end))
+            ),
+            (Some(end), None) => format!("expired at {}", utc(*end)),
+            _ => "has expired".into(),
+        },
+        InboundRefusal::NotYetValid { not_before, now } => match (not_before, now) {
+            (Some(start), Some(now)) => format!(
+                "is not valid before {} ({} from now)",
+                utc(*start),
+                span(start.saturating_sub(*now))
+            ),
+            (Some(start), None) => format!("is not valid before {}", utc(*start)),
+            _ => "is not valid yet".into(),
+        },
+        _ => return None,
+    })
+}
+
+/// A dialer's refusal of a server certificate outside its validity.
+fn peer_out_of_validity(endpoint: &str, check: &InboundRefusal) -> String {
+    let words = validity_words(check).unwrap_or_else(|| "is not valid now".into());
+    let fix = match check {
+        InboundRefusal::NotYetValid { .. } => "this machine's clock is behind (check NTP)",
+        _ => "the peer must renew its router certificate, or this machine's clock is ahead",
+    };
+    format!("peer {endpoint}'s certificate {words}: {fix}")
+}
+
 impl std::fmt::Display for InboundRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            InboundRefusal::Expired { not_after, now } => {
-                f.write_str("the client certificate ")?;
-                match (not_after, now) {
-                    (Some(end), Some(now)) => write!(
-                        f,
-                        "expired at {} ({} ago)",
-                        utc(*end),
-                        span(now.saturating_sub(*end))
-                    )?,
-                    (Some(end), None) => write!(f, "expired at {}", utc(*end))?,
-                    _ => f.write_str("has expired")?,
-                }
-                f.write_str(
-                    ": the dialing site needs a new one (redeem a new token from this site \
-                     there), or this machine's clock is ahead",
-                )
-            }
-            InboundRefusal::NotYetValid { not_before, now } => {
-                f.write_str("the client certificate ")?;
-                match (not_before, now) {
-                    (Some(start), Some(now)) => write!(
-                        f,
-                        "is not valid before {} ({} from now)",
-                        utc(*start),
-                        span(start.saturating_sub(*now))
-                    )?,
-                    (Some(start), None) => write!(f, "is not valid before {}", utc(*start))?,
-                    _ => f.write_str("is not valid yet")?,
-                }
-                f.write_str(
-                    ": this machine's clock is behind (check NTP), or the certificate was not \
-                     issued by this site",
-                )
-            }
+            InboundRefusal::Expired { .. } => write!(
+                f,
+                "the client certificate {}: the dialing site needs a new one (redeem a new \
+                 token from this site there), or this machine's clock is ahead",
+                validity_words(self).unwrap_or_default()
+            ),
+            InboundRefusal::NotYetValid { .. } => write!(
+                f,
+                "the client certificate {}: this machine's clock is behind (check NTP), or the \
+                 certificate was not issued by this site",
+                validity_words(self).unwrap_or_default()
+            ),
             InboundRefusal::NotOurCa => f.write_str(
                 "the client certificate was not issued by this site's CA (self-signed, another \
                  site's CA, or a token from before this site was re-created): the dialing site \
@@ -561,6 +580,38 @@ mod tests {
             ),
             InboundRefusal::NoAlpn
         );
+    }
+
+    #[test]
+    fn an_expired_server_certificate_reads_the_same_over_tls_and_quic() {
+        use rustls::CertificateError as C;
+        use rustls_pki_types::UnixTime;
+        let at = |s| UnixTime::since_unix_epoch(std::time::Duration::from_secs(s));
+        for c in [
+            C::ExpiredContext {
+                time: at(1_795_656_084),
+                not_after: at(1_795_569_684),
+            },
+            C::NotValidYetContext {
+                time: at(1_795_656_084),
+                not_before: at(1_795_742_484),
+            },
+        ] {
+            let err = rustls::Error::InvalidCertificate(c);
+            let over_tls = explain(&err, "h:1", expected());
+            assert!(over_tls.is_refusal());
+            assert!(
+                over_tls.text().contains("2026-11-25T01:21:24Z (24 h ago)")
+                    || over_tls
+                        .text()
+                        .contains("2026-11-27T01:21:24Z (24 h from now)"),
+                "{over_tls}"
+            );
+            assert_eq!(
+                explain_local_tls_failure(&err.to_string(), "h:1", expected()),
+                over_tls
+            );
+        }
     }
 
     #[test]
