@@ -650,6 +650,9 @@ pub async fn redeem_token(
 ) -> Result<RedeemResponse, SiteError> {
     let url = token.spec.url.clone();
     let (host, port) = token.spec.grant_address().map_err(SiteError::BadToken)?;
+    // A CA in the token that cannot be used is the token's fault, not the issuer's.
+    skiff_certs::grant_client_config(&token.spec.ca, token.spec.site_id)
+        .map_err(SiteError::BadToken)?;
     let body = RedeemRequest {
         code: token.spec.code.clone(),
         csr: csr_pem.into(),
