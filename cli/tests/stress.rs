@@ -67,7 +67,7 @@ fn a_listener_out_of_file_descriptors_stays_up_cheap_and_serves_again_at_once() 
     // The storm: STORM clients connect at once (each sends a line it never reads the answer
     // to) and hold their connections. The router runs out of descriptors long before; the
     // kernel queues some more, and drops the SYNs of the rest (their connects time out).
-    let clients = storm(&addr, STORM, Duration::from_secs(3));
+    let clients = storm(&addr, STORM, Duration::from_secs(3), b"storm\n");
     eprintln!("fd storm: {} of {STORM} connects completed", clients.len());
     let log_before = e.log();
     let cpu0 = cpu_time(e.pid());
@@ -135,9 +135,98 @@ fn a_listener_out_of_file_descriptors_stays_up_cheap_and_serves_again_at_once() 
     echo_stop.store(true, Ordering::Relaxed);
 }
 
+#[test]
+fn a_link_port_flooded_past_the_open_file_limit_keeps_status_and_flows_working() {
+    // west accepts links and serves the backend; its descriptors are limited. The link
+    // from east is up before the flood (QUIC: a UDP socket it already holds).
+    let west = Site::create("west", true);
+    let east = Site::create("east", false);
+    let (echo_port, echo_stop) = echo_server();
+    connector(&west, "echo", echo_port);
+    listener(&east, "echo");
+    let nofile = format!("--nofile={FD_LIMIT}:{FD_LIMIT}");
+    let mut w = Running::start(&west, &["prlimit", &nofile]);
+    let _e = Running::start(&east, &[]);
+    link_over(&east, &west, "quic");
+    wait_up(east.d(), "quic", Duration::from_secs(10));
+    let addr = east.wait_listener_active("echo", Duration::from_secs(10));
+    let hello = b"hello through skiff".to_vec();
+    echo_round_trip(&addr, &hello, Duration::from_secs(5)).expect("a flow before the flood");
+    let o = common::skiff(&["site", "status", "--output", "json", "--dir", west.d()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let link_port = v["site"]["linkPort"].as_u64().expect("west's link port");
+    let fds_before = fd_count(w.pid());
+
+    // The flood: STORM TCP connections to the link port that never start a TLS handshake
+    // (each is dropped by the router after its 10 s handshake timeout).
+    let flood = storm(
+        &format!("127.0.0.1:{link_port}"),
+        STORM,
+        Duration::from_secs(3),
+        b"",
+    );
+    let log_before = w.log();
+    let cpu0 = cpu_time(w.pid());
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    let answers = w.status_ok();
+    let status_took = t.elapsed();
+    // A new flow to west's backend needs a descriptor at west.
+    let during = echo_round_trip(&addr, &hello, Duration::from_secs(5));
+    let cpu = cpu_time(w.pid()) - cpu0;
+    let wall = t0.elapsed();
+    let logged = w.log()[log_before.len()..].to_string();
+    let load = cpu.as_secs_f64() / wall.as_secs_f64();
+    eprintln!(
+        "link port flood: {} connections made; router at {} fds (limit {FD_LIMIT}); CPU {:.3} s \
+         over {:.1} s ({load:.3} cores); site status in {status_took:?}; a flow meanwhile: \
+         {during:?}; {} log lines in the window",
+        flood.len(),
+        fd_count(w.pid()),
+        cpu.as_secs_f64(),
+        wall.as_secs_f64(),
+        logged.lines().count(),
+    );
+    assert!(w.alive(), "the router died in the flood: {}", w.log());
+    assert!(
+        answers && status_took < Duration::from_secs(3),
+        "site status did not answer within 3 s during the flood ({status_took:?})"
+    );
+    during.unwrap_or_else(|err| panic!("a flow failed during the flood: {err}\n{logged}"));
+    assert!(load < 1.0, "the router used {load:.2} cores in the flood");
+    assert!(
+        logged.lines().count() < 50,
+        "the router logged {} lines in the flood:\n{}",
+        logged.lines().count(),
+        &logged[..logged.len().min(4000)]
+    );
+
+    drop(flood);
+    let t = Instant::now();
+    let after = echo_round_trip(&addr, &hello, Duration::from_secs(5));
+    let served_in = t.elapsed();
+    eprintln!("after the flood: a new connection served end to end in {served_in:?}");
+    after.unwrap_or_else(|err| panic!("no flow after the flood: {err}"));
+    assert!(served_in < Duration::from_secs(1), "took {served_in:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = fd_count(w.pid());
+        if now <= fds_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "descriptors leaked after the flood: {fds_before} before, {now} after"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    echo_stop.store(true, Ordering::Relaxed);
+}
+
 /// Opens `n` connections to `addr` at once (connects that do not complete within `within`
-/// are given up), writes a line on each, and returns those that connected.
-fn storm(addr: &str, n: usize, within: Duration) -> Vec<std::net::TcpStream> {
+/// are given up), writes `line` on each, and returns those that connected.
+fn storm(addr: &str, n: usize, within: Duration, line: &'static [u8]) -> Vec<std::net::TcpStream> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -151,7 +240,7 @@ fn storm(addr: &str, n: usize, within: Duration) -> Vec<std::net::TcpStream> {
                         .await
                         .ok()?
                         .ok()?;
-                    tokio::io::AsyncWriteExt::write_all(&mut c, b"storm\n")
+                    tokio::io::AsyncWriteExt::write_all(&mut c, line)
                         .await
                         .ok()?;
                     c.into_std().ok()

@@ -54,7 +54,12 @@ pub(crate) async fn accept_loop(
     tls: Arc<rustls::ServerConfig>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_CONNECTIONS));
+    let limit = max_pending(open_file_limit());
+    let pending = Arc::new(tokio::sync::Semaphore::new(limit));
+    // Each kind of failure is logged once, then at most every ACCEPT_LOG_EVERY with a count,
+    // so a flood cannot flood the log too.
+    let mut refused = RateLimitedLog::default();
+    let mut failed = RateLimitedLog::default();
     loop {
         let accepted = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -65,8 +70,10 @@ pub(crate) async fn accept_loop(
                 // Connections not yet authenticated (TLS handshake, token redemption) are
                 // capped, so a flood cannot take every file descriptor and task.
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
-                    tracing::warn!(peer = %remote, limit = MAX_PENDING_CONNECTIONS,
-                        "refused a connection on the link port: too many handshakes in progress");
+                    if let Some(count) = refused.due() {
+                        tracing::warn!(peer = %remote, limit, refused = count,
+                            "refused connections on the link port: too many handshakes in progress");
+                    }
                     continue;
                 };
                 let shared2 = shared.clone();
@@ -77,8 +84,11 @@ pub(crate) async fn accept_loop(
                 );
             }
             Err(e) => {
-                // Out of file descriptors and the like: log, pause, and keep serving.
-                tracing::warn!(cause = %e, "accepting a TCP connection on the link port failed");
+                // Out of file descriptors and the like: pause, and keep serving.
+                if let Some(count) = failed.due() {
+                    tracing::warn!(cause = %e, failed = count,
+                        "accepting TCP connections on the link port fails; retrying every 100 ms");
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
@@ -88,6 +98,50 @@ pub(crate) async fn accept_loop(
 /// Most connections on the link port that are still in the TLS handshake or redeeming a
 /// token. Beyond it new connections are closed at once (and logged).
 pub(crate) const MAX_PENDING_CONNECTIONS: usize = 256;
+
+/// How often at most the link port logs refused or failed accepts.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Pending connections allowed on the link port: [`MAX_PENDING_CONNECTIONS`], and never more
+/// than a quarter of the open-file limit, so a flood of connections that never finish their
+/// handshake leaves descriptors for the admin API, the links and the flows.
+fn max_pending(open_file_limit: Option<u64>) -> usize {
+    let quarter =
+        open_file_limit.map_or(usize::MAX, |n| usize::try_from(n / 4).unwrap_or(usize::MAX));
+    MAX_PENDING_CONNECTIONS.min(quarter).max(1)
+}
+
+/// The soft limit on open files of this process, from /proc/self/limits (as the listeners'
+/// client slots in flow/config.rs); `None` where it cannot be read or is unlimited.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Counts events and says when one should be logged: the first, then one every
+/// [`ACCEPT_LOG_EVERY`] (with how many happened since the last log line).
+#[derive(Default)]
+struct RateLimitedLog {
+    since_last: u64,
+    last: Option<tokio::time::Instant>,
+}
+
+impl RateLimitedLog {
+    /// Counts one event; `Some(events since the last log line)` when this one is logged.
+    fn due(&mut self) -> Option<u64> {
+        self.since_last += 1;
+        if self.last.is_some_and(|t| t.elapsed() < ACCEPT_LOG_EVERY) {
+            return None;
+        }
+        self.last = Some(tokio::time::Instant::now());
+        Some(std::mem::take(&mut self.since_last))
+    }
+}
 
 async fn handle_tcp(
     shared: Arc<Shared>,
@@ -145,5 +199,29 @@ async fn handle_tcp(
             tracing::warn!(peer = %remote, transport = %Transport::Tls, alpn = ?other.map(String::from_utf8_lossy),
                 "refused a connection on the link port: no skiff ALPN (expected skiff-link/1 or skiff-grant/1)");
         }
+    }
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[test]
+    fn pending_handshakes_take_at_most_a_quarter_of_the_descriptors() {
+        assert_eq!(max_pending(Some(256)), 64);
+        assert_eq!(max_pending(Some(20_000)), MAX_PENDING_CONNECTIONS);
+        assert_eq!(max_pending(None), MAX_PENDING_CONNECTIONS);
+        assert_eq!(max_pending(Some(2)), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_failures_is_logged_once_per_period_with_a_count() {
+        let mut log = RateLimitedLog::default();
+        assert_eq!(log.due(), Some(1));
+        for _ in 0..99 {
+            assert_eq!(log.due(), None);
+        }
+        tokio::time::advance(ACCEPT_LOG_EVERY).await;
+        assert_eq!(log.due(), Some(100));
     }
 }
