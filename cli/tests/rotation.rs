@@ -622,3 +622,106 @@ fn the_router_certificate_is_renewed_with_a_third_left_and_swapped_in_without_to
         renewed
     );
 }
+
+/// A link client certificate for `dialer`'s link key, signed by `issuer`'s CA, with the given
+/// validity around now (as an issuer would have made it long ago).
+fn aged_client_certificate(
+    dialer: &Site,
+    issuer: &Site,
+    valid_before_now: Duration,
+    valid_after_now: Duration,
+) -> String {
+    let ca_cert = std::fs::read_to_string(issuer.dir.join("ca.crt")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(issuer.dir.join("ca.key")).unwrap())
+            .unwrap();
+    let ca = rcgen::Issuer::from_ca_cert_pem(&ca_cert, ca_key).unwrap();
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dialer.dir.join("link.key")).unwrap())
+            .unwrap();
+    let yaml = std::fs::read_to_string(dialer.dir.join("site.yaml")).unwrap();
+    let id = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .trim_matches(['"', '\''])
+        .to_string();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        format!("skiff://site/{id}").try_into().unwrap(),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - valid_before_now;
+    params.not_after = now + valid_after_now;
+    params.signed_by(&key, &ca).unwrap().pem()
+}
+
+#[test]
+fn a_site_renews_a_link_certificate_with_a_third_left_by_itself_at_start() {
+    let mut a = Site::create("a", true);
+    let mut b = Site::create("b", false);
+    a.start();
+    link_over(&b, &a, "auto");
+    let serial = peer_field(&a, "certificateSerial");
+
+    // Years pass: b's certificate has 1 of its 5 years left (less than a third).
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let aged = aged_client_certificate(&b, &a, 4 * year, year);
+    let path = link_file(&b, "a");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let current = text
+        .split("clientCertificate:")
+        .nth(1)
+        .expect("a clientCertificate field")
+        .to_string();
+    // Replace the block scalar's certificate lines with the aged certificate's.
+    let indent = current
+        .lines()
+        .nth(1)
+        .map(|l| &l[..l.len() - l.trim_start().len()])
+        .unwrap()
+        .to_string();
+    let old_body: String = current
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with(&indent) || l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let new_body: String = aged.lines().map(|l| format!("{indent}{l}\n")).collect();
+    let updated = text.replacen(&old_body, &new_body, 1);
+    assert_ne!(
+        updated,
+        text,
+        "the certificate in {} was not replaced",
+        path.display()
+    );
+    std::fs::write(&path, &updated).unwrap();
+
+    b.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while peer_field(&a, "certificateSerial") == serial {
+        assert!(
+            Instant::now() < deadline,
+            "b did not renew at start:\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !b.log().contains("link certificate renewed") {
+        assert!(Instant::now() < deadline, "{}", b.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let renewed = std::fs::read_to_string(&path).unwrap();
+    assert_ne!(
+        renewed, updated,
+        "links/a.yaml still holds the aged certificate"
+    );
+    b.wait_link(
+        Duration::from_secs(10),
+        "up with the renewed certificate",
+        is_link("up", "a"),
+    );
+}
