@@ -401,8 +401,8 @@ fn overlap_window(transport: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Over QUIC the dialer is told why; over TLS/TCP the connection is closed after the
-    // handshake and the dialer sees only that (the reason is in the accepting site's log).
+    // Over QUIC the dialer is told why (the close reason); over TLS/TCP the accepting
+    // site's log is the place that always says why.
     let not_up = b.wait_link(Duration::from_secs(10), "not up", |l| {
         l["name"] == "a" && (l["status"] == "refused" || !l["last_error"].is_null())
     });

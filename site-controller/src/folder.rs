@@ -28,6 +28,7 @@ pub const PUBLIC_MODE: u32 = 0o644;
 /// kubernetes         present when the site is run by Kubernetes (holds the namespace)
 /// admin.sock         admin API of the running site (0600)
 /// site.lock          held by the running `skiff site run`
+/// renew.lock         held while link certificates are renewed
 /// ```
 #[derive(Debug, Clone)]
 pub struct SiteFolder {
@@ -121,6 +122,27 @@ impl SiteFolder {
     /// `site.lock`.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("site.lock")
+    }
+
+    /// `renew.lock`.
+    pub fn renew_lock_file(&self) -> PathBuf {
+        self.root.join("renew.lock")
+    }
+
+    /// Waits for and takes the lock held while link certificates are renewed (by `skiff link
+    /// renew` or the running site): two renewals of one link at once would leave the link
+    /// file holding the certificate the issuer replaced second. Released when the file drops.
+    pub fn lock_renewals(&self) -> Result<File, SiteError> {
+        let path = self.renew_lock_file();
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(SECRET_MODE)
+            .open(&path)
+            .map_err(|e| SiteError::io("open", &path, e))?;
+        file.lock().map_err(|e| SiteError::io("lock", &path, e))?;
+        Ok(file)
     }
 
     /// Does a site live here?

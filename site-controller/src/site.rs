@@ -203,6 +203,7 @@ pub fn delete_site(folder: &SiteFolder) -> Result<String, SiteError> {
         folder.router_file(),
         folder.link_key_file(),
         folder.admin_socket(),
+        folder.renew_lock_file(),
     ] {
         remove_file(&f)?;
     }

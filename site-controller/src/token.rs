@@ -256,6 +256,13 @@ pub async fn renew_links(
     selection: RenewSelection<'_>,
 ) -> Result<Vec<LinkRenewal>, SiteError> {
     let site = load_site(folder)?;
+    // One renewal at a time per folder; the link files are read under the lock.
+    let locking = folder.clone();
+    let _renewing = tokio::task::spawn_blocking(move || locking.lock_renewals())
+        .await
+        .map_err(|e| {
+            SiteError::InvalidArgument(format!("waiting for the renewal lock failed: {e}"))
+        })??;
     let links = list_links(folder)?;
     let now = OffsetDateTime::now_utc();
     let peers: Vec<SiteId> = match selection {
