@@ -293,6 +293,29 @@ pub(crate) async fn accept_hello(
     ))
 }
 
+/// Acceptor side, for a link refused before its hello could be judged (its client
+/// certificate failed a check after the TLS handshake): answers the dialer's control stream
+/// with a `Refused` frame carrying `reason`, so the dialer shows why, as QUIC's close reason
+/// does. Each step is bounded by [`LINGER`]: a client that opens no stream is dropped.
+pub(crate) async fn refuse_before_hello(conn: &dyn MuxConnection, reason: &str) {
+    let Ok(Ok(stream)) = tokio::time::timeout(LINGER, conn.accept_stream()).await else {
+        return;
+    };
+    let mut control = ControlStream::new(stream);
+    let refused = ControlFrame::Refused {
+        version: PROTOCOL_VERSION,
+        reason: reason.to_string(),
+    };
+    if tokio::time::timeout(LINGER, control.send(&refused))
+        .await
+        .is_ok_and(|sent| sent.is_ok())
+    {
+        control.finish().await;
+        // Let the dialer read the refusal and hang up first.
+        let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -189,6 +189,10 @@ async fn handle_tcp(
                 Ok(site) => site,
                 Err(reason) => {
                     tracing::warn!(peer = %remote, transport = %Transport::Tls, %reason, "refused a link");
+                    // Tell the dialer why on its control stream (QUIC says it in the close).
+                    let conn = YamuxConnection::start(tls, false);
+                    super::handshake::refuse_before_hello(&conn, &reason).await;
+                    super::mux::MuxConnection::close(&conn, &reason);
                     return;
                 }
             };
