@@ -1,22 +1,22 @@
-//! The dialing side: a router dials a server that presents a certificate from the CA pinned
-//! for the link, but for another site id (the address now belongs to another site of the
-//! same CA, or a thief of the CA key poses as the site), or for the right site outside its
-//! validity. The dialer refuses it and says why (which site it expected and which it met; when
-//! the certificate expired or becomes valid), the link never comes up, and the server never
-//! sees a finished handshake.
+//! The dialing side: a running site (`skiff site run`) dials a server that presents a
+//! certificate from the CA pinned for the link, but for another site id (the address now
+//! belongs to another site of the same CA, or a thief of the CA key poses as the site), or
+//! for the right site outside its validity. The dialer refuses it and says why in `link list` and its log (which site it
+//! expected and which it met; when the certificate expired or becomes valid), the link never
+//! comes up, and the server never sees a finished handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use skiff_certs::{ALPN_LINK, SiteCa, SiteId, link_server_config};
-use skiff_router::link::{LinkSpec, Router, RouterConfig};
-use skiff_router::wire::RouterMode;
 use tokio::sync::mpsc;
 
+use super::common::Site;
 use super::hostile::{
-    ANSWER_WITHIN, AdmitAll, Validity, Via, block_on, expired, forge_link_cert, forge_router_cert,
-    new_key, not_yet_valid, valid_now, wait_refused,
+    ANSWER_WITHIN, Validity, Via, expired, forge_link_cert, forge_router_cert, not_yet_valid,
+    valid_now, wait_log_line,
 };
 
 /// A server on loopback presenting `cert`; reports the outcome of every handshake.
@@ -62,9 +62,9 @@ async fn impostor(
     }
 }
 
-/// A router dials site west at the address of a server presenting `make_cert(west's CA,
-/// west's id)`. Returns the dialer's refusal and the server's first handshake outcome (an
-/// error: the dialer aborted).
+/// A running site, east, has a link to site west whose endpoint is a server presenting
+/// `make_cert(west's CA, west's id)`. Returns the refusal `link list` shows at east (after
+/// east's log said it) and the server's first handshake outcome (an error: east aborted).
 fn dial_the_impostor(
     via: Via,
     make_cert: impl FnOnce(&SiteCa, SiteId) -> (String, String),
@@ -72,55 +72,79 @@ fn dial_the_impostor(
     let west = SiteId::random();
     let west_ca = SiteCa::generate("west", west).unwrap();
     let (cert, key) = make_cert(&west_ca, west);
-    block_on(async {
-        let (addr, mut handshakes) = impostor(via, &cert, &key, west_ca.cert_pem()).await;
-        // The dialer is a genuine linked site: its client certificate is from west's CA.
-        let me = SiteId::random();
-        let own_ca = SiteCa::generate("east", me).unwrap();
-        let own = own_ca.issue_router_cert(me, &[]).unwrap();
-        let link_key = new_key();
-        let link_cert = forge_link_cert(
-            west_ca.cert_pem(),
-            west_ca.key_pem(),
-            me,
-            &link_key,
-            valid_now(),
-        );
-        let cfg = RouterConfig::new(
-            me,
-            "east",
-            RouterMode::Interior,
-            own.cert_pem.clone(),
-            own.key_pem.clone().unwrap(),
-            own_ca.cert_pem(),
-        );
-        let router = Router::start(cfg, Arc::new(AdmitAll), None).await.unwrap();
-        let start = std::time::Instant::now();
-        router.set_links(vec![LinkSpec {
-            name: "to-west".into(),
-            peer_site_id: west,
-            peer_ca_pem: west_ca.cert_pem().into(),
-            endpoints: vec![addr.to_string()],
-            client_cert_pem: link_cert,
-            client_key_pem: link_key,
-            transport: via.choice(),
-            cost: 1,
-        }]);
-        let reason = wait_refused(&router, ANSWER_WITHIN).await;
-        eprintln!(
-            "{via:?}: the dialer refused the impostor after {:?}",
-            start.elapsed()
-        );
-        let at_server = tokio::time::timeout(ANSWER_WITHIN, handshakes.recv())
-            .await
-            .expect("the impostor saw no handshake")
-            .unwrap();
-        router.shutdown().await;
-        (
-            reason,
-            at_server.expect_err("the impostor finished a handshake"),
-        )
-    })
+    skiff_certs::install_crypto_provider();
+    // The impostor serves from this runtime's worker while the test polls east.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, mut handshakes) = rt.block_on(impostor(via, &cert, &key, west_ca.cert_pem()));
+
+    // East is a genuine linked site: its client certificate is from west's CA and certifies
+    // east's own link key, as a redemption would have made it.
+    let mut east = Site::create("east", false);
+    let east_id = site_id(&east);
+    let east_key = std::fs::read_to_string(east.dir.join("link.key")).unwrap();
+    let link_cert = forge_link_cert(
+        west_ca.cert_pem(),
+        west_ca.key_pem(),
+        east_id,
+        &east_key,
+        valid_now(),
+    );
+    std::fs::write(
+        east.dir.join("links/to-west.yaml"),
+        link_yaml(west, west_ca.cert_pem(), &link_cert, addr, via),
+    )
+    .unwrap();
+    let start = Instant::now();
+    east.start();
+    let refused = east.wait_link(ANSWER_WITHIN * 2, "refused", |l| {
+        assert_ne!(l["status"], "up", "east linked to the impostor: {l:#}");
+        l["name"] == "to-west" && l["status"] == "refused"
+    });
+    eprintln!(
+        "{via:?}: east refused the impostor within {:?} of starting",
+        start.elapsed()
+    );
+    let reason = refused["reason"].as_str().unwrap().to_string();
+    let line = wait_log_line(&east, &["link refused", "to-west"]);
+    assert!(line.contains(&reason), "east's log must say why: {line}");
+    let at_server = rt
+        .block_on(async { tokio::time::timeout(ANSWER_WITHIN, handshakes.recv()).await })
+        .expect("the impostor saw no handshake")
+        .unwrap();
+    (
+        reason,
+        at_server.expect_err("the impostor finished a handshake"),
+    )
+}
+
+fn site_id(site: &Site) -> SiteId {
+    let yaml = std::fs::read_to_string(site.dir.join("site.yaml")).unwrap();
+    yaml.lines()
+        .find_map(|l| l.trim().strip_prefix("id: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A Link resource (as `token redeem` writes one) to site `west` at `addr`.
+fn link_yaml(west: SiteId, ca_pem: &str, cert_pem: &str, addr: SocketAddr, via: Via) -> String {
+    let block = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: skiff.io/v1alpha1\nkind: Link\nmetadata:\n  name: to-west\nspec:\n  \
+         peerSiteId: {west}\n  peerSiteName: west\n  endpoints:\n  - \"{addr}\"\n  \
+         peerCa: |\n{}  clientCertificate: |\n{}  cost: 1\n  transport: {}\n",
+        block(ca_pem),
+        block(cert_pem),
+        via.name()
+    )
 }
 
 /// West's CA signs a certificate for `impostor` (URI SAN) whose DNS SAN names
