@@ -134,6 +134,7 @@ over_both_transports!(
     right_ca_and_site_id_with_another_key,
     another_ca_with_the_linked_sites_id_and_key,
     hello_claiming_the_linked_site_over_another_sites_certificate,
+    the_linked_sites_key_under_another_site_id,
 );
 
 fn expired_certificate_with_the_linked_sites_id_and_key(via: Via) {
@@ -229,5 +230,24 @@ fn hello_claiming_the_linked_site_over_another_sites_certificate(via: Via) {
         "refused an inbound link",
         s.transport_words(),
         "the hello names site",
+    ]);
+}
+
+fn the_linked_sites_key_under_another_site_id(via: Via) {
+    // A certificate from west's CA certifying east's key, but for a site id X that never
+    // redeemed: the key is bound to east's id, not X's, and X was never granted.
+    let s = Scene::new(via);
+    let x = SiteId::random();
+    let cert = forge_link_cert(&s.t.ca_pem, &s.t.ca_key_pem, x, &s.east_key, valid_now());
+    let (reason, took) = block_on(dial_as(&s.t, via, x, &cert, &s.east_key));
+    assert!(
+        reason.contains(&format!("site {x} never redeemed a token here")),
+        "the dialer must be told why: {reason}"
+    );
+    eprintln!("{via:?} east's key, another id: refused after {took:?}");
+    s.assert_east_undisturbed(&[
+        "refused an inbound link",
+        s.transport_words(),
+        "never redeemed",
     ]);
 }
