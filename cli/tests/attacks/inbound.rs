@@ -48,21 +48,6 @@ impl Scene {
     }
 }
 
-macro_rules! over_both_transports {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[test]
-            fn over_tls() {
-                super::$case(super::Via::Tls)
-            }
-            #[test]
-            fn over_quic() {
-                super::$case(super::Via::Quic)
-            }
-        }
-    )*};
-}
-
 over_both_transports!(
     wrong_alpn,
     no_client_certificate,

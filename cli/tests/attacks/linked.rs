@@ -113,21 +113,6 @@ impl Scene {
     }
 }
 
-macro_rules! over_both_transports {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[test]
-            fn over_tls() {
-                super::$case(super::Via::Tls)
-            }
-            #[test]
-            fn over_quic() {
-                super::$case(super::Via::Quic)
-            }
-        }
-    )*};
-}
-
 over_both_transports!(
     expired_certificate_with_the_linked_sites_id_and_key,
     not_yet_valid_certificate_with_the_linked_sites_id_and_key,

@@ -174,21 +174,6 @@ fn dial_another_site(via: Via, dns_site: fn(SiteId, SiteId) -> SiteId) -> String
     at_server
 }
 
-macro_rules! over_both_transports {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[test]
-            fn over_tls() {
-                super::$case(super::Via::Tls)
-            }
-            #[test]
-            fn over_quic() {
-                super::$case(super::Via::Quic)
-            }
-        }
-    )*};
-}
-
 over_both_transports!(
     server_certificate_from_the_pinned_ca_for_another_site,
     server_certificate_with_the_expected_name_but_another_site_id,
