@@ -4,6 +4,7 @@
 //! and large transfers with a graceful shutdown right after the last byte.
 
 mod common;
+mod netns;
 #[path = "stress/support.rs"]
 mod support;
 
@@ -327,4 +328,252 @@ fn idle_flow_over(transport: &'static str) {
     );
     eprintln!("{transport}: a flow idle for {IDLE:?} carried 256 KiB both ways intact");
     echo_stop.store(true, Ordering::Relaxed);
+}
+
+/// Flows whose clients never read in the stalled-readers test.
+const STALLED: usize = 64;
+
+#[test]
+fn many_clients_that_never_read_pin_bounded_memory_and_the_link_and_other_flows_live() {
+    for transport in ["quic", "tls"] {
+        stalled_readers_over(transport);
+    }
+}
+
+fn stalled_readers_over(transport: &str) {
+    let west = Site::create("west", true);
+    let east = Site::create("east", false);
+    let fire = support::Firehose::start();
+    let (echo_port, echo_stop) = echo_server();
+    connector(&west, "fire", fire.port);
+    connector(&west, "echo", echo_port);
+    listener(&east, "fire");
+    listener(&east, "echo");
+    let w = Running::start(&west, &[]);
+    let e = Running::start(&east, &[]);
+    link_over(&east, &west, transport);
+    let link = wait_up(&e.dir, transport, Duration::from_secs(10));
+    let fire_addr = east.wait_listener_active("fire", Duration::from_secs(10));
+    let echo_addr = east.wait_listener_active("echo", Duration::from_secs(10));
+    echo_round_trip(&echo_addr, b"warm up", Duration::from_secs(5)).unwrap();
+    let rss_before = (common::rss_kib(w.pid()), common::rss_kib(e.pid()));
+
+    // STALLED clients connect and never read, while the backend writes to each.
+    let idle: Vec<TcpStream> = (0..STALLED)
+        .map(|_| TcpStream::connect(&fire_addr).unwrap())
+        .collect();
+    let in_path = support::wait_stalled(
+        || fire.total(),
+        Duration::from_secs(2),
+        Duration::from_secs(90),
+    );
+    // Other flows on the same link still move 1 MiB each, both ways.
+    let data = support::pattern(1 << 20, 7);
+    let t = Instant::now();
+    for i in 0..8 {
+        echo_round_trip(&echo_addr, &data, Duration::from_secs(20))
+            .unwrap_or_else(|err| panic!("{transport}: flow {i} beside the stalled ones: {err}"));
+    }
+    let movers = t.elapsed();
+    let hwm = (
+        support::status_kib(w.pid(), "VmHWM"),
+        support::status_kib(e.pid(), "VmHWM"),
+    );
+    let rss = (common::rss_kib(w.pid()), common::rss_kib(e.pid()));
+    let grown = (
+        rss.0.saturating_sub(rss_before.0),
+        rss.1.saturating_sub(rss_before.1),
+    );
+    let now = wait_up(&e.dir, transport, Duration::from_secs(1));
+    eprintln!(
+        "{transport}: {STALLED} stalled flows: the path accepted {} MiB ({} KiB per flow); \
+         RSS growth west {} MiB, east {} MiB; peak VmHWM west {} MiB, east {} MiB; \
+         8 other flows moved 1 MiB each way in {movers:?}",
+        in_path >> 20,
+        in_path / 1024 / STALLED as u64,
+        grown.0 / 1024,
+        grown.1 / 1024,
+        hwm.0 / 1024,
+        hwm.1 / 1024,
+    );
+    assert_eq!(
+        now["since"], link["since"],
+        "{transport}: the link went down with stalled flows"
+    );
+    for (site, log) in [("west", w.log()), ("east", e.log())] {
+        assert_eq!(
+            count_lines(&log, "link down"),
+            0,
+            "{transport}: {site} logged a link down:\n{log}"
+        );
+    }
+    // The bound (docs/flows.md): per stalled flow and router, two 64 KiB copy buffers and
+    // what the link stream's receive window holds: on QUIC a 2 MiB window, which quinn may
+    // keep in up to 2.5 times its size (it compacts received packets only past 1.5 times
+    // the buffered bytes), at most 256 MiB per link; on TLS 256 KiB plus a share of a 16 MiB
+    // pool per link. Plus 64 MiB for the allocator and the rest.
+    let per_flow_kib = if transport == "quic" { 5 * 1024 } else { 256 } + 128;
+    let link_kib = if transport == "quic" {
+        640 * 1024
+    } else {
+        16 * 1024
+    };
+    let bound_kib = (STALLED as u64 * per_flow_kib).min(link_kib) + 64 * 1024;
+    assert!(
+        grown.0 < bound_kib && grown.1 < bound_kib,
+        "{transport}: router memory grew {grown:?} KiB with {STALLED} stalled flows (bound {bound_kib} KiB)"
+    );
+    drop(idle);
+    echo_stop.store(true, Ordering::Relaxed);
+}
+
+/// Link rate in the heavy-flow tests, kbit/s.
+const HEAVY_RATE_KBIT: u64 = 100_000;
+/// Peak resident memory either router may reach in the heavy-flow tests.
+const HEAVY_HWM_BOUND_MIB: u64 = 128;
+
+#[test]
+fn many_heavy_flows_through_a_throttled_link_all_move_and_the_link_stays_up() {
+    for transport in ["quic", "tls"] {
+        heavy_flows_over(transport);
+    }
+}
+
+fn heavy_flows_over(transport: &str) {
+    let Some(mut net) = netns::Net::new(&["a", "b"]) else {
+        return;
+    };
+    net.spawn(
+        "b",
+        "iperf3",
+        &["-s", "-J", "-B", "127.0.0.1", "-p", "5201"],
+    );
+    net.wait_listening("b", 5201, Duration::from_secs(10));
+    net.ok("b", &["connector", "create", "iperf", "5201"]);
+    net.ok("a", &["listener", "create", "iperf", "5201"]);
+    net.start("a");
+    net.start("b");
+    net.link("a", "b", transport);
+    net.wait_up("a", "b", Duration::from_secs(10));
+    let since = net.links("a")[0]["since"].clone();
+    let addr = net.wait_listener("a", "iperf", Duration::from_secs(10));
+    net.throttle("a", HEAVY_RATE_KBIT);
+    for (parallel, reverse) in [(8, false), (32, false), (32, true)] {
+        let p = parallel.to_string();
+        let host = addr.ip().to_string();
+        let mut args = vec![
+            "60",
+            "iperf3",
+            "-c",
+            &host,
+            "-p",
+            "5201",
+            "-P",
+            &p,
+            "-t",
+            "5",
+            "-J",
+            "--get-server-output",
+        ];
+        if reverse {
+            args.push("-R");
+        }
+        // iperf3 -s takes a moment after a test before it accepts the next one.
+        let mut tries = 0;
+        let o = loop {
+            let o = std::process::Command::new("timeout")
+                .args(&args)
+                .output()
+                .unwrap();
+            tries += 1;
+            // A busy iperf3 server closes the new control connection with the client's
+            // cookie unread, which the client sees as "busy" or as a reset of the control
+            // connection before the test starts.
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            let error = v["error"].as_str().unwrap_or_default();
+            let started = v["intervals"].as_array().is_some_and(|i| !i.is_empty());
+            let busy = error.contains("server is busy") || error.contains("control message");
+            if tries < 10 && busy && !started {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            break o;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{transport} -P {p}: iperf3 gave no JSON ({e}): {}\na:\n{}",
+                common::text(&o),
+                net.log("a")
+            )
+        });
+        assert!(
+            o.status.success() && v.get("error").is_none(),
+            "{transport} -P {p}: iperf3 failed: {}\na:\n{}",
+            v.get("error").unwrap_or(&serde_json::Value::Null),
+            net.log("a")
+        );
+        let streams = v["end"]["streams"].as_array().unwrap();
+        assert_eq!(streams.len(), parallel, "{transport}: streams");
+        let per_stream: Vec<u64> = streams
+            .iter()
+            .map(|s| s["receiver"]["bytes"].as_u64().unwrap())
+            .collect();
+        // The slowest stream in any one-second interval after the first, as the receiving
+        // iperf3 saw it (the server's report unless reversed).
+        let receiver = if reverse {
+            &v["intervals"]
+        } else {
+            &v["server_output_json"]["intervals"]
+        };
+        let slowest_interval = receiver
+            .as_array()
+            .unwrap_or_else(|| panic!("{transport}: no receiver intervals in {v}"))
+            .iter()
+            .skip(1)
+            .flat_map(|i| i["streams"].as_array().unwrap().iter())
+            .filter(|s| s["seconds"].as_f64().unwrap_or(0.0) > 0.5)
+            .map(|s| s["bytes"].as_u64().unwrap())
+            .min()
+            .unwrap_or(0);
+        let mbit = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap()
+            / 1e6;
+        eprintln!(
+            "{transport} -P {parallel}{}: {mbit:.1} Mbit/s through a {} Mbit/s link; per stream \
+             {}..{} KiB, slowest stream in a 1 s interval {} KiB",
+            if reverse { " -R" } else { "" },
+            HEAVY_RATE_KBIT / 1000,
+            per_stream.iter().min().unwrap() / 1024,
+            per_stream.iter().max().unwrap() / 1024,
+            slowest_interval / 1024,
+        );
+        assert!(
+            per_stream.iter().all(|b| *b > 0),
+            "{transport} -P {parallel}: a stream moved nothing: {per_stream:?}"
+        );
+    }
+    let hwm = (
+        support::status_kib(net.pid("a"), "VmHWM") / 1024,
+        support::status_kib(net.pid("b"), "VmHWM") / 1024,
+    );
+    eprintln!("{transport}: peak VmHWM a {} MiB, b {} MiB", hwm.0, hwm.1);
+    let now = &net.links("a")[0];
+    assert!(
+        now["status"] == "up" && now["since"] == since,
+        "{transport}: the link went down under heavy flows: {now:#}\n{}",
+        net.log("a")
+    );
+    for site in ["a", "b"] {
+        assert_eq!(
+            count_lines(&net.log(site), "link down"),
+            0,
+            "{transport}: {site} logged a link down:\n{}",
+            net.log(site)
+        );
+    }
+    assert!(
+        hwm.0 < HEAVY_HWM_BOUND_MIB && hwm.1 < HEAVY_HWM_BOUND_MIB,
+        "{transport}: peak router memory {hwm:?} MiB, bound {HEAVY_HWM_BOUND_MIB} MiB"
+    );
 }

@@ -242,3 +242,92 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 pub fn count_lines(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
+
+/// A backend that writes to every client as fast as it takes the bytes and never reads;
+/// counts, per connection, the bytes the path accepted. Stops writing when the flag is set.
+pub struct Firehose {
+    pub port: u16,
+    pub accepted: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Firehose {
+    pub fn start() -> Firehose {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>> =
+            Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (acc, stop2) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut c) = c else { continue };
+                let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                acc.lock().unwrap().push(n.clone());
+                let stop3 = stop2.clone();
+                std::thread::spawn(move || {
+                    c.set_write_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    let chunk = vec![0x5au8; 64 * 1024];
+                    while !stop3.load(Ordering::Relaxed) {
+                        match c.write(&chunk) {
+                            Ok(k) => {
+                                n.fetch_add(k as u64, Ordering::Relaxed);
+                            }
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        Firehose {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    /// Bytes the path accepted from the backend, over all connections.
+    pub fn total(&self) -> u64 {
+        self.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl Drop for Firehose {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Waits until `total()` has not grown for `still` (bounded by `within`); the final total.
+pub fn wait_stalled(total: impl Fn() -> u64, still: Duration, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    let mut last = total();
+    let mut since = Instant::now();
+    while since.elapsed() < still {
+        let now = total();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the path never stalled: {now} bytes accepted after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    last
+}

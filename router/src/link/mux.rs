@@ -16,7 +16,7 @@
 //!
 //! Windows (the per-flow memory bound): yamux streams get [`YAMUX_STREAM_WINDOW`] each plus
 //! an auto-tuned share of [`YAMUX_WINDOW_POOL`]; QUIC streams get a fixed
-//! [`QUIC_STREAM_WINDOW`].
+//! [`QUIC_STREAM_WINDOW`], and a QUIC link as a whole [`QUIC_CONNECTION_WINDOW`].
 
 use std::future::Future as _;
 use std::io;
@@ -109,10 +109,19 @@ pub const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 pub const YAMUX_WINDOW_POOL: usize = 16 * 1024 * 1024;
 
 /// Receive window of one QUIC stream (fixed; quinn does not auto-tune). 2 MiB per round trip
-/// is ~170 Mbit/s at 100 ms, ~1.7 Gbit/s at 10 ms. The QUIC connection window is left
-/// unlimited so that stalled streams, which hold their stream window, can never block the
-/// others. (4 MiB made a router hold 60 MiB under 8 parallel bulk flows: docs/benchmarks.md.)
+/// is ~170 Mbit/s at 100 ms, ~1.7 Gbit/s at 10 ms. (4 MiB made a router hold 60 MiB under 8
+/// parallel bulk flows: docs/benchmarks.md.)
 pub const QUIC_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// Receive window of a whole QUIC link: bytes received on all its streams and not yet read
+/// by the router. This is the per-link memory bound on QUIC: without it, 16 384 flows whose
+/// clients never read could make a router hold 16 384 x 2 MiB = 32 GiB. The trade-off: a
+/// stalled flow keeps its stream window's worth of this credit until it reads, so flows
+/// that stall together share it with the moving ones. 256 MiB leaves a full
+/// [`QUIC_SEND_WINDOW`] (all a peer can have in flight) to the moving flows while up to
+/// 124 flows are stalled with full windows; beyond that they slow down, and with 128 stalled
+/// flows they wait until one of those reads or ends (docs/flows.md).
+pub const QUIC_CONNECTION_WINDOW: u32 = 256 * 1024 * 1024;
 
 /// Bytes one QUIC link buffers for sending (unacknowledged, or not yet sent) over all its
 /// streams: 8 MiB per round trip is ~670 Mbit/s at 100 ms.

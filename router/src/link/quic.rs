@@ -32,6 +32,9 @@ pub(crate) fn transport_config(timing: Timing) -> Arc<quinn::TransportConfig> {
     t.max_concurrent_bidi_streams(MAX_STREAMS.into());
     t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window(super::mux::QUIC_STREAM_WINDOW.into());
+    // Bytes received and not yet read, across all streams: the per-link memory bound
+    // (quinn's default is unlimited).
+    t.receive_window(super::mux::QUIC_CONNECTION_WINDOW.into());
     // Bytes we buffer, sent or not, until acknowledged, across all streams of the connection:
     // this bounds the send side per link (quinn's default is 8 stream windows).
     t.send_window(super::mux::QUIC_SEND_WINDOW);
