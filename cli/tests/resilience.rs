@@ -1,0 +1,683 @@
+//! Topology failure tests: real `skiff site run` processes in network namespaces (see
+//! netns/mod.rs) under router kills, SIGTERM, blackholes, link flaps and partitions; each test
+//! asserts what a user would notice and prints what it measured.
+
+mod netns;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use netns::Net;
+
+/// Keepalive dead-after window of a link (router/src/link/mod.rs `DEFAULT_DEAD_AFTER`).
+const DEAD_AFTER: Duration = Duration::from_secs(4);
+/// Cap of the dial backoff (router/src/link/dialer.rs `BACKOFF_CAP`).
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// How long a stopping router waits for flows (router/src/link/router.rs `SHUTDOWN_GRACE`).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Slack for polling the CLI and scheduling on a loaded machine.
+const SLACK: Duration = Duration::from_secs(1);
+
+/// Connects to `addr`, reads to the end: the serving backend's name, or the error.
+fn ask(addr: SocketAddr) -> Result<String, String> {
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).map_err(|e| format!("read: {e}"))?;
+    if s.is_empty() {
+        Err("closed without an answer".into())
+    } else {
+        Ok(s)
+    }
+}
+
+/// Polls `ask(addr)` until it answers `want`; how long that took.
+fn wait_answer(addr: SocketAddr, want: &str, within: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let got = ask(addr);
+        if got.as_deref() == Ok(want) {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < within,
+            "{addr} did not answer {want:?} within {within:?}; last: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The SHA-256 of `data`, in hex (by `sha256sum`, as the backend uses Python's hashlib).
+fn sha256_hex(data: &[u8]) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `n` pseudo-random bytes from `seed` (xorshift).
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+#[test]
+fn sigterm_drains_in_flight_flows_refuses_new_ones_and_exits() {
+    let Some(mut net) = Net::new(&["a", "b"]) else {
+        return;
+    };
+    net.spawn_backend("b", "sink", 7000, "");
+    net.ok("b", &["connector", "create", "sink", "7000"]);
+    net.ok("a", &["listener", "create", "sink", "8000"]);
+    net.start("a");
+    net.start("b");
+    net.link("a", "b", "quic");
+    net.wait_up("a", "b", Duration::from_secs(5));
+    let addr = net.wait_listener("a", "sink", Duration::from_secs(10));
+
+    // A paced upload of 3 MiB through a (about 2.5 s); SIGTERM to a after 0.8 s.
+    let data = pseudo_random(3 << 20, 7);
+    let want = format!("{} {}", sha256_hex(&data), data.len());
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let uploader = std::thread::spawn(move || {
+        let started = Instant::now();
+        for chunk in data.chunks(64 << 10) {
+            c.write_all(chunk)?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.shutdown(Shutdown::Write)?;
+        let mut answer = String::new();
+        c.read_to_string(&mut answer)?;
+        Ok::<_, std::io::Error>((answer, started.elapsed()))
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let term = Instant::now();
+    net.terminate("a");
+
+    // New connections are refused at once while the old flow drains.
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..5 {
+        let t = Instant::now();
+        let got = ask(addr);
+        assert!(
+            got.is_err(),
+            "new connection {i} after SIGTERM was served: {got:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "new connection {i} after SIGTERM took {:?} to fail ({got:?}): it must be refused, \
+             not left hanging",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (answer, took) = uploader.join().unwrap().unwrap_or_else(|e| {
+        panic!(
+            "the in-flight upload failed after SIGTERM: {e}\n{}",
+            net.log("a")
+        )
+    });
+    assert_eq!(
+        answer,
+        want,
+        "the in-flight upload was not delivered intact\n{}",
+        net.log("a")
+    );
+    let exit = net.wait_exit("a", SHUTDOWN_GRACE + SLACK);
+    let exited = term.elapsed();
+    let status = exit.unwrap_or_else(|| {
+        panic!(
+            "site a still runs {exited:?} after SIGTERM (grace {SHUTDOWN_GRACE:?})\n{}",
+            net.log("a")
+        )
+    });
+    assert!(
+        status.success(),
+        "site a exited with {status}\n{}",
+        net.log("a")
+    );
+    eprintln!(
+        "SIGTERM drain: 3 MiB upload intact ({took:?}), the site exited {exited:?} after \
+         SIGTERM; new connections refused in < 1 s"
+    );
+}
+
+/// Every file under `dir/sub` with its contents (for "nothing changed" checks).
+fn snapshot(dir: &str, sub: &str) -> Vec<(String, String)> {
+    let path = std::path::Path::new(dir).join(sub);
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&path)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Lines of a site's log that say a token was redeemed at it.
+fn redemptions(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("token redeemed")).count()
+}
+
+#[test]
+fn the_middle_router_killed_comes_back_without_a_token_and_never_dials_a_removed_peer() {
+    let Some(mut net) = Net::new(&["a", "b", "c", "d"]) else {
+        return;
+    };
+    net.spawn_backend("c", "name", 7000, "c");
+    net.ok("c", &["connector", "create", "svc", "7000"]);
+    net.ok("a", &["listener", "create", "svc", "8000"]);
+    for s in ["a", "b", "c", "d"] {
+        net.start(s);
+    }
+    net.link("a", "b", "auto");
+    net.link("b", "c", "auto");
+    net.link("b", "d", "auto");
+    for (x, y) in [("a", "b"), ("b", "c"), ("b", "d")] {
+        net.wait_up(x, y, Duration::from_secs(5));
+        net.wait_up(y, x, Duration::from_secs(5));
+    }
+    let addr = net.wait_listener("a", "svc", Duration::from_secs(10));
+    wait_answer(addr, "c", Duration::from_secs(10));
+
+    // b stops linking to d; d sees b go.
+    net.ok("b", &["link", "delete", "d"]);
+    net.wait_not_up("d", "b", DEAD_AFTER + SLACK);
+    net.watch("b", "d");
+
+    // What redemptions left behind, before the kill.
+    let (bd, cd, dd) = (net.dir("b"), net.dir("c"), net.dir("d"));
+    let before = (
+        snapshot(&bd, "links"),
+        snapshot(&cd, "grants"),
+        snapshot(&cd, "peers"),
+        snapshot(&dd, "grants"),
+        snapshot(&dd, "peers"),
+    );
+    let redeemed_before = (redemptions(&net.log("c")), redemptions(&net.log("d")));
+    assert_eq!(redeemed_before, (1, 1), "one redemption at c and at d");
+
+    net.kill("b");
+    let restart = Instant::now();
+    net.start("b");
+    let started = restart.elapsed();
+    let mut back = Duration::ZERO;
+    for (x, y) in [("a", "b"), ("b", "a"), ("b", "c"), ("c", "b")] {
+        net.wait_up(
+            x,
+            y,
+            Duration::from_secs(10).saturating_sub(restart.elapsed()),
+        );
+        back = restart.elapsed();
+    }
+    let served = wait_answer(addr, "c", Duration::from_secs(10)) + back;
+    eprintln!(
+        "b killed (SIGKILL) and restarted: process answering in {started:?}, links a-b and \
+         b-c up at both ends {back:?} after the restart, the service at c served again \
+         {served:?} after it"
+    );
+    assert!(
+        back < Duration::from_secs(10),
+        "links took {back:?} to come back"
+    );
+
+    // No token was used again: nothing redeemed, no credential or record changed.
+    std::thread::sleep(Duration::from_secs(10));
+    let after = (
+        snapshot(&bd, "links"),
+        snapshot(&cd, "grants"),
+        snapshot(&cd, "peers"),
+        snapshot(&dd, "grants"),
+        snapshot(&dd, "peers"),
+    );
+    assert!(
+        before == after,
+        "links, grants or peer records changed across b's restart:\nbefore {before:#?}\nafter {after:#?}"
+    );
+    let redeemed_after = (redemptions(&net.log("c")), redemptions(&net.log("d")));
+    assert_eq!(
+        redeemed_after, redeemed_before,
+        "a token was redeemed again after b's restart"
+    );
+    // And b, restarted, never sent a packet to the removed peer d (over 10 s).
+    let to_d = net.packets("b", "d");
+    assert_eq!(
+        to_d, 0,
+        "b sent {to_d} packets to d, a peer it no longer links to"
+    );
+    assert!(
+        net.links("b").iter().all(|l| l["peer_site_name"] != "d"),
+        "b still lists a link with d: {:#?}",
+        net.links("b")
+    );
+    eprintln!("after b's restart: 0 redemptions, 0 packets to the removed peer d in 10 s");
+}
+
+/// For each `(site, peer)`: how long after `since` the site first showed no link up with
+/// the peer (polled together, so each figure is from the same start). Panics after `within`.
+fn until_not_up(
+    net: &Net,
+    pairs: &[(&str, &str)],
+    since: Instant,
+    within: Duration,
+) -> Vec<Duration> {
+    let mut seen: Vec<Option<Duration>> = vec![None; pairs.len()];
+    while seen.iter().any(Option::is_none) {
+        for (i, (site, peer)) in pairs.iter().enumerate() {
+            if seen[i].is_none() && !net.links(site).iter().any(netns::is_up(peer)) {
+                seen[i] = Some(since.elapsed());
+            }
+        }
+        assert!(
+            since.elapsed() < within,
+            "links still up after {within:?}: {pairs:?} noticed {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen.into_iter().flatten().collect()
+}
+
+/// Two sites, a dialing b over `transport`, a service at b reached from a; b blackholed for
+/// 60 s, then restored.
+fn blackhole_a_link_for_60s_then_restore(transport: &str) {
+    let Some(mut net) = Net::new(&["a", "b"]) else {
+        return;
+    };
+    net.spawn_backend("b", "name", 7000, "b");
+    net.ok("b", &["connector", "create", "svc", "7000"]);
+    net.ok("a", &["listener", "create", "svc", "8000"]);
+    net.start("a");
+    net.start("b");
+    net.link("a", "b", transport);
+    let up = net.wait_link("a", Duration::from_secs(5), "up", netns::is_up("b"));
+    assert_eq!(up["transport"], transport, "{up:#}");
+    net.wait_up("b", "a", Duration::from_secs(5));
+    let addr = net.wait_listener("a", "svc", Duration::from_secs(10));
+    wait_answer(addr, "b", Duration::from_secs(10));
+
+    net.blackhole("b");
+    let cut = Instant::now();
+    // Both ends notice, within the keepalive window.
+    let seen = until_not_up(
+        &net,
+        &[("a", "b"), ("b", "a")],
+        cut,
+        DEAD_AFTER + Duration::from_secs(5),
+    );
+    eprintln!(
+        "{transport}: blackhole noticed by the dialer in {:?}, by the acceptor in {:?}",
+        seen[0], seen[1]
+    );
+    for (end, took) in ["dialer", "acceptor"].iter().zip(&seen) {
+        assert!(
+            *took <= DEAD_AFTER + SLACK,
+            "{transport}: the {end} noticed the blackhole after {took:?}; the keepalive window \
+             is {DEAD_AFTER:?}"
+        );
+    }
+    // A client is refused fast while the only target is unreachable.
+    let t = Instant::now();
+    let refused = ask(addr);
+    assert!(refused.is_err(), "served through a blackhole: {refused:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "{transport}: a client waited {:?} for a refusal",
+        t.elapsed()
+    );
+
+    // The rest of the 60 s: the link never claims to be up.
+    while cut.elapsed() < Duration::from_secs(60) {
+        assert!(
+            !net.links("a").iter().any(netns::is_up("b")),
+            "{transport}: a shows the link up through a blackhole"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    net.restore("b");
+    let restored = Instant::now();
+    let bound = BACKOFF_CAP + Duration::from_secs(5);
+    net.wait_up("a", "b", bound);
+    net.wait_up("b", "a", bound.saturating_sub(restored.elapsed()));
+    let back = restored.elapsed();
+    let link = net.wait_link("a", Duration::from_secs(1), "up", netns::is_up("b"));
+    assert_eq!(link["transport"], transport, "{link:#}");
+    let served = wait_answer(addr, "b", bound.saturating_sub(restored.elapsed()));
+    eprintln!(
+        "{transport}: after 60 s of blackhole, the link was up at both ends {back:?} after the \
+         restore, the service answered {:?} after it",
+        back + served
+    );
+    assert!(back <= bound, "{transport}: link back after {back:?}");
+}
+
+#[test]
+fn a_link_blackholed_for_60s_goes_down_fast_and_comes_back_over_quic() {
+    blackhole_a_link_for_60s_then_restore("quic");
+}
+
+#[test]
+fn a_link_blackholed_for_60s_goes_down_fast_and_comes_back_over_tls() {
+    blackhole_a_link_for_60s_then_restore("tls");
+}
+
+/// Resident memory (KiB) and open descriptors of a process.
+fn footprint(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (rss, fds)
+}
+
+/// Links of `site` with `peer`, in any state.
+fn links_with(net: &Net, site: &str, peer: &str) -> Vec<serde_json::Value> {
+    net.links(site)
+        .into_iter()
+        .filter(|l| l["peer_site_name"] == peer)
+        .collect()
+}
+
+#[test]
+fn a_link_flapping_for_2_minutes_settles_to_one_link_per_pair_with_flat_memory() {
+    let Some(mut net) = Net::new(&["a", "b", "c"]) else {
+        return;
+    };
+    // a links to b over QUIC and to c over TLS/TCP; a's hub interface flaps, so both do.
+    net.spawn_backend("b", "name", 7000, "b");
+    net.spawn_backend("c", "name", 7000, "c");
+    net.ok("b", &["connector", "create", "svc-b", "7000"]);
+    net.ok("c", &["connector", "create", "svc-c", "7000"]);
+    net.ok("a", &["listener", "create", "svc-b", "8001"]);
+    net.ok("a", &["listener", "create", "svc-c", "8002"]);
+    for s in ["a", "b", "c"] {
+        net.start(s);
+    }
+    net.link("a", "b", "quic");
+    net.link("a", "c", "tls");
+    for (x, y) in [("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")] {
+        net.wait_up(x, y, Duration::from_secs(5));
+    }
+    let to_b = net.wait_listener("a", "svc-b", Duration::from_secs(10));
+    let to_c = net.wait_listener("a", "svc-c", Duration::from_secs(10));
+    // Warm up (buffers, allocator arenas), then take the footprint.
+    for _ in 0..50 {
+        wait_answer(to_b, "b", Duration::from_secs(5));
+        wait_answer(to_c, "c", Duration::from_secs(5));
+    }
+    let sites = ["a", "b", "c"];
+    let before: Vec<(u64, usize)> = sites.iter().map(|s| footprint(net.pid(s))).collect();
+
+    // Flap: down or up for 1-5 s at a time (seeded), for 2 minutes.
+    let seed = 0x5eed_f1a9_u64;
+    let mut x = seed;
+    let mut next_ms = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        1000 + x % 4001
+    };
+    // Clients keep coming while the link flaps (answered or refused, never counted on).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut served, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for addr in [to_b, to_c] {
+                    match ask(addr) {
+                        Ok(_) => served += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (served, failed)
+        })
+    };
+    let start = Instant::now();
+    let mut flaps = 0u32;
+    let mut down = false;
+    while start.elapsed() < Duration::from_secs(120) && flaps < 200 {
+        if down {
+            net.link_up("a");
+        } else {
+            net.link_down("a");
+        }
+        down = !down;
+        flaps += 1;
+        std::thread::sleep(Duration::from_millis(next_ms()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failed) = clients.join().unwrap();
+    net.link_up("a");
+    let flapped = start.elapsed();
+
+    // Settles: exactly one link per pair, up, at both ends; the services answer.
+    let settle = DEAD_AFTER + BACKOFF_CAP + Duration::from_secs(5);
+    let t = Instant::now();
+    loop {
+        let counts: Vec<(usize, usize)> = [("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")]
+            .iter()
+            .map(|(s, p)| {
+                let l = links_with(&net, s, p);
+                (l.len(), l.iter().filter(|l| l["status"] == "up").count())
+            })
+            .collect();
+        if counts.iter().all(|c| *c == (1, 1)) {
+            break;
+        }
+        assert!(
+            t.elapsed() < settle,
+            "not one link up per pair {settle:?} after the flapping (a-b, b-a, a-c, c-a: \
+             (links, up)): {counts:?}\na: {:#?}\nb: {:#?}\nc: {:#?}",
+            net.links("a"),
+            net.links("b"),
+            net.links("c")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let settled = t.elapsed();
+    wait_answer(to_b, "b", settle.saturating_sub(t.elapsed()));
+    wait_answer(to_c, "c", settle.saturating_sub(t.elapsed()));
+    let answered = t.elapsed();
+    for _ in 0..50 {
+        wait_answer(to_b, "b", Duration::from_secs(5));
+        wait_answer(to_c, "c", Duration::from_secs(5));
+    }
+    // Let closing connections finish before counting.
+    std::thread::sleep(Duration::from_secs(2));
+    let after: Vec<(u64, usize)> = sites.iter().map(|s| footprint(net.pid(s))).collect();
+    eprintln!(
+        "flap (seed {seed:#x}): {flaps} toggles in {flapped:?}, {served} flows served and \
+         {failed} refused meanwhile; one link per pair {settled:?} after, services answering \
+         {answered:?} after"
+    );
+    for ((s, b), a) in sites.iter().zip(&before).zip(&after) {
+        eprintln!(
+            "flap: site {s}: RSS {} -> {} KiB, fds {} -> {}",
+            b.0, a.0, b.1, a.1
+        );
+    }
+    for ((s, b), a) in sites.iter().zip(&before).zip(&after) {
+        assert!(
+            a.0 <= b.0 + (b.0 / 5).max(4096),
+            "site {s}: RSS grew from {} to {} KiB over the flapping",
+            b.0,
+            a.0
+        );
+        assert!(
+            a.1 <= b.1 + 2,
+            "site {s}: descriptors grew from {} to {} over the flapping",
+            b.1,
+            a.1
+        );
+    }
+}
+
+#[test]
+fn a_partitioned_site_stops_taking_new_flows_within_the_keepalive_window_and_comes_back() {
+    let Some(mut net) = Net::new(&["a", "b", "c"]) else {
+        return;
+    };
+    net.spawn_backend("b", "name", 7000, "b");
+    net.spawn_backend("c", "name", 7000, "c");
+    net.spawn_backend("c", "name", 7001, "c");
+    net.ok("b", &["connector", "create", "both", "7000"]);
+    net.ok("c", &["connector", "create", "both", "7000"]);
+    net.ok("c", &["connector", "create", "only-c", "7001"]);
+    net.ok("a", &["listener", "create", "both", "8001"]);
+    net.ok("a", &["listener", "create", "only-c", "8002"]);
+    for s in ["a", "b", "c"] {
+        net.start(s);
+    }
+    net.link("a", "b", "auto");
+    net.link("b", "c", "auto");
+    net.link("a", "c", "auto");
+    for (x, y) in [
+        ("a", "b"),
+        ("b", "a"),
+        ("b", "c"),
+        ("c", "b"),
+        ("a", "c"),
+        ("c", "a"),
+    ] {
+        net.wait_up(x, y, Duration::from_secs(5));
+    }
+    let both = net.wait_listener("a", "both", Duration::from_secs(10));
+    let only_c = net.wait_listener("a", "only-c", Duration::from_secs(10));
+    wait_answer(only_c, "c", Duration::from_secs(10));
+    // Both b and c take flows for `both` before the cut.
+    let t = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        seen.insert(ask(both).expect("a flow for `both` failed before the cut"));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "only {seen:?} served `both` before the cut"
+        );
+    }
+
+    // Cut c off from a and b. Clients keep arriving every 100 ms.
+    net.cut("a", "c");
+    net.cut("b", "c");
+    let cut = Instant::now();
+    let launcher = std::thread::spawn(move || {
+        let probes: Vec<_> = (0..100)
+            .map(|i| {
+                let at = Duration::from_millis(100 * i);
+                std::thread::sleep(at.saturating_sub(cut.elapsed()));
+                std::thread::spawn(move || {
+                    let started = cut.elapsed();
+                    let t = Instant::now();
+                    let b = ask(both);
+                    let tb = t.elapsed();
+                    let t = Instant::now();
+                    let c = ask(only_c);
+                    (started, b, tb, c, t.elapsed())
+                })
+            })
+            .collect::<Vec<_>>();
+        probes
+            .into_iter()
+            .map(|p| p.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let detected = until_not_up(
+        &net,
+        &[("a", "c"), ("b", "c")],
+        cut,
+        DEAD_AFTER + Duration::from_secs(5),
+    );
+    let results = launcher.join().unwrap();
+    // From when on did every new flow for `both` land at b?
+    let last_not_b = results
+        .iter()
+        .filter(|r| r.1.as_deref() != Ok("b"))
+        .map(|r| r.0)
+        .max();
+    let switched = last_not_b.map_or(Duration::ZERO, |t| t + Duration::from_millis(100));
+    let not_b: Vec<_> = results
+        .iter()
+        .filter(|r| r.1.as_deref() != Ok("b"))
+        .map(|r| (r.0, r.1.clone(), r.2))
+        .collect();
+    let slowest_c = results.iter().map(|r| r.4).max().unwrap();
+    eprintln!(
+        "partition: a and b noticed c gone after {:?} / {:?}; every new flow for `both` landed \
+         at b from {switched:?} after the cut ({} of 100 flows before that did not: {not_b:?}); \
+         `only-c` never served, slowest refusal {slowest_c:?}",
+        detected[0],
+        detected[1],
+        not_b.len()
+    );
+    assert!(
+        switched <= DEAD_AFTER + SLACK,
+        "new flows for `both` still went to c (or failed) {switched:?} after the cut: {not_b:?}"
+    );
+    for (started, _, _, c, took) in &results {
+        assert!(
+            c.is_err(),
+            "`only-c` was served during the partition: {c:?}"
+        );
+        assert!(
+            *took <= DEAD_AFTER + SLACK,
+            "an `only-c` client started {started:?} after the cut waited {took:?}"
+        );
+    }
+    // Once the partition is known, `only-c` clients are refused at once.
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let t = Instant::now();
+        let got = ask(only_c);
+        assert!(
+            got.is_err(),
+            "`only-c` served during the partition: {got:?}"
+        );
+        slowest = slowest.max(t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "`only-c` client {i} took {:?} to be refused ({got:?})",
+            t.elapsed()
+        );
+    }
+    eprintln!("partition: `only-c` refused in at most {slowest:?} once known");
+
+    net.heal("a", "c");
+    net.heal("b", "c");
+    let bound = BACKOFF_CAP + Duration::from_secs(5);
+    let back = wait_answer(only_c, "c", bound);
+    eprintln!("partition healed: `only-c` served again after {back:?}");
+}
