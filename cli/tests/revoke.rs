@@ -101,6 +101,19 @@ fn link_over(from: &Site, to: &Site, transport: &str) {
     ]);
 }
 
+/// `GET PATH` on the admin socket of a running site.
+fn admin_get(site: &Site, path: &str) -> Value {
+    let sock = site.dir.join("admin.sock");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--unix-socket"])
+        .arg(&sock)
+        .arg(format!("http://skiff{path}"))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl {path}: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{path}: {e}: {}", text(&out)))
+}
+
 fn link_named(site: &Site, name: &str) -> Option<Value> {
     site.links().into_iter().find(|l| l["name"] == name)
 }
@@ -226,10 +239,29 @@ fn revoke_over(transport: &str) {
     assert!(down_at_a.unwrap() < Duration::from_secs(1), "{down_at_a:?}");
     assert!(
         flow_end < Duration::from_secs(1),
-        "the flow outlived the revocation by {flow_end:?}"
+        "the flow outlived the revocation by {flow_end:?}\nb's log:\n{}",
+        b.log()
     );
     assert!(echoed > 0);
     assert_ne!(why, "stopped");
+
+    // Nothing of the flow is left at a either: its half toward the backend ended too.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let flows = admin_get(&a, "/v1/flows");
+        if flows.as_array().is_some_and(Vec::is_empty) {
+            eprintln!(
+                "{transport}: a holds no flow {:?} after the revocation",
+                t0.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a still holds the revoked site's flow: {flows:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Re-dials keep being refused, and both ends say why.
     let refused = b.wait_link(Duration::from_secs(15), "refused", |l| {

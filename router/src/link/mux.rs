@@ -213,7 +213,7 @@ pub struct YamuxConnection {
     failure: Arc<std::sync::Mutex<Option<Arc<io::Error>>>>,
     /// Set the moment the connection is found dead (or closed): an end-of-stream seen on
     /// one of its streams after that is a loss, not the peer's FIN.
-    lost: Arc<AtomicBool>,
+    lost: Arc<LinkLoss>,
 }
 
 impl YamuxConnection {
@@ -240,11 +240,11 @@ impl YamuxConnection {
         let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
         let failure = Arc::new(std::sync::Mutex::new(None));
         let failure2 = failure.clone();
-        let lost = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(LinkLoss::default());
         let lost2 = lost.clone();
         tokio::spawn(async move {
             let result = drive(conn, open_rx, inbound_tx, close_rx, &lost2, &hold_flushes).await;
-            lost2.store(true, Ordering::Release);
+            lost2.set();
             if let Err(e) = result {
                 *failure2.lock().unwrap() = Some(Arc::new(e));
             }
@@ -262,17 +262,55 @@ impl YamuxConnection {
     }
 }
 
+/// Set the moment a yamux connection is found dead or closed, with the streams to wake then.
+/// yamux wakes a stream's pending read or write when the connection fails, but not when it
+/// is closed gracefully (by us, or after the peer's Close frame): without this, a flow
+/// waiting to read from such a stream would wait forever instead of being reset.
+#[derive(Default)]
+struct LinkLoss {
+    lost: AtomicBool,
+    streams: std::sync::Mutex<Vec<std::sync::Weak<YamuxShared>>>,
+}
+
+impl LinkLoss {
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection lost and wakes every stream's pending read and write.
+    fn set(&self) {
+        self.lost.store(true, Ordering::Release);
+        let streams = std::mem::take(&mut *self.streams.lock().unwrap());
+        for s in streams.iter().filter_map(std::sync::Weak::upgrade) {
+            s.read_waker.wake();
+            s.write_waker.wake();
+        }
+    }
+
+    /// Remembers a stream to wake (dropped streams are pruned as the list doubles).
+    fn register(&self, stream: &Arc<YamuxShared>) {
+        let mut streams = self.streams.lock().unwrap();
+        if streams.len() >= 64 && streams.len().is_power_of_two() {
+            streams.retain(|w| w.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(stream));
+    }
+}
+
 fn split_yamux(
     stream: yamux::Stream,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    lost: Arc<AtomicBool>,
+    lost: Arc<LinkLoss>,
 ) -> LinkStream {
     let shared = Arc::new(YamuxShared {
         stream: std::sync::Mutex::new(Some(stream.compat())),
         fin_sent: AtomicBool::new(false),
         lost,
+        read_waker: futures_util::task::AtomicWaker::new(),
+        write_waker: futures_util::task::AtomicWaker::new(),
         _permit: permit,
     });
+    shared.lost.register(&shared);
     LinkStream {
         reader: Box::new(YamuxReader(shared.clone())),
         writer: Box::new(YamuxWriter(shared)),
@@ -285,7 +323,10 @@ struct YamuxShared {
     /// Our side began its FIN: a closed stream seen after this may be a clean close.
     fin_sent: AtomicBool,
     /// The connection's [`YamuxConnection::lost`].
-    lost: Arc<AtomicBool>,
+    lost: Arc<LinkLoss>,
+    /// Woken when the connection is lost, so a pending read or write sees it.
+    read_waker: futures_util::task::AtomicWaker,
+    write_waker: futures_util::task::AtomicWaker,
     /// Outbound streams hold one of [`YAMUX_MAX_OUTBOUND`] until both halves are dropped.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -319,16 +360,23 @@ impl AsyncRead for YamuxReader {
         };
         let before = buf.filled().len();
         let wanted = buf.remaining() > 0;
-        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, buf))?;
+        if std::pin::Pin::new(&mut *stream)
+            .poll_read(cx, buf)?
+            .is_pending()
+        {
+            // Registered before looking at `lost`, so a loss right now still wakes us.
+            self.0.read_waker.register(cx.waker());
+            if self.0.lost.is_lost() {
+                return Poll::Ready(Err(link_lost()));
+            }
+            return Poll::Pending;
+        }
         // yamux reports the peer's RST (and a lost connection) as end-of-stream. The stream
         // only reaches `Closed` on a clean end once we have sent our FIN too, so a closed
         // stream before that was reset.
         if wanted && buf.filled().len() == before && stream.get_ref().is_closed() {
-            if self.0.lost.load(Ordering::Acquire) {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the link was lost",
-                )));
+            if self.0.lost.is_lost() {
+                return Poll::Ready(Err(link_lost()));
             }
             if !self.0.fin_sent.load(Ordering::Acquire) {
                 return Poll::Ready(Err(io::Error::new(
@@ -347,26 +395,45 @@ impl LinkRead for YamuxReader {
     }
 }
 
+impl YamuxWriter {
+    /// A write-side poll that gives up once the connection is lost (see [`LinkLoss`]).
+    fn poll_unless_lost<R>(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        op: impl FnOnce(
+            std::pin::Pin<&mut Compat<yamux::Stream>>,
+            &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        let mut g = self.0.stream.lock().unwrap();
+        let Some(s) = g.as_mut() else {
+            return Poll::Ready(Err(reset_locally()));
+        };
+        let polled = op(std::pin::Pin::new(s), cx);
+        if polled.is_pending() {
+            self.0.write_waker.register(cx.waker());
+            if self.0.lost.is_lost() {
+                return Poll::Ready(Err(link_lost()));
+            }
+        }
+        polled
+    }
+}
+
 impl AsyncWrite for YamuxWriter {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.0.stream.lock().unwrap().as_mut() {
-            Some(s) => std::pin::Pin::new(s).poll_write(cx, data),
-            None => Poll::Ready(Err(reset_locally())),
-        }
+        self.poll_unless_lost(cx, |s, cx| s.poll_write(cx, data))
     }
 
     fn poll_flush(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.0.stream.lock().unwrap().as_mut() {
-            Some(s) => std::pin::Pin::new(s).poll_flush(cx),
-            None => Poll::Ready(Err(reset_locally())),
-        }
+        self.poll_unless_lost(cx, |s, cx| s.poll_flush(cx))
     }
 
     fn poll_shutdown(
@@ -374,11 +441,12 @@ impl AsyncWrite for YamuxWriter {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<io::Result<()>> {
         self.0.fin_sent.store(true, Ordering::Release);
-        match self.0.stream.lock().unwrap().as_mut() {
-            Some(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            None => Poll::Ready(Err(reset_locally())),
-        }
+        self.poll_unless_lost(cx, |s, cx| s.poll_shutdown(cx))
     }
+}
+
+fn link_lost() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the link was lost")
 }
 
 impl LinkWrite for YamuxWriter {
@@ -451,7 +519,7 @@ async fn drive<T>(
     mut open_rx: mpsc::UnboundedReceiver<OpenReply>,
     inbound_tx: mpsc::UnboundedSender<yamux::Stream>,
     mut close_rx: oneshot::Receiver<()>,
-    lost: &AtomicBool,
+    lost: &LinkLoss,
     hold_flushes: &AtomicBool,
 ) -> io::Result<()>
 where
@@ -465,7 +533,7 @@ where
         let mut last_pass = false;
         loop {
             if std::pin::Pin::new(&mut close_rx).poll(cx).is_ready() {
-                lost.store(true, Ordering::Release);
+                lost.set();
                 return Poll::Ready(None);
             }
             let mut progressed = false;
@@ -493,12 +561,12 @@ where
                     progressed = true;
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    lost.store(true, Ordering::Release);
+                    lost.set();
                     tracing::debug!(cause = %e, "yamux connection failed");
                     return Poll::Ready(Some(Err(io_error(e))));
                 }
                 Poll::Ready(None) => {
-                    lost.store(true, Ordering::Release);
+                    lost.set();
                     return Poll::Ready(Some(Ok(())));
                 }
                 Poll::Pending => {}
@@ -655,5 +723,40 @@ mod tests {
         acceptor.closed().await;
         assert!(acceptor.accept_stream().await.is_err());
         assert!(dialer.open_stream().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn streams_waiting_to_read_fail_when_either_side_closes_the_link_gracefully() {
+        // yamux does not wake streams on a graceful close; a flow waiting to read from one
+        // (at the side that closed, or at the side that then closed on the peer's Close
+        // frame) hung until its client gave up.
+        for closing_side_waits in [true, false] {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let dialer = YamuxConnection::start(a, true);
+            let acceptor = YamuxConnection::start(b, false);
+            let mut opened = dialer.open_stream().await.unwrap();
+            opened.writer.write_all(b"x").await.unwrap();
+            let mut accepted = acceptor.accept_stream().await.unwrap();
+            let mut one = [0u8; 1];
+            accepted.reader.read_exact(&mut one).await.unwrap();
+            let (closer, mut waiting) = if closing_side_waits {
+                (&dialer, opened)
+            } else {
+                (&acceptor, opened)
+            };
+            let read = tokio::spawn(async move {
+                let mut buf = [0u8; 16];
+                waiting.reader.read(&mut buf).await
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            closer.close("test");
+            let got = tokio::time::timeout(std::time::Duration::from_secs(2), read)
+                .await
+                .expect("the waiting read was never woken")
+                .unwrap();
+            // An error (the flow is reset), never a clean end.
+            assert!(got.is_err(), "{got:?}");
+            drop(accepted);
+        }
     }
 }
