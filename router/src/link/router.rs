@@ -239,13 +239,16 @@ impl Router {
                     addr,
                     source,
                 })?;
-            let endpoint =
-                quic::endpoint(udp, Some(quic_cfg), quinn_runtime).map_err(|source| {
-                    RouterError::Quic {
-                        addr: udp_addr,
-                        source,
-                    }
-                })?;
+            let endpoint = quic::endpoint(
+                udp,
+                quic::link_port_endpoint_config(&cfg.router_key_pem),
+                Some(quic_cfg),
+                quinn_runtime,
+            )
+            .map_err(|source| RouterError::Quic {
+                addr: udp_addr,
+                source,
+            })?;
             let span = tracing::info_span!("link_port", addr = %addr);
             shared.tasks.spawn(
                 tls::accept_loop(shared.clone(), listener, tcp_tls).instrument(span.clone()),
