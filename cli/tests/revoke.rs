@@ -205,6 +205,7 @@ fn revoke_over(transport: &str) {
     // Revoke b at a.
     let t0 = Instant::now();
     let out = ok(&["link", "revoke", "b", "--dir", a.d()]);
+    eprintln!("{transport}: skiff link revoke took {:?}", t0.elapsed());
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         said.contains("revoked") && said.contains("links are closed"),
@@ -217,7 +218,7 @@ fn revoke_over(transport: &str) {
         if down_at_b.is_none() && link_named(&b, "a").is_some_and(|l| l["status"] != "up") {
             down_at_b = Some(t0.elapsed());
         }
-        if down_at_a.is_none() && link_named(&a, "from-b").is_none() {
+        if down_at_a.is_none() && link_named(&a, "from-b").is_some_and(|l| l["status"] != "up") {
             down_at_a = Some(t0.elapsed());
         }
         assert!(
@@ -292,7 +293,17 @@ fn revoke_over(transport: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(link_named(&a, "from-b").is_none(), "{:#?}", a.links());
+    // a's link list shows b as revoked (it has no link there any more).
+    let shown = link_named(&a, "from-b").expect("b listed at a");
+    assert_eq!(shown["status"], "revoked", "{shown:#}");
+    assert_eq!(shown["direction"], "inbound");
+    let table = String::from_utf8_lossy(&ok(&["link", "list", "--dir", a.d()]).stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("from-b") && l.contains("revoked")),
+        "{table}"
+    );
     // New connections through b's listener fail instead of reaching a.
     let mut probe = TcpStream::connect(&addr).unwrap();
     probe

@@ -135,6 +135,20 @@ impl LinkedSites {
             .collect()
     }
 
+    /// The revoked sites, by name.
+    pub fn revoked(&self) -> Vec<LinkedSite> {
+        let mut out: Vec<LinkedSite> = self
+            .sites
+            .read()
+            .unwrap()
+            .values()
+            .filter(|s| s.spec.revoked)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.spec.site_name.cmp(&b.spec.site_name));
+        out
+    }
+
     /// Replaces the whole set (on start and reload).
     pub fn replace(&self, sites: Vec<LinkedSite>) {
         let map = sites.into_iter().map(|s| (s.spec.site_id, s)).collect();

@@ -485,9 +485,28 @@ impl SiteState {
         self.router.links()
     }
 
-    /// `GET /v1/links`.
+    /// `GET /v1/links`: the router's links, then one entry per revoked site (status
+    /// `revoked`), which has no link here any more but should show in `skiff link list`.
     pub fn links_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.router.links()).unwrap_or_default()
+        let mut v = serde_json::to_value(self.router.links()).unwrap_or_default();
+        if let Some(list) = v.as_array_mut() {
+            for s in self.linked.revoked() {
+                let s = s.spec;
+                list.push(serde_json::json!({
+                    "name": format!("from-{}", s.site_name),
+                    "direction": "inbound",
+                    "peer_site_id": s.site_id.to_string(),
+                    "peer_site_name": s.site_name,
+                    "transport": null,
+                    "endpoint": null,
+                    "cost": 0,
+                    "status": "revoked",
+                    "reason": "revoked here (skiff link revoke): its links and renewals are refused",
+                    "since": s.revoked_at,
+                }));
+            }
+        }
+        v
     }
 
     /// `GET /metrics` (Prometheus text).
