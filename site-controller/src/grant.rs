@@ -552,7 +552,7 @@ impl GrantService {
     ) -> Response<Full<Bytes>> {
         let renewal = req.uri().path() == RENEW_PATH;
         if req.method() != Method::POST || !(renewal || req.uri().path() == REDEEM_PATH) {
-            return error_response(StatusCode::NOT_FOUND, "no such endpoint");
+            return error_response(StatusCode::NOT_FOUND, NO_SUCH_ENDPOINT);
         }
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
@@ -706,8 +706,21 @@ pub async fn renew_certificate(
         site_id,
         csr: csr_pem.into(),
     };
-    post_to_issuer(issuer_ca_pem, issuer, &host, port, RENEW_PATH, &body).await
+    post_to_issuer(issuer_ca_pem, issuer, &host, port, RENEW_PATH, &body)
+        .await
+        .map_err(|e| {
+            match e {
+            IssuerAnswer::Refused(r) if r == NO_SUCH_ENDPOINT => IssuerAnswer::Refused(
+                "the issuing site does not serve renewals (a skiff older than this one): upgrade it"
+                    .into(),
+            ),
+            other => other,
+        }
+        })
 }
+
+/// What the grant service answers for a path it does not serve.
+const NO_SUCH_ENDPOINT: &str = "no such endpoint";
 
 /// `host:port` (IPv6 in brackets) split.
 fn split_host_port(endpoint: &str) -> Option<(String, u16)> {
