@@ -48,7 +48,7 @@ enum Command {
     /// Issue and redeem link tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// List and delete links.
+    /// List, delete, revoke and renew links.
     #[command(subcommand)]
     Link(LinkCommand),
     /// Ports here that send connections to a routing key.
