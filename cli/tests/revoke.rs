@@ -359,22 +359,23 @@ fn revoke_names_sites_clearly_and_holds_from_the_next_start() {
     let err = fails(&["link", "revoke", "a", "--dir", b.d()]);
     assert!(err.contains("no site has linked to this one yet"), "{err}");
 
-    // Revoked while a is stopped: the revocation holds from its next start.
+    // Two linked sites of one name: the name is ambiguous, the id is not.
+    let other_b = Site::create("b", false);
+    link_over(&other_b, &a, "auto");
+    let err = fails(&["link", "revoke", "b", "--dir", a.d()]);
+    assert!(
+        err.contains("2 linked sites are named \"b\": name one by its id"),
+        "{err}"
+    );
+    let id = site_id(&b);
+    assert!(err.contains(&id), "{err}");
+
+    // Revoked while a is stopped (by an id prefix): the revocation holds from its next start.
     a.stop();
-    let out = ok(&["link", "revoke", "b", "--dir", a.d()]);
+    let out = ok(&["link", "revoke", &id[..10], "--dir", a.d()]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(said.contains("not running"), "{said}");
-    // By id, a second time: already revoked.
-    let id = std::fs::read_dir(a.dir.join("peers"))
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_suffix(".yaml")
-                .map(String::from)
-        })
-        .unwrap();
+    // By its full id, a second time: already revoked.
     let out = a.run(&["link", "revoke", &id]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -398,4 +399,20 @@ fn revoke_names_sites_clearly_and_holds_from_the_next_start() {
     a.issue(&token, &[]);
     let err = fails(&["token", "redeem", token.to_str().unwrap(), "--dir", b.d()]);
     assert!(err.contains("revoked"), "{err}");
+    // The other site named b was not revoked.
+    let mut other_b = other_b;
+    other_b.start();
+    other_b.wait_link(Duration::from_secs(10), "other b up", is_link("up", "a"));
+}
+
+/// A site's id, from its site.yaml.
+fn site_id(site: &Site) -> String {
+    std::fs::read_to_string(site.dir.join("site.yaml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .trim_matches(['"', '\''])
+        .to_string()
 }
