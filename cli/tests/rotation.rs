@@ -472,6 +472,13 @@ fn a_renewal_for_another_key_is_refused() {
     // Unknown link name: the error says so.
     let err = fails(&["link", "renew", "nope", "--dir", b.d()]);
     assert!(err.contains("nope"), "{err}");
+    // Deleting the site removes what renewals left (renew.lock) too.
+    assert!(b.dir.join("renew.lock").exists());
+    ok(&["site", "delete", "--dir", b.d()]);
+    assert!(
+        !b.dir.exists(),
+        "the folder of a deleted site is left behind"
+    );
 }
 
 fn write_key(path: &Path, pem: &str) {
