@@ -173,6 +173,38 @@ fn take_slot() -> Slot {
     panic!("all {SLOTS} netns harness slots are taken");
 }
 
+/// Deletes namespaces left by harness runs whose test process is gone (killed before its
+/// drop ran), when nothing runs in them any more. Processes are never killed here: only a
+/// net's own drop kills, by PID, what it started.
+fn reap_stale_namespaces() {
+    let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("skt")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let busy = Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+            .map(|o| !o.status.success() || !o.stdout.is_empty())
+            .unwrap_or(true);
+        if !busy {
+            sh_quiet("ip", &["netns", "del", name]);
+        }
+    }
+}
+
 /// A backend script: `name` answers each connection with a text and closes; `echo` echoes;
 /// `sink` reads to the end of the client's stream, then answers `<sha256 hex> <byte count>`.
 const BACKEND_PY: &str = r#"
@@ -253,6 +285,7 @@ impl Net {
             return None;
         }
         assert!(names.len() <= 60, "at most 60 sites per net");
+        reap_stale_namespaces();
         let slot = take_slot();
         let s = slot.index;
         let run = format!(
