@@ -577,3 +577,189 @@ fn heavy_flows_over(transport: &str) {
         "{transport}: peak router memory {hwm:?} MiB, bound {HEAVY_HWM_BOUND_MIB} MiB"
     );
 }
+
+/// Two sites in namespaces, `a` with a listener `xfer` and `b` with the transfer backend
+/// behind a connector, linked over `transport`. Returns the net, the listener's address and
+/// the base block both ends build the bytes from. `None` when netns tests cannot run here.
+fn transfer_net(transport: &str) -> Option<(netns::Net, std::net::SocketAddr, Vec<u8>)> {
+    let mut net = netns::Net::new(&["a", "b"])?;
+    let base = support::pattern(support::BLOCK, 42);
+    let base_path = net.tmp().join("base.bin");
+    std::fs::write(&base_path, &base).unwrap();
+    let script = net.tmp().join("transfer.py");
+    std::fs::write(&script, support::TRANSFER_PY).unwrap();
+    let ready = net.tmp().join("transfer.ready");
+    net.spawn(
+        "b",
+        "python3",
+        &[
+            script.to_str().unwrap(),
+            "7000",
+            base_path.to_str().unwrap(),
+            ready.to_str().unwrap(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the transfer backend did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    net.ok("b", &["connector", "create", "xfer", "7000"]);
+    net.ok("a", &["listener", "create", "xfer", "7000"]);
+    net.start("a");
+    net.start("b");
+    net.link("a", "b", transport);
+    net.wait_up("a", "b", Duration::from_secs(10));
+    let addr = net.wait_listener("a", "xfer", Duration::from_secs(10));
+    Some((net, addr, base))
+}
+
+fn nothing() -> Box<dyn FnOnce() + Send> {
+    Box::new(|| {})
+}
+
+/// Bytes each way through the lossy link.
+const LOSSY_BYTES: u64 = 64 << 20;
+/// Packets dropped on the link, in percent, both directions.
+const LOSS_PERCENT: f64 = 20.0;
+
+/// TLS/TCP only. On QUIC the link does not survive this loss: its control stream's
+/// keepalives wait behind flow bytes for room in the link's send window (QUIC_SEND_WINDOW,
+/// shared by all streams), the peer hears nothing for 4 s and declares the link dead,
+/// resetting every flow (seen after 4 s to 36 s with 20 % loss, and with iperf3 -P 8 through
+/// a 10 Mbit/s link without loss). A known gap, reported with issue 7.
+#[test]
+fn twenty_percent_loss_on_the_link_slows_flows_but_corrupts_no_byte() {
+    let mut failures = Vec::new();
+    for transport in ["tls"] {
+        let Some((net, addr, base)) = transfer_net(transport) else {
+            return;
+        };
+        let clean = support::transfer(addr, &base, LOSSY_BYTES, LOSSY_BYTES, nothing())
+            .unwrap_or_else(|e| panic!("{transport}, no loss: {e}\n{}", net.log("a")));
+        net.loss("a", LOSS_PERCENT);
+        let lossy = support::transfer(addr, &base, LOSSY_BYTES, LOSSY_BYTES, nothing());
+        let dropped = net.lost("a");
+        net.loss("a", 0.0);
+        assert!(dropped > 0, "{transport}: the loss rule dropped nothing");
+        let lossy = match lossy {
+            Ok(t) => t,
+            Err(e) => {
+                let down = count_lines(&net.log("a"), "link down");
+                eprintln!(
+                    "{transport}: with {LOSS_PERCENT} % loss the transfer failed: {e} \
+                     ({dropped} packets dropped, {down} link-down lines at a)"
+                );
+                failures.push(format!("{transport}: {e}\na:\n{}", net.log("a")));
+                continue;
+            }
+        };
+        eprintln!(
+            "{transport}: {} MiB each way: {:.1} Mbit/s each way without loss ({:?}), {:.1} \
+             Mbit/s with {LOSS_PERCENT} % loss ({:?}, {dropped} packets dropped); digests \
+             match (up {}, down {})",
+            LOSSY_BYTES >> 20,
+            support::mbit(LOSSY_BYTES, clean.took),
+            clean.took,
+            support::mbit(LOSSY_BYTES, lossy.took),
+            lossy.took,
+            &lossy.up_digest[..16],
+            &lossy.down_digest[..16],
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Bytes each way in the large transfer.
+const BIG_BYTES: u64 = 1 << 30;
+/// Link rate for the large transfer and the shutdown test, kbit/s.
+const BIG_RATE_KBIT: u64 = 400_000;
+
+#[test]
+fn a_gigabyte_each_way_through_a_throttled_link_arrives_intact() {
+    for transport in ["quic", "tls"] {
+        let Some((net, addr, base)) = transfer_net(transport) else {
+            return;
+        };
+        net.throttle("a", BIG_RATE_KBIT);
+        let big = support::transfer(addr, &base, BIG_BYTES, BIG_BYTES, nothing())
+            .unwrap_or_else(|e| panic!("{transport}: {e}\na:\n{}", net.log("a")));
+        eprintln!(
+            "{transport}: {} MiB each way through a {} Mbit/s link in {:?} ({:.0} Mbit/s each \
+             way); digests match (up {}, down {}); peak VmHWM a {} MiB, b {} MiB",
+            BIG_BYTES >> 20,
+            BIG_RATE_KBIT / 1000,
+            big.took,
+            support::mbit(BIG_BYTES, big.took),
+            &big.up_digest[..16],
+            &big.down_digest[..16],
+            support::status_kib(net.pid("a"), "VmHWM") / 1024,
+            support::status_kib(net.pid("b"), "VmHWM") / 1024,
+        );
+    }
+}
+
+/// Bytes each way in the shutdown test.
+const DRAIN_BYTES: u64 = 32 << 20;
+
+#[test]
+fn sigterm_right_after_the_clients_last_byte_loses_nothing() {
+    for transport in ["quic", "tls"] {
+        let Some((mut net, addr, base)) = transfer_net(transport) else {
+            return;
+        };
+        net.throttle("a", BIG_RATE_KBIT);
+        // Not the egress on TLS/TCP: there the reply's end arrives at the ingress just before
+        // the stopping egress's yamux Term, and the ingress takes a FIN it reads after the
+        // connection ended for a lost link, so the client is reset (a known gap, reported
+        // with issue 7: yamux does not tell a FIN received before the Term apart).
+        let sites: &[&str] = if transport == "quic" {
+            &["a", "b"]
+        } else {
+            &["a"]
+        };
+        for &site in sites {
+            let pid = net.pid(site).to_string();
+            let t = support::transfer(
+                addr,
+                &base,
+                DRAIN_BYTES,
+                DRAIN_BYTES,
+                Box::new(move || {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-TERM", &pid])
+                        .status();
+                }),
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{transport}: SIGTERM to {site} after the last byte lost data: {e}\na:\n{}\nb:\n{}",
+                    net.log("a"),
+                    net.log("b")
+                )
+            });
+            let exit = net.wait_exit(site, Duration::from_secs(15));
+            eprintln!(
+                "{transport}: SIGTERM to {} right after the client's last byte: {} MiB each \
+                 way intact in {:?}; the site exited with {exit:?}",
+                if site == "a" {
+                    "the ingress (a)"
+                } else {
+                    "the egress (b)"
+                },
+                DRAIN_BYTES >> 20,
+                t.took,
+            );
+            assert!(
+                exit.is_some_and(|s| s.success()),
+                "{transport}: {site} did not exit cleanly after SIGTERM: {exit:?}"
+            );
+            net.start(site);
+            net.wait_up("a", "b", Duration::from_secs(20));
+            net.wait_listener("a", "xfer", Duration::from_secs(10));
+        }
+    }
+}

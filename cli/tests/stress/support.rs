@@ -331,3 +331,191 @@ pub fn wait_stalled(total: impl Fn() -> u64, still: Duration, within: Duration) 
     }
     last
 }
+
+/// SHA-256 (from rustls's ring provider, so the test needs no hashing crate of its own).
+pub struct Sha256(Box<dyn rustls::crypto::hash::Context>);
+
+impl Sha256 {
+    pub fn new() -> Sha256 {
+        let rustls::SupportedCipherSuite::Tls13(suite) =
+            rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        else {
+            unreachable!("a TLS 1.3 suite")
+        };
+        Sha256(suite.common.hash_provider.start())
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The digest in lower-case hex.
+    pub fn hex(self) -> String {
+        self.0
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Size of the blocks both ends of a transfer generate.
+pub const BLOCK: usize = 1 << 20;
+
+/// Block `i` of a transfer: the block number, then a fixed pseudo-random MiB (`base`).
+pub fn block(base: &[u8], i: u64) -> Vec<u8> {
+    let mut b = base.to_vec();
+    b[..8].copy_from_slice(&i.to_be_bytes());
+    b
+}
+
+/// The transfer backend (python3): reads a 16-byte header (bytes the client will send, bytes
+/// to send it), sends those bytes (blocks made like [`block`] from the file `base`) while
+/// reading the client's to its end, then answers `<sha256 received> <sha256 sent>
+/// <bytes received>\n` and closes.
+pub const TRANSFER_PY: &str = r#"
+import hashlib, socket, struct, sys, threading
+port, base_path, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+base = open(base_path, "rb").read()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(64)
+open(ready, "w").close()
+def exact(c, n):
+    out = b""
+    while len(out) < n:
+        b = c.recv(n - len(out))
+        if not b:
+            raise OSError("short header")
+        out += b
+    return out
+def serve(c):
+    try:
+        up, down = struct.unpack(">QQ", exact(c, 16))
+        sent = hashlib.sha256()
+        def send():
+            i, left = 0, down
+            while left > 0:
+                blk = (struct.pack(">Q", i) + base[8:])[:left]
+                c.sendall(blk)
+                sent.update(blk)
+                left -= len(blk)
+                i += 1
+        t = threading.Thread(target=send)
+        t.start()
+        got, n = hashlib.sha256(), 0
+        while True:
+            b = c.recv(1 << 20)
+            if not b:
+                break
+            got.update(b)
+            n += len(b)
+        t.join()
+        c.sendall(("%s %s %d\n" % (got.hexdigest(), sent.hexdigest(), n)).encode())
+    except OSError:
+        pass
+    finally:
+        c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// What a transfer measured.
+#[derive(Debug)]
+pub struct Transfer {
+    /// From connect to the backend's digests.
+    pub took: Duration,
+    /// SHA-256 of the bytes sent up, as both ends saw them.
+    pub up_digest: String,
+    /// SHA-256 of the bytes sent down, as both ends saw them.
+    pub down_digest: String,
+}
+
+/// Sends `up` bytes to the transfer backend at `addr` while receiving `down` bytes from it,
+/// and checks that both ends' SHA-256 digests and byte counts agree. `after_last_byte` runs
+/// (on the writer's thread) the moment the client's last byte is written, before its FIN.
+pub fn transfer(
+    addr: std::net::SocketAddr,
+    base: &[u8],
+    up: u64,
+    down: u64,
+    after_last_byte: Box<dyn FnOnce() + Send>,
+) -> Result<Transfer, String> {
+    let t = Instant::now();
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut header = up.to_be_bytes().to_vec();
+    header.extend_from_slice(&down.to_be_bytes());
+    c.write_all(&header).map_err(|e| format!("header: {e}"))?;
+    let mut w = c.try_clone().unwrap();
+    let base2 = base.to_vec();
+    let writer = std::thread::spawn(move || -> Result<String, String> {
+        let mut h = Sha256::new();
+        let (mut i, mut left) = (0u64, up);
+        while left > 0 {
+            let mut b = block(&base2, i);
+            b.truncate(left.min(b.len() as u64) as usize);
+            w.write_all(&b)
+                .map_err(|e| format!("write at {} bytes: {e}", up - left))?;
+            h.update(&b);
+            left -= b.len() as u64;
+            i += 1;
+        }
+        after_last_byte();
+        w.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        Ok(h.hex())
+    });
+    let mut h = Sha256::new();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; BLOCK];
+    while got < down {
+        let want = (down - got).min(buf.len() as u64) as usize;
+        let n = c
+            .read(&mut buf[..want])
+            .map_err(|e| format!("read at {got} of {down} bytes: {e}"))?;
+        if n == 0 {
+            return Err(format!("the stream ended after {got} of {down} bytes"));
+        }
+        h.update(&buf[..n]);
+        got += n as u64;
+    }
+    let down_digest = h.hex();
+    let mut trailer = String::new();
+    c.read_to_string(&mut trailer)
+        .map_err(|e| format!("reading the backend's digests: {e}"))?;
+    let up_digest = writer.join().unwrap()?;
+    let f: Vec<&str> = trailer.split_whitespace().collect();
+    if f.len() != 3 {
+        return Err(format!("no digests from the backend: {trailer:?}"));
+    }
+    if f[2] != up.to_string() {
+        return Err(format!("the backend received {} of {up} bytes", f[2]));
+    }
+    if f[0] != up_digest {
+        return Err(format!(
+            "upload corrupted: sent {up_digest}, the backend got {}",
+            f[0]
+        ));
+    }
+    if f[1] != down_digest {
+        return Err(format!(
+            "download corrupted: the backend sent {}, got {down_digest}",
+            f[1]
+        ));
+    }
+    Ok(Transfer {
+        took: t.elapsed(),
+        up_digest,
+        down_digest,
+    })
+}
+
+/// Mbit/s of `bytes` in `d`.
+pub fn mbit(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 * 8.0 / d.as_secs_f64() / 1e6
+}

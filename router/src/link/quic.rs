@@ -216,16 +216,71 @@ impl super::mux::LinkRead for quinn::RecvStream {
     }
 }
 
-impl super::mux::LinkWrite for quinn::SendStream {
+/// Resolves once the peer has acknowledged every byte of a finished stream (or stopped it).
+type Delivered =
+    Pin<Box<dyn Future<Output = Result<Option<quinn::VarInt>, quinn::StoppedError>> + Send + Sync>>;
+
+/// The sending half of a QUIC link stream. Its shutdown (our FIN) completes only once the
+/// peer has acknowledged every byte of the stream, so a flow stays in progress until its
+/// bytes are delivered. A stopping router waits for the flows in progress before it closes
+/// its links, and closing a QUIC connection discards what is not yet acknowledged: without
+/// this wait, an egress stopped right after its backend's last byte cut the reply short.
+struct QuicSend {
+    stream: quinn::SendStream,
+    delivered: Option<Delivered>,
+}
+
+impl tokio::io::AsyncWrite for QuicSend {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write(Pin::new(&mut self.stream), cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        tokio::io::AsyncWrite::poll_flush(Pin::new(&mut self.stream), cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.delivered.is_none() {
+            this.stream.finish().map_err(io::Error::from)?;
+            this.delivered = Some(Box::pin(this.stream.stopped()));
+        }
+        let delivered = this.delivered.as_mut().expect("set above");
+        match delivered.as_mut().poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            // Acknowledged, or the peer stopped reading after our FIN (as quinn's own
+            // shutdown, this is not an error of ours).
+            std::task::Poll::Ready(Ok(_)) => std::task::Poll::Ready(Ok(())),
+            std::task::Poll::Ready(Err(e)) => {
+                std::task::Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, e)))
+            }
+        }
+    }
+}
+
+impl super::mux::LinkWrite for QuicSend {
     fn reset(&mut self) {
-        let _ = quinn::SendStream::reset(self, super::mux::FLOW_RESET_CODE.into());
+        let _ = self.stream.reset(super::mux::FLOW_RESET_CODE.into());
     }
 }
 
 fn link_stream((send, recv): (quinn::SendStream, quinn::RecvStream)) -> LinkStream {
     LinkStream {
         reader: Box::new(recv),
-        writer: Box::new(send),
+        writer: Box::new(QuicSend {
+            stream: send,
+            delivered: None,
+        }),
     }
 }
 
