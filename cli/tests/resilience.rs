@@ -440,7 +440,15 @@ fn a_link_flapping_for_2_minutes_settles_to_one_link_per_pair_with_flat_memory()
     }
     let to_b = net.wait_listener("a", "svc-b", Duration::from_secs(10));
     let to_c = net.wait_listener("a", "svc-c", Duration::from_secs(10));
-    // Warm up (buffers, allocator arenas), then take the footprint.
+    // Warm up (buffers, allocator arenas, one link death and redial), then take the
+    // footprint.
+    net.link_down("a");
+    net.wait_not_up("a", "b", DEAD_AFTER + Duration::from_secs(5));
+    net.wait_not_up("a", "c", DEAD_AFTER + Duration::from_secs(5));
+    net.link_up("a");
+    for (x, y) in [("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")] {
+        net.wait_up(x, y, BACKOFF_CAP + Duration::from_secs(5));
+    }
     for _ in 0..50 {
         wait_answer(to_b, "b", Duration::from_secs(5));
         wait_answer(to_c, "c", Duration::from_secs(5));
@@ -487,6 +495,10 @@ fn a_link_flapping_for_2_minutes_settles_to_one_link_per_pair_with_flat_memory()
         down = !down;
         flaps += 1;
         std::thread::sleep(Duration::from_millis(next_ms()));
+        if flaps.is_multiple_of(10) {
+            let rss: Vec<u64> = sites.iter().map(|s| footprint(net.pid(s)).0).collect();
+            eprintln!("flap: after {flaps} toggles, RSS (KiB) of a, b, c: {rss:?}");
+        }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (served, failed) = clients.join().unwrap();
