@@ -701,3 +701,75 @@ fn a_partitioned_site_stops_taking_new_flows_within_the_keepalive_window_and_com
     let back = wait_answer(only_c, "c", bound);
     eprintln!("partition healed: `only-c` served again after {back:?}");
 }
+
+#[test]
+fn sigterm_at_one_of_two_serving_sites_loses_no_client() {
+    let Some(mut net) = Net::new(&["a", "b", "c"]) else {
+        return;
+    };
+    net.spawn_backend("b", "name", 7000, "b");
+    net.spawn_backend("c", "name", 7000, "c");
+    net.ok("b", &["connector", "create", "svc", "7000"]);
+    net.ok("c", &["connector", "create", "svc", "7000"]);
+    net.ok("a", &["listener", "create", "svc", "8000"]);
+    for s in ["a", "b", "c"] {
+        net.start(s);
+    }
+    net.link("a", "b", "quic");
+    net.link("a", "c", "tls");
+    net.wait_up("a", "b", Duration::from_secs(5));
+    net.wait_up("a", "c", Duration::from_secs(5));
+    let addr = net.wait_listener("a", "svc", Duration::from_secs(10));
+    let t = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        seen.insert(ask(addr).expect("a client failed before the stop"));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "only {seen:?} served"
+        );
+    }
+
+    // Clients arrive all the time, four at once; b is stopped (SIGTERM) among them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    got.push(ask(addr));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                got
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let term = Instant::now();
+    net.terminate("b");
+    let exit = net.wait_exit("b", SHUTDOWN_GRACE + SLACK);
+    let exited = term.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results: Vec<Result<String, String>> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let at_b = results.iter().filter(|r| r.as_deref() == Ok("b")).count();
+    eprintln!(
+        "SIGTERM at b among clients: {} served ({at_b} by b), {} failed; b exited {exited:?} \
+         after SIGTERM",
+        results.len() - failed.len(),
+        failed.len()
+    );
+    let status = exit.unwrap_or_else(|| panic!("b still runs {exited:?} after SIGTERM"));
+    assert!(status.success(), "b exited with {status}\n{}", net.log("b"));
+    assert!(
+        failed.is_empty(),
+        "{} of {} clients failed while b stopped: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+}
