@@ -626,51 +626,43 @@ const LOSSY_BYTES: u64 = 64 << 20;
 /// Packets dropped on the link, in percent, both directions.
 const LOSS_PERCENT: f64 = 20.0;
 
-/// TLS/TCP only. On QUIC the link does not survive this loss: its control stream's
-/// keepalives wait behind flow bytes for room in the link's send window (QUIC_SEND_WINDOW,
-/// shared by all streams), the peer hears nothing for 4 s and declares the link dead,
-/// resetting every flow (seen after 4 s to 36 s with 20 % loss, and with iperf3 -P 8 through
-/// a 10 Mbit/s link without loss). A known gap, reported with issue 7.
+/// TLS/TCP only. On QUIC the link does not survive this loss: the peer hears no control-stream
+/// keepalive for 4 s while flows fill the link, declares it dead and every flow is reset
+/// (after 4 s to 36 s with 20 % loss; also with iperf3 -P 8 through a 10 Mbit/s link and no
+/// loss). The control stream shares the link's 8 MiB send window (QUIC_SEND_WINDOW) with the
+/// flows; a higher send priority for it did not help. A known gap, reported with issue 7.
 #[test]
 fn twenty_percent_loss_on_the_link_slows_flows_but_corrupts_no_byte() {
-    let mut failures = Vec::new();
-    for transport in ["tls"] {
-        let Some((net, addr, base)) = transfer_net(transport) else {
-            return;
-        };
-        let clean = support::transfer(addr, &base, LOSSY_BYTES, LOSSY_BYTES, nothing())
-            .unwrap_or_else(|e| panic!("{transport}, no loss: {e}\n{}", net.log("a")));
-        net.loss("a", LOSS_PERCENT);
-        let lossy = support::transfer(addr, &base, LOSSY_BYTES, LOSSY_BYTES, nothing());
-        let dropped = net.lost("a");
-        net.loss("a", 0.0);
-        assert!(dropped > 0, "{transport}: the loss rule dropped nothing");
-        let lossy = match lossy {
-            Ok(t) => t,
-            Err(e) => {
-                let down = count_lines(&net.log("a"), "link down");
-                eprintln!(
-                    "{transport}: with {LOSS_PERCENT} % loss the transfer failed: {e} \
-                     ({dropped} packets dropped, {down} link-down lines at a)"
-                );
-                failures.push(format!("{transport}: {e}\na:\n{}", net.log("a")));
-                continue;
-            }
-        };
-        eprintln!(
-            "{transport}: {} MiB each way: {:.1} Mbit/s each way without loss ({:?}), {:.1} \
-             Mbit/s with {LOSS_PERCENT} % loss ({:?}, {dropped} packets dropped); digests \
-             match (up {}, down {})",
-            LOSSY_BYTES >> 20,
-            support::mbit(LOSSY_BYTES, clean.took),
-            clean.took,
-            support::mbit(LOSSY_BYTES, lossy.took),
-            lossy.took,
-            &lossy.up_digest[..16],
-            &lossy.down_digest[..16],
-        );
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let transport = "tls";
+    let Some((net, addr, base)) = transfer_net(transport) else {
+        return;
+    };
+    let clean = support::transfer(addr, &base, LOSSY_BYTES, LOSSY_BYTES, nothing())
+        .unwrap_or_else(|e| panic!("{transport}, no loss: {e}\n{}", net.log("a")));
+    net.loss("a", LOSS_PERCENT);
+    let lossy = support::transfer(addr, &base, LOSSY_BYTES, LOSSY_BYTES, nothing());
+    let dropped = net.lost("a");
+    net.loss("a", 0.0);
+    assert!(dropped > 0, "{transport}: the loss rule dropped nothing");
+    let lossy = lossy.unwrap_or_else(|e| {
+        panic!(
+            "{transport}, {LOSS_PERCENT} % loss ({dropped} packets dropped): {e}\na:\n{}\nb:\n{}",
+            net.log("a"),
+            net.log("b")
+        )
+    });
+    eprintln!(
+        "{transport}: {} MiB each way: {:.1} Mbit/s each way without loss ({:?}), {:.1} Mbit/s \
+         with {LOSS_PERCENT} % loss ({:?}, {dropped} packets dropped); digests match (up {}, \
+         down {})",
+        LOSSY_BYTES >> 20,
+        support::mbit(LOSSY_BYTES, clean.took),
+        clean.took,
+        support::mbit(LOSSY_BYTES, lossy.took),
+        lossy.took,
+        &lossy.up_digest[..16],
+        &lossy.down_digest[..16],
+    );
 }
 
 /// Bytes each way in the large transfer.
