@@ -80,7 +80,18 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
 }
 
 #[test]
-fn sigterm_drains_in_flight_flows_refuses_new_ones_and_exits() {
+fn sigterm_drains_in_flight_flows_refuses_new_ones_and_exits_over_quic() {
+    sigterm_drains_in_flight_flows("quic");
+}
+
+#[test]
+fn sigterm_drains_in_flight_flows_refuses_new_ones_and_exits_over_tls() {
+    sigterm_drains_in_flight_flows("tls");
+}
+
+/// An upload in progress through the ingress site a (linked to b over `transport`) while a
+/// gets SIGTERM.
+fn sigterm_drains_in_flight_flows(transport: &str) {
     let Some(mut net) = Net::new(&["a", "b"]) else {
         return;
     };
@@ -89,7 +100,7 @@ fn sigterm_drains_in_flight_flows_refuses_new_ones_and_exits() {
     net.ok("a", &["listener", "create", "sink", "8000"]);
     net.start("a");
     net.start("b");
-    net.link("a", "b", "quic");
+    net.link("a", "b", transport);
     net.wait_up("a", "b", Duration::from_secs(5));
     let addr = net.wait_listener("a", "sink", Duration::from_secs(10));
 
@@ -109,6 +120,10 @@ fn sigterm_drains_in_flight_flows_refuses_new_ones_and_exits() {
         c.read_to_string(&mut answer)?;
         Ok::<_, std::io::Error>((answer, started.elapsed()))
     });
+    // And a client that sends a little and then idles, never finishing: it must not hold
+    // the site beyond the grace.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.write_all(b"idle").unwrap();
     std::thread::sleep(Duration::from_millis(800));
     let term = Instant::now();
     net.terminate("a");
@@ -120,12 +135,12 @@ fn sigterm_drains_in_flight_flows_refuses_new_ones_and_exits() {
         let got = ask(addr);
         assert!(
             got.is_err(),
-            "new connection {i} after SIGTERM was served: {got:?}"
+            "{transport}: new connection {i} after SIGTERM was served: {got:?}"
         );
         assert!(
             t.elapsed() < Duration::from_secs(1),
-            "new connection {i} after SIGTERM took {:?} to fail ({got:?}): it must be refused, \
-             not left hanging",
+            "{transport}: new connection {i} after SIGTERM took {:?} to fail ({got:?}): it must \
+             be refused, not left hanging",
             t.elapsed()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -133,21 +148,22 @@ fn sigterm_drains_in_flight_flows_refuses_new_ones_and_exits() {
 
     let (answer, took) = uploader.join().unwrap().unwrap_or_else(|e| {
         panic!(
-            "the in-flight upload failed after SIGTERM: {e}\n{}",
+            "{transport}: the in-flight upload failed after SIGTERM: {e}\n{}",
             net.log("a")
         )
     });
     assert_eq!(
         answer,
         want,
-        "the in-flight upload was not delivered intact\n{}",
+        "{transport}: the in-flight upload was not delivered intact\n{}",
         net.log("a")
     );
-    let exit = net.wait_exit("a", SHUTDOWN_GRACE + SLACK);
+    // The grace, then closing links (QUIC waits up to 1 s for its close to be acknowledged).
+    let exit = net.wait_exit("a", SHUTDOWN_GRACE + 2 * SLACK);
     let exited = term.elapsed();
     let status = exit.unwrap_or_else(|| {
         panic!(
-            "site a still runs {exited:?} after SIGTERM (grace {SHUTDOWN_GRACE:?})\n{}",
+            "{transport}: site a still runs {exited:?} after SIGTERM (grace {SHUTDOWN_GRACE:?})\n{}",
             net.log("a")
         )
     });
@@ -156,9 +172,19 @@ fn sigterm_drains_in_flight_flows_refuses_new_ones_and_exits() {
         "site a exited with {status}\n{}",
         net.log("a")
     );
+    // The idle client was cut when the grace ran out, not left hanging.
+    idle.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut rest = Vec::new();
+    let end = idle.read_to_end(&mut rest);
+    assert!(
+        !matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            || e.kind() == std::io::ErrorKind::TimedOut),
+        "{transport}: the idle client still hangs after site a exited"
+    );
     eprintln!(
-        "SIGTERM drain: 3 MiB upload intact ({took:?}), the site exited {exited:?} after \
-         SIGTERM; new connections refused in < 1 s"
+        "{transport}: SIGTERM drain: 3 MiB upload intact ({took:?}), the site exited \
+         {exited:?} after SIGTERM (an idle client cut at the grace: {end:?}); new connections \
+         refused in < 1 s"
     );
 }
 
