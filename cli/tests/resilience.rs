@@ -799,3 +799,59 @@ fn sigterm_at_one_of_two_serving_sites_loses_no_client() {
         results.len()
     );
 }
+
+#[test]
+fn sigterm_at_a_transit_router_drains_the_flows_crossing_it() {
+    let Some(mut net) = Net::new(&["a", "b", "c"]) else {
+        return;
+    };
+    net.spawn_backend("c", "sink", 7000, "");
+    net.ok("c", &["connector", "create", "sink", "7000"]);
+    net.ok("a", &["listener", "create", "sink", "8000"]);
+    for s in ["a", "b", "c"] {
+        net.start(s);
+    }
+    net.link("a", "b", "quic");
+    net.link("b", "c", "tls");
+    net.wait_up("a", "b", Duration::from_secs(5));
+    net.wait_up("b", "c", Duration::from_secs(5));
+    let addr = net.wait_listener("a", "sink", Duration::from_secs(10));
+
+    // A paced upload of 3 MiB a -> b -> c (about 2.5 s); SIGTERM to b after 0.8 s.
+    let data = pseudo_random(3 << 20, 11);
+    let want = format!("{} {}", sha256_hex(&data), data.len());
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let uploader = std::thread::spawn(move || {
+        for chunk in data.chunks(64 << 10) {
+            c.write_all(chunk)?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.shutdown(Shutdown::Write)?;
+        let mut answer = String::new();
+        c.read_to_string(&mut answer)?;
+        Ok::<_, std::io::Error>(answer)
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let term = Instant::now();
+    net.terminate("b");
+    let answer = uploader.join().unwrap().unwrap_or_else(|e| {
+        panic!(
+            "the upload crossing b failed after SIGTERM at b: {e}\n{}",
+            net.log("b")
+        )
+    });
+    let done = term.elapsed();
+    assert_eq!(
+        answer, want,
+        "the upload crossing b was not delivered intact"
+    );
+    let exit = net.wait_exit("b", SHUTDOWN_GRACE + 2 * SLACK);
+    let exited = term.elapsed();
+    let status = exit.unwrap_or_else(|| panic!("b still runs {exited:?} after SIGTERM"));
+    assert!(status.success(), "b exited with {status}\n{}", net.log("b"));
+    eprintln!(
+        "SIGTERM at transit b: the 3 MiB upload crossing it completed intact {done:?} after \
+         SIGTERM; b exited {exited:?} after SIGTERM"
+    );
+}
