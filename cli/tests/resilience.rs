@@ -18,6 +18,11 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Slack for polling the CLI and scheduling on a loaded machine.
 const SLACK: Duration = Duration::from_secs(1);
+/// Bound on noticing a dead link: the keepalive window, plus polling `link list` in another
+/// namespace (each poll is two process starts; on a loaded 2-core machine detection was seen
+/// at up to 4.7 s). A transport timeout (QUIC idle 10 s+, TCP retransmissions: minutes)
+/// would still fail it.
+const DETECTED: Duration = Duration::from_secs(6);
 
 /// Connects to `addr`, reads to the end: the serving backend's name, or the error.
 fn ask(addr: SocketAddr) -> Result<String, String> {
@@ -235,7 +240,7 @@ fn the_middle_router_killed_comes_back_without_a_token_and_never_dials_a_removed
 
     // b stops linking to d; d sees b go.
     net.ok("b", &["link", "delete", "d"]);
-    net.wait_not_up("d", "b", DEAD_AFTER + SLACK);
+    net.wait_not_up("d", "b", DETECTED);
     net.watch("b", "d");
     // The same counter toward c, which b does dial: proves the counters count.
     net.watch("b", "c");
@@ -371,7 +376,7 @@ fn blackhole_a_link_for_60s_then_restore(transport: &str) {
     );
     for (end, took) in ["dialer", "acceptor"].iter().zip(&seen) {
         assert!(
-            *took <= DEAD_AFTER + SLACK,
+            *took <= DETECTED,
             "{transport}: the {end} noticed the blackhole after {took:?}; the keepalive window \
              is {DEAD_AFTER:?}"
         );
@@ -690,7 +695,11 @@ fn a_partitioned_site_stops_taking_new_flows_within_the_keepalive_window_and_com
         not_b.len()
     );
     assert!(
-        switched <= DEAD_AFTER + SLACK,
+        detected.iter().all(|d| *d <= DETECTED),
+        "a and b noticed c gone after {detected:?}; the keepalive window is {DEAD_AFTER:?}"
+    );
+    assert!(
+        switched <= DETECTED,
         "new flows for `both` still went to c (or failed) {switched:?} after the cut: {not_b:?}"
     );
     for (started, _, _, c, took) in &results {
@@ -699,7 +708,7 @@ fn a_partitioned_site_stops_taking_new_flows_within_the_keepalive_window_and_com
             "`only-c` was served during the partition: {c:?}"
         );
         assert!(
-            *took <= DEAD_AFTER + SLACK,
+            *took <= DETECTED,
             "an `only-c` client started {started:?} after the cut waited {took:?}"
         );
     }
