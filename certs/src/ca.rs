@@ -337,6 +337,70 @@ pub fn link_csr(site_id: SiteId, site_name: &str, key_pem: &str) -> Result<Strin
         .map_err(CertError::crypto("encode the certificate signing request"))
 }
 
+/// Common-name prefix of a renewal CSR (`skiff renew <issuer id> <unix seconds>`). A
+/// redemption CSR's common name is `skiff link <site name>`, so one never passes as the other.
+pub const RENEWAL_CN_PREFIX: &str = "skiff renew ";
+
+/// A renewal CSR for `site_id`, signed with the site's link key `key_pem`, bound to the
+/// issuing site `issuer` and the moment `at` (both in the subject, which the key signs): an
+/// issuer can check it is meant for it and fresh, so a CSR seen by one issuer (a redemption,
+/// or a renewal there) cannot renew at another.
+pub fn renewal_csr(
+    site_id: SiteId,
+    issuer: SiteId,
+    at: OffsetDateTime,
+    key_pem: &str,
+) -> Result<String, CertError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::Pem {
+        what: "link key",
+        reason: "not a P-256 private key".into(),
+        source: Some(Box::new(e)),
+    })?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(&format!(
+        "{RENEWAL_CN_PREFIX}{issuer} {}",
+        at.unix_timestamp()
+    ));
+    params.subject_alt_names = vec![uri_san(site_id)?];
+    let csr = params
+        .serialize_request(&key)
+        .map_err(CertError::crypto("make the certificate signing request"))?;
+    csr.pem()
+        .map_err(CertError::crypto("encode the certificate signing request"))
+}
+
+/// What a renewal CSR is bound to: `(issuer, unix seconds)` from its subject, after checking
+/// its signature. `Err` for a CSR that is not a renewal CSR (a redemption CSR, say).
+pub fn renewal_csr_binding(csr_pem: &str) -> Result<(SiteId, i64), CertError> {
+    let bad = |reason: &str| CertError::InvalidCsr {
+        reason: reason.into(),
+        source: None,
+    };
+    let csr =
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CertError::InvalidCsr {
+            reason: "it is not a PEM certificate signing request with a valid signature".into(),
+            source: Some(e),
+        })?;
+    let cn = match csr.params.distinguished_name.get(&DnType::CommonName) {
+        Some(rcgen::DnValue::Utf8String(s)) => s.clone(),
+        Some(rcgen::DnValue::PrintableString(s)) => s.as_str().to_string(),
+        _ => return Err(bad("its subject has no common name")),
+    };
+    let rest = cn.strip_prefix(RENEWAL_CN_PREFIX).ok_or_else(|| {
+        bad("it is not a renewal request (its subject does not name the issuing site and a time)")
+    })?;
+    let (issuer, at) = rest
+        .split_once(' ')
+        .ok_or_else(|| bad("its subject does not name the issuing site and a time"))?;
+    let issuer: SiteId = issuer
+        .parse()
+        .map_err(|_| bad("its subject names no valid issuing site id"))?;
+    let at: i64 = at
+        .parse()
+        .map_err(|_| bad("its subject names no valid time"))?;
+    Ok((issuer, at))
+}
+
 /// SHA-256 (hex) of a certificate's subject public key: what ties a site id to the key of
 /// the site that first redeemed a token with it.
 pub fn key_fingerprint(cert: &CertificateDer<'_>) -> Result<String, CertError> {

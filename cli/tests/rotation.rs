@@ -277,7 +277,8 @@ fn renew_with_flows_running(transport: &str) {
     let serial = renewed["serial"].as_str().unwrap().to_string();
     assert_ne!(serial, serial_before);
     assert_eq!(peer_field(&a, "certificateSerial"), serial);
-    assert_eq!(peer_field(&a, "previousCertificateSerial"), serial_before);
+    // The replaced certificate, listed with the end of its window.
+    assert_eq!(peer_field(&a, "- serial"), serial_before);
     assert_ne!(
         std::fs::read_to_string(link_file(&b, "a")).unwrap(),
         cert_before
@@ -479,6 +480,93 @@ fn a_renewal_for_another_key_is_refused() {
         !b.dir.exists(),
         "the folder of a deleted site is left behind"
     );
+}
+
+/// The `spec.id` in a site's site.yaml.
+fn site_id(site: &Site) -> skiff_certs::SiteId {
+    let yaml = std::fs::read_to_string(site.dir.join("site.yaml")).unwrap();
+    yaml.lines()
+        .find_map(|l| l.trim().strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .trim_matches(['"', '\''])
+        .parse()
+        .unwrap()
+}
+
+/// Site x, where b redeemed a token too, replays what b sent it (its redemption CSR, a
+/// renewal CSR made for x) at y's renewal endpoint, twice, as b would see no difference until
+/// its next dial to y. y must refuse each (the CSR names another issuer, or is no renewal
+/// request at all, or is stale), keep b's record as it was, and b must still link to y after
+/// a restart.
+#[test]
+fn a_renewal_request_replayed_at_another_issuer_is_refused_and_cuts_nobody_off() {
+    let mut x = Site::create("x", true);
+    let mut y = Site::create_on_fixed_port("y");
+    let mut b = Site::create("b", false);
+    x.start();
+    y.start();
+    b.start();
+    link_over(&b, &x, "auto");
+    link_over(&b, &y, "auto");
+    b.wait_link(Duration::from_secs(5), "up to y", is_link("up", "y"));
+    let serial = peer_field(&y, "certificateSerial");
+
+    // What x holds from b: a CSR of b's link key in the redemption's form, and one made for
+    // a renewal at x.
+    let key = std::fs::read_to_string(b.dir.join("link.key")).unwrap();
+    let (bid, xid, yid) = (site_id(&b), site_id(&x), site_id(&y));
+    let now = time::OffsetDateTime::now_utc();
+    let redemption = skiff_certs::link_csr(bid, "b", &key).unwrap();
+    let renewal_at_x = skiff_certs::renewal_csr(bid, xid, now, &key).unwrap();
+    let stale_for_y =
+        skiff_certs::renewal_csr(bid, yid, now - Duration::from_secs(600), &key).unwrap();
+    let y_ca = std::fs::read_to_string(y.dir.join("ca.crt")).unwrap();
+    let link_y = std::fs::read_to_string(link_file(&b, "y")).unwrap();
+    let endpoint = link_y
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- "))
+        .expect("an endpoint in b's link to y")
+        .trim_matches(['"', '\''])
+        .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cases = [
+        (&redemption, "not a renewal request"),
+        (&renewal_at_x, "is for issuing site"),
+        (&stale_for_y, "away from this site's clock"),
+    ];
+    for (csr, expected) in cases {
+        for _ in 0..2 {
+            let answer = rt.block_on(skiff_site_controller::grant::renew_certificate(
+                &y_ca, yid, &endpoint, bid, csr,
+            ));
+            match answer {
+                Err(skiff_site_controller::grant::IssuerAnswer::Refused(why)) => {
+                    assert!(why.contains(expected), "{why}")
+                }
+                other => panic!("y answered a replayed renewal with {other:?}"),
+            }
+        }
+    }
+    assert_eq!(peer_field(&y, "certificateSerial"), serial);
+    assert_eq!(peer_field(&y, "renewed"), "");
+
+    // b redials y with the certificate it holds: still admitted.
+    b.kill();
+    b.start();
+    b.wait_link(
+        Duration::from_secs(10),
+        "up to y after the replays",
+        is_link("up", "y"),
+    );
+    // b's own renewal at y (bound to y, fresh) still works.
+    let out = ok(&["link", "renew", "y", "--dir", b.d(), "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v[0]["error"].is_null(), "{v:#}");
+    assert_ne!(peer_field(&y, "certificateSerial"), serial);
 }
 
 fn write_key(path: &Path, pem: &str) {

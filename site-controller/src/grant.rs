@@ -32,7 +32,9 @@ use tokio::net::TcpStream;
 
 use crate::SiteError;
 use crate::folder::SiteFolder;
-use crate::resources::{LinkedSite, LinkedSiteSpec};
+use crate::resources::{
+    LinkedSite, LinkedSiteSpec, MAX_REPLACED_CERTIFICATES, ReplacedCertificate,
+};
 use crate::site::{list_grants, save_grant, save_linked_site};
 
 /// Path of the redemption request.
@@ -200,38 +202,76 @@ impl skiff_router::link::InboundPolicy for LinkedSites {
 }
 
 /// Whether a linked site may link with the certificate of serial `serial` at `now`: any
-/// certificate until it first renews; after that the current one, and the previous one until
-/// the end of its overlap window.
+/// certificate until it first renews; after that the current one, and each replaced one until
+/// the end of its own overlap window.
 pub fn serial_allowed(
     spec: &LinkedSiteSpec,
     serial: &str,
     now: OffsetDateTime,
 ) -> Result<(), String> {
-    let Some(previous) = &spec.previous_certificate_serial else {
-        return Ok(());
-    };
-    if serial == spec.certificate_serial {
+    if !spec.has_renewed() || serial == spec.certificate_serial {
         return Ok(());
     }
     let who = format!("site {} ({})", spec.site_name, spec.site_id);
-    if serial == previous {
-        let until = spec
-            .previous_serial_valid_until
-            .as_deref()
-            .unwrap_or_default();
-        match OffsetDateTime::parse(until, &Rfc3339) {
-            Ok(end) if now < end => return Ok(()),
-            _ => {
-                return Err(format!(
-                    "{who} presented its previous link certificate (serial {serial}): it was replaced by a renewal and its overlap window ended at {until}; that site must dial with its renewed certificate (skiff link renew there)"
-                ));
-            }
-        }
+    if let Some(old) = spec.replaced().into_iter().find(|r| r.serial == serial) {
+        let until = old.valid_until;
+        return match OffsetDateTime::parse(&until, &Rfc3339) {
+            Ok(end) if now < end => Ok(()),
+            _ => Err(format!(
+                "{who} presented a replaced link certificate (serial {serial}): a renewal replaced it and its overlap window ended at {until}; that site must dial with its renewed certificate (skiff link renew there)"
+            )),
+        };
     }
     Err(format!(
         "{who} presented a link certificate (serial {serial}) that was replaced by a renewal and no longer links here; that site must dial with its current certificate (skiff link renew there)"
     ))
 }
+
+/// The replaced certificates of `spec` after `serial` is replaced at `now` with an overlap
+/// window ending at `until`: the ones still in their window, plus `serial`, at most
+/// [`MAX_REPLACED_CERTIFICATES`] (those ending first go). No entry's end is shortened.
+fn replaced_after_renewal(
+    spec: &LinkedSiteSpec,
+    serial: &str,
+    now: OffsetDateTime,
+    until: OffsetDateTime,
+) -> Vec<ReplacedCertificate> {
+    let mut kept: Vec<(OffsetDateTime, ReplacedCertificate)> = spec
+        .replaced()
+        .into_iter()
+        .filter_map(|r| {
+            let end = OffsetDateTime::parse(&r.valid_until, &Rfc3339).ok()?;
+            (end > now && r.serial != serial).then_some((end, r))
+        })
+        .collect();
+    kept.push((
+        until,
+        ReplacedCertificate {
+            serial: serial.to_string(),
+            valid_until: until.format(&Rfc3339).unwrap_or_default(),
+        },
+    ));
+    kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+    kept.truncate(MAX_REPLACED_CERTIFICATES);
+    kept.into_iter().map(|(_, r)| r).collect()
+}
+
+/// `now` plus the overlap window, or why that is not a time.
+fn overlap_end(now: OffsetDateTime, overlap: Duration) -> Result<OffsetDateTime, String> {
+    time::Duration::try_from(overlap)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .ok_or_else(|| {
+            format!(
+                "site.yaml spec.certificateOverlap ({}s) reaches beyond any representable time: set at most {}",
+                overlap.as_secs(),
+                skiff_certs::format_duration(LINK_CERT_VALIDITY)
+            )
+        })
+}
+
+/// How far a renewal CSR's time may be from the issuer's clock.
+pub const RENEWAL_FRESHNESS: Duration = Duration::from_secs(5 * 60);
 
 /// Where a redemption is committed beyond the site folder before it is answered (a Kubernetes
 /// site stores its grants and linked sites in Secrets: a pod lost right after answering must
@@ -378,12 +418,18 @@ impl GrantService {
         }
         // A site that renewed before keeps the serial rule: the certificate this one
         // replaces links on for the overlap window only.
-        let (previous_certificate_serial, previous_serial_valid_until) = match &known {
-            Some(k) if k.spec.previous_certificate_serial.is_some() => (
-                Some(k.spec.certificate_serial.clone()),
-                (now + *self.overlap.read().unwrap()).format(&Rfc3339).ok(),
-            ),
-            _ => (None, None),
+        let (renewed, replaced_certificates) = match &known {
+            Some(k) if k.spec.has_renewed() => {
+                let until = overlap_end(now, *self.overlap.read().unwrap()).map_err(|e| {
+                    tracing::error!(cause = %e, "redemption failed");
+                    (StatusCode::INTERNAL_SERVER_ERROR, e)
+                })?;
+                (
+                    true,
+                    replaced_after_renewal(&k.spec, &k.spec.certificate_serial, now, until),
+                )
+            }
+            _ => (false, Vec::new()),
         };
         let linked = LinkedSite::new(LinkedSiteSpec {
             site_id: req.site_id,
@@ -394,8 +440,10 @@ impl GrantService {
             linked_at: now.format(&Rfc3339).unwrap_or_default(),
             revoked: false,
             revoked_at: None,
-            previous_certificate_serial,
-            previous_serial_valid_until,
+            renewed,
+            replaced_certificates,
+            previous_certificate_serial: None,
+            previous_serial_valid_until: None,
         });
         // Commit before answering: an answered redemption is never lost to a crash.
         save_linked_site(&self.folder, &linked).map_err(internal)?;
@@ -459,10 +507,32 @@ impl GrantService {
                     .to_string(),
             )
         };
-        // The folder is the truth (a `skiff link revoke` may have written it a moment ago).
-        let known = crate::site::load_linked_site(&self.folder, req.site_id)
-            .map_err(internal)?
-            .or_else(|| self.linked.get(req.site_id));
+        // The CSR must be meant for this issuer, now: one made for another issuer (a
+        // redemption or a renewal there) cannot renew here.
+        let (bound_to, at) = skiff_certs::renewal_csr_binding(&req.csr)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad renewal request: {e}")))?;
+        if bound_to != self.site_id {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the renewal request is for issuing site {bound_to}, not this one ({}): a renewal request is made for one issuer",
+                    self.site_id
+                ),
+            ));
+        }
+        let skew = (now.unix_timestamp() - at).unsigned_abs();
+        if skew > RENEWAL_FRESHNESS.as_secs() {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the renewal request was made {skew}s away from this site's clock (at most {}s are accepted): make a new one (skiff link renew), and check the clocks of both sites",
+                    RENEWAL_FRESHNESS.as_secs()
+                ),
+            ));
+        }
+        // The folder is the truth (a `skiff link revoke` may have written it a moment ago; a
+        // deleted record stays deleted).
+        let known = crate::site::load_linked_site(&self.folder, req.site_id).map_err(internal)?;
         let Some(known) = known else {
             return Err((
                 StatusCode::FORBIDDEN,
@@ -510,24 +580,33 @@ impl GrantService {
                 ),
             ));
         }
-        let until = (now + *self.overlap.read().unwrap())
-            .format(&Rfc3339)
-            .unwrap_or_default();
+        let until_time = overlap_end(now, *self.overlap.read().unwrap()).map_err(|e| {
+            tracing::error!(cause = %e, "renewal failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, e)
+        })?;
+        let until = until_time.format(&Rfc3339).unwrap_or_default();
         let mut spec = known.spec.clone();
         let replaced = std::mem::replace(&mut spec.certificate_serial, cert.serial.clone());
-        spec.previous_certificate_serial = Some(replaced.clone());
-        spec.previous_serial_valid_until = Some(until.clone());
+        // Every replaced certificate keeps its own window: two renewals in a row (the first
+        // answer lost) do not lock out the certificate the dialer still holds.
+        spec.replaced_certificates =
+            replaced_after_renewal(&known.spec, &replaced, now, until_time);
+        spec.renewed = true;
+        spec.previous_certificate_serial = None;
+        spec.previous_serial_valid_until = None;
         let renewed = LinkedSite::new(spec);
         save_linked_site(&self.folder, &renewed).map_err(internal)?;
         self.linked.insert(renewed);
-        if let Some(hook) = self.commit_hook.get() {
-            hook.commit().await.map_err(|why| {
-                tracing::error!(cause = %why, "renewal not committed");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the issuing site could not store the renewal; try again shortly".to_string(),
-                )
-            })?;
+        if let Some(hook) = self.commit_hook.get()
+            && let Err(why) = hook.commit().await
+        {
+            tracing::error!(cause = %why, "renewal not committed; rolled back");
+            self.roll_back_renewal(known, &cert.serial);
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the issuing site could not store the renewal (nothing changed); try again shortly"
+                    .to_string(),
+            ));
         }
         tracing::info!(
             peer_site = %req.site_id,
@@ -543,6 +622,26 @@ impl GrantService {
             serial: cert.serial,
             previous_serial_valid_until: until,
         })
+    }
+
+    /// Puts back the record a renewal replaced (its commit failed, so the renewing site never
+    /// got the new certificate), keeping a revocation written meanwhile.
+    fn roll_back_renewal(&self, mut old: LinkedSite, new_serial: &str) {
+        match crate::site::load_linked_site(&self.folder, old.spec.site_id) {
+            Ok(Some(now)) if now.spec.certificate_serial == new_serial => {
+                old.spec.revoked = now.spec.revoked;
+                old.spec.revoked_at = now.spec.revoked_at;
+                if let Err(e) = save_linked_site(&self.folder, &old) {
+                    tracing::error!(cause = %crate::error_chain(&e), "renewal roll-back failed");
+                }
+                self.linked.insert(old);
+            }
+            // Gone or rewritten by someone else since: theirs stands.
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(cause = %crate::error_chain(&e), "renewal roll-back failed");
+            }
+        }
     }
 
     async fn handle(
@@ -613,7 +712,9 @@ impl skiff_router::link::GrantHandler for SharedGrantService {
                 let service = service.clone();
                 async move { Ok::<_, std::convert::Infallible>(service.handle(req, peer).await) }
             });
+            // One request per connection: a client cannot hold one open for many.
             let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), svc);
             match tokio::time::timeout(REDEEM_TIMEOUT, conn).await {
                 Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "grant connection ended"),
@@ -683,7 +784,9 @@ pub async fn redeem_token(
     )
     .await
     .map_err(|e| match e {
-        IssuerAnswer::Unreachable(reason) => SiteError::IssuerUnreachable { url, reason },
+        IssuerAnswer::Unreachable(reason) | IssuerAnswer::Unanswered(reason) => {
+            SiteError::IssuerUnreachable { url, reason }
+        }
         IssuerAnswer::Refused(reason) => SiteError::RedemptionRefused {
             issuer: url,
             reason,
@@ -732,8 +835,11 @@ fn split_host_port(endpoint: &str) -> Option<(String, u16)> {
 /// Why a request to an issuer's grant endpoint failed.
 #[derive(Debug)]
 pub enum IssuerAnswer {
-    /// Not reached, or it failed on its side: trying again later may work.
+    /// Not reached (nothing was sent): another endpoint may work.
     Unreachable(String),
+    /// Sent, but no usable answer came back (none in time, the connection broke, or it
+    /// failed on its side): it may have acted on the request. Trying again later may work.
+    Unanswered(String),
     /// It answered and refused; its reason, verbatim.
     Refused(String),
 }
@@ -742,6 +848,7 @@ impl std::fmt::Display for IssuerAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             IssuerAnswer::Unreachable(r) => write!(f, "not reached: {r}"),
+            IssuerAnswer::Unanswered(r) => write!(f, "no answer: {r}"),
             IssuerAnswer::Refused(r) => write!(f, "refused: {r}"),
         }
     }
@@ -762,6 +869,9 @@ async fn post_to_issuer<Req: Serialize, Resp: serde::de::DeserializeOwned>(
         .map_err(|e| unreachable(format!("the issuer's CA is unusable: {e}")))?;
     let server_name = rustls_pki_types::ServerName::try_from(issuer.server_name())
         .map_err(|e| unreachable(e.to_string()))?;
+    // Set once the request may have reached the issuer: failures after it are ambiguous.
+    let sent = std::sync::atomic::AtomicBool::new(false);
+    let unanswered = IssuerAnswer::Unanswered;
     let work = async {
         let tcp = TcpStream::connect((host, port))
             .await
@@ -780,33 +890,41 @@ async fn post_to_issuer<Req: Serialize, Resp: serde::de::DeserializeOwned>(
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .expect("valid request");
+        sent.store(true, std::sync::atomic::Ordering::Relaxed);
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| unreachable(format!("no answer: {e}")))?;
+            .map_err(|e| unanswered(format!("no answer: {e}")))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_BODY)
             .collect()
             .await
-            .map_err(|e| unreachable(format!("answer unreadable: {e}")))?
+            .map_err(|e| unanswered(format!("answer unreadable: {e}")))?
             .to_bytes();
         if status.is_success() {
             serde_json::from_slice::<Resp>(&body)
-                .map_err(|e| unreachable(format!("malformed answer: {e}")))
+                .map_err(|e| unanswered(format!("malformed answer: {e}")))
         } else {
             let reason = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|b| b.error)
                 .unwrap_or_else(|_| format!("HTTP {status}"));
             if status.is_server_error() {
                 // The issuer's own trouble, not a refusal: trying again may work.
-                return Err(unreachable(format!("it answered {status}: {reason}")));
+                return Err(unanswered(format!("it answered {status}: {reason}")));
             }
             Err(IssuerAnswer::Refused(reason))
         }
     };
     tokio::time::timeout(REDEEM_TIMEOUT, work)
         .await
-        .map_err(|_| unreachable(format!("no answer within {}s", REDEEM_TIMEOUT.as_secs())))?
+        .map_err(|_| {
+            let why = format!("no answer within {}s", REDEEM_TIMEOUT.as_secs());
+            if sent.load(std::sync::atomic::Ordering::Relaxed) {
+                unanswered(why)
+            } else {
+                unreachable(why)
+            }
+        })?
 }
 
 fn describe_connect_error(e: &std::io::Error) -> String {
@@ -856,10 +974,8 @@ mod tests {
         assert_eq!(split_host_port("a.b"), None);
     }
 
-    #[test]
-    fn after_a_renewal_only_the_current_and_the_previous_within_its_window_link() {
-        let now = OffsetDateTime::now_utc();
-        let mut spec = LinkedSiteSpec {
+    fn spec() -> LinkedSiteSpec {
+        LinkedSiteSpec {
             site_id: SiteId::random(),
             site_name: "b".into(),
             grant: "g".into(),
@@ -868,11 +984,20 @@ mod tests {
             linked_at: String::new(),
             revoked: false,
             revoked_at: None,
+            renewed: false,
+            replaced_certificates: Vec::new(),
             previous_certificate_serial: None,
             previous_serial_valid_until: None,
-        };
+        }
+    }
+
+    #[test]
+    fn after_a_renewal_only_the_current_and_the_previous_within_its_window_link() {
+        let now = OffsetDateTime::now_utc();
+        let mut spec = spec();
         // Never renewed: any serial our CA issued with the right key.
         assert!(serial_allowed(&spec, "42", now).is_ok());
+        // A record written by an earlier skiff (one slot) still reads the same.
         spec.previous_certificate_serial = Some("50".into());
         spec.previous_serial_valid_until = (now + Duration::from_secs(60)).format(&Rfc3339).ok();
         assert!(serial_allowed(&spec, "51", now).is_ok());
@@ -886,5 +1011,44 @@ mod tests {
             err.contains("serial 42") && err.contains("replaced by a renewal"),
             "{err}"
         );
+    }
+
+    /// Two renewals in a row whose answers were lost: the certificate the dialer still holds
+    /// (the one before both) keeps linking for its window; ended entries go, and the list is
+    /// bounded.
+    #[test]
+    fn every_replaced_certificate_keeps_its_own_window() {
+        let now = OffsetDateTime::now_utc();
+        let mut spec = spec();
+        spec.certificate_serial = "a".into();
+        let until = now + Duration::from_secs(60);
+        // Renewal 1 replaces a with b, renewal 2 replaces b with c.
+        spec.replaced_certificates = replaced_after_renewal(&spec, "a", now, until);
+        spec.renewed = true;
+        spec.certificate_serial = "b".into();
+        spec.replaced_certificates = replaced_after_renewal(&spec, "b", now, until);
+        spec.certificate_serial = "c".into();
+        for serial in ["a", "b", "c"] {
+            assert!(serial_allowed(&spec, serial, now).is_ok(), "{serial}");
+        }
+        let late = now + Duration::from_secs(61);
+        assert!(serial_allowed(&spec, "a", late).is_err());
+        assert!(serial_allowed(&spec, "c", late).is_ok());
+        // Ended entries are dropped at the next renewal; the list never grows past the cap.
+        let after = replaced_after_renewal(&spec, "c", late, late + Duration::from_secs(60));
+        assert_eq!(after.len(), 1);
+        for i in 0..100 {
+            spec.replaced_certificates =
+                replaced_after_renewal(&spec, &format!("s{i}"), now, until);
+        }
+        assert_eq!(spec.replaced_certificates.len(), MAX_REPLACED_CERTIFICATES);
+    }
+
+    #[test]
+    fn an_overlap_beyond_any_time_is_an_error_not_a_panic() {
+        let now = OffsetDateTime::now_utc();
+        let err = overlap_end(now, Duration::from_secs(3_000_000 * 86_400 * 1000)).unwrap_err();
+        assert!(err.contains("certificateOverlap"), "{err}");
+        assert!(overlap_end(now, LINK_CERT_VALIDITY).is_ok());
     }
 }

@@ -72,11 +72,21 @@ impl SiteSpec {
     pub fn certificate_overlap(&self) -> Result<std::time::Duration, SiteError> {
         match &self.certificate_overlap {
             None => Ok(DEFAULT_CERTIFICATE_OVERLAP),
-            Some(text) => skiff_certs::parse_duration(text).map_err(|e| {
-                SiteError::InvalidArgument(format!(
-                    "site.yaml spec.certificateOverlap {text:?} is not a duration like 30s, 10m or 24h: {e}"
-                ))
-            }),
+            Some(text) => {
+                let overlap = skiff_certs::parse_duration(text).map_err(|e| {
+                    SiteError::InvalidArgument(format!(
+                        "site.yaml spec.certificateOverlap {text:?} is not a duration like 30s, 10m or 24h: {e}"
+                    ))
+                })?;
+                let most = crate::grant::LINK_CERT_VALIDITY;
+                if overlap > most {
+                    return Err(SiteError::InvalidArgument(format!(
+                        "site.yaml spec.certificateOverlap {text:?} is longer than a link certificate is valid ({}): set at most that",
+                        skiff_certs::format_duration(most)
+                    )));
+                }
+                Ok(overlap)
+            }
         }
     }
 }
@@ -167,14 +177,54 @@ pub struct LinkedSiteSpec {
     /// When it was revoked (RFC 3339 UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
-    /// Serial of the certificate that the last renewal replaced (hex). Set once the site has
-    /// renewed: from then on only `certificateSerial`, and this one until
-    /// `previousSerialValidUntil`, may link.
+    /// Set once the site has renewed: from then on only `certificateSerial`, and the
+    /// replaced certificates in `replacedCertificates` until their end, may link.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub renewed: bool,
+    /// The certificates renewals replaced that still link, each until its own end (at most
+    /// [`MAX_REPLACED_CERTIFICATES`]; ended ones are dropped at the next renewal).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced_certificates: Vec<ReplacedCertificate>,
+    /// Read from files of an earlier skiff (one slot): the serial the last renewal replaced.
+    /// Counts as one more entry of `replacedCertificates`; the next renewal moves it there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_certificate_serial: Option<String>,
-    /// End of the overlap window of `previousCertificateSerial` (RFC 3339 UTC).
+    /// Read from files of an earlier skiff: end of `previousCertificateSerial`'s window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_serial_valid_until: Option<String>,
+}
+
+/// How many replaced certificates a linked site's record keeps (the ones ending first go
+/// beyond that).
+pub const MAX_REPLACED_CERTIFICATES: usize = 16;
+
+/// A certificate a renewal replaced, still linking until `validUntil`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplacedCertificate {
+    /// Its serial (hex).
+    pub serial: String,
+    /// End of its overlap window (RFC 3339 UTC).
+    pub valid_until: String,
+}
+
+impl LinkedSiteSpec {
+    /// Whether the site has renewed (the serial rule applies).
+    pub fn has_renewed(&self) -> bool {
+        self.renewed || self.previous_certificate_serial.is_some()
+    }
+
+    /// Every replaced certificate with its end, the one-slot field of old files included.
+    pub fn replaced(&self) -> Vec<ReplacedCertificate> {
+        let mut out = self.replaced_certificates.clone();
+        if let Some(serial) = &self.previous_certificate_serial {
+            out.push(ReplacedCertificate {
+                serial: serial.clone(),
+                valid_until: self.previous_serial_valid_until.clone().unwrap_or_default(),
+            });
+        }
+        out
+    }
 }
 
 impl Site {
@@ -448,6 +498,30 @@ mod tests {
             back.spec.certificate_overlap().unwrap(),
             std::time::Duration::from_secs(90)
         );
+        // Far beyond a link certificate's validity: refused by name, not a panic at the
+        // first renewal.
+        let mut huge = back.clone();
+        huge.spec.certificate_overlap = Some("3000000d".into());
+        let err = huge.spec.certificate_overlap().unwrap_err().to_string();
+        assert!(
+            err.contains("spec.certificateOverlap")
+                && err.contains("longer than a link certificate"),
+            "{err}"
+        );
+        huge.spec.certificate_overlap = Some("1825d".into());
+        assert!(huge.spec.certificate_overlap().is_ok());
+    }
+
+    /// A linked site record of an earlier skiff (one replaced-certificate slot) still loads.
+    #[test]
+    fn an_old_linked_site_record_loads() {
+        let id = SiteId::random();
+        let text = format!(
+            "apiVersion: skiff.io/v1alpha1\nkind: LinkedSite\nmetadata:\n  name: {id}\nspec:\n  siteId: {id}\n  siteName: b\n  grant: g\n  certificateSerial: '51'\n  keyFingerprint: k\n  linkedAt: ''\n  previousCertificateSerial: '50'\n  previousSerialValidUntil: '2999-01-01T00:00:00Z'\n"
+        );
+        let s: LinkedSite = from_yaml(&text, Path::new("peers/x.yaml")).unwrap();
+        assert!(s.spec.has_renewed());
+        assert_eq!(s.spec.replaced().len(), 1);
     }
 
     #[test]

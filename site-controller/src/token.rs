@@ -317,7 +317,13 @@ async fn renew_peer(
         error: None,
     };
     let key = link_key(folder)?;
-    let csr = skiff_certs::link_csr(site.id(), site.name(), &key)?;
+    // Bound to this issuer and this moment: it cannot renew at another issuer, nor later.
+    let csr = skiff_certs::renewal_csr(
+        site.id(),
+        first.spec.peer_site_id,
+        OffsetDateTime::now_utc(),
+        &key,
+    )?;
     let mut endpoints: Vec<&String> = Vec::new();
     for l in group {
         for e in &l.spec.endpoints {
@@ -350,6 +356,15 @@ async fn renew_peer(
             Err(crate::grant::IssuerAnswer::Unreachable(reason)) => {
                 failures.push(format!("{endpoint}: {reason}"));
             }
+            Err(crate::grant::IssuerAnswer::Unanswered(reason)) => {
+                // The issuer may have renewed without our hearing it: asking again at once
+                // would replace that certificate too. The link keeps its certificate, which
+                // still links for the issuer's overlap window; renew again later.
+                failures.push(format!(
+                    "{endpoint}: {reason} (the issuer may have renewed without answering; the link keeps its certificate, which still links for the issuer's overlap window: run skiff link renew again later)"
+                ));
+                break;
+            }
         }
     }
     let Some(answer) = answer else {
@@ -373,11 +388,24 @@ async fn renew_peer(
         );
         return Ok(outcome);
     }
+    // Each link file as it is now (the round trip took a while; a link deleted or edited
+    // meanwhile stays deleted or keeps its edit): only its client certificate changes.
+    let mut stored = Vec::new();
     for l in group {
-        let mut renewed = (*l).clone();
-        renewed.spec.client_certificate = answer.certificate.clone();
-        save_link(folder, &renewed)?;
+        let Some((mut now, _)) = list_links(folder)?
+            .into_iter()
+            .find(|(n, _)| n.metadata.name == l.metadata.name)
+        else {
+            continue;
+        };
+        if now.spec.peer_site_id != l.spec.peer_site_id {
+            continue;
+        }
+        now.spec.client_certificate = answer.certificate.clone();
+        save_link(folder, &now)?;
+        stored.push(now.metadata.name.clone());
     }
+    outcome.links = stored;
     outcome.expires = skiff_certs::certificate_validity_pem(&answer.certificate)
         .ok()
         .and_then(|(_, end)| end.format(&Rfc3339).ok());

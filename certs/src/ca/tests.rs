@@ -266,3 +266,27 @@ fn csr_with_a_non_p256_key_is_rejected() {
     let e = ca.sign_link_csr(&csr, Duration::from_secs(60)).unwrap_err();
     assert!(e.to_string().contains("not an ECDSA P-256 key"), "{e}");
 }
+
+/// A renewal CSR names the issuer and the moment it was made, signed by the link key; a
+/// redemption CSR of the same key does not pass as one.
+#[test]
+fn a_renewal_csr_is_bound_to_its_issuer_and_time_and_a_redemption_csr_is_not_one() {
+    crate::install_crypto_provider();
+    let site = SiteId::random();
+    let issuer = SiteId::random();
+    let key = generate_link_key().unwrap();
+    let at = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let csr = renewal_csr(site, issuer, at, &key).unwrap();
+    assert_eq!(renewal_csr_binding(&csr).unwrap(), (issuer, 1_800_000_000));
+    // The issuer signs it like any link CSR: the certificate certifies the site's id.
+    let ca = SiteCa::generate("x", issuer).unwrap();
+    let (id, _) = ca.sign_link_csr(&csr, Duration::from_secs(60)).unwrap();
+    assert_eq!(id, site);
+    let redemption = link_csr(site, "b", &key).unwrap();
+    let e = renewal_csr_binding(&redemption).unwrap_err();
+    assert!(e.to_string().contains("not a renewal request"), "{e}");
+    // A site named like a renewal subject cannot make its redemption CSR pass either: site
+    // names have no spaces, and the prefix differs.
+    let e = renewal_csr_binding(&link_csr(site, "renew", &key).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("not a renewal request"), "{e}");
+}
