@@ -128,16 +128,21 @@ impl LinkTable {
         out
     }
 
-    /// The up links to `peer`, cheapest first.
+    /// The up links to `peer`, cheapest first; among equally cheap ones the newest entry first
+    /// (an inbound connection is a new entry; a dialer keeps its own across reconnects). A
+    /// peer that restarted and dialed again is so reached over its new connection at once,
+    /// not over its previous run's connection until that one is declared dead.
     pub(crate) fn up_links(&self, peer: SiteId) -> Vec<(LinkStatus, UpLink)> {
         let g = self.inner.lock().unwrap();
         let mut out: Vec<(LinkStatus, UpLink)> =
             g.1.values()
+                .rev()
                 .filter_map(|e| match &e.up {
                     Some(up) if up.peer == peer => Some((e.status.clone(), up.clone())),
                     _ => None,
                 })
                 .collect();
+        // Stable: equal costs keep the newest-first order.
         out.sort_by_key(|(s, _)| s.cost);
         out
     }
