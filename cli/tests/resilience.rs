@@ -225,6 +225,10 @@ fn the_middle_router_killed_comes_back_without_a_token_and_never_dials_a_removed
     net.spawn_backend("c", "name", 7000, "c");
     net.ok("c", &["connector", "create", "svc", "7000"]);
     net.ok("a", &["listener", "create", "svc", "8000"]);
+    // And the other way: a service at b reached from c (which b dials).
+    net.spawn_backend("b", "name", 7001, "b");
+    net.ok("b", &["connector", "create", "at-b", "7001"]);
+    net.ok("c", &["listener", "create", "at-b", "8001"]);
     for s in ["a", "b", "c", "d"] {
         net.start(s);
     }
@@ -237,6 +241,8 @@ fn the_middle_router_killed_comes_back_without_a_token_and_never_dials_a_removed
     }
     let addr = net.wait_listener("a", "svc", Duration::from_secs(10));
     wait_answer(addr, "c", Duration::from_secs(10));
+    let at_b = net.wait_listener("c", "at-b", Duration::from_secs(10));
+    wait_answer(at_b, "b", Duration::from_secs(10));
 
     // b stops linking to d; d sees b go.
     net.ok("b", &["link", "delete", "d"]);
@@ -270,11 +276,20 @@ fn the_middle_router_killed_comes_back_without_a_token_and_never_dials_a_removed
         );
         back = restart.elapsed();
     }
-    let served = wait_answer(addr, "c", Duration::from_secs(10)) + back;
+    wait_answer(addr, "c", Duration::from_secs(10));
+    let served = restart.elapsed();
+    wait_answer(at_b, "b", Duration::from_secs(10));
+    let served_at_b = restart.elapsed();
     eprintln!(
         "b killed (SIGKILL) and restarted: process answering in {started:?}, links a-b and \
-         b-c up at both ends {back:?} after the restart, the service at c served again \
-         {served:?} after it"
+         b-c up at both ends {back:?} after the restart, the service at c served to a again \
+         {served:?} after it, the service at b served to c {served_at_b:?} after it"
+    );
+    // c, which b dials, must not keep sending flows into b's dead connection while b's new
+    // one is up.
+    assert!(
+        served_at_b < DEAD_AFTER,
+        "c reached the service at b only {served_at_b:?} after b restarted"
     );
     // Within the keepalive window: a (which dials b over QUIC) must not wait for its old
     // connection to time out; b's stateless resets tell it at once that b restarted.
