@@ -178,10 +178,13 @@ enum LinkCommand {
         dir: DirArg,
     },
     /// At the accepting site: revoke a site that linked here. Its links close at once; its
-    /// re-dials and certificate renewals are refused.
+    /// re-dials and certificate renewals are refused, and this site stops dialling it too.
     Revoke {
-        /// The linked site's name or id.
+        /// The linked site's name, id, or id prefix (8 characters or more).
         site: String,
+        /// Undo a revocation: the site may link and renew again.
+        #[arg(long)]
+        undo: bool,
         /// `json` for scripts.
         #[arg(long)]
         output: Option<output::Format>,
@@ -528,7 +531,46 @@ async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
             println!("link {name:?} deleted");
             Ok(ExitCode::SUCCESS)
         }
-        LinkCommand::Revoke { site, output, dir } => {
+        LinkCommand::Revoke {
+            site,
+            undo: true,
+            output,
+            dir,
+        } => {
+            let r = tokens::unrevoke(&dir.folder(), &site).await?;
+            let s = &r.site.spec;
+            if output == Some(output::Format::Json) {
+                let v = serde_json::json!({
+                    "site": s.site_name,
+                    "id": s.site_id.to_string(),
+                    "revoked": false,
+                    "wasRevoked": r.newly,
+                    "applied": r.applied,
+                });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(ExitCode::SUCCESS);
+            }
+            if r.newly {
+                println!(
+                    "site {:?} ({}) is no longer revoked",
+                    s.site_name, s.site_id
+                );
+            } else {
+                println!("site {:?} ({}) was not revoked", s.site_name, s.site_id);
+            }
+            if r.applied {
+                println!("it may link and renew again; this site's links to it are dialled again");
+            } else {
+                println!("the site is not running: this holds from its next start");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LinkCommand::Revoke {
+            site,
+            undo: false,
+            output,
+            dir,
+        } => {
             let r = tokens::revoke(&dir.folder(), &site).await?;
             let s = &r.site.spec;
             if output == Some(output::Format::Json) {
@@ -553,7 +595,10 @@ async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
                 );
             }
             if r.applied {
-                println!("its links are closed; its re-dials and renewals are refused");
+                println!(
+                    "its links are closed; its re-dials and renewals are refused, and this site does not dial it (undo with: skiff link revoke {} --undo)",
+                    s.site_id
+                );
             } else {
                 println!("the site is not running: the revocation holds from its next start");
             }
@@ -566,9 +611,6 @@ async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
                 None => tokens::RenewSelection::All,
             };
             let outcomes = tokens::renew_links(&folder, selection).await?;
-            if outcomes.iter().any(|o| o.error.is_none()) {
-                tokens::reload_if_running(&folder).await?;
-            }
             let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
             if output == Some(output::Format::Json) {
                 println!(
@@ -595,13 +637,32 @@ async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
                     }
                 }
             }
+            // The renewed certificates are stored whatever happens now: say so first, then
+            // hand them to the running site.
+            let mut reload_failed = false;
+            if outcomes.iter().any(|o| o.error.is_none())
+                && let Err(e) = tokens::reload_if_running(&folder).await
+            {
+                reload_failed = true;
+                eprintln!(
+                    "error: the renewed certificates are stored in the link files, but the running site did not take them: {}",
+                    skiff_site_controller::error_chain(&e)
+                );
+                eprintln!(
+                    "hint: its established links are unaffected; it uses the new certificates after: skiff site run (restart), or the next command that reloads it"
+                );
+            }
             if failed > 0 {
                 eprintln!(
                     "hint: a link that was not renewed keeps its certificate and works until it expires; check that the issuing site runs and has not revoked this one, then retry"
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if reload_failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

@@ -275,24 +275,36 @@ fn revoke_over(transport: &str) {
             .contains("revoked"),
         "{refused:#}"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let refusals = a
-            .log()
+    // b was told it is revoked: it backs off for minutes instead of redialling every few
+    // seconds, so neither log fills with the same refusal.
+    let warned_refusals = |site: &Site, words: &[&str]| {
+        site.log()
             .lines()
-            .filter(|l| l.contains("refused an inbound link") && l.contains("was revoked here"))
-            .count();
-        if refusals >= 2 {
-            eprintln!("{transport}: a refused {refusals} re-dials of b, each logged as revoked");
-            break;
-        }
+            .filter(|l| l.contains("WARN") && words.iter().all(|w| l.contains(w)))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while warned_refusals(&a, &["refused an inbound link", "was revoked here"]) == 0 {
         assert!(
             Instant::now() < deadline,
-            "a did not log 2 refused re-dials:\n{}",
+            "a did not log the refused re-dial:\n{}",
             a.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    std::thread::sleep(Duration::from_secs(12));
+    let at_a = warned_refusals(&a, &["refused an inbound link", "was revoked here"]);
+    let at_b = warned_refusals(&b, &["link refused", "retrying in 180 s"]);
+    eprintln!(
+        "{transport}: in 12 s after the first refused re-dial: {at_a} WARN lines at a, {at_b} at b"
+    );
+    assert_eq!(
+        at_a,
+        1,
+        "a logged the revoked site's re-dials {at_a} times:\n{}",
+        a.log()
+    );
+    assert_eq!(at_b, 1, "b logged its refusals {at_b} times:\n{}", b.log());
     // a's link list shows b as revoked (it has no link there any more).
     let shown = link_named(&a, "from-b").expect("b listed at a");
     assert_eq!(shown["status"], "revoked", "{shown:#}");
@@ -403,6 +415,61 @@ fn revoke_names_sites_clearly_and_holds_from_the_next_start() {
     let mut other_b = other_b;
     other_b.start();
     other_b.wait_link(Duration::from_secs(10), "other b up", is_link("up", "a"));
+}
+
+/// a revokes b while a also dials b (both issued a token to the other): a's own outbound
+/// link to b must not bring b back. a stops dialling b, says why in its link list, and
+/// dials again once the revocation is undone.
+#[test]
+fn revoking_a_site_this_site_also_dials_stops_dialling_it() {
+    let mut a = Site::create("a", true);
+    let mut b = Site::create("b", true);
+    a.start();
+    b.start();
+    link_over(&b, &a, "auto");
+    link_over(&a, &b, "auto");
+    a.wait_link(Duration::from_secs(5), "a up to b", is_link("up", "b"));
+    b.wait_link(Duration::from_secs(5), "b up to a", is_link("up", "a"));
+
+    let t0 = Instant::now();
+    ok(&["link", "revoke", "b", "--dir", a.d()]);
+    let not_dialled = a.wait_link(Duration::from_secs(3), "a's link to b not dialled", |l| {
+        l["name"] == "b" && l["status"] == "refused"
+    });
+    let reason = not_dialled["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not dialled")
+            && reason.contains("revoked")
+            && reason.contains("skiff link delete b"),
+        "{not_dialled:#}"
+    );
+    eprintln!("a stopped dialling the revoked b after {:?}", t0.elapsed());
+    // It stays so: no link between a and b comes back in either direction.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert!(
+            link_named(&a, "b").is_some_and(|l| l["status"] != "up"),
+            "a dialled the revoked b again: {:#?}",
+            a.links()
+        );
+        assert!(
+            link_named(&a, "from-b").is_none_or(|l| l["status"] != "up"),
+            "b linked in again: {:#?}",
+            a.links()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Undone: a dials b again.
+    let out = ok(&["link", "revoke", "b", "--undo", "--dir", a.d()]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("no longer revoked"), "{said}");
+    let t1 = Instant::now();
+    a.wait_link(
+        Duration::from_secs(10),
+        "a up to b after --undo",
+        is_link("up", "b"),
+    );
+    eprintln!("after --undo, a's link to b up again in {:?}", t1.elapsed());
 }
 
 /// A site's id, from its site.yaml.

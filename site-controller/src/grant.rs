@@ -182,6 +182,16 @@ impl skiff_router::link::InboundPolicy for LinkedSites {
         }
     }
 
+    fn revoked(&self, peer: SiteId) -> Option<String> {
+        match self.sites.read().unwrap().get(&peer) {
+            Some(s) if s.spec.revoked => Some(format!(
+                "site {} ({peer}) was revoked at this site",
+                s.spec.site_name
+            )),
+            _ => None,
+        }
+    }
+
     fn check_key(&self, peer: SiteId, key_fingerprint: &str) -> Result<(), String> {
         match self.sites.read().unwrap().get(&peer) {
             Some(s) if s.spec.key_fingerprint != key_fingerprint => Err(format!(

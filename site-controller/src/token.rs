@@ -447,19 +447,62 @@ mod tests {
 pub struct Revoked {
     /// The revoked site's record.
     pub site: crate::resources::LinkedSite,
-    /// `false`: it was revoked before.
+    /// `false`: it was revoked before (with `--undo`: it was not revoked).
     pub newly: bool,
     /// Whether a running site applied it now (else it applies at the next start).
     pub applied: bool,
 }
 
+/// How long a revocation waits for a site that is starting (folder locked, admin API not up
+/// yet) to answer its reload.
+pub const RELOAD_WAIT: Duration = Duration::from_secs(15);
+
+/// Asks the site in `folder` to re-read its folder. A site that is starting (it holds the
+/// folder but does not answer yet) is asked again until it answers, for up to
+/// [`RELOAD_WAIT`]: it may have read `peers/` before the change. `Ok(false)`: not running.
+pub async fn reload_waiting_for_start(folder: &SiteFolder) -> Result<bool, SiteError> {
+    let deadline = tokio::time::Instant::now() + RELOAD_WAIT;
+    loop {
+        if !folder.is_locked() {
+            return Ok(false);
+        }
+        match admin_request(&folder.admin_socket(), http::Method::POST, "/v1/reload").await {
+            Ok(_) => return Ok(true),
+            Err(SiteError::NotRunning { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(SiteError::NotRunning { .. }) => {
+                return Err(SiteError::InvalidArgument(format!(
+                    "the site holds its folder but its admin API did not answer within {} s (starting or stopping)",
+                    RELOAD_WAIT.as_secs()
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The error of a revocation (or its undoing) that was recorded but not applied.
+fn not_applied(site: &crate::resources::LinkedSite, what: &str, e: &SiteError) -> SiteError {
+    SiteError::InvalidArgument(format!(
+        "site {} ({}) {what}: recorded in peers/{}.yaml, not yet applied to the running site: {}. Run the same command again once the site answers (skiff site status), or restart the site: it applies it when it starts",
+        site.spec.site_name,
+        site.spec.site_id,
+        site.spec.site_id,
+        crate::error_chain(e)
+    ))
+}
+
 /// Revokes the linked site `who` (name, id or id prefix) at this site: records it in
-/// `peers/`, and if the site runs, reloads it, which closes that site's links at once; its
-/// re-dials and renewals are refused from then on. Idempotent.
+/// `peers/`, and if the site runs (or is starting), reloads it, which closes that site's
+/// links at once and stops this site's own links to it; its re-dials and renewals are
+/// refused from then on. Idempotent.
 pub async fn revoke(folder: &SiteFolder, who: &str) -> Result<Revoked, SiteError> {
     load_site(folder)?;
     let (mut site, newly) = crate::site::revoke_linked_site(folder, who)?;
-    let mut applied = reload_if_running(folder).await?;
+    let mut applied = reload_waiting_for_start(folder)
+        .await
+        .map_err(|e| not_applied(&site, "revoked", &e))?;
     // A redemption or renewal answered while we wrote may have stored the record again
     // without the mark; the running site then still admits it. Mark again until it holds
     // (each pass is one write and one reload).
@@ -477,7 +520,9 @@ pub async fn revoke(folder: &SiteFolder, who: &str) -> Result<Revoked, SiteError
                 let (again, _) =
                     crate::site::revoke_linked_site(folder, &site.spec.site_id.to_string())?;
                 site = again;
-                applied = reload_if_running(folder).await?;
+                applied = reload_waiting_for_start(folder)
+                    .await
+                    .map_err(|e| not_applied(&site, "revoked", &e))?;
             }
         }
     }
@@ -485,4 +530,25 @@ pub async fn revoke(folder: &SiteFolder, who: &str) -> Result<Revoked, SiteError
         "site {} ({}) could not be kept revoked: its record was rewritten five times while revoking (is another skiff changing this folder?)",
         site.spec.site_name, site.spec.site_id
     )))
+}
+
+/// Undoes the revocation of the linked site `who` (`skiff link revoke --undo`): it may link
+/// and renew again, and this site dials it again. Idempotent.
+pub async fn unrevoke(folder: &SiteFolder, who: &str) -> Result<Revoked, SiteError> {
+    load_site(folder)?;
+    let mut site = crate::site::find_linked_site(folder, who)?;
+    let newly = site.spec.revoked;
+    if newly {
+        site.spec.revoked = false;
+        site.spec.revoked_at = None;
+        crate::site::save_linked_site(folder, &site)?;
+    }
+    let applied = reload_waiting_for_start(folder)
+        .await
+        .map_err(|e| not_applied(&site, "is no longer revoked", &e))?;
+    Ok(Revoked {
+        site,
+        newly,
+        applied,
+    })
 }

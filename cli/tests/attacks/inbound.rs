@@ -165,7 +165,7 @@ fn garbage_datagrams_over_udp() {
     );
     after.assert_refused();
     s.assert_untouched(&[
-        "refused a QUIC link",
+        "refused an inbound link",
         "transport=quic",
         "no client certificate",
     ]);

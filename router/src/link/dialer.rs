@@ -28,6 +28,11 @@ use super::{Direction, LinkSpec, LinkState, LinkStatus, Transport, TransportChoi
 pub(crate) const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Longest reconnect delay (also the retry interval of a refused link).
 pub(crate) const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Retry interval of a link the peer refused because it revoked this site: a revocation is
+/// not undone in seconds, and both ends log each attempt.
+pub(crate) const REVOKED_BACKOFF: Duration = Duration::from_secs(180);
+/// How often a link to a site revoked here checks whether the revocation was undone.
+pub(crate) const REVOKED_HERE_RECHECK: Duration = Duration::from_secs(2);
 /// Head start of QUIC over TLS/TCP with `auto`.
 pub(crate) const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
 /// Time limit of one attempt: connect, TLS handshake and hello exchange.
@@ -189,8 +194,12 @@ async fn dial_forever(
         }
     };
     let mut backoff = Backoff::new();
+    // Set when a renewal woke a wait; the receiver then no longer reports it as changed.
+    let mut woken_by_renewal = false;
+    let mut renewals_open = true;
+    let mut revoked_here_logged = false;
     loop {
-        if renewals.has_changed().unwrap_or(false) {
+        if std::mem::take(&mut woken_by_renewal) || renewals.has_changed().unwrap_or(false) {
             let renewed = renewals.borrow_and_update().clone();
             match dial_config(shared, &renewed) {
                 Ok(c) => {
@@ -203,6 +212,28 @@ async fn dial_forever(
                 }
             }
         }
+        // A site revoked here is not dialled either: the revocation would otherwise be undone
+        // by this site's own outbound link to it.
+        if let Some(why) = shared.policy.revoked(spec.peer_site_id) {
+            if !std::mem::replace(&mut revoked_here_logged, true) {
+                tracing::info!(reason = %why, "not dialling a site revoked here");
+            }
+            shared.table.set_state(
+                id,
+                LinkState::Refused {
+                    reason: format!(
+                        "not dialled: {why}; delete this link (skiff link delete {}) or undo the revocation",
+                        spec.name
+                    ),
+                },
+            );
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(REVOKED_HERE_RECHECK) => {}
+            }
+            continue;
+        }
+        revoked_here_logged = false;
         let spec = &spec;
         let attempt = tokio::select! {
             () = cancel.cancelled() => return,
@@ -229,9 +260,26 @@ async fn dial_forever(
                 }
             }
             Err(AttemptError::Refused(reason)) => {
-                tracing::warn!(%reason, "link refused; retrying in {} s", BACKOFF_CAP.as_secs());
+                let revoked = refused_as_revoked(&reason);
+                let retry = if revoked {
+                    REVOKED_BACKOFF
+                } else {
+                    BACKOFF_CAP
+                };
+                tracing::warn!(%reason, "link refused; retrying in {} s (or when its certificate is renewed)", retry.as_secs());
                 shared.table.set_state(id, LinkState::Refused { reason });
                 backoff.jump_to_cap();
+                if revoked {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(REVOKED_BACKOFF) => {}
+                        r = renewals.changed(), if renewals_open => match r {
+                            Ok(()) => woken_by_renewal = true,
+                            Err(_) => renewals_open = false,
+                        },
+                    }
+                    continue;
+                }
             }
             Err(AttemptError::Network(error)) => {
                 tracing::debug!(cause = %error, "link attempt failed");
@@ -247,8 +295,19 @@ async fn dial_forever(
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
+            // New credentials are worth a dial at once (a refused certificate, renewed).
+            r = renewals.changed(), if renewals_open => match r {
+                Ok(()) => woken_by_renewal = true,
+                Err(_) => renewals_open = false,
+            },
         }
     }
+}
+
+/// Whether the peer's refusal says it revoked this site (see the site controller's
+/// `InboundPolicy::admit`).
+fn refused_as_revoked(reason: &str) -> bool {
+    reason.contains("was revoked here")
 }
 
 /// Marks the link up and drives it until it ends; returns why it ended.

@@ -135,6 +135,12 @@ pub trait InboundPolicy: Send + Sync + 'static {
     fn check_serial(&self, _peer: SiteId, _serial: &str) -> Result<(), String> {
         Ok(())
     }
+
+    /// `Some(why)` when `peer` was revoked at this site: its inbound links are refused, and
+    /// this site's own outbound links to it are not dialled either. The default: never.
+    fn revoked(&self, _peer: SiteId) -> Option<String> {
+        None
+    }
 }
 
 /// Serves token redemptions arriving on the link port.

@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// quinn's endpoint and connection drivers.
     pub(crate) quinn_tasks: TaskTracker,
+    /// Rate limits of the log lines unauthenticated peers can cause.
+    pub(crate) log_limits: tls::LogLimits,
 }
 
 impl Shared {
@@ -189,6 +191,7 @@ impl Router {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             quinn_tasks: quinn_runtime.tasks.clone(),
+            log_limits: tls::LogLimits::default(),
         });
         shared.tasks.spawn(
             routes::run(routes.clone(), route_events, shared.shutdown.clone())
@@ -534,7 +537,7 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         };
         let remote = incoming.remote_address();
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %remote, limit = tls::MAX_PENDING_CONNECTIONS,
+            tls::limited_warn!(shared.log_limits, "quic-pending", peer = %remote, limit = tls::MAX_PENDING_CONNECTIONS,
                 "refused a QUIC connection: too many handshakes in progress");
             incoming.refuse();
             continue;
@@ -546,26 +549,26 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     Ok(Ok(conn)) => conn,
                     Ok(Err(e)) => {
                         let why = super::explain::inbound_handshake_failure(&e);
-                        tracing::warn!(peer = %remote, transport = %Transport::Quic, cause = %e,
+                        tls::limited_warn!(shared2.log_limits, "quic-handshake", peer = %remote, transport = %Transport::Quic, cause = %e,
                             "refused a QUIC connection: {why}");
                         return;
                     }
                     Err(_) => {
-                        tracing::warn!(peer = %remote, transport = %Transport::Quic,
+                        tls::limited_warn!(shared2.log_limits, "quic-handshake-timeout", peer = %remote, transport = %Transport::Quic,
                             "refused a QUIC connection: handshake timed out");
                         return;
                     }
                 };
-                drop(permit);
                 let site = match quic_peer_site(&conn, &*shared2.policy) {
                     Ok(site) => site,
                     Err(reason) => {
-                        tracing::warn!(peer = %remote, transport = %Transport::Quic, %reason, "refused a QUIC link");
+                        tls::limited_warn!(shared2.log_limits, "quic-link-refused", peer = %remote, transport = %Transport::Quic, %reason, "refused an inbound link");
                         conn.close(super::explain::REFUSED_CODE, reason.as_bytes());
                         return;
                     }
                 };
-                serve_inbound(shared2, Arc::new(QuicConnection(conn)), site, Transport::Quic, remote)
+                // Still pending until the hello exchange finished.
+                serve_inbound(shared2, Arc::new(QuicConnection(conn)), site, Transport::Quic, remote, permit)
                     .await;
             }
             .instrument(tracing::debug_span!("link_port_quic", remote = %remote)),
@@ -595,6 +598,8 @@ pub(crate) fn client_identity(
 ) -> Result<SiteId, String> {
     let site =
         skiff_certs::peer_site_id(cert).map_err(|e| format!("unusable client certificate: {e}"))?;
+    // A revoked or unknown site is refused right after TLS, before it may send anything.
+    policy.admit(site)?;
     let key = skiff_certs::key_fingerprint(cert)
         .map_err(|e| format!("unusable client certificate: {e}"))?;
     policy.check_key(site, &key)?;
@@ -605,13 +610,15 @@ pub(crate) fn client_identity(
 }
 
 /// Acceptor side of a link whose transport handshake verified a client certificate for
-/// `cert_site`: hello exchange, then the driver, until the link ends.
+/// `cert_site`: hello exchange, then the driver, until the link ends. `pending` (the link
+/// port's slot of a connection not yet linked) is released once the hello exchange ended.
 pub(crate) async fn serve_inbound(
     shared: Arc<Shared>,
     conn: Arc<dyn MuxConnection>,
     cert_site: SiteId,
     transport: Transport,
     remote: SocketAddr,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) {
     let hello = tokio::time::timeout(
         tls::TLS_HANDSHAKE_TIMEOUT,
@@ -622,11 +629,12 @@ pub(crate) async fn serve_inbound(
     let (control, peer) = match hello {
         Ok(h) => h,
         Err(reason) => {
-            tracing::warn!(peer = %remote, site = %cert_site, %transport, %reason, "refused an inbound link");
+            tls::limited_warn!(shared.log_limits, "hello-refused", peer = %remote, site = %cert_site, %transport, %reason, "refused an inbound link");
             conn.close(&reason);
             return;
         }
     };
+    drop(pending);
     let name = format!("from-{}", peer.site_name);
     let span = tracing::debug_span!("link", name = %name, peer = %cert_site);
     async {

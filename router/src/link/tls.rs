@@ -126,14 +126,14 @@ fn open_file_limit() -> Option<u64> {
 /// Counts events and says when one should be logged: the first, then one every
 /// [`ACCEPT_LOG_EVERY`] (with how many happened since the last log line).
 #[derive(Default)]
-struct RateLimitedLog {
+pub(crate) struct RateLimitedLog {
     since_last: u64,
     last: Option<tokio::time::Instant>,
 }
 
 impl RateLimitedLog {
     /// Counts one event; `Some(events since the last log line)` when this one is logged.
-    fn due(&mut self) -> Option<u64> {
+    pub(crate) fn due(&mut self) -> Option<u64> {
         self.since_last += 1;
         if self.last.is_some_and(|t| t.elapsed() < ACCEPT_LOG_EVERY) {
             return None;
@@ -142,6 +142,38 @@ impl RateLimitedLog {
         Some(std::mem::take(&mut self.since_last))
     }
 }
+
+/// One [`RateLimitedLog`] per kind of line, shared by the tasks of the link port: what
+/// unauthenticated clients can cause (failed handshakes, refused links) is logged at most
+/// once per [`ACCEPT_LOG_EVERY`] per kind, with a count; every event is logged at debug level.
+#[derive(Default)]
+pub(crate) struct LogLimits {
+    kinds: std::sync::Mutex<std::collections::HashMap<&'static str, RateLimitedLog>>,
+}
+
+impl LogLimits {
+    /// Counts one event of `kind`; `Some(events since the last line)` when it is logged.
+    pub(crate) fn due(&self, kind: &'static str) -> Option<u64> {
+        self.kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(kind)
+            .or_default()
+            .due()
+    }
+}
+
+/// Logs a WARN line for an event of `kind` unless one was logged less than
+/// [`ACCEPT_LOG_EVERY`] ago (then DEBUG); the WARN line counts the events since the last one.
+macro_rules! limited_warn {
+    ($limits:expr, $kind:literal, $($field:tt)+) => {
+        match $limits.due($kind) {
+            Some(count) => tracing::warn!(count, $($field)+),
+            None => tracing::debug!($($field)+),
+        }
+    };
+}
+pub(crate) use limited_warn;
 
 async fn handle_tcp(
     shared: Arc<Shared>,
@@ -157,12 +189,12 @@ async fn handle_tcp(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let why = super::explain::inbound_handshake_failure(&e);
-            tracing::warn!(peer = %remote, transport = %Transport::Tls, cause = %e,
+            limited_warn!(shared.log_limits, "tls-handshake", peer = %remote, transport = %Transport::Tls, cause = %e,
                 "refused a connection on the link port: {why}");
             return;
         }
         Err(_) => {
-            tracing::warn!(peer = %remote, transport = %Transport::Tls,
+            limited_warn!(shared.log_limits, "tls-handshake-timeout", peer = %remote, transport = %Transport::Tls,
                 "refused a connection on the link port: no TLS handshake within {} s",
                 TLS_HANDSHAKE_TIMEOUT.as_secs());
             return;
@@ -174,21 +206,22 @@ async fn handle_tcp(
         Some(p) if p == ALPN_GRANT => match &shared.grants {
             Some(handler) => handler.serve(tls, remote).await,
             None => {
-                tracing::warn!(peer = %remote, "refused a token redemption: this router serves no grants")
+                limited_warn!(shared.log_limits, "no-grants", peer = %remote,
+                    "refused a token redemption: this router serves no grants")
             }
         },
         Some(p) if p == ALPN_LINK => {
-            // Authenticated from here on (or refused): no longer counts as pending.
-            drop(pending);
+            // Counts as pending until the hello exchange finished or the refusal was told: a
+            // site that may not link cannot hold connections open beyond the cap.
             let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
-                tracing::warn!(peer = %remote, transport = %Transport::Tls,
-                    "refused a link: the peer presented no client certificate (links need one from a redeemed token)");
+                limited_warn!(shared.log_limits, "no-client-cert", peer = %remote, transport = %Transport::Tls,
+                    "refused an inbound link: the peer presented no client certificate (links need one from a redeemed token)");
                 return;
             };
             let site = match super::router::client_identity(cert, &*shared.policy) {
                 Ok(site) => site,
                 Err(reason) => {
-                    tracing::warn!(peer = %remote, transport = %Transport::Tls, %reason, "refused a link");
+                    limited_warn!(shared.log_limits, "link-refused", peer = %remote, transport = %Transport::Tls, %reason, "refused an inbound link");
                     // Tell the dialer why on its control stream (QUIC says it in the close).
                     let conn = YamuxConnection::start(tls, false);
                     super::handshake::refuse_before_hello(&conn, &reason).await;
@@ -197,10 +230,10 @@ async fn handle_tcp(
                 }
             };
             let conn = Arc::new(YamuxConnection::start(tls, false));
-            serve_inbound(shared, conn, site, Transport::Tls, remote).await;
+            serve_inbound(shared, conn, site, Transport::Tls, remote, pending).await;
         }
         other => {
-            tracing::warn!(peer = %remote, transport = %Transport::Tls, alpn = ?other.map(String::from_utf8_lossy),
+            limited_warn!(shared.log_limits, "no-alpn", peer = %remote, transport = %Transport::Tls, alpn = ?other.map(String::from_utf8_lossy),
                 "refused a connection on the link port: no skiff ALPN (expected skiff-link/1 or skiff-grant/1)");
         }
     }
