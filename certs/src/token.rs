@@ -101,6 +101,10 @@ impl AccessToken {
     /// `https://host:port`, `ca` not a PEM CA certificate (or of another site), a malformed site
     /// id. The code is never part of an error.
     pub fn from_yaml(text: &str) -> Result<Self, CertError> {
+        Self::read_yaml(text).map_err(|e| redact_error(e, text))
+    }
+
+    fn read_yaml(text: &str) -> Result<Self, CertError> {
         const WHAT: &str = "access token";
         let token: AccessToken = parse_resource(text, WHAT, ACCESS_TOKEN_KIND)?;
         let spec = &token.spec;
@@ -217,6 +221,10 @@ impl AccessGrant {
 
     /// Parses and validates a grant file (same error style as [`AccessToken::from_yaml`]).
     pub fn from_yaml(text: &str) -> Result<Self, CertError> {
+        Self::read_yaml(text).map_err(|e| redact_error(e, text))
+    }
+
+    fn read_yaml(text: &str) -> Result<Self, CertError> {
         const WHAT: &str = "access grant";
         let grant: AccessGrant = parse_resource(text, WHAT, ACCESS_GRANT_KIND)?;
         if grant.spec.code.trim().is_empty() {
@@ -450,8 +458,37 @@ fn parse_resource<T: serde::de::DeserializeOwned>(
         .map_err(|e| CertError::input(what, redact(&e.to_string(), text)))
 }
 
-/// Removes from `message` any value of a `code:` key found in `text`, so that a parser error
-/// quoting the input cannot leak the secret.
+/// `spec.code` of `text` read leniently (aliases resolved, every other field ignored).
+fn lenient_code(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Doc {
+        spec: Option<Spec>,
+    }
+    #[derive(Deserialize)]
+    struct Spec {
+        code: Option<String>,
+    }
+    let options = serde_saphyr::options! { with_snippet: false };
+    serde_saphyr::from_str_with_options::<Doc>(text, options)
+        .ok()?
+        .spec?
+        .code
+}
+
+/// `e` with the code of `text` taken out of its reason: a YAML alias can make the code the
+/// value of another field, which a message may quote (`expiresAt: *code`).
+fn redact_error(e: CertError, text: &str) -> CertError {
+    match e {
+        CertError::InvalidInput { what, reason } => CertError::InvalidInput {
+            what,
+            reason: redact(&reason, text),
+        },
+        other => other,
+    }
+}
+
+/// Removes from `message` any value of a `code:` key found in `text`, and the value of
+/// `spec.code` as YAML reads it, so that an error quoting the input cannot leak the secret.
 fn redact(message: &str, text: &str) -> String {
     let mut out = message.to_owned();
     for line in text.lines() {
@@ -465,6 +502,9 @@ fn redact(message: &str, text: &str) -> String {
         if value.len() >= 4 {
             out = out.replace(value, "<redacted>");
         }
+    }
+    if let Some(code) = lenient_code(text).filter(|c| c.len() >= 4) {
+        out = out.replace(&code, "<redacted>");
     }
     out
 }

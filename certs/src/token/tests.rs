@@ -217,6 +217,27 @@ fn grant_errors_do_not_leak_the_code() {
         let e = AccessGrant::from_yaml(&broken).unwrap_err().to_string();
         assert!(!e.contains(&code), "{e}");
     }
+    // Caught by the token_yaml fuzz check (seed grant-expires-at-aliases-the-code.yaml): an alias
+    // makes the code the value of a field an error quotes.
+    let aliased = yaml
+        .replace("  code: ", "  code: &c ")
+        .replace(&g.spec.expires_at, "*c")
+        .replace("\"*c\"", "*c");
+    assert!(aliased.contains("expiresAt: *c"), "{aliased}");
+    let e = AccessGrant::from_yaml(&aliased).unwrap_err();
+    assert!(e.to_string().contains("spec.expiresAt"), "{e}");
+    assert!(!format!("{e} {e:?}").contains(&code), "{e}");
+    let e = AccessGrant::from_yaml(
+        &aliased
+            .replace(
+                "expiresAt: *c",
+                "expiresAt: \"2030-01-01T00:00:00Z\"\n  expirationWindow: *c",
+            )
+            .replace("  expirationWindow: 1m\n", ""),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("expirationWindow"), "{e}");
+    assert!(!format!("{e} {e:?}").contains(&code), "{e}");
     let e = AccessGrant::from_yaml(&yaml.replace("linkCost: 1", ""))
         .unwrap_err()
         .to_string();
