@@ -472,6 +472,104 @@ fn revoking_a_site_this_site_also_dials_stops_dialling_it() {
     eprintln!("after --undo, a's link to b up again in {:?}", t1.elapsed());
 }
 
+/// A revoked site still holds its certificate and key. It opens 400 TLS connections to the
+/// link port with them and sends nothing: each is refused right after TLS and keeps its
+/// pending slot (at most 256) until the refusal is over, so a never holds more than that and
+/// closes them within seconds (before: each waited 10 s for a hello, none counted).
+#[test]
+fn a_revoked_site_cannot_hold_connections_on_the_link_port() {
+    const CONNECTIONS: usize = 400;
+    let mut a = Site::create("a", true);
+    let mut b = Site::create("b", false);
+    a.start();
+    b.start();
+    link_over(&b, &a, "tls");
+    b.wait_link(Duration::from_secs(5), "up", is_link("up", "a"));
+    ok(&["link", "revoke", "b", "--dir", a.d()]);
+    b.kill();
+    let folder = skiff_site_controller::folder::SiteFolder::new(&b.dir);
+    let (link, key) = skiff_site_controller::site::list_links(&folder)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    let cfg = skiff_certs::link_client_config(
+        &link.spec.client_certificate,
+        &key,
+        &link.spec.peer_ca,
+        link.spec.peer_site_id,
+    )
+    .unwrap();
+    let endpoint: std::net::SocketAddr = link.spec.endpoints[0].parse().unwrap();
+    let server_name =
+        rustls_pki_types::ServerName::try_from(link.spec.peer_site_id.server_name()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = common::fd_count(a.pid());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let (handshakes, closed_within, peak) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let cfg = cfg.clone();
+            let name = server_name.clone();
+            tasks.push(tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let tcp = tokio::net::TcpStream::connect(endpoint).await.ok()?;
+                let mut tls = tokio::time::timeout(
+                    Duration::from_secs(15),
+                    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                // Hold it, send nothing, until a closes it.
+                let mut buf = [0u8; 1024];
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while tokio::time::Instant::now() < deadline {
+                    match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                        Ok(Ok(_)) => {}
+                    }
+                }
+                Some(Instant::now())
+            }));
+        }
+        // a's descriptors while the connections are held.
+        let mut peak = 0;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(common::fd_count(a.pid()).saturating_sub(baseline));
+        }
+        let mut handshakes = 0;
+        let mut last_close = Duration::ZERO;
+        for t in tasks {
+            if let Some(closed) = t.await.unwrap() {
+                handshakes += 1;
+                last_close = last_close.max(closed.duration_since(t0));
+            }
+        }
+        (handshakes, last_close, peak)
+    });
+    eprintln!(
+        "{CONNECTIONS} connections with the revoked site's certificate: {handshakes} finished TLS, a held at most {peak} more descriptors, the last closed after {closed_within:?}"
+    );
+    assert!(peak <= 256 + 16, "a held {peak} descriptors for them");
+    assert!(
+        closed_within < Duration::from_secs(8),
+        "a held a revoked site's connection for {closed_within:?}"
+    );
+    assert!(
+        a.log().contains("was revoked here"),
+        "a does not say why: {}",
+        a.log()
+    );
+}
+
 /// A site's id, from its site.yaml.
 fn site_id(site: &Site) -> String {
     std::fs::read_to_string(site.dir.join("site.yaml"))
