@@ -569,6 +569,106 @@ fn a_renewal_request_replayed_at_another_issuer_is_refused_and_cuts_nobody_off()
     assert_ne!(peer_field(&y, "certificateSerial"), serial);
 }
 
+/// Anybody can make the link port refuse: 200 renewal requests that are refused, 200 TCP
+/// connections that fail the TLS handshake. Each kind is logged at WARN once per 10 s with a
+/// count, not once per event; and a grant connection answers one request only (no
+/// keep-alive to send many over one connection).
+#[test]
+fn floods_of_refusals_log_one_warn_line_per_kind_and_a_grant_connection_serves_one_request() {
+    const FLOOD: usize = 200;
+    let mut a = Site::create_on_fixed_port("a");
+    let b = Site::create("b", false);
+    a.start();
+    link_over(&b, &a, "auto");
+    let (aid, bid) = (site_id(&a), site_id(&b));
+    let a_ca = std::fs::read_to_string(a.dir.join("ca.crt")).unwrap();
+    let link = std::fs::read_to_string(link_file(&b, "a")).unwrap();
+    let endpoint = link
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- "))
+        .unwrap()
+        .trim_matches(['"', '\''])
+        .to_string();
+    // A request of b's form that a refuses: not a renewal request.
+    let key = std::fs::read_to_string(b.dir.join("link.key")).unwrap();
+    let csr = skiff_certs::link_csr(bid, "b", &key).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    for _ in 0..FLOOD {
+        let answer = rt.block_on(skiff_site_controller::grant::renew_certificate(
+            &a_ca, aid, &endpoint, bid, &csr,
+        ));
+        assert!(
+            matches!(
+                answer,
+                Err(skiff_site_controller::grant::IssuerAnswer::Refused(_))
+            ),
+            "{answer:?}"
+        );
+    }
+    for _ in 0..FLOOD {
+        let mut c = TcpStream::connect(&endpoint).unwrap();
+        let _ = c.write_all(b"GET / HTTP/1.1\r\n\r\n");
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = c.read(&mut [0u8; 64]);
+    }
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let warns = |words: &str| {
+        a.log()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(words))
+            .count()
+    };
+    let renewals = warns("certificate renewal refused");
+    let handshakes = warns("refused a connection on the link port");
+    eprintln!(
+        "{FLOOD} refused renewals and {FLOOD} failed handshakes in {took:?}: {renewals} and {handshakes} WARN lines"
+    );
+    assert!(
+        renewals >= 1 && renewals <= 1 + took.as_secs() as usize / 10,
+        "{renewals}"
+    );
+    assert!(
+        handshakes >= 1 && handshakes <= 1 + took.as_secs() as usize / 10,
+        "{handshakes}"
+    );
+
+    // Two requests on one grant connection: the second is not served.
+    let config = skiff_certs::grant_client_config(&a_ca, aid).unwrap();
+    let second = rt.block_on(async {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(&endpoint).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from(aid.server_name()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = || {
+            http::Request::post("/v1/renew")
+                .header(http::header::HOST, "a")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+                .unwrap()
+        };
+        let first = sender.send_request(request()).await.unwrap();
+        assert_eq!(first.status(), 400);
+        let _ = first.into_body().collect().await;
+        tokio::time::timeout(Duration::from_secs(5), sender.send_request(request())).await
+    });
+    assert!(
+        !matches!(second, Ok(Ok(_))),
+        "a second request on one grant connection was answered"
+    );
+}
+
 fn write_key(path: &Path, pem: &str) {
     std::fs::write(path, pem).unwrap();
 }

@@ -306,6 +306,35 @@ pub struct GrantService {
     pub link_port: OnceLock<u16>,
     linked: Arc<LinkedSites>,
     commit_hook: OnceLock<Arc<dyn CommitHook>>,
+    /// Rate limits of the WARN lines any client can cause.
+    log_limits: LogLimits,
+}
+
+/// How often at most the grant service logs one kind of refusal at WARN level.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Per kind of log line: the first is logged, then one per [`REFUSAL_LOG_EVERY`] with a
+/// count; anyone can make the grant service refuse, so refusals must not flood the log.
+#[derive(Debug, Default)]
+struct LogLimits {
+    kinds: std::sync::Mutex<HashMap<&'static str, (Option<std::time::Instant>, u64)>>,
+}
+
+impl LogLimits {
+    /// Counts one event of `kind`; `Some(events since the last line)` when it is logged.
+    fn due(&self, kind: &'static str) -> Option<u64> {
+        let mut kinds = self
+            .kinds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, count) = kinds.entry(kind).or_default();
+        *count += 1;
+        if last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
+            return None;
+        }
+        *last = Some(std::time::Instant::now());
+        Some(std::mem::take(count))
+    }
 }
 
 impl GrantService {
@@ -328,6 +357,7 @@ impl GrantService {
             link_port: OnceLock::new(),
             linked,
             commit_hook: OnceLock::new(),
+            log_limits: LogLimits::default(),
         }
     }
 
@@ -685,7 +715,14 @@ impl GrantService {
             return match self.renew(parsed, peer).await {
                 Ok(resp) => json_response(StatusCode::OK, &resp),
                 Err((status, message)) => {
-                    tracing::warn!(%peer, reason = %message, "certificate renewal refused");
+                    match self.log_limits.due("renewal-refused") {
+                        Some(count) => {
+                            tracing::warn!(%peer, reason = %message, count, "certificate renewal refused")
+                        }
+                        None => {
+                            tracing::debug!(%peer, reason = %message, "certificate renewal refused")
+                        }
+                    }
                     error_response(status, &message)
                 }
             };
@@ -699,7 +736,12 @@ impl GrantService {
         match self.redeem(parsed, peer).await {
             Ok(resp) => json_response(StatusCode::OK, &resp),
             Err((status, message)) => {
-                tracing::warn!(%peer, reason = %message, "token redemption refused");
+                match self.log_limits.due("redemption-refused") {
+                    Some(count) => {
+                        tracing::warn!(%peer, reason = %message, count, "token redemption refused")
+                    }
+                    None => tracing::debug!(%peer, reason = %message, "token redemption refused"),
+                }
                 error_response(status, &message)
             }
         }
@@ -717,6 +759,7 @@ impl skiff_router::link::GrantHandler for SharedGrantService {
         peer: SocketAddr,
     ) -> futures_util::future::BoxFuture<'static, ()> {
         let service = self.0.clone();
+        let service_log = self.0.clone();
         Box::pin(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let service = service.clone();
@@ -728,7 +771,10 @@ impl skiff_router::link::GrantHandler for SharedGrantService {
                 .serve_connection(TokioIo::new(stream), svc);
             match tokio::time::timeout(REDEEM_TIMEOUT, conn).await {
                 Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "grant connection ended"),
-                Err(_) => tracing::warn!(%peer, "grant connection timed out"),
+                Err(_) => match service_log.log_limits.due("grant-timeout") {
+                    Some(count) => tracing::warn!(%peer, count, "grant connection timed out"),
+                    None => tracing::debug!(%peer, "grant connection timed out"),
+                },
                 Ok(Ok(())) => {}
             }
         })
