@@ -3,7 +3,8 @@
 //! It loops over five event sources: frames on the control stream (keepalives are answered,
 //! link-state frames go to the routing task, a `Close` ends the link), frames the routing task
 //! wants sent, streams the peer opens (handed to the router's incoming-stream channel), the
-//! liveness timer ([`Liveness`], a clock-free state machine), and a request to close
+//! liveness timer ([`Liveness`], a clock-free state machine, fed by control frames and by
+//! anything else the peer's connection delivers), and a request to close
 //! ([`LinkCloser`]: configuration change, revocation, shutdown).
 
 use std::sync::{Arc, Mutex};
@@ -186,6 +187,10 @@ pub(crate) async fn run_link(
         control: outgoing_tx,
     });
     let mut live = Liveness::new(Instant::now(), timing.keepalive_interval, timing.dead_after);
+    // Anything received counts as a sign of life: on a saturated link the peer's keepalives
+    // and answers queue behind flow data for longer than `dead_after`, while its packets (or
+    // bytes) keep arriving. A link is dead when nothing at all arrives for `dead_after`.
+    let mut received = conn.received();
     let end = loop {
         let deadline = live.next_timeout();
         tokio::select! {
@@ -201,7 +206,7 @@ pub(crate) async fn run_link(
                 live.on_frame(Instant::now());
                 match frame {
                     Ok(Some(ControlFrame::Keepalive { id })) => {
-                        if let Err(e) = send_within(&mut control, &ControlFrame::KeepaliveAck { id }, timing.dead_after).await {
+                        if let Err(e) = send_patiently(&mut control, &ControlFrame::KeepaliveAck { id }, timing.dead_after, &*conn).await {
                             break LinkEnd::Lost(e.to_string());
                         }
                     }
@@ -218,7 +223,7 @@ pub(crate) async fn run_link(
                 }
             }
             Some(frame) = outgoing.recv() => {
-                if let Err(e) = send_within(&mut control, &frame, timing.dead_after).await {
+                if let Err(e) = send_patiently(&mut control, &frame, timing.dead_after, &*conn).await {
                     break LinkEnd::Lost(e.to_string());
                 }
             }
@@ -226,20 +231,71 @@ pub(crate) async fn run_link(
                 Ok(stream) => sink.deliver(peer.site_id, name, stream),
                 Err(e) => break LinkEnd::Lost(e.to_string()),
             },
-            () = tokio::time::sleep_until(deadline) => match live.poll(Instant::now()) {
-                Some(LivenessAction::Probe(id)) => {
-                    if let Err(e) = send_within(&mut control, &ControlFrame::Keepalive { id }, timing.dead_after).await {
-                        break LinkEnd::Lost(e.to_string());
-                    }
+            () = tokio::time::sleep_until(deadline) => {
+                let now = Instant::now();
+                let seen = conn.received();
+                if seen != received {
+                    received = seen;
+                    live.on_frame(now);
                 }
-                Some(LivenessAction::Dead) => break LinkEnd::Dead(timing.dead_after),
-                None => {}
-            },
+                match live.poll(now) {
+                    Some(LivenessAction::Probe(id)) => {
+                        if let Err(e) = send_patiently(&mut control, &ControlFrame::Keepalive { id }, timing.dead_after, &*conn).await {
+                            break LinkEnd::Lost(e.to_string());
+                        }
+                    }
+                    Some(LivenessAction::Dead) => break LinkEnd::Dead(timing.dead_after),
+                    None => {}
+                }
+            }
         }
     };
     routes.send(RouteEvent::LinkDown { link: route_link });
     conn.close(&end.to_string());
     end
+}
+
+/// Longest a control frame may wait to be sent while the peer still sends: a peer that keeps
+/// a link saturated but never takes control frames is cut off after this.
+const CONTROL_STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Sends one control frame behind whatever flow data is queued: it fails once `limit` passes
+/// with nothing received from the peer (a dead or blackholed link), or after
+/// [`CONTROL_STALL_LIMIT`] in any case. A saturated but live link (a slow path, many heavy
+/// flows) is not torn down because a keepalive waits behind its own flows' bytes.
+async fn send_patiently(
+    control: &mut ControlStream,
+    frame: &ControlFrame,
+    limit: Duration,
+    conn: &dyn MuxConnection,
+) -> std::io::Result<()> {
+    let give_up = Instant::now() + CONTROL_STALL_LIMIT;
+    let mut received = conn.received();
+    let send = control.send(frame);
+    tokio::pin!(send);
+    loop {
+        match tokio::time::timeout(limit, &mut send).await {
+            Ok(result) => return result,
+            Err(_) => {
+                let seen = conn.received();
+                let why = if seen == received {
+                    format!(
+                        "nothing arrived from the peer for {} s while a control frame waited to be sent",
+                        limit.as_secs()
+                    )
+                } else if Instant::now() >= give_up {
+                    format!(
+                        "the peer took no control frame for {} s",
+                        CONTROL_STALL_LIMIT.as_secs()
+                    )
+                } else {
+                    received = seen;
+                    continue;
+                };
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
+            }
+        }
+    }
 }
 
 /// Sends one control frame, or fails once `limit` has passed: a peer that stops reading its

@@ -21,7 +21,7 @@
 use std::future::Future as _;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 
 use futures_util::future::BoxFuture;
@@ -91,6 +91,10 @@ pub trait MuxConnection: Send + Sync + 'static {
     fn failure(&self) -> Option<Arc<io::Error>> {
         None
     }
+    /// A count that grows whenever anything arrives from the peer (bytes on TLS/TCP, packets
+    /// on QUIC, acknowledgements included). A saturated link queues control frames behind
+    /// flow data, so the driver also takes this as a sign of life, never only its keepalives.
+    fn received(&self) -> u64;
 }
 
 /// Most streams (flows plus the control stream) open at once on one yamux connection.
@@ -149,6 +153,8 @@ const HELD_FLUSH_LIMIT: usize = 32 * 1024;
 struct Batched<T> {
     io: tokio::io::BufWriter<T>,
     hold: Arc<AtomicBool>,
+    /// Bytes read so far ([`MuxConnection::received`]).
+    received: Arc<AtomicU64>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<T> {
@@ -157,7 +163,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<T> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.received.fetch_add(read, Ordering::Relaxed);
+        }
+        polled
     }
 }
 
@@ -214,6 +226,8 @@ pub struct YamuxConnection {
     /// Set the moment the connection is found dead (or closed): an end-of-stream seen on
     /// one of its streams after that is a loss, not the peer's FIN.
     lost: Arc<LinkLoss>,
+    /// Bytes read from the peer so far.
+    received: Arc<AtomicU64>,
 }
 
 impl YamuxConnection {
@@ -229,9 +243,11 @@ impl YamuxConnection {
             yamux::Mode::Server
         };
         let hold_flushes = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
         let io = Batched {
             io: tokio::io::BufWriter::with_capacity(FRAME_WRITE_BUFFER, io),
             hold: hold_flushes.clone(),
+            received: received.clone(),
         };
         let conn = yamux::Connection::new(io.compat(), yamux_config(), mode);
         let (open_tx, open_rx) = mpsc::unbounded_channel();
@@ -258,6 +274,7 @@ impl YamuxConnection {
             closed_rx,
             failure,
             lost,
+            received,
         }
     }
 }
@@ -501,6 +518,10 @@ impl MuxConnection for YamuxConnection {
 
     fn failure(&self) -> Option<Arc<io::Error>> {
         self.failure.lock().unwrap().clone()
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 }
 

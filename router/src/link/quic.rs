@@ -308,4 +308,8 @@ impl MuxConnection for QuicConnection {
             self.0.closed().await;
         })
     }
+
+    fn received(&self) -> u64 {
+        self.0.stats().udp_rx.datagrams
+    }
 }
