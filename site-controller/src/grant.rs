@@ -1107,4 +1107,103 @@ mod tests {
         assert!(err.contains("certificateOverlap"), "{err}");
         assert!(overlap_end(now, LINK_CERT_VALIDITY).is_ok());
     }
+
+    #[derive(Debug)]
+    struct Hook(Arc<std::sync::atomic::AtomicBool>);
+
+    impl CommitHook for Hook {
+        fn commit(
+            &self,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>
+        {
+            let fail = self.0.load(std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move {
+                if fail {
+                    Err("the API server is down".into())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    /// The grant service's renewal end to end (no network): bound to this issuer, every
+    /// replaced certificate keeps linking, a failed commit changes nothing, a deleted record
+    /// is not brought back.
+    #[tokio::test]
+    async fn renewals_are_bound_to_this_issuer_and_never_lock_out_a_held_certificate() {
+        use skiff_router::link::InboundPolicy;
+        skiff_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path().join("x"));
+        folder.create_dirs().unwrap();
+        let xid = SiteId::random();
+        let ca = SiteCa::generate("x", xid).unwrap();
+        let b = SiteId::random();
+        let key = skiff_certs::generate_link_key().unwrap();
+        let redemption_csr = skiff_certs::link_csr(b, "b", &key).unwrap();
+        let (_, first) = ca
+            .sign_link_csr(&redemption_csr, Duration::from_secs(3600))
+            .unwrap();
+        let record = LinkedSite::new(LinkedSiteSpec {
+            certificate_serial: first.serial.clone(),
+            key_fingerprint: skiff_certs::key_fingerprint_pem(&first.cert_pem).unwrap(),
+            site_id: b,
+            ..spec()
+        });
+        save_linked_site(&folder, &record).unwrap();
+        let linked = Arc::new(LinkedSites::default());
+        linked.replace(vec![record]);
+        let svc = GrantService::new(folder.clone(), ca, xid, "x".into(), vec![], linked.clone());
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let fresh = || RenewRequest {
+            site_id: b,
+            csr: skiff_certs::renewal_csr(b, xid, OffsetDateTime::now_utc(), &key).unwrap(),
+        };
+
+        // What another issuer saw from b cannot renew here.
+        let replays = [
+            (redemption_csr.clone(), "not a renewal request"),
+            (
+                skiff_certs::renewal_csr(b, SiteId::random(), now, &key).unwrap(),
+                "is for issuing site",
+            ),
+            (
+                skiff_certs::renewal_csr(b, xid, now - Duration::from_secs(301), &key).unwrap(),
+                "away from this site's clock",
+            ),
+        ];
+        for (csr, why) in replays {
+            let (status, e) = svc
+                .renew(RenewRequest { site_id: b, csr }, peer)
+                .await
+                .unwrap_err();
+            assert!(e.contains(why) && status.is_client_error(), "{status} {e}");
+        }
+        assert_eq!(linked.get(b).unwrap().spec.certificate_serial, first.serial);
+
+        // Two renewals whose answers were lost: the certificate b holds still links.
+        let r1 = svc.renew(fresh(), peer).await.unwrap();
+        let r2 = svc.renew(fresh(), peer).await.unwrap();
+        for serial in [&first.serial, &r1.serial, &r2.serial] {
+            linked.check_serial(b, serial).unwrap();
+        }
+
+        // A failed commit: refused, and the record is what it was, on disk and in memory.
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        svc.set_commit_hook(Arc::new(Hook(fail.clone())));
+        let before = crate::site::load_linked_site(&folder, b).unwrap();
+        let (status, e) = svc.renew(fresh(), peer).await.unwrap_err();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+        assert_eq!(crate::site::load_linked_site(&folder, b).unwrap(), before);
+        assert_eq!(linked.get(b), before);
+        fail.store(false, std::sync::atomic::Ordering::Relaxed);
+
+        // Its record deleted: refused, not brought back from memory.
+        std::fs::remove_file(folder.peers_dir().join(format!("{b}.yaml"))).unwrap();
+        let (_, e) = svc.renew(fresh(), peer).await.unwrap_err();
+        assert!(e.contains("never linked here"), "{e}");
+        assert!(crate::site::load_linked_site(&folder, b).unwrap().is_none());
+    }
 }
