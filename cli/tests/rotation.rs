@@ -669,6 +669,139 @@ fn floods_of_refusals_log_one_warn_line_per_kind_and_a_grant_connection_serves_o
     );
 }
 
+/// A TCP relay on loopback to `to` that holds each connection `delay` before relaying (a
+/// slow network path); its threads end on drop.
+struct SlowRelay {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl SlowRelay {
+    fn start(to: String, delay: Duration) -> SlowRelay {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let accept = std::thread::spawn(move || {
+            let mut threads = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                std::thread::sleep(delay);
+                let Ok(server) = TcpStream::connect(&to) else {
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let stop3 = stop2.clone();
+                    threads.push(std::thread::spawn(move || {
+                        from.set_read_timeout(Some(Duration::from_millis(100)))
+                            .unwrap();
+                        let mut buf = [0u8; 16 * 1024];
+                        while !stop3.load(Ordering::Relaxed) {
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if into.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = into.shutdown(std::net::Shutdown::Write);
+                    }));
+                }
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        SlowRelay {
+            port,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for SlowRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A link deleted, and another edited, while its renewal is on the way (a slow path to the
+/// issuer): the renewal writes only the new certificate into the link files as they are then,
+/// so the deleted link stays deleted and the edit stays.
+#[test]
+fn a_renewal_brings_back_no_deleted_link_and_undoes_no_edit() {
+    let a = Site::create_on_fixed_port("a");
+    let b = Site::create("b", false);
+    let mut a = a;
+    a.start();
+    link_over(&b, &a, "auto");
+    let link = std::fs::read_to_string(link_file(&b, "a")).unwrap();
+    let endpoint = link
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- "))
+        .unwrap()
+        .trim_matches(['"', '\''])
+        .to_string();
+    // b's link to a goes through a relay that waits 2 s; a second link to a (same peer, same
+    // certificate) is made by copying the file.
+    let relay = SlowRelay::start(endpoint.clone(), Duration::from_secs(2));
+    let slow = link.replace(&endpoint, &format!("127.0.0.1:{}", relay.port));
+    std::fs::write(link_file(&b, "a"), &slow).unwrap();
+    std::fs::write(link_file(&b, "a2"), slow.replace("name: a\n", "name: a2\n")).unwrap();
+    let renew = {
+        let d = b.d().to_string();
+        std::thread::spawn(move || {
+            common::skiff(&["link", "renew", "--dir", &d, "--output", "json"])
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    // Meanwhile: a deleted, a2's cost edited.
+    ok(&["link", "delete", "a", "--dir", b.d()]);
+    let edited = std::fs::read_to_string(link_file(&b, "a2"))
+        .unwrap()
+        .replace("cost: 1\n", "cost: 7\n");
+    assert!(edited.contains("cost: 7"), "{edited}");
+    std::fs::write(link_file(&b, "a2"), &edited).unwrap();
+    let out = renew.join().unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v[0]["error"].is_null(), "{v:#}");
+    assert_eq!(v[0]["links"], serde_json::json!(["a2"]), "{v:#}");
+    assert!(
+        !link_file(&b, "a").exists(),
+        "the renewal brought back the deleted link"
+    );
+    let after = std::fs::read_to_string(link_file(&b, "a2")).unwrap();
+    assert!(
+        after.contains("cost: 7"),
+        "the renewal undid the edit: {after}"
+    );
+    assert_ne!(after, edited, "the renewed certificate was not stored");
+    drop(relay);
+}
+
 fn write_key(path: &Path, pem: &str) {
     std::fs::write(path, pem).unwrap();
 }
