@@ -330,6 +330,8 @@ fn renew_with_flows_running(transport: &str) {
         "{transport}: b restarted, up with the renewed certificate in {:?}",
         t.elapsed()
     );
+    // Every refusal at the link port reads so: the key and serial checks right after TLS as
+    // well as the hello.
     assert!(
         !a.log().contains("refused an inbound link"),
         "a refused b: {}",
