@@ -85,10 +85,17 @@ pub fn chain(err: &(dyn StdError + 'static)) -> String {
 }
 
 fn cert_rejected_by_peer(endpoint: &str, alert: &str) -> String {
+    if alert == "CertificateExpired" {
+        return format!(
+            "peer {endpoint} rejected our link certificate as expired (TLS alert {alert}): renew \
+             it at this site with skiff link renew (an expired certificate renews too), or check \
+             the clocks of both sites"
+        );
+    }
     format!(
-        "peer {endpoint} rejected our link certificate (TLS alert {alert}): it was not issued by \
-         that site's CA, has expired, or the site's CA was re-created; redeem a new token from \
-         that site"
+        "peer {endpoint} rejected our link certificate (TLS alert {alert}): it has expired (renew \
+         it: skiff link renew), was not issued by that site's CA, or the site's CA was \
+         re-created (redeem a new token from that site)"
     )
 }
 
@@ -437,8 +444,8 @@ impl std::fmt::Display for InboundRefusal {
         match self {
             InboundRefusal::Expired { .. } => write!(
                 f,
-                "the client certificate {}: the dialing site needs a new one (redeem a new \
-                 token from this site there), or this machine's clock is ahead",
+                "the client certificate {}: the dialing site renews it with skiff link renew \
+                 there (an expired certificate renews too), or this machine's clock is ahead",
                 validity_words(self).unwrap_or_default()
             ),
             InboundRefusal::NotYetValid { .. } => write!(
@@ -630,8 +637,8 @@ mod tests {
         assert_eq!(
             inbound_handshake_failure(&expired),
             "the client certificate expired at 2026-11-25T01:21:24Z (24 h ago): the dialing site \
-             needs a new one (redeem a new token from this site there), or this machine's clock \
-             is ahead"
+             renews it with skiff link renew there (an expired certificate renews too), or this \
+             machine's clock is ahead"
         );
         let early = rustls::Error::InvalidCertificate(C::NotValidYetContext {
             time: at(1_795_656_084),
@@ -659,5 +666,14 @@ mod tests {
         let got = explain(&err, "h:1", expected());
         assert!(!got.is_refusal());
         assert!(got.text().starts_with("h:1: "), "{got}");
+    }
+
+    #[test]
+    fn a_client_certificate_refused_as_expired_advises_renewing_it() {
+        let said = cert_rejected_by_peer("127.0.0.1:1", "CertificateExpired");
+        assert!(said.contains("skiff link renew"), "{said}");
+        assert!(!said.contains("redeem a new token"), "{said}");
+        let other = cert_rejected_by_peer("127.0.0.1:1", "UnknownCA");
+        assert!(other.contains("redeem a new token"), "{other}");
     }
 }
