@@ -97,6 +97,8 @@ impl RunningSite {
             loaded.ca.cert_pem().to_string(),
         );
         config.link_listen = link_listen;
+        // The CA key persists; the router key changes at every router.pem renewal.
+        config.stateless_reset_secret = Some(loaded.ca.key_pem().to_string());
         let router = Router::start(
             config,
             linked.clone() as Arc<dyn InboundPolicy>,

@@ -85,6 +85,11 @@ pub struct RouterConfig {
     pub keepalive_interval: Duration,
     /// A link with no frame received for this long is closed as dead.
     pub dead_after: Duration,
+    /// The secret the link port's QUIC stateless-reset key is derived from. It must outlive
+    /// restarts and router certificate renewals, or the first restart after a renewal sends
+    /// resets peers do not recognise (the site controller passes the site CA's key). `None`:
+    /// the router key.
+    pub stateless_reset_secret: Option<String>,
 }
 
 impl RouterConfig {
@@ -108,6 +113,7 @@ impl RouterConfig {
             link_listen: None,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             dead_after: DEFAULT_DEAD_AFTER,
+            stateless_reset_secret: None,
         }
     }
 }

@@ -98,17 +98,18 @@ pub(crate) fn endpoint(
     quinn::Endpoint::new(endpoint_cfg, cfg, socket, runtime)
 }
 
-/// Endpoint settings of the link port. Its stateless-reset key is derived from the router's
-/// private key instead of drawn at random, and any short-header packet of an unknown
+/// Endpoint settings of the link port. Its stateless-reset key is derived from `secret_pem`
+/// (a secret that outlives restarts and router certificate renewals: the site CA's key)
+/// instead of drawn at random, and any short-header packet of an unknown
 /// connection is answered (quinn's default connection ids are checked against a key drawn at
 /// every start, which drops a previous run's packets silently). So a router restarted on the
 /// same port answers the packets of its previous run's connections with resets its peers
 /// recognise: they redial at once instead of waiting out the keepalive window on a dead
 /// connection. Resets stay smaller than the packet that caused them and at most one per
 /// 20 ms (quinn), so this amplifies nothing.
-pub(crate) fn link_port_endpoint_config(router_key_pem: &str) -> quinn::EndpointConfig {
+pub(crate) fn link_port_endpoint_config(secret_pem: &str) -> quinn::EndpointConfig {
     use ring::hmac;
-    let master = hmac::Key::new(hmac::HMAC_SHA256, router_key_pem.as_bytes());
+    let master = hmac::Key::new(hmac::HMAC_SHA256, secret_pem.as_bytes());
     let derived = hmac::sign(&master, b"skiff-link/1 QUIC stateless reset key");
     let mut cfg = quinn::EndpointConfig::new(Arc::new(hmac::Key::new(
         hmac::HMAC_SHA256,

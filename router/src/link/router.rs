@@ -244,7 +244,11 @@ impl Router {
                 })?;
             let endpoint = quic::endpoint(
                 udp,
-                quic::link_port_endpoint_config(&cfg.router_key_pem),
+                quic::link_port_endpoint_config(
+                    cfg.stateless_reset_secret
+                        .as_deref()
+                        .unwrap_or(&cfg.router_key_pem),
+                ),
                 Some(quic_cfg),
                 quinn_runtime,
             )
