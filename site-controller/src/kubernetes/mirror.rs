@@ -110,6 +110,24 @@ pub fn plan(base: &Blobs, folder: &Blobs, api: &Blobs) -> (Vec<Step>, Blobs) {
             next.insert(item.clone(), merged);
             continue;
         }
+        // A linked site revoked on one side while the other side changed it too (a renewal
+        // committed there): the API's version, revoked. An undo on one side alone is a
+        // plain change and goes through below.
+        if let (Kind::Peer, Some(fv), Some(av)) = (item.0, f, a)
+            && fv != av
+            && f != b
+            && a != b
+            && let Some(merged) = merge_peers(fv, av)
+        {
+            if &merged != fv {
+                steps.push(Step::ToFolder(item.clone(), merged.clone()));
+            }
+            if &merged != av {
+                steps.push(Step::ToApi(item.clone(), merged.clone()));
+            }
+            next.insert(item.clone(), merged);
+            continue;
+        }
         let winner = if f == a {
             f
         } else if a == b {
@@ -153,6 +171,27 @@ fn merge_grants(folder: &[u8], api: &[u8]) -> Option<Vec<u8>> {
     } else {
         merged.to_yaml().into_bytes()
     })
+}
+
+/// Two versions of one linked site, both changed since the last sync, as one: the API's,
+/// revoked if either is (a revocation is never lost to a concurrent change). `None` when
+/// either does not parse.
+fn merge_peers(folder: &[u8], api: &[u8]) -> Option<Vec<u8>> {
+    use crate::resources::LinkedSite;
+    let origin = std::path::Path::new("peers");
+    let parse = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|t| crate::resources::from_yaml::<LinkedSite>(t, origin).ok())
+    };
+    let (f, a) = (parse(folder)?, parse(api)?);
+    if a.spec.revoked || !f.spec.revoked {
+        return Some(api.to_vec());
+    }
+    let mut merged = a;
+    merged.spec.revoked = true;
+    merged.spec.revoked_at = f.spec.revoked_at;
+    Some(crate::resources::to_yaml(&merged).into_bytes())
 }
 
 /// Whether an item may be written into the folder: a file name, and a resource this version
@@ -374,6 +413,40 @@ mod tests {
             g.spend();
         }
         g.to_yaml().into_bytes()
+    }
+
+    fn peer(serial: &str, revoked: bool) -> Vec<u8> {
+        let id: skiff_certs::SiteId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+        let site = crate::resources::LinkedSite::new(crate::resources::LinkedSiteSpec {
+            site_id: id,
+            site_name: "b".into(),
+            grant: "g".into(),
+            certificate_serial: serial.into(),
+            key_fingerprint: "k".into(),
+            linked_at: String::new(),
+            revoked,
+            revoked_at: revoked.then(|| "2026-11-26T02:00:00Z".into()),
+            renewed: false,
+            replaced_certificates: Vec::new(),
+            previous_certificate_serial: None,
+            previous_serial_valid_until: None,
+        });
+        crate::resources::to_yaml(&site).into_bytes()
+    }
+
+    #[test]
+    fn a_revocation_is_not_lost_to_a_concurrent_change() {
+        let it = item(Kind::Peer, "0123456789abcdef0123456789abcdef");
+        let base: Blobs = [(it.clone(), peer("1", false))].into();
+        // Revoked in the folder while a renewal on another replica changed the Secret.
+        let folder: Blobs = [(it.clone(), peer("1", true))].into();
+        let api: Blobs = [(it.clone(), peer("2", false))].into();
+        let (_, next) = plan(&base, &folder, &api);
+        assert_eq!(next[&it], peer("2", true));
+        // An undo on one side alone goes through.
+        let (steps, next) = plan(&folder, &base, &folder);
+        assert_eq!(next[&it], peer("1", false));
+        assert_eq!(steps, vec![Step::ToApi(it.clone(), peer("1", false))]);
     }
 
     #[test]
