@@ -359,10 +359,11 @@ pub fn find_linked_site(folder: &SiteFolder, who: &str) -> Result<LinkedSite, Si
             id == who || (who.len() >= 8 && id.starts_with(who))
         })
         .collect();
-    let found: Vec<&LinkedSite> = if by_id.is_empty() {
-        all.iter().filter(|s| s.spec.site_name == who).collect()
-    } else {
+    let matched_by_id = !by_id.is_empty();
+    let found: Vec<&LinkedSite> = if matched_by_id {
         by_id
+    } else {
+        all.iter().filter(|s| s.spec.site_name == who).collect()
     };
     let listing = || {
         if all.is_empty() {
@@ -388,8 +389,13 @@ pub fn find_linked_site(folder: &SiteFolder, who: &str) -> Result<LinkedSite, Si
             "no site named {who:?} (or with that id) has linked to this site; {}",
             listing()
         ))),
+        many if matched_by_id => Err(SiteError::InvalidArgument(format!(
+            "{} linked sites have an id starting with {who:?}: give more of the id; {}",
+            many.len(),
+            listing()
+        ))),
         many => Err(SiteError::InvalidArgument(format!(
-            "{} linked sites are named {who:?}: name one by its id; {}",
+            "{} linked sites are named {who:?}: name one by its id (or its first 8 characters or more); {}",
             many.len(),
             listing()
         ))),
