@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::Flows;
 use crate::link::routes::RouteEvent;
+use crate::link::tls::{RateLimitedLog, open_file_limit};
 use crate::routing::{KeyAd, Protocol, RoutingKey, Strategy};
 
 /// Pause after a failed `accept` (out of file descriptors) before trying again.
@@ -28,21 +29,6 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// File descriptors kept free of client connections: the admin socket and its connections,
 /// link sockets and re-dials, backends of flows other sites send here, the log.
 const FD_RESERVE: u64 = 64;
-
-/// How often at most a listener logs that `accept` keeps failing.
-const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// The soft limit on open files of this process (`ulimit -n`), from /proc/self/limits;
-/// `None` where that cannot be read or there is no limit.
-fn open_file_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
 
 /// Client connections all listeners of a router may hold at once: each may use two file
 /// descriptors here (the client's socket and, at a local connector, the backend's), and
@@ -231,6 +217,10 @@ pub(crate) struct Config {
     client_slots: Arc<tokio::sync::Semaphore>,
     /// The number [`Self::client_slots`] started with.
     client_slot_count: usize,
+    /// Shared by all listeners: under sustained saturation (clients coming and going, every
+    /// listener finding the slots taken) the router warns once, then at most every 10 s with
+    /// a count, instead of once per client and listener.
+    held_back_log: Mutex<RateLimitedLog>,
 }
 
 impl Default for Config {
@@ -241,6 +231,7 @@ impl Default for Config {
             connectors: RwLock::default(),
             client_slots: Arc::new(tokio::sync::Semaphore::new(n)),
             client_slot_count: n,
+            held_back_log: Mutex::default(),
         }
     }
 }
@@ -401,28 +392,36 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
 
 async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
     let slots = flows.config.client_slots.clone();
-    // Failed accepts since the last log line, and when that was.
-    let mut failed_since_log = 0u64;
-    let mut last_log: Option<tokio::time::Instant> = None;
+    // Failed accepts: logged the first time, then at most every 10 s with a count.
+    let mut failed = RateLimitedLog::default();
     loop {
         // A slot first: at the router's limit, new clients wait in the kernel's queue
         // instead of taking the descriptors everything else needs.
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                tracing::warn!(
-                    limit = flows.config.client_slot_count,
-                    "holding new client connections back: the listeners hold as many as this \
-                     router's open-file limit allows (ulimit -n, minus a reserve); they are \
-                     accepted as flows end. Raise the limit (ulimit -n, systemd LimitNOFILE) \
-                     to serve more at once"
-                );
+                let due = flows
+                    .config
+                    .held_back_log
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .due();
+                if let Some(count) = due {
+                    tracing::warn!(
+                        limit = flows.config.client_slot_count,
+                        held_back = count,
+                        "holding new client connections back: the listeners hold as many as \
+                         this router's open-file limit allows (ulimit -n, minus a reserve); \
+                         they are accepted as flows end. Raise the limit (ulimit -n, systemd \
+                         LimitNOFILE) to serve more at once"
+                    );
+                }
                 let waited = tokio::select! {
                     () = listener.cancel.cancelled() => return,
                     s = slots.clone().acquire_owned() => s,
                 };
                 let Ok(slot) = waited else { return };
-                tracing::info!("accepting client connections again");
+                tracing::debug!("accepting client connections again");
                 slot
             }
         };
@@ -460,13 +459,10 @@ async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
             Some(Err(e)) => {
                 // Out of descriptors despite the slots (other flows took them): pause and
                 // retry; the connection stays queued. Logged at most every 10 s.
-                failed_since_log += 1;
-                if last_log.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_LOG_EVERY) {
-                    tracing::warn!(cause = %e, failed = failed_since_log,
+                if let Some(count) = failed.due() {
+                    tracing::warn!(cause = %e, failed = count,
                         "accepting client connections fails; retrying every {} ms",
                         ACCEPT_ERROR_PAUSE.as_millis());
-                    failed_since_log = 0;
-                    last_log = Some(tokio::time::Instant::now());
                 }
                 tokio::select! {
                     () = listener.cancel.cancelled() => return,

@@ -39,7 +39,7 @@ mod quic;
 pub(crate) mod router;
 pub(crate) mod routes;
 mod table;
-mod tls;
+pub(crate) mod tls;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -111,9 +111,10 @@ fn max_pending(open_file_limit: Option<u64>) -> usize {
     MAX_PENDING_CONNECTIONS.min(quarter).max(1)
 }
 
-/// The soft limit on open files of this process, from /proc/self/limits (as the listeners'
-/// client slots in flow/config.rs); `None` where it cannot be read or is unlimited.
-fn open_file_limit() -> Option<u64> {
+/// The soft limit on open files of this process (`ulimit -n`), from /proc/self/limits: it
+/// bounds the link port's pending handshakes here and the listeners' client slots in
+/// flow/config.rs. `None` where it cannot be read or is unlimited.
+pub(crate) fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line["Max open files".len()..]
