@@ -549,8 +549,14 @@ impl GrantService {
         };
         // The CSR must be meant for this issuer, now: one made for another issuer (a
         // redemption or a renewal there) cannot renew here.
-        let (bound_to, at) = skiff_certs::renewal_csr_binding(&req.csr)
-            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad renewal request: {e}")))?;
+        let (bound_to, at) = skiff_certs::renewal_csr_binding(&req.csr).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "bad renewal request: {e} (a renewing skiff older than this issuer sends none: upgrade it)"
+                ),
+            )
+        })?;
         if bound_to != self.site_id {
             return Err((
                 StatusCode::FORBIDDEN,
