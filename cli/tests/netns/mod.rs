@@ -35,8 +35,10 @@
 //!   comes back on the same address and port.
 //! - Each site namespace also has a management veth `mgmt0` to the root namespace on its own
 //!   /30 (`10.78.S.4i+2`, root side `.4i+1`): the test process reaches a site's listeners at
-//!   [`Net::addr`] (listeners bind 0.0.0.0 by default). The root namespace does not forward,
-//!   so sites cannot reach each other through it.
+//!   [`Net::addr`] (listeners bind 0.0.0.0 by default). Sites cannot reach each other
+//!   through the root namespace, whatever its forwarding setting: a site namespace has no
+//!   default route, only its two connected subnets, so it never sends a packet for another
+//!   site's management address to the root namespace.
 //! - Backends started with [`Net::spawn_backend`] or [`Net::spawn`] run inside a site's
 //!   namespace and bind 127.0.0.1 there: they are reachable only through skiff.
 //! - The admin socket is a unix socket in the site folder, so `skiff ... --dir D` works from
@@ -83,6 +85,10 @@ pub fn unavailable() -> Option<String> {
         ("nft", "-v", "nftables"),
         ("ss", "-V", "iproute2"),
         ("python3", "-V", "python3"),
+        ("iperf3", "-v", "iperf3"),
+        ("prlimit", "--version", "util-linux"),
+        ("timeout", "--version", "coreutils"),
+        ("sha256sum", "--version", "coreutils"),
     ] {
         let ok = Command::new(tool)
             .arg(arg)
@@ -153,9 +159,14 @@ struct Slot {
     _lock: File,
 }
 
+/// Where the slot locks live: a fixed directory, not under `TMPDIR`, so runs with different
+/// temporary directories never take the same slot (and delete each other's interfaces).
+const SLOT_DIR: &str = "/run/skiff-netns-slots";
+
 fn take_slot() -> Slot {
-    let dir = std::env::temp_dir().join("skiff-netns-slots");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = std::path::Path::new(SLOT_DIR);
+    std::fs::create_dir_all(dir)
+        .unwrap_or_else(|e| panic!("cannot create the netns slot directory {SLOT_DIR}: {e}"));
     // Start at a place that depends on the pid, so processes rarely contend.
     let start = (std::process::id() % u32::from(SLOTS)) as u16;
     for k in 0..SLOTS {
