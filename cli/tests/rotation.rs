@@ -804,6 +804,132 @@ fn a_renewal_brings_back_no_deleted_link_and_undoes_no_edit() {
     drop(relay);
 }
 
+/// A TCP relay on loopback to `to` for one connection that passes the TLS handshake and the
+/// client's request to the server, then cuts the client off before any answer: the request
+/// reached the issuer, the answer was lost. Its thread ends by itself (bounded).
+fn answer_losing_relay(to: String) -> (u16, JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            match l.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(_) => return,
+            }
+        };
+        client.set_nonblocking(false).unwrap();
+        let mut server = TcpStream::connect(&to).unwrap();
+        let mut back_from = server.try_clone().unwrap();
+        let mut back_to = client.try_clone().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let cut2 = cut.clone();
+        // Server to client until the request went through.
+        let back = std::thread::spawn(move || {
+            back_from
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let mut buf = [0u8; 16 * 1024];
+            let until = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < until {
+                match back_from.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if cut2.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let _ = back_to.write_all(&buf[..n]);
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        // Client to server: past the handshake (ClientHello, Finished: well under 1000 bytes)
+        // comes the request (its CSR alone is more); then the client is cut off.
+        let mut client = client;
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut sent = 0usize;
+        let mut buf = [0u8; 16 * 1024];
+        while sent < 1000 {
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    sent += n;
+                    if sent >= 1000 {
+                        cut.store(true, Ordering::Relaxed);
+                    }
+                    server.write_all(&buf[..n]).unwrap();
+                }
+            }
+        }
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        drop(client);
+        // Let the issuer read the request and answer into the void.
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = server.shutdown(std::net::Shutdown::Both);
+        let _ = back.join();
+    });
+    (port, t)
+}
+
+/// The renewal request reached the issuer through the first endpoint, but its answer was lost.
+/// The issuer may have renewed: asking again at the second endpoint at once would replace
+/// that certificate too, so `link renew` stops, says so, and the link keeps its certificate,
+/// which still links.
+#[test]
+fn a_renewal_whose_answer_was_lost_is_not_repeated_at_another_endpoint() {
+    let mut a = Site::create_on_fixed_port("a");
+    let mut b = Site::create("b", false);
+    a.start();
+    link_over(&b, &a, "auto");
+    let link = std::fs::read_to_string(link_file(&b, "a")).unwrap();
+    let endpoint = link
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- "))
+        .unwrap()
+        .trim_matches(['"', '\''])
+        .to_string();
+    let (port, relay) = answer_losing_relay(endpoint.clone());
+    let line = link
+        .lines()
+        .find(|l| l.trim().starts_with("- ") && l.contains(&endpoint))
+        .unwrap();
+    let indent = &line[..line.len() - line.trim_start().len()];
+    let two = link.replacen(line, &format!("{indent}- 127.0.0.1:{port}\n{line}"), 1);
+    std::fs::write(link_file(&b, "a"), &two).unwrap();
+    let out = common::skiff(&["link", "renew", "--dir", b.d()]);
+    relay.join().unwrap();
+    let said = common::text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("may have renewed"), "{said}");
+    // The link file kept its certificate, and a renewed at most once.
+    assert_eq!(std::fs::read_to_string(link_file(&b, "a")).unwrap(), two);
+    let replaced = std::fs::read_to_string(
+        std::fs::read_dir(a.dir.join("peers"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".yaml"))
+            .unwrap()
+            .path(),
+    )
+    .unwrap()
+    .matches("- serial:")
+    .count();
+    eprintln!("answer lost: a renewed {replaced} time(s), b stopped: {said}");
+    assert!(replaced <= 1, "a renewed {replaced} times");
+    // The certificate b holds still links (within the window).
+    b.start();
+    b.wait_link(
+        Duration::from_secs(10),
+        "up with its certificate",
+        is_link("up", "a"),
+    );
+}
+
 fn write_key(path: &Path, pem: &str) {
     std::fs::write(path, pem).unwrap();
 }
