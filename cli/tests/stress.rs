@@ -48,9 +48,26 @@ fn connector(site: &Site, key: &str, port: u16) {
 const FD_LIMIT: &str = "256";
 /// Client connections opened at once against it.
 const STORM: usize = 1000;
+/// Fewest client connections the listener storm must complete: well over the 96 client
+/// slots a router limited to 256 descriptors has, so the storm really exhausts them (and an
+/// EMFILE in this test process cannot make the test pass without a storm). Measured: 225,
+/// the 96 held by the router and 129 in the listening socket's accept queue (backlog 128);
+/// the kernel drops the SYNs of the rest.
+const STORM_MIN_CLIENTS: usize = 200;
+/// Fewest connections the link-port flood must make: its pending-handshake cap (a quarter
+/// of 256 descriptors).
+const FLOOD_MIN_CONNECTIONS: usize = 64;
+
+/// Held by each of the two storm tests for its whole run: each opens up to [`STORM`] sockets
+/// in this process, and under a soft limit of 1024 descriptors two at once could starve
+/// each other.
+static FD_STORMS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn a_listener_out_of_file_descriptors_stays_up_cheap_and_serves_again_at_once() {
+    let _storm = FD_STORMS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let west = Site::create("west", true);
     let east = Site::create("east", false);
     let (echo_port, echo_stop) = echo_server();
@@ -70,6 +87,12 @@ fn a_listener_out_of_file_descriptors_stays_up_cheap_and_serves_again_at_once() 
     // kernel queues some more, and drops the SYNs of the rest (their connects time out).
     let clients = storm(&addr, STORM, Duration::from_secs(3), b"storm\n");
     eprintln!("fd storm: {} of {STORM} connects completed", clients.len());
+    assert!(
+        clients.len() >= STORM_MIN_CLIENTS,
+        "the storm completed only {} of {STORM} connects (need {STORM_MIN_CLIENTS}, past the \
+         router's 96 client slots): check this test process's open-file limit (ulimit -n)",
+        clients.len()
+    );
     let log_before = e.log();
     let cpu0 = cpu_time(e.pid());
     let t0 = Instant::now();
@@ -138,6 +161,9 @@ fn a_listener_out_of_file_descriptors_stays_up_cheap_and_serves_again_at_once() 
 
 #[test]
 fn a_link_port_flooded_past_the_open_file_limit_keeps_status_and_flows_working() {
+    let _storm = FD_STORMS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // west accepts links and serves the backend; its descriptors are limited. The link
     // from east is up before the flood (QUIC: a UDP socket it already holds).
     let west = Site::create("west", true);
@@ -188,6 +214,12 @@ fn a_link_port_flooded_past_the_open_file_limit_keeps_status_and_flows_working()
         cpu.as_secs_f64(),
         wall.as_secs_f64(),
         logged.lines().count(),
+    );
+    assert!(
+        flood.len() >= FLOOD_MIN_CONNECTIONS,
+        "the flood made only {} of {STORM} connections (need {FLOOD_MIN_CONNECTIONS}): check \
+         this test process's open-file limit (ulimit -n)",
+        flood.len()
     );
     assert!(w.alive(), "the router died in the flood: {}", w.log());
     assert!(
@@ -412,7 +444,11 @@ fn stalled_readers_over(transport: &str) {
     // keep in up to 2.5 times its size (it compacts received packets only past 1.5 times
     // the buffered bytes), at most 256 MiB per link; on TLS 256 KiB plus a share of a 16 MiB
     // pool per link. Plus 64 MiB for the allocator and the rest.
-    let per_flow_kib = if transport == "quic" { 5 * 1024 } else { 256 } + 128;
+    // QUIC is allowed 3.5 times the window, not 2.5: quinn keeps received stream data in the
+    // buffers the datagrams arrived in, which may pin more memory than their payload, and
+    // the 2.5 estimate (392 MiB) left only 15 % over the ~340 MiB measured. 64 stalled flows
+    // over QUIC: 64 x 7.1 MiB + 64 MiB = 520 MiB.
+    let per_flow_kib = if transport == "quic" { 7 * 1024 } else { 256 } + 128;
     let link_kib = if transport == "quic" {
         640 * 1024
     } else {
@@ -532,7 +568,8 @@ fn heavy_flows_over(transport: &str, rate_kbit: u64) {
             .map(|s| s["receiver"]["bytes"].as_u64().unwrap())
             .collect();
         // The slowest stream in any one-second interval after the first, as the receiving
-        // iperf3 saw it (the server's report unless reversed).
+        // iperf3 saw it (the server's report unless reversed): printed only, not asserted (a
+        // stream may rightly get nothing for a second while others fill the link).
         let receiver = if reverse {
             &v["intervals"]
         } else {
