@@ -206,8 +206,8 @@ pub(crate) async fn run_link(
                 live.on_frame(Instant::now());
                 match frame {
                     Ok(Some(ControlFrame::Keepalive { id })) => {
-                        if let Err(e) = send_patiently(&mut control, &ControlFrame::KeepaliveAck { id }, timing.dead_after, &*conn).await {
-                            break LinkEnd::Lost(e.to_string());
+                        if let Some(end) = send_patiently(&mut control, &ControlFrame::KeepaliveAck { id }, timing.dead_after, &*conn, &closer).await {
+                            break end;
                         }
                     }
                     Ok(Some(ControlFrame::KeepaliveAck { .. })) => {}
@@ -223,8 +223,8 @@ pub(crate) async fn run_link(
                 }
             }
             Some(frame) = outgoing.recv() => {
-                if let Err(e) = send_patiently(&mut control, &frame, timing.dead_after, &*conn).await {
-                    break LinkEnd::Lost(e.to_string());
+                if let Some(end) = send_patiently(&mut control, &frame, timing.dead_after, &*conn, &closer).await {
+                    break end;
                 }
             }
             stream = conn.accept_stream() => match stream {
@@ -240,8 +240,8 @@ pub(crate) async fn run_link(
                 }
                 match live.poll(now) {
                     Some(LivenessAction::Probe(id)) => {
-                        if let Err(e) = send_patiently(&mut control, &ControlFrame::Keepalive { id }, timing.dead_after, &*conn).await {
-                            break LinkEnd::Lost(e.to_string());
+                        if let Some(end) = send_patiently(&mut control, &ControlFrame::Keepalive { id }, timing.dead_after, &*conn, &closer).await {
+                            break end;
                         }
                     }
                     Some(LivenessAction::Dead) => break LinkEnd::Dead(timing.dead_after),
@@ -259,41 +259,47 @@ pub(crate) async fn run_link(
 /// a link saturated but never takes control frames is cut off after this.
 const CONTROL_STALL_LIMIT: Duration = Duration::from_secs(60);
 
-/// Sends one control frame behind whatever flow data is queued: it fails once `limit` passes
-/// with nothing received from the peer (a dead or blackholed link), or after
-/// [`CONTROL_STALL_LIMIT`] in any case. A saturated but live link (a slow path, many heavy
-/// flows) is not torn down because a keepalive waits behind its own flows' bytes.
+/// Sends one control frame behind whatever flow data is queued; `None` once sent, else how
+/// the link ends. It fails once `limit` passes with nothing received from the peer (a dead or
+/// blackholed link), or after [`CONTROL_STALL_LIMIT`] in any case. A saturated but live link
+/// (a slow path, many heavy flows) is not torn down because a keepalive waits behind its own
+/// flows' bytes. A close requested meanwhile (revocation, deletion, shutdown) ends the wait
+/// at once: the Close frame could not get through either, the connection's close carries it.
 async fn send_patiently(
     control: &mut ControlStream,
     frame: &ControlFrame,
     limit: Duration,
     conn: &dyn MuxConnection,
-) -> std::io::Result<()> {
+    closer: &LinkCloser,
+) -> Option<LinkEnd> {
     let give_up = Instant::now() + CONTROL_STALL_LIMIT;
     let mut received = conn.received();
     let send = control.send(frame);
     tokio::pin!(send);
     loop {
-        match tokio::time::timeout(limit, &mut send).await {
-            Ok(result) => return result,
-            Err(_) => {
-                let seen = conn.received();
-                let why = if seen == received {
-                    format!(
-                        "nothing arrived from the peer for {} s while a control frame waited to be sent",
-                        limit.as_secs()
-                    )
-                } else if Instant::now() >= give_up {
-                    format!(
-                        "the peer took no control frame for {} s",
-                        CONTROL_STALL_LIMIT.as_secs()
-                    )
-                } else {
+        tokio::select! {
+            biased;
+            reason = closer.requested() => return Some(LinkEnd::ClosedByUs(reason)),
+            sent = tokio::time::timeout(limit, &mut send) => match sent {
+                Ok(Ok(())) => return None,
+                Ok(Err(e)) => return Some(LinkEnd::Lost(e.to_string())),
+                Err(_) => {
+                    let seen = conn.received();
+                    if seen == received {
+                        return Some(LinkEnd::Lost(format!(
+                            "nothing arrived from the peer for {} s while a control frame waited to be sent",
+                            limit.as_secs()
+                        )));
+                    }
+                    if Instant::now() >= give_up {
+                        return Some(LinkEnd::Lost(format!(
+                            "the peer took no control frame for {} s",
+                            CONTROL_STALL_LIMIT.as_secs()
+                        )));
+                    }
                     received = seen;
-                    continue;
-                };
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
-            }
+                }
+            },
         }
     }
 }

@@ -91,9 +91,10 @@ pub trait MuxConnection: Send + Sync + 'static {
     fn failure(&self) -> Option<Arc<io::Error>> {
         None
     }
-    /// A count that grows whenever anything arrives from the peer (bytes on TLS/TCP, packets
-    /// on QUIC, acknowledgements included). A saturated link queues control frames behind
-    /// flow data, so the driver also takes this as a sign of life, never only its keepalives.
+    /// A count that grows whenever the peer's router sends anything (bytes on TLS/TCP, STREAM
+    /// frames on QUIC: flow data or control frames, not the transport's own pings and acks).
+    /// A saturated link queues control frames behind flow data, so the driver takes this as a
+    /// sign of life too, never only its keepalives.
     fn received(&self) -> u64;
 }
 

@@ -311,6 +311,8 @@ impl MuxConnection for QuicConnection {
     }
 
     fn received(&self) -> u64 {
-        self.0.stats().udp_rx.datagrams
+        // STREAM frames only: quinn's own PINGs and ACKs keep coming from a peer whose router
+        // is wedged, and they must not keep its link alive.
+        self.0.stats().frame_rx.stream
     }
 }

@@ -446,11 +446,17 @@ impl Router {
     /// Drains, then closes every link with a Close frame, stops all tasks and releases the
     /// link port: when this returns, a new router can bind the same port.
     ///
-    /// Draining: listeners close at once (new clients are refused), while TCP flows in
-    /// progress go on over links still up, for up to [`SHUTDOWN_GRACE`]; flows left after
-    /// that, and HTTP connections, are reset.
+    /// Draining: listeners close at once (new clients are refused) and connectors are
+    /// withdrawn (new flows from other sites go elsewhere), while TCP flows in progress go on
+    /// over links still up, for up to [`SHUTDOWN_GRACE`]; flows left after that, and HTTP
+    /// connections, are reset.
     pub async fn shutdown(mut self) {
         self.set_listeners(Vec::new());
+        // Connectors go too: the keys are withdrawn from the network, and a flow that arrives
+        // meanwhile is answered "no route" before any byte moved, so its ingress tries the
+        // next site instead of starting a flow here that the end of the grace would reset.
+        // Flows already running keep their connector.
+        self.set_connectors(Vec::new());
         self.flows.tcp_flows.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.flows.tcp_flows.wait())
             .await
