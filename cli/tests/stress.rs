@@ -85,6 +85,7 @@ fn a_listener_out_of_file_descriptors_stays_up_cheap_and_serves_again_at_once() 
     // The storm: STORM clients connect at once (each sends a line it never reads the answer
     // to) and hold their connections. The router runs out of descriptors long before; the
     // kernel queues some more, and drops the SYNs of the rest (their connects time out).
+    let storm_started = Instant::now();
     let clients = storm(&addr, STORM, Duration::from_secs(3), b"storm\n");
     eprintln!("fd storm: {} of {STORM} connects completed", clients.len());
     assert!(
@@ -156,6 +157,22 @@ fn a_listener_out_of_file_descriptors_stays_up_cheap_and_serves_again_at_once() 
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Clients came and went (the storm, then the queued ones accepted as it ended, each
+    // finding the slots taken again): the router said it holds clients back the first time,
+    // then at most once every 10 s, never once per client.
+    let held_back = count_lines(&e.log(), "holding new client connections back");
+    let allowed = 1 + storm_started.elapsed().as_secs() / 10;
+    eprintln!(
+        "fd storm: {held_back} 'holding new client connections back' lines in {:?}",
+        storm_started.elapsed()
+    );
+    assert!(
+        (1..=allowed).contains(&(held_back as u64)),
+        "the router logged 'holding new client connections back' {held_back} times in {:?} \
+         (expected 1 to {allowed}: once, then at most every 10 s):\n{}",
+        storm_started.elapsed(),
+        e.log()
+    );
     echo_stop.store(true, Ordering::Relaxed);
 }
 
