@@ -185,13 +185,21 @@ impl SiteFolder {
             .mode(SECRET_MODE)
             .open(&path)
             .map_err(|e| SiteError::io("open", &path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(fs::TryLockError::WouldBlock) => Err(SiteError::AlreadyRunning {
-                dir: self.root.clone(),
-            }),
-            Err(fs::TryLockError::Error(e)) => Err(SiteError::io("lock", &path, e)),
+        // `is_locked` (any CLI verb asking whether the site runs) holds a shared lock for an
+        // instant: a few tries over 200 ms tell that apart from a `site run` holding it.
+        for attempt in 0..20 {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(fs::TryLockError::WouldBlock) if attempt < 19 => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(fs::TryLockError::WouldBlock) => break,
+                Err(fs::TryLockError::Error(e)) => return Err(SiteError::io("lock", &path, e)),
+            }
         }
+        Err(SiteError::AlreadyRunning {
+            dir: self.root.clone(),
+        })
     }
 
     /// Is a `site run` holding the lock on this folder?
@@ -328,6 +336,28 @@ mod tests {
             .collect();
         assert_eq!(got, ["a.yaml", "b.yaml"]);
         assert!(yaml_files(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_status_check_at_the_moment_a_site_starts_does_not_fail_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        File::create(folder.lock_file()).unwrap();
+        // What `is_locked` does, held for 50 ms (it holds it for microseconds).
+        let checker = File::open(folder.lock_file()).unwrap();
+        checker.lock_shared().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(checker);
+        });
+        let held = folder.lock_for_run();
+        release.join().unwrap();
+        assert!(held.is_ok(), "the start failed: {:?}", held.err());
+        // A real run holding the lock still refuses a second one.
+        assert!(matches!(
+            folder.lock_for_run(),
+            Err(SiteError::AlreadyRunning { .. })
+        ));
     }
 
     #[test]
