@@ -8,7 +8,7 @@
 use std::fmt::Debug;
 use std::path::Path;
 
-use crate::grant::{RedeemRequest, RedeemResponse};
+use crate::grant::{RedeemRequest, RedeemResponse, RenewRequest, RenewResponse};
 use crate::resources::{
     Connector, Link, LinkedSite, Listener, Resource, Site, from_yaml, to_yaml, validate_name,
 };
@@ -91,9 +91,9 @@ fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("grant bodies always serialize")
 }
 
-/// Target `grant_json`: the input is the body of a redemption request (what the grant service
-/// reads from anyone who reaches the link port) and of a redemption response (what the
-/// redeeming site reads from the issuer).
+/// Target `grant_json`: the input is the body of a redemption or renewal request (what the
+/// grant service reads from anyone who reaches the link port) and of a redemption or renewal
+/// response (what the redeeming or renewing site reads from the issuer).
 ///
 /// Checks: a body that parses serializes to JSON that parses and serializes to the same bytes;
 /// a request's `Debug` (what logs show) does not depend on its code.
@@ -116,5 +116,19 @@ pub fn grant_json(data: &[u8]) {
         let again: RedeemResponse = serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("a parsed response does not parse once written: {e}"));
         assert_eq!(json(&again), bytes, "response changed through JSON");
+    }
+    if let Ok(request) = serde_json::from_slice::<RenewRequest>(data) {
+        let bytes = json(&request);
+        let again: RenewRequest = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!("a parsed renewal request does not parse once written: {e}")
+        });
+        assert_eq!(json(&again), bytes, "renewal request changed through JSON");
+    }
+    if let Ok(response) = serde_json::from_slice::<RenewResponse>(data) {
+        let bytes = json(&response);
+        let again: RenewResponse = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!("a parsed renewal response does not parse once written: {e}")
+        });
+        assert_eq!(json(&again), bytes, "renewal response changed through JSON");
     }
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use skiff_site_controller::fuzzing;
-use skiff_site_controller::grant::{RedeemRequest, RedeemResponse};
+use skiff_site_controller::grant::{RedeemRequest, RedeemResponse, RenewRequest, RenewResponse};
 use skiff_site_controller::resources::{Connector, Link, LinkedSite, Listener, Site, from_yaml};
 
 /// Runs `check` on every file of `fuzz/seeds/<target>/`, naming each seed that fails; fails
@@ -99,4 +99,10 @@ fn files_written_by_skiff_still_parse() {
     let response: RedeemResponse =
         serde_json::from_slice(read("grant_json/response.json").as_bytes()).unwrap();
     assert_eq!(response.endpoints.len(), 3);
+    let renew: RenewRequest =
+        serde_json::from_slice(read("grant_json/renew-request.json").as_bytes()).unwrap();
+    assert_eq!(renew.site_id, request.site_id);
+    let renewed: RenewResponse =
+        serde_json::from_slice(read("grant_json/renew-response.json").as_bytes()).unwrap();
+    assert_eq!(renewed.certificate, response.certificate);
 }
