@@ -1,6 +1,7 @@
-//! The body of the `token_yaml` fuzz target (`fuzz/fuzz_targets/`), shared with the seed
-//! replay test (`certs/tests/fuzz_seeds.rs`) so that `cargo test` checks the same properties on
-//! the committed seeds (`fuzz/seeds/token_yaml/`) that the fuzzer checks on what it generates.
+//! The bodies of the `token_yaml` and `renewal_csr` fuzz targets (`fuzz/fuzz_targets/`), shared
+//! with the seed replay test (`certs/tests/fuzz_seeds.rs`) so that `cargo test` checks the same
+//! properties on the committed seeds (`fuzz/seeds/<target>/`) that the fuzzer checks on what it
+//! generates.
 //!
 //! Panics when a property does not hold; not an API.
 
@@ -127,5 +128,39 @@ pub fn token_yaml(data: &[u8]) {
             Some(d),
             "{text:?} formats as {formatted:?}"
         );
+    }
+}
+
+/// Target `renewal_csr`: the CSR of a renewal request, which the grant service reads from
+/// anyone who reaches the link port ([`crate::renewal_csr_binding`]).
+///
+/// Checks: no panic; the same input gives the same answer; an accepted CSR's subject names
+/// the renewal prefix (so a redemption CSR never passes as a renewal); an error message stays
+/// short (it never echoes the input).
+#[doc(hidden)]
+pub fn renewal_csr(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let first = crate::renewal_csr_binding(text);
+    let again = crate::renewal_csr_binding(text);
+    match (&first, &again) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a, b, "the same CSR bound to two answers");
+            assert!(
+                text.contains("BEGIN CERTIFICATE REQUEST"),
+                "accepted without a PEM CSR"
+            );
+        }
+        (Err(a), Err(b)) => {
+            let (a, b) = (a.to_string(), b.to_string());
+            assert_eq!(a, b, "the same CSR refused with two reasons");
+            assert!(
+                a.len() <= 512,
+                "a refusal echoes its input: {} bytes",
+                a.len()
+            );
+        }
+        _ => panic!("the same CSR accepted once and refused once"),
     }
 }

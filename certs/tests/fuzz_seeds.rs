@@ -1,5 +1,5 @@
-//! Replays the committed seeds of the `token_yaml` fuzz target (`fuzz/seeds/token_yaml/`)
-//! through the same checks the target runs (`skiff_certs::fuzzing::token_yaml`).
+//! Replays the committed seeds of the `token_yaml` and `renewal_csr` fuzz targets
+//! (`fuzz/seeds/<target>/`) through the same checks the targets run (`skiff_certs::fuzzing`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -57,4 +57,22 @@ fn files_written_by_skiff_still_parse() {
     for grant in ["grant-fresh.yaml", "grant-redeemed-once.yaml"] {
         skiff_certs::AccessGrant::from_yaml(&read(grant)).unwrap();
     }
+}
+
+#[test]
+fn renewal_csr_seeds_hold() {
+    replay("renewal_csr", skiff_certs::fuzzing::renewal_csr);
+}
+
+/// A real renewal CSR among the seeds (made by openssl) is accepted with its binding, and a
+/// redemption CSR is not: the replay cannot pass with a parser that refuses everything.
+#[test]
+fn a_real_renewal_csr_among_the_seeds_binds_and_a_redemption_csr_does_not() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/renewal_csr");
+    let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap();
+    let (issuer, at) = skiff_certs::renewal_csr_binding(&read("renewal.csr")).unwrap();
+    assert_eq!(issuer.to_string(), "7f6a5924b77c4507275dd3090d58d0a3");
+    assert_eq!(at, 1_795_651_200);
+    assert!(skiff_certs::renewal_csr_binding(&read("redemption.csr")).is_err());
+    assert!(skiff_certs::renewal_csr_binding(&read("bad-signature.csr")).is_err());
 }
