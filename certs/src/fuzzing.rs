@@ -1,9 +1,11 @@
 //! The bodies of the `token_yaml` and `renewal_csr` fuzz targets (`fuzz/fuzz_targets/`), shared
 //! with the seed replay test (`certs/tests/fuzz_seeds.rs`) so that `cargo test` checks the same
 //! properties on the committed seeds (`fuzz/seeds/<target>/`) that the fuzzer checks on what it
-//! generates.
+//! generates, and [`replay_seeds`], the replay itself, shared by the seed tests of every crate.
 //!
 //! Panics when a property does not hold; not an API.
+
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -163,4 +165,42 @@ pub fn renewal_csr(data: &[u8]) {
         }
         _ => panic!("the same CSR accepted once and refused once"),
     }
+}
+
+/// Runs `check` on every file of `<seeds>/<target>/` (the replay tests of every crate pass
+/// `fuzz/seeds`), naming each seed that fails; fails
+/// when the folder is missing or empty, so the replay can never pass by testing nothing.
+#[doc(hidden)]
+pub fn replay_seeds(seeds: &Path, target: &str, check: fn(&[u8])) {
+    let dir = seeds.join(target);
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
+        panic!(
+            "seed folder {} of fuzz target {target} is missing ({e}); it must hold the target's seeds",
+            dir.display()
+        )
+    });
+    let mut seeds: Vec<std::path::PathBuf> = entries
+        .map(|e| e.expect("seed folder entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    seeds.sort();
+    assert!(
+        !seeds.is_empty(),
+        "seed folder {} is empty: run the fuzz target and add seeds (docs/fuzzing.md)",
+        dir.display()
+    );
+    let mut failed = Vec::new();
+    for seed in &seeds {
+        let data =
+            std::fs::read(seed).unwrap_or_else(|e| panic!("reading {}: {e}", seed.display()));
+        if std::panic::catch_unwind(|| check(&data)).is_err() {
+            failed.push(seed.display().to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} seeds of {target} fail their check (reproduce with `cargo fuzz run -s none {target} SEED`): {failed:#?}",
+        failed.len(),
+        seeds.len()
+    );
 }

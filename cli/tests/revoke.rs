@@ -6,100 +6,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Site, fails, is_link, ok, text};
+use common::{Echo, Site, fails, is_link, link_over, ok, text};
 use serde_json::Value;
-
-/// A TCP echo server on loopback, stopped (and its threads joined) on drop.
-struct Echo {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl Echo {
-    fn start() -> Echo {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let port = l.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let accept = std::thread::spawn(move || {
-            let mut conns = Vec::new();
-            while !stop2.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        let stop3 = stop2.clone();
-                        conns.push(std::thread::spawn(move || echo(c, &stop3)));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            for c in conns {
-                let _ = c.join();
-            }
-        });
-        Echo {
-            port,
-            stop,
-            accept: Some(accept),
-        }
-    }
-}
-
-fn echo(mut c: TcpStream, stop: &AtomicBool) {
-    c.set_nonblocking(false).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let mut buf = [0u8; 16 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        match c.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if c.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Links `from` to `to` with a fresh token over `transport`.
-fn link_over(from: &Site, to: &Site, transport: &str) {
-    let token = to
-        .dir
-        .with_file_name(format!("to-{}-from-{}.token", to.name, from.name));
-    to.issue(&token, &[]);
-    ok(&[
-        "token",
-        "redeem",
-        token.to_str().unwrap(),
-        "--transport",
-        transport,
-        "--dir",
-        from.d(),
-    ]);
-}
 
 /// `GET PATH` on the admin socket of a running site.
 fn admin_get(site: &Site, path: &str) -> Value {

@@ -338,6 +338,41 @@ impl LogLimits {
 }
 
 impl GrantService {
+    /// Signs `csr` for `site_id` (refused unless the CSR is for that site); returns the
+    /// certificate and the fingerprint of the key it certifies. Changes nothing yet.
+    fn sign_for(
+        &self,
+        csr: &str,
+        site_id: SiteId,
+    ) -> Result<(skiff_certs::IssuedCert, String), (StatusCode, String)> {
+        let (csr_site, cert) = self
+            .ca
+            .sign_link_csr(csr, LINK_CERT_VALIDITY)
+            .map_err(|e| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("bad certificate request: {e}"),
+                )
+            })?;
+        if csr_site != site_id {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the certificate request is for site {csr_site}, but the request says {site_id}"
+                ),
+            ));
+        }
+        let key = skiff_certs::key_fingerprint_pem(&cert.cert_pem).map_err(|e| {
+            tracing::error!(cause = %e, "the certificate just signed does not read back");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the issuing site could not read the certificate it signed; see its log"
+                    .to_string(),
+            )
+        })?;
+        Ok((cert, key))
+    }
+
     /// A grant service for a site.
     pub fn new(
         folder: SiteFolder,
@@ -408,26 +443,7 @@ impl GrantService {
             ));
         }
         // Signing changes nothing yet; the checks that need the key come after it.
-        let (csr_site, cert) = self
-            .ca
-            .sign_link_csr(&req.csr, LINK_CERT_VALIDITY)
-            .map_err(|e| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("bad certificate request: {e}"),
-                )
-            })?;
-        if csr_site != req.site_id {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the certificate request is for site {csr_site}, but the request says {}",
-                    req.site_id
-                ),
-            ));
-        }
-        let key = skiff_certs::key_fingerprint_pem(&cert.cert_pem)
-            .map_err(|e| internal(SiteError::Cert(e)))?;
+        let (cert, key) = self.sign_for(&req.csr, req.site_id)?;
         let known = self.linked.get(req.site_id);
         if let Some(k) = &known {
             if k.spec.revoked {
@@ -597,26 +613,7 @@ impl GrantService {
                 ),
             ));
         }
-        let (csr_site, cert) = self
-            .ca
-            .sign_link_csr(&req.csr, LINK_CERT_VALIDITY)
-            .map_err(|e| {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("bad certificate request: {e}"),
-                )
-            })?;
-        if csr_site != req.site_id {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the certificate request is for site {csr_site}, but the request says {}",
-                    req.site_id
-                ),
-            ));
-        }
-        let key = skiff_certs::key_fingerprint_pem(&cert.cert_pem)
-            .map_err(|e| internal(SiteError::Cert(e)))?;
+        let (cert, key) = self.sign_for(&req.csr, req.site_id)?;
         if key != known.spec.key_fingerprint {
             return Err((
                 StatusCode::FORBIDDEN,

@@ -2,47 +2,16 @@
 //! through the same checks the targets run (`skiff_site_controller::fuzzing`).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use skiff_site_controller::fuzzing;
 use skiff_site_controller::grant::{RedeemRequest, RedeemResponse, RenewRequest, RenewResponse};
 use skiff_site_controller::resources::{Connector, Link, LinkedSite, Listener, Site, from_yaml};
 
-/// Runs `check` on every file of `fuzz/seeds/<target>/`, naming each seed that fails; fails
-/// when the folder is missing or empty, so the replay can never pass by testing nothing.
+/// Replays `fuzz/seeds/<target>/` through `check` ([`skiff_certs::fuzzing::replay_seeds`]).
 fn replay(target: &str, check: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/seeds")
-        .join(target);
-    let entries = fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "seed folder {} of fuzz target {target} is missing ({e}); it must hold the target's seeds",
-            dir.display()
-        )
-    });
-    let mut seeds: Vec<PathBuf> = entries
-        .map(|e| e.expect("seed folder entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    seeds.sort();
-    assert!(
-        !seeds.is_empty(),
-        "seed folder {} is empty: run the fuzz target and add seeds (docs/fuzzing.md)",
-        dir.display()
-    );
-    let mut failed = Vec::new();
-    for seed in &seeds {
-        let data = fs::read(seed).unwrap_or_else(|e| panic!("reading {}: {e}", seed.display()));
-        if std::panic::catch_unwind(|| check(&data)).is_err() {
-            failed.push(seed.display().to_string());
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} seeds of {target} fail their check (reproduce with `cargo fuzz run -s none {target} SEED`): {failed:#?}",
-        failed.len(),
-        seeds.len()
-    );
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    skiff_certs::fuzzing::replay_seeds(&seeds, target, check);
 }
 
 #[test]

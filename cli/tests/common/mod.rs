@@ -3,8 +3,13 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -329,6 +334,92 @@ pub fn link(from: &Site, to: &Site) {
         "token",
         "redeem",
         token.to_str().unwrap(),
+        "--dir",
+        from.d(),
+    ]);
+}
+
+/// A TCP echo server on loopback, stopped (and its threads joined) on drop.
+pub struct Echo {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let accept = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let stop3 = stop2.clone();
+                        conns.push(std::thread::spawn(move || echo(c, &stop3)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Echo {
+            port,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+fn echo(mut c: TcpStream, stop: &AtomicBool) {
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match c.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Links `from` to `to` with a fresh token over `transport`.
+pub fn link_over(from: &Site, to: &Site, transport: &str) {
+    let token = to
+        .dir
+        .with_file_name(format!("to-{}-from-{}.token", to.name, from.name));
+    to.issue(&token, &[]);
+    ok(&[
+        "token",
+        "redeem",
+        token.to_str().unwrap(),
+        "--transport",
+        transport,
         "--dir",
         from.d(),
     ]);
