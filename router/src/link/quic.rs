@@ -229,6 +229,9 @@ type Delivered =
 struct QuicSend {
     stream: quinn::SendStream,
     delivered: Option<Delivered>,
+    /// The shutdown has completed: later calls answer at once (the future must not be
+    /// polled again).
+    shut: bool,
 }
 
 impl tokio::io::AsyncWrite for QuicSend {
@@ -252,12 +255,20 @@ impl tokio::io::AsyncWrite for QuicSend {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.shut {
+            return std::task::Poll::Ready(Ok(()));
+        }
         if this.delivered.is_none() {
             this.stream.finish().map_err(io::Error::from)?;
             this.delivered = Some(Box::pin(this.stream.stopped()));
         }
         let delivered = this.delivered.as_mut().expect("set above");
-        match delivered.as_mut().poll(cx) {
+        let polled = delivered.as_mut().poll(cx);
+        if polled.is_ready() {
+            this.shut = true;
+            this.delivered = None;
+        }
+        match polled {
             std::task::Poll::Pending => std::task::Poll::Pending,
             // Acknowledged, or the peer stopped reading after our FIN (as quinn's own
             // shutdown, this is not an error of ours).
@@ -281,6 +292,7 @@ fn link_stream((send, recv): (quinn::SendStream, quinn::RecvStream)) -> LinkStre
         writer: Box::new(QuicSend {
             stream: send,
             delivered: None,
+            shut: false,
         }),
     }
 }
