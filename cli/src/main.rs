@@ -261,6 +261,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Site(SiteCommand::Run { .. }));
     init_logging(quiet);
+    if !quiet {
+        raise_open_file_limit();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -307,6 +310,50 @@ fn tune_allocator() {
             libc::mallopt(libc::M_ARENA_MAX, arenas as libc::c_int);
             libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
             libc::mallopt(libc::M_TRIM_THRESHOLD, 4 * 1024 * 1024);
+        }
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit, for `site run`: the
+/// router serves as many clients at once as the soft limit allows (docs/flows.md), and
+/// systemd's default soft limit (1 024) would hold a busy site to ~480 while its hard limit
+/// (524 288) allows far more. An operator's lower hard limit (`LimitNOFILE`, `prlimit`) is
+/// kept as it is.
+#[allow(unsafe_code)]
+fn raise_open_file_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write only the struct passed, which lives
+        // on this stack frame.
+        let raised = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0
+                || limit.rlim_cur >= limit.rlim_max
+            {
+                return;
+            }
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(before)
+            } else {
+                Err(before)
+            }
+        };
+        match raised {
+            Ok(before) => tracing::debug!(
+                from = before,
+                to = limit.rlim_max,
+                "raised the open-file limit to its hard limit"
+            ),
+            Err(soft) => tracing::warn!(
+                soft,
+                "could not raise the open-file limit; clients beyond what it allows wait in \
+                 the kernel's queue"
+            ),
         }
     }
 }
