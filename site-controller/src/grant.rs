@@ -582,7 +582,7 @@ impl GrantService {
                 ),
             ));
         }
-        let skew = (now.unix_timestamp() - at).unsigned_abs();
+        let skew = now.unix_timestamp().abs_diff(at);
         if skew > RENEWAL_FRESHNESS.as_secs() {
             return Err((
                 StatusCode::FORBIDDEN,

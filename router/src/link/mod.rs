@@ -63,8 +63,8 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default time without any frame after which a link is declared dead.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(4);
 
-/// What a router needs to run its links.
-#[derive(Clone, Debug)]
+/// What a router needs to run its links. Its `Debug` leaves the secrets out.
+#[derive(Clone)]
 pub struct RouterConfig {
     /// This site's id (its certificates carry it).
     pub site_id: SiteId,
@@ -90,6 +90,19 @@ pub struct RouterConfig {
     /// resets peers do not recognise (the site controller passes the site CA's key). `None`:
     /// the router key.
     pub stateless_reset_secret: Option<String>,
+}
+
+impl std::fmt::Debug for RouterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterConfig")
+            .field("site_id", &self.site_id)
+            .field("site_name", &self.site_name)
+            .field("mode", &self.mode)
+            .field("link_listen", &self.link_listen)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("dead_after", &self.dead_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RouterConfig {

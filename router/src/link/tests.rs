@@ -582,3 +582,22 @@ fn status_serializes_for_operators() {
     assert_eq!(TransportChoice::Tls.to_string(), "tls");
     assert!("udp".parse::<TransportChoice>().is_err());
 }
+
+#[test]
+fn a_router_config_never_shows_its_keys_when_printed() {
+    let mut cfg = RouterConfig::new(
+        SiteId::random(),
+        "west",
+        RouterMode::Interior,
+        "ROUTER-CERT",
+        "ROUTER-KEY-SECRET",
+        "CA-CERT",
+    );
+    cfg.stateless_reset_secret = Some("CA-KEY-SECRET".into());
+    let shown = format!("{cfg:?}");
+    assert!(shown.contains("west"), "{shown}");
+    assert!(
+        !shown.contains("SECRET"),
+        "a key is printed by Debug: {shown}"
+    );
+}
