@@ -4,7 +4,7 @@
 //! link-state frames go to the routing task, a `Close` ends the link), frames the routing task
 //! wants sent, streams the peer opens (handed to the router's incoming-stream channel), the
 //! liveness timer ([`Liveness`], a clock-free state machine, fed by control frames and by
-//! anything else the peer's connection delivers), and a request to close
+//! the peer's flow data), and a request to close
 //! ([`LinkCloser`]: configuration change, revocation, shutdown).
 
 use std::sync::{Arc, Mutex};
@@ -187,9 +187,10 @@ pub(crate) async fn run_link(
         control: outgoing_tx,
     });
     let mut live = Liveness::new(Instant::now(), timing.keepalive_interval, timing.dead_after);
-    // Anything received counts as a sign of life: on a saturated link the peer's keepalives
-    // and answers queue behind flow data for longer than `dead_after`, while its packets (or
-    // bytes) keep arriving. A link is dead when nothing at all arrives for `dead_after`.
+    // Flow data from the peer counts as a sign of life too ([`MuxConnection::received`]): on
+    // a saturated link its keepalives and answers queue behind flow data for longer than
+    // `dead_after`, while that data keeps arriving. A link is dead when the peer's router
+    // sends nothing at all for `dead_after`.
     let mut received = conn.received();
     let end = loop {
         let deadline = live.next_timeout();
