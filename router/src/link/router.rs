@@ -35,6 +35,10 @@ const INCOMING_QUEUE: usize = 1024;
 /// How long [`Router::shutdown`] waits for TCP flows in progress to finish (then resets them),
 /// and then for links to close before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping router that withdrew its connectors keeps its links up at least, so
+/// the withdrawal reaches the other routers before they could send a flow into a closing
+/// link (milliseconds on small networks; docs/routing.md has the convergence figures).
+const WITHDRAWAL_QUIESCE: Duration = Duration::from_millis(500);
 
 /// State shared by the router's tasks.
 pub(crate) struct Shared {
@@ -456,12 +460,20 @@ impl Router {
         // meanwhile is answered "no route" before any byte moved, so its ingress tries the
         // next site instead of starting a flow here that the end of the grace would reset.
         // Flows already running keep their connector.
+        let withdrew =
+            !self.connectors().is_empty() && self.links().iter().any(|l| l.state == LinkState::Up);
         self.set_connectors(Vec::new());
         self.flows.tcp_flows.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.flows.tcp_flows.wait())
-            .await
-            .is_err()
-        {
+        let drained = async {
+            // The links stay up while the withdrawal reaches the other routers: a flow sent
+            // here meanwhile is answered "no route" and retried elsewhere, where a link closed
+            // under it would fail it.
+            if withdrew {
+                tokio::time::sleep(WITHDRAWAL_QUIESCE).await;
+            }
+            self.flows.tcp_flows.wait().await;
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
             tracing::warn!(
                 "some flows did not finish within {} s; resetting them",
                 SHUTDOWN_GRACE.as_secs()
