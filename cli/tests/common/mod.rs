@@ -164,21 +164,9 @@ impl Site {
 
     /// Stops the running site with SIGTERM and waits for it to exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("site did not stop on SIGTERM: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let c = self.child.take().expect("running");
+        terminate(c, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("site did not stop on SIGTERM: {}", self.log()))
     }
 
     fn log_path(&self) -> PathBuf {
@@ -322,6 +310,26 @@ pub fn set_field(path: &Path, key: &str, value: &str) {
         })
         .collect();
     std::fs::write(path, out.join("\n") + "\n").unwrap();
+}
+
+/// Sends SIGTERM to our own child `c` (by its PID) and waits up to `within` for its exit;
+/// `None` (after a SIGKILL and reaping it) if it did not exit in time.
+pub fn terminate(mut c: Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Links `from` to `to` (which has link access) with a fresh token.
