@@ -4,10 +4,12 @@
 //! another key is refused.
 
 mod common;
+#[path = "rotation/relays.rs"]
+mod relays;
 
 use std::hash::Hasher;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{Echo, Site, fails, is_link, link_over, ok};
+use relays::{SlowRelay, answer_losing_relay};
 use serde_json::Value;
 
 fn link_named(site: &Site, name: &str) -> Option<Value> {
@@ -585,84 +588,6 @@ fn floods_of_refusals_log_one_warn_line_per_kind_and_a_grant_connection_serves_o
     );
 }
 
-/// A TCP relay on loopback to `to` that holds each connection `delay` before relaying (a
-/// slow network path); its threads end on drop.
-struct SlowRelay {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl SlowRelay {
-    fn start(to: String, delay: Duration) -> SlowRelay {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let port = l.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let accept = std::thread::spawn(move || {
-            let mut threads = Vec::new();
-            while !stop2.load(Ordering::Relaxed) {
-                let Ok((client, _)) = l.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                std::thread::sleep(delay);
-                let Ok(server) = TcpStream::connect(&to) else {
-                    continue;
-                };
-                client.set_nonblocking(false).unwrap();
-                for (mut from, mut into) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let stop3 = stop2.clone();
-                    threads.push(std::thread::spawn(move || {
-                        from.set_read_timeout(Some(Duration::from_millis(100)))
-                            .unwrap();
-                        let mut buf = [0u8; 16 * 1024];
-                        while !stop3.load(Ordering::Relaxed) {
-                            match from.read(&mut buf) {
-                                Ok(0) => break,
-                                Ok(n) => {
-                                    if into.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) => {}
-                                Err(_) => break,
-                            }
-                        }
-                        let _ = into.shutdown(std::net::Shutdown::Write);
-                    }));
-                }
-            }
-            for t in threads {
-                let _ = t.join();
-            }
-        });
-        SlowRelay {
-            port,
-            stop,
-            accept: Some(accept),
-        }
-    }
-}
-
-impl Drop for SlowRelay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A link deleted, and another edited, while its renewal is on the way (a slow path to the
 /// issuer): the renewal writes only the new certificate into the link files as they are then,
 /// so the deleted link stays deleted and the edit stays.
@@ -716,78 +641,6 @@ fn a_renewal_brings_back_no_deleted_link_and_undoes_no_edit() {
     );
     assert_ne!(after, edited, "the renewed certificate was not stored");
     drop(relay);
-}
-
-/// A TCP relay on loopback to `to` for one connection that passes the TLS handshake and the
-/// client's request to the server, then cuts the client off before any answer: the request
-/// reached the issuer, the answer was lost. Its thread ends by itself (bounded).
-fn answer_losing_relay(to: String) -> (u16, JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let t = std::thread::spawn(move || {
-        l.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = loop {
-            match l.accept() {
-                Ok((c, _)) => break c,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-                Err(_) => return,
-            }
-        };
-        client.set_nonblocking(false).unwrap();
-        let mut server = TcpStream::connect(&to).unwrap();
-        let mut back_from = server.try_clone().unwrap();
-        let mut back_to = client.try_clone().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let cut2 = cut.clone();
-        // Server to client until the request went through.
-        let back = std::thread::spawn(move || {
-            back_from
-                .set_read_timeout(Some(Duration::from_millis(20)))
-                .unwrap();
-            let mut buf = [0u8; 16 * 1024];
-            let until = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < until {
-                match back_from.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if cut2.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let _ = back_to.write_all(&buf[..n]);
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
-        // Client to server: past the handshake (ClientHello, Finished: well under 1000 bytes)
-        // comes the request (its CSR alone is more); then the client is cut off.
-        let mut client = client;
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut sent = 0usize;
-        let mut buf = [0u8; 16 * 1024];
-        while sent < 1000 {
-            match client.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    sent += n;
-                    if sent >= 1000 {
-                        cut.store(true, Ordering::Relaxed);
-                    }
-                    server.write_all(&buf[..n]).unwrap();
-                }
-            }
-        }
-        let _ = client.shutdown(std::net::Shutdown::Both);
-        drop(client);
-        // Let the issuer read the request and answer into the void.
-        std::thread::sleep(Duration::from_millis(500));
-        let _ = server.shutdown(std::net::Shutdown::Both);
-        let _ = back.join();
-    });
-    (port, t)
 }
 
 /// The renewal request reached the issuer through the first endpoint, but its answer was lost.
