@@ -414,6 +414,21 @@ pub fn key_fingerprint(cert: &CertificateDer<'_>) -> Result<String, CertError> {
     ))
 }
 
+/// [`key_fingerprint`] of the public half of a private key (PEM): whether a key file goes with
+/// a certificate.
+pub fn private_key_fingerprint(key_pem: &str) -> Result<String, CertError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::Pem {
+        what: "private key",
+        reason: "not a P-256 private key".into(),
+        source: Some(Box::new(e)),
+    })?;
+    Ok(hex(ring::digest::digest(
+        &ring::digest::SHA256,
+        key.public_key_raw(),
+    )
+    .as_ref()))
+}
+
 /// A certificate's serial number in the form [`IssuedCert::serial`] uses (lowercase hex of
 /// its DER integer bytes): what a site records to tell the certificates it issued apart.
 pub fn certificate_serial(cert: &CertificateDer<'_>) -> Result<String, CertError> {

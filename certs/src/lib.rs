@@ -29,7 +29,7 @@ pub mod token;
 pub use ca::{
     IssuedCert, SiteCa, certificate_serial, certificate_serial_pem, certificate_validity_pem,
     first_certificate, generate_link_csr, generate_link_key, key_fingerprint, key_fingerprint_pem,
-    link_csr, renewal_csr, renewal_csr_binding,
+    link_csr, private_key_fingerprint, renewal_csr, renewal_csr_binding,
 };
 pub use error::CertError;
 pub use id::SiteId;

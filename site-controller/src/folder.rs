@@ -21,6 +21,8 @@ pub const PUBLIC_MODE: u32 = 0o644;
 /// router.pem         the router's own certificate and key (0600)
 /// link.key           the site's link identity key (0600); link certificates certify it
 /// links/NAME.yaml    Link resources (outbound links this site dials)
+/// links/NAME.key     the private key of an offline link's certificate (0600), when it is
+///                    not link.key (`skiff link generate`)
 /// listeners/NAME.yaml  Listener resources (a port here sends to a routing key)
 /// connectors/NAME.yaml Connector resources (a routing key served by host:port here)
 /// grants/NAME.yaml   AccessGrant resources (token codes, 0600)
@@ -98,6 +100,11 @@ impl SiteFolder {
     /// `links/`.
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")
+    }
+    /// `links/NAME.key`: the key of an offline link (one made by `skiff link generate`, whose
+    /// certificate does not certify `link.key`).
+    pub fn link_own_key_file(&self, link: &str) -> PathBuf {
+        self.links_dir().join(format!("{link}.key"))
     }
     /// `listeners/`.
     pub fn listeners_dir(&self) -> PathBuf {

@@ -130,6 +130,12 @@ pub struct LinkSpec {
     /// `quic`, `tls` or `auto`.
     #[serde(default = "default_transport")]
     pub transport: String,
+    /// The private key (PEM) of `clientCertificate`, only in an offline link file made by
+    /// `skiff link generate`: when the link is installed it moves to `links/NAME.key` (0600)
+    /// and is never written back into a resource (`skiff get links` does not show it). A link
+    /// without it certifies the site's own `link.key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 fn default_cost() -> u32 {

@@ -213,18 +213,31 @@ pub fn delete_site(folder: &SiteFolder) -> Result<String, SiteError> {
     Ok(site.metadata.name)
 }
 
-/// The links this site dials, each with the site's link key (which their certificates
-/// certify).
+/// The links this site dials, each with the private key its certificate certifies: the
+/// site's `link.key`, or the link's own `links/NAME.key` (an offline link).
 pub fn list_links(folder: &SiteFolder) -> Result<Vec<(Link, String)>, SiteError> {
     let paths = yaml_files(&folder.links_dir())?;
     if paths.is_empty() {
         return Ok(Vec::new());
     }
-    let key = read_text(&folder.link_key_file())?;
+    let mut site_key = None;
     let mut out = Vec::new();
     for path in paths {
         let link: Link = from_yaml(&read_text(&path)?, &path)?;
-        out.push((link, key.clone()));
+        let own = folder.link_own_key_file(&link.metadata.name);
+        let key = if own.is_file() {
+            read_text(&own)?
+        } else {
+            match &site_key {
+                Some(k) => String::clone(k),
+                None => {
+                    let k = read_text(&folder.link_key_file())?;
+                    site_key = Some(k.clone());
+                    k
+                }
+            }
+        };
+        out.push((link, key));
     }
     Ok(out)
 }
@@ -234,14 +247,79 @@ pub fn link_key(folder: &SiteFolder) -> Result<String, SiteError> {
     read_text(&folder.link_key_file())
 }
 
-/// Stores a link (one atomic write: the commit point).
+/// Stores a link (one atomic write: the commit point). A `clientKey` in the resource goes to
+/// `links/NAME.key` (0600), written first; the YAML never holds it.
 pub fn save_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
-    save_resource(folder, &folder.links_dir(), link)
+    validate_name("link", &link.metadata.name)?;
+    folder.create_dirs()?;
+    let own = folder.link_own_key_file(&link.metadata.name);
+    let mut stored = link.clone();
+    match stored.spec.client_key.take() {
+        Some(key) => write_atomic(&own, key.as_bytes(), SECRET_MODE)?,
+        None => remove_file(&own)?,
+    }
+    save_resource(folder, &folder.links_dir(), &stored)
 }
 
-/// Removes a link.
+/// Removes a link (and its own key, if it has one).
 pub fn delete_link(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
-    delete_resource(&folder.links_dir(), "link", name)
+    delete_resource(&folder.links_dir(), "link", name)?;
+    remove_file(&folder.link_own_key_file(name))
+}
+
+/// Checks that a Link resource given by a user (`skiff apply`, an offline link file) can be
+/// dialled by this site, then stores it. Its certificate must name this site's id and be
+/// signed by `peerCa`; it must certify `clientKey` when the resource has one (an offline
+/// link), else this site's `link.key` (a link read back with `skiff get links`). Every
+/// refusal says which check failed and what to do.
+pub fn install_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
+    let loaded = load_site(folder)?;
+    let name = &link.metadata.name;
+    validate_name("link", name)?;
+    let bad = |reason: String| SiteError::InvalidArgument(format!("link {name:?}: {reason}"));
+    let cert = skiff_certs::first_certificate(&link.spec.client_certificate)
+        .map_err(|e| bad(format!("spec.clientCertificate is unusable: {e}")))?;
+    let for_site = skiff_certs::peer_site_id(&cert)
+        .map_err(|e| bad(format!("spec.clientCertificate names no site: {e}")))?;
+    if for_site != loaded.id() {
+        return Err(bad(format!(
+            "its certificate was made for site {for_site}, but this site is {} ({}); \
+             make a link for this site at the other site (skiff token issue, or skiff link \
+             generate FILE --site-id {})",
+            loaded.name(),
+            loaded.id(),
+            loaded.id()
+        )));
+    }
+    if link.spec.peer_site_id == loaded.id() {
+        return Err(bad("it points at this site itself".into()));
+    }
+    skiff_certs::first_certificate(&link.spec.peer_ca)
+        .map_err(|e| bad(format!("spec.peerCa is unusable: {e}")))?;
+    if link.spec.endpoints.is_empty() {
+        return Err(bad(
+            "spec.endpoints is empty: it needs at least one host:port".into(),
+        ));
+    }
+    let certified = skiff_certs::key_fingerprint(&cert)
+        .map_err(|e| bad(format!("spec.clientCertificate is unusable: {e}")))?;
+    let (key_pem, which) = match &link.spec.client_key {
+        Some(k) => (k.clone(), "spec.clientKey"),
+        None => (link_key(folder)?, "this site's link.key"),
+    };
+    let held = skiff_certs::private_key_fingerprint(&key_pem)
+        .map_err(|e| bad(format!("{which} is unusable: {e}")))?;
+    if held != certified {
+        return Err(bad(format!(
+            "its certificate does not certify {which}; {}",
+            if link.spec.client_key.is_some() {
+                "the file was altered: generate the link again"
+            } else {
+                "it belongs to another site folder: redeem a token here instead"
+            }
+        )));
+    }
+    save_link(folder, link)
 }
 
 /// Every resource of one kind in `dir`, sorted by name.

@@ -165,6 +165,7 @@ pub async fn redeem(
             client_certificate: answer.certificate,
             cost: opts.cost.unwrap_or(token.spec.link_cost),
             transport,
+            client_key: None,
         },
     );
     save_link(folder, &link)?;
