@@ -7,6 +7,7 @@
 //! - [`grant`]: token redemption: the grant service and its client.
 //! - [`run`]: a running site: router, grant service, admin API, reload.
 //! - [`admin`]: the admin API server and client.
+//! - [`apply`]: `skiff apply -f` / `delete -f` / `get`: resource YAML checked with file:line, then written.
 //! - [`token`]: issuing and redeeming tokens (the verbs behind `skiff token`).
 //! - [`services`]: listeners and connectors (the verbs, and their router specs).
 //! - `fuzzing`: the bodies of the fuzz targets, shared with the seed replay test (hidden).
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod apply;
 mod error;
 pub mod folder;
 #[doc(hidden)]
