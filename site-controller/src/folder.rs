@@ -148,6 +148,7 @@ impl SiteFolder {
             .mode(SECRET_MODE)
             .open(&path)
             .map_err(|e| SiteError::io("open", &path, e))?;
+        give_to_owner_of(&file, &self.root).map_err(|e| SiteError::io("give", &path, e))?;
         file.lock().map_err(|e| SiteError::io("lock", &path, e))?;
         Ok(file)
     }
@@ -176,6 +177,11 @@ impl SiteFolder {
             if Some(owner) == own_uid() {
                 fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
                     .map_err(|e| SiteError::io("set permissions of", &dir, e))?;
+                // A sub-folder root makes in a folder of the service's user is that user's.
+                if dir != self.root {
+                    give_path_to_owner_of(&dir, &self.root)
+                        .map_err(|e| SiteError::io("give", &dir, e))?;
+                }
             }
         }
         Ok(())
@@ -192,6 +198,7 @@ impl SiteFolder {
             .mode(SECRET_MODE)
             .open(&path)
             .map_err(|e| SiteError::io("open", &path, e))?;
+        give_to_owner_of(&file, &self.root).map_err(|e| SiteError::io("give", &path, e))?;
         // `is_locked` (any CLI verb asking whether the site runs) holds a shared lock for an
         // instant: a few tries over 200 ms tell that apart from a `site run` holding it.
         for attempt in 0..20 {
@@ -221,6 +228,10 @@ impl SiteFolder {
 /// Writes `contents` to `path` atomically: a temporary file in the same folder, written, synced,
 /// given `mode`, then renamed over `path`, and the folder synced. A reader sees the old file or
 /// the new one, never a part; a process killed half way leaves at most a `.tmp` file behind.
+///
+/// Run by root in a folder that belongs to another user (the site folder of a systemd service,
+/// owned by its user `skiff`), the file is given the folder's owner and group: a 0600 file of
+/// root's would be unreadable to the service.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SiteError> {
     // A bare file name has an empty parent: the current folder.
     let dir = match path.parent() {
@@ -241,6 +252,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SiteE
             .open(&tmp)?;
         // The mode given to open() is filtered by the umask; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
+        give_to_owner_of(&f, dir)?;
         f.write_all(contents)?;
         f.sync_all()?;
         drop(f);
@@ -289,6 +301,33 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, SiteError> {
     Ok(out)
 }
 
+/// When this process runs as root and `dir` belongs to another user, gives the open `file` to
+/// the owner and group of `dir` (what root writes into a service's folder stays readable to the
+/// service). Otherwise leaves it alone.
+fn give_to_owner_of(file: &File, dir: &Path) -> io::Result<()> {
+    if let Some((uid, gid)) = foreign_owner(dir)? {
+        std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// [`give_to_owner_of`] for a path (a folder); a symbolic link itself, never its target.
+fn give_path_to_owner_of(path: &Path, dir: &Path) -> io::Result<()> {
+    if let Some((uid, gid)) = foreign_owner(dir)? {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// The owner and group of `dir` when this process is root and `dir` is not root's.
+fn foreign_owner(dir: &Path) -> io::Result<Option<(u32, u32)>> {
+    if own_uid() != Some(0) {
+        return Ok(None);
+    }
+    let meta = fs::metadata(dir)?;
+    Ok((meta.uid() != 0).then(|| (meta.uid(), meta.gid())))
+}
+
 /// This process's user id (the owner of what it creates).
 fn own_uid() -> Option<u32> {
     fs::metadata("/proc/self").ok().map(|m| m.uid())
@@ -316,6 +355,51 @@ mod tests {
         // No temporary file is left behind.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    /// Root writing into a folder of another user (a service's folder) leaves files that user
+    /// owns: new files, new sub-folders and the lock files. Run as root (CI): a folder given to
+    /// `nobody`. Run as another user: nothing is given away.
+    #[test]
+    fn root_writing_into_another_users_folder_gives_files_to_its_owner() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("west");
+        fs::create_dir(&root).unwrap();
+        let me = own_uid().unwrap();
+        // nobody:nogroup on Debian.
+        let (uid, gid) = if me == 0 {
+            (65534, 65534)
+        } else {
+            (me, fs::metadata(&root).unwrap().gid())
+        };
+        std::os::unix::fs::chown(&root, Some(uid), Some(gid)).unwrap();
+        let folder = SiteFolder::new(&root);
+        folder.create_dirs().unwrap();
+        let file = folder.listeners_dir().join("web.yaml");
+        write_atomic(&file, b"x", SECRET_MODE).unwrap();
+        write_atomic(&folder.site_file(), b"y", PUBLIC_MODE).unwrap();
+        drop(folder.lock_renewals().unwrap());
+        for path in [
+            file,
+            folder.site_file(),
+            folder.listeners_dir(),
+            folder.peers_dir(),
+            folder.renew_lock_file(),
+        ] {
+            let m = fs::metadata(&path).unwrap();
+            assert_eq!(
+                (m.uid(), m.gid()),
+                (uid, gid),
+                "{} is not the folder owner's (running as uid {me})",
+                path.display()
+            );
+        }
+        // The mode is kept: the owner reads its secret, nobody else does.
+        let m = fs::metadata(folder.listeners_dir().join("web.yaml")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        if me != 0 {
+            println!("not root: checked that files stay this user's; the hand-over needs root");
+        }
     }
 
     #[test]

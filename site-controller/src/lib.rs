@@ -10,6 +10,7 @@
 //! - [`apply`]: `skiff apply -f` / `delete -f` / `get`: resource YAML checked with file:line, then written.
 //! - [`token`]: issuing and redeeming tokens (the verbs behind `skiff token`).
 //! - [`services`]: listeners and connectors (the verbs, and their router specs).
+//! - [`service`]: the systemd unit of a site (`skiff site install-service`).
 //! - `fuzzing`: the bodies of the fuzz targets, shared with the seed replay test (hidden).
 //! - [`kubernetes`]: the Kubernetes site (feature `kubernetes`): the folder fed from the API.
 
@@ -26,6 +27,7 @@ pub mod grant;
 pub mod kubernetes;
 pub mod resources;
 pub mod run;
+pub mod service;
 pub mod services;
 pub mod site;
 pub mod token;
