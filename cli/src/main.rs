@@ -2,6 +2,7 @@
 //! library function of `skiff-site-controller`, and every error is printed as one sentence
 //! with a hint, never a backtrace.
 
+mod apply;
 mod demo;
 mod output;
 
@@ -60,6 +61,13 @@ enum Command {
     /// The whole network as this site sees it.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Create or update listeners, connectors, links and the site's settings from YAML files
+    /// (the resources `skiff get` prints); nothing is written unless every document is valid.
+    Apply(apply::ApplyArgs),
+    /// Delete the listeners, connectors and links named in YAML files.
+    Delete(apply::DeleteArgs),
+    /// Print listeners, connectors, links or the site as YAML (what apply -f takes) or JSON.
+    Get(apply::GetArgs),
     /// Two sites on this machine, linked with a token, a service reached across them.
     Demo,
     /// Print the version and link protocol version.
@@ -379,6 +387,9 @@ async fn execute(command: Command) -> Result<ExitCode, SiteError> {
         Command::Network(NetworkCommand::Status { output, dir }) => {
             output::network_status(&dir.folder(), output).await
         }
+        Command::Apply(args) => apply::apply(args).await,
+        Command::Delete(args) => apply::delete(args).await,
+        Command::Get(args) => apply::get(args).await,
         Command::Demo => demo::run().await,
         Command::Version => {
             println!(
