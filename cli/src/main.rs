@@ -5,6 +5,7 @@
 mod apply;
 mod demo;
 mod output;
+mod service;
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -127,6 +128,14 @@ enum SiteCommand {
     },
     /// Delete the site: its identity, links and grants. Refused while it runs.
     Delete {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Run the site as a hardened systemd service: system user, folder ownership, unit file,
+    /// systemctl enable --now. Needs root unless --print or --unit-dir DIR.
+    InstallService {
+        #[command(flatten)]
+        args: service::InstallServiceArgs,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -490,6 +499,7 @@ async fn site_command(c: SiteCommand) -> Result<ExitCode, SiteError> {
             println!("site {name:?} deleted");
             Ok(ExitCode::SUCCESS)
         }
+        SiteCommand::InstallService { args, dir } => service::install_service(&dir.folder(), args),
     }
 }
 
