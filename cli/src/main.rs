@@ -3,8 +3,11 @@
 //! with a hint, never a backtrace.
 
 mod apply;
+mod completion;
 mod demo;
+mod logging;
 mod output;
+mod reload;
 mod service;
 
 use std::io::Read;
@@ -12,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use skiff_site_controller::folder::SiteFolder;
 use skiff_site_controller::run::{RunOptions, run_site};
 use skiff_site_controller::site::{self, Created, SiteOptions};
@@ -26,6 +29,8 @@ use skiff_site_controller::{SiteError, error_chain};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 /// The site folder, taken by every verb.
@@ -73,6 +78,11 @@ enum Command {
     Demo,
     /// Print the version and link protocol version.
     Version,
+    /// Print the shell completion script (bash, zsh or fish) on stdout.
+    Completion {
+        /// The shell.
+        shell: completion::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,7 +106,7 @@ enum SiteCommand {
         #[command(flatten)]
         dir: DirArg,
     },
-    /// Run the site in the foreground until SIGINT or SIGTERM.
+    /// Run the site in the foreground until SIGINT or SIGTERM; SIGHUP reloads its folder.
     Run {
         /// Also serve the admin API on this TCP address (e.g. 127.0.0.1:9090).
         #[arg(long)]
@@ -120,6 +130,14 @@ enum SiteCommand {
     },
     /// Show the running site; exits 0 only if it runs and answers.
     Status {
+        /// `json` for scripts.
+        #[arg(long)]
+        output: Option<output::Format>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Ask the running site to re-read its folder (as SIGHUP does) and print what changed.
+    Reload {
         /// `json` for scripts.
         #[arg(long)]
         output: Option<output::Format>,
@@ -277,7 +295,7 @@ fn main() -> ExitCode {
     skiff_certs::install_crypto_provider();
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Site(SiteCommand::Run { .. }));
-    init_logging(quiet);
+    logging::init(&cli.log, !quiet);
     if !quiet {
         raise_open_file_limit();
     }
@@ -294,10 +312,7 @@ fn main() -> ExitCode {
     match runtime.block_on(execute(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            if let Some(hint) = e.hint() {
-                eprintln!("hint: {hint}");
-            }
+            logging::report_error(&error_chain(&e), e.hint().as_deref());
             ExitCode::FAILURE
         }
     }
@@ -375,17 +390,6 @@ fn raise_open_file_limit() {
     }
 }
 
-fn init_logging(quiet: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if quiet { "warn" } else { "info" };
-    let filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn execute(command: Command) -> Result<ExitCode, SiteError> {
     match command {
         Command::Site(c) => site_command(c).await,
@@ -400,6 +404,7 @@ async fn execute(command: Command) -> Result<ExitCode, SiteError> {
         Command::Delete(args) => apply::delete(args).await,
         Command::Get(args) => apply::get(args).await,
         Command::Demo => demo::run().await,
+        Command::Completion { shell } => Ok(completion::print(shell, Cli::command())),
         Command::Version => {
             println!(
                 "skiff {} (link protocol {})",
@@ -475,6 +480,9 @@ async fn site_command(c: SiteCommand) -> Result<ExitCode, SiteError> {
             opts.admin_address = admin_address;
             opts.listener_ports = listener_ports;
             opts.link_hosts = link_hosts;
+            skiff_site_controller::run::ignore_hangups(
+                "in Kubernetes the API is the record and the site follows it by itself",
+            )?;
             run_kubernetes_site(dir.folder(), opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -494,6 +502,7 @@ async fn site_command(c: SiteCommand) -> Result<ExitCode, SiteError> {
             Ok(ExitCode::SUCCESS)
         }
         SiteCommand::Status { output, dir } => output::site_status(&dir.folder(), output).await,
+        SiteCommand::Reload { output, dir } => reload::reload(&dir.folder(), output).await,
         SiteCommand::Delete { dir } => {
             let name = site::delete_site(&dir.folder())?;
             println!("site {name:?} deleted");

@@ -2,7 +2,8 @@
 //! TCP address too) and the client the CLI uses to talk to it.
 //!
 //! Routes: `GET /healthz`, `/readyz`, `/metrics`, `/v1/site`, `/v1/links`, `/v1/listeners`,
-//! `/v1/connectors`, `/v1/network`, `/v1/flows`; `POST /v1/reload`.
+//! `/v1/connectors`, `/v1/network`, `/v1/flows`; `POST /v1/reload` (answers what changed:
+//! [`crate::reload::ReloadReport`] with `"reloaded": true`).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -118,7 +119,11 @@ async fn route(req: Request<Incoming>, state: &SiteState, changes: bool) -> Resp
         (&Method::GET, "/v1/network") => json(StatusCode::OK, &state.network_json()),
         (&Method::GET, "/v1/flows") => json(StatusCode::OK, &state.flows_json()),
         (&Method::POST, "/v1/reload") => match state.reload().await {
-            Ok(()) => json(StatusCode::OK, &serde_json::json!({"reloaded": true})),
+            Ok(report) => {
+                let mut body = serde_json::to_value(&report).unwrap_or_default();
+                body["reloaded"] = serde_json::Value::Bool(true);
+                json(StatusCode::OK, &body)
+            }
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &serde_json::json!({"error": crate::error_chain(&e)}),

@@ -9,6 +9,7 @@
 //! - [`admin`]: the admin API server and client.
 //! - [`apply`]: `skiff apply -f` / `delete -f` / `get`: resource YAML checked with file:line, then written.
 //! - [`token`]: issuing and redeeming tokens (the verbs behind `skiff token`).
+//! - [`offline`]: offline links (`skiff link generate`): a link file signed in advance.
 //! - [`services`]: listeners and connectors (the verbs, and their router specs).
 //! - [`service`]: the systemd unit of a site (`skiff site install-service`).
 //! - `fuzzing`: the bodies of the fuzz targets, shared with the seed replay test (hidden).
@@ -25,6 +26,7 @@ pub mod fuzzing;
 pub mod grant;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod offline;
 pub mod resources;
 pub mod run;
 pub mod service;

@@ -11,12 +11,14 @@ use skiff_router::link::{
 };
 use skiff_router::wire::RouterMode;
 use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use crate::SiteError;
 use crate::admin::{self, AdminListener};
 use crate::folder::{SiteFolder, remove_file};
 use crate::grant::{GrantService, LinkedSites, SharedGrantService};
+use crate::reload::{Applied, Changes, ReloadReport, Skipped, changes, restart_needed};
 use crate::resources::Site;
 use crate::services::{connector_spec, list_connectors, list_listeners, listener_spec};
 use crate::site::{list_linked_sites, list_links, load_site};
@@ -42,6 +44,7 @@ pub struct SiteState {
     linked: Arc<LinkedSites>,
     grants: Option<Arc<GrantService>>,
     reload_lock: tokio::sync::Mutex<()>,
+    applied: std::sync::Mutex<Applied>,
     started: std::time::SystemTime,
     controller_status: std::sync::Mutex<Option<serde_json::Value>>,
 }
@@ -123,11 +126,15 @@ impl RunningSite {
             linked,
             grants,
             reload_lock: tokio::sync::Mutex::new(()),
+            applied: std::sync::Mutex::new(Applied::default()),
             started: std::time::SystemTime::now(),
             controller_status: std::sync::Mutex::new(None),
         });
-        state.apply_links()?;
-        state.apply_services()?;
+        let (want, skipped) = state.desired()?;
+        for s in &skipped {
+            tracing::warn!(kind = s.kind, name = %s.name, problem = %s.problem, "skipped");
+        }
+        state.apply(want);
 
         // The lock is ours, so a socket file left here belongs to a dead run.
         let sock = folder.admin_socket();
@@ -265,16 +272,53 @@ async fn renew_certificates(state: std::sync::Weak<SiteState>) {
     }
 }
 
-/// Runs the site in `folder` until `shutdown` completes.
+/// Runs the site in `folder` until `shutdown` completes. SIGHUP reloads the folder, as
+/// `POST /v1/reload` does; a reload that fails (a file it cannot read) is logged and the
+/// site runs on as it was.
 pub async fn run_site(
     folder: SiteFolder,
     opts: RunOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), SiteError> {
+    // Taken before the site starts: a SIGHUP while it starts reloads once it runs, and never
+    // kills it (SIGHUP's default action).
+    let mut hangups = signal(SignalKind::hangup()).map_err(|e| SiteError::Io {
+        action: "handle SIGHUP for",
+        path: folder.root().to_path_buf(),
+        source: e,
+    })?;
     let site = RunningSite::start(folder, opts).await?;
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(()) = hangups.recv() => {
+                tracing::info!("SIGHUP: reloading the site folder");
+                if let Err(e) = site.state.reload().await {
+                    tracing::error!(cause = %crate::error_chain(&e),
+                        "reload failed: the site runs on as it was; fix the file, then send SIGHUP again or run: skiff site reload");
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     site.stop().await;
+    Ok(())
+}
+
+/// For a site whose folder is not its record (Kubernetes: the API is): logs every SIGHUP and
+/// otherwise ignores it, instead of dying of it. Call within the runtime.
+pub fn ignore_hangups(reason: &'static str) -> Result<(), SiteError> {
+    let mut hangups = signal(SignalKind::hangup()).map_err(|e| SiteError::Io {
+        action: "handle SIGHUP",
+        path: "(signal)".into(),
+        source: e,
+    })?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP ignored: {reason}");
+        }
+    });
     Ok(())
 }
 
@@ -296,33 +340,61 @@ fn bind_ip(hosts: &[String]) -> IpAddr {
 }
 
 impl SiteState {
-    /// Re-reads links and linked sites from the folder and applies the difference: new links
-    /// are dialled, removed ones closed, unchanged ones untouched; sites revoked or forgotten
-    /// are disconnected.
-    pub async fn reload(&self) -> Result<(), SiteError> {
+    /// Re-reads the folder and applies the difference: new links are dialled, removed ones
+    /// closed, changed ones redialled, unchanged ones untouched (a renewed certificate alone
+    /// is taken at the next dial); listeners and connectors likewise; sites revoked or
+    /// forgotten are disconnected. Every file is read before anything is applied, so a file
+    /// that cannot be read (`Err`, naming it) leaves the running site as it was. Settings of
+    /// site.yaml that need a restart are reported, not applied.
+    pub async fn reload(&self) -> Result<ReloadReport, SiteError> {
         let _one = self.reload_lock.lock().await;
-        if let Some(g) = &self.grants {
-            match load_site(&self.folder).and_then(|s| s.site.spec.certificate_overlap()) {
-                Ok(overlap) => g.set_certificate_overlap(overlap),
-                Err(e) => tracing::warn!(cause = %crate::error_chain(&e),
-                    "site.yaml unreadable: the certificate overlap window stays as it was"),
+        let peers = list_linked_sites(&self.folder)?;
+        let (want, skipped) = self.desired()?;
+        let mut report = ReloadReport {
+            skipped,
+            ..ReloadReport::default()
+        };
+        match load_site(&self.folder) {
+            Ok(loaded) => {
+                report.needs_restart = restart_needed(&self.site.spec, &loaded.site.spec);
+                if let Some(g) = &self.grants {
+                    match loaded.site.spec.certificate_overlap() {
+                        Ok(overlap) => g.set_certificate_overlap(overlap),
+                        Err(e) => tracing::warn!(cause = %crate::error_chain(&e),
+                            "site.yaml: the certificate overlap window stays as it was"),
+                    }
+                }
             }
+            Err(e) => tracing::warn!(cause = %crate::error_chain(&e),
+                "site.yaml unreadable: the certificate overlap window stays as it was"),
         }
         {
             let _no_redemption = self.linked.update.lock().await;
             let before = self.linked.admitted();
-            self.linked.replace(list_linked_sites(&self.folder)?);
+            self.linked.replace(peers);
             let after = self.linked.admitted();
             for gone in before.difference(&after) {
                 self.router
                     .disconnect_peer(*gone, "the site's link was revoked here");
+                report.disconnected_sites.push(gone.to_string());
             }
         }
         self.refresh_router_certificate();
-        self.apply_links()?;
-        self.apply_services()?;
-        tracing::info!("reloaded the site folder");
-        Ok(())
+        (report.links, report.listeners, report.connectors) = self.apply(want);
+        for s in &report.skipped {
+            tracing::warn!(kind = s.kind, name = %s.name, problem = %s.problem, "skipped");
+        }
+        for r in &report.needs_restart {
+            tracing::warn!(setting = r.setting, running = %r.running, file = %r.file,
+                "site.yaml setting changed: it applies at the next start (restart the site)");
+        }
+        tracing::info!(
+            links = %summary(&report.links),
+            listeners = %summary(&report.listeners),
+            connectors = %summary(&report.connectors),
+            "reloaded the site folder"
+        );
+        Ok(report)
     }
 
     /// Renews router.pem from the site CA when a third of its validity is left, and presents
@@ -361,8 +433,13 @@ impl SiteState {
         }
     }
 
-    fn apply_links(&self) -> Result<(), SiteError> {
-        let mut specs = Vec::new();
+    /// The links, listeners and connectors of the folder as router specs, and the
+    /// listeners and connectors left out because they cannot be used (a hand-edited file
+    /// with a bad key or an unsupported type: the others still apply). Reading nothing but
+    /// files: an unreadable or unparsable file is the error, naming it.
+    fn desired(&self) -> Result<(Applied, Vec<Skipped>), SiteError> {
+        let mut want = Applied::default();
+        let mut skipped = Vec::new();
         for (link, key) in list_links(&self.folder)? {
             let transport: TransportChoice =
                 link.spec
@@ -378,7 +455,7 @@ impl SiteState {
                             link.spec.transport
                         ),
                     })?;
-            specs.push(RouterLinkSpec {
+            let spec = RouterLinkSpec {
                 name: link.metadata.name.clone(),
                 peer_site_id: link.spec.peer_site_id,
                 peer_ca_pem: link.spec.peer_ca.clone(),
@@ -387,38 +464,49 @@ impl SiteState {
                 client_key_pem: key,
                 transport,
                 cost: link.spec.cost,
-            });
+            };
+            want.links.insert(spec.name.clone(), spec);
         }
-        self.router.set_links(specs);
-        Ok(())
-    }
-
-    /// Hands the listeners and connectors of the folder to the router, which changes only
-    /// what differs. A resource that cannot be used (a hand-edited file with a bad key or an
-    /// unsupported type) is skipped with a warning in the log; the others still apply, and
-    /// the site keeps running. Only failing to read the folder is an error.
-    fn apply_services(&self) -> Result<(), SiteError> {
-        let mut listeners = Vec::new();
         for l in list_listeners(&self.folder)? {
             match listener_spec(&l) {
-                Ok(spec) => listeners.push(spec),
-                Err(e) => {
-                    tracing::warn!(listener = %l.metadata.name, problem = %e, "listener skipped")
+                Ok(spec) => {
+                    want.listeners.insert(spec.name.clone(), spec);
                 }
+                Err(problem) => skipped.push(Skipped {
+                    kind: "listener",
+                    name: l.metadata.name.clone(),
+                    problem,
+                }),
             }
         }
-        let mut connectors = Vec::new();
         for c in list_connectors(&self.folder)? {
             match connector_spec(&c) {
-                Ok(spec) => connectors.push(spec),
-                Err(e) => {
-                    tracing::warn!(connector = %c.metadata.name, problem = %e, "connector skipped")
+                Ok(spec) => {
+                    want.connectors.insert(spec.name.clone(), spec);
                 }
+                Err(problem) => skipped.push(Skipped {
+                    kind: "connector",
+                    name: c.metadata.name.clone(),
+                    problem,
+                }),
             }
         }
-        self.router.set_connectors(connectors);
-        self.router.set_listeners(listeners);
-        Ok(())
+        Ok((want, skipped))
+    }
+
+    /// Hands `want` to the router, which changes only what differs from what it runs, and
+    /// returns what changed since the last call (links, listeners, connectors).
+    fn apply(&self, want: Applied) -> (Changes, Changes, Changes) {
+        let mut applied = self.applied.lock().unwrap();
+        let changed = changes(&applied, &want);
+        self.router
+            .set_links(want.links.values().cloned().collect());
+        self.router
+            .set_connectors(want.connectors.values().cloned().collect());
+        self.router
+            .set_listeners(want.listeners.values().cloned().collect());
+        *applied = want;
+        changed
     }
 
     /// Replaces the hosts redeeming sites are told to dial (tokens read them from the
@@ -544,5 +632,24 @@ impl SiteState {
             self.site.metadata.name
         ));
         out
+    }
+}
+
+/// `added a, b; removed c` for the log; `-` when nothing changed.
+fn summary(c: &Changes) -> String {
+    let parts: Vec<String> = [
+        ("added", &c.added),
+        ("removed", &c.removed),
+        ("changed", &c.changed),
+        ("renewed", &c.renewed),
+    ]
+    .into_iter()
+    .filter(|(_, names)| !names.is_empty())
+    .map(|(what, names)| format!("{what} {}", names.join(", ")))
+    .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
     }
 }
