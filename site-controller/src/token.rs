@@ -104,12 +104,22 @@ pub struct RedeemOptions {
 }
 
 /// Redeems the token `token_text` for the site in `folder`, stores the new link and, if the
-/// site runs, asks it to dial. Returns the stored link.
+/// site runs, asks it to dial. Returns the stored link. An offline link file (`kind: Link`,
+/// made by `skiff link generate`) is installed instead ([`crate::offline::install`]).
 pub async fn redeem(
     folder: &SiteFolder,
     token_text: &str,
     opts: &RedeemOptions,
 ) -> Result<Link, SiteError> {
+    // An offline link file (`skiff link generate`) is installed as it is, without a network.
+    if crate::offline::is_link_file(token_text) {
+        let install = crate::offline::InstallOptions {
+            name: opts.name.clone(),
+            cost: opts.cost,
+            transport: opts.transport.clone(),
+        };
+        return crate::offline::install(folder, token_text, &install).await;
+    }
     let token = AccessToken::from_yaml(token_text).map_err(SiteError::BadToken)?;
     let transport = opts.transport.clone().unwrap_or_else(|| "auto".into());
     transport.parse::<TransportChoice>().map_err(|_| {
@@ -291,25 +301,26 @@ pub async fn renew_links(
         if !seen.insert(peer) {
             continue;
         }
-        let group: Vec<&Link> = links
+        let group: Vec<&(Link, String)> = links
             .iter()
-            .map(|(l, _)| l)
-            .filter(|l| l.spec.peer_site_id == peer)
+            .filter(|(l, _)| l.spec.peer_site_id == peer)
             .collect();
         out.push(renew_peer(folder, &site, &group).await?);
     }
     Ok(out)
 }
 
-/// Renews the certificate of the links `group` (all to one peer).
+/// Renews the certificate of the links `group` (all to one peer, each with the key its
+/// certificate certifies: the site's `link.key`, or an offline link's own key). The renewal
+/// is made with the first link's key; the links holding another key keep their certificate.
 async fn renew_peer(
     folder: &SiteFolder,
     site: &crate::site::LoadedSite,
-    group: &[&Link],
+    group: &[&(Link, String)],
 ) -> Result<LinkRenewal, SiteError> {
-    let first = group[0];
+    let (first, key) = group[0];
     let mut outcome = LinkRenewal {
-        links: group.iter().map(|l| l.metadata.name.clone()).collect(),
+        links: group.iter().map(|(l, _)| l.metadata.name.clone()).collect(),
         peer_site_name: first.spec.peer_site_name.clone(),
         peer_site_id: first.spec.peer_site_id,
         serial: None,
@@ -317,31 +328,39 @@ async fn renew_peer(
         previous_valid_until: None,
         error: None,
     };
-    let key = link_key(folder)?;
     // Bound to this issuer and this moment: it cannot renew at another issuer, nor later.
     let csr = skiff_certs::renewal_csr(
         site.id(),
         first.spec.peer_site_id,
         OffsetDateTime::now_utc(),
-        &key,
+        key,
     )?;
     let mut endpoints: Vec<&String> = Vec::new();
-    for l in group {
+    for (l, _) in group {
         for e in &l.spec.endpoints {
             if !endpoints.contains(&e) {
                 endpoints.push(e);
             }
         }
     }
+    // Through the link's proxy, as the link is dialled (links to one peer share it).
+    let proxy = match first.proxy_config() {
+        Ok(p) => p,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return Ok(outcome);
+        }
+    };
     let mut failures = Vec::new();
     let mut answer = None;
     for endpoint in endpoints {
-        match crate::grant::renew_certificate(
+        match crate::grant::renew_certificate_through(
             &first.spec.peer_ca,
             first.spec.peer_site_id,
             endpoint,
             site.id(),
             &csr,
+            proxy.as_ref(),
         )
         .await
         {
@@ -392,17 +411,23 @@ async fn renew_peer(
     // Each link file as it is now (the round trip took a while; a link deleted or edited
     // meanwhile stays deleted or keeps its edit): only its client certificate changes.
     let mut stored = Vec::new();
-    for l in group {
-        let Some((mut now, _)) = list_links(folder)?
+    for (l, _) in group {
+        let Some((mut now, now_key)) = list_links(folder)?
             .into_iter()
             .find(|(n, _)| n.metadata.name == l.metadata.name)
         else {
             continue;
         };
-        if now.spec.peer_site_id != l.spec.peer_site_id {
+        // Only a link holding the key just certified (a link with another key would stop
+        // working with this certificate).
+        if now.spec.peer_site_id != l.spec.peer_site_id || &now_key != key {
             continue;
         }
         now.spec.client_certificate = answer.certificate.clone();
+        // save_link writes the YAML only; a link's own key stays where it is.
+        if folder.link_own_key_file(&now.metadata.name).is_file() {
+            now.spec.client_key = Some(now_key);
+        }
         save_link(folder, &now)?;
         stored.push(now.metadata.name.clone());
     }
