@@ -6,6 +6,7 @@ mod apply;
 mod completion;
 mod demo;
 mod logging;
+mod offline;
 mod output;
 mod reload;
 mod service;
@@ -103,6 +104,9 @@ enum SiteCommand {
         /// Edge site: dial out only, never carry transit traffic.
         #[arg(long)]
         edge: bool,
+        /// The new site's id (the one an offline link file names) [default: a random id].
+        #[arg(long)]
+        id: Option<skiff_certs::SiteId>,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -177,9 +181,10 @@ enum TokenCommand {
         #[command(flatten)]
         dir: DirArg,
     },
-    /// Redeem a token: link this site to the site that issued it.
+    /// Redeem a token: link this site to the site that issued it. An offline link file
+    /// (skiff link generate) is installed as it is, without a network.
     Redeem {
-        /// The token file; `-` for standard input.
+        /// The token or offline link file; `-` for standard input.
         file: String,
         /// Name of the link [default: the issuing site's name].
         #[arg(long)]
@@ -187,9 +192,10 @@ enum TokenCommand {
         /// Cost of the link [default: the token's].
         #[arg(long)]
         cost: Option<u32>,
-        /// quic, tls or auto (QUIC, falling back to TLS over TCP).
-        #[arg(long, default_value = "auto")]
-        transport: String,
+        /// quic, tls or auto (QUIC, falling back to TLS over TCP) [default: auto, or the
+        /// offline link file's].
+        #[arg(long)]
+        transport: Option<String>,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -197,6 +203,14 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum LinkCommand {
+    /// Write an offline link file for a site that cannot reach this one's grant endpoint: a
+    /// certificate signed in advance with its private key. Prefer tokens when you can.
+    Generate {
+        #[command(flatten)]
+        args: offline::GenerateArgs,
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// List this site's links (outbound and inbound) with their status.
     List {
         /// `json` for scripts.
@@ -424,6 +438,7 @@ async fn site_command(c: SiteCommand) -> Result<ExitCode, SiteError> {
             link_host,
             link_port,
             edge,
+            id,
             dir,
         } => {
             let folder = dir.folder();
@@ -433,7 +448,7 @@ async fn site_command(c: SiteCommand) -> Result<ExitCode, SiteError> {
                 link_port,
                 edge,
             };
-            let (s, how) = site::create_site(&folder, &name, &opts)?;
+            let (s, how) = site::create_site_with_id(&folder, &name, &opts, id)?;
             let verb = match how {
                 Created::New => "created",
                 Created::Updated => "updated",
@@ -577,7 +592,7 @@ async fn token_command(c: TokenCommand) -> Result<ExitCode, SiteError> {
                 &RedeemOptions {
                     name,
                     cost,
-                    transport: Some(transport),
+                    transport,
                 },
             )
             .await?;
@@ -601,6 +616,7 @@ async fn token_command(c: TokenCommand) -> Result<ExitCode, SiteError> {
 async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
     match c {
         LinkCommand::List { output, dir } => output::link_list(&dir.folder(), output).await,
+        LinkCommand::Generate { args, dir } => offline::generate(args, &dir.folder()).await,
         LinkCommand::Delete { name, dir } => {
             let folder = dir.folder();
             site::delete_link(&folder, &name)?;

@@ -67,6 +67,18 @@ pub fn create_site(
     name: &str,
     opts: &SiteOptions,
 ) -> Result<(Site, Created), SiteError> {
+    create_site_with_id(folder, name, opts, None)
+}
+
+/// [`create_site`], with the new site's id chosen (`skiff site create NAME --id ID`: the id an
+/// offline link file was made for) instead of a random one. A folder holding a site with
+/// another id is refused.
+pub fn create_site_with_id(
+    folder: &SiteFolder,
+    name: &str,
+    opts: &SiteOptions,
+    want_id: Option<SiteId>,
+) -> Result<(Site, Created), SiteError> {
     validate_name("site", name)?;
     if opts.edge && opts.link_access {
         return Err(SiteError::InvalidArgument(
@@ -91,6 +103,15 @@ pub fn create_site(
                 existing: site.metadata.name,
             });
         }
+        if let Some(id) = want_id
+            && id != site.spec.id
+        {
+            return Err(SiteError::InvalidArgument(format!(
+                "{} holds site {name:?} with id {}, not {id}: a site's id is fixed when it is made; create the site for id {id} in another folder (--dir), or delete this one first (skiff site delete: its links are lost)",
+                folder.root().display(),
+                site.spec.id
+            )));
+        }
         Some(site)
     } else {
         None
@@ -104,7 +125,7 @@ pub fn create_site(
     let (id, created, ca) = match &existing {
         Some(site) => (site.spec.id, Created::Updated, load_ca(folder)?),
         None => {
-            let id = SiteId::random();
+            let id = want_id.unwrap_or_else(SiteId::random);
             let ca = SiteCa::generate(name, id)?;
             write_atomic(&folder.ca_key_file(), ca.key_pem().as_bytes(), SECRET_MODE)?;
             write_atomic(
@@ -258,6 +279,13 @@ pub fn save_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
         Some(key) => write_atomic(&own, key.as_bytes(), SECRET_MODE)?,
         None => remove_file(&own)?,
     }
+    if stored.proxy_has_credentials() {
+        // The proxy's password is in the file: readable by the site's user only.
+        let path = folder
+            .links_dir()
+            .join(format!("{}.yaml", stored.metadata.name));
+        return write_atomic(&path, to_yaml(&stored).as_bytes(), SECRET_MODE);
+    }
     save_resource(folder, &folder.links_dir(), &stored)
 }
 
@@ -270,13 +298,23 @@ pub fn delete_link(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
 /// Checks that a Link resource given by a user (`skiff apply`, an offline link file) can be
 /// dialled by this site, then stores it. Its certificate must name this site's id and be
 /// signed by `peerCa`; it must certify `clientKey` when the resource has one (an offline
-/// link), else this site's `link.key` (a link read back with `skiff get links`). Every
-/// refusal says which check failed and what to do.
+/// link), else this site's `link.key` (a link read back with `skiff get links`). A
+/// Kubernetes site refuses offline links. Every refusal says which check failed and what to
+/// do.
 pub fn install_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
     let loaded = load_site(folder)?;
     let name = &link.metadata.name;
     validate_name("link", name)?;
     let bad = |reason: String| SiteError::InvalidArgument(format!("link {name:?}: {reason}"));
+    // A Kubernetes site's links live in Secrets (kubernetes::mirror), which carry
+    // `links/NAME.yaml` only: the link's own key would be lost at the next pod start.
+    if link.spec.client_key.is_some()
+        && let Some(ns) = folder.kubernetes_namespace()
+    {
+        return Err(bad(format!(
+            "it is an offline link (it carries its own key), and this site runs in Kubernetes (namespace {ns}), whose Secrets would not keep that key across restarts: link this site with a token instead (skiff token issue at the other site)"
+        )));
+    }
     let cert = skiff_certs::first_certificate(&link.spec.client_certificate)
         .map_err(|e| bad(format!("spec.clientCertificate is unusable: {e}")))?;
     let for_site = skiff_certs::peer_site_id(&cert)
@@ -294,8 +332,14 @@ pub fn install_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
     if link.spec.peer_site_id == loaded.id() {
         return Err(bad("it points at this site itself".into()));
     }
-    skiff_certs::first_certificate(&link.spec.peer_ca)
+    let peer_ca = skiff_certs::first_certificate(&link.spec.peer_ca)
         .map_err(|e| bad(format!("spec.peerCa is unusable: {e}")))?;
+    signed_by(&cert, peer_ca).map_err(|why| {
+        bad(format!(
+            "spec.clientCertificate is not a valid link certificate signed by spec.peerCa ({why}): the file was altered or made for another site; make a new one at site {} ({})",
+            link.spec.peer_site_name, link.spec.peer_site_id
+        ))
+    })?;
     if link.spec.endpoints.is_empty() {
         return Err(bad(
             "spec.endpoints is empty: it needs at least one host:port".into(),
@@ -320,6 +364,30 @@ pub fn install_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
         )));
     }
     save_link(folder, link)
+}
+
+/// Whether `cert` is a client certificate signed by `ca`, valid now (signature, validity
+/// period, client-auth use): what the accepting site's link port checks.
+fn signed_by(
+    cert: &rustls_pki_types::CertificateDer<'static>,
+    ca: rustls_pki_types::CertificateDer<'static>,
+) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca)
+        .map_err(|e| format!("the CA is unusable: {e}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .map_err(|e| format!("the CA is unusable: {e}"))?;
+    verifier
+        .verify_client_cert(cert, &[], rustls_pki_types::UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| match e {
+            rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
+            other => other.to_string(),
+        })
 }
 
 /// Every resource of one kind in `dir`, sorted by name.
@@ -546,6 +614,76 @@ mod tests {
         assert_eq!(delete_site(&folder).unwrap(), "west");
         assert!(!folder.root().exists());
         assert!(matches!(load_site(&folder), Err(SiteError::NoSite { .. })));
+    }
+
+    #[test]
+    fn a_site_made_with_a_chosen_id_keeps_it_and_refuses_another() {
+        skiff_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path().join("b"));
+        let id = SiteId::random();
+        let (site, how) = create_site_with_id(&folder, "b", &opts(), Some(id)).unwrap();
+        assert_eq!((site.spec.id, how), (id, Created::New));
+        assert_eq!(load_site(&folder).unwrap().ca.site_id(), id);
+        let (_, how) = create_site_with_id(&folder, "b", &opts(), Some(id)).unwrap();
+        assert_eq!(how, Created::Updated);
+        let other = SiteId::random();
+        let err = create_site_with_id(&folder, "b", &opts(), Some(other))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&id.to_string()) && err.contains(&other.to_string()),
+            "{err}"
+        );
+        assert_eq!(load_site(&folder).unwrap().id(), id);
+    }
+
+    /// A Link resource for the site `for_site`, signed by `ca`, carrying its own key.
+    fn offline_link(ca: &SiteCa, for_site: SiteId) -> Link {
+        let key = skiff_certs::generate_link_key().unwrap();
+        let csr = skiff_certs::link_csr(for_site, "b", &key).unwrap();
+        let (_, cert) = ca
+            .sign_link_csr(&csr, std::time::Duration::from_secs(3600))
+            .unwrap();
+        let spec = serde_json::from_value(serde_json::json!({
+            "peerSiteId": ca.site_id(),
+            "peerSiteName": "a",
+            "endpoints": ["127.0.0.1:1"],
+            "peerCa": ca.cert_pem(),
+            "clientCertificate": cert.cert_pem,
+            "clientKey": key,
+        }))
+        .unwrap();
+        Link::new("a", spec)
+    }
+
+    #[test]
+    fn an_offline_link_keeps_its_key_apart_except_in_kubernetes() {
+        skiff_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path().join("b"));
+        let (b, _) = create_site(&folder, "b", &opts()).unwrap();
+        let ca = SiteCa::generate("a", SiteId::random()).unwrap();
+        let link = offline_link(&ca, b.spec.id);
+
+        fs::write(folder.kubernetes_marker(), "ns1\n").unwrap();
+        let err = install_link(&folder, &link).err().unwrap().to_string();
+        assert!(err.contains("Kubernetes") && err.contains("token"), "{err}");
+        assert!(!folder.links_dir().join("a.yaml").exists());
+        assert!(!folder.link_own_key_file("a").exists());
+
+        fs::remove_file(folder.kubernetes_marker()).unwrap();
+        install_link(&folder, &link).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let key_file = folder.link_own_key_file("a");
+        let mode = fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let yaml = fs::read_to_string(folder.links_dir().join("a.yaml")).unwrap();
+        assert!(!yaml.contains("PRIVATE KEY"), "{yaml}");
+        let (listed, key) = list_links(&folder).unwrap().remove(0);
+        assert_eq!(Some(key), link.spec.client_key);
+        assert_eq!(listed.spec.client_certificate, link.spec.client_certificate);
     }
 
     #[test]

@@ -343,24 +343,15 @@ async fn renew_peer(
             }
         }
     }
-    // Through the link's proxy, as the link is dialled (links to one peer share it).
-    let proxy = match first.proxy_config() {
-        Ok(p) => p,
-        Err(e) => {
-            outcome.error = Some(e.to_string());
-            return Ok(outcome);
-        }
-    };
     let mut failures = Vec::new();
     let mut answer = None;
     for endpoint in endpoints {
-        match crate::grant::renew_certificate_through(
+        match crate::grant::renew_certificate(
             &first.spec.peer_ca,
             first.spec.peer_site_id,
             endpoint,
             site.id(),
             &csr,
-            proxy.as_ref(),
         )
         .await
         {
