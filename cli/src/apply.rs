@@ -89,7 +89,7 @@ pub enum GetWhat {
 pub enum GetFormat {
     /// Multi-document YAML.
     Yaml,
-    /// JSON: one object for a NAME, else an array.
+    /// JSON: one object for a NAME or the site, else an array.
     Json,
 }
 
@@ -259,8 +259,10 @@ pub async fn get(args: GetArgs) -> Result<ExitCode, SiteError> {
             print!("{}", apply::to_yaml_stream(&found));
         }
         GetFormat::Json => {
-            let value = match (&args.name, found.as_slice()) {
-                (Some(_), [one]) => serde_json::to_value(one),
+            // One object for a NAME, and for the site (there is one); else an array.
+            let single = args.name.is_some() || args.what == GetWhat::Site;
+            let value = match found.as_slice() {
+                [one] if single => serde_json::to_value(one),
                 _ => serde_json::to_value(&found),
             }
             .map_err(|e| SiteError::InvalidArgument(format!("could not write JSON: {e}")))?;
