@@ -6,6 +6,7 @@
 //! - [`site`]: create, load and delete a site; store links, grants and linked sites.
 //! - [`grant`]: token redemption: the grant service and its client.
 //! - [`run`]: a running site: router, grant service, admin API, reload.
+//! - [`reload`]: what a reload changed (links, listeners, connectors; settings needing a restart).
 //! - [`admin`]: the admin API server and client.
 //! - [`apply`]: `skiff apply -f` / `delete -f` / `get`: resource YAML checked with file:line, then written.
 //! - [`token`]: issuing and redeeming tokens (the verbs behind `skiff token`).
@@ -27,6 +28,7 @@ pub mod grant;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod offline;
+pub mod reload;
 pub mod resources;
 pub mod run;
 pub mod service;
