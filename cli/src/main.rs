@@ -196,6 +196,10 @@ enum TokenCommand {
         /// offline link file's].
         #[arg(long)]
         transport: Option<String>,
+        /// Redeem and link through this HTTP proxy (CONNECT): http://host:port or
+        /// http://user:password@host:port. The link is then TLS over TCP.
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -571,6 +575,7 @@ async fn token_command(c: TokenCommand) -> Result<ExitCode, SiteError> {
             name,
             cost,
             transport,
+            proxy,
             dir,
         } => {
             let text = if file == "-" {
@@ -593,9 +598,15 @@ async fn token_command(c: TokenCommand) -> Result<ExitCode, SiteError> {
                     name,
                     cost,
                     transport,
+                    proxy,
                 },
             )
             .await?;
+            if link.spec.proxy.is_some() {
+                eprintln!(
+                    "note: the link goes through the proxy: TLS over TCP (an HTTP proxy tunnels TCP; QUIC is UDP)"
+                );
+            }
             println!(
                 "link {:?} to site {:?} created ({}, cost {})",
                 link.metadata.name,

@@ -134,6 +134,7 @@ pub async fn link_list(folder: &SiteFolder, format: Option<Format>) -> Result<Ex
             let detail = ["reason", "last_error"]
                 .iter()
                 .find_map(|k| l.get(*k).filter(|v| !v.is_null()).map(plain))
+                .or_else(|| l.get("proxy").map(|p| format!("via proxy {}", plain(p))))
                 .unwrap_or_default();
             [
                 plain(&l["name"]),

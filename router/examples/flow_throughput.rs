@@ -111,6 +111,7 @@ async fn skiff_path(
         client_key_pem: key,
         transport,
         cost: 1,
+        proxy: None,
     }]);
     let connector = |name: &str, addr: SocketAddr| ConnectorSpec {
         name: name.into(),

@@ -27,6 +27,7 @@ async fn run(transport: TransportChoice, total: usize) {
         client_key_pem: key,
         transport: transport.clone(),
         cost: 1,
+        proxy: None,
     };
     let mut changes = rb.link_changes();
     let start = Instant::now();

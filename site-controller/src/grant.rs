@@ -26,6 +26,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use skiff_certs::{AccessToken, SiteCa, SiteId};
+use skiff_router::link::ProxyConfig;
+use skiff_router::link::proxy::PROXY_TIMEOUT;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpStream;
@@ -815,12 +817,14 @@ pub fn join_host_port(host: &str, port: u16) -> String {
 }
 
 /// Redeems `token` for the local site `(site_id, site_name)` with `csr_pem`: connects to the
-/// issuer over TLS (verified against the token's CA and site id) and returns its answer.
+/// issuer over TLS (verified against the token's CA and site id), through `proxy`'s CONNECT
+/// tunnel when given, and returns its answer.
 pub async fn redeem_token(
     token: &AccessToken,
     site_id: SiteId,
     site_name: &str,
     csr_pem: &str,
+    proxy: Option<&ProxyConfig>,
 ) -> Result<RedeemResponse, SiteError> {
     let url = token.spec.url.clone();
     let (host, port) = token.spec.grant_address().map_err(SiteError::BadToken)?;
@@ -840,6 +844,7 @@ pub async fn redeem_token(
         port,
         REDEEM_PATH,
         &body,
+        proxy,
     )
     .await
     .map_err(|e| match e {
@@ -862,13 +867,25 @@ pub async fn renew_certificate(
     site_id: SiteId,
     csr_pem: &str,
 ) -> Result<RenewResponse, IssuerAnswer> {
+    renew_certificate_through(issuer_ca_pem, issuer, endpoint, site_id, csr_pem, None).await
+}
+
+/// [`renew_certificate`] through `proxy`'s CONNECT tunnel when given (the link's proxy).
+pub async fn renew_certificate_through(
+    issuer_ca_pem: &str,
+    issuer: SiteId,
+    endpoint: &str,
+    site_id: SiteId,
+    csr_pem: &str,
+    proxy: Option<&ProxyConfig>,
+) -> Result<RenewResponse, IssuerAnswer> {
     let (host, port) = split_host_port(endpoint)
         .ok_or_else(|| IssuerAnswer::Unreachable(format!("{endpoint:?} is not host:port")))?;
     let body = RenewRequest {
         site_id,
         csr: csr_pem.into(),
     };
-    post_to_issuer(issuer_ca_pem, issuer, &host, port, RENEW_PATH, &body)
+    post_to_issuer(issuer_ca_pem, issuer, &host, port, RENEW_PATH, &body, proxy)
         .await
         .map_err(|e| {
             match e {
@@ -914,7 +931,8 @@ impl std::fmt::Display for IssuerAnswer {
 }
 
 /// POSTs `body` as JSON to `path` on the grant endpoint of site `issuer` at `host:port`, over
-/// TLS verified against `issuer_ca_pem` and `issuer`, and parses the JSON answer.
+/// TLS verified against `issuer_ca_pem` and `issuer` (through `proxy` when given), and parses
+/// the JSON answer.
 async fn post_to_issuer<Req: Serialize, Resp: serde::de::DeserializeOwned>(
     issuer_ca_pem: &str,
     issuer: SiteId,
@@ -922,6 +940,7 @@ async fn post_to_issuer<Req: Serialize, Resp: serde::de::DeserializeOwned>(
     port: u16,
     path: &str,
     body: &Req,
+    proxy: Option<&ProxyConfig>,
 ) -> Result<Resp, IssuerAnswer> {
     let unreachable = IssuerAnswer::Unreachable;
     let config = skiff_certs::grant_client_config(issuer_ca_pem, issuer)
@@ -932,9 +951,19 @@ async fn post_to_issuer<Req: Serialize, Resp: serde::de::DeserializeOwned>(
     let sent = std::sync::atomic::AtomicBool::new(false);
     let unanswered = IssuerAnswer::Unanswered;
     let work = async {
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| unreachable(describe_connect_error(&e)))?;
+        let tcp = match proxy {
+            None => tokio::io::BufReader::new(
+                TcpStream::connect((host, port))
+                    .await
+                    .map_err(|e| unreachable(describe_connect_error(&e)))?,
+            ),
+            // Nothing reaches the issuer before the tunnel is open: any failure is "not
+            // reached", and the proxy's words say why.
+            Some(proxy) => proxy
+                .connect(&join_host_port(host, port), PROXY_TIMEOUT, 16 * 1024)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?,
+        };
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await

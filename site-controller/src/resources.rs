@@ -136,6 +136,41 @@ pub struct LinkSpec {
     /// without it certifies the site's own `link.key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<String>,
+    /// An HTTP proxy the link is dialled through with CONNECT: `http://host:port` or
+    /// `http://user:password@host:port` (percent-encode `@`, `:` and `%` in them). A proxied
+    /// link is TLS over TCP only: with `transport: quic` it is refused, `auto` dials TLS.
+    /// Renewals of the link's certificate go through it too. A link file whose proxy carries
+    /// credentials is written 0600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+}
+
+impl Link {
+    /// The link's proxy, checked: an `http://` URL with host and port and nothing after
+    /// them, on a link whose transport is not `quic`. `Err` names the link and says what to
+    /// change; it never repeats the password.
+    pub fn proxy_config(&self) -> Result<Option<skiff_router::link::ProxyConfig>, SiteError> {
+        let Some(url) = &self.spec.proxy else {
+            return Ok(None);
+        };
+        let name = &self.metadata.name;
+        let proxy = url
+            .parse::<skiff_router::link::ProxyConfig>()
+            .map_err(|e| SiteError::InvalidArgument(format!("link {name:?}: spec.proxy: {e}")))?;
+        if self.spec.transport == "quic" {
+            return Err(SiteError::InvalidArgument(format!(
+                "link {name:?} has transport quic and a proxy: an HTTP proxy tunnels TCP only and \
+                 QUIC is UDP; use transport tls (or auto, which then dials TLS), or remove the proxy"
+            )));
+        }
+        Ok(Some(proxy))
+    }
+
+    /// Whether the link's proxy URL carries a user and password (its file is then 0600).
+    pub fn proxy_has_credentials(&self) -> bool {
+        // Also a URL that does not parse: it may still hold a password.
+        self.spec.proxy.as_deref().is_some_and(|u| u.contains('@'))
+    }
 }
 
 fn default_cost() -> u32 {

@@ -464,6 +464,7 @@ impl SiteState {
                 client_key_pem: key,
                 transport,
                 cost: link.spec.cost,
+                proxy: link.proxy_config()?,
             };
             want.links.insert(spec.name.clone(), spec);
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use skiff_certs::{API_VERSION, AccessGrant, AccessToken, AccessTokenSpec, SiteId};
-use skiff_router::link::TransportChoice;
+use skiff_router::link::{ProxyConfig, TransportChoice};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -101,6 +101,9 @@ pub struct RedeemOptions {
     pub cost: Option<u32>,
     /// `quic`, `tls` or `auto` (default).
     pub transport: Option<String>,
+    /// An HTTP proxy (`http://[user:password@]host:port`) the redemption and then the link go
+    /// through: the link is TLS over TCP (`auto` becomes `tls`; `quic` is refused).
+    pub proxy: Option<String>,
 }
 
 /// Redeems the token `token_text` for the site in `folder`, stores the new link and, if the
@@ -127,6 +130,7 @@ pub async fn redeem(
             "--transport {transport:?} is not one of quic, tls, auto"
         ))
     })?;
+    let (transport, proxy) = redeem_transport(transport, opts.proxy.as_deref())?;
     if let Some(n) = &opts.name {
         validate_name("link", n)?;
     }
@@ -149,7 +153,7 @@ pub async fn redeem(
     // The site's own link key: a retry, or a new link to a site linked before, proves it is
     // the same site.
     let csr = skiff_certs::link_csr(site.id(), site.name(), &link_key(folder)?)?;
-    let answer = redeem_token(&token, site.id(), site.name(), &csr).await?;
+    let answer = redeem_token(&token, site.id(), site.name(), &csr, proxy.as_ref()).await?;
     if answer.site_id != token.spec.site_id || answer.endpoints.is_empty() {
         return Err(SiteError::IssuerUnreachable {
             url: token.spec.url.clone(),
@@ -176,11 +180,34 @@ pub async fn redeem(
             cost: opts.cost.unwrap_or(token.spec.link_cost),
             transport,
             client_key: None,
+            proxy: opts.proxy.clone(),
         },
     );
     save_link(folder, &link)?;
     reload_if_running(folder).await?;
     Ok(link)
+}
+
+/// The transport and proxy of a redeemed link: with a proxy, TLS over TCP (an HTTP proxy
+/// tunnels TCP, QUIC is UDP): `auto` becomes `tls`, `quic` is refused.
+fn redeem_transport(
+    transport: String,
+    proxy: Option<&str>,
+) -> Result<(String, Option<ProxyConfig>), SiteError> {
+    let Some(url) = proxy else {
+        return Ok((transport, None));
+    };
+    let proxy = url
+        .parse::<ProxyConfig>()
+        .map_err(|e| SiteError::InvalidArgument(format!("--proxy: {e}")))?;
+    match transport.as_str() {
+        "quic" => Err(SiteError::InvalidArgument(
+            "--transport quic cannot go through --proxy: an HTTP proxy tunnels TCP (CONNECT) \
+             and QUIC is UDP; use --transport tls (or auto), or redeem without --proxy"
+                .into(),
+        )),
+        _ => Ok(("tls".into(), Some(proxy))),
+    }
 }
 
 /// A link name for a peer: its site name, unless a link to another site has it already.
@@ -343,15 +370,24 @@ async fn renew_peer(
             }
         }
     }
+    // Through the link's proxy, as the link is dialled (links to one peer share it).
+    let proxy = match first.proxy_config() {
+        Ok(p) => p,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return Ok(outcome);
+        }
+    };
     let mut failures = Vec::new();
     let mut answer = None;
     for endpoint in endpoints {
-        match crate::grant::renew_certificate(
+        match crate::grant::renew_certificate_through(
             &first.spec.peer_ca,
             first.spec.peer_site_id,
             endpoint,
             site.id(),
             &csr,
+            proxy.as_ref(),
         )
         .await
         {

@@ -341,6 +341,7 @@ pub async fn dial_as(
         client_key_pem: key_pem.into(),
         transport: via.choice(),
         cost: 1,
+        proxy: None,
     }]);
     let refused = wait_refused(&router, ANSWER_WITHIN * 2).await;
     let took = start.elapsed();

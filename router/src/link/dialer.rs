@@ -20,6 +20,7 @@ use super::driver::{Established, LinkCloser, run_link};
 use super::explain::{AttemptError, chain, explain};
 use super::handshake::dial_hello;
 use super::mux::MuxConnection;
+use super::proxy::{PROXY_TIMEOUT, ProxyConfig};
 use super::router::Shared;
 use super::table::{EntryId, UpLink, now_rfc3339};
 use super::{Direction, LinkSpec, LinkState, LinkStatus, Transport, TransportChoice, quic, tls};
@@ -161,6 +162,7 @@ pub(crate) async fn run_dialer(
         peer_site_name: None,
         transport: None,
         endpoint: None,
+        proxy: spec.proxy.as_ref().map(ProxyConfig::address),
         cost: spec.cost,
         state: LinkState::Connecting { last_error: None },
         since: now_rfc3339(),
@@ -367,6 +369,18 @@ async fn dial_once(
     let mut errors: Vec<AttemptError> = Vec::new();
     for endpoint in &spec.endpoints {
         shared.table.set_endpoint(id, Some(endpoint.clone()));
+        if let Some(proxy) = &spec.proxy {
+            // The proxy resolves the endpoint's name; a tunnel carries TCP only.
+            if spec.transport == TransportChoice::Quic {
+                return Err(AttemptError::Refused(quic_through_proxy(&spec.name)));
+            }
+            let route = Route::Proxied { proxy, endpoint };
+            match attempt(shared, spec, cfg, Transport::Tls, route).await {
+                Ok(link) => return Ok(link),
+                Err(e) => errors.push(e),
+            }
+            continue;
+        }
         let addr = match resolve(endpoint).await {
             Ok(a) => a,
             Err(e) => {
@@ -374,13 +388,14 @@ async fn dial_once(
                 continue;
             }
         };
+        let route = Route::Direct(addr);
         let result = match spec.transport {
-            TransportChoice::Quic => attempt(shared, spec, cfg, Transport::Quic, addr).await,
-            TransportChoice::Tls => attempt(shared, spec, cfg, Transport::Tls, addr).await,
+            TransportChoice::Quic => attempt(shared, spec, cfg, Transport::Quic, route).await,
+            TransportChoice::Tls => attempt(shared, spec, cfg, Transport::Tls, route).await,
             TransportChoice::Auto => {
                 happy_eyeballs(
-                    attempt(shared, spec, cfg, Transport::Quic, addr),
-                    attempt(shared, spec, cfg, Transport::Tls, addr),
+                    attempt(shared, spec, cfg, Transport::Quic, route),
+                    attempt(shared, spec, cfg, Transport::Tls, route),
                     HAPPY_EYEBALLS_DELAY,
                 )
                 .await
@@ -422,30 +437,75 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr, AttemptError> {
         .ok_or_else(|| AttemptError::Network(format!("{endpoint:?} resolves to no address")))
 }
 
+/// Why a link with a proxy cannot be dialled over QUIC.
+fn quic_through_proxy(name: &str) -> String {
+    format!(
+        "link {name} has transport quic and a proxy: an HTTP proxy tunnels TCP only and QUIC is \
+         UDP; set the link's transport to tls (or auto), or remove its proxy"
+    )
+}
+
+/// How an attempt reaches the peer.
+#[derive(Clone, Copy)]
+enum Route<'a> {
+    /// Straight to this address.
+    Direct(SocketAddr),
+    /// Through an HTTP proxy's CONNECT tunnel to `endpoint` (`host:port`, resolved there).
+    Proxied {
+        proxy: &'a ProxyConfig,
+        endpoint: &'a str,
+    },
+}
+
 /// Connect, handshake and hello over one transport, within [`ATTEMPT_TIMEOUT`].
 async fn attempt(
     shared: &Arc<Shared>,
     spec: &LinkSpec,
     cfg: &DialConfig,
     transport: Transport,
-    addr: SocketAddr,
+    route: Route<'_>,
 ) -> Result<Established, AttemptError> {
-    let endpoint = addr.to_string();
-    let label = format!("{endpoint} ({transport})");
+    let (endpoint, label) = match route {
+        Route::Direct(addr) => (addr.to_string(), format!("{addr} ({transport})")),
+        Route::Proxied { proxy, endpoint } => (
+            endpoint.to_string(),
+            format!("{endpoint} ({transport} via proxy {proxy})"),
+        ),
+    };
     let work = async {
-        let conn: Arc<dyn MuxConnection> = match transport {
-            Transport::Quic => Arc::new(
+        let conn: Arc<dyn MuxConnection> = match (transport, route) {
+            (Transport::Quic, Route::Direct(addr)) => Arc::new(
                 shared
                     .quic_dialers
                     .connect(cfg.quic.clone(), addr, &spec.peer_site_id.server_name())
                     .await
                     .map_err(|e| explain(&*e, &label, spec.peer_site_id))?,
             ),
-            Transport::Tls => Arc::new(
+            (Transport::Quic, Route::Proxied { .. }) => {
+                return Err(AttemptError::Refused(quic_through_proxy(&spec.name)));
+            }
+            (Transport::Tls, Route::Direct(addr)) => Arc::new(
                 tls::dial(cfg.tls.clone(), addr, spec.peer_site_id)
                     .await
                     .map_err(|e| explain(&*e, &label, spec.peer_site_id))?,
             ),
+            (Transport::Tls, Route::Proxied { proxy, endpoint }) => {
+                let socket = proxy
+                    .connect(endpoint, PROXY_TIMEOUT, tls::SOCKET_READ_BUFFER)
+                    .await
+                    .map_err(|e| {
+                        if e.needs_operator() {
+                            AttemptError::Refused(e.to_string())
+                        } else {
+                            AttemptError::Network(e.to_string())
+                        }
+                    })?;
+                Arc::new(
+                    tls::dial_over(cfg.tls.clone(), socket, spec.peer_site_id)
+                        .await
+                        .map_err(|e| explain(&*e, &label, spec.peer_site_id))?,
+                )
+            }
         };
         match dial_hello(&*conn, &shared.hello, spec.peer_site_id, &label, spec.cost).await {
             Ok((control, peer)) => Ok(Established {
@@ -526,6 +586,7 @@ mod tests {
             client_key_pem: String::new(),
             transport: TransportChoice::Auto,
             cost,
+            proxy: None,
         }
     }
 
@@ -555,6 +616,31 @@ mod tests {
             plan(&after, vec![spec("a", 1), spec("b", 5), spec("d", 1)]),
             Plan::default()
         );
+    }
+
+    #[test]
+    fn a_changed_proxy_redials_that_link_only() {
+        let current: BTreeMap<String, LinkSpec> = [spec("a", 1), spec("b", 1)]
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let mut proxied = spec("a", 1);
+        proxied.proxy = Some("http://127.0.0.1:3128".parse().unwrap());
+        let p = plan(&current, vec![proxied.clone(), spec("b", 1)]);
+        assert_eq!(p.restart, vec![proxied.clone()]);
+        assert!(p.start.is_empty() && p.stop.is_empty() && p.renew.is_empty());
+        // Another proxy, or new credentials for it: a redial too (the tunnel is made anew).
+        let now: BTreeMap<String, LinkSpec> = [proxied.clone(), spec("b", 1)]
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let mut other = proxied.clone();
+        other.proxy = Some("http://u:p@127.0.0.1:3128".parse().unwrap());
+        assert_eq!(
+            plan(&now, vec![other.clone(), spec("b", 1)]).restart,
+            vec![other]
+        );
+        assert_eq!(plan(&now, vec![proxied, spec("b", 1)]), Plan::default());
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - reconnect backoff starts at 100 ms, doubles, is capped at 5 s, with jitter (each delay is
 //!   drawn from its upper half), so a restarted peer is re-linked within ~5 s of coming back;
 //! - TLS handshake and hello exchange each time out after 10 s;
-//! - `auto` transport: QUIC first, TLS/TCP 250 ms later (or at once if QUIC fails).
+//! - `auto` transport: QUIC first, TLS/TCP 250 ms later (or at once if QUIC fails);
+//! - a proxied link (TLS/TCP only): connecting to the proxy and its answer to CONNECT take at
+//!   most 5 s ([`proxy::PROXY_TIMEOUT`]) of the attempt's 10 s.
 //!
 //! # Layout
 //! - `router`: [`Router`], the public face: start, reconcile dialers, listeners and
@@ -21,6 +23,7 @@
 //! - [`mux`]: the [`mux::MuxConnection`] trait, [`LinkStream`], yamux over TLS/TCP.
 //! - `quic`: quinn endpoint and connection setup; `MuxConnection` for quinn.
 //! - `tls`: TLS/TCP dial and the inbound TCP port (link vs grant by ALPN).
+//! - [`proxy`]: HTTP CONNECT proxies: the proxy URL and the tunnel a proxied link dials through.
 //! - `port`: binding TCP and UDP on one port number.
 //! - `handshake`: the hello exchange on the control stream, both sides.
 //! - `driver`: the per-link task: keepalives, liveness, inbound streams, close.
@@ -35,6 +38,7 @@ mod explain;
 mod handshake;
 pub mod mux;
 mod port;
+pub mod proxy;
 mod quic;
 pub(crate) mod router;
 pub(crate) mod routes;
@@ -54,6 +58,7 @@ use crate::wire::RouterMode;
 
 pub use explain::chain as error_chain;
 pub use mux::{LinkRead, LinkStream, LinkWrite, StreamReader, StreamWriter};
+pub use proxy::{ProxyConfig, ProxyError, ProxyUrlError};
 pub use router::{IncomingStream, LinkHandle, Router};
 pub use routes::{KeySite, KeyStatus, NetworkStatus};
 pub use tls::LinkSocket;
@@ -247,6 +252,10 @@ pub struct LinkSpec {
     pub transport: TransportChoice,
     /// Routing cost of the link.
     pub cost: u32,
+    /// An HTTP proxy to tunnel the link through with CONNECT: TLS over TCP only (a `quic`
+    /// link with a proxy is refused; `auto` dials TLS). The endpoint's name is resolved by
+    /// the proxy, not here.
+    pub proxy: Option<ProxyConfig>,
 }
 
 /// Which side made a link.
@@ -293,6 +302,9 @@ pub struct LinkStatus {
     pub transport: Option<Transport>,
     /// The remote address of the current (or last tried) connection.
     pub endpoint: Option<String>,
+    /// Outbound links through an HTTP proxy: its `host:port` (never its credentials).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
     /// Routing cost (inbound links: 1 until the routing protocol says otherwise).
     pub cost: u32,
     /// State and its details.

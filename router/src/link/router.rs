@@ -668,6 +668,7 @@ pub(crate) async fn serve_inbound(
             peer_site_name: Some(peer.site_name.clone()),
             transport: Some(transport),
             endpoint: Some(remote.to_string()),
+            proxy: None,
             cost: peer.cost,
             state: LinkState::Connecting { last_error: None },
             since: now_rfc3339(),

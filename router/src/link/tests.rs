@@ -72,6 +72,7 @@ pub(crate) fn spec(
         client_key_pem: key,
         transport,
         cost: 3,
+        proxy: None,
     }
 }
 
@@ -567,6 +568,7 @@ fn status_serializes_for_operators() {
         peer_site_name: None,
         transport: Some(Transport::Quic),
         endpoint: None,
+        proxy: None,
         cost: 1,
         state: LinkState::Refused {
             reason: "no".into(),

@@ -22,7 +22,7 @@ pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from a link's TCP socket at once. rustls asks for at most 4 KiB per read;
 /// serving those from this buffer makes one system call per 64 KiB instead of sixteen
 /// (docs/benchmarks.md, "Where the time goes").
-const SOCKET_READ_BUFFER: usize = 64 * 1024;
+pub(crate) const SOCKET_READ_BUFFER: usize = 64 * 1024;
 
 /// The TCP socket under a TLS link or a token redemption: reads are buffered.
 pub type LinkSocket = tokio::io::BufReader<TcpStream>;
@@ -40,10 +40,17 @@ pub(crate) async fn dial(
 ) -> Result<YamuxConnection, Box<dyn std::error::Error + Send + Sync>> {
     let tcp = TcpStream::connect(peer).await?;
     tcp.set_nodelay(true)?;
+    dial_over(cfg, link_socket(tcp), expected).await
+}
+
+/// Like [`dial`], on a socket already connected to the peer (a proxy's CONNECT tunnel).
+pub(crate) async fn dial_over(
+    cfg: Arc<rustls::ClientConfig>,
+    socket: LinkSocket,
+    expected: SiteId,
+) -> Result<YamuxConnection, Box<dyn std::error::Error + Send + Sync>> {
     let name = ServerName::try_from(expected.server_name())?;
-    let tls = TlsConnector::from(cfg)
-        .connect(name, link_socket(tcp))
-        .await?;
+    let tls = TlsConnector::from(cfg).connect(name, socket).await?;
     Ok(YamuxConnection::start(tls, true))
 }
 
