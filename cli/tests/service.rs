@@ -14,6 +14,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{fails, ok, skiff, skiff_bin, text};
 
@@ -413,6 +414,18 @@ impl Drop for Cleanup {
     }
 }
 
+/// A `skiff site run` this test started; killed (by its own handle) if the test fails first.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// As root: a folder under /var/lib/skiff is run by the template unit; install-service
 /// creates the system user, gives it every file of the folder, puts CAP_NET_BIND_SERVICE in a
 /// drop-in for that instance only; files root writes later with the CLI are the user's too.
@@ -531,8 +544,83 @@ fn as_root_install_service_creates_the_user_and_gives_it_the_folder() {
         "root's listener file is not {user}'s"
     );
 
-    // Port 45671 now: the user is reused and the drop-in goes.
-    create_site(&site, &dir, 45671);
+    // What the service would do: run the site as that user, with no capability and no new
+    // privileges, from the folder it was given, listener included (a free port for the link
+    // now, so the drop-in goes at the next install).
+    let port = common::free_port();
+    create_site(&site, &dir, port);
+    let listen = common::free_port().to_string();
+    ok(&[
+        "listener",
+        "create",
+        "web",
+        &listen,
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    let started = Instant::now();
+    let log = s.path("run.log");
+    let run = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ])
+        .arg(&bin)
+        .args(["site", "run", "--dir", dir.to_str().unwrap()])
+        .env_remove("SKIFF_DIR")
+        .env("SKIFF_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("run setpriv (util-linux)");
+    let mut run = Running(Some(run));
+    let deadline = started + Duration::from_secs(15);
+    loop {
+        let o = skiff(&[
+            "listener",
+            "list",
+            "--output",
+            "json",
+            "--dir",
+            dir.to_str().unwrap(),
+        ]);
+        // Listening: `no-target` (no connector anywhere yet) or `active`.
+        let listening = serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .into_iter()
+            .flatten()
+            .any(|l| l["name"] == "web" && (l["status"] == "no-target" || l["status"] == "active"));
+        if o.status.success() && listening {
+            break;
+        }
+        let exited = run.0.as_mut().unwrap().try_wait().unwrap();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "the site did not run as {user} within 15 s ({exited:?}): {}\nlog:\n{}",
+            text(&o),
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    println!(
+        "the site ran as {user} with no capability, its listener listening, after {:?}",
+        started.elapsed()
+    );
+    let status = common::terminate(run.0.take().unwrap(), Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the site as {user} did not stop cleanly on SIGTERM: {status:?}\nlog:\n{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // No port below 1024 now: the user is reused and the drop-in goes.
     let o = install(
         &dir,
         &bin,
