@@ -192,6 +192,22 @@ fn what_get_prints_applies_back_byte_for_byte_and_the_link_comes_up_again() {
     let again = lines(&east, &["apply", "-f", &all, "-f", &site]);
     assert!(again.iter().all(|l| l.ends_with(" unchanged")), "{again:?}");
     assert_eq!(again.len(), 6, "{again:?}");
+
+    // Site settings changed while the site runs: saved, and said to apply at the next start.
+    let edge = write(
+        files.path(),
+        "edge.yaml",
+        &get(&east, "site").replace("edge: false", "edge: true"),
+    );
+    let o = east.run(&["apply", "-f", &edge]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "site/east configured\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("at its next start"),
+        "{}",
+        text(&o)
+    );
+    assert!(get(&east, "site").contains("edge: true"));
 }
 
 #[test]
@@ -391,7 +407,9 @@ fn resources_applied_to_a_running_network_carry_a_client_and_delete_closes_the_p
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempts = 0;
     let (echoed, sent_in) = loop {
+        attempts += 1;
         let t = Instant::now();
         let mut c = TcpStream::connect(&addr).unwrap();
         let writer = {
@@ -416,7 +434,7 @@ fn resources_applied_to_a_running_network_carry_a_client_and_delete_closes_the_p
         payload.len()
     );
     eprintln!(
-        "applied listener active in {active_in:?}; 256 KiB echoed through two sites in {sent_in:?}"
+        "applied listener active in {active_in:?}; 256 KiB echoed through two sites in {sent_in:?} (attempt {attempts})"
     );
 
     // A listener the running site cannot use (its port is taken): saved, reported, exit 1.

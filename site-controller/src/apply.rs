@@ -326,11 +326,15 @@ fn parse_document(origin: &str, chunk: &Chunk, purpose: Purpose) -> Result<Docum
     };
     let tree: Spanned<Node> = serde_saphyr::from_str(&chunk.text)
         .map_err(|e| vec![yaml_problem(origin, chunk.line, &Fields::default(), &e)])?;
+    let list = if matches!(tree.value, Node::Seq(_)) {
+        " (a list, as `skiff get -o json` prints without a NAME, is not: use -o yaml)"
+    } else {
+        ""
+    };
     let Node::Map(_) = &tree.value else {
-        return Err(vec![at_start(
-            "a document must be a resource: a mapping with apiVersion, kind, metadata and spec"
-                .into(),
-        )]);
+        return Err(vec![at_start(format!(
+            "a document must be a resource: a mapping with apiVersion, kind, metadata and spec{list}"
+        ))]);
     };
     let mut fields = Fields::default();
     fields.collect("", &tree);

@@ -157,6 +157,7 @@ fn a_wrong_kind_or_api_version_is_refused_with_the_reason() {
 
     let p = problem("- a\n- b\n");
     assert!(p.message.contains("must be a resource"), "{p}");
+    assert!(p.message.contains("use -o yaml"), "{p}");
 }
 
 #[test]
@@ -402,7 +403,13 @@ fn a_site_document_without_id_updates_the_settings_and_keeps_the_identity() {
     assert_eq!(s.id(), id);
     assert_eq!(s.site.spec.link_hosts, ["west.example.com"]);
     assert_eq!(s.site.spec.certificate_overlap.as_deref(), Some("1h"));
+    let router = std::fs::read(folder.router_file()).unwrap();
     assert_eq!(apply_text(&folder, &doc).unwrap(), ["site/west unchanged"]);
+    assert_eq!(
+        std::fs::read(folder.router_file()).unwrap(),
+        router,
+        "router.pem rewritten"
+    );
     let p = problem(&doc.replace("1h", "soon"));
     assert_eq!(p.field.as_deref(), Some("spec.certificateOverlap"), "{p}");
 }
