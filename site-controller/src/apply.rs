@@ -452,12 +452,25 @@ fn check_values(doc: &Document) -> Option<Problem> {
             };
             doc.problem(field, reason)
         }),
-        Resource::Link(l) => l
-            .spec
-            .transport
-            .parse::<skiff_router::link::TransportChoice>()
-            .err()
-            .map(|reason| doc.problem("spec.transport", reason)),
+        Resource::Link(l) => {
+            if let Err(reason) = l
+                .spec
+                .transport
+                .parse::<skiff_router::link::TransportChoice>()
+            {
+                return Some(doc.problem("spec.transport", reason));
+            }
+            // A proxy URL that does not parse, or a proxy with transport quic.
+            l.proxy_config().err().map(|e| {
+                let reason = e.to_string();
+                let field = if reason.contains("spec.proxy") {
+                    "spec.proxy"
+                } else {
+                    "spec.transport"
+                };
+                doc.problem(field, reason)
+            })
+        }
         Resource::Site(s) => {
             let spec = SiteSpec {
                 id: s.spec.id.unwrap_or(SiteId::random()),

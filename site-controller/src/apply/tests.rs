@@ -438,3 +438,25 @@ fn delete_reports_the_missing_and_deletes_the_others() {
     };
     assert!(p[0].message.contains("skiff site delete"), "{}", p[0]);
 }
+
+#[test]
+fn a_link_with_a_bad_transport_or_proxy_is_named() {
+    let link = |spec: &str| {
+        format!(
+            "{HEAD}kind: Link\nmetadata: {{name: east}}\nspec:\n  peerSiteId: {}\n  endpoints: ['127.0.0.1:1']\n  peerCa: x\n  clientCertificate: y\n{spec}",
+            SiteId::random()
+        )
+    };
+    let p = problem(&link("  transport: udp\n"));
+    assert_eq!(
+        (p.line, p.field.as_deref()),
+        (9, Some("spec.transport")),
+        "{p}"
+    );
+    assert!(p.message.contains("expected quic, tls or auto"), "{p}");
+    let p = problem(&link("  proxy: ftp://proxy:3128\n"));
+    assert_eq!((p.line, p.field.as_deref()), (9, Some("spec.proxy")), "{p}");
+    let p = problem(&link("  transport: quic\n  proxy: http://proxy:3128\n"));
+    assert_eq!(p.field.as_deref(), Some("spec.transport"), "{p}");
+    assert!(p.message.contains("QUIC is UDP"), "{p}");
+}
