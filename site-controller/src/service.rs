@@ -295,25 +295,38 @@ pub fn install(plan: &ServicePlan, opts: &ServiceOptions) -> Result<Steps, SiteE
             "systemd is not running on this host (no /run/systemd/system): the unit is written \
              for when it does; start the site now with: {start_by_hand}"
         ));
-    } else if !opts.start {
-        steps.push(format!(
-            "start it with: systemctl daemon-reload && systemctl enable --now {unit_name}"
-        ));
     } else {
-        if SiteFolder::new(&plan.folder).is_locked() {
+        systemctl(&["daemon-reload"])?;
+        let active = Command::new("systemctl")
+            .args(["is-active", "--quiet", &plan.unit])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !opts.start {
             steps.push(format!(
-                "warning: a `skiff site run` holds {} now; the service fails with 'already \
-                 running' until it stops",
-                plan.folder.display()
+                "systemd knows the unit now; start it with: systemctl enable --now {unit_name}"
+            ));
+        } else if active {
+            systemctl(&["enable", &plan.unit])?;
+            steps.push(format!(
+                "{} was running and runs on with its old settings; apply the new unit with: \
+                 systemctl restart {unit_name}",
+                plan.unit
+            ));
+        } else {
+            if SiteFolder::new(&plan.folder).is_locked() {
+                steps.push(format!(
+                    "warning: a `skiff site run` holds {} now; the service fails with 'already \
+                     running' until it stops",
+                    plan.folder.display()
+                ));
+            }
+            systemctl(&["enable", "--now", &plan.unit])?;
+            steps.push(format!(
+                "enabled and started {}: check it with: systemctl status {unit_name}; \
+                 journalctl -u {unit_name}",
+                plan.unit
             ));
         }
-        systemctl(&["daemon-reload"])?;
-        systemctl(&["enable", "--now", &plan.unit])?;
-        steps.push(format!(
-            "enabled and started {}: check it with: systemctl status {unit_name}; journalctl \
-             -u {unit_name}",
-            plan.unit
-        ));
     }
     Ok(steps)
 }
@@ -521,8 +534,16 @@ fn check_binary(binary: &Path) -> Result<(), SiteError> {
     Ok(())
 }
 
-/// A user name as useradd takes it.
+/// A user name as useradd takes it, and not `nobody`.
 fn validate_user(user: &str) -> Result<(), SiteError> {
+    if user == "nobody" {
+        return Err(SiteError::InvalidArgument(
+            "the user nobody is shared by unrelated programs, which could then read the site's \
+             keys (systemd warns: \"Special user nobody configured, this is not safe!\"): use a \
+             dedicated user, such as the default skiff"
+                .into(),
+        ));
+    }
     let ok = !user.is_empty()
         && user.len() <= 32
         && !user.starts_with('-')
@@ -726,7 +747,7 @@ mod tests {
     fn user_names_useradd_would_refuse_are_refused_first() {
         assert!(validate_user("skiff").is_ok());
         assert!(validate_user("skiff-test-42").is_ok());
-        for bad in ["", "-x", "Skiff", "a b", "x:y"] {
+        for bad in ["", "-x", "Skiff", "a b", "x:y", "nobody"] {
             assert!(validate_user(bad).is_err(), "{bad:?} accepted");
         }
     }
