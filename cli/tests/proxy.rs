@@ -572,3 +572,59 @@ fn quic_through_a_proxy_and_bad_proxy_urls_are_refused_with_the_reason() {
     assert!(!east.dir.join("links").join("west.yaml").exists());
     ok(&base);
 }
+
+#[test]
+fn an_offline_link_file_installed_with_a_proxy_dials_through_it() {
+    let echo = Echo::start();
+    let (west, east) = two_sites(&echo);
+    let port = link_port(&west);
+    let Some(proxy) = Tinyproxy::start(&[port], None) else {
+        return;
+    };
+    let target = format!("127.0.0.1:{port}");
+    let east_id = std::fs::read_to_string(east.dir.join("site.yaml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("id:").map(|v| v.trim().to_string()))
+        .expect("id in site.yaml");
+    let file = west.dir.with_file_name("east.link.yaml");
+    ok(&[
+        "link",
+        "generate",
+        file.to_str().unwrap(),
+        "--site-id",
+        &east_id,
+        "--dir",
+        west.d(),
+    ]);
+    // QUIC through a proxy is refused for an offline file too, and nothing is installed.
+    let quic = redeem(
+        &file,
+        &east,
+        &["--transport", "quic", "--proxy", &proxy.url()],
+    );
+    assert!(!quic.status.success());
+    assert!(
+        text(&quic).contains("--transport quic cannot go through --proxy"),
+        "{}",
+        text(&quic)
+    );
+    assert!(!east.dir.join("links").join("west.yaml").exists());
+
+    let out = redeem(&file, &east, &["--proxy", &proxy.url()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stored = std::fs::read_to_string(link_file(&east, "west")).unwrap();
+    assert!(
+        stored.contains(&format!("proxy: {}", proxy.url())),
+        "{stored}"
+    );
+    assert!(stored.contains("transport: tls"), "{stored}");
+    let up = wait_for(&east, "west", Duration::from_secs(10), "up", |l| {
+        l["status"] == "up"
+    });
+    assert_eq!(up["transport"], "tls");
+    assert!(proxy.connects_to(&target) >= 1, "{}", proxy.log());
+    let addr = east.wait_listener_active("echo", Duration::from_secs(10));
+    let (sent, back) = echo_digest(&addr, 1 << 20);
+    assert_eq!(sent, back);
+}

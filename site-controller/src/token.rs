@@ -116,12 +116,24 @@ pub async fn redeem(
 ) -> Result<Link, SiteError> {
     // An offline link file (`skiff link generate`) is installed as it is, without a network.
     if crate::offline::is_link_file(token_text) {
+        let (text, transport) = match &opts.proxy {
+            None => (token_text.to_string(), opts.transport.clone()),
+            // `--proxy` goes into the file's Link, with its transport made TLS.
+            Some(url) => {
+                let origin = std::path::Path::new("the link file");
+                let mut link: Link = crate::resources::from_yaml(token_text, origin)?;
+                let asked = (opts.transport.clone()).unwrap_or_else(|| link.spec.transport.clone());
+                let (transport, _) = redeem_transport(asked, Some(url))?;
+                link.spec.proxy = Some(url.clone());
+                (crate::resources::to_yaml(&link), Some(transport))
+            }
+        };
         let install = crate::offline::InstallOptions {
             name: opts.name.clone(),
             cost: opts.cost,
-            transport: opts.transport.clone(),
+            transport,
         };
-        return crate::offline::install(folder, token_text, &install).await;
+        return crate::offline::install(folder, &text, &install).await;
     }
     let token = AccessToken::from_yaml(token_text).map_err(SiteError::BadToken)?;
     let transport = opts.transport.clone().unwrap_or_else(|| "auto".into());
