@@ -556,11 +556,19 @@ pub fn apply(
 ) -> Result<Vec<Outcome>, ApplyError> {
     let loaded = may_change(folder, docs)?;
     remove_stale_scratch(folder);
-    let scratch = Scratch::new(folder)?;
+    // Only Site and Link documents are tried on a scratch view.
+    let scratch = if docs
+        .iter()
+        .any(|d| matches!(d.kind, Kind::Site | Kind::Link))
+    {
+        Some(Scratch::new(folder)?)
+    } else {
+        None
+    };
     let mut problems = Vec::new();
     let mut plan = Vec::new();
     for doc in docs {
-        match plan_one(folder, &scratch, &loaded, doc) {
+        match plan_one(folder, scratch.as_ref(), &loaded, doc) {
             Ok(p) => plan.push((doc, p)),
             Err(p) => problems.push(p),
         }
@@ -587,7 +595,7 @@ pub fn apply(
 
 fn plan_one(
     folder: &SiteFolder,
-    scratch: &Scratch,
+    scratch: Option<&Scratch>,
     loaded: &site::LoadedSite,
     doc: &Document,
 ) -> Result<(Change, Planned), Problem> {
@@ -634,6 +642,7 @@ fn plan_one(
             {
                 link.spec.client_key = Some(key.clone());
             }
+            let scratch = scratch.expect("made when a Link is applied");
             site::install_link(&scratch.folder, &link).map_err(|e| {
                 let field = if e.to_string().contains("spec.endpoints") {
                     "spec.endpoints"
@@ -687,6 +696,7 @@ fn plan_one(
                 link_port: Some(s.spec.link_port),
                 edge: s.spec.edge,
             };
+            let scratch = scratch.expect("made when a Site is applied");
             let (mut desired, _) = site::create_site(&scratch.folder, loaded.name(), &opts)
                 .map_err(|e| {
                     let reason = e.to_string();
