@@ -332,10 +332,8 @@ where
         let before = head.len();
         let take = buf.len().min(MAX_RESPONSE_HEAD + 1 - before);
         head.extend_from_slice(&buf[..take]);
-        // The terminator may straddle two reads: search from 3 bytes back.
-        let from = before.saturating_sub(3);
-        if let Some(at) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let end = from + at + 4;
+        // The blank line may straddle two reads: search from 2 bytes back.
+        if let Some(end) = head_end(&head, before.saturating_sub(2)) {
             socket.consume(end - before);
             head.truncate(end);
             return Ok(head);
@@ -345,6 +343,21 @@ where
             return Err(HeadError::TooLarge);
         }
     }
+}
+
+/// The length of the head in `head` (through its blank line, `\r\n\r\n` or, leniently as RFC
+/// 9112 allows, `\n\n`), searching for the blank line's first `\n` from `from` on.
+fn head_end(head: &[u8], from: usize) -> Option<usize> {
+    (from..head.len()).find_map(|i| {
+        if head[i] != b'\n' {
+            return None;
+        }
+        match (head.get(i + 1), head.get(i + 2)) {
+            (Some(b'\n'), _) => Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
+        }
+    })
 }
 
 /// `HTTP/1.x SSS reason` → (SSS, reason).
@@ -626,6 +639,26 @@ mod tests {
             "Proxy-Authorization: Basic {}\r\n",
             base64(b"u:secret-pw")
         )));
+    }
+
+    #[tokio::test]
+    async fn the_head_ends_at_its_blank_line_wherever_the_reads_split_it() {
+        // Reads of 1 to 7 bytes: the blank line straddles reads in every way; what follows it
+        // stays in the buffer for the tunnel.
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\nVia: x\r\n\r\nTLS"[..],
+            b"HTTP/1.0 200 OK\n\nTLS",
+        ] {
+            for chunk in 1..8 {
+                let mut r = BufReader::with_capacity(chunk, answer);
+                let head = read_head(&mut r).await.ok().unwrap();
+                assert_eq!(head, &answer[..answer.len() - 3], "reads of {chunk}");
+                let mut rest = Vec::new();
+                r.read_to_end(&mut rest).await.unwrap();
+                assert_eq!(rest, b"TLS", "reads of {chunk}");
+            }
+        }
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nVia: x\r\n", 0), None);
     }
 
     #[tokio::test]
