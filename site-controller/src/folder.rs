@@ -148,7 +148,7 @@ impl SiteFolder {
             .mode(SECRET_MODE)
             .open(&path)
             .map_err(|e| SiteError::io("open", &path, e))?;
-        give_to_owner_of(&file, &self.root).map_err(|e| SiteError::io("give", &path, e))?;
+        give_to_owner_of(&file, &path, &self.root).map_err(|e| SiteError::io("give", &path, e))?;
         file.lock().map_err(|e| SiteError::io("lock", &path, e))?;
         Ok(file)
     }
@@ -171,10 +171,17 @@ impl SiteFolder {
             fs::create_dir_all(&dir).map_err(|e| SiteError::io("create folder", &dir, e))?;
             // A folder someone else made for us (a Kubernetes emptyDir is root's, mode 0777)
             // keeps its mode: we may not change it, and every secret in it is 0600 anyway.
-            let owner = fs::metadata(&dir)
-                .map_err(|e| SiteError::io("read", &dir, e))?
-                .uid();
-            if Some(owner) == own_uid() {
+            // A sub-folder that is a symbolic link is left as it is: its target may be anything.
+            let meta = if dir == self.root {
+                fs::metadata(&dir)
+            } else {
+                fs::symlink_metadata(&dir)
+            }
+            .map_err(|e| SiteError::io("read", &dir, e))?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if Some(meta.uid()) == own_uid() {
                 fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
                     .map_err(|e| SiteError::io("set permissions of", &dir, e))?;
                 // A sub-folder root makes in a folder of the service's user is that user's.
@@ -198,7 +205,7 @@ impl SiteFolder {
             .mode(SECRET_MODE)
             .open(&path)
             .map_err(|e| SiteError::io("open", &path, e))?;
-        give_to_owner_of(&file, &self.root).map_err(|e| SiteError::io("give", &path, e))?;
+        give_to_owner_of(&file, &path, &self.root).map_err(|e| SiteError::io("give", &path, e))?;
         // `is_locked` (any CLI verb asking whether the site runs) holds a shared lock for an
         // instant: a few tries over 200 ms tell that apart from a `site run` holding it.
         for attempt in 0..20 {
@@ -225,6 +232,9 @@ impl SiteFolder {
     }
 }
 
+/// How many atomic writes this process began: part of each temporary file's name.
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Writes `contents` to `path` atomically: a temporary file in the same folder, written, synced,
 /// given `mode`, then renamed over `path`, and the folder synced. A reader sees the old file or
 /// the new one, never a part; a process killed half way leaves at most a `.tmp` file behind.
@@ -242,17 +252,30 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SiteE
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Unique per call: two writes of one file at once (two tasks) never share a temporary file.
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let result = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        // A new file, never one already there: a symbolic link planted at this name (in a
+        // folder of another user) would have this process write through it.
+        let create = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&tmp)
+        };
+        let mut f = match create() {
+            // Left by a killed writer of the same pid, or planted: remove the name, not a target.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&tmp)?;
+                create()?
+            }
+            r => r?,
+        };
         // The mode given to open() is filtered by the umask; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        give_to_owner_of(&f, dir)?;
+        give_to_owner_of(&f, &tmp, dir)?;
         f.write_all(contents)?;
         f.sync_all()?;
         drop(f);
@@ -301,14 +324,29 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, SiteError> {
     Ok(out)
 }
 
-/// When this process runs as root and `dir` belongs to another user, gives the open `file` to
-/// the owner and group of `dir` (what root writes into a service's folder stays readable to the
-/// service). Otherwise leaves it alone.
-fn give_to_owner_of(file: &File, dir: &Path) -> io::Result<()> {
-    if let Some((uid, gid)) = foreign_owner(dir)? {
-        std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
+/// When this process runs as root and `dir` belongs to another user, gives the open `file`
+/// (named `path`) to the owner and group of `dir` (what root writes into a service's folder
+/// stays readable to the service). Otherwise leaves it alone.
+///
+/// Only a plain file that `path` names itself is given away, never the target of a symbolic or
+/// hard link planted in that folder: that would hand its owner a file of root's.
+fn give_to_owner_of(file: &File, path: &Path, dir: &Path) -> io::Result<()> {
+    let Some((uid, gid)) = foreign_owner(dir)? else {
+        return Ok(());
+    };
+    let opened = file.metadata()?;
+    let named = fs::symlink_metadata(path)?;
+    let plain = opened.is_file()
+        && opened.nlink() == 1
+        && !named.file_type().is_symlink()
+        && (named.dev(), named.ino()) == (opened.dev(), opened.ino());
+    if !plain {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it is a link, not a plain file of the folder; remove it and retry",
+        ));
     }
-    Ok(())
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid))
 }
 
 /// [`give_to_owner_of`] for a path (a folder); a symbolic link itself, never its target.
@@ -400,6 +438,56 @@ mod tests {
         if me != 0 {
             println!("not root: checked that files stay this user's; the hand-over needs root");
         }
+    }
+
+    /// Links planted in a folder of another user never make root write through them or give
+    /// their targets away: the temporary name of an atomic write, a lock file.
+    #[test]
+    fn links_planted_in_the_folder_are_not_followed_or_given_away() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("west");
+        fs::create_dir(&root).unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"root's secret").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        let me = own_uid().unwrap();
+        let (uid, gid) = if me == 0 {
+            (65534, 65534)
+        } else {
+            (me, fs::metadata(&root).unwrap().gid())
+        };
+        std::os::unix::fs::chown(&root, Some(uid), Some(gid)).unwrap();
+        let folder = SiteFolder::new(&root);
+        // The temporary names write_atomic uses next (other tests write meanwhile: a window),
+        // planted as links to the victim.
+        let next = WRITES.load(std::sync::atomic::Ordering::Relaxed);
+        for n in next..next + 2000 {
+            let planted = root.join(format!(".site.yaml.{}.{n}.tmp", std::process::id()));
+            std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        }
+        write_atomic(&folder.site_file(), b"site", PUBLIC_MODE).unwrap();
+        assert_eq!(fs::read(folder.site_file()).unwrap(), b"site");
+        assert_eq!(fs::metadata(folder.site_file()).unwrap().uid(), uid);
+        // A lock file planted as a link: refused (as root), never given away.
+        std::os::unix::fs::symlink(&victim, folder.renew_lock_file()).unwrap();
+        let locked = folder.lock_renewals();
+        if me == 0 {
+            let err = locked
+                .expect_err("root locked through a planted link")
+                .to_string();
+            assert!(err.contains("renew.lock"), "{err}");
+        }
+        let v = fs::metadata(&victim).unwrap();
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"root's secret",
+            "written through a link"
+        );
+        assert_eq!(
+            (v.uid(), v.mode() & 0o777),
+            (me, 0o644),
+            "the link's target was given away"
+        );
     }
 
     #[test]
