@@ -529,7 +529,10 @@ impl fmt::Display for Outcome {
 fn may_change(folder: &SiteFolder, docs: &[Document]) -> Result<site::LoadedSite, SiteError> {
     if let Some(namespace) = folder.kubernetes_namespace() {
         return Err(SiteError::ManagedByKubernetes {
-            what: docs.first().map_or("listener", |d| d.kind.as_str()),
+            what: docs
+                .iter()
+                .find(|d| d.kind != Kind::Site)
+                .map_or("listener", |d| d.kind.as_str()),
             dir: folder.root().to_path_buf(),
             namespace,
         });

@@ -39,7 +39,8 @@ pub(super) fn split_documents(text: &str) -> Vec<Chunk> {
                 Some(rest) if marker(t, "---") || marker(t, "...") => {
                     !(rest.is_empty() || rest.starts_with('#'))
                 }
-                _ => !(t.is_empty() || t.starts_with('#')),
+                // A directive (`%YAML 1.2`) alone is no document either.
+                _ => !(t.is_empty() || t.starts_with('#') || t.starts_with('%')),
             }
         });
         if let Some(first) = content {

@@ -222,6 +222,8 @@ fn empty_documents_are_skipped_and_an_empty_file_is_refused() {
     .unwrap();
     assert_eq!(docs.len(), 1);
     assert_eq!(docs[0].line, 4);
+    let docs = parse(&input(&format!("%YAML 1.2\n---\n{good}")), Purpose::Apply).unwrap();
+    assert_eq!(docs[0].line, 3);
     let p = problem("# only a comment\n");
     assert!(p.message.contains("no resource"), "{p}");
 }
