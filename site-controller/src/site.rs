@@ -279,6 +279,13 @@ pub fn save_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
         Some(key) => write_atomic(&own, key.as_bytes(), SECRET_MODE)?,
         None => remove_file(&own)?,
     }
+    if stored.proxy_has_credentials() {
+        // The proxy's password is in the file: readable by the site's user only.
+        let path = folder
+            .links_dir()
+            .join(format!("{}.yaml", stored.metadata.name));
+        return write_atomic(&path, to_yaml(&stored).as_bytes(), SECRET_MODE);
+    }
     save_resource(folder, &folder.links_dir(), &stored)
 }
 
