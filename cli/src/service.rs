@@ -62,6 +62,9 @@ pub fn install_service(
                 plan.low_ports.join(", ")
             );
         }
+        for w in &plan.warnings {
+            eprintln!("{w}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     println!(

@@ -354,6 +354,28 @@ fn print_shows_the_unit_and_changes_nothing() {
         err.contains("the user nobody is shared") && err.contains("dedicated user"),
         "{err}"
     );
+    // A parent folder the service's user cannot pass through: said, with the fix.
+    let private = s.path("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o750)).unwrap();
+    create_site("south", &private.join("south"), 45671);
+    let o = install(&private.join("south"), &bin, &["--print"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let want = format!(
+        "warning: {} (mode 750) does not let others pass: the service's user skiff cannot reach",
+        fs::canonicalize(&private).unwrap().display()
+    );
+    assert!(
+        err.contains(&want) && err.contains("chmod o+x"),
+        "{}",
+        text(&o)
+    );
+    let o = install(&dir, &bin, &["--print"]);
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("warning"),
+        "{}",
+        text(&o)
+    );
     // The default: the unit named for systemd's folder, printed without root.
     let o = install(&dir, &bin, &["--print"]);
     assert!(

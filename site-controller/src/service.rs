@@ -74,6 +74,9 @@ pub struct ServicePlan {
     pub low_ports: Vec<String>,
     /// The group the service runs as.
     pub group: String,
+    /// What may keep the service from working, for the user to fix (a parent folder the
+    /// service's user cannot pass through).
+    pub warnings: Vec<String>,
 }
 
 /// What install-service did, one line each, in order, for the user to read.
@@ -185,6 +188,7 @@ pub fn plan(folder: &SiteFolder, opts: &ServiceOptions) -> Result<ServicePlan, S
             (unit, false)
         }
     };
+    let warnings = unreachable_parents(&abs, &opts.user);
     Ok(ServicePlan {
         site,
         folder: abs,
@@ -194,7 +198,37 @@ pub fn plan(folder: &SiteFolder, opts: &ServiceOptions) -> Result<ServicePlan, S
         stale,
         low_ports,
         group,
+        warnings,
     })
+}
+
+/// The parent folders of `folder` that others may not pass through (no `x` for others), so a
+/// service running as `user` could not reach its folder. Home directories are left out: the
+/// unit binds such a folder into an empty /home of its own (`BindPaths=`).
+fn unreachable_parents(folder: &Path, user: &str) -> Vec<String> {
+    if ["/home", "/root", "/run/user"]
+        .iter()
+        .any(|h| folder.starts_with(h))
+    {
+        return Vec::new();
+    }
+    folder
+        .ancestors()
+        .skip(1)
+        .filter_map(|dir| {
+            let mode = fs::metadata(dir).ok()?.mode();
+            (mode & 0o001 == 0).then(|| {
+                format!(
+                    "warning: {} (mode {:o}) does not let others pass: the service's user {user} \
+                     cannot reach {}; allow it with: chmod o+x {}",
+                    dir.display(),
+                    mode & 0o7777,
+                    folder.display(),
+                    dir.display()
+                )
+            })
+        })
+        .collect()
 }
 
 /// Installs a planned service: the system user (made when missing), the folder given to it,
@@ -277,6 +311,7 @@ pub fn install(plan: &ServicePlan, opts: &ServiceOptions) -> Result<Steps, SiteE
             plan.low_ports.join(", ")
         ));
     }
+    steps.extend(plan.warnings.iter().cloned());
 
     let unit_name = plan.unit.trim_end_matches(".service");
     let start_by_hand = format!(
