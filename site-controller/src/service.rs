@@ -119,8 +119,12 @@ pub fn plan(folder: &SiteFolder, opts: &ServiceOptions) -> Result<ServicePlan, S
             )));
         }
     }
-    check_binary(&opts.binary)?;
-    let binary = unit_path("binary", &opts.binary)?;
+    // A relative path is made absolute, but symbolic links are kept: a link swapped to a new
+    // version upgrades the service.
+    let binary_path =
+        std::path::absolute(&opts.binary).map_err(|e| SiteError::io("resolve", &opts.binary, e))?;
+    check_binary(&binary_path)?;
+    let binary = unit_path("binary", &binary_path)?;
     validate_user(&opts.user)?;
     let group = match lookup_user(&opts.user)? {
         Some(u) => u.group,
@@ -317,7 +321,9 @@ pub fn install(plan: &ServicePlan, opts: &ServiceOptions) -> Result<Steps, SiteE
     let start_by_hand = format!(
         "runuser -u {} -- {} site run --dir {}",
         opts.user,
-        opts.binary.display(),
+        std::path::absolute(&opts.binary)
+            .unwrap_or_else(|_| opts.binary.clone())
+            .display(),
         plan.folder.display()
     );
     if !default_dir {
