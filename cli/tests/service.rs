@@ -415,6 +415,10 @@ fn without_root_install_service_says_it_needs_root() {
     assert!(!Path::new("/etc/systemd/system/skiff-north.service").exists());
 }
 
+/// Held by each test that creates and deletes a system user: useradd and userdel lock
+/// /etc/passwd and fail, not wait, when another holds it.
+static USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Removes, when dropped, the system user a test created and the folders it made.
 struct Cleanup {
     user: String,
@@ -448,6 +452,76 @@ impl Drop for Running {
     }
 }
 
+/// Starts `skiff site run` on `dir` as `uid:gid`, as the service would: no capability, no
+/// new privileges, no supplementary groups (setpriv, util-linux). Its log goes to `log`.
+fn run_as(uid: u32, gid: u32, bin: &Path, dir: &Path, log: &Path) -> Running {
+    let child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ])
+        .arg(bin)
+        .args(["site", "run", "--dir", dir.to_str().unwrap()])
+        .env_remove("SKIFF_DIR")
+        .env("SKIFF_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .expect("run setpriv (util-linux)");
+    Running(Some(child))
+}
+
+/// Polls `skiff ARGS` (run by root) until `done` holds for its output, for at most 20 s, while
+/// the site in `run` keeps running.
+fn wait_for(run: &mut Running, log: &Path, args: &[&str], done: impl Fn(&Output) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = skiff(args);
+        if done(&o) {
+            return;
+        }
+        let exited = run.0.as_mut().unwrap().try_wait().unwrap();
+        assert!(
+            exited.is_none() && Instant::now() < deadline,
+            "skiff {args:?} not as expected within 20 s (site exited: {exited:?}): {}\nlog:\n{}",
+            text(&o),
+            fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The status of listener `name` in the JSON of `listener list --output json`.
+fn listener_status(o: &Output, name: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v.as_array()?
+        .iter()
+        .find(|l| l["name"] == name)
+        .and_then(|l| l["status"].as_str().map(str::to_string))
+}
+
+/// The entries under `dir` whose owner is not `uid:gid`.
+fn not_owned_by(dir: &Path, uid: u32, gid: u32) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(p) = pending.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        if (m.uid(), m.gid()) != (uid, gid) {
+            wrong.push(format!("{} ({}:{})", p.display(), m.uid(), m.gid()));
+        }
+        if m.is_dir() {
+            pending.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    wrong
+}
+
 /// As root: a folder under /var/lib/skiff is run by the template unit; install-service
 /// creates the system user, gives it every file of the folder, puts CAP_NET_BIND_SERVICE in a
 /// drop-in for that instance only; files root writes later with the CLI are the user's too.
@@ -457,6 +531,7 @@ fn as_root_install_service_creates_the_user_and_gives_it_the_folder() {
         println!("SKIPPED: needs root (useradd, chown)");
         return;
     }
+    let _users = USERS.lock().unwrap_or_else(|e| e.into_inner());
     let pid = std::process::id();
     let user = format!("skiff-test-{pid}");
     let site = format!("svc-test-{pid}");
@@ -582,55 +657,18 @@ fn as_root_install_service_creates_the_user_and_gives_it_the_folder() {
     ]);
     let started = Instant::now();
     let log = s.path("run.log");
-    let run = Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            &format!("--regid={gid}"),
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--no-new-privs",
-            "--",
-        ])
-        .arg(&bin)
-        .args(["site", "run", "--dir", dir.to_str().unwrap()])
-        .env_remove("SKIFF_DIR")
-        .env("SKIFF_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("run setpriv (util-linux)");
-    let mut run = Running(Some(run));
-    let deadline = started + Duration::from_secs(15);
-    loop {
-        let o = skiff(&[
-            "listener",
-            "list",
-            "--output",
-            "json",
-            "--dir",
-            dir.to_str().unwrap(),
-        ]);
-        // Listening: `no-target` (no connector anywhere yet) or `active`.
-        let listening = serde_json::from_slice::<serde_json::Value>(&o.stdout)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .into_iter()
-            .flatten()
-            .any(|l| l["name"] == "web" && (l["status"] == "no-target" || l["status"] == "active"));
-        if o.status.success() && listening {
-            break;
-        }
-        let exited = run.0.as_mut().unwrap().try_wait().unwrap();
-        assert!(
-            exited.is_none() && Instant::now() < deadline,
-            "the site did not run as {user} within 15 s ({exited:?}): {}\nlog:\n{}",
-            text(&o),
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let mut run = run_as(uid, gid, &bin, &dir, &log);
+    let d = dir.to_str().unwrap();
+    wait_for(
+        &mut run,
+        &log,
+        &["listener", "list", "--output", "json", "--dir", d],
+        |o| {
+            // Listening: `no-target` (no connector anywhere yet) or `active`.
+            o.status.success()
+                && listener_status(o, "web").is_some_and(|s| s == "no-target" || s == "active")
+        },
+    );
     println!(
         "the site ran as {user} with no capability, its listener listening, after {:?}",
         started.elapsed()
@@ -755,6 +793,143 @@ fn systemd_analyze_accepts_the_units_and_rates_them_ok() {
         assert!(
             score <= MAX_EXPOSURE && level == "OK",
             "{name}: {line}\n{out}"
+        );
+    }
+}
+
+/// As root, what docs/vm.md walks through, on one host: two sites installed as services (a
+/// user created, both folders given to it), run as that user with no capability; root links
+/// them with a token and connects a service with `skiff apply -f`; 1 MiB crosses the network
+/// intact, and no file root's CLI wrote is left root's.
+#[test]
+fn as_root_two_service_sites_link_and_carry_a_service_set_up_by_root() {
+    if !is_root() {
+        println!("SKIPPED: needs root (useradd, chown, setpriv)");
+        return;
+    }
+    let _users = USERS.lock().unwrap_or_else(|e| e.into_inner());
+    let user = format!("skiff-t2-{}", std::process::id());
+    let _cleanup = Cleanup {
+        user: user.clone(),
+        paths: Vec::new(),
+    };
+    let s = Scratch::new();
+    let bin = s.binary();
+    let units = s.path("units");
+    let west = s.path("west");
+    ok(&[
+        "site",
+        "create",
+        "west",
+        "--enable-link-access",
+        "--link-host",
+        "127.0.0.1",
+        "--link-port",
+        &common::free_port().to_string(),
+        "--dir",
+        west.to_str().unwrap(),
+    ]);
+    let east = s.path("east");
+    ok(&["site", "create", "east", "--dir", east.to_str().unwrap()]);
+    for dir in [&west, &east] {
+        install(
+            dir,
+            &bin,
+            &["--unit-dir", units.to_str().unwrap(), "--user", &user],
+        );
+    }
+    let u = Command::new("getent")
+        .args(["passwd", &user])
+        .output()
+        .unwrap();
+    let u = String::from_utf8_lossy(&u.stdout).into_owned();
+    let f: Vec<&str> = u.trim().split(':').collect();
+    let (uid, gid): (u32, u32) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+
+    let started = Instant::now();
+    let (wlog, elog) = (s.path("west.log"), s.path("east.log"));
+    let mut w = run_as(uid, gid, &bin, &west, &wlog);
+    let mut e = run_as(uid, gid, &bin, &east, &elog);
+    let (wd, ed) = (west.to_str().unwrap(), east.to_str().unwrap());
+    wait_for(&mut w, &wlog, &["site", "status", "--dir", wd], |o| {
+        o.status.success()
+    });
+    wait_for(&mut e, &elog, &["site", "status", "--dir", ed], |o| {
+        o.status.success()
+    });
+
+    // Root links east to west with a token.
+    let token = s.path("west.token");
+    ok(&["token", "issue", token.to_str().unwrap(), "--dir", wd]);
+    ok(&["token", "redeem", token.to_str().unwrap(), "--dir", ed]);
+
+    // Root connects a service with files.
+    let echo = common::Echo::start();
+    let port = common::free_port();
+    let east_yaml = s.path("east.yaml");
+    fs::write(
+        &east_yaml,
+        format!(
+            "apiVersion: skiff.io/v1alpha1\nkind: Connector\nmetadata: {{name: backend}}\n\
+             spec: {{routingKey: backend, host: 127.0.0.1, port: {}}}\n",
+            echo.port
+        ),
+    )
+    .unwrap();
+    let west_yaml = s.path("west.yaml");
+    fs::write(
+        &west_yaml,
+        format!(
+            "apiVersion: skiff.io/v1alpha1\nkind: Listener\nmetadata: {{name: backend}}\n\
+             spec: {{routingKey: backend, host: 127.0.0.1, port: {port}}}\n"
+        ),
+    )
+    .unwrap();
+    ok(&["apply", "-f", east_yaml.to_str().unwrap(), "--dir", ed]);
+    ok(&["apply", "-f", west_yaml.to_str().unwrap(), "--dir", wd]);
+    let list = ["listener", "list", "--output", "json", "--dir", wd];
+    wait_for(&mut w, &wlog, &list, |o| {
+        listener_status(o, "backend").as_deref() == Some("active")
+    });
+    let ready = started.elapsed();
+
+    // 1 MiB through west's listener to east's backend and back.
+    let data: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let sent = data.clone();
+    let mut writer = c.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        use std::io::Write;
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    use std::io::Read;
+    c.read_to_end(&mut back).unwrap();
+    t.join().unwrap();
+    assert!(
+        back == data,
+        "{} bytes came back, not the 1 MiB sent",
+        back.len()
+    );
+    println!(
+        "two sites as {user}: linked and serving after {ready:?}; 1 MiB echoed intact across them"
+    );
+
+    // Nothing root wrote is root's: links, link keys, grants, peers, resources, locks.
+    for dir in [&west, &east] {
+        let wrong = not_owned_by(dir, uid, gid);
+        assert!(wrong.is_empty(), "not {user}'s: {wrong:?}");
+    }
+    for (run, log) in [(&mut w, &wlog), (&mut e, &elog)] {
+        let status = common::terminate(run.0.take().unwrap(), Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "a site did not stop cleanly: {status:?}\n{}",
+            fs::read_to_string(log).unwrap_or_default()
         );
     }
 }
