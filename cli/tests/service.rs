@@ -33,21 +33,75 @@ fn is_root() -> bool {
 
 /// A temporary place for one test: a site folder, a copy of the binary, a unit folder.
 struct Scratch {
-    tmp: tempfile::TempDir,
+    tmp: Option<tempfile::TempDir>,
+    /// The shared folder made for scratch folders (removed when the last one goes).
+    made: Option<PathBuf>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        drop(self.tmp.take());
+        if let Some(base) = &self.made {
+            // Fails while another test's scratch folder is in it: that test removes it.
+            let _ = fs::remove_dir(base);
+        }
+    }
 }
 
 impl Scratch {
-    fn new() -> Scratch {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        fs::create_dir_all(base).unwrap();
-        let tmp = tempfile::tempdir_in(base).unwrap();
+    /// A scratch folder a service could use: under target/tmp when the service's user can
+    /// reach it there and it is not in a folder the unit hides (home directories, /tmp); as
+    /// root otherwise under /var/lib/skiff-tests. `None` (the test prints SKIPPED and why) only
+    /// for another user in such a checkout.
+    fn new() -> Option<Scratch> {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        fs::create_dir_all(target).unwrap();
+        let hidden = ["/home", "/root", "/run/user", "/tmp", "/var/tmp"];
+        let real = fs::canonicalize(target).unwrap();
+        let closed = real
+            .ancestors()
+            .find(|d| fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 == 0));
+        let (base, made) = match (hidden.iter().find(|h| real.starts_with(h)), closed) {
+            (None, None) => (real, None),
+            _ if is_root() => {
+                let base = PathBuf::from("/var/lib/skiff-tests");
+                (base.clone(), Some(base))
+            }
+            (h, c) => {
+                println!(
+                    "SKIPPED: {} is {}: a service could not use it; run as root (which uses \
+                     /var/lib/skiff-tests) or from a checkout elsewhere",
+                    real.display(),
+                    match (h, c) {
+                        (Some(h), _) => format!("under {h}"),
+                        (None, Some(c)) => format!("in {}, closed to others", c.display()),
+                        (None, None) => unreachable!(),
+                    }
+                );
+                return None;
+            }
+        };
+        // Another test may remove an empty shared folder between the two steps: retry.
+        let mut attempts = 0;
+        let tmp = loop {
+            attempts += 1;
+            let made = fs::create_dir_all(&base).and_then(|()| tempfile::tempdir_in(&base));
+            match made {
+                Ok(t) => break t,
+                Err(e) if attempts >= 3 => panic!("no scratch folder in {}: {e}", base.display()),
+                Err(_) => {}
+            }
+        };
         // The service's user must be able to reach the folder (tempdir makes 0700 folders).
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch { tmp }
+        Some(Scratch {
+            tmp: Some(tmp),
+            made,
+        })
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
+        self.tmp.as_ref().unwrap().path().join(name)
     }
 
     /// The skiff binary at a path of this scratch folder (a hard link, else a copy).
@@ -142,7 +196,7 @@ const HARDENING: &[&str] = &[
 
 #[test]
 fn install_service_writes_a_hardened_unit_that_binds_low_ports_only_when_asked() {
-    let s = Scratch::new();
+    let Some(s) = Scratch::new() else { return };
     let dir = s.site("west", 45671);
     let bin = s.binary();
     let units = s.path("units");
@@ -291,7 +345,7 @@ fn install_service_writes_a_hardened_unit_that_binds_low_ports_only_when_asked()
 
 #[test]
 fn print_shows_the_unit_and_changes_nothing() {
-    let s = Scratch::new();
+    let Some(s) = Scratch::new() else { return };
     let dir = s.site("east", 443);
     let bin = s.binary();
     let units = s.path("units");
@@ -389,7 +443,7 @@ fn print_shows_the_unit_and_changes_nothing() {
 /// what to do instead. As root the check runs the binary as `nobody` (setpriv).
 #[test]
 fn without_root_install_service_says_it_needs_root() {
-    let s = Scratch::new();
+    let Some(s) = Scratch::new() else { return };
     let dir = s.site("north", 45671);
     let args = ["site", "install-service", "--dir", dir.to_str().unwrap()];
     let err = if is_root() {
@@ -557,7 +611,7 @@ fn as_root_install_service_creates_the_user_and_gives_it_the_folder() {
         "user {user} exists before the test"
     );
     create_site(&site, &dir, 443);
-    let s = Scratch::new();
+    let Some(s) = Scratch::new() else { return };
     let bin = s.binary();
     let units = s.path("units");
     let o = install(
@@ -711,7 +765,7 @@ fn systemd_analyze_accepts_the_units_and_rates_them_ok() {
         println!("SKIPPED: {why}");
         return;
     }
-    let s = Scratch::new();
+    let Some(s) = Scratch::new() else { return };
     let bin = s.binary();
     let units = s.path("units");
     fs::create_dir_all(&units).unwrap();
@@ -813,7 +867,7 @@ fn as_root_two_service_sites_link_and_carry_a_service_set_up_by_root() {
         user: user.clone(),
         paths: Vec::new(),
     };
-    let s = Scratch::new();
+    let Some(s) = Scratch::new() else { return };
     let bin = s.binary();
     let units = s.path("units");
     let west = s.path("west");
