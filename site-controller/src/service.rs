@@ -703,20 +703,42 @@ fn create_user(user: &str) -> Result<(), SiteError> {
 
 /// Gives `root` and everything under it to `uid:gid` (symbolic links themselves, never their
 /// targets; nothing outside `root` is followed). Returns how many entries it went through.
+///
+/// The folder may already belong to the service's user (install-service run again), who could
+/// swap a sub-folder for a link to /etc while this runs: each folder is opened, checked to be
+/// the one examined, and its entries are reached through that open handle
+/// (`/proc/self/fd/N/NAME`), never through its path again.
 fn give_tree(root: &Path, uid: u32, gid: u32) -> Result<usize, SiteError> {
+    use std::os::fd::AsRawFd;
     let mut count = 0;
+    // Open folders whose entries are still pending: their handles must outlive those paths.
+    let mut open = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path).map_err(|e| SiteError::io("read", &path, e))?;
         std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
             .map_err(|e| SiteError::io("give", &path, e))?;
         count += 1;
-        let meta = fs::symlink_metadata(&path).map_err(|e| SiteError::io("read", &path, e))?;
-        if meta.is_dir() {
-            for entry in fs::read_dir(&path).map_err(|e| SiteError::io("list", &path, e))? {
-                let entry = entry.map_err(|e| SiteError::io("list", &path, e))?;
-                pending.push(entry.path());
-            }
+        if !meta.is_dir() {
+            continue;
         }
+        let dir = fs::File::open(&path).map_err(|e| SiteError::io("open", &path, e))?;
+        let opened = dir
+            .metadata()
+            .map_err(|e| SiteError::io("read", &path, e))?;
+        if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+            return Err(SiteError::io(
+                "give",
+                &path,
+                std::io::Error::other("it was replaced while being given away; run again"),
+            ));
+        }
+        let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        for entry in fs::read_dir(&via).map_err(|e| SiteError::io("list", &path, e))? {
+            let entry = entry.map_err(|e| SiteError::io("list", &path, e))?;
+            pending.push(via.join(entry.file_name()));
+        }
+        open.push(dir);
     }
     Ok(count)
 }
@@ -768,6 +790,47 @@ mod tests {
             rendered, example,
             "examples/systemd/skiff@.service differs from the rendered template"
         );
+    }
+
+    /// Root gives a folder away: every entry in it, a link itself but never its target.
+    #[test]
+    fn giving_a_folder_away_reaches_every_entry_and_no_link_target() {
+        if !is_root() {
+            println!("SKIPPED: needs root (chown to another user)");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::write(&outside, "root's").unwrap();
+        let root = tmp.path().join("west");
+        fs::create_dir_all(root.join("links/deeper")).unwrap();
+        fs::write(root.join("site.yaml"), "x").unwrap();
+        fs::write(root.join("links/deeper/a.yaml"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("links/planted")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), root.join("up")).unwrap();
+        let count = give_tree(&root, 65534, 65534).unwrap();
+        // west, site.yaml, links, deeper, a.yaml, planted, up.
+        assert_eq!(count, 7);
+        for p in [
+            "",
+            "site.yaml",
+            "links",
+            "links/deeper",
+            "links/deeper/a.yaml",
+            "links/planted",
+            "up",
+        ] {
+            let m = fs::symlink_metadata(root.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{p:?} was not given");
+        }
+        for p in [&outside, &tmp.path().to_path_buf()] {
+            assert_eq!(
+                fs::metadata(p).unwrap().uid(),
+                0,
+                "{} was given away",
+                p.display()
+            );
+        }
     }
 
     #[test]
