@@ -1,5 +1,6 @@
 //! Replays the committed seeds of the wire fuzz targets (`fuzz/seeds/<target>/`) through the
-//! same checks the targets run (`skiff_router::wire::fuzzing`), so `cargo test` keeps every
+//! same checks the targets run (`skiff_router::wire::fuzzing`, and
+//! `skiff_router::link::proxy::fuzz_answer` for a proxy's answer), so `cargo test` keeps every
 //! decoder property on every seed, crashes found by fuzzing included.
 
 use std::fs;
@@ -32,6 +33,11 @@ fn link_state_seeds_hold() {
 #[test]
 fn flow_frames_seeds_hold() {
     replay("flow_frames", fuzzing::flow_frames);
+}
+
+#[test]
+fn proxy_answer_seeds_hold() {
+    replay("proxy_answer", skiff_router::link::proxy::fuzz_answer);
 }
 
 /// Reads one seed by name.

@@ -368,10 +368,10 @@ fn parse_status_line(head: &[u8]) -> Option<(u16, String)> {
         .strip_prefix("HTTP/1.1 ")
         .or_else(|| line.strip_prefix("HTTP/1.0 "))?;
     let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-    if code.len() != 3 {
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let code: u16 = code.parse().ok()?;
+    let code: u16 = code.parse().ok().filter(|c| (100..600).contains(c))?;
     let reason: String = reason
         .chars()
         .filter(|c| !c.is_control())
@@ -494,6 +494,76 @@ impl ProxyError {
             | ProxyError::Timeout { .. } => false,
         }
     }
+}
+
+/// The body of the fuzz target `proxy_answer` (`fuzz/fuzz_targets/`), replayed on
+/// `fuzz/seeds/proxy_answer/` by `router/tests/fuzz_seeds.rs`: a proxy's answer to CONNECT, read
+/// in reads of 1 to 64 bytes (the first byte says how many), as a dial reads it. Panics when
+/// a property does not hold; not an API.
+#[doc(hidden)]
+pub fn fuzz_answer(data: &[u8]) {
+    use futures_util::FutureExt;
+    let Some((&first, answer)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(first % 64) + 1;
+    let mut reader = BufReader::with_capacity(chunk, answer);
+    let read = read_head(&mut reader)
+        .now_or_never()
+        .expect("reading from memory never waits");
+    let blank = head_end(answer, 0);
+    match read {
+        Ok(head) => {
+            // The head is the answer up to and including its first blank line, within the
+            // bound; every byte after it stays for the tunnel.
+            assert_eq!(
+                Some(head.len()),
+                blank,
+                "the head ends at the first blank line"
+            );
+            assert!(head.len() <= MAX_RESPONSE_HEAD + 1);
+            assert_eq!(
+                reader.buffer(),
+                &answer[head.len()..][..reader.buffer().len()]
+            );
+            let left = reader.buffer().len() + reader.into_inner().len();
+            assert_eq!(
+                head.len() + left,
+                answer.len(),
+                "bytes after the head were lost"
+            );
+            if let Some((status, reason)) = parse_status_line(&head) {
+                assert!((100..600).contains(&status));
+                assert!(reason.chars().count() <= 100 && !reason.contains(char::is_control));
+                let refused = ProxyError::Refused {
+                    proxy: "proxy:1".into(),
+                    target: "peer:2".into(),
+                    status,
+                    reason,
+                    user: Some("u".into()),
+                };
+                let text = refused.to_string();
+                assert!(!text.contains(char::is_control) && text.len() < 1024);
+            }
+        }
+        Err(HeadError::TooLarge) => {
+            assert!(
+                answer.len() > MAX_RESPONSE_HEAD,
+                "a short answer was called too large"
+            );
+            assert!(blank.is_none_or(|end| end > MAX_RESPONSE_HEAD + 1));
+        }
+        Err(HeadError::Eof { read }) => {
+            assert!(blank.is_none() && read == answer.len() && read <= MAX_RESPONSE_HEAD);
+        }
+        Err(HeadError::Io(e)) => panic!("reading from memory failed: {e}"),
+    }
+    // Whatever the answer, an error built from it shows no control characters.
+    let garbage = ProxyError::Malformed {
+        proxy: "proxy:1".into(),
+        what: format!("{:?}, not an HTTP answer", preview(answer)),
+    };
+    assert!(!garbage.to_string().contains(char::is_control));
 }
 
 #[cfg(test)]
