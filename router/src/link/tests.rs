@@ -603,3 +603,106 @@ fn a_router_config_never_shows_its_keys_when_printed() {
         "a key is printed by Debug: {shown}"
     );
 }
+
+/// A CONNECT relay on loopback (real sockets; tinyproxy in cli/tests/proxy.rs is the real
+/// proxy): answers 200 and copies bytes both ways. Returns its address and the request lines
+/// it saw.
+async fn connect_relay() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut client = tokio::io::BufReader::new(client);
+                let mut line = String::new();
+                tokio::io::AsyncBufReadExt::read_line(&mut client, &mut line)
+                    .await
+                    .unwrap();
+                seen.lock().unwrap().push(line.trim_end().to_string());
+                let target = line.split(' ').nth(1).unwrap_or_default().to_string();
+                loop {
+                    let mut header = String::new();
+                    let n = tokio::io::AsyncBufReadExt::read_line(&mut client, &mut header)
+                        .await
+                        .unwrap();
+                    if n == 0 || header == "\r\n" {
+                        break;
+                    }
+                }
+                // The proxy resolves the name, not the router.
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_proxied_link_is_tls_through_the_tunnel_and_quic_through_a_proxy_is_refused() {
+    let a = site("east");
+    let b = site("west");
+    let ra = start(&a, loopback()).await;
+    let rb = start(&b, None).await;
+    let (proxy, seen) = connect_relay().await;
+    // auto with a proxy dials TLS; the endpoint's name goes to the proxy unresolved.
+    let endpoint = format!("localhost:{}", ra.link_addr().unwrap().port());
+    let mut proxied = spec(&a, &b, endpoint.clone(), TransportChoice::Auto);
+    proxied.proxy = Some(format!("http://{proxy}").parse().unwrap());
+    rb.set_links(vec![proxied.clone()]);
+    let links = wait_links(&rb, "link up", |l| l.len() == 1 && is_up(&l[0])).await;
+    assert_eq!(links[0].transport, Some(Transport::Tls));
+    assert_eq!(links[0].proxy.as_deref(), Some(proxy.to_string().as_str()));
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [format!("CONNECT {endpoint} HTTP/1.1")]
+    );
+    // A stream through the tunnel, echoed back intact.
+    let mut a_in = ra.take_incoming().unwrap();
+    let mut s = rb.link_to(a.id).unwrap().open_stream().await.unwrap();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let echo = async {
+        let mut got = a_in.recv().await.unwrap();
+        let mut buf = Vec::new();
+        got.stream.reader.read_to_end(&mut buf).await.unwrap();
+        got.stream.writer.write_all(&buf).await.unwrap();
+        got.stream.writer.shutdown().await.unwrap();
+    };
+    let send = async {
+        s.writer.write_all(&data).await.unwrap();
+        s.writer.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        s.reader.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = tokio::join!(echo, send);
+    assert!(back == data, "echoed bytes differ");
+
+    // quic with a proxy: refused, and said why.
+    let mut quic = proxied;
+    quic.transport = TransportChoice::Quic;
+    rb.set_links(vec![quic]);
+    let links = wait_links(&rb, "refusal", |l| refusal(l).is_some()).await;
+    let reason = refusal(&links).unwrap();
+    assert!(
+        reason.contains("an HTTP proxy tunnels TCP only and QUIC is UDP"),
+        "{reason}"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "a quic link dialled the proxy"
+    );
+    rb.shutdown().await;
+    ra.shutdown().await;
+}
