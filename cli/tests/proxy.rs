@@ -370,6 +370,22 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
         mode, 0o600,
         "a link file holding a proxy password must be 0600"
     );
+    // Read back with get and applied again (after a delete): still 0600.
+    let got = ok(&["get", "links", "-o", "yaml", "--dir", east.d()]);
+    let saved = east.dir.with_file_name("links.yaml");
+    std::fs::write(&saved, &got.stdout).unwrap();
+    ok(&["link", "delete", "west", "--dir", east.d()]);
+    assert!(!link_file(&east, "west").exists());
+    ok(&["apply", "-f", saved.to_str().unwrap(), "--dir", east.d()]);
+    let mode = std::fs::metadata(link_file(&east, "west"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "skiff apply wrote the link with its password {mode:o}"
+    );
     let up = wait_for(
         &east,
         "west",
