@@ -525,6 +525,11 @@ fn a_port_the_proxy_does_not_allow_is_named_with_its_403() {
         )) && out.contains("ConnectPort"),
         "{out}"
     );
+    // The hint is about the proxy, not about the issuer being down.
+    assert!(
+        out.contains("went through --proxy") && !out.contains("issuing site runs"),
+        "{out}"
+    );
 
     // A link redeemed directly, then given that proxy (auto: it dials TLS through it).
     let direct = redeem(&token, &east, &[]);

@@ -179,6 +179,10 @@ impl SiteError {
             SiteError::BadToken(_) => {
                 "ask the issuing site for a new token: skiff token issue FILE".into()
             }
+            // The proxy's answer (in the reason) says what to change there.
+            SiteError::IssuerUnreachable { reason, .. } if reason.starts_with("proxy ") => {
+                "the redemption went through --proxy and stopped there; what a proxy must allow: docs/operations.md, \"Links through an HTTP proxy\"".into()
+            }
             SiteError::IssuerUnreachable { .. } => {
                 "check that the issuing site runs (skiff site status) and that its link port is reachable from here".into()
             }
