@@ -255,7 +255,7 @@ fn wait_for(
 #[test]
 fn a_link_redeemed_through_a_proxy_is_tls_and_carries_a_flow_intact() {
     let echo = Echo::start();
-    let (west, east) = two_sites(&echo);
+    let (mut west, east) = two_sites(&echo);
     let port = link_port(&west);
     let Some(proxy) = Tinyproxy::start(&[port], None) else {
         return;
@@ -316,6 +316,32 @@ fn a_link_redeemed_through_a_proxy_is_tls_and_carries_a_flow_intact() {
     let renewed = ok(&["link", "renew", "--dir", east.d()]);
     let after = proxy.connects_to(&target);
     assert_eq!(after, before + 1, "renewal CONNECTs: {}", text(&renewed));
+
+    // The peer down, the proxy up: the proxy's 500 is the link's last error, with what it means.
+    west.kill();
+    let down = wait_for(
+        &east,
+        "west",
+        Duration::from_secs(15),
+        "the proxy's 500",
+        |l| {
+            l["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(" 500 "))
+        },
+    );
+    let why = down["last_error"].as_str().unwrap();
+    eprintln!("peer down behind the proxy: {why}");
+    assert!(
+        why.contains(&format!(
+            "answered CONNECT to {target} with 500 Unable to connect"
+        )) && why.contains("the proxy could not reach the peer"),
+        "{why}"
+    );
+    assert_eq!(
+        down["status"], "connecting",
+        "a 5xx is retried as a network error"
+    );
 }
 
 #[test]

@@ -448,7 +448,7 @@ pub enum ProxyError {
         what: String,
     },
     /// The proxy answered with a status other than 2xx.
-    #[error("proxy {proxy} refused CONNECT to {target}: {status} {reason}{}", refusal_hint(*.status, user.as_deref()))]
+    #[error("proxy {proxy} {} {status} {reason}{}", answered(*.status, target), refusal_hint(*.status, user.as_deref()))]
     Refused {
         /// `host:port` of the proxy.
         proxy: String,
@@ -468,6 +468,16 @@ fn waited_for(connected: bool, target: &str) -> String {
         format!("did not answer CONNECT to {target}")
     } else {
         "did not accept a connection".into()
+    }
+}
+
+/// "refused CONNECT to T:" for a 4xx (the proxy said no), "answered CONNECT to T with" for
+/// anything else (a 5xx: the proxy could not do it).
+fn answered(status: u16, target: &str) -> String {
+    if (400..500).contains(&status) {
+        format!("refused CONNECT to {target}:")
+    } else {
+        format!("answered CONNECT to {target} with")
     }
 }
 
