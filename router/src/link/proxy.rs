@@ -85,9 +85,10 @@ pub enum ProxyUrlError {
         /// What followed `host:port`.
         rest: String,
     },
-    /// `user:password@` without a password, or with a bad `%` escape.
+    /// `user:password@` without a password, with a bad `%` escape, or with an unencoded
+    /// `/`, `?` or `#`.
     #[error(
-        "proxy credentials must be user:password@ (percent-encode an @, : or % in them, e.g. %40)"
+        "proxy credentials must be user:password@ (percent-encode an @ : / ? # or % in them, e.g. %40 for @)"
     )]
     Credentials,
 }
@@ -102,6 +103,15 @@ impl std::str::FromStr for ProxyConfig {
                 url: redact(url).to_string(),
             });
         };
+        // Something like `user:password@http` is no scheme: never echo it.
+        if !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        {
+            return Err(ProxyUrlError::NoScheme {
+                url: redact(url).to_string(),
+            });
+        }
         if !scheme.eq_ignore_ascii_case("http") {
             return Err(ProxyUrlError::Scheme {
                 scheme: scheme.to_ascii_lowercase(),
@@ -111,6 +121,11 @@ impl std::str::FromStr for ProxyConfig {
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(end);
         if !tail.is_empty() && tail != "/" {
+            // An unencoded `/`, `?` or `#` in the password ends the authority early: say so
+            // without echoing what follows (part of the password).
+            if tail.contains('@') {
+                return Err(ProxyUrlError::Credentials);
+            }
             return Err(ProxyUrlError::Path { rest: tail.into() });
         }
         let (credentials, hostport) = match authority.rsplit_once('@') {
@@ -636,9 +651,18 @@ mod tests {
             url("http://user@proxy:3128"),
             Err(ProxyUrlError::Credentials)
         ));
-        // A URL without a scheme but with credentials is echoed without them.
-        let e = url("secret:pw@proxy:3128").unwrap_err().to_string();
-        assert!(!e.contains("pw"), "{e}");
+        // No error echoes a password, however the URL is malformed.
+        for bad in [
+            "secret:pw@proxy:3128",
+            "u:pw@http://proxy:3128",
+            "http://u:p/w@proxy:3128",
+            "http://u:p?w@proxy:3128",
+            "http://u:p#w@proxy:3128",
+            "http://u:p%zzw@proxy:3128",
+        ] {
+            let e = url(bad).unwrap_err().to_string();
+            assert!(!e.contains("pw") && !e.contains("w@"), "{bad}: {e}");
+        }
     }
 
     #[test]
