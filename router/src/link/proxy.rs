@@ -48,14 +48,12 @@ impl std::fmt::Display for ProxyConfig {
 /// Why a proxy URL cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyUrlError {
-    /// Not `http://...`.
+    /// Not `http://...`. The URL is not quoted: without its scheme, nothing tells a password
+    /// apart from a host.
     #[error(
-        "proxy URL {url:?} must start with http:// (a proxy that tunnels with CONNECT, e.g. http://proxy.example:3128)"
+        "proxy URL must start with http:// (a proxy that tunnels with CONNECT, e.g. http://proxy.example:3128)"
     )]
-    NoScheme {
-        /// The URL as given (without its credentials).
-        url: String,
-    },
+    NoScheme,
     /// `https://`, `socks5://` and the like.
     #[error(
         "proxy scheme {scheme:?} is not supported: only http:// proxies (CONNECT over plain TCP; the link inside the tunnel is TLS end to end, so the proxy sees no link traffic)"
@@ -68,23 +66,20 @@ pub enum ProxyUrlError {
     #[error("proxy URL has no host: expected http://host:port")]
     NoHost,
     /// No `:port`.
-    #[error("proxy URL names no port: expected http://{host}:PORT (e.g. 3128 or 8080)")]
-    NoPort {
-        /// The host given.
-        host: String,
-    },
-    /// A port that is not 1 to 65535.
-    #[error("proxy port {port:?} is not a number from 1 to 65535")]
-    BadPort {
-        /// The port given.
-        port: String,
-    },
-    /// Anything after `host:port` but a single `/`.
-    #[error("proxy URL has a path, query or fragment ({rest:?}): give http://host:port only")]
-    Path {
-        /// What followed `host:port`.
-        rest: String,
-    },
+    #[error("proxy URL names no port: expected http://HOST:PORT (e.g. port 3128 or 8080)")]
+    NoPort,
+    /// A port that is not 1 to 65535. Not quoted: in `http://user:password` (the host
+    /// forgotten) the "port" is the password.
+    #[error(
+        "proxy port is not a number from 1 to 65535: expected http://[USER:PASSWORD@]HOST:PORT"
+    )]
+    BadPort,
+    /// Anything after `host:port` but a single `/`. Not quoted: it may be the end of a
+    /// password with an unencoded `/`, `?` or `#`.
+    #[error(
+        "proxy URL has a path, query or fragment after host:port: give http://[USER:PASSWORD@]HOST:PORT only (percent-encode a / ? or # in a password)"
+    )]
+    Path,
     /// `user:password@` without a password, with a bad `%` escape, or with an unencoded
     /// `/`, `?` or `#`.
     #[error(
@@ -99,18 +94,14 @@ impl std::str::FromStr for ProxyConfig {
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         let url = url.trim();
         let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(ProxyUrlError::NoScheme {
-                url: redact(url).to_string(),
-            });
+            return Err(ProxyUrlError::NoScheme);
         };
         // Something like `user:password@http` is no scheme: never echo it.
         if !scheme
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
         {
-            return Err(ProxyUrlError::NoScheme {
-                url: redact(url).to_string(),
-            });
+            return Err(ProxyUrlError::NoScheme);
         }
         if !scheme.eq_ignore_ascii_case("http") {
             return Err(ProxyUrlError::Scheme {
@@ -126,7 +117,7 @@ impl std::str::FromStr for ProxyConfig {
             if tail.contains('@') {
                 return Err(ProxyUrlError::Credentials);
             }
-            return Err(ProxyUrlError::Path { rest: tail.into() });
+            return Err(ProxyUrlError::Path);
         }
         let (credentials, hostport) = match authority.rsplit_once('@') {
             Some((userinfo, hostport)) => {
@@ -153,24 +144,16 @@ impl std::str::FromStr for ProxyConfig {
         if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
             return Err(ProxyUrlError::NoHost);
         }
-        let port = port.ok_or_else(|| ProxyUrlError::NoPort { host: host.into() })?;
+        let port = port.ok_or(ProxyUrlError::NoPort)?;
         let port = match port.parse::<u16>() {
             Ok(p) if p > 0 => p,
-            _ => return Err(ProxyUrlError::BadPort { port: port.into() }),
+            _ => return Err(ProxyUrlError::BadPort),
         };
         Ok(ProxyConfig {
             host: host.into(),
             port,
             credentials,
         })
-    }
-}
-
-/// The URL with any `user:password@` replaced by `***@`, for messages.
-fn redact(url: &str) -> std::borrow::Cow<'_, str> {
-    match url.rsplit_once('@') {
-        Some((_, rest)) => format!("***@{rest}").into(),
-        None => url.into(),
     }
 }
 
@@ -345,7 +328,7 @@ where
             return Err(HeadError::Eof { read: head.len() });
         }
         let before = head.len();
-        let take = buf.len().min(MAX_RESPONSE_HEAD + 1 - before);
+        let take = buf.len().min(MAX_RESPONSE_HEAD - before);
         head.extend_from_slice(&buf[..take]);
         // The blank line may straddle two reads: search from 2 bytes back.
         if let Some(end) = head_end(&head, before.saturating_sub(2)) {
@@ -354,7 +337,7 @@ where
             return Ok(head);
         }
         socket.consume(take);
-        if head.len() > MAX_RESPONSE_HEAD {
+        if head.len() >= MAX_RESPONSE_HEAD {
             return Err(HeadError::TooLarge);
         }
     }
@@ -546,7 +529,7 @@ pub fn fuzz_answer(data: &[u8]) {
                 blank,
                 "the head ends at the first blank line"
             );
-            assert!(head.len() <= MAX_RESPONSE_HEAD + 1);
+            assert!(head.len() <= MAX_RESPONSE_HEAD);
             assert_eq!(
                 reader.buffer(),
                 &answer[head.len()..][..reader.buffer().len()]
@@ -573,13 +556,13 @@ pub fn fuzz_answer(data: &[u8]) {
         }
         Err(HeadError::TooLarge) => {
             assert!(
-                answer.len() > MAX_RESPONSE_HEAD,
+                answer.len() >= MAX_RESPONSE_HEAD,
                 "a short answer was called too large"
             );
-            assert!(blank.is_none_or(|end| end > MAX_RESPONSE_HEAD + 1));
+            assert!(blank.is_none_or(|end| end > MAX_RESPONSE_HEAD));
         }
         Err(HeadError::Eof { read }) => {
-            assert!(blank.is_none() && read == answer.len() && read <= MAX_RESPONSE_HEAD);
+            assert!(blank.is_none() && read == answer.len() && read < MAX_RESPONSE_HEAD);
         }
         Err(HeadError::Io(e)) => panic!("reading from memory failed: {e}"),
     }
@@ -622,30 +605,21 @@ mod tests {
             url("socks5://proxy:1080"),
             Err(ProxyUrlError::Scheme { .. })
         ));
-        assert!(matches!(
-            url("proxy:3128"),
-            Err(ProxyUrlError::NoScheme { .. })
-        ));
-        assert!(matches!(
-            url("http://proxy"),
-            Err(ProxyUrlError::NoPort { .. })
-        ));
+        assert!(matches!(url("proxy:3128"), Err(ProxyUrlError::NoScheme)));
+        assert!(matches!(url("http://proxy"), Err(ProxyUrlError::NoPort)));
         assert!(matches!(url("http://:3128"), Err(ProxyUrlError::NoHost)));
-        assert!(matches!(
-            url("http://proxy:0"),
-            Err(ProxyUrlError::BadPort { .. })
-        ));
+        assert!(matches!(url("http://proxy:0"), Err(ProxyUrlError::BadPort)));
         assert!(matches!(
             url("http://proxy:99999"),
-            Err(ProxyUrlError::BadPort { .. })
+            Err(ProxyUrlError::BadPort)
         ));
         assert!(matches!(
             url("http://proxy:3128/path"),
-            Err(ProxyUrlError::Path { .. })
+            Err(ProxyUrlError::Path)
         ));
         assert!(matches!(
             url("http://proxy:3128?x"),
-            Err(ProxyUrlError::Path { .. })
+            Err(ProxyUrlError::Path)
         ));
         assert!(matches!(
             url("http://user@proxy:3128"),
@@ -659,10 +633,42 @@ mod tests {
             "http://u:p?w@proxy:3128",
             "http://u:p#w@proxy:3128",
             "http://u:p%zzw@proxy:3128",
+            // The host forgotten: the password is where the port should be.
+            "http://alice:s3cretpw",
+            // The scheme forgotten: nothing tells the password from a port.
+            "alice:s3cretpw",
+            "alice:s3cretpw@proxy:3128",
+            // An unencoded / in a password without a host.
+            "http://alice:s3/cretpw",
+            "http://[alice:s3cretpw]",
         ] {
             let e = url(bad).unwrap_err().to_string();
-            assert!(!e.contains("pw") && !e.contains("w@"), "{bad}: {e}");
+            assert!(
+                !e.contains("pw") && !e.contains("w@") && !e.contains("s3"),
+                "{bad}: {e}"
+            );
         }
+    }
+
+    #[test]
+    fn an_answer_head_of_8192_bytes_is_read_and_one_of_8193_is_too_large() {
+        use futures_util::FutureExt;
+        let head_of = |len: usize| {
+            let mut h = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+            h.resize(len - 4, b'a');
+            h.extend_from_slice(b"\r\n\r\ntunnel");
+            h
+        };
+        let read = |answer: &[u8]| {
+            let mut r = BufReader::with_capacity(7, answer);
+            read_head(&mut r).now_or_never().unwrap()
+        };
+        let ok = read(&head_of(MAX_RESPONSE_HEAD));
+        assert_eq!(ok.ok().map(|h| h.len()), Some(MAX_RESPONSE_HEAD));
+        assert!(matches!(
+            read(&head_of(MAX_RESPONSE_HEAD + 1)),
+            Err(HeadError::TooLarge)
+        ));
     }
 
     #[test]
@@ -827,7 +833,7 @@ mod tests {
             "{e}"
         );
 
-        // A head that never ends within 8 KiB: refused after reading at most 8 KiB + 1.
+        // A head that never ends within 8 KiB: refused after reading at most 8 KiB.
         let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
         while big.len() < 3 * MAX_RESPONSE_HEAD {
             big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
