@@ -43,8 +43,15 @@ struct DirArg {
 }
 
 impl DirArg {
+    /// Every verb's folder, checked first: as root in another user's folder (a service's),
+    /// entries that user swapped for links or FIFOs are refused before the verb acts.
     fn folder(&self) -> SiteFolder {
-        SiteFolder::new(self.dir.clone().unwrap_or_else(SiteFolder::default_root))
+        let folder = SiteFolder::new(self.dir.clone().unwrap_or_else(SiteFolder::default_root));
+        if let Err(e) = folder.check_safe_for_root() {
+            logging::report_error(&error_chain(&e), e.hint().as_deref());
+            std::process::exit(1);
+        }
+        folder
     }
 }
 

@@ -198,20 +198,39 @@ pub fn delete_site(folder: &SiteFolder) -> Result<String, SiteError> {
     let site = load_site_resource(folder)?;
     // Holding the run lock for the whole delete: a `site run` cannot start half way.
     let lock = folder.lock_for_run()?;
-    // site.yaml first: from here on the folder no longer holds a site, whatever follows.
-    remove_file(&folder.site_file())?;
-    for dir in [
+    let dirs = [
         folder.links_dir(),
         folder.listeners_dir(),
         folder.connectors_dir(),
         folder.grants_dir(),
         folder.peers_dir(),
-    ] {
+    ];
+    // A sub-folder swapped for a symbolic link (by the user of a service's folder, which root
+    // deletes) would have its target's files removed: refused before anything is removed,
+    // and again just before each folder is emptied.
+    for dir in &dirs {
+        if let Ok(meta) = fs::symlink_metadata(dir)
+            && !meta.is_dir()
+        {
+            return Err(crate::folder::unsafe_entry(dir, &meta));
+        }
+    }
+    // site.yaml first: from here on the folder no longer holds a site, whatever follows.
+    remove_file(&folder.site_file())?;
+    for dir in dirs {
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if !meta.is_dir() => return Err(crate::folder::unsafe_entry(&dir, &meta)),
+            Ok(_) => {}
+            Err(_) => continue,
+        }
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                if name.ends_with(".yaml") || name.ends_with(".key") || name.ends_with(".tmp") {
+                let plain = e.file_type().is_ok_and(|t| t.is_file());
+                let ours =
+                    name.ends_with(".yaml") || name.ends_with(".key") || name.ends_with(".tmp");
+                if plain && ours {
                     remove_file(&e.path())?;
                 }
             }
