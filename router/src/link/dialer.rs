@@ -93,19 +93,6 @@ pub(crate) struct Plan {
     pub(crate) renew: Vec<LinkSpec>,
 }
 
-/// Whether `a` and `b` differ at most in the link's credentials.
-fn same_but_credentials(a: &LinkSpec, b: &LinkSpec) -> bool {
-    LinkSpec {
-        client_cert_pem: String::new(),
-        client_key_pem: String::new(),
-        ..a.clone()
-    } == LinkSpec {
-        client_cert_pem: String::new(),
-        client_key_pem: String::new(),
-        ..b.clone()
-    }
-}
-
 /// Computes what to start, stop and restart. With duplicate names in `desired`, the last wins.
 pub(crate) fn plan(current: &BTreeMap<String, LinkSpec>, desired: Vec<LinkSpec>) -> Plan {
     let desired: BTreeMap<String, LinkSpec> =
@@ -120,7 +107,7 @@ pub(crate) fn plan(current: &BTreeMap<String, LinkSpec>, desired: Vec<LinkSpec>)
         match current.get(&name) {
             None => p.start.push(spec),
             Some(old) if *old == spec => {}
-            Some(old) if same_but_credentials(old, &spec) => p.renew.push(spec),
+            Some(old) if old.same_but_credentials(&spec) => p.renew.push(spec),
             Some(_) => p.restart.push(spec),
         }
     }
@@ -262,16 +249,15 @@ async fn dial_forever(
                 }
             }
             Err(AttemptError::Refused(reason)) => {
-                let revoked = refused_as_revoked(&reason);
-                let retry = if revoked {
-                    REVOKED_BACKOFF
-                } else {
-                    BACKOFF_CAP
-                };
-                tracing::warn!(%reason, "link refused; retrying in {} s (or when its certificate is renewed)", retry.as_secs());
+                // A revocation, or a proxy refusing the link's credentials: only an operator
+                // fixes either (a changed link spec restarts this loop at once).
+                let slow =
+                    refused_as_revoked(&reason) || super::proxy::refused_for_credentials(&reason);
+                let retry = if slow { REVOKED_BACKOFF } else { BACKOFF_CAP };
+                tracing::warn!(%reason, "link refused; retrying in {} s (or when its certificate is renewed or its link file changes)", retry.as_secs());
                 shared.table.set_state(id, LinkState::Refused { reason });
                 backoff.jump_to_cap();
-                if revoked {
+                if slow {
                     tokio::select! {
                         () = cancel.cancelled() => return,
                         () = tokio::time::sleep(REVOKED_BACKOFF) => {}

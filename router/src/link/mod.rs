@@ -258,6 +258,19 @@ pub struct LinkSpec {
     pub proxy: Option<ProxyConfig>,
 }
 
+impl LinkSpec {
+    /// Whether `self` and `other` differ at most in the link's client certificate and key (a
+    /// renewal): the router keeps such a link up and the next dial presents the new ones.
+    pub fn same_but_credentials(&self, other: &LinkSpec) -> bool {
+        let strip = |s: &LinkSpec| LinkSpec {
+            client_cert_pem: String::new(),
+            client_key_pem: String::new(),
+            ..s.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
 /// Which side made a link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

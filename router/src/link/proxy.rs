@@ -479,11 +479,23 @@ fn answered(status: u16, target: &str) -> String {
     }
 }
 
+/// Starts of the hints of a refusal for missing or wrong credentials (401, 407), which
+/// [`refused_for_credentials`] looks for.
+const NO_CREDENTIALS: &str = " (the proxy wants credentials and the link has none";
+const BAD_CREDENTIALS: &str = " (the proxy did not accept the credentials of user";
+
+/// Whether a link's refusal text is a proxy refusing its credentials (401, 407): only an
+/// operator fixes that, and retrying every few seconds only fills the proxy's log (and may
+/// lock the account), so the dialer waits as long as after a revocation.
+pub(crate) fn refused_for_credentials(reason: &str) -> bool {
+    reason.contains(NO_CREDENTIALS) || reason.contains(BAD_CREDENTIALS)
+}
+
 fn refusal_hint(status: u16, user: Option<&str>) -> String {
     match (status, user) {
         // tinyproxy answers a wrong password with 401, a missing one with 407.
-        (401 | 407, None) => " (the proxy wants credentials and the link has none: give them in the proxy URL, http://USER:PASSWORD@host:port)".into(),
-        (401 | 407, Some(user)) => format!(" (the proxy did not accept the credentials of user {user:?}: check the user and password in the link's proxy URL)"),
+        (401 | 407, None) => format!("{NO_CREDENTIALS}: give them in the proxy URL, http://USER:PASSWORD@host:port)"),
+        (401 | 407, Some(user)) => format!("{BAD_CREDENTIALS} {user:?}: check the user and password in the link's proxy URL)"),
         (403 | 405, _) => " (allow this port in the proxy, e.g. tinyproxy ConnectPort / squid SSL_ports, or allow CONNECT to this host)".into(),
         (500 | 502..=504, _) => " (the proxy could not reach the peer: check that the link endpoint is reachable from the proxy)".into(),
         _ => String::new(),
@@ -669,6 +681,27 @@ mod tests {
             read(&head_of(MAX_RESPONSE_HEAD + 1)),
             Err(HeadError::TooLarge)
         ));
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_credentials_is_retried_slowly() {
+        let refusal = |status, user: Option<&str>| {
+            ProxyError::Refused {
+                proxy: "proxy:3128".into(),
+                target: "peer:45671".into(),
+                status,
+                reason: "No".into(),
+                user: user.map(str::to_string),
+            }
+            .to_string()
+        };
+        for status in [401, 407] {
+            assert!(refused_for_credentials(&refusal(status, None)));
+            assert!(refused_for_credentials(&refusal(status, Some("alice"))));
+        }
+        for status in [403, 405, 502] {
+            assert!(!refused_for_credentials(&refusal(status, Some("alice"))));
+        }
     }
 
     #[test]
