@@ -1,5 +1,6 @@
 //! `skiff site reload`: asks the running site to re-read its folder (`POST /v1/reload` on
 //! its admin socket, what SIGHUP does) and prints what changed and what needs a restart.
+//! Exits 1 when a listener or connector it added or changed did not start (a port in use).
 
 use std::process::ExitCode;
 
@@ -44,12 +45,30 @@ pub async fn reload(folder: &SiteFolder, format: Option<Format>) -> Result<ExitC
         }
         Err(e) => return Err(e),
     };
+    let failed: Vec<String> = report["failed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            format!(
+                "{} {:?} did not start: {}",
+                plain(&f["kind"]),
+                plain(&f["name"]),
+                plain(&f["reason"])
+            )
+        })
+        .collect();
+    let outcome = if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
     if format == Some(Format::Json) {
         println!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(outcome);
     }
     println!("site in {} reloaded", folder.root().display());
     for kind in ["links", "listeners", "connectors"] {
@@ -86,7 +105,19 @@ pub async fn reload(folder: &SiteFolder, format: Option<Format>) -> Result<ExitC
             restart.join(", ")
         );
     }
-    Ok(ExitCode::SUCCESS)
+    if !failed.is_empty() {
+        crate::logging::report_error(
+            &format!(
+                "the site reloaded, but not everything started: {}",
+                failed.join("; ")
+            ),
+            Some(
+                "everything else is applied; a changed listener's old port is closed too. Free \
+                 the port or choose another (edit the file), then run skiff site reload again",
+            ),
+        );
+    }
+    Ok(outcome)
 }
 
 /// `added a, b; changed c` or `unchanged`.

@@ -464,6 +464,141 @@ fn a_broken_file_fails_the_reload_names_the_file_and_changes_nothing() {
     drop(echo);
 }
 
+#[test]
+fn a_listener_that_cannot_bind_and_a_broken_site_yaml_fail_the_reload() {
+    let mut a = Site::create("a", false);
+    let echo = Echo::start();
+    ok(&[
+        "connector",
+        "create",
+        "echo",
+        &echo.port.to_string(),
+        "--dir",
+        a.d(),
+    ]);
+    write_listener(&a.dir, "l1", "echo", 0);
+    a.start();
+    echoes(&a.wait_listener_active("l1", STEP)).expect("l1 serves");
+
+    // l1 moved to a port another process holds: the reload says so and exits 1.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port();
+    write_listener(&a.dir, "l1", "echo", taken);
+    let t = Instant::now();
+    let o = a.run(&["site", "reload"]);
+    let took = t.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("listener \"l1\" did not start")
+            && err.contains(&format!("127.0.0.1:{taken}"))
+            && err.contains("port in use"),
+        "the error should name the listener, its port and why: {}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("listeners: changed l1"),
+        "{}",
+        text(&o)
+    );
+    // The same as JSON, for scripts, and from SIGHUP as an ERROR line in the log.
+    write_listener(&a.dir, "l2", "echo", taken);
+    let o = a.run(&["site", "reload", "--output", "json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["failed"][0]["kind"], "listener", "{report:#}");
+    assert_eq!(report["failed"][0]["name"], "l2", "{report:#}");
+    write_listener(&a.dir, "l3", "echo", taken);
+    hangup(a.pid());
+    let line = wait_log_line(&a, &["ERROR", "not started by this reload", "l3"], STEP);
+    assert!(line.contains("port in use"), "{line}");
+
+    // Freed and reloaded: it serves on that port.
+    drop(holder);
+    std::fs::remove_file(a.dir.join("listeners/l2.yaml")).unwrap();
+    std::fs::remove_file(a.dir.join("listeners/l3.yaml")).unwrap();
+    write_listener(&a.dir, "l1", "echo", 0);
+    ok(&["site", "reload", "--dir", a.d()]);
+    echoes(&a.wait_listener_active("l1", STEP)).expect("l1 serves again");
+
+    // A broken site.yaml fails the reload, names the file, and applies nothing.
+    let site_yaml = a.dir.join("site.yaml");
+    let good = std::fs::read_to_string(&site_yaml).unwrap();
+    std::fs::write(
+        &site_yaml,
+        "apiVersion: skiff.io/v1alpha1\nkind: Site\nspec: [\n",
+    )
+    .unwrap();
+    write_listener(&a.dir, "fresh", "echo", 0);
+    let o = a.run(&["site", "reload"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("did not reload") && err.contains("site.yaml"),
+        "the error should name site.yaml: {err}"
+    );
+    // (listener list reads site.yaml too: asked once it is whole again, before a reload.)
+    std::fs::write(&site_yaml, good).unwrap();
+    assert!(
+        !listeners(&a).iter().any(|l| l["name"] == "fresh"),
+        "a reload with a broken site.yaml applied the folder"
+    );
+    ok(&["site", "reload", "--dir", a.d()]);
+    echoes(&a.wait_listener_active("fresh", STEP)).expect("fresh serves");
+    eprintln!("figures: a reload with a listener on a taken port answered (exit 1) in {took:?}");
+    drop(echo);
+}
+
+#[test]
+fn an_unusable_link_file_is_skipped_and_the_rest_of_the_site_runs() {
+    let mut west = Site::create_on_fixed_port("west");
+    let mut east = Site::create("east", false);
+    west.start();
+    link(&east, &west);
+    let echo = Echo::start();
+    ok(&[
+        "connector",
+        "create",
+        "echo",
+        &echo.port.to_string(),
+        "--dir",
+        east.d(),
+    ]);
+    write_listener(&east.dir, "l1", "echo", 0);
+    east.start();
+    east.wait_link(STEP, "up", is_link("up", "west"));
+
+    // The link file edited by hand into one that cannot be dialled: quic through a proxy.
+    let file = east.dir.join("links/west.yaml");
+    set_field(&file, "transport", "quic");
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        yaml.replace("spec:\n", "spec:\n  proxy: http://127.0.0.1:3128\n"),
+    )
+    .unwrap();
+    let o = east.run(&["site", "reload", "--output", "json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let skipped = &report["skipped"][0];
+    assert_eq!(skipped["kind"], "link", "{report:#}");
+    assert_eq!(skipped["name"], "west", "{report:#}");
+    let problem = skipped["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("links/west.yaml") && problem.contains("QUIC is UDP"),
+        "the problem should name the file and why: {problem}"
+    );
+    assert_eq!(report["links"]["removed"], serde_json::json!(["west"]));
+
+    // A restart with that file: the site starts and serves its listener.
+    east.stop();
+    east.start();
+    echoes(&east.wait_listener_active("l1", STEP)).expect("l1 serves");
+    let line = wait_log_line(&east, &["skipped", "west.yaml"], STEP);
+    assert!(line.contains("WARN"), "{line}");
+    drop(echo);
+}
+
 /// Runs `skiff site run --dir D ARGS` with `env` until the site answers, stops it with
 /// SIGTERM and returns its stderr.
 fn run_and_stop(site: &Site, args: &[&str], env: &[(&str, &str)]) -> String {

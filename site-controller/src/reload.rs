@@ -49,16 +49,30 @@ pub struct RestartNeeded {
     pub file: String,
 }
 
-/// A listener or connector whose file parses but which cannot be used (a bad routing key,
-/// an unknown type): left out, so the router stops it if it ran.
+/// A link, listener or connector whose file parses but which cannot be used (a bad routing
+/// key, an unknown type, a link with a bad proxy URL or transport): left out, so the router
+/// stops it if it ran, and the rest of the site runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Skipped {
-    /// `listener` or `connector`.
+    /// `link`, `listener` or `connector`.
     pub kind: &'static str,
     /// Its name.
     pub name: String,
     /// Why it cannot be used.
     pub problem: String,
+}
+
+/// A listener or connector the router was given but does not serve (its port cannot be
+/// bound, say): the reload reports it and fails. A changed listener's old socket is closed
+/// before the new one is bound, so it no longer serves either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failed {
+    /// `listener` or `connector`.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// Why, as the router says it (`GET /v1/listeners` shows it too).
+    pub reason: String,
 }
 
 /// What one reload did; the body of `POST /v1/reload` (with `"reloaded": true`).
@@ -77,6 +91,10 @@ pub struct ReloadReport {
     /// Resources left out, with the reason.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<Skipped>,
+    /// Listeners and connectors added or changed by this reload that the router could not
+    /// start: the reload failed for them (`skiff site reload` exits 1).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<Failed>,
     /// site.yaml settings changed but not applied: they need a restart.
     pub needs_restart: Vec<RestartNeeded>,
 }
@@ -89,6 +107,7 @@ impl ReloadReport {
             && self.connectors.is_empty()
             && self.disconnected_sites.is_empty()
             && self.skipped.is_empty()
+            && self.failed.is_empty()
             && self.needs_restart.is_empty()
     }
 }
@@ -128,21 +147,10 @@ fn diff<S: PartialEq>(
     c
 }
 
-/// Whether two link specs differ in their client certificate or key alone (the router keeps
-/// such a link up).
-fn credentials_only(a: &LinkSpec, b: &LinkSpec) -> bool {
-    let strip = |s: &LinkSpec| LinkSpec {
-        client_cert_pem: String::new(),
-        client_key_pem: String::new(),
-        ..s.clone()
-    };
-    strip(a) == strip(b)
-}
-
 /// What changes from `before` to `after`, kind by kind.
 pub fn changes(before: &Applied, after: &Applied) -> (Changes, Changes, Changes) {
     (
-        diff(&before.links, &after.links, credentials_only),
+        diff(&before.links, &after.links, LinkSpec::same_but_credentials),
         diff(&before.listeners, &after.listeners, |_, _| false),
         diff(&before.connectors, &after.connectors, |_, _| false),
     )

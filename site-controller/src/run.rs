@@ -18,7 +18,7 @@ use crate::SiteError;
 use crate::admin::{self, AdminListener};
 use crate::folder::{SiteFolder, remove_file};
 use crate::grant::{GrantService, LinkedSites, SharedGrantService};
-use crate::reload::{Applied, Changes, ReloadReport, Skipped, changes, restart_needed};
+use crate::reload::{Applied, Changes, Failed, ReloadReport, Skipped, changes, restart_needed};
 use crate::resources::Site;
 use crate::services::{connector_spec, list_connectors, list_listeners, listener_spec};
 use crate::site::{list_linked_sites, list_links, load_site};
@@ -343,30 +343,24 @@ impl SiteState {
     /// Re-reads the folder and applies the difference: new links are dialled, removed ones
     /// closed, changed ones redialled, unchanged ones untouched (a renewed certificate alone
     /// is taken at the next dial); listeners and connectors likewise; sites revoked or
-    /// forgotten are disconnected. Every file is read before anything is applied, so a file
-    /// that cannot be read (`Err`, naming it) leaves the running site as it was. Settings of
-    /// site.yaml that need a restart are reported, not applied.
+    /// forgotten are disconnected. Every file (site.yaml too) is read before anything is
+    /// applied, so a file that cannot be read (`Err`, naming it) leaves the running site as it
+    /// was. A link, listener or connector that parses but cannot be used is left out
+    /// (`skipped`); one the router could not start (a port in use) is in `failed`. Settings
+    /// of site.yaml that need a restart are reported, not applied.
     pub async fn reload(&self) -> Result<ReloadReport, SiteError> {
         let _one = self.reload_lock.lock().await;
+        let loaded = load_site(&self.folder)?;
+        let overlap = loaded.site.spec.certificate_overlap()?;
         let peers = list_linked_sites(&self.folder)?;
         let (want, skipped) = self.desired()?;
         let mut report = ReloadReport {
             skipped,
+            needs_restart: restart_needed(&self.site.spec, &loaded.site.spec),
             ..ReloadReport::default()
         };
-        match load_site(&self.folder) {
-            Ok(loaded) => {
-                report.needs_restart = restart_needed(&self.site.spec, &loaded.site.spec);
-                if let Some(g) = &self.grants {
-                    match loaded.site.spec.certificate_overlap() {
-                        Ok(overlap) => g.set_certificate_overlap(overlap),
-                        Err(e) => tracing::warn!(cause = %crate::error_chain(&e),
-                            "site.yaml: the certificate overlap window stays as it was"),
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(cause = %crate::error_chain(&e),
-                "site.yaml unreadable: the certificate overlap window stays as it was"),
+        if let Some(g) = &self.grants {
+            g.set_certificate_overlap(overlap);
         }
         {
             let _no_redemption = self.linked.update.lock().await;
@@ -381,8 +375,13 @@ impl SiteState {
         }
         self.refresh_router_certificate();
         (report.links, report.listeners, report.connectors) = self.apply(want);
+        report.failed = self.not_started(&report.listeners, &report.connectors);
         for s in &report.skipped {
             tracing::warn!(kind = s.kind, name = %s.name, problem = %s.problem, "skipped");
+        }
+        for f in &report.failed {
+            tracing::error!(kind = f.kind, name = %f.name, reason = %f.reason,
+                "not started by this reload");
         }
         for r in &report.needs_restart {
             tracing::warn!(setting = r.setting, running = %r.running, file = %r.file,
@@ -433,28 +432,69 @@ impl SiteState {
         }
     }
 
-    /// The links, listeners and connectors of the folder as router specs, and the
-    /// listeners and connectors left out because they cannot be used (a hand-edited file
-    /// with a bad key or an unsupported type: the others still apply). Reading nothing but
-    /// files: an unreadable or unparsable file is the error, naming it.
+    /// Which of the listeners and connectors added or changed (`listeners`, `connectors`)
+    /// the router does not serve, with its reason (a port in use, say).
+    fn not_started(&self, listeners: &Changes, connectors: &Changes) -> Vec<Failed> {
+        let touched = |c: &Changes, name: &str| c.added.iter().chain(&c.changed).any(|n| n == name);
+        let error = skiff_router::flow::ResourceState::Error;
+        let mut failed: Vec<Failed> = self
+            .router
+            .listeners()
+            .into_iter()
+            .filter(|l| l.status == error && touched(listeners, &l.name))
+            .map(|l| Failed {
+                kind: "listener",
+                reason: l.reason.unwrap_or_default(),
+                name: l.name,
+            })
+            .collect();
+        failed.extend(
+            self.router
+                .connectors()
+                .into_iter()
+                .filter(|c| c.status == error && touched(connectors, &c.name))
+                .map(|c| Failed {
+                    kind: "connector",
+                    reason: c.reason.unwrap_or_default(),
+                    name: c.name,
+                }),
+        );
+        failed
+    }
+
+    /// The links, listeners and connectors of the folder as router specs, and those left
+    /// out because they cannot be used (a hand-edited file with a bad key, an unsupported
+    /// type, a link with a bad proxy URL or transport: the others still apply). Reading
+    /// nothing but files: an unreadable or unparsable file is the error, naming it.
     fn desired(&self) -> Result<(Applied, Vec<Skipped>), SiteError> {
         let mut want = Applied::default();
         let mut skipped = Vec::new();
         for (link, key) in list_links(&self.folder)? {
-            let transport: TransportChoice =
-                link.spec
-                    .transport
-                    .parse()
-                    .map_err(|_| SiteError::BadResource {
-                        path: self
-                            .folder
-                            .links_dir()
-                            .join(format!("{}.yaml", link.metadata.name)),
-                        reason: format!(
-                            "transport {:?} is not quic, tls or auto",
-                            link.spec.transport
-                        ),
-                    })?;
+            let file = self
+                .folder
+                .links_dir()
+                .join(format!("{}.yaml", link.metadata.name));
+            let transport = link.spec.transport.parse::<TransportChoice>().map_err(|_| {
+                format!(
+                    "transport {:?} is not quic, tls or auto",
+                    link.spec.transport
+                )
+            });
+            let usable = transport.and_then(|transport| {
+                let proxy = link.proxy_config().map_err(|e| crate::error_chain(&e))?;
+                Ok((transport, proxy))
+            });
+            let (transport, proxy) = match usable {
+                Ok(t) => t,
+                Err(problem) => {
+                    skipped.push(Skipped {
+                        kind: "link",
+                        name: link.metadata.name.clone(),
+                        problem: format!("{}: {problem}", file.display()),
+                    });
+                    continue;
+                }
+            };
             let spec = RouterLinkSpec {
                 name: link.metadata.name.clone(),
                 peer_site_id: link.spec.peer_site_id,
@@ -464,7 +504,7 @@ impl SiteState {
                 client_key_pem: key,
                 transport,
                 cost: link.spec.cost,
-                proxy: link.proxy_config()?,
+                proxy,
             };
             want.links.insert(spec.name.clone(), spec);
         }
