@@ -54,14 +54,28 @@ pub async fn generate(args: GenerateArgs, folder: &SiteFolder) -> Result<ExitCod
     } else {
         write_atomic(&path, made.file.as_bytes(), SECRET_MODE)?;
     }
-    let running = match offline::commit(folder, &made).await {
-        Ok(r) => r,
+    if let Err(e) = offline::commit(folder, &made) {
+        // Not recorded here: the file would only be refused.
+        if !to_stdout {
+            let _ = std::fs::remove_file(&path);
+        }
+        return Err(e);
+    }
+    // Recorded from here on: the file is valid, and a retry would be refused (the id is
+    // linked), so a reload that fails is a warning and the file is kept.
+    let running = match offline::admit(folder).await {
+        Ok(r) => Some(r),
         Err(e) => {
-            // Not recorded here: the file would only be refused.
-            if !to_stdout {
-                let _ = std::fs::remove_file(&path);
-            }
-            return Err(e);
+            eprintln!(
+                "warning: site {} is recorded here ({}), but the running site did not reload: {}; fix that and run: skiff site reload",
+                made.site_id,
+                folder
+                    .peers_dir()
+                    .join(format!("{}.yaml", made.site_id))
+                    .display(),
+                skiff_site_controller::error_chain(&e)
+            );
+            None
         }
     };
     let id = made.site_id;
@@ -83,7 +97,7 @@ pub async fn generate(args: GenerateArgs, folder: &SiteFolder) -> Result<ExitCod
         eprintln!("it is for site {id}");
     }
     eprintln!("install it there (no network needed) with: skiff token redeem {target}");
-    if !running {
+    if running == Some(false) {
         eprintln!("this site is not running: it admits site {id} once started");
     }
     Ok(ExitCode::SUCCESS)

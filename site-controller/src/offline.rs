@@ -14,10 +14,10 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::SiteError;
 use crate::admin::admin_request;
-use crate::folder::SiteFolder;
+use crate::folder::{PUBLIC_MODE, SiteFolder, write_atomic};
 use crate::grant::{LINK_CERT_VALIDITY, join_host_port};
 use crate::resources::{Link, LinkSpec, LinkedSite, LinkedSiteSpec, to_yaml, validate_name};
-use crate::site::{load_linked_site, load_site, save_linked_site};
+use crate::site::{load_linked_site, load_site};
 
 /// The `grant` an offline link's LinkedSite record names (no grant was redeemed).
 pub const OFFLINE_GRANT: &str = "offline";
@@ -39,7 +39,7 @@ pub struct GenerateOptions {
 }
 
 /// An offline link made by [`prepare`], not yet recorded here: write [`OfflineLink::file`]
-/// out, then [`commit`] it.
+/// out, then [`commit`] it, then [`admit`] it.
 #[derive(Debug, Clone)]
 pub struct OfflineLink {
     /// The redeeming site's id.
@@ -176,7 +176,9 @@ pub async fn prepare(
         ));
     }
     file.push_str(
-        "# Install it there (no network needed): skiff token redeem FILE   (or: skiff apply -f FILE)\n",
+        "# Install it there (no network needed): skiff token redeem FILE [--name N]\n\
+         # (skiff apply -f FILE installs it as written: it refuses a link name in use for\n\
+         # another site, where redeem picks a free name, and takes no --name/--cost/--proxy.)\n",
     );
     file.push_str(&to_yaml(&link));
     Ok(OfflineLink {
@@ -189,17 +191,45 @@ pub async fn prepare(
     })
 }
 
-/// Records the redeeming site of `link` as linked here and, if the site runs, reloads it so
-/// it admits that site at once. Returns whether a running site took it. A site of that id
-/// recorded meanwhile is not overwritten.
-pub async fn commit(folder: &SiteFolder, link: &OfflineLink) -> Result<bool, SiteError> {
-    if load_linked_site(folder, link.site_id)?.is_some() {
-        return Err(SiteError::InvalidArgument(format!(
+/// Records the redeeming site of `link` as linked here (`peers/ID.yaml`), never over a
+/// record of that id (one made meanwhile, e.g. by another `link generate` for the same id):
+/// the record is written whole under a temporary name, then given its name only if that name
+/// is free (a hard link: atomic, fails when the name exists). Once this returns `Ok` the
+/// record is kept, whatever follows: reload a running site with [`admit`].
+pub fn commit(folder: &SiteFolder, link: &OfflineLink) -> Result<(), SiteError> {
+    let taken = || {
+        SiteError::InvalidArgument(format!(
             "site {} linked here while the offline link was being made: the offline link is not recorded (delete its file); run skiff link generate again if still needed",
             link.site_id
-        )));
+        ))
+    };
+    if load_linked_site(folder, link.site_id)?.is_some() {
+        return Err(taken());
     }
-    save_linked_site(folder, &link.record)?;
+    folder.create_dirs()?;
+    let path = folder.peers_dir().join(format!("{}.yaml", link.site_id));
+    // Unique per call (two commits in one process too): each hard link below is of its own
+    // complete record.
+    static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = folder.peers_dir().join(format!(
+        ".{}.yaml.new.{}.{n}",
+        link.site_id,
+        std::process::id()
+    ));
+    write_atomic(&tmp, to_yaml(&link.record).as_bytes(), PUBLIC_MODE)?;
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(taken()),
+        Err(e) => Err(SiteError::io("write", &path, e)),
+    }
+}
+
+/// Reloads the site if it runs, so it admits a site recorded by [`commit`] at once. Returns
+/// whether a running site took it.
+pub async fn admit(folder: &SiteFolder) -> Result<bool, SiteError> {
     crate::token::reload_if_running(folder).await
 }
 
@@ -296,4 +326,88 @@ pub async fn install(
     crate::token::reload_if_running(folder).await?;
     link.spec.client_key = None;
     Ok(link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::site::{SiteOptions, create_site};
+
+    /// An offline link for `site_id` whose record names `serial` (only the record is used).
+    fn made(site_id: SiteId, serial: &str) -> OfflineLink {
+        let record = LinkedSite::new(LinkedSiteSpec {
+            site_id,
+            site_name: "b".into(),
+            grant: OFFLINE_GRANT.into(),
+            certificate_serial: serial.into(),
+            key_fingerprint: "f".into(),
+            linked_at: "2026-01-01T00:00:00Z".into(),
+            revoked: false,
+            revoked_at: None,
+            renewed: false,
+            replaced_certificates: Vec::new(),
+            previous_certificate_serial: None,
+            previous_serial_valid_until: None,
+        });
+        let link = serde_json::from_value(serde_json::json!({
+            "apiVersion": "skiff.io/v1alpha1", "kind": "Link", "metadata": {"name": "a"},
+            "spec": {"peerSiteId": SiteId::random(), "endpoints": [], "peerCa": "", "clientCertificate": ""},
+        }))
+        .unwrap();
+        OfflineLink {
+            site_id,
+            new_site: false,
+            expires: String::new(),
+            link,
+            record,
+            file: String::new(),
+        }
+    }
+
+    #[test]
+    fn two_generates_for_one_id_at_once_record_exactly_one() {
+        skiff_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path().join("a"));
+        let opts = SiteOptions {
+            link_access: true,
+            link_port: Some(0),
+            ..SiteOptions::default()
+        };
+        create_site(&folder, "a", &opts).unwrap();
+        let rounds = 40;
+        for round in 0..rounds {
+            let id = SiteId::random();
+            let barrier = std::sync::Barrier::new(2);
+            let results: Vec<Result<(), SiteError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = ["first", "second"]
+                    .into_iter()
+                    .map(|serial| {
+                        let (folder, barrier) = (&folder, &barrier);
+                        s.spawn(move || {
+                            let m = made(id, serial);
+                            barrier.wait();
+                            commit(folder, &m)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let won: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+            assert_eq!(won.len(), 1, "round {round}: {results:?}");
+            let recorded = load_linked_site(&folder, id).unwrap().unwrap();
+            let winner = ["first", "second"][won[0]];
+            assert_eq!(recorded.spec.certificate_serial, winner, "round {round}");
+            let loser = results[1 - won[0]].as_ref().unwrap_err().to_string();
+            assert!(loser.contains("is not recorded"), "{loser}");
+        }
+        // No temporary record is left behind.
+        let left: Vec<_> = std::fs::read_dir(folder.peers_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".yaml"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }
