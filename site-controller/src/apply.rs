@@ -5,9 +5,10 @@
 //! Flow of `apply`: [`parse`] splits each input into documents, reads every document twice
 //! (once as a tree of located fields, once as its typed resource) and checks it on its own
 //! ([`services::listener_spec`], [`services::connector_spec`], names, keys); [`apply`] then
-//! checks the documents against the folder (the Site is this site; each Link is certified for
-//! this site, by [`site::install_link`] run on a scratch view of the folder) and only when
-//! every document passed writes them, one atomic file write each.
+//! checks the documents against the folder with pure checks that write nothing (the Site is
+//! this site and its settings are valid, [`site::check_site_options`]; each Link is certified
+//! for this site and does not replace a link to another site, [`site::check_link`]) and only
+//! when every document passed writes them, one atomic file write each.
 //!
 //! # Layout
 //! - `located`: YAML read with locations (documents, located fields, errors as problems).
@@ -79,11 +80,33 @@ pub fn read_path(path: &Path) -> Result<Vec<Input>, SiteError> {
         .into_iter()
         .map(|p| {
             Ok(Input {
-                text: read_text(&p)?,
+                text: read_bounded(&p)?,
                 origin: p.display().to_string(),
             })
         })
         .collect()
+}
+
+/// Most bytes read from one input (a file, or standard input): YAML resources are small; a
+/// FIFO or `/dev/zero` given by mistake is refused instead of read without end.
+pub const INPUT_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// Reads the file at `path`, at most [`INPUT_LIMIT`] bytes of UTF-8.
+fn read_bounded(path: &Path) -> Result<String, SiteError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| SiteError::io("read", path, e))?;
+    let mut text = String::new();
+    file.take(INPUT_LIMIT + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| SiteError::io("read", path, e))?;
+    if text.len() as u64 > INPUT_LIMIT {
+        return Err(SiteError::InvalidArgument(format!(
+            "{} holds more than {} MiB: apply takes YAML resources (is it the right file?); split a larger set into files",
+            path.display(),
+            INPUT_LIMIT / (1024 * 1024)
+        )));
+    }
+    Ok(text)
 }
 
 /// One thing wrong with the input, where it is.
@@ -565,25 +588,24 @@ pub fn apply(
     mut on_done: impl FnMut(&Outcome),
 ) -> Result<Vec<Outcome>, ApplyError> {
     let loaded = may_change(folder, docs)?;
-    remove_stale_scratch(folder);
-    // Only Site and Link documents are tried on a scratch view.
-    let scratch = if docs
-        .iter()
-        .any(|d| matches!(d.kind, Kind::Site | Kind::Link))
-    {
-        Some(Scratch::new(folder)?)
+    let link_key = if docs.iter().any(|d| d.kind == Kind::Link) {
+        site::link_key(folder)?
     } else {
-        None
+        String::new()
+    };
+    let links = site::LinkCheckSite {
+        site: &loaded,
+        link_key: &link_key,
+        kubernetes_namespace: folder.kubernetes_namespace(),
     };
     let mut problems = Vec::new();
     let mut plan = Vec::new();
     for doc in docs {
-        match plan_one(folder, scratch.as_ref(), &loaded, doc) {
+        match plan_one(folder, &links, doc) {
             Ok(p) => plan.push((doc, p)),
             Err(p) => problems.push(p),
         }
     }
-    drop(scratch);
     if !problems.is_empty() {
         return Err(ApplyError::Invalid(problems));
     }
@@ -605,10 +627,10 @@ pub fn apply(
 
 fn plan_one(
     folder: &SiteFolder,
-    scratch: Option<&Scratch>,
-    loaded: &site::LoadedSite,
+    links: &site::LinkCheckSite<'_>,
     doc: &Document,
 ) -> Result<(Change, Planned), Problem> {
+    let loaded = links.site;
     let existing = |dir: PathBuf| {
         let path = dir.join(format!("{}.yaml", doc.name));
         path.is_file()
@@ -652,29 +674,31 @@ fn plan_one(
             {
                 link.spec.client_key = Some(key.clone());
             }
-            let scratch = scratch.expect("made when a Link is applied");
-            site::install_link(&scratch.folder, &link).map_err(|e| {
-                let field = if e.to_string().contains("spec.endpoints") {
-                    "spec.endpoints"
-                } else if e.to_string().contains("spec.peerCa") {
-                    "spec.peerCa"
-                } else if e.to_string().contains("points at this site") {
-                    "spec.peerSiteId"
-                } else if link.spec.client_key.is_some() && e.to_string().contains("clientKey") {
-                    "spec.clientKey"
-                } else {
-                    "spec.clientCertificate"
-                };
-                doc.problem(field, crate::error_chain(&e))
-            })?;
+            site::check_link(links, &link).map_err(|p| doc.problem(p.field, p.reason))?;
             let old = existing(folder.links_dir());
+            let old_link = old
+                .as_ref()
+                .and_then(|(t, p)| t.as_ref().and_then(|t| from_yaml::<Link>(t, p).ok()));
+            // The same name for a link to another site: applying would silently cut this
+            // site off from the one linked now.
+            if let Some(o) = &old_link
+                && o.spec.peer_site_id != link.spec.peer_site_id
+            {
+                return Err(doc.problem(
+                    "metadata.name",
+                    format!(
+                        "link {name} already links to site {} ({}); this one is to site {} ({}): rename this one or delete link/{name} first (skiff delete -f, or skiff link delete {name})",
+                        o.spec.peer_site_name,
+                        o.spec.peer_site_id,
+                        link.spec.peer_site_name,
+                        link.spec.peer_site_id,
+                        name = link.metadata.name,
+                    ),
+                ));
+            }
             let mut stored = link.clone();
             stored.spec.client_key = None;
-            let same = old
-                .as_ref()
-                .and_then(|(t, p)| t.as_ref().and_then(|t| from_yaml::<Link>(t, p).ok()))
-                .is_some_and(|o| o == stored)
-                && held == link.spec.client_key;
+            let same = old_link.is_some_and(|o| o == stored) && held == link.spec.client_key;
             Ok((change(same, old.is_some()), Planned::Link(link)))
         }
         Resource::Site(s) => {
@@ -706,19 +730,22 @@ fn plan_one(
                 link_port: Some(s.spec.link_port),
                 edge: s.spec.edge,
             };
-            let scratch = scratch.expect("made when a Site is applied");
-            let (mut desired, _) = site::create_site(&scratch.folder, loaded.name(), &opts)
-                .map_err(|e| {
-                    let reason = e.to_string();
-                    let field = if reason.contains("link-host") {
-                        "spec.linkHosts"
-                    } else if reason.contains("edge") {
-                        "spec.edge"
-                    } else {
-                        "spec"
-                    };
-                    doc.problem(field, reason)
-                })?;
+            site::check_site_options(&opts).map_err(|p| match p {
+                site::SiteOptionsProblem::EdgeAcceptsLinks => doc.problem(
+                    "spec.edge",
+                    "an edge site cannot accept links: set edge: false or linkAccess: false",
+                ),
+                site::SiteOptionsProblem::BadLinkHost(h) => doc.problem(
+                    "spec.linkHosts",
+                    format!(
+                        "{h:?} is not a host name or IP address (give the port as spec.linkPort)"
+                    ),
+                ),
+            })?;
+            let mut desired = Site::new(
+                loaded.name(),
+                site::site_spec(loaded.id(), &opts, Some(&loaded.site)),
+            );
             desired.spec.certificate_overlap = s.spec.certificate_overlap.clone();
             let same = desired == loaded.site;
             Ok((change(same, true), Planned::Site(desired)))
@@ -771,47 +798,6 @@ fn write(
     }
 }
 
-/// A view of the site folder for trying changes without making them: a hidden folder inside
-/// it whose site files are links to the real ones (no secret is copied); what a check writes
-/// replaces a link there, never a real file. Removed on drop.
-struct Scratch {
-    folder: SiteFolder,
-}
-
-impl Scratch {
-    fn new(real: &SiteFolder) -> Result<Scratch, SiteError> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let root = real
-            .root()
-            .join(format!(".apply-check.{}.{nanos}", std::process::id()));
-        let scratch = Scratch {
-            folder: SiteFolder::new(&root),
-        };
-        std::fs::create_dir(&root).map_err(|e| SiteError::io("create folder", &root, e))?;
-        for (real_file, link) in [
-            (real.site_file(), scratch.folder.site_file()),
-            (real.ca_cert_file(), scratch.folder.ca_cert_file()),
-            (real.ca_key_file(), scratch.folder.ca_key_file()),
-            (real.router_file(), scratch.folder.router_file()),
-            (real.link_key_file(), scratch.folder.link_key_file()),
-        ] {
-            let target = std::fs::canonicalize(&real_file)
-                .map_err(|e| SiteError::io("read", &real_file, e))?;
-            std::os::unix::fs::symlink(&target, &link)
-                .map_err(|e| SiteError::io("link", &link, e))?;
-        }
-        Ok(scratch)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.folder.root());
-    }
-}
-
 /// What `delete` did to one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deleted {
@@ -821,6 +807,9 @@ pub struct Deleted {
     pub name: String,
     /// `false`: there was none of that name.
     pub found: bool,
+    /// An offline link's own key (`links/NAME.key`), deleted with it: the link cannot be
+    /// applied again from `skiff get` output (which has no key).
+    pub key_deleted: Option<PathBuf>,
 }
 
 impl fmt::Display for Deleted {
@@ -854,6 +843,8 @@ pub fn delete(
     may_change(folder, docs)?;
     let mut out = Vec::new();
     for d in docs {
+        let own_key = folder.link_own_key_file(&d.name);
+        let had_key = d.kind == Kind::Link && own_key.is_file();
         let result = match d.kind {
             Kind::Listener => services::delete_listener(folder, &d.name),
             Kind::Connector => services::delete_connector(folder, &d.name),
@@ -869,27 +860,10 @@ pub fn delete(
             kind: d.kind,
             name: d.name.clone(),
             found,
+            key_deleted: (found && had_key).then_some(own_key),
         };
         on_done(&deleted);
         out.push(deleted);
     }
     Ok(out)
-}
-
-/// Removes the scratch folders a killed `apply` left behind (their process is gone).
-fn remove_stale_scratch(folder: &SiteFolder) {
-    let Ok(entries) = std::fs::read_dir(folder.root()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if let Some(rest) = name.strip_prefix(".apply-check.") {
-            let pid = rest.split('.').next().unwrap_or_default();
-            let alive = Path::new("/proc").join(pid).exists();
-            if !alive {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
 }

@@ -80,20 +80,12 @@ pub fn create_site_with_id(
     want_id: Option<SiteId>,
 ) -> Result<(Site, Created), SiteError> {
     validate_name("site", name)?;
-    if opts.edge && opts.link_access {
-        return Err(SiteError::InvalidArgument(
-            "an edge site cannot accept links: drop --edge or --enable-link-access".into(),
-        ));
-    }
-    for h in &opts.link_hosts {
-        if h.is_empty()
-            || h.contains(['/', ' '])
-            || (h.contains(':') && h.parse::<std::net::Ipv6Addr>().is_err())
-        {
-            return Err(SiteError::InvalidArgument(format!(
-                "--link-host {h:?} is not a host name or IP address (give the port with --link-port)"
-            )));
-        }
+    check_site_options(opts).map_err(|p| SiteError::InvalidArgument(p.to_string()))?;
+    if want_id == Some(SiteId::from_bytes([0; 16])) {
+        return Err(SiteError::InvalidArgument(format!(
+            "--id {} is the nil id (all zeros), which no site may have: give the id skiff link generate printed for this site, or leave --id out for a random one",
+            SiteId::from_bytes([0; 16])
+        )));
     }
     let existing = if folder.exists() {
         let site = load_site_resource(folder)?;
@@ -117,11 +109,6 @@ pub fn create_site_with_id(
         None
     };
     folder.create_dirs()?;
-    let link_hosts = if opts.link_hosts.is_empty() && opts.link_access {
-        vec!["127.0.0.1".to_string()]
-    } else {
-        opts.link_hosts.clone()
-    };
     let (id, created, ca) = match &existing {
         Some(site) => (site.spec.id, Created::Updated, load_ca(folder)?),
         None => {
@@ -136,19 +123,7 @@ pub fn create_site_with_id(
             (id, Created::New, ca)
         }
     };
-    let spec = SiteSpec {
-        id,
-        link_access: opts.link_access,
-        link_hosts,
-        link_port: opts
-            .link_port
-            .or(existing.as_ref().map(|s| s.spec.link_port))
-            .unwrap_or(crate::resources::DEFAULT_LINK_PORT),
-        edge: opts.edge,
-        certificate_overlap: existing
-            .as_ref()
-            .and_then(|s| s.spec.certificate_overlap.clone()),
-    };
+    let spec = site_spec(id, opts, existing.as_ref());
     if !folder.link_key_file().is_file() {
         let key = skiff_certs::generate_link_key()?;
         write_atomic(&folder.link_key_file(), key.as_bytes(), SECRET_MODE)?;
@@ -161,6 +136,55 @@ pub fn create_site_with_id(
     let site = Site::new(name, spec);
     write_atomic(&folder.site_file(), to_yaml(&site).as_bytes(), PUBLIC_MODE)?;
     Ok((site, created))
+}
+
+/// A setting of [`SiteOptions`] that no site can have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SiteOptionsProblem {
+    /// Edge mode and link access together.
+    #[error("an edge site cannot accept links: drop --edge or --enable-link-access")]
+    EdgeAcceptsLinks,
+    /// A link host that is not a host name or IP address.
+    #[error("--link-host {0:?} is not a host name or IP address (give the port with --link-port)")]
+    BadLinkHost(String),
+}
+
+/// Checks the settings `create_site` would store, writing nothing.
+pub fn check_site_options(opts: &SiteOptions) -> Result<(), SiteOptionsProblem> {
+    if opts.edge && opts.link_access {
+        return Err(SiteOptionsProblem::EdgeAcceptsLinks);
+    }
+    for h in &opts.link_hosts {
+        if h.is_empty()
+            || h.contains(['/', ' '])
+            || (h.contains(':') && h.parse::<std::net::Ipv6Addr>().is_err())
+        {
+            return Err(SiteOptionsProblem::BadLinkHost(h.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The settings `create_site` stores for `opts` (checked with [`check_site_options`]) at a
+/// site of id `id`, whose current resource is `existing` (its link port and certificate
+/// overlap are kept unless given). Pure: what `skiff apply` compares with the site.
+pub fn site_spec(id: SiteId, opts: &SiteOptions, existing: Option<&Site>) -> SiteSpec {
+    let link_hosts = if opts.link_hosts.is_empty() && opts.link_access {
+        vec!["127.0.0.1".to_string()]
+    } else {
+        opts.link_hosts.clone()
+    };
+    SiteSpec {
+        id,
+        link_access: opts.link_access,
+        link_hosts,
+        link_port: opts
+            .link_port
+            .or(existing.map(|s| s.spec.link_port))
+            .unwrap_or(crate::resources::DEFAULT_LINK_PORT),
+        edge: opts.edge,
+        certificate_overlap: existing.and_then(|s| s.spec.certificate_overlap.clone()),
+    }
 }
 
 fn load_site_resource(folder: &SiteFolder) -> Result<Site, SiteError> {
@@ -314,74 +338,173 @@ pub fn delete_link(folder: &SiteFolder, name: &str) -> Result<(), SiteError> {
     remove_file(&folder.link_own_key_file(name))
 }
 
+/// Why a Link resource given by a user cannot be dialled by this site: the field at fault
+/// (`spec.clientCertificate`) and what is wrong with it, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkProblem {
+    /// The field at fault, as written in the resource.
+    pub field: &'static str,
+    /// What is wrong, and what to do.
+    pub reason: String,
+}
+
+impl std::fmt::Display for LinkProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// What [`check_link`] checks a link against: the site, its `link.key`, and whether
+/// Kubernetes runs it.
+pub struct LinkCheckSite<'a> {
+    /// The site.
+    pub site: &'a LoadedSite,
+    /// The site's `link.key` (PEM).
+    pub link_key: &'a str,
+    /// The Kubernetes namespace running the site, if one does.
+    pub kubernetes_namespace: Option<String>,
+}
+
 /// Checks that a Link resource given by a user (`skiff apply`, an offline link file) can be
-/// dialled by this site, then stores it. Its certificate must name this site's id and be
+/// dialled by this site, writing nothing. Its certificate must name this site's id and be
 /// signed by `peerCa`; it must certify `clientKey` when the resource has one (an offline
-/// link), else this site's `link.key` (a link read back with `skiff get links`). A
-/// Kubernetes site refuses offline links. Every refusal says which check failed and what to
-/// do.
-pub fn install_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
-    let loaded = load_site(folder)?;
+/// link), else this site's `link.key` (a link read back with `skiff get links`); its proxy
+/// must be usable. A Kubernetes site refuses offline links. Every refusal names its field,
+/// says which check failed and what to do.
+pub fn check_link(at: &LinkCheckSite<'_>, link: &Link) -> Result<(), LinkProblem> {
+    let site = at.site;
     let name = &link.metadata.name;
-    validate_name("link", name)?;
-    let bad = |reason: String| SiteError::InvalidArgument(format!("link {name:?}: {reason}"));
+    let bad = |field: &'static str, reason: String| LinkProblem { field, reason };
+    validate_name("link", name).map_err(|e| bad("metadata.name", e.to_string()))?;
     // A Kubernetes site's links live in Secrets (kubernetes::mirror), which carry
     // `links/NAME.yaml` only: the link's own key would be lost at the next pod start.
     if link.spec.client_key.is_some()
-        && let Some(ns) = folder.kubernetes_namespace()
+        && let Some(ns) = &at.kubernetes_namespace
     {
-        return Err(bad(format!(
-            "it is an offline link (it carries its own key), and this site runs in Kubernetes (namespace {ns}), whose Secrets would not keep that key across restarts: link this site with a token instead (skiff token issue at the other site)"
-        )));
+        return Err(bad(
+            "spec.clientKey",
+            format!(
+                "it is an offline link (it carries its own key), and this site runs in Kubernetes (namespace {ns}), whose Secrets would not keep that key across restarts: link this site with a token instead (skiff token issue at the other site)"
+            ),
+        ));
     }
-    let cert = skiff_certs::first_certificate(&link.spec.client_certificate)
-        .map_err(|e| bad(format!("spec.clientCertificate is unusable: {e}")))?;
-    let for_site = skiff_certs::peer_site_id(&cert)
-        .map_err(|e| bad(format!("spec.clientCertificate names no site: {e}")))?;
-    if for_site != loaded.id() {
-        return Err(bad(format!(
-            "its certificate was made for site {for_site}, but this site is {} ({}); \
-             make a link for this site at the other site (skiff token issue, or skiff link \
-             generate FILE --site-id {})",
-            loaded.name(),
-            loaded.id(),
-            loaded.id()
-        )));
+    let cert = skiff_certs::first_certificate(&link.spec.client_certificate).map_err(|e| {
+        bad(
+            "spec.clientCertificate",
+            format!("spec.clientCertificate is unusable: {e}"),
+        )
+    })?;
+    let for_site = skiff_certs::peer_site_id(&cert).map_err(|e| {
+        bad(
+            "spec.clientCertificate",
+            format!("spec.clientCertificate names no site: {e}"),
+        )
+    })?;
+    if for_site != site.id() {
+        return Err(bad(
+            "spec.clientCertificate",
+            format!(
+                "its certificate was made for site {for_site}, but this site is {} ({}); \
+                 make a link for this site at the other site (skiff token issue, or skiff link \
+                 generate FILE --site-id {})",
+                site.name(),
+                site.id(),
+                site.id()
+            ),
+        ));
     }
-    if link.spec.peer_site_id == loaded.id() {
-        return Err(bad("it points at this site itself".into()));
+    if link.spec.peer_site_id == site.id() {
+        return Err(bad(
+            "spec.peerSiteId",
+            "it points at this site itself".into(),
+        ));
     }
     let peer_ca = skiff_certs::first_certificate(&link.spec.peer_ca)
-        .map_err(|e| bad(format!("spec.peerCa is unusable: {e}")))?;
+        .map_err(|e| bad("spec.peerCa", format!("spec.peerCa is unusable: {e}")))?;
     signed_by(&cert, peer_ca).map_err(|why| {
-        bad(format!(
-            "spec.clientCertificate is not a valid link certificate signed by spec.peerCa ({why}): the file was altered or made for another site; make a new one at site {} ({})",
-            link.spec.peer_site_name, link.spec.peer_site_id
-        ))
+        bad(
+            "spec.clientCertificate",
+            format!(
+                "spec.clientCertificate is not a valid link certificate signed by spec.peerCa ({why}): the file was altered or made for another site; make a new one at site {} ({})",
+                link.spec.peer_site_name, link.spec.peer_site_id
+            ),
+        )
     })?;
     if link.spec.endpoints.is_empty() {
         return Err(bad(
+            "spec.endpoints",
             "spec.endpoints is empty: it needs at least one host:port".into(),
         ));
     }
-    let certified = skiff_certs::key_fingerprint(&cert)
-        .map_err(|e| bad(format!("spec.clientCertificate is unusable: {e}")))?;
-    let (key_pem, which) = match &link.spec.client_key {
-        Some(k) => (k.clone(), "spec.clientKey"),
-        None => (link_key(folder)?, "this site's link.key"),
-    };
-    let held = skiff_certs::private_key_fingerprint(&key_pem)
-        .map_err(|e| bad(format!("{which} is unusable: {e}")))?;
-    if held != certified {
-        return Err(bad(format!(
-            "its certificate does not certify {which}; {}",
-            if link.spec.client_key.is_some() {
-                "the file was altered: generate the link again"
-            } else {
-                "it belongs to another site folder: redeem a token here instead"
+    let certified = skiff_certs::key_fingerprint(&cert).map_err(|e| {
+        bad(
+            "spec.clientCertificate",
+            format!("spec.clientCertificate is unusable: {e}"),
+        )
+    })?;
+    match &link.spec.client_key {
+        Some(key) => {
+            let held = skiff_certs::private_key_fingerprint(key)
+                .map_err(|e| bad("spec.clientKey", format!("spec.clientKey is unusable: {e}")))?;
+            if held != certified {
+                return Err(bad(
+                    "spec.clientKey",
+                    "its certificate does not certify spec.clientKey; the file was altered: generate the link again".into(),
+                ));
             }
-        )));
+        }
+        None => {
+            let held = skiff_certs::private_key_fingerprint(at.link_key).map_err(|e| {
+                bad(
+                    "spec.clientCertificate",
+                    format!("this site's link.key is unusable: {e}"),
+                )
+            })?;
+            if held != certified {
+                // The certificate names this site but another key: a link that had its own
+                // key (an offline link), deleted with it.
+                return Err(bad(
+                    "spec.clientCertificate",
+                    format!(
+                        "link {name} is an offline link whose key (links/{name}.key) is gone (skiff delete removes it, and skiff get never shows it): ask site {} ({}) to generate a new link file (after revoking the old id there: skiff link revoke {})",
+                        link.spec.peer_site_name,
+                        link.spec.peer_site_id,
+                        site.id()
+                    ),
+                ));
+            }
+        }
     }
+    if link.spec.proxy.is_some() {
+        let field = if link.spec.transport == "quic" {
+            "spec.transport"
+        } else {
+            "spec.proxy"
+        };
+        link.proxy_config().map_err(|e| {
+            let reason = e.to_string();
+            let own = format!("link {name:?}: ");
+            bad(
+                field,
+                reason.strip_prefix(&own).unwrap_or(&reason).to_string(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks a Link resource given by a user ([`check_link`]), then stores it ([`save_link`]).
+pub fn install_link(folder: &SiteFolder, link: &Link) -> Result<(), SiteError> {
+    let site = load_site(folder)?;
+    let key = link_key(folder)?;
+    let at = LinkCheckSite {
+        site: &site,
+        link_key: &key,
+        kubernetes_namespace: folder.kubernetes_namespace(),
+    };
+    check_link(&at, link).map_err(|p| {
+        SiteError::InvalidArgument(format!("link {:?}: {}", link.metadata.name, p.reason))
+    })?;
     save_link(folder, link)
 }
 
@@ -703,6 +826,50 @@ mod tests {
         let (listed, key) = list_links(&folder).unwrap().remove(0);
         assert_eq!(Some(key), link.spec.client_key);
         assert_eq!(listed.spec.client_certificate, link.spec.client_certificate);
+    }
+
+    #[test]
+    fn a_proxied_link_with_transport_quic_is_refused_at_install() {
+        skiff_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path().join("b"));
+        let (b, _) = create_site(&folder, "b", &opts()).unwrap();
+        let ca = SiteCa::generate("a", SiteId::random()).unwrap();
+        let mut link = offline_link(&ca, b.spec.id);
+        link.spec.proxy = Some("http://proxy.example:3128".into());
+        link.spec.transport = "quic".into();
+        let err = install_link(&folder, &link).err().unwrap().to_string();
+        assert!(err.contains("QUIC is UDP"), "{err}");
+        assert!(!folder.links_dir().join("a.yaml").exists());
+        assert!(!folder.link_own_key_file("a").exists());
+        link.spec.proxy = Some("ftp://proxy.example:3128".into());
+        link.spec.transport = "tls".into();
+        let problem = check_link(
+            &LinkCheckSite {
+                site: &load_site(&folder).unwrap(),
+                link_key: &link_key(&folder).unwrap(),
+                kubernetes_namespace: None,
+            },
+            &link,
+        )
+        .unwrap_err();
+        assert_eq!(problem.field, "spec.proxy", "{problem}");
+        link.spec.transport = "auto".into();
+        link.spec.proxy = Some("http://proxy.example:3128".into());
+        install_link(&folder, &link).unwrap();
+    }
+
+    #[test]
+    fn the_nil_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path().join("b"));
+        let nil = SiteId::from_bytes([0; 16]);
+        let err = create_site_with_id(&folder, "b", &opts(), Some(nil))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("nil id"), "{err}");
+        assert!(!folder.exists());
     }
 
     #[test]

@@ -302,13 +302,6 @@ fn apply_creates_configures_and_leaves_unchanged() {
     );
     let l = services::list_listeners(&folder).unwrap();
     assert_eq!(l[0].spec.port, 8081);
-    // No scratch folder is left behind.
-    let hidden: Vec<_> = std::fs::read_dir(folder.root())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".apply"))
-        .collect();
-    assert!(hidden.is_empty(), "{hidden:?}");
 
     // What get gives back applies unchanged, byte for byte.
     let mut all = get(&folder, GetKind::Listeners, None).unwrap();
@@ -461,4 +454,144 @@ fn a_link_with_a_bad_transport_or_proxy_is_named() {
     let p = problem(&link("  transport: quic\n  proxy: http://proxy:3128\n"));
     assert_eq!(p.field.as_deref(), Some("spec.transport"), "{p}");
     assert!(p.message.contains("QUIC is UDP"), "{p}");
+}
+
+/// A Link named `name` to the site of `ca`, certified by `signer` for the site `for_site`,
+/// carrying its own key (as `skiff link generate` writes it).
+fn offline_link(name: &str, ca: &SiteCa, signer: &SiteCa, for_site: SiteId) -> Link {
+    let key = skiff_certs::generate_link_key().unwrap();
+    let csr = skiff_certs::link_csr(for_site, "west", &key).unwrap();
+    let (_, cert) = signer
+        .sign_link_csr(&csr, std::time::Duration::from_secs(3600))
+        .unwrap();
+    let spec = serde_json::from_value(serde_json::json!({
+        "peerSiteId": ca.site_id(),
+        "peerSiteName": "east",
+        "endpoints": ["127.0.0.1:1"],
+        "peerCa": ca.cert_pem(),
+        "clientCertificate": cert.cert_pem,
+        "clientKey": key,
+    }))
+    .unwrap();
+    Link::new(name, spec)
+}
+
+/// The problems `apply` finds in `text` against `folder` (which must refuse it).
+fn refused(folder: &SiteFolder, text: &str) -> Vec<Problem> {
+    match apply_text(folder, text) {
+        Err(ApplyError::Invalid(p)) => p,
+        other => panic!("not refused as invalid: {other:?}"),
+    }
+}
+
+use skiff_certs::SiteCa;
+
+#[test]
+fn a_certificate_signed_by_another_ca_is_named_at_the_certificate_and_nothing_is_written() {
+    let (_dir, folder) = site_folder();
+    let west = site::load_site(&folder).unwrap().id();
+    let east = SiteCa::generate("east", SiteId::random()).unwrap();
+    let other = SiteCa::generate("other", SiteId::random()).unwrap();
+    let before = snapshot(folder.root());
+    // peerCa is east's, the certificate other's: the certificate is what was swapped.
+    let text = to_yaml(&offline_link("east", &east, &other, west));
+    let p = refused(&folder, &text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    // The value of a block scalar (`clientCertificate: |`) starts on the line after its key.
+    let cert_line = 2 + text
+        .lines()
+        .position(|l| l.trim_start().starts_with("clientCertificate:"))
+        .unwrap() as u64;
+    assert_eq!(
+        (p[0].field.as_deref(), p[0].line),
+        (Some("spec.clientCertificate"), cert_line),
+        "{p:#?}"
+    );
+    assert!(
+        p[0].message
+            .contains("not a valid link certificate signed by spec.peerCa"),
+        "{}",
+        p[0]
+    );
+    assert_eq!(snapshot(folder.root()), before, "something was written");
+}
+
+#[test]
+fn a_link_named_like_one_to_another_site_is_refused_at_its_name() {
+    let (_dir, folder) = site_folder();
+    let west = site::load_site(&folder).unwrap().id();
+    let east = SiteCa::generate("east", SiteId::random()).unwrap();
+    let north = SiteCa::generate("north", SiteId::random()).unwrap();
+    let first = to_yaml(&offline_link("a", &east, &east, west));
+    assert_eq!(apply_text(&folder, &first).unwrap(), ["link/a created"]);
+    let before = snapshot(folder.root());
+    let second = to_yaml(&offline_link("a", &north, &north, west));
+    let p = refused(&folder, &second);
+    assert_eq!(p[0].field.as_deref(), Some("metadata.name"), "{p:#?}");
+    assert!(
+        p[0].message.contains(&format!(
+            "link a already links to site east ({})",
+            east.site_id()
+        )) && p[0].message.contains("delete link/a first"),
+        "{}",
+        p[0]
+    );
+    assert_eq!(
+        snapshot(folder.root()),
+        before,
+        "the link to east was replaced"
+    );
+    // A new certificate for the same peer is still taken.
+    let again = to_yaml(&offline_link("a", &east, &east, west));
+    assert_eq!(apply_text(&folder, &again).unwrap(), ["link/a configured"]);
+}
+
+#[test]
+fn an_offline_link_deleted_then_applied_from_get_output_says_its_key_is_gone() {
+    let (_dir, folder) = site_folder();
+    let west = site::load_site(&folder).unwrap().id();
+    let east = SiteCa::generate("east", SiteId::random()).unwrap();
+    let text = to_yaml(&offline_link("a", &east, &east, west));
+    assert_eq!(apply_text(&folder, &text).unwrap(), ["link/a created"]);
+    let got = to_yaml_stream(&get(&folder, GetKind::Links, None).unwrap());
+    assert!(
+        !got.contains("PRIVATE KEY") && !got.contains("clientKey"),
+        "{got}"
+    );
+    // While the key is there, get's output applies back unchanged.
+    assert_eq!(apply_text(&folder, &got).unwrap(), ["link/a unchanged"]);
+
+    let docs = parse(&input(&got), Purpose::Delete).unwrap();
+    let deleted = delete(&folder, &docs, |_| {}).unwrap();
+    assert_eq!(
+        deleted[0].key_deleted.as_deref(),
+        Some(folder.link_own_key_file("a").as_path())
+    );
+    assert!(!folder.link_own_key_file("a").exists());
+    let before = snapshot(folder.root());
+    let p = refused(&folder, &got);
+    assert_eq!(
+        p[0].field.as_deref(),
+        Some("spec.clientCertificate"),
+        "{p:#?}"
+    );
+    assert!(
+        p[0].message
+            .contains("link a is an offline link whose key (links/a.key) is gone")
+            && p[0].message.contains(&format!(
+                "ask site east ({}) to generate a new link file",
+                east.site_id()
+            )),
+        "{}",
+        p[0]
+    );
+    assert_eq!(snapshot(folder.root()), before, "something was written");
+}
+
+#[test]
+fn a_file_without_end_is_refused_after_the_input_limit() {
+    let started = std::time::Instant::now();
+    let err = read_path(Path::new("/dev/zero")).unwrap_err().to_string();
+    assert!(err.contains("/dev/zero holds more than 16 MiB"), "{err}");
+    eprintln!("/dev/zero refused after 16 MiB in {:?}", started.elapsed());
 }
