@@ -137,11 +137,6 @@ pub async fn redeem(
     }
     let token = AccessToken::from_yaml(token_text).map_err(SiteError::BadToken)?;
     let transport = opts.transport.clone().unwrap_or_else(|| "auto".into());
-    transport.parse::<TransportChoice>().map_err(|_| {
-        SiteError::InvalidArgument(format!(
-            "--transport {transport:?} is not one of quic, tls, auto"
-        ))
-    })?;
     let (transport, proxy) = redeem_transport(transport, opts.proxy.as_deref())?;
     if let Some(n) = &opts.name {
         validate_name("link", n)?;
@@ -200,12 +195,24 @@ pub async fn redeem(
     Ok(link)
 }
 
-/// The transport and proxy of a redeemed link: with a proxy, TLS over TCP (an HTTP proxy
+/// `transport`, if it is one of quic, tls, auto.
+fn checked_transport(transport: String) -> Result<String, SiteError> {
+    match transport.parse::<TransportChoice>() {
+        Ok(_) => Ok(transport),
+        Err(_) => Err(SiteError::InvalidArgument(format!(
+            "--transport {transport:?} is not one of quic, tls, auto"
+        ))),
+    }
+}
+
+/// The transport and proxy of a redeemed link (`transport` refused unless it is one of quic,
+/// tls, auto): with a proxy, TLS over TCP (an HTTP proxy
 /// tunnels TCP, QUIC is UDP): `auto` becomes `tls`, `quic` is refused.
 fn redeem_transport(
     transport: String,
     proxy: Option<&str>,
 ) -> Result<(String, Option<ProxyConfig>), SiteError> {
+    let transport = checked_transport(transport)?;
     let Some(url) = proxy else {
         return Ok((transport, None));
     };
@@ -463,7 +470,8 @@ async fn renew_peer(
             continue;
         }
         now.spec.client_certificate = answer.certificate.clone();
-        // save_link writes the YAML only; a link's own key stays where it is.
+        // save_link rewrites links/NAME.key from clientKey, and deletes it when clientKey is
+        // None: a link with its own key (an offline link) must be given it back.
         if folder.link_own_key_file(&now.metadata.name).is_file() {
             now.spec.client_key = Some(now_key);
         }
