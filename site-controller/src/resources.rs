@@ -109,8 +109,10 @@ pub struct Link {
     pub spec: LinkSpec,
 }
 
-/// `spec` of a Link. The private key is not here: it is the site's `link.key` (0600).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `spec` of a Link. A stored link has no private key here (it certifies the site's
+/// `link.key`, or its own `links/NAME.key`, both 0600); an offline link file carries one in
+/// `clientKey`, and a proxy URL may carry a password: `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LinkSpec {
     /// The peer's site id; its certificate must carry it.
@@ -143,6 +145,33 @@ pub struct LinkSpec {
     /// credentials is written 0600.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<String>,
+}
+
+impl std::fmt::Debug for LinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A proxy URL with a password shows its scheme and host only.
+        let proxy = self.proxy.as_deref().map(|u| match u.rsplit_once('@') {
+            Some((before, host)) => {
+                let scheme = before.split_once("://").map_or("", |(s, _)| s);
+                format!("{scheme}://<redacted>@{host}")
+            }
+            None => u.to_string(),
+        });
+        f.debug_struct("LinkSpec")
+            .field("peer_site_id", &self.peer_site_id)
+            .field("peer_site_name", &self.peer_site_name)
+            .field("endpoints", &self.endpoints)
+            .field("peer_ca", &self.peer_ca)
+            .field("client_certificate", &self.client_certificate)
+            .field("cost", &self.cost)
+            .field("transport", &self.transport)
+            .field(
+                "client_key",
+                &self.client_key.as_ref().map(|_| "<redacted private key>"),
+            )
+            .field("proxy", &proxy)
+            .finish()
+    }
 }
 
 impl Link {
@@ -507,6 +536,32 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<(), SiteError> {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn a_link_spec_debug_shows_no_private_key_and_no_proxy_password() {
+        let spec = LinkSpec {
+            peer_site_id: SiteId::random(),
+            peer_site_name: "a".into(),
+            endpoints: vec!["a.example:45671".into()],
+            peer_ca: "CA".into(),
+            client_certificate: "CERT".into(),
+            cost: 1,
+            transport: "tls".into(),
+            client_key: Some("-----BEGIN PRIVATE KEY-----\nSECRETKEY\n".into()),
+            proxy: Some("http://bob:hunter2@proxy.example:3128".into()),
+        };
+        let shown = format!("{spec:?}");
+        assert!(
+            !shown.contains("SECRETKEY") && !shown.contains("PRIVATE KEY"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("bob"),
+            "{shown}"
+        );
+        assert!(shown.contains("proxy.example:3128"), "{shown}");
+        assert!(shown.contains("a.example:45671"), "{shown}");
+    }
 
     #[test]
     fn site_roundtrips_and_defaults_apply() {
