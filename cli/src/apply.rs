@@ -16,8 +16,8 @@ use skiff_site_controller::token::reload_if_running;
 
 use crate::output;
 
-/// Most bytes read from standard input.
-const STDIN_LIMIT: u64 = 16 * 1024 * 1024;
+/// Most bytes read from standard input (as from each file).
+const STDIN_LIMIT: u64 = apply::INPUT_LIMIT;
 
 /// `skiff apply`.
 #[derive(Args)]
@@ -216,6 +216,14 @@ pub async fn delete(args: DeleteArgs) -> Result<ExitCode, SiteError> {
     let deleted = match apply::delete(&folder, &docs, |d| {
         if d.found {
             println!("{d}");
+            if let Some(key) = &d.key_deleted {
+                eprintln!(
+                    "note: {}/{} was an offline link: its private key ({}) was deleted with it, so it cannot be applied again (skiff get never shows that key); to link again, ask the other site for a new link file (skiff link generate there)",
+                    d.kind,
+                    d.name,
+                    key.display()
+                );
+            }
         } else if !ignore {
             eprintln!("error: {d}");
         }
@@ -244,6 +252,17 @@ pub async fn get(args: GetArgs) -> Result<ExitCode, SiteError> {
         GetWhat::Site => GetKind::Site,
     };
     let found = apply::get(&folder, kind, args.name.as_deref())?;
+    // Printed on purpose (apply -f takes the output back as it is): say so.
+    for r in &found {
+        if let apply::Stored::Link(l) = r
+            && l.proxy_has_credentials()
+        {
+            eprintln!(
+                "warning: link/{} carries its proxy's password (spec.proxy): keep this output private (e.g. umask 077 before writing it to a file)",
+                l.metadata.name
+            );
+        }
+    }
     match args.output {
         GetFormat::Yaml => {
             if found.is_empty() {
