@@ -494,6 +494,62 @@ impl Drop for Cleanup {
     }
 }
 
+/// A group of the user's name that exists already (left by an earlier install, or made by
+/// the operator): useradd alone refuses to make the user; install-service makes it a member.
+#[test]
+fn as_root_install_service_creates_the_user_in_an_existing_group_of_its_name() {
+    if !is_root() {
+        println!("SKIPPED: needs root (groupadd, useradd)");
+        return;
+    }
+    let _users = USERS.lock().unwrap_or_else(|e| e.into_inner());
+    let user = format!("skiff-grp-{}", std::process::id());
+    // Dropped last: the user goes first, then its group.
+    let _group = GroupCleanup(user.clone());
+    let _cleanup = Cleanup {
+        user: user.clone(),
+        paths: Vec::new(),
+    };
+    let made = Command::new("groupadd")
+        .args(["--system", &user])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "groupadd: {made:?}");
+    let Some(s) = Scratch::new() else { return };
+    let dir = s.site("grp", 45671);
+    let units = s.path("units");
+    let o = install(
+        &dir,
+        &s.binary(),
+        &["--unit-dir", units.to_str().unwrap(), "--user", &user],
+    );
+    assert!(
+        stdout(&o).contains(&format!("created system user {user}")),
+        "{}",
+        text(&o)
+    );
+    let gid = |db: &str, field: usize| -> String {
+        let o = Command::new("getent").args([db, &user]).output().unwrap();
+        let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        line.split(':').nth(field).unwrap_or_default().to_string()
+    };
+    assert_eq!(gid("passwd", 3), gid("group", 2), "not in the group {user}");
+    let m = fs::metadata(&dir).unwrap();
+    assert_eq!(m.gid().to_string(), gid("group", 2));
+}
+
+/// Removes, when dropped, a group a test made (userdel may have removed it already).
+struct GroupCleanup(String);
+
+impl Drop for GroupCleanup {
+    fn drop(&mut self) {
+        let known = Command::new("getent").args(["group", &self.0]).output();
+        if known.is_ok_and(|o| o.status.success()) {
+            let _ = Command::new("groupdel").arg(&self.0).output();
+        }
+    }
+}
+
 /// A `skiff site run` this test started; killed (by its own handle) if the test fails first.
 struct Running(Option<std::process::Child>);
 
@@ -633,6 +689,7 @@ fn as_root_install_service_creates_the_user_and_gives_it_the_folder() {
     let fields: Vec<&str> = entry.split(':').collect();
     assert_eq!(fields.len(), 7, "{entry}");
     assert_eq!(fields[6], "/usr/sbin/nologin", "{entry}");
+    assert_eq!(fields[5], "/nonexistent", "{entry}");
     let uid: u32 = fields[2].parse().unwrap();
     let gid: u32 = fields[3].parse().unwrap();
     assert!(uid < 1000, "not a system user: {entry}");

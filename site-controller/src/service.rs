@@ -277,7 +277,8 @@ pub fn install(plan: &ServicePlan, opts: &ServiceOptions) -> Result<Steps, SiteE
     } else {
         steps.push(format!(
             "not root: user {user} not created and {folder} not given to it; as root run: \
-             useradd --system --no-create-home --shell /usr/sbin/nologin {user}; \
+             useradd --system --no-create-home --home-dir /nonexistent --shell \
+             /usr/sbin/nologin {user}; \
              chown -R {user}: {folder}",
             user = opts.user,
             folder = plan.folder.display()
@@ -674,20 +675,28 @@ fn getent(database: &str, key: &str) -> Result<Option<String>, SiteError> {
     }
 }
 
-/// `useradd --system --no-create-home --shell /usr/sbin/nologin USER`.
+/// `useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin
+/// [--gid USER] USER`: `--gid` when a group of that name exists already (useradd would refuse
+/// to make it), so the user joins it.
 fn create_user(user: &str) -> Result<(), SiteError> {
     let useradd = ["/usr/sbin/useradd", "/sbin/useradd"]
         .into_iter()
         .find(|p| Path::new(p).is_file())
         .unwrap_or("useradd");
-    let out = Command::new(useradd)
-        .args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            user,
-        ])
+    let mut cmd = Command::new(useradd);
+    cmd.args([
+        "--system",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        "/usr/sbin/nologin",
+    ]);
+    if getent("group", user)?.is_some() {
+        cmd.args(["--gid", user]);
+    }
+    let out = cmd
+        .arg(user)
         .output()
         .map_err(|e| SiteError::io("run", Path::new(useradd), e))?;
     if out.status.success() {
@@ -705,42 +714,93 @@ fn create_user(user: &str) -> Result<(), SiteError> {
 /// targets; nothing outside `root` is followed). Returns how many entries it went through.
 ///
 /// The folder may already belong to the service's user (install-service run again), who could
-/// swap a sub-folder for a link to /etc while this runs: each folder is opened, checked to be
-/// the one examined, and its entries are reached through that open handle
-/// (`/proc/self/fd/N/NAME`), never through its path again.
+/// swap a sub-folder for a link to /etc while this runs: each entry is opened without following
+/// a link or waiting (`O_NOFOLLOW|O_NONBLOCK`, folders `O_DIRECTORY`), checked to be the one
+/// examined, and given through that handle (`fchown`); a folder's entries are reached through
+/// its open handle (`/proc/self/fd/N/NAME`), never through its path again. A plain file with
+/// more than one name (a hard link, perhaps to a file of root's) is refused, not given.
 fn give_tree(root: &Path, uid: u32, gid: u32) -> Result<usize, SiteError> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let mut count = 0;
     // Open folders whose entries are still pending: their handles must outlive those paths.
     let mut open = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(path) = pending.pop() {
-        let meta = fs::symlink_metadata(&path).map_err(|e| SiteError::io("read", &path, e))?;
-        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-            .map_err(|e| SiteError::io("give", &path, e))?;
+        // Named in errors: the path under `root`, not the /proc/self/fd/N one.
+        let shown = shown_path(root, &path, &open);
+        let meta = fs::symlink_metadata(&path).map_err(|e| SiteError::io("read", &shown, e))?;
+        let kind = meta.file_type();
         count += 1;
-        if !meta.is_dir() {
+        if kind.is_symlink() || kind.is_socket() {
+            // A link itself (never its target); a socket cannot be opened.
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .map_err(|e| SiteError::io("give", &shown, e))?;
             continue;
         }
-        let dir = fs::File::open(&path).map_err(|e| SiteError::io("open", &path, e))?;
-        let opened = dir
+        if !(kind.is_dir() || kind.is_file() || kind.is_fifo()) {
+            return Err(SiteError::InvalidArgument(format!(
+                "{} is a device, which a site folder never holds: inspect it, remove it and \
+                 run again",
+                shown.display()
+            )));
+        }
+        let mut flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        if kind.is_dir() {
+            flags |= libc::O_DIRECTORY;
+        }
+        let handle = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(&path)
+            .map_err(|e| SiteError::io("open", &shown, e))?;
+        let opened = handle
             .metadata()
-            .map_err(|e| SiteError::io("read", &path, e))?;
+            .map_err(|e| SiteError::io("read", &shown, e))?;
         if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
             return Err(SiteError::io(
                 "give",
-                &path,
+                &shown,
                 std::io::Error::other("it was replaced while being given away; run again"),
             ));
         }
-        let via = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        for entry in fs::read_dir(&via).map_err(|e| SiteError::io("list", &path, e))? {
-            let entry = entry.map_err(|e| SiteError::io("list", &path, e))?;
+        if opened.is_file() && opened.nlink() > 1 {
+            return Err(SiteError::InvalidArgument(format!(
+                "{} has {} names (hard links): giving it to the service's user would give the \
+                 file behind every name; skiff never makes one, so inspect it, remove the other \
+                 names (find / -samefile PATH) or copy it, and run again",
+                shown.display(),
+                opened.nlink()
+            )));
+        }
+        std::os::unix::fs::fchown(&handle, Some(uid), Some(gid))
+            .map_err(|e| SiteError::io("give", &shown, e))?;
+        if !opened.is_dir() {
+            continue;
+        }
+        let via = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+        for entry in fs::read_dir(&via).map_err(|e| SiteError::io("list", &shown, e))? {
+            let entry = entry.map_err(|e| SiteError::io("list", &shown, e))?;
             pending.push(via.join(entry.file_name()));
         }
-        open.push(dir);
+        open.push((shown, handle));
     }
     Ok(count)
+}
+
+/// The path under `root` of `path` (`/proc/self/fd/N/NAME`, N one of the `open` folders).
+fn shown_path(root: &Path, path: &Path, open: &[(PathBuf, fs::File)]) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    for (shown, handle) in open {
+        let via = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+        if let Ok(rest) = path.strip_prefix(&via) {
+            return shown.join(rest);
+        }
+    }
+    if path == root {
+        return root.to_path_buf();
+    }
+    path.to_path_buf()
 }
 
 /// `systemctl ARGS`, its error output in the error.
@@ -811,6 +871,15 @@ mod tests {
         let count = give_tree(&root, 65534, 65534).unwrap();
         // west, site.yaml, links, deeper, a.yaml, planted, up.
         assert_eq!(count, 7);
+        // A hard link to a file of root's (planted where protected_hardlinks is off): refused,
+        // naming it, and the file stays root's.
+        fs::hard_link(&outside, root.join("links/deeper/b.yaml")).unwrap();
+        let err = give_tree(&root, 65534, 65534).unwrap_err().to_string();
+        assert!(
+            err.contains("links/deeper/b.yaml has 2 names (hard links)"),
+            "{err}"
+        );
+        fs::remove_file(root.join("links/deeper/b.yaml")).unwrap();
         for p in [
             "",
             "site.yaml",
