@@ -4,7 +4,9 @@
 //! link's own key and is closed by a revocation; a file for a new site id makes that site with
 //! `site create --id`; and every misuse (another site, a swapped key, a tampered certificate,
 //! no link access, a folder of another site) is refused with a clear message and nothing
-//! written.
+//! written; an offline link goes through `apply -f`, `get links` (no key shown) and
+//! `delete -f` (which says its key went too), and a generate whose reload failed keeps its
+//! file.
 
 mod common;
 
@@ -486,8 +488,145 @@ fn misused_offline_link_files_are_refused_and_nothing_is_written() {
         err.lines().next().unwrap_or_default()
     );
     assert!(link_files(&b).is_empty(), "{:?}", link_files(&b));
+    // apply -f names the field at fault: the certificate, not the CA that checks it.
+    let err = fails(&[
+        "apply",
+        "-f",
+        tampered_file.to_str().unwrap(),
+        "--dir",
+        b.d(),
+    ]);
+    assert!(
+        err.contains(": spec.clientCertificate: ") && !err.contains(": spec.peerCa: "),
+        "{err}"
+    );
+    assert!(link_files(&b).is_empty(), "{:?}", link_files(&b));
 
     // The untouched file still installs.
     ok(&["token", "redeem", file.to_str().unwrap(), "--dir", b.d()]);
     assert_eq!(link_files(&b), ["a.key", "a.yaml"]);
+}
+
+#[test]
+fn an_offline_link_applied_read_back_and_deleted_and_a_generate_whose_reload_failed() {
+    let mut a = Site::create_on_fixed_port("a");
+    let mut b = Site::create("b", false);
+    let b_id = site_id(&b);
+    a.start();
+
+    // A record the running site cannot read: its reload fails after generate recorded b.
+    let peers = a.dir.join("peers");
+    std::fs::create_dir_all(&peers).unwrap();
+    let broken = peers.join("zz-broken.yaml");
+    std::fs::write(&broken, "kind: [\n").unwrap();
+    let file = a.dir.with_file_name("for-b.link.yaml");
+    let (_, stderr) = generate(&a, &file, &["--site-id", &b_id]);
+    assert!(
+        stderr.contains(&format!("warning: site {b_id} is recorded here"))
+            && stderr.contains("the running site did not reload")
+            && stderr.contains("skiff site reload"),
+        "{stderr}"
+    );
+    assert_eq!(mode(&file), 0o600, "the link file was not kept");
+    assert!(peers.join(format!("{b_id}.yaml")).is_file());
+    // A retry is refused (the id is recorded) and leaves the first file alone.
+    let retry = a.dir.with_file_name("retry.link.yaml");
+    let err = fails(&[
+        "link",
+        "generate",
+        retry.to_str().unwrap(),
+        "--site-id",
+        &b_id,
+        "--dir",
+        a.d(),
+    ]);
+    assert!(err.contains("linked here already"), "{err}");
+    assert!(file.is_file() && !retry.exists());
+    std::fs::remove_file(&broken).unwrap();
+    ok(&["site", "reload", "--dir", a.d()]);
+
+    // apply -f installs the offline link file: its key apart (0600), the link comes up.
+    let out = ok(&["apply", "-f", file.to_str().unwrap(), "--dir", b.d()]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "link/a created"
+    );
+    assert_eq!(link_files(&b), ["a.key", "a.yaml"]);
+    assert_eq!(mode(&b.dir.join("links/a.key")), 0o600);
+    let t0 = Instant::now();
+    b.start();
+    b.wait_link(Duration::from_secs(10), "up to a", outbound_up);
+    let up_in = t0.elapsed();
+
+    // get links shows neither the key nor a clientKey field.
+    let got = String::from_utf8_lossy(&ok(&["get", "links", "-o", "yaml", "--dir", b.d()]).stdout)
+        .into_owned();
+    assert!(
+        got.contains("kind: Link") && !got.contains("PRIVATE KEY") && !got.contains("clientKey"),
+        "{got}"
+    );
+    let got_file = b.dir.with_file_name("links-of-b.yaml");
+    std::fs::write(&got_file, &got).unwrap();
+
+    // delete -f says the key went with it; applying get's output back then says why it fails.
+    let out = ok(&["delete", "-f", got_file.to_str().unwrap(), "--dir", b.d()]);
+    let note = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        note.contains("note: link/a was an offline link: its private key (")
+            && note.contains("links/a.key) was deleted with it"),
+        "{note}"
+    );
+    assert!(link_files(&b).is_empty(), "{:?}", link_files(&b));
+    let err = fails(&["apply", "-f", got_file.to_str().unwrap(), "--dir", b.d()]);
+    assert!(
+        err.contains(
+            ": spec.clientCertificate: link a is an offline link whose key (links/a.key) is gone"
+        ) && err.contains(&format!(
+            "ask site a ({}) to generate a new link file",
+            site_id(&a)
+        )),
+        "{err}"
+    );
+    assert!(link_files(&b).is_empty(), "{:?}", link_files(&b));
+    eprintln!("offline link applied with apply -f: up {up_in:?} after b started");
+}
+
+#[test]
+fn a_bad_transport_is_refused_with_a_proxy_and_get_links_warns_of_a_proxy_password() {
+    let a = Site::create_on_fixed_port("a");
+    let b = Site::create("b", false);
+    let file = a.dir.with_file_name("for-b.link.yaml");
+    generate(&a, &file, &["--site-id", &site_id(&b)]);
+    let f = file.to_str().unwrap();
+    let proxy = "http://bob:s3cret@127.0.0.1:9";
+    // With --proxy, an invalid --transport used to become tls.
+    let err = fails(&[
+        "token",
+        "redeem",
+        f,
+        "--transport",
+        "udp",
+        "--proxy",
+        proxy,
+        "--dir",
+        b.d(),
+    ]);
+    assert!(
+        err.contains("--transport \"udp\" is not one of quic, tls, auto"),
+        "{err}"
+    );
+    assert!(link_files(&b).is_empty(), "{:?}", link_files(&b));
+
+    ok(&["token", "redeem", f, "--proxy", proxy, "--dir", b.d()]);
+    let got = ok(&["get", "links", "-o", "yaml", "--dir", b.d()]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&got.stdout),
+        String::from_utf8_lossy(&got.stderr),
+    );
+    assert!(stdout.contains("s3cret"), "{stdout}");
+    assert!(
+        stderr.contains("warning: link/a carries its proxy's password (spec.proxy)")
+            && stderr.contains("umask 077"),
+        "{stderr}"
+    );
 }
