@@ -1,7 +1,8 @@
 //! `skiff site install-service`: the command line of the systemd unit of a site (rendering
 //! and installing are in `skiff_site_controller::service`).
 
-use std::path::PathBuf;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use skiff_site_controller::SiteError;
@@ -14,7 +15,8 @@ pub struct InstallServiceArgs {
     /// The system user the service runs as; created when missing, and given the folder.
     #[arg(long, default_value = service::DEFAULT_USER)]
     user: String,
-    /// The skiff binary the unit runs [default: this executable].
+    /// The skiff binary the unit runs [default: this executable, by the path it was started
+    /// with: a symbolic link is kept].
     #[arg(long)]
     binary: Option<PathBuf>,
     /// Where the unit files go; systemctl is run only for the default.
@@ -35,8 +37,7 @@ pub fn install_service(
 ) -> Result<ExitCode, SiteError> {
     let binary = match args.binary {
         Some(b) => b,
-        None => std::env::current_exe()
-            .map_err(|e| SiteError::io("find", std::path::Path::new("this executable"), e))?,
+        None => this_binary()?,
     };
     let opts = ServiceOptions {
         user: args.user,
@@ -77,4 +78,28 @@ pub fn install_service(
         println!("{step}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// This executable by the path it was started with (`/usr/local/bin/skiff`, found in `PATH`
+/// when started as `skiff`), so that a symbolic link stays in the unit: a link swapped to a
+/// new version upgrades the service. The resolved file (`current_exe`) when that path does not
+/// lead to this executable.
+fn this_binary() -> Result<PathBuf, SiteError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| SiteError::io("find", Path::new("this executable"), e))?;
+    let Some(named) = std::env::args_os().next().map(PathBuf::from) else {
+        return Ok(exe);
+    };
+    let candidate = if named.components().count() > 1 {
+        std::path::absolute(&named).ok()
+    } else {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .filter(|d| d.is_absolute())
+                .map(|d| d.join(&named))
+                .find(|p| p.is_file())
+        })
+    };
+    let same = |p: &Path| fs::canonicalize(p).ok() == fs::canonicalize(&exe).ok();
+    Ok(candidate.filter(|c| same(c)).unwrap_or(exe))
 }

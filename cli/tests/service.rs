@@ -439,6 +439,46 @@ fn print_shows_the_unit_and_changes_nothing() {
     );
 }
 
+/// Without `--binary`, the unit names the binary by the path it was started with, a symbolic
+/// link kept (swapping the link upgrades the service): started by its path, and by its name
+/// found in PATH.
+#[test]
+fn the_default_binary_keeps_the_symbolic_link_it_was_started_through() {
+    let Some(s) = Scratch::new() else { return };
+    let dir = s.site("link", 45671);
+    let bin = s.binary();
+    let links = s.path("current");
+    fs::create_dir_all(&links).unwrap();
+    let link = links.join("skiff");
+    std::os::unix::fs::symlink(&bin, &link).unwrap();
+    let args = [
+        "site",
+        "install-service",
+        "--print",
+        "--dir",
+        dir.to_str().unwrap(),
+    ];
+    let by_path = Command::new(&link)
+        .args(args)
+        .env_remove("SKIFF_DIR")
+        .output()
+        .unwrap();
+    let by_name = Command::new("skiff")
+        .args(args)
+        .env_remove("SKIFF_DIR")
+        .env("PATH", format!("{}:/usr/bin:/bin", links.display()))
+        .output()
+        .unwrap();
+    for o in [by_path, by_name] {
+        assert!(o.status.success(), "{}", text(&o));
+        let out = stdout(&o);
+        assert!(
+            out.contains(&format!("ExecStart={} site run\n", link.display())),
+            "the link was resolved: {out}"
+        );
+    }
+}
+
 /// Without root, and without --print or --unit-dir, install-service says it needs root and
 /// what to do instead. As root the check runs the binary as `nobody` (setpriv).
 #[test]
