@@ -318,7 +318,7 @@ enum NetworkCommand {
 fn main() -> ExitCode {
     tune_allocator();
     skiff_certs::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli: Cli = logging::parse_args();
     let quiet = !matches!(cli.command, Command::Site(SiteCommand::Run { .. }));
     logging::init(&cli.log, !quiet);
     if !quiet {
@@ -330,7 +330,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: could not start the async runtime: {e}");
+            logging::report_error(&format!("could not start the async runtime: {e}"), None);
             return ExitCode::FAILURE;
         }
     };
@@ -731,23 +731,28 @@ async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
             } else if outcomes.is_empty() {
                 println!("no outbound links: nothing to renew");
             } else {
-                for o in &outcomes {
-                    let links = o.links.join(", ");
-                    match &o.error {
-                        None => println!(
-                            "link {links} (to {}): renewed, serial {}, expires {}; the old certificate links until {}",
-                            o.peer_site_name,
-                            o.serial.as_deref().unwrap_or_default(),
-                            o.expires.as_deref().unwrap_or_default(),
-                            o.previous_valid_until.as_deref().unwrap_or_default()
-                        ),
-                        Some(e) => eprintln!(
-                            "error: link {links} (to {}): not renewed: {e}",
-                            o.peer_site_name
-                        ),
-                    }
+                for o in outcomes.iter().filter(|o| o.error.is_none()) {
+                    println!(
+                        "link {} (to {}): renewed, serial {}, expires {}; the old certificate links until {}",
+                        o.links.join(", "),
+                        o.peer_site_name,
+                        o.serial.as_deref().unwrap_or_default(),
+                        o.expires.as_deref().unwrap_or_default(),
+                        o.previous_valid_until.as_deref().unwrap_or_default()
+                    );
                 }
             }
+            let not_renewed: Vec<String> = outcomes
+                .iter()
+                .filter_map(|o| {
+                    let e = o.error.as_ref()?;
+                    Some(format!(
+                        "link {} (to {}): not renewed: {e}",
+                        o.links.join(", "),
+                        o.peer_site_name
+                    ))
+                })
+                .collect();
             // The renewed certificates are stored whatever happens now: say so first, then
             // hand them to the running site.
             let mut reload_failed = false;
@@ -755,17 +760,22 @@ async fn link_command(c: LinkCommand) -> Result<ExitCode, SiteError> {
                 && let Err(e) = tokens::reload_if_running(&folder).await
             {
                 reload_failed = true;
-                eprintln!(
-                    "error: the renewed certificates are stored in the link files, but the running site did not take them: {}",
-                    skiff_site_controller::error_chain(&e)
-                );
-                eprintln!(
-                    "hint: its established links are unaffected; it uses the new certificates after: skiff site run (restart), or the next command that reloads it"
+                logging::report_error(
+                    &format!(
+                        "the renewed certificates are stored in the link files, but the running site did not take them: {}",
+                        skiff_site_controller::error_chain(&e)
+                    ),
+                    Some(
+                        "its established links are unaffected; it uses the new certificates after: skiff site run (restart), or the next command that reloads it",
+                    ),
                 );
             }
             if failed > 0 {
-                eprintln!(
-                    "hint: a link that was not renewed keeps its certificate and works until it expires; check that the issuing site runs and has not revoked this one, then retry"
+                logging::report_errors(
+                    &not_renewed,
+                    Some(
+                        "a link that was not renewed keeps its certificate and works until it expires; check that the issuing site runs and has not revoked this one, then retry",
+                    ),
                 );
                 return Ok(ExitCode::FAILURE);
             }

@@ -550,6 +550,38 @@ fn a_listener_that_cannot_bind_and_a_broken_site_yaml_fail_the_reload() {
 }
 
 #[test]
+fn link_renew_failures_are_json_lines_when_asked() {
+    let mut west = Site::create_on_fixed_port("west");
+    let east = Site::create("east", false);
+    west.start();
+    link(&east, &west);
+    // The issuer stopped: the renewal cannot reach it.
+    west.stop();
+    let o = east.run(&["--log-format", "json", "link", "renew"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{err}")))
+        .collect();
+    let failure = lines
+        .iter()
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("link west") && m.contains("not renewed"))
+        })
+        .unwrap_or_else(|| panic!("no 'not renewed' line: {err}"));
+    assert_eq!(failure["level"], "ERROR");
+    assert!(
+        failure["fields"]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("keeps its certificate")),
+        "{failure}"
+    );
+}
+
+#[test]
 fn an_unusable_link_file_is_skipped_and_the_rest_of_the_site_runs() {
     let mut west = Site::create_on_fixed_port("west");
     let mut east = Site::create("east", false);
@@ -687,6 +719,61 @@ fn log_lines_are_json_when_asked_and_filtered_by_level() {
     assert!(!site.dir.join("admin.sock").exists(), "the site ran");
     let o = skiff(&["--log-format", "xml", "version"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    // Valid filters beyond a level: a bare target, 0-5, spaces after the commas.
+    for level in ["skiff_router", "3", "info, skiff_router=debug"] {
+        let o = skiff(&["--log-level", level, "version"]);
+        assert!(o.status.success(), "--log-level {level:?}: {}", text(&o));
+    }
+    // A bad SKIFF_LOG is warned about once and the default used; the verb still runs.
+    let o = Command::new(skiff_bin())
+        .arg("version")
+        .env("SKIFF_LOG", "infoo")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        err.matches("warning: env SKIFF_LOG=\"infoo\" ignored")
+            .count(),
+        1,
+        "{err}"
+    );
+
+    // A usage error is one JSON object when JSON was asked for, by flag or environment.
+    let usage = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(skiff_bin());
+        cmd.args(args).env_remove("SKIFF_LOG_FORMAT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    for (args, env) in [
+        (&["--log-format", "json", "version", "--bogus"][..], &[][..]),
+        (
+            &["version", "--bogus"][..],
+            &[("SKIFF_LOG_FORMAT", "json")][..],
+        ),
+    ] {
+        let o = usage(args, env);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "one JSON line expected: {err}");
+        let v: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {err}"));
+        assert_eq!(v["level"], "ERROR", "{v}");
+        assert!(
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--bogus")),
+            "{v}"
+        );
+    }
+    // Without JSON asked for, clap's own text.
+    let o = usage(&["version", "--bogus"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("error: unexpected argument"));
     eprintln!(
         "figures: {json_lines} JSON lines all parsed; {debug_lines} DEBUG lines at --log-level debug"
     );
