@@ -28,7 +28,7 @@ pub struct GenerateOptions {
     /// The redeeming site's id; `None`: a new id is allocated (the site is then created with
     /// `skiff site create NAME --id ID`).
     pub site_id: Option<SiteId>,
-    /// The redeeming site's name as recorded here [default: `offline-<first 8 of its id>`].
+    /// The redeeming site's name as recorded here (default: `offline-<first 8 of its id>`).
     pub peer_name: Option<String>,
     /// The link's name at the redeeming site [default: this site's name].
     pub name: Option<String>,

@@ -357,7 +357,7 @@ fn nothing_is_written_when_one_document_fails_against_the_site() {
         panic!()
     };
     assert_eq!(p[0].field.as_deref(), Some("spec.edge"), "{p:#?}");
-    // A link made for another site: refused by install_link, nothing written.
+    // A link made for another site: refused by site::check_link, nothing written.
     let (_other_dir, other) = site_folder();
     let foreign_cert = other.root().join("router.pem");
     let cert = std::fs::read_to_string(foreign_cert).unwrap();
