@@ -755,12 +755,27 @@ fn as_root_install_service_creates_the_user_and_gives_it_the_folder() {
     );
     assert!(count >= 10, "only {count} entries in the folder");
 
-    // The template, and the capability in a drop-in for this instance only.
+    // The template (the example, shared by every instance), this instance's user and binary
+    // in a drop-in, and the capability in another, for this instance only.
     let template = fs::read_to_string(units.join("skiff@.service")).unwrap();
+    assert_eq!(
+        template,
+        include_str!("../../examples/systemd/skiff@.service"),
+        "one instance's --user or --binary changed the shared template"
+    );
     let lines = settings(&template);
-    assert!(
-        lines.contains(&format!("User={user}").as_str()),
-        "{template}"
+    let own_path = units.join(format!("skiff@{site}.service.d/40-user-binary.conf"));
+    let own = fs::read_to_string(&own_path).unwrap();
+    assert_eq!(
+        settings(&own),
+        [
+            "[Service]".to_string(),
+            format!("User={user}"),
+            format!("Group={user}"),
+            "ExecStart=".into(),
+            format!("ExecStart={} site run", bin.display()),
+        ],
+        "{own}"
     );
     assert!(
         lines.contains(&"Environment=SKIFF_DIR=%S/skiff/%i"),

@@ -31,6 +31,10 @@ pub const TEMPLATE_UNIT: &str = "skiff@.service";
 pub const DEFAULT_BINARY: &str = "/usr/local/bin/skiff";
 /// The drop-in that gives a template instance `CAP_NET_BIND_SERVICE`.
 const LOW_PORTS_DROP_IN: &str = "50-low-ports.conf";
+/// The drop-in that gives a template instance its own user or binary (`--user`, `--binary`
+/// other than the template's): the template, shared by every instance, is never changed for
+/// one of them.
+const RUN_AS_DROP_IN: &str = "40-user-binary.conf";
 
 /// What `skiff site install-service` was asked for.
 #[derive(Debug, Clone)]
@@ -67,7 +71,7 @@ pub struct ServicePlan {
     pub template: bool,
     /// Files to write, in order.
     pub files: Vec<UnitFile>,
-    /// Files to remove (a low-port drop-in the site no longer needs).
+    /// Files to remove (a drop-in the site no longer needs).
     pub stale: Vec<PathBuf>,
     /// Why the unit grants `CAP_NET_BIND_SERVICE` (`link port 443`, `listener "web" on port
     /// 80`); empty: it grants no capability.
@@ -160,15 +164,33 @@ pub fn plan(folder: &SiteFolder, opts: &ServiceOptions) -> Result<ServicePlan, S
     let mut stale = Vec::new();
     let (unit, template) = match instance {
         Some(instance) => {
+            // The template always has the defaults; this instance's own user or binary go
+            // into a drop-in of its own.
+            let defaults = UnitParams {
+                binary: DEFAULT_BINARY,
+                user: DEFAULT_USER,
+                group: DEFAULT_USER,
+            };
             files.push(UnitFile {
                 path: opts.unit_dir.join(TEMPLATE_UNIT),
-                text: template_unit(&params),
+                text: template_unit(&defaults),
             });
             let unit = format!("skiff@{instance}.service");
-            let drop_in = opts
-                .unit_dir
-                .join(format!("{unit}.d"))
-                .join(LOW_PORTS_DROP_IN);
+            let drop_ins = opts.unit_dir.join(format!("{unit}.d"));
+            let run_as = drop_ins.join(RUN_AS_DROP_IN);
+            if (params.binary, params.user, params.group)
+                == (defaults.binary, defaults.user, defaults.group)
+            {
+                if run_as.exists() {
+                    stale.push(run_as);
+                }
+            } else {
+                files.push(UnitFile {
+                    path: run_as,
+                    text: run_as_drop_in(&site, &params),
+                });
+            }
+            let drop_in = drop_ins.join(LOW_PORTS_DROP_IN);
             if low_ports.is_empty() {
                 if drop_in.exists() {
                     stale.push(drop_in);
@@ -297,17 +319,19 @@ pub fn install(plan: &ServicePlan, opts: &ServiceOptions) -> Result<Steps, SiteE
         steps.push(format!("wrote {}", file.path.display()));
         if replaced.is_some() && file.path.file_name() == Some(TEMPLATE_UNIT.as_ref()) {
             steps.push(format!(
-                "{TEMPLATE_UNIT} had other settings: every skiff@ service gets these at its \
-                 next (re)start"
+                "{TEMPLATE_UNIT} had other settings: every skiff@ service without a drop-in of \
+                 its own gets these at its next (re)start"
             ));
         }
     }
     for path in &plan.stale {
         remove_file(path)?;
-        steps.push(format!(
-            "removed {} (no port below 1024 any more)",
-            path.display()
-        ));
+        let why = if path.file_name() == Some(RUN_AS_DROP_IN.as_ref()) {
+            "the template's user and binary again"
+        } else {
+            "no port below 1024 any more"
+        };
+        steps.push(format!("removed {} ({why})", path.display()));
     }
     if !plan.low_ports.is_empty() {
         steps.push(format!(
@@ -438,8 +462,9 @@ WantedBy=multi-user.target
 fn template_unit(p: &UnitParams<'_>) -> String {
     let head =
         "# A skiff site as a systemd service: one instance per site, instance name = site name, the
-# site's folder /var/lib/skiff/INSTANCE. `skiff site install-service` writes this file
-# (with its --binary and --user); see docs/vm.md.
+# site's folder /var/lib/skiff/INSTANCE. `skiff site install-service` writes this file (an
+# instance with another --user or --binary gets them in skiff@NAME.service.d/40-user-binary.conf);
+# see docs/vm.md.
 #   systemctl enable --now skiff@west    run the site in /var/lib/skiff/west, now and at boot
 #   systemctl reload skiff@west          re-read the folder (SIGHUP, as `skiff site reload`)
 #   journalctl -u skiff@west             its log
@@ -459,6 +484,24 @@ After=network-online.target
 CapabilityBoundingSet=
 ";
     format!("{head}{}", service_section(p, env_dir, paths, caps))
+}
+
+/// The drop-in that runs one template instance as another user or another binary than the
+/// template's.
+fn run_as_drop_in(site: &str, p: &UnitParams<'_>) -> String {
+    format!(
+        "# Written by `skiff site install-service` (--user, --binary): the site {site:?} runs as
+# this user and binary instead of the template's ({DEFAULT_USER}, {DEFAULT_BINARY}).
+[Service]
+User={user}
+Group={group}
+ExecStart=
+ExecStart={binary} site run
+",
+        user = p.user,
+        group = p.group,
+        binary = p.binary,
+    )
 }
 
 /// The drop-in that lets one template instance bind ports below 1024.
