@@ -448,6 +448,18 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
         "{reason}"
     );
     eprintln!("wrong proxy password, link status: {reason}");
+    // Not asked again every 5 s (BACKOFF_CAP): the next try is 180 s away, like a revocation.
+    let target = format!("127.0.0.1:{port}");
+    let tried = proxy.connects_to(&target);
+    std::thread::sleep(Duration::from_secs(7));
+    let again = proxy.connects_to(&target) - tried;
+    eprintln!("CONNECTs in the 7 s after a 401: {again}");
+    assert_eq!(
+        again,
+        0,
+        "a refused password was retried within 7 s: {}",
+        proxy.log()
+    );
     let list = text(&east.run(&["link", "list"]));
     let json = text(&east.run(&["link", "list", "--output", "json"]));
     for shown in [list.as_str(), json.as_str(), &east.log()] {
