@@ -284,6 +284,7 @@ impl SiteFolder {
             self.lock_file(),
             self.renew_lock_file(),
             self.admin_socket(),
+            self.kubernetes_marker(),
         ] {
             let Some(meta) = lstat(&file)? else { continue };
             let kind = meta.file_type();
