@@ -130,13 +130,12 @@ fn read_inputs(files: &[String]) -> Result<Vec<Input>, SiteError> {
 
 /// Prints every problem; nothing was changed.
 fn report(problems: &[Problem], verb: &str) -> ExitCode {
-    for p in problems {
-        eprintln!("error: {p}");
-    }
-    eprintln!(
-        "hint: nothing was {verb} ({} problem(s)): fix the file(s) and run the command again",
+    let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    let hint = format!(
+        "nothing was {verb} ({} problem(s)): fix the file(s) and run the command again",
         problems.len()
     );
+    crate::logging::report_errors(&lines, Some(&hint));
     ExitCode::FAILURE
 }
 
@@ -179,7 +178,7 @@ pub async fn apply(args: ApplyArgs) -> Result<ExitCode, SiteError> {
 
 /// Reports each listener or connector the running site cannot use; failure if there is one.
 async fn unusable(folder: &SiteFolder, outcomes: &[apply::Outcome]) -> ExitCode {
-    let mut failed = false;
+    let mut failed = Vec::new();
     for o in outcomes {
         let kind = match o.kind {
             Kind::Listener => output::Service::Listener,
@@ -187,16 +186,18 @@ async fn unusable(folder: &SiteFolder, outcomes: &[apply::Outcome]) -> ExitCode 
             Kind::Site | Kind::Link => continue,
         };
         if let Some(reason) = output::service_error(kind, folder, &o.name).await {
-            eprintln!(
-                "error: {}/{} is saved but the running site cannot use it: {reason}",
+            failed.push(format!(
+                "{}/{} is saved but the running site cannot use it: {reason}",
                 o.kind, o.name
-            );
-            failed = true;
+            ));
         }
     }
-    if failed {
-        eprintln!(
-            "hint: fix it in the file and apply it again (see: skiff listener list, skiff connector list)"
+    if !failed.is_empty() {
+        crate::logging::report_errors(
+            &failed,
+            Some(
+                "fix it in the file and apply it again (see: skiff listener list, skiff connector list)",
+            ),
         );
         ExitCode::FAILURE
     } else {
@@ -224,8 +225,6 @@ pub async fn delete(args: DeleteArgs) -> Result<ExitCode, SiteError> {
                     key.display()
                 );
             }
-        } else if !ignore {
-            eprintln!("error: {d}");
         }
     }) {
         Ok(d) => d,
@@ -235,8 +234,16 @@ pub async fn delete(args: DeleteArgs) -> Result<ExitCode, SiteError> {
     if deleted.iter().any(|d| d.found) {
         reload_if_running(&folder).await?;
     }
-    if !ignore && deleted.iter().any(|d| !d.found) {
-        eprintln!("hint: pass --ignore-not-found when a missing one is fine");
+    let missing: Vec<String> = deleted
+        .iter()
+        .filter(|d| !d.found)
+        .map(|d| d.to_string())
+        .collect();
+    if !ignore && !missing.is_empty() {
+        crate::logging::report_errors(
+            &missing,
+            Some("pass --ignore-not-found when a missing one is fine"),
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
