@@ -621,6 +621,12 @@ async fn token_command(c: TokenCommand) -> Result<ExitCode, SiteError> {
                 link.spec.endpoints.join(", "),
                 link.spec.cost
             );
+            if file != "-" && folder.link_own_key_file(&link.metadata.name).is_file() {
+                eprintln!(
+                    "note: {file} holds the link's private key, now also in {}: delete {file} (e.g. shred -u {file})",
+                    folder.link_own_key_file(&link.metadata.name).display()
+                );
+            }
             if folder.is_locked() {
                 println!("check it with: skiff link list");
             } else {
