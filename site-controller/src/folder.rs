@@ -494,7 +494,8 @@ fn own_uid() -> Option<u32> {
     fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
-fn running_as_root() -> bool {
+/// Whether this process runs as root (the owner of what it creates is then root).
+pub(crate) fn running_as_root() -> bool {
     fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)

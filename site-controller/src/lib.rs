@@ -14,7 +14,7 @@
 //! - [`services`]: listeners and connectors (the verbs, and their router specs).
 //! - [`service`]: the systemd unit of a site (`skiff site install-service`).
 //! - `fuzzing`: the bodies of the fuzz targets, shared with the seed replay test (hidden).
-//! - [`kubernetes`]: the Kubernetes site (feature `kubernetes`): the folder fed from the API.
+//! - `kubernetes`: the Kubernetes site (feature `kubernetes`): the folder fed from the API.
 
 #![forbid(unsafe_code)]
 

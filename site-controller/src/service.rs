@@ -89,7 +89,7 @@ pub type Steps = Vec<String>;
 /// Refuses early, before reading anything, what only root may do: install into
 /// [`DEFAULT_UNIT_DIR`] (it also makes a user and gives the folder away).
 pub fn check_may_install(opts: &ServiceOptions) -> Result<(), SiteError> {
-    if is_root() || opts.unit_dir != Path::new(DEFAULT_UNIT_DIR) {
+    if crate::folder::running_as_root() || opts.unit_dir != Path::new(DEFAULT_UNIT_DIR) {
         return Ok(());
     }
     Err(SiteError::InvalidArgument(format!(
@@ -265,7 +265,7 @@ fn unreachable_parents(folder: &Path, user: &str) -> Vec<String> {
 /// skipped and the returned steps say what root must do.
 pub fn install(plan: &ServicePlan, opts: &ServiceOptions) -> Result<Steps, SiteError> {
     let mut steps = Steps::new();
-    let root = is_root();
+    let root = crate::folder::running_as_root();
     let default_dir = opts.unit_dir == Path::new(DEFAULT_UNIT_DIR);
     check_may_install(opts)?;
     if root {
@@ -869,12 +869,6 @@ pub fn systemd_runs() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-fn is_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -898,7 +892,7 @@ mod tests {
     /// Root gives a folder away: every entry in it, a link itself but never its target.
     #[test]
     fn giving_a_folder_away_reaches_every_entry_and_no_link_target() {
-        if !is_root() {
+        if !crate::folder::running_as_root() {
             println!("SKIPPED: needs root (chown to another user)");
             return;
         }
