@@ -392,9 +392,13 @@ def main():
     ap.add_argument("--connections", type=int, default=10000, help="new-connection run")
     ap.add_argument("--idle-flows", type=int, default=10000)
     ap.add_argument("--holder", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--skiff", default=None,
+                    help="the skiff binary to measure (default: target/release/skiff)")
     ap.add_argument("--paths", default="direct,haproxy,tls,quic,tls3",
                     help="comma-separated subset of direct,haproxy,tls,quic,tls3")
     args = ap.parse_args()
+    if args.skiff:
+        globals()["SKIFF"] = os.path.abspath(args.skiff)
     if args.holder:
         return holder_main()
 
