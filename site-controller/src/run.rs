@@ -375,7 +375,7 @@ impl SiteState {
         }
         self.refresh_router_certificate();
         (report.links, report.listeners, report.connectors) = self.apply(want);
-        report.failed = self.not_started(&report.listeners, &report.connectors);
+        report.failed = self.not_started();
         for s in &report.skipped {
             tracing::warn!(kind = s.kind, name = %s.name, problem = %s.problem, "skipped");
         }
@@ -432,16 +432,17 @@ impl SiteState {
         }
     }
 
-    /// Which of the listeners and connectors added or changed (`listeners`, `connectors`)
-    /// the router does not serve, with its reason (a port in use, say).
-    fn not_started(&self, listeners: &Changes, connectors: &Changes) -> Vec<Failed> {
-        let touched = |c: &Changes, name: &str| c.added.iter().chain(&c.changed).any(|n| n == name);
+    /// The listeners and connectors the router does not serve after a reload, with the
+    /// reason (a port in use, say): the ones the reload added or changed, and the ones still
+    /// down from before (every reload tries to bind those again), so a reload succeeds only
+    /// when everything in the folder is served.
+    fn not_started(&self) -> Vec<Failed> {
         let error = skiff_router::flow::ResourceState::Error;
         let mut failed: Vec<Failed> = self
             .router
             .listeners()
             .into_iter()
-            .filter(|l| l.status == error && touched(listeners, &l.name))
+            .filter(|l| l.status == error)
             .map(|l| Failed {
                 kind: "listener",
                 reason: l.reason.unwrap_or_default(),
@@ -452,7 +453,7 @@ impl SiteState {
             self.router
                 .connectors()
                 .into_iter()
-                .filter(|c| c.status == error && touched(connectors, &c.name))
+                .filter(|c| c.status == error)
                 .map(|c| Failed {
                     kind: "connector",
                     reason: c.reason.unwrap_or_default(),

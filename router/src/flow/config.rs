@@ -345,11 +345,20 @@ impl Config {
 /// Reconciles listeners with `specs` (binds new and changed ones, closes removed ones).
 pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
     let mut listeners = flows.config.listeners.lock().unwrap();
+    // A listener that could not bind (its port was taken) is tried again at every call, even
+    // with its spec unchanged: the port may be free now.
     let current: BTreeMap<String, ListenerSpec> = listeners
         .iter()
+        .filter(|(_, l)| l.error.is_none())
         .map(|(n, l)| (n.clone(), l.spec.clone()))
         .collect();
-    let p = plan(&current, specs, |s| &s.name);
+    let mut p = plan(&current, specs, |s| &s.name);
+    p.stop.extend(
+        listeners
+            .iter()
+            .filter(|(_, l)| l.error.is_some())
+            .map(|(n, _)| n.clone()),
+    );
     for name in p.stop {
         if let Some(old) = listeners.remove(&name) {
             // Closing the socket now frees the port for a restarted listener.
