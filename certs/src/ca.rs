@@ -496,6 +496,14 @@ fn uri_san(site_id: SiteId) -> Result<SanType, CertError> {
     Ok(SanType::URI(uri))
 }
 
+/// Whether a router certificate can name `host` (a link host): an IP address, or a DNS name
+/// (ASCII labels). What [`SiteCa::issue_router_cert`] accepts, for checking settings before
+/// anything is written.
+pub fn certifiable_host(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok()
+        || (host.is_ascii() && rustls_pki_types::DnsName::try_from(host).is_ok())
+}
+
 fn dns_san(host: &str) -> Result<SanType, CertError> {
     let valid = rustls_pki_types::DnsName::try_from(host).is_ok();
     let name = host.try_into().ok().filter(|_| valid).ok_or_else(|| {

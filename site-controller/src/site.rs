@@ -158,6 +158,7 @@ pub fn check_site_options(opts: &SiteOptions) -> Result<(), SiteOptionsProblem> 
         if h.is_empty()
             || h.contains(['/', ' '])
             || (h.contains(':') && h.parse::<std::net::Ipv6Addr>().is_err())
+            || !skiff_certs::certifiable_host(h)
         {
             return Err(SiteOptionsProblem::BadLinkHost(h.clone()));
         }

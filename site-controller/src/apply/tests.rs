@@ -357,6 +357,23 @@ fn nothing_is_written_when_one_document_fails_against_the_site() {
         panic!()
     };
     assert_eq!(p[0].field.as_deref(), Some("spec.edge"), "{p:#?}");
+    // A link host no certificate can name: refused while planning, not after the listener
+    // before it was written (the router certificate is issued only when writing).
+    for bad in ["bad!host", "a..b", "exämple.org"] {
+        let bad_host = format!(
+            "{HEAD}kind: Site\nmetadata:\n  name: west\nspec:\n  linkAccess: true\n  linkHosts: [\"{bad}\"]\n"
+        );
+        let ApplyError::Invalid(p) =
+            apply_text(&folder, &format!("{web}---\n{bad_host}")).unwrap_err()
+        else {
+            panic!("{bad}: not refused as invalid")
+        };
+        assert_eq!(
+            p[0].field.as_deref(),
+            Some("spec.linkHosts"),
+            "{bad}: {p:#?}"
+        );
+    }
     // A link made for another site: refused by site::check_link, nothing written.
     let (_other_dir, other) = site_folder();
     let foreign_cert = other.root().join("router.pem");
