@@ -27,6 +27,7 @@ pub struct LogArgs {
         global = true,
         env = "SKIFF_LOG_FORMAT",
         value_enum,
+        ignore_case = true,
         value_name = "FORMAT"
     )]
     log_format: Option<LogFormat>,
@@ -119,6 +120,16 @@ fn parse_filter(text: &str) -> Result<String, String> {
     }
 }
 
+/// Whether a checked filter has a part that is a level alone (`info`, `3`), the level of
+/// everything no other part names.
+fn gives_a_level(filter: &str) -> bool {
+    filter.split(',').map(str::trim).any(|p| {
+        ["off", "error", "warn", "info", "debug", "trace"]
+            .contains(&p.to_ascii_lowercase().as_str())
+            || matches!(p, "0" | "1" | "2" | "3" | "4" | "5")
+    })
+}
+
 /// Levenshtein distance of two short words.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -169,6 +180,13 @@ pub fn init(args: &LogArgs, long_running: bool) {
         std::env::var(LOG_ENV).ok(),
         default,
     );
+    // A filter of targets only (`skiff_router`, `skiff_router=debug`) adds to the default
+    // level; alone it would silence everything else.
+    let level = if gives_a_level(&level) {
+        level
+    } else {
+        format!("{default},{level}")
+    };
     let level = level.as_str();
     // Checked already; a filter that fails here falls back to the default.
     let filter = EnvFilter::builder()
@@ -293,7 +311,7 @@ fn json_asked(args: impl Iterator<Item = String>, env: Option<String>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{chosen_filter, json_asked, parse_filter};
+    use super::{chosen_filter, gives_a_level, json_asked, parse_filter};
 
     #[test]
     fn levels_and_filters_pass_and_misspellings_are_refused() {
@@ -335,6 +353,15 @@ mod tests {
             let err = parse_filter(bad).unwrap_err();
             assert!(err.contains("give error, warn, info"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_filter_of_targets_only_keeps_the_default_level_for_the_rest() {
+        assert!(gives_a_level("info,skiff_router=debug"));
+        assert!(gives_a_level("3"));
+        assert!(!gives_a_level("skiff_router"));
+        assert!(!gives_a_level("verbose"));
+        assert!(!gives_a_level("skiff_router=debug,quinn=warn"));
     }
 
     #[test]
