@@ -595,7 +595,19 @@ async fn token_command(c: TokenCommand) -> Result<ExitCode, SiteError> {
                     })?;
                 s
             } else {
-                skiff_site_controller::folder::read_text(std::path::Path::new(&file))?
+                // A token or link file is a few KiB: a FIFO or /dev/zero given by mistake is
+                // refused after 1 MiB instead of read without end.
+                let path = std::path::Path::new(&file);
+                let mut s = String::new();
+                std::fs::File::open(path)
+                    .and_then(|f| f.take(1024 * 1024 + 1).read_to_string(&mut s))
+                    .map_err(|e| SiteError::io("read", path, e))?;
+                if s.len() > 1024 * 1024 {
+                    return Err(SiteError::InvalidArgument(format!(
+                        "{file} holds more than 1 MiB: it is not a token or link file"
+                    )));
+                }
+                s
             };
             let folder = dir.folder();
             let link = tokens::redeem(

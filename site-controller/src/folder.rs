@@ -349,8 +349,8 @@ pub(crate) fn unsafe_entry(path: &Path, meta: &fs::Metadata) -> SiteError {
         "a device"
     };
     SiteError::InvalidArgument(format!(
-        "{} is {what}; a site folder's entries must be plain files and folders: someone \
-         changed it — inspect it before running skiff as root here",
+        "{} is {what}, which skiff never makes there: someone changed it — inspect it \
+         before running skiff as root here",
         path.display()
     ))
 }
@@ -687,7 +687,7 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, folder.listeners_dir()).unwrap();
         let err = folder.check_safe_for_root().unwrap_err().to_string();
         assert!(
-            err.contains("listeners is a symbolic link; a site folder's entries must be plain"),
+            err.contains("listeners is a symbolic link, which skiff never makes there"),
             "{err}"
         );
         fs::remove_file(folder.listeners_dir()).unwrap();

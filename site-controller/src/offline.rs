@@ -213,7 +213,7 @@ pub fn commit(folder: &SiteFolder, link: &OfflineLink) -> Result<(), SiteError> 
     static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = folder.peers_dir().join(format!(
-        ".{}.yaml.new.{}.{n}",
+        ".{}.yaml.new.{}.{n}.tmp",
         link.site_id,
         std::process::id()
     ));
