@@ -396,13 +396,16 @@ fn print_shows_the_unit_and_changes_nothing() {
         fs::metadata(dir.join("site.yaml")).unwrap().uid(),
         owner_before
     );
-    // The shared user `nobody` is refused, with the reason.
+    // The shared user `nobody` is refused, with the reason. (`--binary`: the checkout may
+    // be under /tmp, where the default binary itself is refused first.)
     let err = fails(&[
         "site",
         "install-service",
         "--print",
         "--user",
         "nobody",
+        "--binary",
+        bin.to_str().unwrap(),
         "--dir",
         dir.to_str().unwrap(),
     ]);
