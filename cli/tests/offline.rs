@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Echo, Site, fails, ok, text};
+use common::{Echo, Site, expose_echo, fails, ok, text};
 use serde_json::Value;
 
 /// A site's id, from its site.yaml.
@@ -164,24 +164,7 @@ fn an_offline_link_installed_while_the_issuer_is_stopped_links_carries_renews_an
     );
 
     // A backend at a, a listener at b: a flow crosses the offline link.
-    ok(&[
-        "connector",
-        "create",
-        "echo",
-        &echo.port.to_string(),
-        "--dir",
-        a.d(),
-    ]);
-    ok(&[
-        "listener",
-        "create",
-        "echo",
-        "0",
-        "--host",
-        "127.0.0.1",
-        "--dir",
-        b.d(),
-    ]);
+    expose_echo(&echo, &a, &b);
     a.start();
     let t1 = Instant::now();
     b.start();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Echo, Site, fails, is_link, ok, skiff, text};
+use common::{Echo, Site, expose_echo, fails, is_link, ok, skiff, text};
 use serde_json::Value;
 
 /// A tinyproxy in the foreground (`-d`) on a loopback port, with its config and log in a
@@ -182,18 +182,7 @@ fn two_sites(echo: &Echo) -> (Site, Site) {
     let mut east = Site::create("east", false);
     west.start();
     east.start();
-    let port = echo.port.to_string();
-    ok(&["connector", "create", "echo", &port, "--dir", west.d()]);
-    ok(&[
-        "listener",
-        "create",
-        "echo",
-        "0",
-        "--host",
-        "127.0.0.1",
-        "--dir",
-        east.d(),
-    ]);
+    expose_echo(echo, &west, &east);
     (west, east)
 }
 

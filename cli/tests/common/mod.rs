@@ -417,6 +417,23 @@ impl Drop for Echo {
 }
 
 /// Links `from` to `to` with a fresh token over `transport`.
+/// Serves `echo` at `at` (connector `echo`) and exposes it at `to` (listener `echo` on a free
+/// loopback port, found with [`Site::wait_listener_active`]).
+pub fn expose_echo(echo: &Echo, at: &Site, to: &Site) {
+    let port = echo.port.to_string();
+    ok(&["connector", "create", "echo", &port, "--dir", at.d()]);
+    ok(&[
+        "listener",
+        "create",
+        "echo",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--dir",
+        to.d(),
+    ]);
+}
+
 pub fn link_over(from: &Site, to: &Site, transport: &str) {
     let token = to
         .dir
