@@ -104,6 +104,11 @@ async fn serve_conn(stream: Box<dyn AdminIo>, state: Arc<SiteState>, changes: bo
 }
 
 async fn route(req: Request<Incoming>, state: &SiteState, changes: bool) -> Response<Full<Bytes>> {
+    if req.method() == Method::GET
+        && let Some(asset) = crate::console::asset(req.uri().path())
+    {
+        return asset;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/v1/reload") if !changes => json(
             StatusCode::FORBIDDEN,

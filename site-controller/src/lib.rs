@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod console;
 mod error;
 pub mod folder;
 #[doc(hidden)]
@@ -27,6 +28,7 @@ pub mod fuzzing;
 pub mod grant;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod metrics;
 pub mod offline;
 pub mod reload;
 pub mod resources;

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use skiff_router::link::{
-    InboundPolicy, LinkSpec as RouterLinkSpec, LinkState, Router, RouterConfig, TransportChoice,
+    InboundPolicy, LinkSpec as RouterLinkSpec, Router, RouterConfig, TransportChoice,
 };
 use skiff_router::wire::RouterMode;
 use tokio::net::{TcpListener, UnixListener};
@@ -641,39 +641,14 @@ impl SiteState {
         v
     }
 
-    /// `GET /metrics` (Prometheus text).
+    /// `GET /metrics` (Prometheus text, see [`crate::metrics`]).
     pub fn metrics_text(&self) -> String {
-        let links = self.router.links();
-        let count = |want: &str| {
-            links
-                .iter()
-                .filter(|l| {
-                    matches!(
-                        (&l.state, want),
-                        (LinkState::Up, "up")
-                            | (LinkState::Connecting { .. }, "connecting")
-                            | (LinkState::Refused { .. }, "refused")
-                    )
-                })
-                .count()
-        };
-        let mut out = String::new();
-        out.push_str(
-            "# HELP skiff_links Links of this site by status.\n# TYPE skiff_links gauge\n",
-        );
-        for s in ["up", "connecting", "refused"] {
-            out.push_str(&format!("skiff_links{{status=\"{s}\"}} {}\n", count(s)));
-        }
-        out.push_str(&skiff_router::flow::http_prometheus_text(
-            &self.router.http_metrics(),
-        ));
-        out.push_str("# HELP skiff_info Build information.\n# TYPE skiff_info gauge\n");
-        out.push_str(&format!(
-            "skiff_info{{version=\"{}\",site=\"{}\"}} 1\n",
-            env!("CARGO_PKG_VERSION"),
-            self.site.metadata.name
-        ));
-        out
+        crate::metrics::render(self)
+    }
+
+    /// The site's name.
+    pub fn site_name(&self) -> &str {
+        &self.site.metadata.name
     }
 }
 
