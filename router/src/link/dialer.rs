@@ -153,6 +153,11 @@ pub(crate) async fn run_dialer(
         cost: spec.cost,
         state: LinkState::Connecting { last_error: None },
         since: now_rfc3339(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        rtt_ms: None,
+        ups: 0,
+        rtt_samples: Default::default(),
     });
     dial_forever(&shared, spec, renewals, &cancel, id).await;
     shared.table.remove(id);
@@ -322,6 +327,7 @@ async fn run_up_link(
         &endpoint,
     );
     tracing::info!(%transport, %endpoint, peer_name = %peer_name, "link up");
+    let rtt = shared.table.rtt_samples(id);
     let run = run_link(
         link,
         &spec.name,
@@ -329,6 +335,7 @@ async fn run_up_link(
         shared.timing,
         shared.sink.clone(),
         &shared.routes,
+        &rtt,
     );
     tokio::pin!(run);
     let end = tokio::select! {

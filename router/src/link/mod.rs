@@ -28,7 +28,8 @@
 //! - `handshake`: the hello exchange on the control stream, both sides.
 //! - `driver`: the per-link task: keepalives, liveness, inbound streams, close.
 //! - `dialer`: per-link dial loop, happy eyeballs, backoff, reconciling link specs.
-//! - `table`: the router's table of links and their status.
+//! - `table`: the router's table of links and their status (with per-link byte counts).
+//! - `rtt`: round-trip samples of a link (last one, fixed-bucket histogram).
 //! - `explain`: turning failures into operator-readable refusals or network errors.
 //! - `routes`: the routing task: feeds link events and link-state frames to the topology.
 
@@ -42,6 +43,7 @@ pub mod proxy;
 mod quic;
 pub(crate) mod router;
 pub(crate) mod routes;
+mod rtt;
 mod table;
 pub(crate) mod tls;
 
@@ -61,6 +63,7 @@ pub use mux::{LinkRead, LinkStream, LinkWrite, StreamReader, StreamWriter};
 pub use proxy::{ProxyConfig, ProxyError, ProxyUrlError};
 pub use router::{IncomingStream, LinkHandle, Router};
 pub use routes::{KeySite, KeyStatus, NetworkStatus};
+pub use rtt::{RTT_BUCKETS, RttHistogram};
 pub use tls::LinkSocket;
 
 /// Default keepalive interval on the control stream.
@@ -325,6 +328,24 @@ pub struct LinkStatus {
     pub state: LinkState,
     /// When the link entered this state: RFC 3339 UTC, second precision.
     pub since: String,
+    /// Bytes sent to the peer over this link since this router started: cumulative across
+    /// the link's connections (an outbound link's reconnects; an inbound link's connections
+    /// from the same site under the same name), never decreasing while the process lives.
+    /// QUIC: UDP payload bytes; TLS/TCP: yamux bytes through the TLS stream
+    /// ([`mux::MuxConnection::wire_bytes`]).
+    pub bytes_sent: u64,
+    /// Bytes received from the peer over this link, counted like `bytes_sent`.
+    pub bytes_received: u64,
+    /// The round trip to the peer in milliseconds (microsecond precision) while the link is
+    /// up: QUIC: quinn's smoothed estimate; TLS/TCP: the last keepalive round trip on the
+    /// control stream. `None` while down or before the first sample.
+    pub rtt_ms: Option<f64>,
+    /// How many times this link came up since this router started (counted like
+    /// `bytes_sent`).
+    pub ups: u64,
+    /// The link's round-trip samples, for `/metrics` (not in the JSON).
+    #[serde(skip)]
+    pub rtt_samples: RttHistogram,
 }
 
 /// Why a router could not start.

@@ -1,5 +1,10 @@
 //! The router's table of links: the status operators see, and the handles of links that are
 //! up (for opening streams and for closing them on revocation).
+//!
+//! Byte counts and `ups` are cumulative per link: a connection's bytes are folded into its
+//! entry when it goes down, and an inbound entry's totals pass, when it is removed, to the
+//! next inbound entry of the same name and peer site (a live one, or the next to come), so
+//! that what `/metrics` sums per link never decreases while the process lives.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -8,8 +13,9 @@ use skiff_certs::SiteId;
 use tokio::sync::watch;
 
 use super::driver::LinkCloser;
-use super::mux::MuxConnection;
-use super::{LinkState, LinkStatus, Transport};
+use super::mux::{MuxConnection, WireBytes};
+use super::rtt::RttSamples;
+use super::{Direction, LinkState, LinkStatus, Transport};
 
 /// A link that is up.
 #[derive(Clone)]
@@ -22,11 +28,62 @@ pub(crate) struct UpLink {
 struct Entry {
     status: LinkStatus,
     up: Option<UpLink>,
+    /// Bytes of this entry's earlier connections (and of retired entries it took over).
+    before: WireBytes,
+    /// Round-trip samples, kept across reconnects.
+    rtt: Arc<RttSamples>,
+}
+
+impl Entry {
+    /// The status with its live figures filled in.
+    fn status(&self) -> LinkStatus {
+        let mut s = self.status.clone();
+        let now = self.before
+            + self
+                .up
+                .as_ref()
+                .map(|u| u.conn.wire_bytes())
+                .unwrap_or_default();
+        s.bytes_sent = now.sent;
+        s.bytes_received = now.received;
+        s.rtt_ms = self.up.as_ref().and_then(|u| {
+            let rtt = u.conn.transport_rtt().or_else(|| self.rtt.last())?;
+            Some((rtt.as_micros() as f64 / 1000.0).max(0.001))
+        });
+        s.rtt_samples = self.rtt.histogram();
+        s
+    }
+
+    /// Folds the current connection's bytes into `before` and forgets it.
+    fn retire_connection(&mut self) {
+        if let Some(up) = self.up.take() {
+            self.before = self.before + up.conn.wire_bytes();
+        }
+    }
+}
+
+/// Totals of removed inbound entries, waiting for the next entry of the same link.
+#[derive(Default, Clone, Copy)]
+struct Retired {
+    bytes: WireBytes,
+    ups: u64,
+}
+
+/// Most (name, peer) totals of removed inbound links kept (one per peer site in practice).
+const MAX_RETIRED: usize = 4096;
+
+type RetiredKey = (String, Option<skiff_certs::SiteId>);
+
+#[derive(Default)]
+struct Inner {
+    last_id: u64,
+    entries: BTreeMap<u64, Entry>,
+    retired: BTreeMap<RetiredKey, Retired>,
 }
 
 /// Links by an internal id (inbound link names need not be unique).
 pub(crate) struct LinkTable {
-    inner: Mutex<(u64, BTreeMap<u64, Entry>)>,
+    inner: Mutex<Inner>,
     /// Bumped on every change, for [`LinkTable::subscribe`].
     changes: watch::Sender<u64>,
 }
@@ -53,32 +110,84 @@ impl LinkTable {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    pub(crate) fn insert(&self, status: LinkStatus) -> EntryId {
+    pub(crate) fn insert(&self, mut status: LinkStatus) -> EntryId {
         let mut g = self.inner.lock().unwrap();
-        g.0 += 1;
-        let id = g.0;
-        g.1.insert(id, Entry { status, up: None });
+        g.last_id += 1;
+        let id = g.last_id;
+        let mut before = WireBytes::default();
+        if status.direction == Direction::Inbound
+            && let Some(r) = g
+                .retired
+                .remove(&(status.name.clone(), status.peer_site_id))
+        {
+            before = r.bytes;
+            status.ups += r.ups;
+        }
+        g.entries.insert(
+            id,
+            Entry {
+                status,
+                up: None,
+                before,
+                rtt: Arc::default(),
+            },
+        );
         drop(g);
         self.changed();
         id
     }
 
+    /// Removes an entry. An inbound entry's totals go to a live inbound entry of the same
+    /// name and peer, or wait for the next one.
     pub(crate) fn remove(&self, id: EntryId) {
-        self.inner.lock().unwrap().1.remove(&id);
+        let mut guard = self.inner.lock().unwrap();
+        let g = &mut *guard;
+        if let Some(mut gone) = g.entries.remove(&id)
+            && gone.status.direction == Direction::Inbound
+        {
+            gone.retire_connection();
+            let key = (gone.status.name.clone(), gone.status.peer_site_id);
+            let heir = g.entries.values_mut().rev().find(|e| {
+                e.status.direction == Direction::Inbound
+                    && (&e.status.name, e.status.peer_site_id) == (&key.0, key.1)
+            });
+            match heir {
+                Some(heir) => {
+                    heir.before = heir.before + gone.before;
+                    heir.status.ups += gone.status.ups;
+                }
+                None if g.retired.len() < MAX_RETIRED || g.retired.contains_key(&key) => {
+                    let r = g.retired.entry(key).or_default();
+                    r.bytes = r.bytes + gone.before;
+                    r.ups += gone.status.ups;
+                }
+                None => {}
+            }
+        }
+        drop(guard);
         self.changed();
+    }
+
+    /// The round-trip samples of an entry, for its driver to record into.
+    pub(crate) fn rtt_samples(&self, id: EntryId) -> Arc<RttSamples> {
+        let g = self.inner.lock().unwrap();
+        g.entries
+            .get(&id)
+            .map(|e| e.rtt.clone())
+            .unwrap_or_default()
     }
 
     /// Sets the state; `since` moves only when the kind of state changes (a new error text
     /// while connecting keeps the time the link went down).
     pub(crate) fn set_state(&self, id: EntryId, state: LinkState) {
         let mut g = self.inner.lock().unwrap();
-        if let Some(e) = g.1.get_mut(&id) {
+        if let Some(e) = g.entries.get_mut(&id) {
             if std::mem::discriminant(&e.status.state) != std::mem::discriminant(&state) {
                 e.status.since = now_rfc3339();
             }
             e.status.state = state;
             if !matches!(e.status.state, LinkState::Up) {
-                e.up = None;
+                e.retire_connection();
             }
         }
         drop(g);
@@ -88,7 +197,7 @@ impl LinkTable {
     /// Records the endpoint being tried or used.
     pub(crate) fn set_endpoint(&self, id: EntryId, endpoint: Option<String>) {
         let mut g = self.inner.lock().unwrap();
-        if let Some(e) = g.1.get_mut(&id) {
+        if let Some(e) = g.entries.get_mut(&id) {
             e.status.endpoint = endpoint;
         }
         drop(g);
@@ -105,7 +214,9 @@ impl LinkTable {
         endpoint: &str,
     ) {
         let mut g = self.inner.lock().unwrap();
-        if let Some(e) = g.1.get_mut(&id) {
+        if let Some(e) = g.entries.get_mut(&id) {
+            e.retire_connection();
+            e.status.ups += 1;
             e.status.since = now_rfc3339();
             e.status.state = LinkState::Up;
             e.status.peer_site_id = Some(up.peer);
@@ -121,7 +232,7 @@ impl LinkTable {
     /// All links, sorted by name (then by direction).
     pub(crate) fn snapshot(&self) -> Vec<LinkStatus> {
         let g = self.inner.lock().unwrap();
-        let mut out: Vec<LinkStatus> = g.1.values().map(|e| e.status.clone()).collect();
+        let mut out: Vec<LinkStatus> = g.entries.values().map(Entry::status).collect();
         out.sort_by(|a, b| {
             (&a.name, a.direction as u8, &a.since).cmp(&(&b.name, b.direction as u8, &b.since))
         });
@@ -134,14 +245,15 @@ impl LinkTable {
     /// not over its previous run's connection until that one is declared dead.
     pub(crate) fn up_links(&self, peer: SiteId) -> Vec<(LinkStatus, UpLink)> {
         let g = self.inner.lock().unwrap();
-        let mut out: Vec<(LinkStatus, UpLink)> =
-            g.1.values()
-                .rev()
-                .filter_map(|e| match &e.up {
-                    Some(up) if up.peer == peer => Some((e.status.clone(), up.clone())),
-                    _ => None,
-                })
-                .collect();
+        let mut out: Vec<(LinkStatus, UpLink)> = g
+            .entries
+            .values()
+            .rev()
+            .filter_map(|e| match &e.up {
+                Some(up) if up.peer == peer => Some((e.status.clone(), up.clone())),
+                _ => None,
+            })
+            .collect();
         // Stable: equal costs keep the newest-first order.
         out.sort_by_key(|(s, _)| s.cost);
         out
@@ -150,7 +262,8 @@ impl LinkTable {
     /// Closers of every up link, optionally only those to `peer`.
     pub(crate) fn closers(&self, peer: Option<SiteId>) -> Vec<LinkCloser> {
         let g = self.inner.lock().unwrap();
-        g.1.values()
+        g.entries
+            .values()
             .filter_map(|e| e.up.as_ref())
             .filter(|up| peer.is_none_or(|p| up.peer == p))
             .map(|up| up.closer.clone())
