@@ -580,9 +580,13 @@ impl SiteState {
         serde_json::to_value(self.router.network()).unwrap_or_default()
     }
 
-    /// `GET /v1/flows`.
+    /// `GET /v1/flows`: `{"active": [...], "recent": [...]}` (recent: ended flows, newest
+    /// last, at most [`skiff_router::flow::RECENT_FLOWS`]).
     pub fn flows_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.router.flows()).unwrap_or_default()
+        serde_json::json!({
+            "active": self.router.flows(),
+            "recent": self.router.recent_flows(),
+        })
     }
 
     /// The router (for in-process tests and the demo).

@@ -84,6 +84,9 @@ pub enum ResourceState {
     Active,
     /// A listener whose keys have no reachable connector: connections are refused at once.
     NoTarget,
+    /// A connector whose backend failed the last attempt (refused, timed out); the reason
+    /// says what and when. A later success makes it active again.
+    Failing,
     /// Not serving; see the reason.
     Error,
 }
@@ -108,9 +111,12 @@ pub struct ListenerStatus {
     pub protocol: Protocol,
     /// Active, no-target or error.
     pub status: ResourceState,
-    /// Why it is in error.
+    /// Why it is in error or has no target, or which sites it reaches
+    /// (`reachable: east (cost 1), north (cost 2)`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The sites it can send flows to now, best first.
+    pub targets: Vec<super::reasons::ListenerTarget>,
     /// Client connections in progress.
     pub flows_active: u64,
     /// Client connections accepted since the listener started.
@@ -136,9 +142,9 @@ pub struct ConnectorStatus {
     pub port: u16,
     /// The protocol.
     pub protocol: Protocol,
-    /// Active or error.
+    /// Active, failing (the last backend attempt failed) or error.
     pub status: ResourceState,
-    /// Why it is in error.
+    /// Why it is in error or failing (what the backend did, when, and how often).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Backend connections in progress.
@@ -200,12 +206,28 @@ pub(crate) struct Connector {
     pub(crate) counters: Arc<Counters>,
     /// Connections to the backend of an `http` or `http2` connector.
     pub(crate) http_pool: Option<Arc<super::http::BackendPool>>,
+    /// What the backend did on the last attempts.
+    pub(crate) health: Mutex<super::reasons::BackendHealth>,
 }
 
 impl Connector {
     /// Backend connections in progress.
     pub(crate) fn active(&self) -> u64 {
         self.counters.active.load(Ordering::Relaxed)
+    }
+
+    /// The backend accepted a connection (or answered a request).
+    pub(crate) fn backend_ok(&self) {
+        self.health.lock().unwrap().success();
+    }
+
+    /// The backend failed an attempt: counted, and shown in the status until a success.
+    pub(crate) fn backend_failed(&self, what: &str) {
+        self.counters.fail();
+        self.health
+            .lock()
+            .unwrap()
+            .failure(what, std::time::SystemTime::now());
     }
 }
 
@@ -451,7 +473,7 @@ async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
                     flows.tasks.spawn(
                         async move {
                             let _slot = slot;
-                            super::http::serve_client(f, l, tcp).await;
+                            super::http::serve_client(f, l, tcp, remote).await;
                         }
                         .instrument(span),
                     );
@@ -459,7 +481,7 @@ async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
                     flows.tasks.spawn(
                         async move {
                             let _slot = slot;
-                            super::tcp::serve_client(f, l, tcp).await;
+                            super::tcp::serve_client(f, l, tcp, remote).await;
                         }
                         .instrument(span),
                     );
@@ -509,6 +531,7 @@ pub(crate) fn set_connectors(flows: &Arc<Flows>, specs: Vec<ConnectorSpec>) {
                     error: None,
                     counters: Arc::default(),
                     http_pool,
+                    health: Mutex::default(),
                 }),
             );
         }
@@ -549,17 +572,18 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
         .values()
         .cloned()
         .collect();
-    let topo = flows.routes.read();
+    let routers = flows.routes.read().routers();
     listeners
         .iter()
         .map(|l| {
             let keys = strategy_keys(&l.spec.strategy);
-            let status = if l.error.is_some() {
-                ResourceState::Error
-            } else if keys.iter().any(|k| topo.has_route(k)) {
-                ResourceState::Active
+            let (targets, why) = super::reasons::listener_targets(&routers, &keys, l.spec.protocol);
+            let (status, reason) = if let Some(e) = &l.error {
+                (ResourceState::Error, e.clone())
+            } else if targets.is_empty() {
+                (ResourceState::NoTarget, why)
             } else {
-                ResourceState::NoTarget
+                (ResourceState::Active, why)
             };
             ListenerStatus {
                 name: l.spec.name.clone(),
@@ -573,7 +597,8 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
                 address: l.address.map(|a| a.to_string()),
                 protocol: l.spec.protocol,
                 status,
-                reason: l.error.clone(),
+                reason: Some(reason),
+                targets,
                 flows_active: l.counters.active.load(Ordering::Relaxed),
                 flows_total: l.counters.total.load(Ordering::Relaxed),
                 flows_refused: l.counters.failed.load(Ordering::Relaxed),
@@ -587,6 +612,22 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
         .collect()
 }
 
+/// Why `listener` has no target now (for a refused client's record and log line).
+pub(crate) fn no_target_reason(flows: &Flows, listener: &Listener) -> String {
+    let routers = flows.routes.read().routers();
+    let keys = strategy_keys(&listener.spec.strategy);
+    super::reasons::listener_targets(&routers, &keys, listener.spec.protocol).1
+}
+
+/// The first key of a listener (the one its records and metrics use before a target is
+/// chosen).
+pub(crate) fn first_key(listener: &Listener) -> &str {
+    strategy_keys(&listener.spec.strategy)
+        .first()
+        .map(|k| k.as_str())
+        .unwrap_or_default()
+}
+
 /// Connector status, sorted by name.
 pub(crate) fn connectors(flows: &Flows) -> Vec<ConnectorStatus> {
     flows
@@ -595,21 +636,25 @@ pub(crate) fn connectors(flows: &Flows) -> Vec<ConnectorStatus> {
         .read()
         .unwrap()
         .values()
-        .map(|c| ConnectorStatus {
-            name: c.spec.name.clone(),
-            routing_key: c.spec.routing_key.as_str().to_owned(),
-            host: c.spec.host.clone(),
-            port: c.spec.port,
-            protocol: c.spec.protocol,
-            status: if c.error.is_some() {
-                ResourceState::Error
-            } else {
-                ResourceState::Active
-            },
-            reason: c.error.clone(),
-            flows_active: c.counters.active.load(Ordering::Relaxed),
-            flows_total: c.counters.total.load(Ordering::Relaxed),
-            flows_failed: c.counters.failed.load(Ordering::Relaxed),
+        .map(|c| {
+            let failing = c.health.lock().unwrap().failing();
+            let (status, reason) = match (&c.error, failing) {
+                (Some(e), _) => (ResourceState::Error, Some(e.clone())),
+                (None, Some(f)) => (ResourceState::Failing, Some(f)),
+                (None, None) => (ResourceState::Active, None),
+            };
+            ConnectorStatus {
+                name: c.spec.name.clone(),
+                routing_key: c.spec.routing_key.as_str().to_owned(),
+                host: c.spec.host.clone(),
+                port: c.spec.port,
+                protocol: c.spec.protocol,
+                status,
+                reason,
+                flows_active: c.counters.active.load(Ordering::Relaxed),
+                flows_total: c.counters.total.load(Ordering::Relaxed),
+                flows_failed: c.counters.failed.load(Ordering::Relaxed),
+            }
         })
         .collect()
 }
@@ -692,6 +737,7 @@ mod tests {
             error: None,
             counters: Arc::default(),
             http_pool: None,
+            health: Mutex::default(),
         };
         let all = [
             c("a", 5432, Protocol::Tcp),

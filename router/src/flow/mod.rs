@@ -20,10 +20,17 @@
 //! - `splice`: copying both ways with bounded buffers, half-close and resets.
 //! - `tcp`: the three roles above.
 //! - `config`: listener and connector specs, their reconciliation, accept loops and status.
+//! - `reasons`: why a listener has no target, or which sites it reaches; a connector's
+//!   backend failures.
+//! - `records`: each flow from start to end; the ring of recent ended flows; failure logs.
+//! - `stats`: per-key flow statistics for `/metrics`.
 
 mod config;
 mod http;
+mod reasons;
+mod records;
 mod splice;
+mod stats;
 mod tcp;
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,9 +52,14 @@ pub(crate) use config::{
     connectors as config_connectors, listeners as config_listeners,
     set_connectors as config_set_connectors, set_listeners as config_set_listeners,
 };
-pub use http::metrics::{KeyMetricsSnapshot, prometheus_text as http_prometheus_text};
+pub use http::metrics::KeyMetricsSnapshot;
 pub use http::{ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES, RESPONSE_TIMEOUT};
+pub use reasons::{BACKEND_ATTEMPTS, ListenerTarget};
+pub use records::{FLOW_LOG_EVERY, FlowOutcome, FlowRecord, FlowSite, MAX_REASON, RECENT_FLOWS};
 pub use splice::COPY_BUFFER;
+pub use stats::{
+    DURATION_BUCKETS, FlowKeyStats, HistogramSnapshot, MAX_KEYS, OTHER_KEY, SETUP_BUCKETS,
+};
 
 /// Client bytes an ingress reads (and keeps, for a retry elsewhere) before the egress has
 /// answered.
@@ -104,23 +116,25 @@ pub struct FlowStatus {
     pub age_seconds: u64,
 }
 
-/// A flow in the registry; removed when its [`FlowGuard`] drops.
-pub(crate) struct FlowRecord {
+/// A flow in the registry of active ones.
+pub(crate) struct ActiveFlow {
     id: u64,
     key: String,
     origin: SiteId,
     destination: SiteId,
     role: FlowRole,
     started: std::time::Instant,
+    /// Counted in the key's statistics (client flows; not the pooled HTTP/2 connections
+    /// between routers).
+    counted: bool,
     pub(crate) forward: Arc<AtomicU64>,
     pub(crate) back: Arc<AtomicU64>,
 }
 
-/// Keeps a flow in the registry while it lives.
+/// Keeps a pooled connection between routers among the active flows while it lives.
 pub(crate) struct FlowGuard {
     flows: Arc<Flows>,
     id: u64,
-    pub(crate) record: Arc<FlowRecord>,
 }
 
 impl Drop for FlowGuard {
@@ -158,7 +172,11 @@ pub(crate) struct Flows {
     /// Flows in progress per target router, counted at the ingress (balancing).
     outstanding: Mutex<HashMap<SiteId, u32>>,
     /// Active flows by local registry id.
-    active: Mutex<BTreeMap<u64, Arc<FlowRecord>>>,
+    active: Mutex<BTreeMap<u64, Arc<ActiveFlow>>>,
+    /// Per-key flow statistics.
+    stats: stats::Stats,
+    /// Recently ended flows.
+    recent: records::Recent,
     next_registry_id: AtomicU64,
     /// Base of the flow ids this router chooses as an origin (random per run).
     next_flow_id: AtomicU64,
@@ -189,6 +207,8 @@ impl Flows {
             config: config::Config::default(),
             outstanding: Mutex::default(),
             active: Mutex::default(),
+            stats: stats::Stats::default(),
+            recent: records::Recent::default(),
             next_registry_id: AtomicU64::new(1),
             next_flow_id: AtomicU64::new(random_u64() >> 16 << 16),
             tasks: TaskTracker::new(),
@@ -283,7 +303,8 @@ impl Flows {
         }
     }
 
-    /// Registers a flow for [`Flows::snapshot`] until the guard drops.
+    /// Shows a pooled connection between routers (HTTP) among the active flows until the
+    /// guard drops; it is not counted in the statistics or the recent flows.
     pub(crate) fn register(
         self: &Arc<Self>,
         id: u64,
@@ -292,26 +313,77 @@ impl Flows {
         destination: SiteId,
         role: FlowRole,
     ) -> FlowGuard {
-        let registry_id = self.next_registry_id.fetch_add(1, Ordering::Relaxed);
-        let record = Arc::new(FlowRecord {
+        let (registry_id, _) = self.insert_active(ActiveFlow {
             id,
             key: key.as_str().to_owned(),
             origin,
             destination,
             role,
             started: std::time::Instant::now(),
+            counted: false,
             forward: Arc::default(),
             back: Arc::default(),
         });
-        self.active
-            .lock()
-            .unwrap()
-            .insert(registry_id, record.clone());
         FlowGuard {
             flows: self.clone(),
             id: registry_id,
-            record,
         }
+    }
+
+    /// Adds a flow to the active ones; its registry id.
+    fn insert_active(&self, flow: ActiveFlow) -> (u64, Arc<ActiveFlow>) {
+        let registry_id = self.next_registry_id.fetch_add(1, Ordering::Relaxed);
+        let flow = Arc::new(flow);
+        self.active
+            .lock()
+            .unwrap()
+            .insert(registry_id, flow.clone());
+        (registry_id, flow)
+    }
+
+    /// Removes a counted flow from the active ones and adds its bytes to its key's totals,
+    /// both under the registry's lock, so [`Flows::key_stats`] never counts them twice or
+    /// not at all. Returns its bytes (forward, back).
+    fn remove_active(&self, registry_id: u64, stats: &stats::KeyStats) -> (u64, u64) {
+        let mut active = self.active.lock().unwrap();
+        let Some(flow) = active.remove(&registry_id) else {
+            return (0, 0);
+        };
+        let f = flow.forward.load(Ordering::Relaxed);
+        let b = flow.back.load(Ordering::Relaxed);
+        stats.forward.fetch_add(f, Ordering::Relaxed);
+        stats.back.fetch_add(b, Ordering::Relaxed);
+        (f, b)
+    }
+
+    /// Per-key flow statistics, the bytes of running flows included.
+    pub(crate) fn key_stats(&self) -> Vec<FlowKeyStats> {
+        let active = self.active.lock().unwrap();
+        let mut running: HashMap<String, Vec<(FlowRole, u64, u64)>> = HashMap::new();
+        for f in active.values().filter(|f| f.counted) {
+            running.entry(f.key.clone()).or_default().push((
+                f.role,
+                f.forward.load(Ordering::Relaxed),
+                f.back.load(Ordering::Relaxed),
+            ));
+        }
+        // Under the registry's lock: a flow ending now moves its bytes either before or after.
+        self.stats.snapshot(&running)
+    }
+
+    /// Site names by id, as the routing view knows them.
+    pub(crate) fn site_names(&self) -> HashMap<SiteId, String> {
+        self.routes
+            .read()
+            .routers()
+            .into_iter()
+            .map(|r| (r.id, r.name))
+            .collect()
+    }
+
+    /// The recently ended flows, oldest first.
+    pub(crate) fn recent_flows(&self) -> Vec<FlowRecord> {
+        self.recent.records(&self.site_names())
     }
 
     /// Active flows, oldest first.

@@ -20,6 +20,9 @@ struct Scrape {
     site: String,
     links: Vec<skiff_router::link::LinkStatus>,
     http: std::collections::BTreeMap<String, skiff_router::flow::KeyMetricsSnapshot>,
+    flows: Vec<skiff_router::flow::FlowKeyStats>,
+    listeners: Vec<skiff_router::flow::ListenerStatus>,
+    connectors: Vec<skiff_router::flow::ConnectorStatus>,
 }
 
 impl Collector for Scrape {
@@ -32,6 +35,8 @@ impl Collector for Scrape {
             encoder.encode_descriptor("skiff", "Build information.", None, info.metric_type())?;
         info.encode(e)?;
         links::encode(&self.links, &mut encoder)?;
+        flows::encode_flows(&self.flows, &mut encoder)?;
+        flows::encode_status(&self.listeners, &self.connectors, &mut encoder)?;
         flows::encode_http(&self.http, &mut encoder)?;
         Ok(())
     }
@@ -44,6 +49,9 @@ pub fn render(state: &SiteState) -> String {
         site: state.site_name().to_string(),
         links: router.links(),
         http: router.http_metrics(),
+        flows: router.flow_stats(),
+        listeners: router.listeners(),
+        connectors: router.connectors(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));

@@ -35,6 +35,7 @@ pub(crate) async fn send(
         backend_form(&mut req, c.spec.protocol == crate::routing::Protocol::Http2);
         match pool.send(req).await {
             Ok(mut resp) => {
+                c.backend_ok();
                 // An HTTP/1.1 backend's framing headers end here (HTTP/2 forbids them), and
                 // a backend never speaks for skiff.
                 super::headers::strip_hop_by_hop(resp.headers_mut(), false);
@@ -43,7 +44,7 @@ pub(crate) async fn send(
                 return Ok(resp.map(|b| super::io::with_guard(b, active)));
             }
             Err(SendError::NotSent(r, why)) => {
-                c.counters.fail();
+                c.backend_failed(&format!("backend {}: {why}", pool.address()));
                 tracing::debug!(connector = %c.spec.name, reason = %why, "backend not reached");
                 last = format!("{}: {why}", pool.address());
                 // Back to the form it came in, for the next connector (HTTP/1.1 and HTTP/2
@@ -54,7 +55,7 @@ pub(crate) async fn send(
                 req.headers_mut().remove(header::HOST);
             }
             Err(SendError::Failed(why)) => {
-                c.counters.fail();
+                c.backend_failed(&format!("backend {}: {why}", pool.address()));
                 return Err(SendError::Failed(format!("{}: {why}", pool.address())));
             }
             Err(SendError::TimedOut) => return Err(SendError::TimedOut),

@@ -30,9 +30,11 @@ use super::{
     ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_CLIENT_STREAMS, MAX_HEAD_BYTES, MAX_PENDING_RESETS,
     MAX_REQUEST_ATTEMPTS, NOT_SENT_HEADER, RESPONSE_TIMEOUT, local, upgrade,
 };
-use crate::flow::Flows;
 use crate::flow::config::Listener;
+use crate::flow::records::{Flow, FlowOutcome};
+use crate::flow::{FlowRole, Flows};
 use crate::routing::{RoutingKey, Target};
+use skiff_certs::SiteId;
 
 /// Why skiff answers a request itself.
 #[derive(Debug)]
@@ -97,15 +99,55 @@ pub(crate) fn rescue_response(status: StatusCode, reason: &str, detail: &str) ->
     resp
 }
 
-/// What every request of one listener shares.
+/// What every request of one client connection shares.
 struct Ingress {
     flows: Arc<Flows>,
     listener: Arc<Listener>,
+    /// For the connection's flow record: requests, those skiff answered, the last failure
+    /// (outcome, reason) and the last target (key, site).
+    requests: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    last_failure: std::sync::Mutex<Option<(FlowOutcome, String)>>,
+    last_target: std::sync::Mutex<Option<(RoutingKey, SiteId)>>,
 }
 
-/// Serves one client connection of an HTTP listener until it ends.
-pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, client: TcpStream) {
+impl ProxyError {
+    /// The flow outcome of a request skiff answered.
+    fn outcome(&self) -> FlowOutcome {
+        match self {
+            ProxyError::NoRoute("connect-refused", _) => FlowOutcome::ConnectRefused,
+            ProxyError::NoRoute(..) => FlowOutcome::NoRoute,
+            ProxyError::BadRequest(_) | ProxyError::NotImplemented(_) => FlowOutcome::Denied,
+            ProxyError::Failed(_) | ProxyError::Timeout => FlowOutcome::Error,
+        }
+    }
+}
+
+/// Serves one client connection of an HTTP listener until it ends. One flow record per client
+/// connection (not per request), with its requests counted and the last failure as reason.
+pub(crate) async fn serve_client(
+    flows: Arc<Flows>,
+    listener: Arc<Listener>,
+    client: TcpStream,
+    remote: std::net::SocketAddr,
+) {
+    let key = crate::flow::config::first_key(&listener);
+    let mut flow = Flow::start(
+        &flows,
+        flows.new_flow_id(),
+        key,
+        flows.me,
+        FlowRole::Ingress,
+    )
+    .accepted(Some(remote), &listener.spec.name);
     let Ok(_slot) = listener.http_slots.clone().try_acquire_owned() else {
+        flow.fail(
+            FlowOutcome::Denied,
+            format!(
+                "the HTTP listener is at its limit of {} client connections",
+                super::MAX_CLIENT_CONNECTIONS
+            ),
+        );
         listener.counters.fail();
         tracing::warn!(
             limit = super::MAX_CLIENT_CONNECTIONS,
@@ -117,11 +159,28 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
     let _active = listener.counters.start();
     if !first_bytes(&client).await {
         tracing::debug!("a client sent no request in time; closed");
+        flow.fail(
+            FlowOutcome::Denied,
+            format!(
+                "the client sent no request within {} s",
+                HEADER_READ_TIMEOUT.as_secs()
+            ),
+        );
         return;
     }
     let shutdown = flows.shutdown.clone();
-    let ingress = Arc::new(Ingress { flows, listener });
-    let service = hyper::service::service_fn(move |req| handle(ingress.clone(), req));
+    let client = super::io::CountedIo::new(client);
+    flow.count_bytes(client.read.clone(), client.written.clone());
+    let ingress = Arc::new(Ingress {
+        flows,
+        listener,
+        requests: Default::default(),
+        failed: Default::default(),
+        last_failure: Default::default(),
+        last_target: Default::default(),
+    });
+    let i = ingress.clone();
+    let service = hyper::service::service_fn(move |req| handle(i.clone(), req));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -138,11 +197,27 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        r = conn => if let Err(e) = r {
+    let ended = tokio::select! {
+        () = shutdown.cancelled() => Err("the router is shutting down".to_owned()),
+        r = conn => r.map_err(|e| {
             tracing::debug!(cause = %e, "HTTP client connection ended with an error");
-        },
+            format!("the client connection failed: {e}")
+        }),
+    };
+    use std::sync::atomic::Ordering::Relaxed;
+    let (n, failed) = (ingress.requests.load(Relaxed), ingress.failed.load(Relaxed));
+    flow.set_requests(n, failed);
+    if let Some((key, site)) = ingress.last_target.lock().unwrap().take() {
+        flow.towards(key.as_str(), site);
+    }
+    let last_failure = ingress.last_failure.lock().unwrap().take();
+    match (last_failure, ended) {
+        (Some((outcome, why)), _) => flow.fail(
+            outcome,
+            format!("{failed} of {n} requests failed; the last: {why}"),
+        ),
+        (None, Err(why)) => flow.fail(FlowOutcome::Error, why),
+        (None, Ok(())) => flow.ok(),
     }
 }
 
@@ -192,11 +267,30 @@ async fn handle(
         .map(|k| k.as_str().to_owned())
         .unwrap_or_default();
     let metrics = ingress.flows.http_metrics.key(&key);
+    ingress
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let failed = |outcome: FlowOutcome, why: String| {
+        ingress
+            .failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *ingress.last_failure.lock().unwrap() = Some((outcome, why));
+    };
     let resp = match result {
         // Answered by a skiff router on the way (an egress's rescue): an error, not the
         // backend's status.
         Ok(resp) if resp.headers().contains_key(ERROR_HEADER) => {
             metrics.record(None, started.elapsed());
+            let word = resp.headers()[ERROR_HEADER].to_str().unwrap_or("error");
+            let outcome = match word {
+                "connect-refused" => FlowOutcome::ConnectRefused,
+                "no-route" => FlowOutcome::NoRoute,
+                _ => FlowOutcome::Error,
+            };
+            failed(
+                outcome,
+                format!("the egress site answered {word} ({})", resp.status()),
+            );
             resp
         }
         Ok(resp) => {
@@ -206,6 +300,7 @@ async fn handle(
         Err(e) => {
             tracing::debug!(error = ?e, "request answered by skiff");
             metrics.record(None, started.elapsed());
+            failed(e.outcome(), e.detail());
             rescue(&e)
         }
     };
@@ -242,14 +337,10 @@ async fn proxy(
         .flows
         .choose_family(&ingress.listener.spec.strategy, true);
     if targets.is_empty() {
-        return (
-            None,
-            Err(ProxyError::NoRoute(
-                "no-route",
-                "no reachable site serves the key over HTTP".into(),
-            )),
-        );
+        let why = crate::flow::config::no_target_reason(&ingress.flows, &ingress.listener);
+        return (None, Err(ProxyError::NoRoute("no-route", why)));
     }
+    *ingress.last_target.lock().unwrap() = Some((targets[0].key.clone(), targets[0].router));
     if upgrade::is_upgrade(&req) {
         let key = targets[0].key.clone();
         return (
@@ -279,7 +370,7 @@ async fn proxy(
         })
         .boxed_unsync()
     });
-    let (key, result) = route(&ingress.flows, targets, req).await;
+    let (key, result) = route(&ingress.flows, targets, req, &ingress.last_target).await;
     let result = match result {
         Err(ProxyError::Failed(_))
             if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) =>
@@ -352,6 +443,7 @@ async fn route(
     flows: &Arc<Flows>,
     targets: Vec<Target>,
     req: Request<Body>,
+    last_target: &std::sync::Mutex<Option<(RoutingKey, SiteId)>>,
 ) -> (Option<RoutingKey>, Result<Response<Body>, ProxyError>) {
     // A request without a body can be made again after an egress answered "not sent".
     let replayable = req.body().is_end_stream();
@@ -368,6 +460,7 @@ async fn route(
         };
         let req = Request::from_parts(parts.clone(), b);
         last_key = Some(target.key.clone());
+        *last_target.lock().unwrap() = Some((target.key.clone(), target.router));
         // Counts against the target until the response body is done (balancing).
         let outstanding = flows.hold(target.router);
         match forward(flows, &target, req).await {
