@@ -1,9 +1,17 @@
 //! The admin API of a running site (HTTP/JSON on `<site folder>/admin.sock`, optionally on a
 //! TCP address too) and the client the CLI uses to talk to it.
 //!
-//! Routes: `GET /healthz`, `/readyz`, `/metrics`, `/v1/site`, `/v1/links`, `/v1/listeners`,
-//! `/v1/connectors`, `/v1/network`, `/v1/flows`; `POST /v1/reload` (answers what changed:
-//! [`crate::reload::ReloadReport`] with `"reloaded": true`).
+//! Routes: `GET /healthz` and `/livez` (liveness), `/readyz` (readiness, see
+//! [`crate::probes`]), `/metrics`, `/v1/site`, `/v1/links`, `/v1/listeners`,
+//! `/v1/connectors`, `/v1/network`, `/v1/flows`, `/v1/logs` (the recent log lines, see
+//! [`crate::logbuf`]); `POST /v1/reload` (answers what changed:
+//! [`crate::reload::ReloadReport`] with `"reloaded": true`); the console's files (GET).
+//! Another method on a known path is 405 (with `Allow`), an unknown path 404. On the TCP
+//! address (`--admin-address`) `POST /v1/reload` and `GET /v1/logs` are 403: the unix socket,
+//! which its file mode limits to the site's owner, serves them.
+//!
+//! While the site stops, [`serve_stopping`] keeps the same listeners answering the probes
+//! (`/readyz` 503, `/livez` 200) and 503 to everything else, until the router has closed.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -20,6 +28,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
 use crate::SiteError;
+use crate::probes::Probes;
 use crate::run::SiteState;
 
 /// Most admin connections served at once; more are closed at once.
@@ -33,6 +42,29 @@ const MAX_RESPONSE: usize = 8 * 1024 * 1024;
 
 /// Stops the admin servers: send `true`.
 pub type StopSignal = tokio::sync::watch::Receiver<bool>;
+
+/// Every route: path and the one method it answers.
+const ROUTES: &[(&str, Method)] = &[
+    ("/healthz", Method::GET),
+    ("/livez", Method::GET),
+    ("/readyz", Method::GET),
+    ("/metrics", Method::GET),
+    ("/v1/site", Method::GET),
+    ("/v1/links", Method::GET),
+    ("/v1/listeners", Method::GET),
+    ("/v1/connectors", Method::GET),
+    ("/v1/network", Method::GET),
+    ("/v1/flows", Method::GET),
+    ("/v1/logs", Method::GET),
+    ("/v1/reload", Method::POST),
+];
+
+/// What a connection is served from: the running site, or (while it stops) its probes only.
+#[derive(Clone)]
+enum Serving {
+    Site(Arc<SiteState>),
+    Stopping(Arc<Probes>),
+}
 
 /// Where the admin API listens.
 pub enum AdminListener {
@@ -61,12 +93,34 @@ impl AdminListener {
 }
 
 /// Serves the admin API until `stop` turns true; then ends every connection in flight and
-/// returns, so nothing holds the site state any more.
+/// returns the listener, so nothing holds the site state any more.
 pub async fn serve(
     listener: AdminListener,
     state: Arc<SiteState>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> AdminListener {
+    serve_from(&listener, Serving::Site(state), stop).await;
+    listener
+}
+
+/// Serves the probes of a stopping site on `listener` until `stop` turns true: `/readyz`
+/// 503 with the reason, `/livez` and `/healthz` 200, every other route 503.
+pub async fn serve_stopping(
+    listener: AdminListener,
+    probes: Arc<Probes>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    serve_from(&listener, Serving::Stopping(probes), stop).await;
+}
+
+async fn serve_from(
+    listener: &AdminListener,
+    serving: Serving,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    if *stop.borrow() {
+        return;
+    }
     let mut conns = JoinSet::new();
     let changes = listener.allows_changes();
     loop {
@@ -75,7 +129,7 @@ pub async fn serve(
                 Ok(_) if conns.len() >= MAX_CONNECTIONS => {
                     tracing::warn!(limit = MAX_CONNECTIONS, "admin connection refused: too many open");
                 }
-                Ok(stream) => { conns.spawn(serve_conn(stream, state.clone(), changes)); }
+                Ok(stream) => { conns.spawn(serve_conn(stream, serving.clone(), changes)); }
                 Err(e) => {
                     tracing::warn!(cause = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -88,10 +142,10 @@ pub async fn serve(
     conns.shutdown().await;
 }
 
-async fn serve_conn(stream: Box<dyn AdminIo>, state: Arc<SiteState>, changes: bool) {
+async fn serve_conn(stream: Box<dyn AdminIo>, serving: Serving, changes: bool) {
     let svc = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(route(req, &state, changes).await) }
+        let serving = serving.clone();
+        async move { Ok::<_, Infallible>(route(req, &serving, changes).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -103,27 +157,71 @@ async fn serve_conn(stream: Box<dyn AdminIo>, state: Arc<SiteState>, changes: bo
     }
 }
 
-async fn route(req: Request<Incoming>, state: &SiteState, changes: bool) -> Response<Full<Bytes>> {
+async fn route(req: Request<Incoming>, serving: &Serving, unix: bool) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
     if req.method() == Method::GET
-        && let Some(asset) = crate::console::asset(req.uri().path())
+        && let Some(asset) = crate::console::asset(path)
     {
         return asset;
     }
-    match (req.method(), req.uri().path()) {
-        (&Method::POST, "/v1/reload") if !changes => json(
-            StatusCode::FORBIDDEN,
-            &serde_json::json!({"error": "changes are accepted on the admin socket only"}),
+    let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
+        if crate::console::asset(path).is_some() {
+            return not_allowed(&Method::GET);
+        }
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": format!("no such endpoint: {path}; see docs/operations.md (Admin API) for the routes")}),
+        );
+    };
+    if req.method() != allowed {
+        return not_allowed(allowed);
+    }
+    match path {
+        "/healthz" | "/livez" => return text(StatusCode::OK, "ok\n"),
+        "/readyz" => return readyz(serving, verbose(req.uri().query())),
+        "/v1/reload" if !unix => {
+            return json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "POST /v1/reload is served on the admin socket only (<site folder>/admin.sock): the TCP admin address is read-only; run skiff site reload on the site's machine"}),
+            );
+        }
+        "/v1/logs" if !unix => {
+            return json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": "GET /v1/logs is served on the admin socket only (<site folder>/admin.sock): log lines name peer and client addresses; on the site's machine run skiff debug dump FILE"}),
+            );
+        }
+        _ => {}
+    }
+    let state = match serving {
+        Serving::Site(state) => state,
+        Serving::Stopping(_) => {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "the site is shutting down: only /readyz and /livez answer until it has stopped"}),
+            );
+        }
+    };
+    match path {
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, &state.metrics_text());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/v1/site" => json(StatusCode::OK, &state.site_json()),
+        "/v1/links" => json(StatusCode::OK, &state.links_json()),
+        "/v1/listeners" => json(StatusCode::OK, &state.listeners_json()),
+        "/v1/connectors" => json(StatusCode::OK, &state.connectors_json()),
+        "/v1/network" => json(StatusCode::OK, &state.network_json()),
+        "/v1/flows" => json(StatusCode::OK, &state.flows_json()),
+        "/v1/logs" => json(
+            StatusCode::OK,
+            &serde_json::to_value(crate::logbuf::site_log().snapshot()).unwrap_or_default(),
         ),
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
-        (&Method::GET, "/metrics") => text(StatusCode::OK, &state.metrics_text()),
-        (&Method::GET, "/v1/site") => json(StatusCode::OK, &state.site_json()),
-        (&Method::GET, "/v1/links") => json(StatusCode::OK, &state.links_json()),
-        (&Method::GET, "/v1/listeners") => json(StatusCode::OK, &state.listeners_json()),
-        (&Method::GET, "/v1/connectors") => json(StatusCode::OK, &state.connectors_json()),
-        (&Method::GET, "/v1/network") => json(StatusCode::OK, &state.network_json()),
-        (&Method::GET, "/v1/flows") => json(StatusCode::OK, &state.flows_json()),
-        (&Method::POST, "/v1/reload") => match state.reload().await {
+        "/v1/reload" => match state.reload().await {
             Ok(report) => {
                 let mut body = serde_json::to_value(&report).unwrap_or_default();
                 body["reloaded"] = serde_json::Value::Bool(true);
@@ -134,15 +232,59 @@ async fn route(req: Request<Incoming>, state: &SiteState, changes: bool) -> Resp
                 &serde_json::json!({"error": crate::error_chain(&e)}),
             ),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/v1/site" | "/v1/links" | "/v1/reload") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &serde_json::json!({"error": "method not allowed"}),
-        ),
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "no such endpoint"}),
+            &serde_json::json!({"error": format!("no such endpoint: {path}")}),
         ),
     }
+}
+
+/// `?verbose` (or `verbose=1`, `verbose=true`) in a query.
+fn verbose(query: Option<&str>) -> bool {
+    query.unwrap_or("").split('&').any(|part| {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        k == "verbose" && !matches!(v, "0" | "false")
+    })
+}
+
+/// `GET /readyz`: 200 `ready` (and a `warning:` line per listener or connector not serving),
+/// or 503 with JSON `{"ready": false, "reasons": [...], "warnings": [...]}`; with `verbose`
+/// the whole judgement as JSON, every check included, with the same status.
+fn readyz(serving: &Serving, verbose: bool) -> Response<Full<Bytes>> {
+    let r = match serving {
+        Serving::Site(state) => state.probes().readiness(Some(&state.readiness_facts())),
+        Serving::Stopping(probes) => probes.readiness(None),
+    };
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    if verbose {
+        return json(status, &serde_json::to_value(&r).unwrap_or_default());
+    }
+    if r.ready {
+        let mut body = String::from("ready\n");
+        for w in &r.warnings {
+            body.push_str(&format!("warning: {w}\n"));
+        }
+        return text(status, &body);
+    }
+    json(
+        status,
+        &serde_json::json!({"ready": false, "reasons": r.reasons, "warnings": r.warnings}),
+    )
+}
+
+fn not_allowed(allowed: &Method) -> Response<Full<Bytes>> {
+    let mut r = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &serde_json::json!({"error": format!("method not allowed: this route answers {allowed} only")}),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(allowed.as_str()) {
+        r.headers_mut().insert(http::header::ALLOW, v);
+    }
+    r
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -150,7 +292,7 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
 }
