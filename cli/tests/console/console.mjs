@@ -1,0 +1,201 @@
+// Drives the skiff web console in headless Chromium for cli/tests/console.rs.
+//
+// Usage: node console.mjs URL SCREENSHOT_PATH
+//
+// The Rust test runs three sites (west, east, north; links west-east, east-north, west-north;
+// key "echo" served at east and north; listeners at west: "echo", "down" (its backend refuses)
+// and "nowhere" (no site serves its key)) with west's admin API at URL. This script checks what
+// the page shows and asks the test for actions over stdio: it prints `ask ACTION` and waits for
+// `done ACTION` on stdin (ACTION: `failing-flow`, `stop north`, `stop west`). Progress lines
+// start with `step`; a failure exits 1 with `FAIL what` on stderr. Env: SKIFF_CHROMIUM (the
+// browser, default /usr/bin/chromium), SKIFF_CONSOLE_EXTRA_SHOTS (a folder for screenshots of
+// the later states).
+
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const [url, screenshot] = process.argv.slice(2);
+if (!url || !screenshot) {
+  console.error('usage: node console.mjs URL SCREENSHOT_PATH');
+  process.exit(2);
+}
+// A folder for screenshots of the later states too (north stopped, west stopped), if wanted.
+const extraShots = process.env.SKIFF_CONSOLE_EXTRA_SHOTS;
+const chromiumPath = process.env.SKIFF_CHROMIUM || '/usr/bin/chromium';
+const started = Date.now();
+const step = (what) => console.log(`step ${((Date.now() - started) / 1000).toFixed(1)}s ${what}`);
+
+// Replies from the test, one line each.
+const replies = [];
+let wake = null;
+createInterface({ input: process.stdin }).on('line', (line) => {
+  replies.push(line.trim());
+  if (wake) wake();
+});
+async function ask(action, timeoutMs) {
+  console.log(`ask ${action}`);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const i = replies.indexOf(`done ${action}`);
+    if (i >= 0) { replies.splice(i, 1); return; }
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`the test did not answer "${action}" within ${timeoutMs} ms`);
+    await new Promise((resolve) => { wake = resolve; setTimeout(resolve, Math.min(left, 200)); });
+  }
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+// Waits until `fn` (run in the page with `arg`) is truthy; on timeout says what was awaited
+// and what the page showed.
+async function until(page, what, fn, arg, timeoutMs = 15000) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: timeoutMs, polling: 200 });
+  } catch (e) {
+    const shown = await page.evaluate(() => ({
+      sites: [...document.querySelectorAll('g.site')].map((g) => `${g.dataset.site}:${g.dataset.state}`),
+      links: [...document.querySelectorAll('line.link')].map((l) => `${l.dataset.from}-${l.dataset.to}:${l.dataset.state}`),
+      banner: document.getElementById('banner').hidden ? null : document.getElementById('banner').textContent,
+      flows: [...document.querySelectorAll('tr.flow')].map((r) => `${r.dataset.key}:${r.dataset.outcome}`).slice(0, 10),
+      summary: document.getElementById('flows-summary').textContent,
+    }));
+    throw new Error(`${what}: not shown within ${timeoutMs} ms; the page shows ${JSON.stringify(shown)}`);
+  }
+}
+
+const pair = (a, b) => [a, b].sort().join('-');
+
+const browser = await chromium.launch({
+  executablePath: chromiumPath,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+let code = 0;
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 1 });
+  const problems = [];
+  let expectFetchErrors = false;
+  page.on('pageerror', (e) => problems.push(`script error: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() !== 'error' && m.type() !== 'warning') return;
+    if (expectFetchErrors && /Failed to load resource|ERR_CONNECTION_REFUSED/.test(m.text())) return;
+    problems.push(`console ${m.type()}: ${m.text()}`);
+  });
+  page.on('requestfailed', (r) => {
+    if (!expectFetchErrors) problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`);
+  });
+  const outside = [];
+  page.on('request', (r) => { if (!r.url().startsWith(url.replace(/\/$/, ''))) outside.push(r.url()); });
+
+  const response = await page.goto(url, { waitUntil: 'load', timeout: 15000 });
+  check(response.ok(), `GET ${url} answered ${response.status()}`);
+  step('page loaded');
+
+  // Three sites, west marked as this site, and the three links up.
+  await until(page, 'three reachable sites and three links up', () =>
+    document.querySelectorAll('g.site[data-state="local"], g.site[data-state="reachable"]').length === 3 &&
+    document.querySelectorAll('line.link[data-state="up"]').length === 3);
+  const drawn = await page.evaluate(() => ({
+    sites: [...document.querySelectorAll('g.site')].map((g) => ({ name: g.dataset.site, state: g.dataset.state, text: g.textContent })),
+    links: [...document.querySelectorAll('line.link')].map((l) => [l.dataset.from, l.dataset.to, l.dataset.state]),
+    labels: [...document.querySelectorAll('g.edge-label')].map((g) => g.textContent),
+  }));
+  check(JSON.stringify(drawn.sites.map((s) => s.name).sort()) === '["east","north","west"]', `sites drawn: ${JSON.stringify(drawn.sites)}`);
+  const west = drawn.sites.find((s) => s.name === 'west');
+  check(west.state === 'local' && west.text.includes('this site'), `west is not marked as this site: ${JSON.stringify(west)}`);
+  const edges = drawn.links.map(([a, b]) => pair(a, b)).sort();
+  check(JSON.stringify(edges) === JSON.stringify(['east-north', 'east-west', 'north-west']), `edges drawn: ${JSON.stringify(drawn.links)}`);
+  check(drawn.labels.every((l) => /cost 1/.test(l)), `edge labels without cost: ${JSON.stringify(drawn.labels)}`);
+  step(`topology drawn: ${JSON.stringify(drawn.links)} labels ${JSON.stringify(drawn.labels)}`);
+
+  // Services: key "echo" served by east and north; "nowhere" has no target, and says why.
+  await until(page, 'key echo served by east and north', () => {
+    const tags = [...document.querySelectorAll('tr.key[data-key="echo"] .site-tag')].map((t) => t.dataset.site);
+    return tags.includes('east') && tags.includes('north');
+  });
+  const nowhere = await page.evaluate(() => {
+    const row = document.querySelector('tr.listener[data-listener="nowhere"]');
+    return row && { status: row.dataset.status, detail: row.querySelector('.detail').textContent };
+  });
+  check(nowhere && nowhere.status === 'no-target' && /nowhere/.test(nowhere.detail),
+    `listener "nowhere" should show no-target with its key in the reason: ${JSON.stringify(nowhere)}`);
+  const echo = await page.evaluate(() => document.querySelector('tr.listener[data-listener="echo"] .detail')?.textContent);
+  check(/east/.test(echo) && /north/.test(echo), `listener "echo" should name its reachable sites east and north: ${echo}`);
+  step(`services listed; listener nowhere: ${nowhere.detail}; listener echo: ${echo}`);
+
+  // A flow the backend refuses shows up in the table, highlighted, with its reason.
+  await ask('failing-flow', 20000);
+  await until(page, 'a failed flow for key "down"', () =>
+    [...document.querySelectorAll('tr.flow.error[data-key="down"]')].some((r) => r.querySelector('.reason')?.textContent));
+  const failed = await page.evaluate(() => {
+    const row = document.querySelector('tr.flow.error[data-key="down"]');
+    const ok = document.createElement('tr');
+    ok.className = 'flow ok';
+    ok.append(document.createElement('td'));
+    document.querySelector('#flows tbody').append(ok);
+    const plain = getComputedStyle(ok.firstChild).backgroundColor;
+    ok.remove();
+    return {
+      outcome: row.dataset.outcome,
+      text: row.querySelector('.outcome').textContent,
+      background: getComputedStyle(row.querySelector('td')).backgroundColor,
+      plain,
+    };
+  });
+  check(failed.outcome !== 'ok' && failed.background !== failed.plain,
+    `the failed flow is not highlighted: ${JSON.stringify(failed)}`);
+  step(`failed flow shown highlighted (${failed.background}): ${failed.text}`);
+
+  // Traffic on this site's links, once the site reports link byte counters.
+  const countsBytes = await page.evaluate(async () =>
+    (await (await fetch('/v1/links')).json()).some((l) => typeof l.bytes_sent === 'number'));
+  if (countsBytes) {
+    await until(page, 'a traffic rate above 0 B/s on a link of west', () =>
+      [...document.querySelectorAll('g.edge-label')].some((g) => /↑ [1-9][\d.]* (B|kB|MB|GB)\/s|↓ [1-9][\d.]* (B|kB|MB|GB)\/s/.test(g.textContent)),
+      null, 10000);
+    const labels = await page.evaluate(() => [...document.querySelectorAll('g.edge-label')].map((g) => `${g.dataset.from}-${g.dataset.to}: ${g.textContent}`));
+    step(`traffic shown: ${JSON.stringify(labels)}`);
+  } else {
+    step('links report no byte counters yet: no traffic rate to check');
+  }
+
+  check(problems.length === 0, `the page had problems: ${problems.join('; ')}`);
+  check(outside.length === 0, `the page fetched from elsewhere: ${outside.join(', ')}`);
+  await page.screenshot({ path: screenshot, fullPage: true });
+  step(`screenshot written to ${screenshot}`);
+
+  // A stopped site is marked unreachable, in words.
+  await ask('stop north', 20000);
+  await until(page, 'north marked unreachable', () => {
+    const g = document.querySelector('g.site[data-site="north"]');
+    return g && g.dataset.state === 'unreachable' && g.textContent.includes('unreachable');
+  }, null, 20000);
+  const afterNorth = await page.evaluate(() =>
+    [...document.querySelectorAll('line.link')].map((l) => [[l.dataset.from, l.dataset.to].sort().join('-'), l.dataset.state]));
+  check(afterNorth.filter(([p]) => p.includes('north')).every(([, s]) => s === 'down'),
+    `links to north should be drawn down: ${JSON.stringify(afterNorth)}`);
+  check(afterNorth.some(([p, s]) => p === 'east-west' && s === 'up'), `east-west should stay up: ${JSON.stringify(afterNorth)}`);
+  step(`north unreachable; links ${JSON.stringify(afterNorth)}`);
+  if (extraShots) await page.screenshot({ path: `${extraShots}/console-north-stopped.png`, fullPage: true });
+
+  // West itself stopped: the banner says the admin API does not answer.
+  expectFetchErrors = true;
+  await ask('stop west', 20000);
+  await until(page, 'the banner for a stopped site', () => {
+    const b = document.getElementById('banner');
+    return !b.hidden && b.textContent.includes('has not answered') && document.body.dataset.api === 'down';
+  }, null, 15000);
+  const banner = await page.evaluate(() => document.getElementById('banner').textContent);
+  step(`banner shown: ${banner}`);
+  if (extraShots) await page.screenshot({ path: `${extraShots}/console-west-stopped.png`, fullPage: true });
+  check(problems.length === 0, `the page had problems: ${problems.join('; ')}`);
+  console.log('ok');
+} catch (e) {
+  console.error(`FAIL ${e.message}`);
+  code = 1;
+} finally {
+  await browser.close();
+}
+process.exit(code);
