@@ -188,15 +188,19 @@ mod tests {
 
     #[test]
     fn the_ring_keeps_the_newest_lines_and_counts_the_dropped() {
-        let ring = LogRing::new(1_000, MAX_BYTES);
-        for i in 0..2_000 {
+        let ring = LogRing::new(MAX_LINES, MAX_BYTES);
+        for i in 0..MAX_LINES + 1_000 {
             ring.push(&format!("line {i}"));
         }
         let s = ring.snapshot();
-        assert_eq!(s.lines.len(), 1_000);
+        assert_eq!(s.lines.len(), MAX_LINES);
         assert_eq!(s.dropped, 1_000);
         assert_eq!(s.lines.first().unwrap(), "line 1000");
-        assert_eq!(s.lines.last().unwrap(), "line 1999");
+        assert_eq!(
+            s.lines.last().unwrap(),
+            &format!("line {}", MAX_LINES + 999)
+        );
+        assert!(ring.held_bytes() < MAX_LINES * 10, "{}", ring.held_bytes());
     }
 
     #[test]
