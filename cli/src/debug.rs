@@ -63,6 +63,10 @@ impl Dump {
 
 /// Gathers the dump of the site in `folder` and writes it to `file` (`-`: standard output).
 pub async fn dump(folder: &SiteFolder, file: &str) -> Result<ExitCode, SiteError> {
+    if !folder.site_file().exists() {
+        // No site here at all (a wrong --dir): say so instead of an archive of nothing.
+        skiff_site_controller::site::load_site(folder)?;
+    }
     let mut d = Dump::default();
     let redactor = Redactor::from_folder(folder);
     let running = gather_status(folder, &mut d).await;

@@ -685,4 +685,20 @@ fn debug_dump_holds_status_logs_and_config_but_no_key_code_or_proxy_password() {
     assert!(readme.contains("the site is not running"), "{readme}");
     assert_no_secret(&archive, &secrets, &keys);
     west.stop();
+
+    // A folder without a site: an error naming it, no archive of nothing.
+    let nowhere = east.dir.with_file_name("no-site-here");
+    let out = east.dir.with_file_name("nothing.tar.gz");
+    let err = common::fails(&[
+        "debug",
+        "dump",
+        out.to_str().unwrap(),
+        "--dir",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert!(err.contains("no site in"), "{err}");
+    assert!(
+        !out.exists(),
+        "an archive was written for a folder without a site"
+    );
 }

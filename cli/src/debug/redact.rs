@@ -167,23 +167,22 @@ fn percent_decode(s: &str) -> String {
 /// The folder's files, by name, type, mode and size (never their contents): enough to spot a
 /// wrong owner or mode. Its subfolders are listed one level down.
 pub fn file_listing(folder: &SiteFolder) -> String {
-    let mut out =
-        String::from("# the site folder's files (names only; contents are not in this dump)\n");
+    use std::os::unix::fs::FileTypeExt;
+    const MAX_ENTRIES: usize = 2000;
     let root = folder.root();
+    let mut lines: Vec<(String, String)> = Vec::new();
     let mut dirs = vec![(root.to_path_buf(), 0)];
-    let mut count = 0usize;
+    let mut more = false;
     while let Some((dir, depth)) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
-            out.push_str(&format!("{}: cannot be listed\n", dir.display()));
+            let rel = dir.strip_prefix(root).unwrap_or(&dir).display().to_string();
+            lines.push((rel.clone(), format!("?    {rel}/: cannot be listed")));
             continue;
         };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            count += 1;
-            if count > 2000 {
-                out.push_str("... (more than 2000 entries: the rest is left out)\n");
-                return out;
+        for e in entries.flatten() {
+            if lines.len() >= MAX_ENTRIES {
+                more = true;
+                break;
             }
             let path = e.path();
             let rel = path
@@ -191,30 +190,46 @@ pub fn file_listing(folder: &SiteFolder) -> String {
                 .unwrap_or(&path)
                 .display()
                 .to_string();
-            match std::fs::symlink_metadata(&path) {
+            let line = match std::fs::symlink_metadata(&path) {
                 Ok(m) => {
-                    let kind = if m.is_dir() {
+                    let t = m.file_type();
+                    let kind = if t.is_dir() {
                         "dir "
-                    } else if m.file_type().is_symlink() {
+                    } else if t.is_symlink() {
                         "link"
-                    } else if m.is_file() {
+                    } else if t.is_socket() {
+                        "sock"
+                    } else if t.is_file() {
                         "file"
                     } else {
-                        "other"
+                        "othr"
                     };
-                    out.push_str(&format!(
-                        "{kind} {:04o} uid {:<6} {:>9}  {rel}\n",
+                    if t.is_dir() && depth == 0 {
+                        dirs.push((path.clone(), depth + 1));
+                    }
+                    format!(
+                        "{kind} {:04o} uid {:<6} {:>9}  {rel}",
                         m.permissions().mode() & 0o7777,
                         m.uid(),
                         m.len()
-                    ));
-                    if m.is_dir() && depth == 0 {
-                        dirs.push((path, depth + 1));
-                    }
+                    )
                 }
-                Err(err) => out.push_str(&format!("?    {rel}: {err}\n")),
-            }
+                Err(err) => format!("?    {rel}: {err}"),
+            };
+            lines.push((rel, line));
         }
+    }
+    lines.sort();
+    let mut out =
+        String::from("# the site folder's files (names only; contents are not in this dump)\n");
+    for (_, line) in lines {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if more {
+        out.push_str(&format!(
+            "... (more than {MAX_ENTRIES} entries: the rest is left out)\n"
+        ));
     }
     out
 }
