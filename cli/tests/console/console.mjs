@@ -185,7 +185,7 @@ try {
   await ask('stop west', 20000);
   await until(page, 'the banner for a stopped site', () => {
     const b = document.getElementById('banner');
-    return !b.hidden && b.textContent.includes('has not answered') && document.body.dataset.api === 'down';
+    return !b.hidden && b.textContent.includes('has not served the console') && document.body.dataset.api === 'down';
   }, null, 15000);
   const banner = await page.evaluate(() => document.getElementById('banner').textContent);
   step(`banner shown: ${banner}`);

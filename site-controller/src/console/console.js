@@ -119,7 +119,7 @@ function apiDown(why) {
   const banner = document.getElementById('banner');
   const who = state.siteName ? `site "${state.siteName}"` : 'the site';
   banner.textContent =
-    `The admin API at ${location.host} has not answered since ${clock(state.downSince)} (${why}): ` +
+    `The admin API at ${location.host} has not served the console since ${clock(state.downSince)} (${why}): ` +
     `${who} may have stopped. Check it with: skiff site status. ` +
     `The page shows the last data it received and retries every ${POLL_MS / 1000} s.`;
   banner.hidden = false;
