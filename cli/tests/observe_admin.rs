@@ -303,6 +303,20 @@ fn every_admin_route_answers_on_a_linked_pair_over_the_socket_and_tcp() {
     );
     let addr = listeners[0]["address"].as_str().unwrap().to_string();
     drop(echo_through(&addr, 100_000));
+    // The flow ends at the routers a moment after the client closes.
+    wait_for(
+        &unix,
+        "/v1/flows",
+        Duration::from_secs(10),
+        "the flow's end",
+        |v| match v {
+            Value::Array(active) => active.is_empty(),
+            _ => {
+                v["active"].as_array().is_some_and(|a| a.is_empty())
+                    && v["recent"].as_array().is_some_and(|r| !r.is_empty())
+            }
+        },
+    );
 
     for admin in [&unix, &tcp] {
         for path in ["/healthz", "/livez"] {
@@ -393,7 +407,14 @@ fn every_admin_route_answers_on_a_linked_pair_over_the_socket_and_tcp() {
                 let recent = flows["recent"].as_array().unwrap();
                 assert!(
                     recent.iter().any(|f| f["routingKey"] == "echo"
+                        && f["role"] == "ingress"
+                        && f["origin"]["name"] == "west"
+                        && f["destination"]["name"] == "east"
+                        && f["client"]
+                            .as_str()
+                            .is_some_and(|c| c.starts_with("127.0.0.1:"))
                         && f["bytesForward"] == 100_000
+                        && f["bytesBack"] == 100_000
                         && f["outcome"] == "ok"),
                     "{flows:#}"
                 );
@@ -692,4 +713,48 @@ fn readyz_turns_503_with_the_reason_while_the_site_drains_a_flow() {
         "socket still answers"
     );
     drop(east_run);
+}
+
+#[test]
+fn the_log_lines_of_a_running_site_stay_bounded() {
+    let site = Site::create("busy-log", false);
+    let run = Running::start(&site, &[], &[]);
+    let before = get_json(&run.unix, "/v1/logs");
+    let first = before["lines"].as_array().unwrap().len() as u64;
+    // Every reload logs one line ("reloaded the site folder"): 2 500 of them overflow the
+    // ring's 2 000 lines.
+    let reloads = 2_500u64;
+    let started = Instant::now();
+    for i in 0..reloads {
+        let r = request(&run.unix, "POST", "/v1/reload");
+        assert_eq!(r.status, 200, "reload {i}: {r:?}");
+        assert!(started.elapsed() < Duration::from_secs(120), "too slow");
+    }
+    let took = started.elapsed();
+    let logs = get_json(&run.unix, "/v1/logs");
+    let lines = logs["lines"].as_array().unwrap();
+    let bytes: usize = lines.iter().map(|l| l.as_str().unwrap().len()).sum();
+    let dropped = logs["dropped"].as_u64().unwrap();
+    assert_eq!(lines.len(), 2_000, "lines kept");
+    assert_eq!(
+        dropped + lines.len() as u64,
+        first + reloads,
+        "every line is kept or counted as dropped"
+    );
+    assert!(bytes <= 1024 * 1024, "{bytes} bytes kept");
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .contains("reloaded the site folder"),
+        "{:?}",
+        lines.last()
+    );
+    eprintln!(
+        "{reloads} reloads in {took:?}: {} lines kept ({bytes} bytes), {dropped} dropped; RSS {} KiB",
+        lines.len(),
+        common::rss_kib(run.pid())
+    );
 }
