@@ -45,9 +45,9 @@ pub(crate) fn policy_refusal(
         Refusal::new(
             "revoked",
             format!(
-                "{reason}: its links are refused until the revocation is undone there (skiff \
-                 link revoke {peer} --undo); if the link is no longer wanted, delete it at the \
-                 dialing site (skiff link delete)"
+                "{reason}: its links are refused until the revocation is undone here (skiff \
+                 link revoke {peer} --undo at the revoking site); if the link is no longer \
+                 wanted, delete it at the dialing site (skiff link delete)"
             ),
         )
     } else {

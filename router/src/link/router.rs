@@ -572,7 +572,7 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         };
         let remote = incoming.remote_address();
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tls::limited_warn!(shared.log_limits, "quic-pending", remote.ip(), addr = %remote, check = "too-many-handshakes", limit = tls::MAX_PENDING_CONNECTIONS,
+            tls::limited_warn!(shared.log_limits, "quic-pending", remote.ip(), addr = %remote, check = %"too-many-handshakes", limit = tls::MAX_PENDING_CONNECTIONS,
                 "refused a QUIC connection from {remote}: too many handshakes in progress (a flood, or many sites redialing at once after an outage: they back off and retry)");
             incoming.refuse();
             continue;
@@ -584,12 +584,12 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     Ok(Ok(conn)) => conn,
                     Ok(Err(e)) => {
                         let why = super::explain::inbound_handshake_failure(&e);
-                        tls::limited_warn!(shared2.log_limits, "quic-handshake", remote.ip(), addr = %remote, transport = %Transport::Quic, check = why.check, cause = %e,
+                        tls::limited_warn!(shared2.log_limits, "quic-handshake", remote.ip(), addr = %remote, transport = %Transport::Quic, check = %why.check, cause = %e,
                             "refused a QUIC connection from {remote}: {why}");
                         return;
                     }
                     Err(_) => {
-                        tls::limited_warn!(shared2.log_limits, "quic-handshake-timeout", remote.ip(), addr = %remote, transport = %Transport::Quic, check = "handshake-timeout",
+                        tls::limited_warn!(shared2.log_limits, "quic-handshake-timeout", remote.ip(), addr = %remote, transport = %Transport::Quic, check = %"handshake-timeout",
                             "refused a QUIC connection from {remote}: no handshake within {} s (a path that drops large UDP packets, or not a skiff router; if a site cannot link, try --transport tls there)",
                             tls::TLS_HANDSHAKE_TIMEOUT.as_secs());
                         return;
@@ -599,7 +599,7 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     Ok(site) => site,
                     Err((site, refusal)) => {
                         let who = site.map(|s| s.to_string()).unwrap_or_default();
-                        tls::limited_warn!(shared2.log_limits, "quic-link-refused", format!("{}/{who}", remote.ip()), addr = %remote, site = %who, transport = %Transport::Quic, check = refusal.check,
+                        tls::limited_warn!(shared2.log_limits, "quic-link-refused", format!("{}/{who}", remote.ip()), addr = %remote, site = %who, transport = %Transport::Quic, check = %refusal.check,
                             "refused an inbound link from {remote}: {refusal}");
                         conn.close(super::explain::REFUSED_CODE, refusal.reason.as_bytes());
                         return;
@@ -701,7 +701,7 @@ pub(crate) async fn serve_inbound(
     let (control, peer) = match hello {
         Ok(h) => h,
         Err(refusal) => {
-            tls::limited_warn!(shared.log_limits, "hello-refused", format!("{}/{cert_site}", remote.ip()), addr = %remote, site = %cert_site, %transport, check = refusal.check,
+            tls::limited_warn!(shared.log_limits, "hello-refused", format!("{}/{cert_site}", remote.ip()), addr = %remote, site = %cert_site, %transport, check = %refusal.check,
                 "refused an inbound link from {remote}: {refusal}");
             conn.close(&refusal.reason);
             return;

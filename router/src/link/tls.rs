@@ -78,7 +78,7 @@ pub(crate) async fn accept_loop(
                 // capped, so a flood cannot take every file descriptor and task.
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
                     if let Some(count) = refused.due() {
-                        tracing::warn!(addr = %remote, limit, refused = count, check = "too-many-handshakes",
+                        tracing::warn!(addr = %remote, limit, refused = count, check = %"too-many-handshakes",
                             "refused connections on the link port: too many handshakes in progress (a flood, or many sites redialing at once after an outage: they back off and retry)");
                     }
                     continue;
@@ -221,12 +221,12 @@ async fn handle_tcp(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let why = super::explain::inbound_handshake_failure(&e);
-            limited_warn!(shared.log_limits, "tls-handshake", remote.ip(), addr = %remote, transport = %Transport::Tls, check = why.check, cause = %e,
+            limited_warn!(shared.log_limits, "tls-handshake", remote.ip(), addr = %remote, transport = %Transport::Tls, check = %why.check, cause = %e,
                 "refused a connection on the link port from {remote}: {why}");
             return;
         }
         Err(_) => {
-            limited_warn!(shared.log_limits, "tls-handshake-timeout", remote.ip(), addr = %remote, transport = %Transport::Tls, check = "handshake-timeout",
+            limited_warn!(shared.log_limits, "tls-handshake-timeout", remote.ip(), addr = %remote, transport = %Transport::Tls, check = %"handshake-timeout",
                 "refused a connection on the link port from {remote}: no TLS handshake within {} s (a stalled client or a path that drops packets; not a skiff router?)",
                 TLS_HANDSHAKE_TIMEOUT.as_secs());
             return;
@@ -238,7 +238,7 @@ async fn handle_tcp(
         Some(p) if p == ALPN_GRANT => match &shared.grants {
             Some(handler) => handler.serve(tls, remote).await,
             None => {
-                limited_warn!(shared.log_limits, "no-grants", remote.ip(), addr = %remote, check = "no-grants",
+                limited_warn!(shared.log_limits, "no-grants", remote.ip(), addr = %remote, check = %"no-grants",
                     "refused a token redemption from {remote}: this router serves no grants")
             }
         },
@@ -246,7 +246,7 @@ async fn handle_tcp(
             // Counts as pending until the hello exchange finished or the refusal was told: a
             // site that may not link cannot hold connections open beyond the cap.
             let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
-                limited_warn!(shared.log_limits, "no-client-cert", remote.ip(), addr = %remote, transport = %Transport::Tls, check = "client-certificate",
+                limited_warn!(shared.log_limits, "no-client-cert", remote.ip(), addr = %remote, transport = %Transport::Tls, check = %"client-certificate",
                     "refused an inbound link from {remote}: the peer presented no client certificate (links need one from a redeemed token)");
                 return;
             };
@@ -254,7 +254,7 @@ async fn handle_tcp(
                 Ok(site) => site,
                 Err((site, refusal)) => {
                     let who = site.map(|s| s.to_string()).unwrap_or_default();
-                    limited_warn!(shared.log_limits, "link-refused", format!("{}/{who}", remote.ip()), addr = %remote, site = %who, transport = %Transport::Tls, check = refusal.check,
+                    limited_warn!(shared.log_limits, "link-refused", format!("{}/{who}", remote.ip()), addr = %remote, site = %who, transport = %Transport::Tls, check = %refusal.check,
                         "refused an inbound link from {remote}: {refusal}");
                     // Tell the dialer why on its control stream (QUIC says it in the close).
                     let conn = YamuxConnection::start(tls, false);
@@ -267,7 +267,7 @@ async fn handle_tcp(
             serve_inbound(shared, conn, site, Transport::Tls, remote, pending).await;
         }
         other => {
-            limited_warn!(shared.log_limits, "no-alpn", remote.ip(), addr = %remote, transport = %Transport::Tls, check = "alpn", alpn = ?other.map(String::from_utf8_lossy),
+            limited_warn!(shared.log_limits, "no-alpn", remote.ip(), addr = %remote, transport = %Transport::Tls, check = %"alpn", alpn = ?other.map(String::from_utf8_lossy),
                 "refused a connection on the link port from {remote}: no skiff ALPN (expected skiff-link/1 or skiff-grant/1): not a skiff router or token client");
         }
     }
@@ -294,5 +294,39 @@ mod accept_tests {
         }
         tokio::time::advance(ACCEPT_LOG_EVERY).await;
         assert_eq!(log.due(), Some(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_logged_once_per_address_and_kind_every_30_s() {
+        let limits = LogLimits::default();
+        let (a, b) = ("10.0.0.1", "10.0.0.2");
+        assert_eq!(limits.due("link-refused", a), Some(1));
+        // Another address, or another kind, has its own line.
+        assert_eq!(limits.due("link-refused", b), Some(1));
+        assert_eq!(limits.due("tls-handshake", a), Some(1));
+        // A peer redialing every 5 s: one line per 30 s, counting the refusals.
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert_eq!(limits.due("link-refused", a), None);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(limits.due("link-refused", a), Some(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_from_many_addresses_shares_one_limit_beyond_the_tracked_ones() {
+        let limits = LogLimits::default();
+        let mut logged = 0;
+        for i in 0..(MAX_TRACKED_ADDRESSES + 500) {
+            if limits
+                .due("tls-handshake", format!("10.1.{}.{}", i / 256, i % 256))
+                .is_some()
+            {
+                logged += 1;
+            }
+        }
+        // One line per tracked address, then one for all the others.
+        assert_eq!(logged, MAX_TRACKED_ADDRESSES + 1);
+        assert!(limits.kinds.lock().unwrap().len() <= MAX_TRACKED_ADDRESSES + 1);
     }
 }
