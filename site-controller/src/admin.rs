@@ -78,8 +78,9 @@ trait AdminIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AdminIo for T {}
 
 impl AdminListener {
-    /// Changes (`POST /v1/reload`) are served on the unix socket only, which the file mode
-    /// limits to the site's owner; the TCP address is for probes and Prometheus.
+    /// Changes (`POST /v1/reload`) and the log lines (`GET /v1/logs`, which name peer and
+    /// client addresses) are served on the unix socket only, which the file mode limits to
+    /// the site's owner; the TCP address is for probes, Prometheus and the console.
     fn allows_changes(&self) -> bool {
         matches!(self, AdminListener::Unix(_))
     }
