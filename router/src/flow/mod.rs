@@ -94,6 +94,17 @@ pub enum FlowRole {
     Egress,
 }
 
+impl FlowRole {
+    /// Its word in JSON, labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowRole::Ingress => "ingress",
+            FlowRole::Transit => "transit",
+            FlowRole::Egress => "egress",
+        }
+    }
+}
+
 /// One active flow as shown to operators.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]

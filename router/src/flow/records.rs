@@ -184,13 +184,13 @@ pub(crate) fn cap(s: &str) -> Box<str> {
     format!("{}…", &s[..end]).into()
 }
 
+/// RFC 3339 UTC with milliseconds, always three digits (so the strings sort by time).
 fn rfc3339(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t);
-    let t = t
-        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-        .unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&format).unwrap_or_default()
 }
 
 /// The recent ended flows, and the per-key log limits.
@@ -461,7 +461,7 @@ impl Flow {
             .client
             .map(|c| c.to_string())
             .unwrap_or_else(|| "-".into());
-        let role = self.role;
+        let role = self.role.as_str();
         let hint = match outcome {
             FlowOutcome::NoRoute => {
                 "no site could take it: create a connector for the key, or check the links \
@@ -479,10 +479,10 @@ impl Flow {
             FlowOutcome::Reset | FlowOutcome::Error | FlowOutcome::Ok => "",
         };
         if operator {
-            tracing::warn!(%key, %site, %client, ?role, %outcome, %reason, suppressed,
+            tracing::warn!(%key, %site, %client, %role, %outcome, %reason, suppressed,
                 "flow failed: {hint}");
         } else {
-            tracing::debug!(%key, %site, %client, ?role, %outcome, %reason, suppressed,
+            tracing::debug!(%key, %site, %client, %role, %outcome, %reason, suppressed,
                 "flow ended without success");
         }
     }
@@ -518,12 +518,12 @@ impl Drop for Flow {
                 }
             }
         };
-        stats.count_end(self.role, outcome);
         if let Some(reason) = reason.as_deref()
             && outcome != FlowOutcome::Ok
         {
             self.log_failure(outcome, reason);
         }
+        stats.count_end(self.role, outcome);
         self.flows.recent.push(Ended {
             id: self.id,
             key: std::mem::take(&mut self.key),
@@ -547,6 +547,13 @@ impl Drop for Flow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_have_three_digits_of_milliseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(86_400_000 + 5);
+        assert_eq!(rfc3339(t), "1970-01-02T00:00:00.005Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
 
     #[test]
     fn reasons_are_capped_at_a_character_boundary() {

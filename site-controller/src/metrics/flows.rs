@@ -14,11 +14,7 @@ use skiff_router::flow::{
 use super::samples;
 
 fn role(r: FlowRole) -> &'static str {
-    match r {
-        FlowRole::Ingress => "ingress",
-        FlowRole::Transit => "transit",
-        FlowRole::Egress => "egress",
-    }
+    r.as_str()
 }
 
 /// Every status a listener or connector may have, in labels.

@@ -44,9 +44,10 @@ pub(crate) async fn send(
                 return Ok(resp.map(|b| super::io::with_guard(b, active)));
             }
             Err(SendError::NotSent(r, why)) => {
-                c.backend_failed(&format!("backend {}: {why}", pool.address()));
+                let why = naming(&pool.address(), why);
+                c.backend_failed(&why);
                 tracing::debug!(connector = %c.spec.name, reason = %why, "backend not reached");
-                last = format!("{}: {why}", pool.address());
+                last = why;
                 // Back to the form it came in, for the next connector (HTTP/1.1 and HTTP/2
                 // ones want different forms).
                 req = r;
@@ -55,13 +56,23 @@ pub(crate) async fn send(
                 req.headers_mut().remove(header::HOST);
             }
             Err(SendError::Failed(why)) => {
-                c.backend_failed(&format!("backend {}: {why}", pool.address()));
-                return Err(SendError::Failed(format!("{}: {why}", pool.address())));
+                let why = naming(&pool.address(), why);
+                c.backend_failed(&why);
+                return Err(SendError::Failed(why));
             }
             Err(SendError::TimedOut) => return Err(SendError::TimedOut),
         }
     }
     Err(SendError::NotSent(req, last))
+}
+
+/// `why` naming the backend at `address` (connect errors name it already).
+fn naming(address: &str, why: String) -> String {
+    if why.contains(address) {
+        why
+    } else {
+        format!("backend {address}: {why}")
+    }
 }
 
 /// Puts a request (absolute URI, as the ingress made it) in the form its backend takes.

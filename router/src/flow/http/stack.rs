@@ -467,14 +467,9 @@ async fn route(
             Ok(resp) if resp.headers().contains_key(NOT_SENT_HEADER) && replayable => {
                 // The egress's backends refused it.
                 reason = "connect-refused";
-                last = format!(
-                    "{}: {}",
-                    target.router,
-                    resp.headers()
-                        .get(ERROR_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("not sent")
-                );
+                let site = flows.site_names().remove(&target.router);
+                let site = site.unwrap_or_else(|| target.router.to_string());
+                last = format!("at {site}: {}", rescue_detail(resp).await);
             }
             Ok(resp) => {
                 let resp = resp.map(|b| super::io::with_guard(b, outstanding));
@@ -496,6 +491,44 @@ async fn route(
         tracing::debug!(reason = %last, "target not reached; trying the next");
     }
     (last_key, Err(ProxyError::NoRoute(reason, last)))
+}
+
+/// What an egress's rescue response says (its one-line body, `skiff: <reason>: <detail>`),
+/// read with a bound of 1 KiB and 1 s; else its `skiff-error` word.
+async fn rescue_detail(resp: Response<Body>) -> String {
+    let word = resp
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("not sent")
+        .to_owned();
+    let mut body = resp.into_body();
+    let read = async {
+        let mut text = Vec::new();
+        while text.len() < 1024 {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        text.extend_from_slice(d);
+                    }
+                }
+                _ => break,
+            }
+        }
+        text.truncate(1024);
+        text
+    };
+    let text = tokio::time::timeout(std::time::Duration::from_secs(1), read)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let text = text.trim();
+    let text = text.strip_prefix("skiff: ").unwrap_or(text);
+    if text.is_empty() {
+        word
+    } else {
+        text.to_owned()
+    }
 }
 
 /// Layer 6: the local connectors, or the target router over a pooled HTTP/2 connection.
