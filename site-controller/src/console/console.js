@@ -186,11 +186,18 @@ function renderTopology(net, links, site, now) {
 
   const ordered = [...sites.values()].sort((p, q) => (p.name < q.name ? -1 : p.name > q.name ? 1 : p.id < q.id ? -1 : 1));
   const n = ordered.length;
-  const radius = n <= 1 ? 0 : Math.max(165, n * 28);
+  // Up to 8 sites: a circle beside the services. More: an ellipse across the page, and cost
+  // labels only where they matter (this site's links, links down or one-way).
+  const many = n > 8;
+  document.getElementById('topology-section').classList.toggle('wide', many);
+  document.getElementById('services-section').classList.toggle('wide', many);
+  const radius = n <= 1 ? 0 : many ? n * 17 : 165;
+  const radiusX = many ? n * 30 : radius;
   const pos = new Map();
   ordered.forEach((s, i) => {
-    const angle = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(n, 1);
-    pos.set(s.id, { x: radius * Math.cos(angle), y: radius * Math.sin(angle) });
+    // From the top, clockwise; two sites side by side.
+    const angle = (n === 2 ? Math.PI : -Math.PI / 2) + (2 * Math.PI * i) / Math.max(n, 1);
+    pos.set(s.id, { x: radiusX * Math.cos(angle), y: radius * Math.sin(angle) });
   });
   // The picture's box: the nodes, room for names beside and below them.
   const xs = [...pos.values()].map((p) => p.x);
@@ -255,7 +262,11 @@ function renderTopology(net, links, site, now) {
       x2: pb.x - (dx / len) * cut, y2: pb.y - (dy / len) * cut,
       'marker-end': kind === 'one-way' ? 'url(#arrow)' : null,
     }, svg('title', {}, `${from.name} – ${to.name}: ${lines.join(', ')}`)));
-    labelLayer.append(edgeLabel(lines, (pa.x + pb.x) / 2, (pa.y + pb.y) / 2, kind, from.name, to.name));
+    if (!many || kind !== 'up' || e.mine.length) {
+      // This site's edges meet at its node: their labels sit nearer the other end.
+      const t = from.local ? 0.62 : to.local ? 0.38 : 0.5;
+      labelLayer.append(edgeLabel(lines, pa.x + (pb.x - pa.x) * t, pa.y + (pb.y - pa.y) * t, kind, from.name, to.name));
+    }
   }
 
   for (const s of ordered) {
