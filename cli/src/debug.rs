@@ -120,7 +120,7 @@ async fn gather_status(folder: &SiteFolder, d: &mut Dump) -> bool {
     let socket = folder.admin_socket();
     let not_running = |d: &mut Dump, e: &SiteError| {
         d.missing.push(format!(
-            "status/ and logs.txt: the site is not running ({}), so there is no live status",
+            "status/ and logs.txt: not gathered: {}, so there is no live status or log",
             skiff_site_controller::error_chain(e)
         ));
         false

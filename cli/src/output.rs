@@ -266,10 +266,18 @@ pub async fn service_list(
                 (Service::Listener, Some(a)) => plain(a),
                 _ => format!("{}:{}", plain(&i["host"]), plain(&i["port"])),
             };
-            let flows = match (i.get("flowsActive"), i.get("flowsTotal")) {
+            let mut flows = match (i.get("flowsActive"), i.get("flowsTotal")) {
                 (Some(a), Some(t)) => format!("{} / {}", plain(a), plain(t)),
                 _ => "-".into(),
             };
+            // Listeners: connections refused; connectors: backend connections that failed.
+            let (field, word) = match kind {
+                Service::Listener => ("flowsRefused", "refused"),
+                Service::Connector => ("flowsFailed", "failed"),
+            };
+            if let Some(n) = i.get(field).and_then(Value::as_u64).filter(|n| *n > 0) {
+                flows.push_str(&format!(", {n} {word}"));
+            }
             [
                 plain(&i["name"]),
                 plain(&i["routingKey"]),
@@ -494,5 +502,68 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     line(header.to_vec());
     for r in rows {
         line(r.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> Value {
+        json!({
+            "routers": [
+                {"id": "bb", "name": "east", "cost": 1, "reachable": true},
+                {"id": "cc", "name": "north", "cost": null, "reachable": false},
+            ],
+            "keys": [
+                {"routingKey": "redis", "sites": [{"siteId": "bb", "siteName": "east", "reachable": true}]},
+                {"routingKey": "web", "sites": [{"siteId": "cc", "siteName": "north", "reachable": false}]},
+            ]
+        })
+    }
+
+    fn listener(key: &str) -> Value {
+        json!({"name": "l", "routingKey": key, "routingKeys": [key], "status": "active"})
+    }
+
+    #[test]
+    fn the_router_reason_and_targets_come_first() {
+        let mut l = listener("redis");
+        l["reason"] = json!("reachable: east (cost 1)");
+        l["targets"] = json!([{"routingKey": "redis", "siteName": "east", "cost": 1}]);
+        assert_eq!(
+            service_detail(Service::Listener, &l, Some(&net())),
+            "reachable: east (cost 1)"
+        );
+        let mut c = json!({"name": "c", "routingKey": "redis"});
+        c["reason"] = json!("backend 127.0.0.1:1 refused the connection at 07:41:03 UTC");
+        assert_eq!(
+            service_detail(Service::Connector, &c, None),
+            "backend 127.0.0.1:1 refused the connection at 07:41:03 UTC"
+        );
+        let mut t = listener("redis");
+        t["targets"] = json!([{"siteName": "east", "cost": 1}, {"siteName": "north", "cost": 2}]);
+        t["requests"] = json!({"2xx": 3, "5xx": 0});
+        assert_eq!(
+            service_detail(Service::Listener, &t, None),
+            "reachable: east (cost 1), north (cost 2); requests: 2xx 3"
+        );
+    }
+
+    #[test]
+    fn without_a_router_reason_the_network_view_says_why() {
+        let n = net();
+        assert_eq!(
+            service_detail(Service::Listener, &listener("redis"), Some(&n)),
+            "reachable: east (cost 1)"
+        );
+        assert_eq!(
+            service_detail(Service::Listener, &listener("web"), Some(&n)),
+            r#"key "web" is served only by north, which is unreachable from here (no link path)"#
+        );
+        assert_eq!(
+            service_detail(Service::Listener, &listener("ghost"), Some(&n)),
+            r#"no site in the network has a connector for key "ghost""#
+        );
     }
 }

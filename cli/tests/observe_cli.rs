@@ -135,11 +135,13 @@ fn network_status_names_every_site_link_and_key_and_flags_a_dead_site_in_words()
     // A chain: east dials west, north dials east.
     link(&east, &west);
     link(&north, &east);
+    // redis's backend is down from the start: nothing listens on its port.
+    let dead_port = common::free_port().to_string();
     ok(&[
         "connector",
         "create",
         "redis",
-        &echo.port.to_string(),
+        &dead_port,
         "--dir",
         east.d(),
     ]);
@@ -268,6 +270,54 @@ fn network_status_names_every_site_link_and_key_and_flags_a_dead_site_in_words()
     );
     let row = list.lines().find(|l| l.starts_with("nothing ")).unwrap();
     assert!(row.ends_with(&nothing), "the DETAIL column is cut: {row:?}");
+
+    // A client of cache reaches east, whose backend refuses: east's connector list says so.
+    let cache = items.iter().find(|i| i["name"] == "cache").unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut client = TcpStream::connect(&cache).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = std::io::Write::write_all(&mut client, b"PING\r\n");
+    let mut sink = Vec::new();
+    let _ = client.read_to_end(&mut sink);
+    assert!(sink.is_empty(), "a dead backend answered: {sink:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (connectors, detail) = loop {
+        let t = ok(&["connector", "list", "--dir", east.d()]);
+        let j = ok(&["connector", "list", "--output", "json", "--dir", east.d()]);
+        let items: Vec<Value> = serde_json::from_slice(&j.stdout).unwrap();
+        let detail = items
+            .iter()
+            .find(|i| i["name"] == "redis")
+            .and_then(|i| i["detail"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        if detail.contains("refused") {
+            break (String::from_utf8_lossy(&t.stdout).into_owned(), detail);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "east's connector does not say its backend refused: {items:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("connector list at east:\n{connectors}");
+    assert!(
+        detail.contains(&format!("127.0.0.1:{dead_port}")),
+        "{detail}"
+    );
+    let row = connectors
+        .lines()
+        .find(|l| l.starts_with("redis "))
+        .unwrap();
+    assert!(row.ends_with(&detail), "the DETAIL column is cut: {row:?}");
+    assert!(
+        row.contains(" 1 failed "),
+        "the failed attempt is not counted: {row:?}"
+    );
 
     // north dies (SIGKILL: no goodbye): west names it unreachable, and the key only it served.
     north.kill();
@@ -682,7 +732,11 @@ fn debug_dump_holds_status_logs_and_config_but_no_key_code_or_proxy_password() {
     let readme = String::from_utf8_lossy(&archive["README.txt"]).into_owned();
     eprintln!("README.txt of the stopped site:\n{readme}");
     assert!(readme.contains("Running: no"), "{readme}");
-    assert!(readme.contains("the site is not running"), "{readme}");
+    assert!(
+        readme.contains("status/ and logs.txt: not gathered: site in")
+            && readme.contains("is not running"),
+        "{readme}"
+    );
     assert_no_secret(&archive, &secrets, &keys);
     west.stop();
 
