@@ -9,7 +9,8 @@
 // `done ACTION` on stdin (ACTION: `failing-flow`, `stop north`, `stop west`). Progress lines
 // start with `step`; a failure exits 1 with `FAIL what` on stderr. Env: SKIFF_CHROMIUM (the
 // browser, default /usr/bin/chromium), SKIFF_CONSOLE_EXTRA_SHOTS (a folder for screenshots of
-// the later states).
+// the later states). Time bounds (the page polls every 2 s): the failed flow shows within 6 s,
+// north unreachable within 10 s of its stop, the banner within 8 s of west's stop.
 
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -50,9 +51,12 @@ function check(cond, what) {
 
 // Waits until `fn` (run in the page with `arg`) is truthy; on timeout says what was awaited
 // and what the page showed.
+// Returns how long it took, in ms.
 async function until(page, what, fn, arg, timeoutMs = 15000) {
+  const from = Date.now();
   try {
-    await page.waitForFunction(fn, arg, { timeout: timeoutMs, polling: 200 });
+    await page.waitForFunction(fn, arg, { timeout: timeoutMs, polling: 100 });
+    return Date.now() - from;
   } catch (e) {
     const shown = await page.evaluate(() => ({
       sites: [...document.querySelectorAll('g.site')].map((g) => `${g.dataset.site}:${g.dataset.state}`),
@@ -126,9 +130,11 @@ try {
   step(`services listed; listener nowhere: ${nowhere.detail}; listener echo: ${echo}`);
 
   // A flow the backend refuses shows up in the table, highlighted, with its reason.
+  // The page polls every 2 s: a new flow record shows within one poll and a fetch.
   await ask('failing-flow', 20000);
-  await until(page, 'a failed flow for key "down"', () =>
-    [...document.querySelectorAll('tr.flow.error[data-key="down"]')].some((r) => r.querySelector('.reason')?.textContent));
+  const flowShown = await until(page, 'a failed flow for key "down"', () =>
+    [...document.querySelectorAll('tr.flow.error[data-key="down"]')].some((r) => r.querySelector('.reason')?.textContent),
+  null, 6000);
   const failed = await page.evaluate(() => {
     const row = document.querySelector('tr.flow.error[data-key="down"]');
     const ok = document.createElement('tr');
@@ -146,7 +152,7 @@ try {
   });
   check(failed.outcome !== 'ok' && failed.background !== failed.plain,
     `the failed flow is not highlighted: ${JSON.stringify(failed)}`);
-  step(`failed flow shown highlighted (${failed.background}): ${failed.text}`);
+  step(`failed flow shown highlighted after ${flowShown} ms (${failed.background}): ${failed.text}`);
 
   // Traffic on this site's links, once the site reports link byte counters.
   const countsBytes = await page.evaluate(async () =>
@@ -168,27 +174,27 @@ try {
 
   // A stopped site is marked unreachable, in words.
   await ask('stop north', 20000);
-  await until(page, 'north marked unreachable', () => {
+  const northShown = await until(page, 'north marked unreachable', () => {
     const g = document.querySelector('g.site[data-site="north"]');
     return g && g.dataset.state === 'unreachable' && g.textContent.includes('unreachable');
-  }, null, 20000);
+  }, null, 10000);
   const afterNorth = await page.evaluate(() =>
     [...document.querySelectorAll('line.link')].map((l) => [[l.dataset.from, l.dataset.to].sort().join('-'), l.dataset.state]));
   check(afterNorth.filter(([p]) => p.includes('north')).every(([, s]) => s === 'down'),
     `links to north should be drawn down: ${JSON.stringify(afterNorth)}`);
   check(afterNorth.some(([p, s]) => p === 'east-west' && s === 'up'), `east-west should stay up: ${JSON.stringify(afterNorth)}`);
-  step(`north unreachable; links ${JSON.stringify(afterNorth)}`);
+  step(`north shown unreachable ${northShown} ms after it stopped; links ${JSON.stringify(afterNorth)}`);
   if (extraShots) await page.screenshot({ path: `${extraShots}/console-north-stopped.png`, fullPage: true });
 
   // West itself stopped: the banner says the admin API does not answer.
   expectFetchErrors = true;
   await ask('stop west', 20000);
-  await until(page, 'the banner for a stopped site', () => {
+  const bannerShown = await until(page, 'the banner for a stopped site', () => {
     const b = document.getElementById('banner');
     return !b.hidden && b.textContent.includes('has not served the console') && document.body.dataset.api === 'down';
-  }, null, 15000);
+  }, null, 8000);
   const banner = await page.evaluate(() => document.getElementById('banner').textContent);
-  step(`banner shown: ${banner}`);
+  step(`banner shown ${bannerShown} ms after west stopped: ${banner}`);
   if (extraShots) await page.screenshot({ path: `${extraShots}/console-west-stopped.png`, fullPage: true });
   check(problems.length === 0, `the page had problems: ${problems.join('; ')}`);
   console.log('ok');

@@ -151,6 +151,8 @@ function render(d, now) {
 
 // Sites as nodes on a circle sorted by name (deterministic), links as edges.
 function renderTopology(net, links, site, now) {
+  const linkNames = new Set(links.map((l) => l.name));
+  for (const name of state.samples.keys()) if (!linkNames.has(name)) state.samples.delete(name);
   const sites = new Map();
   for (const r of net.routers || []) {
     sites.set(r.id, { id: r.id, name: r.name, reachable: !!r.reachable, local: !!r.local, cost: r.cost, mode: r.mode });
