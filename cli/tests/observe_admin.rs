@@ -269,8 +269,19 @@ const GET_ROUTES: [&str; 11] = [
 fn every_admin_route_answers_on_a_linked_pair_over_the_socket_and_tcp() {
     let east = Site::create("east", true);
     let west = Site::create("west", false);
-    let east_run = Running::start(&east, &[], &[("SKIFF_LOG_FORMAT", "json")]);
+    // East logs everything down to debug, in JSON: the redemption of west's token is in it.
+    let east_run = Running::start(
+        &east,
+        &[],
+        &[("SKIFF_LOG_FORMAT", "json"), ("SKIFF_LOG", "debug")],
+    );
     link(&west, &east);
+    let token = std::fs::read_to_string(east.dir.with_file_name("to-east-west.token")).unwrap();
+    let code = token
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("code: "))
+        .expect("the token's code")
+        .to_string();
     let echo = Echo::start();
     expose_echo(&echo, &east, &west);
     let west_run = Running::start(&west, &["--admin-address", "127.0.0.1:0"], &[]);
@@ -560,6 +571,26 @@ fn every_admin_route_answers_on_a_linked_pair_over_the_socket_and_tcp() {
             "{v}"
         );
     }
+    // No secret reaches the ring (debug dump ships it): no key, no token code, though the
+    // redemption of that token is logged.
+    assert!(
+        east_lines
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("\"token redeemed\"")),
+        "{east_logs:#}"
+    );
+    for (who, lines) in [("east", east_lines), ("west", lines)] {
+        for l in lines {
+            let l = l.as_str().unwrap();
+            assert!(!l.contains("PRIVATE KEY"), "{who} logged a key: {l}");
+            assert!(!l.contains(&code), "{who} logged the token code: {l}");
+        }
+    }
+    eprintln!(
+        "east /v1/logs at debug: {} lines, dropped {}",
+        east_lines.len(),
+        east_logs["dropped"]
+    );
     let east_connectors = get_json(&east_run.unix, "/v1/connectors");
     assert_eq!(east_connectors[0]["name"], "echo", "{east_connectors:#}");
     drop(east_run);
