@@ -69,12 +69,12 @@ pub async fn dump(folder: &SiteFolder, file: &str) -> Result<ExitCode, SiteError
     }
     let mut d = Dump::default();
     let redactor = Redactor::from_folder(folder);
-    let running = gather_status(folder, &mut d).await;
+    let live = gather_status(folder, &mut d).await;
     gather_config(folder, &mut d);
     for (name, bytes) in &mut d.entries {
         redactor.scrub(name, bytes);
     }
-    let mut readme = readme(folder, running, &d).into_bytes();
+    let mut readme = readme(folder, live, &d).into_bytes();
     redactor.scrub("README.txt", &mut readme);
     d.entries.insert(0, ("README.txt".into(), readme));
     let archive = archive(&d.entries)
@@ -94,10 +94,11 @@ pub async fn dump(folder: &SiteFolder, file: &str) -> Result<ExitCode, SiteError
         println!(
             "debug dump written to {file}: {size}, {} entries{}",
             d.entries.len(),
-            if running {
-                ""
-            } else {
-                " (the site is not running: configuration only)"
+            match live {
+                Live::Answered => "",
+                Live::NotRunning => " (the site is not running: configuration only)",
+                Live::Unanswered =>
+                    " (the running site's admin socket did not answer: configuration only; see README.txt)",
             }
         );
         println!(
@@ -115,15 +116,39 @@ fn human_size(n: usize) -> String {
     }
 }
 
-/// The admin API's answers; `false` when the site is not running.
-async fn gather_status(folder: &SiteFolder, d: &mut Dump) -> bool {
+/// Whether the site's admin API gave the status parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Live {
+    /// It answered.
+    Answered,
+    /// No `site run` holds the folder.
+    NotRunning,
+    /// A `site run` holds the folder but its socket did not answer.
+    Unanswered,
+}
+
+/// The admin API's answers, and whether there were any.
+async fn gather_status(folder: &SiteFolder, d: &mut Dump) -> Live {
     let socket = folder.admin_socket();
     let not_running = |d: &mut Dump, e: &SiteError| {
-        d.missing.push(format!(
-            "status/ and logs.txt: not gathered: {}, so there is no live status or log",
+        // A `site run` holds the folder's lock, yet its socket did not answer: not "stopped".
+        let locked = folder.is_locked();
+        let why = if locked {
+            format!(
+                "a `skiff site run` holds this folder's lock, but its admin socket {} did not answer (not permitted to this user? a wedged site?); run the dump as the site's user or root, and if it still does not answer, the site is stuck: note it in the report",
+                socket.display()
+            )
+        } else {
             skiff_site_controller::error_chain(e)
+        };
+        d.missing.push(format!(
+            "status/ and logs.txt: not gathered: {why}, so there is no live status or log"
         ));
-        false
+        if locked {
+            Live::Unanswered
+        } else {
+            Live::NotRunning
+        }
     };
     for (i, (name, path)) in STATUS_PARTS.iter().enumerate() {
         match admin_request(&socket, Method::GET, path).await {
@@ -182,7 +207,7 @@ async fn gather_status(folder: &SiteFolder, d: &mut Dump) -> bool {
             skiff_site_controller::error_chain(&e)
         )),
     }
-    true
+    Live::Answered
 }
 
 /// `config/`: the resources `skiff get` prints (links without keys), proxy passwords and
@@ -262,7 +287,7 @@ fn gather_config(folder: &SiteFolder, d: &mut Dump) {
     );
 }
 
-fn readme(folder: &SiteFolder, running: bool, d: &Dump) -> String {
+fn readme(folder: &SiteFolder, live: Live, d: &Dump) -> String {
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -282,10 +307,12 @@ fn readme(folder: &SiteFolder, running: bool, d: &Dump) -> String {
         env!("CARGO_PKG_VERSION"),
         skiff_router::wire::PROTOCOL_VERSION,
         folder.root().display(),
-        if running {
-            "yes (status/ holds the answers of its admin API at the time above)"
-        } else {
-            "no (the site was not running: configuration only, no live status or logs)"
+        match live {
+            Live::Answered => "yes (status/ holds the answers of its admin API at the time above)",
+            Live::NotRunning =>
+                "no (the site was not running: configuration only, no live status or logs)",
+            Live::Unanswered =>
+                "seemingly (a `skiff site run` holds the folder's lock) but its admin API did not answer: configuration only",
         },
     );
     if let Some(ns) = folder.kubernetes_namespace() {

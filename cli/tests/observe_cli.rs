@@ -705,6 +705,30 @@ fn debug_dump_holds_status_logs_and_config_but_no_key_code_or_proxy_password() {
     );
     assert_no_secret(&archive, &secrets, &keys);
 
+    // Running, but its socket does not answer (moved away here; in life: another user, a
+    // wedged site): README says so instead of calling the site stopped.
+    let sock = east.dir.join("admin.sock");
+    let aside = east.dir.with_file_name("admin.sock.aside");
+    std::fs::rename(&sock, &aside).unwrap();
+    let out = east.dir.with_file_name("unanswered.tar.gz");
+    let o = east.run(&["debug", "dump", out.to_str().unwrap()]);
+    std::fs::rename(&aside, &sock).unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("admin socket did not answer"),
+        "{}",
+        text(&o)
+    );
+    let archive = entries(&std::fs::read(&out).unwrap());
+    let readme = String::from_utf8_lossy(&archive["README.txt"]).into_owned();
+    eprintln!("README.txt of a site whose socket did not answer:\n{readme}");
+    assert!(readme.contains("Running: seemingly"), "{readme}");
+    assert!(
+        readme.contains("a `skiff site run` holds this folder's lock, but its admin socket"),
+        "{readme}"
+    );
+    assert_no_secret(&archive, &secrets, &keys);
+
     // A stopped site: configuration only, and README says why.
     east.stop();
     let out = east.dir.with_file_name("stopped.tar.gz");
