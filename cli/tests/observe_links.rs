@@ -488,3 +488,31 @@ fn a_revoked_site_is_refused_in_the_same_words_at_both_ends() {
     );
     assert!(reason.starts_with("peer 127.0.0.1:"), "{reason}");
 }
+
+#[test]
+fn two_sites_of_one_name_linking_here_are_named_in_a_warning() {
+    let mut west = Site::create("west", true);
+    let mut first = Site::create("east", false);
+    let mut second = Site::create("east", false);
+    west.start();
+    first.start();
+    second.start();
+    link_over(&first, &west, "tls");
+    first.wait_link(Duration::from_secs(5), "up to west", is_link("up", "west"));
+    link_over(&second, &west, "tls");
+    second.wait_link(Duration::from_secs(5), "up to west", is_link("up", "west"));
+    let line = wait_warn(
+        &west,
+        Duration::from_secs(5),
+        &["two sites named east link here", "check=name-taken"],
+    );
+    eprintln!("west logged: {line}");
+    assert!(line.contains("give one another name"), "{line}");
+    // Both links stay up: a warning, not a refusal.
+    let up = west
+        .links()
+        .iter()
+        .filter(|l| l["name"] == "from-east" && l["status"] == "up")
+        .count();
+    assert_eq!(up, 2, "{:#?}", west.links());
+}

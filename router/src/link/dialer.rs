@@ -174,7 +174,8 @@ async fn dial_forever(
         match dial_config(shared, &spec) {
             Ok(cfg) => break cfg,
             Err(reason) => {
-                tracing::warn!(%reason, "link cannot be dialed");
+                tracing::warn!(link = %spec.name, peer = %spec.peer_site_id, check = %"credentials",
+                    "link {} cannot be dialed: {reason}; fix or replace its link file (or redeem a new token), the site picks it up on reload", spec.name);
                 shared.table.set_state(id, LinkState::Refused { reason });
                 // Wait for usable credentials (or the end).
                 tokio::select! {
@@ -197,12 +198,13 @@ async fn dial_forever(
             let renewed = renewals.borrow_and_update().clone();
             match dial_config(shared, &renewed) {
                 Ok(c) => {
-                    tracing::info!("link credentials renewed; the next dial uses them");
+                    tracing::info!(link = %spec.name, "link credentials renewed; the next dial uses them");
                     cfg = c;
                     spec = renewed;
                 }
                 Err(reason) => {
-                    tracing::warn!(%reason, "renewed link credentials unusable; dialing with the previous ones")
+                    tracing::warn!(link = %spec.name, check = %"credentials",
+                        "renewed credentials of link {} are unusable: {reason}; dialing with the previous ones until they are fixed (skiff link renew again)", spec.name)
                 }
             }
         }
@@ -210,7 +212,8 @@ async fn dial_forever(
         // by this site's own outbound link to it.
         if let Some(why) = shared.policy.revoked(spec.peer_site_id) {
             if !std::mem::replace(&mut revoked_here_logged, true) {
-                tracing::info!(reason = %why, "not dialling a site revoked here");
+                tracing::info!(link = %spec.name, peer = %spec.peer_site_id, check = %"revoked",
+                    "not dialling link {}: {why}; delete the link (skiff link delete {}) or undo the revocation", spec.name, spec.name);
             }
             shared.table.set_state(
                 id,
@@ -240,7 +243,8 @@ async fn dial_forever(
                 if cancel.is_cancelled() {
                     return;
                 }
-                tracing::info!(reason = %end, "link down; reconnecting");
+                tracing::info!(link = %spec.name, peer = %spec.peer_site_id, reason = %end, ups = shared.table.ups(id),
+                    "link down; reconnecting");
                 shared.table.set_state(
                     id,
                     LinkState::Connecting {
@@ -259,7 +263,8 @@ async fn dial_forever(
                 let slow =
                     refused_as_revoked(&reason) || super::proxy::refused_for_credentials(&reason);
                 let retry = if slow { REVOKED_BACKOFF } else { BACKOFF_CAP };
-                tracing::warn!(%reason, "link refused; retrying in {} s (or when its certificate is renewed or its link file changes)", retry.as_secs());
+                tracing::warn!(link = %spec.name, peer = %spec.peer_site_id,
+                    "link refused: {reason}; retrying in {} s (or when its certificate is renewed or its link file changes)", retry.as_secs());
                 shared.table.set_state(id, LinkState::Refused { reason });
                 backoff.jump_to_cap();
                 if slow {
@@ -275,7 +280,7 @@ async fn dial_forever(
                 }
             }
             Err(AttemptError::Network(error)) => {
-                tracing::debug!(cause = %error, "link attempt failed");
+                tracing::debug!(link = %spec.name, cause = %error, "link attempt failed");
                 shared.table.set_state(
                     id,
                     LinkState::Connecting {
@@ -326,7 +331,7 @@ async fn run_up_link(
         transport,
         &endpoint,
     );
-    tracing::info!(%transport, %endpoint, peer_name = %peer_name, "link up");
+    tracing::info!(link = %spec.name, %transport, addr = %endpoint, peer = %peer_name, "link up");
     let rtt = shared.table.rtt_samples(id);
     let run = run_link(
         link,

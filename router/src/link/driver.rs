@@ -160,7 +160,8 @@ impl IncomingSink {
         };
         if let Err(e) = self.tx.try_send(incoming) {
             // Dropping the stream resets it; the peer sees the failure at once.
-            tracing::warn!(cause = %e, "stream from peer dropped: nobody is accepting streams");
+            tracing::warn!(link = %link, peer = %peer, cause = %e,
+                "reset a flow stream from the peer: this router's queue of new streams is full or closed (overloaded or shutting down); the peer's client sees a reset and may retry");
         }
     }
 }

@@ -552,7 +552,7 @@ async fn dispatch_incoming(
         match tapped {
             Some(tx) => {
                 if let Err(e) = tx.try_send(incoming) {
-                    tracing::warn!(cause = %e, "stream from peer dropped: its receiver is full");
+                    tracing::warn!(cause = %e, "reset a stream from a peer: the stream receiver (take_incoming) is full or gone");
                 }
             }
             None => flow::serve_stream(&flows, incoming),
@@ -748,7 +748,13 @@ pub(crate) async fn serve_inbound(
         if shared.shutdown.is_cancelled() {
             closer.close("router shutting down");
         }
-        tracing::info!(%transport, peer_name = %peer.site_name, endpoint = %remote, "inbound link up");
+        if let Some(other) = shared.table.inbound_name_taken(&name, cert_site) {
+            tracing::warn!(link = %name, peer = %cert_site, addr = %remote, check = %"name-taken",
+                "two sites named {} link here (site ids {other} and {cert_site}): both show as {name} in link list and /metrics; give one another name (its site.yaml) or revoke the one that should not link (skiff link revoke ID)",
+                peer.site_name);
+        }
+        tracing::info!(link = %name, %transport, peer = %peer.site_name, addr = %remote, "inbound link up");
+        let peer_name = peer.site_name.clone();
         let established = super::driver::Established {
             conn,
             control,
@@ -766,7 +772,7 @@ pub(crate) async fn serve_inbound(
             &shared.table.rtt_samples(id),
         )
         .await;
-        tracing::info!(reason = %end, "inbound link down");
+        tracing::info!(link = %name, peer = %peer_name, reason = %end, "inbound link down");
         shared.table.remove(id);
     }
     .instrument(span)

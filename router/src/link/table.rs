@@ -168,6 +168,29 @@ impl LinkTable {
         self.changed();
     }
 
+    /// How many times an entry's link came up.
+    pub(crate) fn ups(&self, id: EntryId) -> u64 {
+        let g = self.inner.lock().unwrap();
+        g.entries.get(&id).map_or(0, |e| e.status.ups)
+    }
+
+    /// Another site's up inbound link named `name` (a site name two sites use), if any.
+    pub(crate) fn inbound_name_taken(
+        &self,
+        name: &str,
+        peer: skiff_certs::SiteId,
+    ) -> Option<skiff_certs::SiteId> {
+        let g = self.inner.lock().unwrap();
+        g.entries.values().find_map(|e| {
+            (e.status.direction == Direction::Inbound
+                && e.status.name == name
+                && e.up.is_some()
+                && e.status.peer_site_id != Some(peer))
+            .then_some(e.status.peer_site_id)
+            .flatten()
+        })
+    }
+
     /// The round-trip samples of an entry, for its driver to record into.
     pub(crate) fn rtt_samples(&self, id: EntryId) -> Arc<RttSamples> {
         let g = self.inner.lock().unwrap();
