@@ -516,3 +516,59 @@ fn two_sites_of_one_name_linking_here_are_named_in_a_warning() {
         .count();
     assert_eq!(up, 2, "{:#?}", west.links());
 }
+
+#[test]
+fn a_link_to_a_site_re_created_with_a_new_ca_is_refused_in_the_same_words_at_both_ends() {
+    // east is deleted and created again on the same port: a new CA. west's link still pins
+    // the old one, so west refuses east's certificate and east hears why.
+    let mut east = Site::create_on_fixed_port("east");
+    let mut west = Site::create("west", false);
+    east.start();
+    west.start();
+    link_over(&west, &east, "auto");
+    let up = west.wait_link(Duration::from_secs(5), "up to east", is_link("up", "east"));
+    let endpoint = up["endpoint"].as_str().unwrap().to_string();
+    let port = endpoint.rsplit_once(':').unwrap().1.to_string();
+    assert!(east.stop().success(), "{}", east.log());
+    ok(&["site", "delete", "--dir", east.d()]);
+    ok(&[
+        "site",
+        "create",
+        "east",
+        "--enable-link-access",
+        "--link-host",
+        "127.0.0.1",
+        "--link-port",
+        &port,
+        "--dir",
+        east.d(),
+    ]);
+    east.start();
+    let refused = west.wait_link(Duration::from_secs(15), "refused by east", |l| {
+        l["name"] == "east" && l["status"] == "refused"
+    });
+    let reason = refused["reason"].as_str().unwrap().to_string();
+    let line = wait_warn(
+        &east,
+        Duration::from_secs(10),
+        &["refused a", "from 127.0.0.1:", "check=peer-distrusts-us"],
+    );
+    eprintln!("east logged: {line}\nwest's link list reason: {reason}");
+    for words in [
+        "does not trust this router's certificate",
+        "from another network, or from before this site was re-created",
+        "the dialing site must redeem a new token from this site",
+    ] {
+        assert!(line.contains(words), "east's line lacks {words:?}: {line}");
+    }
+    for words in [
+        "presents a certificate not signed by the CA pinned for this link",
+        "from another network, or from before that site was re-created",
+        "redeem a new token",
+    ] {
+        assert!(
+            reason.contains(words),
+            "west's reason lacks {words:?}: {reason}"
+        );
+    }
+}
