@@ -2,7 +2,8 @@
 //! processes on loopback: the recent flow records of `GET /v1/flows` (exact bytes, ends,
 //! client, outcome and reason), the per-key families of `/metrics`, the concrete reasons of
 //! `skiff listener list` / `connector list`, the warn line a refused flow leaves in the site's
-//! log (rate-limited per key), and the bound of the record ring.
+//! log (rate-limited per key), and the bound of the record ring. `observe_flows/peers.py`
+//! plays the peers std Rust cannot (a client that resets, a backend that never accepts).
 
 mod common;
 
@@ -762,5 +763,151 @@ fn an_http_client_connection_is_one_record_with_its_requests_counted() {
             .unwrap()
             .contains(&format!("127.0.0.1:{port}")),
         "{c:#}"
+    );
+}
+
+/// `python3 observe_flows/peers.py ARGS`.
+fn peers(args: &[&str]) -> std::process::Command {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/observe_flows/peers.py");
+    let mut c = std::process::Command::new("python3");
+    c.arg(script).args(args);
+    c
+}
+
+/// A backend whose accept queue is full: connects to it time out. Ends (stdin closed, then
+/// killed by PID, our own child) on drop.
+struct Deaf {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Deaf {
+    fn start() -> Deaf {
+        let mut child = peers(&["deaf"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 peers.py deaf");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("port: {line:?}"));
+        Deaf { child, port }
+    }
+}
+
+impl Drop for Deaf {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_client_reset_and_a_backend_that_never_accepts_are_told_apart() {
+    let (west, east) = linked_pair();
+    let echo = Echo::start();
+    let deaf = Deaf::start();
+    for (name, port) in [("echo", echo.port), ("deaf", deaf.port)] {
+        ok(&[
+            "connector",
+            "create",
+            name,
+            &port.to_string(),
+            "--dir",
+            east.d(),
+        ]);
+        ok(&[
+            "listener",
+            "create",
+            name,
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--dir",
+            west.d(),
+        ]);
+    }
+    let echo_addr = west.wait_listener_active("echo", Duration::from_secs(15));
+    let deaf_addr = west.wait_listener_active("deaf", Duration::from_secs(15));
+
+    // A client that resets its connection after an exchange.
+    let o = peers(&["reset", &echo_addr]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let client = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let r = wait_for(
+        Duration::from_secs(10),
+        "a reset record at west",
+        || format!("{:#}", admin_json(&west, "/v1/flows")),
+        || recent(&west, "echo", "ingress").pop(),
+    );
+    eprintln!("reset by the client: {r:#}");
+    assert_eq!(r["outcome"], "reset", "{r:#}");
+    assert_eq!(r["client"], client.as_str(), "{r:#}");
+    assert_eq!(
+        (r["bytesForward"].as_u64(), r["bytesBack"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the client reset the flow"),
+        "{r:#}"
+    );
+    let e = wait_for(
+        Duration::from_secs(10),
+        "a record of it at east",
+        || format!("{:#}", admin_json(&east, "/v1/flows")),
+        || recent(&east, "echo", "egress").pop(),
+    );
+    eprintln!("at the egress: {e:#}");
+    assert_eq!(e["outcome"], "reset", "{e:#}");
+    assert_eq!(e["id"], r["id"], "the same flow id at both ends");
+
+    // A backend that never accepts: connect-timeout after the connect timeout (5 s).
+    let t0 = Instant::now();
+    let (_, back) = exchange(&deaf_addr, b"hello");
+    let took = t0.elapsed();
+    assert!(back.is_empty());
+    let r = wait_for(
+        Duration::from_secs(10),
+        "a connect-timeout record at west",
+        || format!("{:#}", admin_json(&west, "/v1/flows")),
+        || recent(&west, "deaf", "ingress").pop(),
+    );
+    eprintln!("backend never accepts, client refused after {took:?}: {r:#}");
+    assert_eq!(r["outcome"], "connect-timeout", "{r:#}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("backend 127.0.0.1:{} did not accept", deaf.port)),
+        "{reason}"
+    );
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(10),
+        "the client waited {took:?}"
+    );
+    let c = listed(&east, "connector", "deaf");
+    assert_eq!(c["status"], "failing", "{c:#}");
+    let m = admin_text(&west, "/metrics");
+    assert_eq!(
+        sample(
+            &m,
+            r#"skiff_flows_total{key="deaf",role="ingress",outcome="connect-timeout"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"skiff_flows_total{key="echo",role="ingress",outcome="reset"}"#
+        ),
+        Some(1.0),
+        "{m}"
     );
 }
