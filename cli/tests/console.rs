@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use common::{Echo, Site, free_port, link, ok, skiff_bin, terminate};
 use serde_json::Value;
 
+/// A connector host that is markup (`skiff connector create` takes it as is).
+const MARKUP: &str = "<img src=x onerror=alert(1)>";
+
 /// The folder of the Node script and its node_modules.
 fn script_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console")
@@ -460,6 +463,20 @@ fn the_console_draws_the_network_flows_and_a_stopped_site() {
                     "a flow to the refused backend got bytes: {got:?}"
                 );
                 browser.reply("failing-flow");
+            }
+            Some("markup-connector") => {
+                // A backend host is not checked for markup: the page must show it as text.
+                ok(&[
+                    "connector",
+                    "create",
+                    "markup",
+                    "9",
+                    "--host",
+                    MARKUP,
+                    "--dir",
+                    west.d(),
+                ]);
+                browser.reply("markup-connector");
             }
             Some("stop north") => {
                 let echoed = traffic.take().unwrap().finish();

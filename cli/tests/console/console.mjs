@@ -6,7 +6,8 @@
 // key "echo" served at east and north; listeners at west: "echo", "down" (its backend refuses)
 // and "nowhere" (no site serves its key)) with west's admin API at URL. This script checks what
 // the page shows and asks the test for actions over stdio: it prints `ask ACTION` and waits for
-// `done ACTION` on stdin (ACTION: `failing-flow`, `stop north`, `stop west`). Progress lines
+// `done ACTION` on stdin (ACTION: `failing-flow`, `markup-connector` (a connector at west whose
+// host is `<img src=x onerror=alert(1)>`), `stop north`, `stop west`). Progress lines
 // start with `step`; a failure exits 1 with `FAIL what` on stderr. Env: SKIFF_CHROMIUM (the
 // browser, default /usr/bin/chromium), SKIFF_CONSOLE_EXTRA_SHOTS (a folder for screenshots of
 // the later states). Time bounds (the page polls every 2 s): the failed flow shows within 6 s,
@@ -81,6 +82,7 @@ try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 1 });
   const problems = [];
   let expectFetchErrors = false;
+  page.on('dialog', (d) => { problems.push(`a dialog opened: ${d.message()}`); d.dismiss().catch(() => {}); });
   page.on('pageerror', (e) => problems.push(`script error: ${e.message}`));
   page.on('console', (m) => {
     if (m.type() !== 'error' && m.type() !== 'warning') return;
@@ -169,6 +171,19 @@ try {
   check(outside.length === 0, `the page fetched from elsewhere: ${outside.join(', ')}`);
   await page.screenshot({ path: screenshot, fullPage: true });
   step(`screenshot written to ${screenshot}`);
+
+  // A connector host that is markup (added now, so the screenshot does not show it) is shown
+  // as text, never run.
+  await ask('markup-connector', 20000);
+  await until(page, 'connector "markup"', () => document.querySelector('tr.connector[data-connector="markup"]'), null, 6000);
+  const markup = await page.evaluate(() => ({
+    text: document.querySelector('tr.connector[data-connector="markup"]').children[2].textContent,
+    images: document.querySelectorAll('img').length,
+  }));
+  check(markup.text === '<img src=x onerror=alert(1)>:9' && markup.images === 0,
+    `connector "markup" should show its host as text: ${JSON.stringify(markup)}`);
+  check(problems.length === 0, `the page had problems: ${problems.join('; ')}`);
+  step(`connector markup shown as text: ${markup.text}`);
 
   // A stopped site is marked unreachable, in words.
   await ask('stop north', 20000);
