@@ -78,15 +78,24 @@ function shortId(id) { return typeof id === 'string' ? id.slice(0, 8) : '?'; }
 
 // ---- polling ----------------------------------------------------------------------------
 
+// The JSON at `path`; an error says which path failed and why (the site's own `error` words
+// for an HTTP error, e.g. 503 while it shuts down).
 async function getJson(path) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
   try {
-    const r = await fetch(path, { signal: ctl.signal, cache: 'no-store' });
-    if (!r.ok) throw new Error(`${path} answered HTTP ${r.status}`);
+    let r;
+    try {
+      r = await fetch(path, { signal: ctl.signal, cache: 'no-store' });
+    } catch (e) {
+      throw new Error(e.name === 'AbortError' ? `no answer from ${path} within ${TIMEOUT_MS} ms` : `no connection for ${path} (${e.message})`);
+    }
+    if (!r.ok) {
+      const body = await r.json().catch(() => null);
+      const why = body && typeof body.error === 'string' ? `: ${body.error}` : '';
+      throw new Error(`${path} answered HTTP ${r.status}${why}`);
+    }
     return await r.json();
-  } catch (e) {
-    throw new Error(e.name === 'AbortError' ? `no answer from ${path} within ${TIMEOUT_MS} ms` : `${path}: ${e.message}`);
   } finally {
     clearTimeout(timer);
   }
