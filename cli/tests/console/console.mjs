@@ -206,6 +206,9 @@ try {
     const b = document.getElementById('banner');
     return !b.hidden && b.textContent.includes('has not served the console') && document.body.dataset.api === 'down';
   }, null, 8000);
+  // West has exited now (the test answers once it has): the banner says nothing answers.
+  await until(page, 'the banner saying there is no connection', () =>
+    document.getElementById('banner').textContent.includes('no connection for /v1/'), null, 6000);
   const banner = await page.evaluate(() => document.getElementById('banner').textContent);
   step(`banner shown ${bannerShown} ms after west stopped: ${banner}`);
   if (extraShots) await page.screenshot({ path: `${extraShots}/console-west-stopped.png`, fullPage: true });
