@@ -297,6 +297,14 @@ fn counters_rtt_and_metrics(transport: &str) {
     let samples = got("skiff_link_rtt_samples_seconds_count", &labels);
     assert!(samples >= 1.0, "{transport}: {samples} round-trip samples");
     assert_eq!(got("skiff_links", &[("status", "up")]), 1.0);
+    eprintln!(
+        "{transport}: /metrics at east, link families:\n{}",
+        m2.iter()
+            .filter(|s| s.name.starts_with("skiff_link") && !s.name.ends_with("_bucket"))
+            .map(|s| format!("{}{{{}}} {}", s.name, s.labels, s.value))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let compared = assert_counters_never_decrease(&m1, &m2);
     let m3 = parse_metrics(&admin_text(&east, "/metrics"));
     let compared3 = assert_counters_never_decrease(&m2, &m3);
@@ -487,6 +495,15 @@ fn a_revoked_site_is_refused_in_the_same_words_at_both_ends() {
         "{line}"
     );
     assert!(reason.starts_with("peer 127.0.0.1:"), "{reason}");
+    // The dialing site's own log says the same, and when it tries again.
+    let dialer = wait_warn(
+        &east,
+        Duration::from_secs(5),
+        &["link refused:", "retrying in 180 s"],
+    );
+    eprintln!("east logged: {dialer}");
+    assert!(dialer.contains(&reason), "{dialer}");
+    assert!(dialer.contains("link=west"), "{dialer}");
 }
 
 #[test]
