@@ -197,6 +197,9 @@ pub(crate) struct Listener {
     cancel: CancellationToken,
     /// HTTP listeners: client connections it may still take.
     pub(crate) http_slots: Arc<tokio::sync::Semaphore>,
+    /// Why it has no target, and the topology version that was worked out at (refused
+    /// clients reuse it until the topology changes).
+    no_target: Mutex<Option<(u64, String)>>,
 }
 
 /// A configured connector.
@@ -403,6 +406,7 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
             http_slots: Arc::new(tokio::sync::Semaphore::new(
                 super::http::MAX_CLIENT_CONNECTIONS,
             )),
+            no_target: Mutex::default(),
         });
         match (&error, address) {
             (Some(reason), _) => {
@@ -614,9 +618,17 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
 
 /// Why `listener` has no target now (for a refused client's record and log line).
 pub(crate) fn no_target_reason(flows: &Flows, listener: &Listener) -> String {
-    let routers = flows.routes.read().routers();
+    let topo = flows.routes.read();
+    let mut cached = listener.no_target.lock().unwrap();
+    if let Some((version, why)) = &*cached
+        && *version == topo.version()
+    {
+        return why.clone();
+    }
     let keys = strategy_keys(&listener.spec.strategy);
-    super::reasons::listener_targets(&routers, &keys, listener.spec.protocol).1
+    let why = super::reasons::listener_targets(&topo.routers(), &keys, listener.spec.protocol).1;
+    *cached = Some((topo.version(), why.clone()));
+    why
 }
 
 /// The first key of a listener (the one its records and metrics use before a target is

@@ -127,6 +127,9 @@ pub struct FlowStatus {
     pub age_seconds: u64,
 }
 
+/// Site names by id.
+type SiteNames = Arc<HashMap<SiteId, String>>;
+
 /// A flow in the registry of active ones.
 pub(crate) struct ActiveFlow {
     id: u64,
@@ -188,6 +191,8 @@ pub(crate) struct Flows {
     stats: stats::Stats,
     /// Recently ended flows.
     recent: records::Recent,
+    /// Site names by id, and the topology version they were read at.
+    names: Mutex<Option<(u64, SiteNames)>>,
     next_registry_id: AtomicU64,
     /// Base of the flow ids this router chooses as an origin (random per run).
     next_flow_id: AtomicU64,
@@ -220,6 +225,7 @@ impl Flows {
             active: Mutex::default(),
             stats: stats::Stats::default(),
             recent: records::Recent::default(),
+            names: Mutex::default(),
             next_registry_id: AtomicU64::new(1),
             next_flow_id: AtomicU64::new(random_u64() >> 16 << 16),
             tasks: TaskTracker::new(),
@@ -382,14 +388,28 @@ impl Flows {
         self.stats.snapshot(&running)
     }
 
-    /// Site names by id, as the routing view knows them.
-    pub(crate) fn site_names(&self) -> HashMap<SiteId, String> {
-        self.routes
-            .read()
-            .routers()
-            .into_iter()
-            .map(|r| (r.id, r.name))
-            .collect()
+    /// Site names by id, as the routing view knows them (read again only when the topology
+    /// changed, so a flood of failures does not copy it each time).
+    pub(crate) fn site_names(&self) -> SiteNames {
+        let topo = self.routes.read();
+        let mut cached = self.names.lock().unwrap();
+        if let Some((version, names)) = &*cached
+            && *version == topo.version()
+        {
+            return names.clone();
+        }
+        let names: Arc<HashMap<SiteId, String>> =
+            Arc::new(topo.routers().into_iter().map(|r| (r.id, r.name)).collect());
+        *cached = Some((topo.version(), names.clone()));
+        names
+    }
+
+    /// The name of site `id`, or its id.
+    pub(crate) fn site_name(&self, id: SiteId) -> String {
+        self.site_names()
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
     }
 
     /// The recently ended flows, oldest first.

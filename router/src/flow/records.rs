@@ -436,11 +436,7 @@ impl Flow {
         };
         match other {
             None => "none".to_owned(),
-            Some(id) => self
-                .flows
-                .site_names()
-                .remove(&id)
-                .unwrap_or(id.to_string()),
+            Some(id) => self.flows.site_name(id),
         }
     }
 

@@ -467,8 +467,7 @@ async fn route(
             Ok(resp) if resp.headers().contains_key(NOT_SENT_HEADER) && replayable => {
                 // The egress's backends refused it.
                 reason = "connect-refused";
-                let site = flows.site_names().remove(&target.router);
-                let site = site.unwrap_or_else(|| target.router.to_string());
+                let site = flows.site_name(target.router);
                 last = format!("at {site}: {}", rescue_detail(resp).await);
             }
             Ok(resp) => {
