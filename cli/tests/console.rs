@@ -489,6 +489,10 @@ fn the_console_draws_the_network_flows_and_a_stopped_site() {
                 west_run.stop();
                 browser.reply("stop west");
             }
+            Some("start west") => {
+                west_run = AdminSite::start(&west, admin, logs.path().join("west-again.log"));
+                browser.reply("start west");
+            }
             Some(other) => panic!("the console script asked for {other:?}"),
             None => {}
         }

@@ -7,7 +7,7 @@
 // and "nowhere" (no site serves its key)) with west's admin API at URL. This script checks what
 // the page shows and asks the test for actions over stdio: it prints `ask ACTION` and waits for
 // `done ACTION` on stdin (ACTION: `failing-flow`, `markup-connector` (a connector at west whose
-// host is `<img src=x onerror=alert(1)>`), `stop north`, `stop west`). Progress lines
+// host is `<img src=x onerror=alert(1)>`), `stop north`, `stop west`, `start west`). Progress lines
 // start with `step`; a failure exits 1 with `FAIL what` on stderr. Env: SKIFF_CHROMIUM (the
 // browser, default /usr/bin/chromium), SKIFF_CONSOLE_EXTRA_SHOTS (a folder for screenshots of
 // the later states). Time bounds (the page polls every 2 s): the failed flow shows within 6 s,
@@ -212,6 +212,13 @@ try {
   const banner = await page.evaluate(() => document.getElementById('banner').textContent);
   step(`banner shown ${bannerShown} ms after west stopped: ${banner}`);
   if (extraShots) await page.screenshot({ path: `${extraShots}/console-west-stopped.png`, fullPage: true });
+  // West back on the same address: the banner goes by itself; north is still shown, unreachable.
+  await ask('start west', 30000);
+  const recovered = await until(page, 'the banner gone once west answers again', () =>
+    document.getElementById('banner').hidden && document.body.dataset.api === 'up' &&
+    document.querySelector('g.site[data-site="west"]')?.dataset.state === 'local' &&
+    document.querySelector('g.site[data-site="north"]')?.dataset.state === 'unreachable', null, 8000);
+  step(`banner gone ${recovered} ms after west answered again; north still shown unreachable`);
   check(problems.length === 0, `the page had problems: ${problems.join('; ')}`);
   console.log('ok');
 } catch (e) {
