@@ -1,7 +1,8 @@
 //! The web console in headless Chromium: three real sites (west, east, north) linked in a
 //! triangle, west's admin API on a loopback TCP port, and cli/tests/console/console.mjs
-//! (playwright-core) checking what the page at `/` shows while the test makes a failing flow
-//! and stops north, then west.
+//! (playwright-core) checking what the page at `/` shows while the test streams data, makes a
+//! failing flow, adds a connector whose host is markup, stops north, stops west and starts west
+//! again.
 //!
 //! Needs node, Chromium (/usr/bin/chromium, or SKIFF_CHROMIUM) and
 //! `npm ci --prefix cli/tests/console`; skipped with a message when one is missing, unless
