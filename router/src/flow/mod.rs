@@ -18,12 +18,13 @@
 //!
 //! # Layout
 //! - `splice`: copying both ways with bounded buffers, half-close and resets.
-//! - `tcp`: the three roles above.
+//! - `tcp`: the ingress and egress roles.
 //! - `config`: listener and connector specs, their reconciliation, accept loops and status.
 //! - `reasons`: why a listener has no target, or which sites it reaches; a connector's
 //!   backend failures.
 //! - `records`: each flow from start to end; the ring of recent ended flows; failure logs.
 //! - `stats`: per-key flow statistics for `/metrics`.
+//! - `transit`: the transit role, reading the egress's answer on its way back.
 
 mod config;
 mod http;
@@ -32,6 +33,7 @@ mod records;
 mod splice;
 mod stats;
 mod tcp;
+mod transit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,5 @@
-//! TCP flows: the ingress (a listener's client connection), transit and egress roles.
+//! TCP flows: the ingress (a listener's client connection) and egress roles (transit:
+//! `super::transit`).
 //!
 //! Ingress, per client connection: rank targets; for each in turn (at most
 //! [`MAX_ATTEMPTS`]): a local target is connected directly; a remote one gets a new stream on
@@ -21,12 +22,12 @@ use super::config::{Connector, Listener};
 use super::records::{Flow, FlowOutcome};
 use super::splice::{FlowEnd, Pump, SpliceEnd, splice};
 use super::{
-    CONNECT_TIMEOUT, FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS, MAX_HOPS, OPEN_TIMEOUT,
-    REPLAY_LIMIT, TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL,
+    CONNECT_TIMEOUT, FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS, REPLAY_LIMIT,
+    TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL,
 };
 use crate::link::{IncomingStream, LinkStream};
 use crate::routing::{Protocol, RoutingKey, Target};
-use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame, RouterMode};
+use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame};
 
 /// Refuses a client connection with a TCP reset.
 fn refuse(mut client: TcpStream) {
@@ -34,7 +35,7 @@ fn refuse(mut client: TcpStream) {
     drop(client);
 }
 
-fn log_end(end: &SpliceEnd) {
+pub(super) fn log_end(end: &SpliceEnd) {
     match end {
         SpliceEnd::Clean => tracing::debug!("flow ended"),
         SpliceEnd::Aborted(side, e) => tracing::debug!(?side, cause = %e, "flow reset"),
@@ -449,7 +450,7 @@ pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
     if destination == flows.me {
         egress(&flows, stream, &header, key, origin, leftover).await;
     } else {
-        transit(&flows, stream, header, key, origin, destination, leftover).await;
+        super::transit::transit(&flows, stream, header, key, origin, destination, leftover).await;
     }
 }
 
@@ -505,100 +506,6 @@ async fn egress(
         "the link stream from the ingress",
         &backend_words(&connector),
     );
-}
-
-async fn transit(
-    flows: &Arc<Flows>,
-    mut stream: LinkStream,
-    header: FlowHeader,
-    key: RoutingKey,
-    origin: SiteId,
-    destination: SiteId,
-    leftover: BytesMut,
-) {
-    let mut flow = Flow::start(
-        flows,
-        header.flow_id,
-        key.as_str(),
-        origin,
-        FlowRole::Transit,
-    );
-    flow.towards(key.as_str(), destination);
-    if flows.mode == RouterMode::Edge {
-        let why = format!(
-            "router {} is an edge router and carries no transit",
-            flows.me
-        );
-        no_route(&mut flow, &mut stream, why).await;
-        return;
-    }
-    if header.hops >= MAX_HOPS {
-        let why = format!("flow passed {MAX_HOPS} routers (routing loop?)");
-        no_route(&mut flow, &mut stream, why).await;
-        return;
-    }
-    let next = flows.routes.read().next_hop(destination);
-    let link = next.and_then(|hop| flows.link_to(hop));
-    let Some(link) = link else {
-        let why = format!("router {} has no route to router {destination}", flows.me);
-        no_route(&mut flow, &mut stream, why).await;
-        return;
-    };
-    let mut out = match tokio::time::timeout(OPEN_TIMEOUT, link.open_stream()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let why = format!("router {} cannot reach {}: {e}", flows.me, link.peer());
-            no_route(&mut flow, &mut stream, why).await;
-            return;
-        }
-        Err(_) => {
-            let why = format!(
-                "router {} got no stream to {} within {} s",
-                flows.me,
-                link.peer(),
-                OPEN_TIMEOUT.as_secs()
-            );
-            no_route(&mut flow, &mut stream, why).await;
-            return;
-        }
-    };
-    let mut first = BytesMut::new();
-    FlowHeader {
-        hops: header.hops + 1,
-        ..header
-    }
-    .encode(&mut first);
-    first.extend_from_slice(&leftover);
-    if let Err(e) = out.writer.write_all(&first).await {
-        let why = format!(
-            "router {} lost the stream to {}: {e}",
-            flows.me,
-            link.peer()
-        );
-        // The next hop may have passed some of the bytes on: not retryable, reset.
-        tracing::debug!(reason = %why, "transit flow reset");
-        flow.fail(FlowOutcome::Error, why);
-        out.reset();
-        stream.reset();
-        return;
-    }
-    let (fwd, back) = flow.connected(key.as_str(), destination);
-    fwd.fetch_add(leftover.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let forward = Pump::new(Bytes::new(), false, fwd);
-    let back = Pump::new(Bytes::new(), false, back);
-    let end = splice(&mut stream, &mut out, forward, back, &flows.shutdown).await;
-    log_end(&end);
-    flow.spliced(
-        &end,
-        "the link stream from the previous router",
-        "the link stream to the next router",
-    );
-}
-
-/// A transit router answers no-route (and records it).
-async fn no_route(flow: &mut Flow, stream: &mut LinkStream, why: String) {
-    flow.fail(FlowOutcome::NoRoute, why.clone());
-    answer_failure(stream, FlowStatusFrame::fail(FlowStatusCode::NoRoute, why)).await;
 }
 
 /// Turns on TCP keepalive, so a flow to a host that vanished ends instead of holding its
