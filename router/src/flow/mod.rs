@@ -151,6 +151,14 @@ pub(crate) struct ActiveFlow {
 pub(crate) struct FlowGuard {
     flows: Arc<Flows>,
     id: u64,
+    active: Arc<ActiveFlow>,
+}
+
+impl FlowGuard {
+    /// Its byte counters (forward, back), shown among the active flows.
+    pub(crate) fn counters(&self) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+        (self.active.forward.clone(), self.active.back.clone())
+    }
 }
 
 impl Drop for FlowGuard {
@@ -332,7 +340,7 @@ impl Flows {
         destination: SiteId,
         role: FlowRole,
     ) -> FlowGuard {
-        let (registry_id, _) = self.insert_active(ActiveFlow {
+        let (registry_id, active) = self.insert_active(ActiveFlow {
             id,
             key: key.as_str().to_owned(),
             origin,
@@ -346,6 +354,7 @@ impl Flows {
         FlowGuard {
             flows: self.clone(),
             id: registry_id,
+            active,
         }
     }
 

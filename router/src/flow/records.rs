@@ -210,8 +210,20 @@ impl Recent {
         ring.push_back(e);
     }
 
-    /// Counts a failure of `key` to log; `Some(suppressed since the last line)` when a line
-    /// is due.
+    /// How a failure of `key` is logged: WARN lines (`warn`) share one allowance per key
+    /// per [`FLOW_LOG_EVERY`]; DEBUG lines are not limited, and take nothing from it.
+    fn log_line(&self, key: &str, warn: bool, now: Instant) -> LogLine {
+        if !warn {
+            return LogLine::Debug;
+        }
+        match self.log_due(key, now) {
+            Some(suppressed) => LogLine::Warn { suppressed },
+            None => LogLine::Suppressed,
+        }
+    }
+
+    /// Counts a WARN line of `key`; `Some(suppressed since the last line)` when a line is
+    /// due.
     fn log_due(&self, key: &str, now: Instant) -> Option<u64> {
         let mut limits = self.log_limits.lock().unwrap();
         let slot = if limits.contains_key(key) || limits.len() < MAX_KEYS {
@@ -267,6 +279,17 @@ impl Recent {
     }
 }
 
+/// How one failed flow is logged.
+#[derive(Debug, PartialEq, Eq)]
+enum LogLine {
+    /// At WARN, with the number of WARN lines of its key suppressed since the last.
+    Warn { suppressed: u64 },
+    /// At DEBUG (not rate-limited: off by default).
+    Debug,
+    /// Not at all: its key had a WARN line within [`FLOW_LOG_EVERY`].
+    Suppressed,
+}
+
 /// The registration of a connected flow among the active ones.
 struct Registered {
     registry_id: u64,
@@ -292,6 +315,8 @@ pub(crate) struct Flow {
     /// Bytes of a flow that was never registered (an HTTP client connection).
     unregistered_bytes: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
     end: Option<(FlowOutcome, Option<String>)>,
+    /// Neither recorded nor counted (a pooled HTTP/2 connection between routers).
+    discarded: bool,
 }
 
 impl Flow {
@@ -319,6 +344,7 @@ impl Flow {
             registered: None,
             unregistered_bytes: None,
             end: None,
+            discarded: false,
         }
     }
 
@@ -362,6 +388,24 @@ impl Flow {
         destination: SiteId,
     ) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
         self.towards(key, destination);
+        let counters = (Arc::default(), Arc::default());
+        self.register_active(
+            destination,
+            Arc::clone(&counters.0),
+            Arc::clone(&counters.1),
+        );
+        counters
+    }
+
+    fn register_active(
+        &mut self,
+        destination: SiteId,
+        forward: Arc<AtomicU64>,
+        back: Arc<AtomicU64>,
+    ) {
+        if self.registered.is_some() {
+            return;
+        }
         let stats = self.flows.stats.key(&self.key);
         if self.role == FlowRole::Ingress {
             stats.setup.observe(self.started.elapsed());
@@ -374,16 +418,29 @@ impl Flow {
             role: self.role,
             started: self.started,
             counted: true,
-            forward: Arc::default(),
-            back: Arc::default(),
+            forward,
+            back,
         });
-        let counters = (active.forward.clone(), active.back.clone());
         self.registered = Some(Registered {
             registry_id,
             active,
             stats,
         });
-        counters
+    }
+
+    /// [`Flow::connected`] to the destination set by [`Flow::towards`], counting with the
+    /// given byte counters (forward, back), which may already hold bytes.
+    pub(crate) fn connected_with(&mut self, forward: Arc<AtomicU64>, back: Arc<AtomicU64>) {
+        let Some(destination) = self.destination else {
+            return;
+        };
+        self.register_active(destination, forward, back);
+    }
+
+    /// This is no client flow (a pooled HTTP/2 connection between routers): it leaves no
+    /// record and is not counted.
+    pub(crate) fn discard(&mut self) {
+        self.discarded = true;
     }
 
     /// A flow not shown among the active ones (an HTTP client connection) whose bytes these
@@ -449,8 +506,13 @@ impl Flow {
                 self.role != FlowRole::Transit
             }
         };
-        let due = self.flows.recent.log_due(&self.key, Instant::now());
-        let Some(suppressed) = due else { return };
+        let line = self
+            .flows
+            .recent
+            .log_line(&self.key, operator, Instant::now());
+        if line == LogLine::Suppressed {
+            return;
+        }
         let site = self.other_site();
         let key = &*self.key;
         let client = self
@@ -474,11 +536,11 @@ impl Flow {
             FlowOutcome::Denied => "a router refused it: see the reason",
             FlowOutcome::Reset | FlowOutcome::Error | FlowOutcome::Ok => "",
         };
-        if operator {
+        if let LogLine::Warn { suppressed } = line {
             tracing::warn!(%key, %site, %client, %role, %outcome, %reason, suppressed,
                 "flow failed: {hint}");
         } else {
-            tracing::debug!(%key, %site, %client, %role, %outcome, %reason, suppressed,
+            tracing::debug!(%key, %site, %client, %role, %outcome, %reason,
                 "flow ended without success");
         }
     }
@@ -486,6 +548,12 @@ impl Flow {
 
 impl Drop for Flow {
     fn drop(&mut self) {
+        if self.discarded {
+            if let Some(r) = self.registered.take() {
+                self.flows.active.lock().unwrap().remove(&r.registry_id);
+            }
+            return;
+        }
         let (outcome, reason) = self.end.take().unwrap_or_else(|| {
             (
                 FlowOutcome::Error,
@@ -572,6 +640,37 @@ mod tests {
         assert_eq!(r.log_due("web", t0), Some(0));
         assert_eq!(r.log_due("redis", t0 + FLOW_LOG_EVERY), Some(5));
         assert_eq!(r.log_due("redis", t0 + FLOW_LOG_EVERY), None);
+    }
+
+    #[test]
+    fn debug_lines_take_nothing_from_the_warn_allowance() {
+        let r = Recent::default();
+        let t0 = Instant::now();
+        // A client's reset (DEBUG), then a refused flow of the same key within the second.
+        assert_eq!(r.log_line("redis", false, t0), LogLine::Debug);
+        assert_eq!(
+            r.log_line("redis", true, t0 + Duration::from_millis(10)),
+            LogLine::Warn { suppressed: 0 }
+        );
+        // DEBUG lines stay unlimited, and do not count as suppressed.
+        for i in 2..=5 {
+            assert_eq!(
+                r.log_line("redis", false, t0 + Duration::from_millis(i * 10)),
+                LogLine::Debug
+            );
+        }
+        assert_eq!(
+            r.log_line("redis", true, t0 + Duration::from_millis(100)),
+            LogLine::Suppressed
+        );
+        assert_eq!(
+            r.log_line(
+                "redis",
+                true,
+                t0 + Duration::from_millis(10) + FLOW_LOG_EVERY
+            ),
+            LogLine::Warn { suppressed: 1 }
+        );
     }
 
     #[test]

@@ -234,7 +234,7 @@ async fn attempt_remote(
                 FlowOutcome::Error,
                 format!(
                     "no answer from {} within {} s",
-                    target.router,
+                    flows.site_name(target.router),
                     HEADER_TIMEOUT.as_secs()
                 ),
             );

@@ -1,12 +1,14 @@
 //! The transit role: a stream for another router is forwarded on a new stream to the next
 //! hop towards it, header first, then spliced. The egress's status frame passes through as
 //! bytes; [`StatusTap`] reads it on the way, so the transit's record says how the flow went and
-//! counts only payload bytes.
+//! counts only payload bytes, and the flow counts as connected (active, timed) only once the
+//! egress said ok. A pooled HTTP/2 connection between routers is no client flow: it shows
+//! among the active flows while it lives, and is neither recorded nor counted.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -25,7 +27,8 @@ use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame, RouterMode};
 const MAX_STATUS_FRAME: usize = 5 + 1 + 2 + crate::wire::MAX_STATUS_MESSAGE_LEN + 8;
 
 /// The link stream towards the egress, passing every byte through unchanged while it reads
-/// the status frame at their front.
+/// the status frame at their front. It counts the payload bytes back (never the frame's),
+/// and connects the flow once the egress said ok.
 pub(crate) struct StatusTap {
     stream: LinkStream,
     /// The first bytes, until the status frame is whole (or found not to be one).
@@ -34,15 +37,50 @@ pub(crate) struct StatusTap {
     status: Option<FlowStatusFrame>,
     /// Its length in bytes.
     frame_len: u64,
+    /// Bytes read while the probe was open.
+    probed: u64,
+    /// The flow, connected with `forward` and `back` once the egress answered ok.
+    flow: Flow,
+    forward: Arc<AtomicU64>,
+    /// Payload bytes back (the status frame excluded).
+    back: Arc<AtomicU64>,
 }
 
 impl StatusTap {
-    fn new(stream: LinkStream) -> Self {
+    fn new(stream: LinkStream, flow: Flow, forward: Arc<AtomicU64>) -> Self {
         StatusTap {
             stream,
             probe: Some(BytesMut::new()),
             status: None,
             frame_len: 0,
+            probed: 0,
+            flow,
+            forward,
+            back: Arc::default(),
+        }
+    }
+
+    /// Counts `n` bytes read; the probe's bytes once it knows whether they began with a
+    /// status frame (whose bytes are not counted).
+    fn read(&mut self, read: &[u8]) {
+        if self.probe.is_none() {
+            self.back.fetch_add(read.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        self.probed += read.len() as u64;
+        self.look(read);
+        if self.probe.is_none() {
+            let payload = self.probed.saturating_sub(self.frame_len);
+            self.back.fetch_add(payload, Ordering::Relaxed);
+            // Ok, or no status frame at all (the ingress will say): bytes move now.
+            if self
+                .status
+                .as_ref()
+                .is_none_or(|s| s.code == FlowStatusCode::Ok)
+            {
+                let (f, b) = (self.forward.clone(), self.back.clone());
+                self.flow.connected_with(f, b);
+            }
         }
     }
 
@@ -72,11 +110,11 @@ impl AsyncRead for StatusTap {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.stream.reader).poll_read(cx, buf);
-        if self.probe.is_some() && buf.filled().len() > before {
-            let read = buf.filled()[before..].to_vec();
-            self.look(&read);
+        let r = Pin::new(&mut this.stream.reader).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.read(&buf.filled()[before..]);
         }
         r
     }
@@ -123,6 +161,11 @@ pub(super) async fn transit(
         FlowRole::Transit,
     );
     flow.towards(key.as_str(), destination);
+    let pooled = header.protocol.is_http();
+    if pooled {
+        // A failure here is the ingress's to record, per request.
+        flow.discard();
+    }
     if flows.mode == RouterMode::Edge {
         let why = format!(
             "router {} is an edge router and carries no transit",
@@ -181,19 +224,26 @@ pub(super) async fn transit(
         stream.reset();
         return;
     }
-    let (fwd, back) = flow.connected(key.as_str(), destination);
-    fwd.fetch_add(leftover.len() as u64, Ordering::Relaxed);
-    let forward = Pump::new(Bytes::new(), false, fwd);
-    let back_pump = Pump::new(Bytes::new(), false, back.clone());
-    let mut out = StatusTap::new(out);
+    if pooled {
+        let guard = flows.register(header.flow_id, &key, origin, destination, FlowRole::Transit);
+        let (fwd, back) = guard.counters();
+        fwd.fetch_add(leftover.len() as u64, Ordering::Relaxed);
+        let forward = Pump::new(Bytes::new(), false, fwd);
+        let back_pump = Pump::new(Bytes::new(), false, back);
+        let end = splice(&mut stream, &mut out, forward, back_pump, &flows.shutdown).await;
+        log_end(&end);
+        return;
+    }
+    let fwd = Arc::new(AtomicU64::new(leftover.len() as u64));
+    let forward = Pump::new(Bytes::new(), false, fwd.clone());
+    // The tap counts the bytes back (without the egress's answer): the pump's own count
+    // is not used.
+    let back_pump = Pump::new(Bytes::new(), false, Arc::default());
+    let mut out = StatusTap::new(out, flow, fwd);
     let end = splice(&mut stream, &mut out, forward, back_pump, &flows.shutdown).await;
     log_end(&end);
-    // The egress's answer passed through as bytes: it is no payload, and it says how the
-    // flow went where the splice alone would say "ok".
-    back.fetch_sub(
-        out.frame_len.min(back.load(Ordering::Relaxed)),
-        Ordering::Relaxed,
-    );
+    // The egress's answer says how the flow went where the splice alone would say "ok".
+    let flow = &mut out.flow;
     match out.status.take() {
         Some(status) if status.code != FlowStatusCode::Ok => {
             flow.fail(FlowOutcome::of_code(status.code), status.message);

@@ -148,25 +148,37 @@ pub(crate) async fn serve_client(
                 super::MAX_CLIENT_CONNECTIONS
             ),
         );
+        // The flow record's WARN line says it (one line per event).
         listener.counters.fail();
-        tracing::warn!(
-            limit = super::MAX_CLIENT_CONNECTIONS,
-            "HTTP listener at its connection limit; a client was refused"
-        );
         return;
     };
     super::super::tcp::configure_accepted(&client);
     let _active = listener.counters.start();
-    if !first_bytes(&client).await {
-        tracing::debug!("a client sent no request in time; closed");
-        flow.fail(
-            FlowOutcome::Denied,
-            format!(
-                "the client sent no request within {} s",
-                HEADER_READ_TIMEOUT.as_secs()
-            ),
-        );
-        return;
+    match first_bytes(&client).await {
+        FirstBytes::Request => {}
+        // A TCP health check (connect, then close): nothing went wrong.
+        FirstBytes::Closed => {
+            tracing::debug!(%remote, "a client closed its connection without a request");
+            flow.ok();
+            return;
+        }
+        FirstBytes::Failed(e) => {
+            flow.fail(
+                FlowOutcome::Reset,
+                format!("the client's connection failed before a request: {e}"),
+            );
+            return;
+        }
+        FirstBytes::Silent => {
+            flow.fail(
+                FlowOutcome::Error,
+                format!(
+                    "the client sent no request within {} s; its connection was closed",
+                    HEADER_READ_TIMEOUT.as_secs()
+                ),
+            );
+            return;
+        }
     }
     let shutdown = flows.shutdown.clone();
     let client = super::io::CountedIo::new(client);
@@ -225,22 +237,36 @@ pub(crate) async fn serve_client(
 /// HTTP/1.1 from HTTP/2.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How a client connection began.
+enum FirstBytes {
+    /// Enough of a request for hyper to tell the protocol.
+    Request,
+    /// The client closed it without sending anything (a TCP health check).
+    Closed,
+    /// Reading failed (the client reset it).
+    Failed(std::io::Error),
+    /// Nothing, or a piece of the HTTP/2 preface and then nothing, within
+    /// [`HEADER_READ_TIMEOUT`].
+    Silent,
+}
+
 /// Whether the client shows enough of a request within [`HEADER_READ_TIMEOUT`] for hyper to
 /// tell the protocol (after that hyper's own timeouts apply): a connection that sends nothing,
 /// or a piece of the HTTP/2 preface and then nothing, is closed.
-async fn first_bytes(tcp: &TcpStream) -> bool {
+async fn first_bytes(tcp: &TcpStream) -> FirstBytes {
     let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
     let mut buf = [0u8; 24];
     loop {
         let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
-            _ => return false,
+            Ok(Err(e)) => return FirstBytes::Failed(e),
+            Err(_) => return FirstBytes::Silent,
         };
         if n == 0 {
-            return false;
+            return FirstBytes::Closed;
         }
         if n >= PREFACE.len() || buf[..n] != PREFACE[..n] {
-            return true;
+            return FirstBytes::Request;
         }
         // Part of the preface: look again shortly.
         if tokio::time::timeout_at(
@@ -250,7 +276,7 @@ async fn first_bytes(tcp: &TcpStream) -> bool {
         .await
         .is_err()
         {
-            return false;
+            return FirstBytes::Silent;
         }
     }
 }

@@ -318,6 +318,29 @@ async fn an_upgrade_crosses_two_hops_with_half_close() {
     send.await.unwrap();
     assert_eq!(back.len(), payload.len());
     assert!(back == payload, "echo differs");
+    // At the transit router the pooled HTTP/2 connection between routers shows among the
+    // active flows, but it is no client flow: no bytes in the key's statistics, no record.
+    let transit = &net.routers[1];
+    let pooled = transit.flows();
+    assert!(
+        pooled
+            .iter()
+            .any(|f| f.role == crate::flow::FlowRole::Transit && f.routing_key == "ws"),
+        "{pooled:?}"
+    );
+    let stats = transit.flow_stats();
+    assert!(
+        stats
+            .iter()
+            .filter(|s| s.key == "ws")
+            .all(|s| s.bytes_forward == 0 && s.bytes_back == 0 && s.duration.count == 0),
+        "{stats:?}"
+    );
+    assert!(
+        transit.recent_flows().is_empty(),
+        "{:?}",
+        transit.recent_flows()
+    );
     net.shutdown().await;
 }
 
