@@ -764,6 +764,34 @@ fn an_http_client_connection_is_one_record_with_its_requests_counted() {
             .contains(&format!("127.0.0.1:{port}")),
         "{c:#}"
     );
+
+    // A TCP health check (connect, then close; `nc -z`, a kube tcpSocket probe) is no
+    // failure: recorded ok, with no request, and no warn line.
+    let probe = std::net::TcpStream::connect(addr).unwrap();
+    drop(probe);
+    let started = std::time::Instant::now();
+    let r = wait_for(
+        Duration::from_secs(5),
+        "a third HTTP record at west (the probe's)",
+        || format!("{:#}", admin_json(&west, "/v1/flows")),
+        || {
+            let mut r = recent(&west, "web", "ingress");
+            (r.len() == 3).then(|| r.pop().unwrap())
+        },
+    );
+    eprintln!(
+        "connect-and-close recorded after {:?}: {r:#}",
+        started.elapsed()
+    );
+    assert_eq!(r["outcome"], "ok", "{r:#}");
+    assert!(r["reason"].is_null(), "{r:#}");
+    assert_eq!(r["requests"], 0, "{r:#}");
+    let log = west.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("no request")),
+        "a health check left a warn line:\n{log}"
+    );
 }
 
 /// `python3 observe_flows/peers.py ARGS`.

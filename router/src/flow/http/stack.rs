@@ -154,7 +154,11 @@ pub(crate) async fn serve_client(
     };
     super::super::tcp::configure_accepted(&client);
     let _active = listener.counters.start();
-    match first_bytes(&client).await {
+    let first = first_bytes(&client).await;
+    if !matches!(first, FirstBytes::Request) {
+        flow.set_requests(0, 0);
+    }
+    match first {
         FirstBytes::Request => {}
         // A TCP health check (connect, then close): nothing went wrong.
         FirstBytes::Closed => {
