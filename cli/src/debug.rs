@@ -67,8 +67,21 @@ pub async fn dump(folder: &SiteFolder, file: &str) -> Result<ExitCode, SiteError
         // No site here at all (a wrong --dir): say so instead of an archive of nothing.
         skiff_site_controller::site::load_site(folder)?;
     }
+    // Nothing behind a symbolic link, no special file and no huge file is read for a dump: a
+    // link `listeners/x.yaml -> /etc/shadow` would put a line of it into an error, one to
+    // /dev/zero would read until memory runs out.
+    let site_refusals = refused_files(&[folder.site_file()], &[]);
+    if let Some(why) = site_refusals.first() {
+        return Err(SiteError::InvalidArgument(format!(
+            "no debug dump made: {why}; site.yaml must be a regular file of at most {MAX_FILE} bytes (replace the link by the file itself)"
+        )));
+    }
     let mut d = Dump::default();
-    let redactor = Redactor::from_folder(folder);
+    let redactor = Redactor::from_folder(
+        folder,
+        refused_files(&[folder.link_key_file()], &[folder.links_dir()]).is_empty(),
+        refused_files(&[], &[folder.grants_dir()]).is_empty(),
+    );
     let live = gather_status(folder, &mut d).await;
     gather_config(folder, &mut d);
     for (name, bytes) in &mut d.entries {
@@ -220,6 +233,17 @@ fn gather_config(folder: &SiteFolder, d: &mut Dump) {
         ("config/links.yaml", GetKind::Links),
     ];
     for (name, kind) in kinds {
+        let refused = match kind {
+            GetKind::Listeners => refused_files(&[], &[folder.listeners_dir()]),
+            GetKind::Connectors => refused_files(&[], &[folder.connectors_dir()]),
+            GetKind::Links => refused_files(&[folder.link_key_file()], &[folder.links_dir()]),
+            _ => Vec::new(),
+        };
+        if !refused.is_empty() {
+            d.missing
+                .push(format!("{name}: not read: {}", refused.join("; ")));
+            continue;
+        }
         match get(folder, kind, None) {
             Ok(mut resources) => {
                 for r in &mut resources {
@@ -236,14 +260,26 @@ fn gather_config(folder: &SiteFolder, d: &mut Dump) {
                 };
                 d.add(name, text.into_bytes());
             }
-            Err(e) => d.missing.push(format!(
-                "{name}: could not be read: {}",
-                skiff_site_controller::error_chain(&e)
-            )),
+            Err(e) => d
+                .missing
+                .push(format!("{name}: could not be read: {}", dump_error(&e))),
         }
     }
-    match skiff_site_controller::site::list_grants(folder) {
-        Ok(grants) => {
+    let grants_refused = refused_files(&[], &[folder.grants_dir()]);
+    let peers_refused = refused_files(&[], &[folder.peers_dir()]);
+    // The refusal is checked before any read (a match guard would come after the read).
+    let grants = if grants_refused.is_empty() {
+        Some(skiff_site_controller::site::list_grants(folder))
+    } else {
+        d.missing.push(format!(
+            "config/grants.yaml: not read: {}",
+            grants_refused.join("; ")
+        ));
+        None
+    };
+    match grants {
+        None => {}
+        Some(Ok(grants)) => {
             let docs: Vec<String> = grants
                 .into_iter()
                 .map(|mut g| {
@@ -258,13 +294,23 @@ fn gather_config(folder: &SiteFolder, d: &mut Dump) {
             };
             d.add("config/grants.yaml", text.into_bytes());
         }
-        Err(e) => d.missing.push(format!(
+        Some(Err(e)) => d.missing.push(format!(
             "config/grants.yaml: could not be read: {}",
-            skiff_site_controller::error_chain(&e)
+            dump_error(&e)
         )),
     }
-    match skiff_site_controller::site::list_linked_sites(folder) {
-        Ok(peers) => {
+    let peers = if peers_refused.is_empty() {
+        Some(skiff_site_controller::site::list_linked_sites(folder))
+    } else {
+        d.missing.push(format!(
+            "config/linked-sites.yaml: not read: {}",
+            peers_refused.join("; ")
+        ));
+        None
+    };
+    match peers {
+        None => {}
+        Some(Ok(peers)) => {
             let docs: Vec<String> = peers
                 .iter()
                 .map(skiff_site_controller::resources::to_yaml)
@@ -276,9 +322,9 @@ fn gather_config(folder: &SiteFolder, d: &mut Dump) {
             };
             d.add("config/linked-sites.yaml", text.into_bytes());
         }
-        Err(e) => d.missing.push(format!(
+        Some(Err(e)) => d.missing.push(format!(
             "config/linked-sites.yaml: could not be read: {}",
-            skiff_site_controller::error_chain(&e)
+            dump_error(&e)
         )),
     }
     d.add(
@@ -293,7 +339,7 @@ fn readme(folder: &SiteFolder, live: Live, d: &Dump) -> String {
         .unwrap_or_default();
     let site = skiff_site_controller::site::load_site(folder)
         .map(|s| format!("{} (id {})", s.name(), s.site.spec.id))
-        .unwrap_or_else(|e| format!("unreadable: {}", skiff_site_controller::error_chain(&e)));
+        .unwrap_or_else(|e| format!("unreadable: {}", dump_error(&e)));
     let mut t = format!(
         "skiff debug dump\n\
          ================\n\n\
@@ -345,6 +391,86 @@ fn readme(folder: &SiteFolder, live: Live, d: &Dump) -> String {
         }
     }
     t
+}
+
+/// Largest file a dump reads from the site folder (resource files are a few hundred bytes).
+const MAX_FILE: u64 = 1024 * 1024;
+
+/// Why the dump will not read these files, or the files of these folders (one line each,
+/// naming the file): a symbolic link, anything but a regular file, or a file over
+/// [`MAX_FILE`]. A file or folder that does not exist is not refused.
+fn refused_files(files: &[std::path::PathBuf], dirs: &[std::path::PathBuf]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |path: &std::path::Path, want_dir: bool| match std::fs::symlink_metadata(path) {
+        Err(_) => {}
+        Ok(m) if m.file_type().is_symlink() => out.push(format!(
+            "{} is a symbolic link, which a dump does not follow",
+            path.display()
+        )),
+        Ok(m) if want_dir && m.is_dir() => {}
+        Ok(m) if !want_dir && !m.is_file() => {
+            out.push(format!("{} is not a regular file", path.display()))
+        }
+        Ok(m) if !want_dir && m.len() > MAX_FILE => out.push(format!(
+            "{} holds {} bytes, more than the {MAX_FILE} a dump reads",
+            path.display(),
+            m.len()
+        )),
+        Ok(_) => {}
+    };
+    for f in files {
+        check(f, false);
+    }
+    for dir in dirs {
+        check(dir, true);
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten().take(10_000) {
+                let p = e.path();
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                    continue;
+                }
+                check(&p, false);
+            }
+        }
+    }
+    out
+}
+
+/// An error as a dump may word it: the file, the line and the kind of error, never the
+/// text of the file or a value from it (a parse error quotes the line it failed on, which
+/// may hold a password or a key).
+fn dump_error(e: &SiteError) -> String {
+    const SEE: &str = "the error is not quoted in a dump (it may quote the file); run `skiff get` on the site's machine to see it";
+    match e {
+        SiteError::BadResource { path, reason } => {
+            let at = line_and_column(reason);
+            format!("{} is not a valid resource{at}: {SEE}", path.display())
+        }
+        SiteError::Io {
+            action,
+            path,
+            source,
+        } => format!("could not {action} {}: {}", path.display(), source.kind()),
+        SiteError::NoSite { .. } | SiteError::NotRunning { .. } => e.to_string(),
+        _ => format!("could not be read: {SEE}"),
+    }
+}
+
+/// ` (line N, column M)` from a parser's message, if it names them.
+fn line_and_column(reason: &str) -> String {
+    let number_after = |word: &str| {
+        let i = reason.find(word)? + word.len();
+        let digits: String = reason[i..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse::<u64>().ok()
+    };
+    match (number_after("line "), number_after("column ")) {
+        (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
+        (Some(l), None) => format!(" (line {l})"),
+        _ => String::new(),
+    }
 }
 
 /// A string as it is; anything else as JSON text.

@@ -458,6 +458,14 @@ pub async fn network_status(
         println!("{}", serde_json::to_string_pretty(&net).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
+    // Site names and reasons come from peers: no control character reaches the terminal.
+    let (mut links, mut listeners) = (links, listeners);
+    for v in std::iter::once(&mut net)
+        .chain(links.iter_mut())
+        .chain(listeners.iter_mut())
+    {
+        printable_json(v);
+    }
     print!(
         "{}",
         network::render(
@@ -471,11 +479,45 @@ pub async fn network_status(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A JSON value as words: strings bare, `-` for null, arrays joined with commas.
+/// A string as a terminal may show it: every control character (ESC, CR, BEL, newline, ...;
+/// a peer's site name or reason could carry any) written as a `\u{..}` escape instead.
+pub(crate) fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Every string (and object key) in the value made [`printable`].
+pub(crate) fn printable_json(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = printable(s),
+        Value::Array(a) => a.iter_mut().for_each(printable_json),
+        Value::Object(o) => {
+            let entries = std::mem::take(o);
+            for (k, mut val) in entries {
+                printable_json(&mut val);
+                o.insert(printable(&k), val);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A JSON value as words: strings bare (control characters escaped), `-` for null, arrays
+/// joined with commas.
 pub(crate) fn plain(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s),
         Value::Array(a) => a.iter().map(plain).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
@@ -507,6 +549,25 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_from_peers_are_escaped_in_text_output() {
+        use serde_json::json;
+        let evil = "west\u{1b}]0;pwned\u{7}\r\nfake line";
+        let shown = super::plain(&json!(evil));
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "west\\u{1b}]0;pwned\\u{7}\\u{d}\\u{a}fake line");
+        assert_eq!(super::plain(&json!("café ok")), "café ok");
+        let mut v = json!({"sites": [{"name": evil, "reason": "a\u{9b}b"}]});
+        super::printable_json(&mut v);
+        let text = v.to_string();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{9b}'),
+            "{text}"
+        );
+        let net = v["sites"][0]["name"].as_str().unwrap();
+        assert!(net.starts_with("west\\u{1b}"), "{net}");
+    }
+
     use super::*;
 
     fn net() -> Value {

@@ -24,9 +24,11 @@ impl Redactor {
     /// The proxy passwords (as written and percent-decoded) of the folder's links, and its
     /// grant codes. A folder that cannot be read gives none: the parts are built without
     /// secrets anyway.
-    pub fn from_folder(folder: &SiteFolder) -> Redactor {
+    /// `read_links`, `read_grants`: false when that folder holds a file the dump refuses to
+    /// read.
+    pub fn from_folder(folder: &SiteFolder, read_links: bool, read_grants: bool) -> Redactor {
         let mut secrets = Vec::new();
-        if let Ok(links) = skiff_site_controller::site::list_links(folder) {
+        if read_links && let Ok(links) = skiff_site_controller::site::list_links(folder) {
             for (l, _) in links {
                 if let Some(url) = &l.spec.proxy
                     && let Some((_, password)) = userinfo(url).and_then(|u| u.split_once(':'))
@@ -36,7 +38,7 @@ impl Redactor {
                 }
             }
         }
-        if let Ok(grants) = skiff_site_controller::site::list_grants(folder) {
+        if read_grants && let Ok(grants) = skiff_site_controller::site::list_grants(folder) {
             secrets.extend(grants.into_iter().map(|g| g.spec.code));
         }
         secrets.retain(|s| s.len() >= MIN_SECRET_LEN);
@@ -65,11 +67,21 @@ impl Redactor {
     }
 }
 
-/// `user:password` of `scheme://user:password@host...`, if any.
+/// `user:password` of `scheme://user:password@host...`, if any: everything between `://` and
+/// the LAST `@` of the value. A password with an unescaped `/`, `?`, `#` or `@` (a URL the
+/// link refuses, and so one a user makes a dump about) is still taken whole.
 fn userinfo(url: &str) -> Option<&str> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority.rsplit_once('@').map(|(u, _)| u)
+    rest.rsplit_once('@').map(|(u, _)| u)
+}
+
+/// How `user:password` is shown: the user kept, the rest replaced; a user alone (it may be a
+/// token), or one with characters no user name holds, is replaced whole.
+fn shown_userinfo(info: &str) -> String {
+    match info.split_once(':') {
+        Some((user, _)) if !user.contains(['/', '?', '#']) => format!("{user}:{REDACTED}"),
+        _ => REDACTED.to_string(),
+    }
 }
 
 /// A proxy URL as a dump shows it: `http://user:<redacted>@host:port` (a user alone is
@@ -78,35 +90,37 @@ pub fn proxy_url(url: &str) -> String {
     let Some(info) = userinfo(url) else {
         return url.to_string();
     };
-    let shown = match info.split_once(':') {
-        Some((user, _)) => format!("{user}:{REDACTED}"),
-        None => REDACTED.to_string(),
-    };
-    url.replacen(&format!("{info}@"), &format!("{shown}@"), 1)
+    url.replacen(
+        &format!("{info}@"),
+        &format!("{}@", shown_userinfo(info)),
+        1,
+    )
 }
 
-/// Every `scheme://user:password@` in the text with the password replaced.
+/// Every `scheme://user:password@` in the text with the password replaced. The URL runs to
+/// the first space or quote-like character, and everything up to its LAST `@` counts as
+/// credentials, so a password holding an unescaped `/`, `?` or `#` is replaced whole (a path
+/// holding `@` is replaced too: a dump rather shows too little than a password).
 fn redact_url_credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
         let (before, after) = rest.split_at(i + 3);
         out.push_str(before);
-        // The authority ends at the first character no URL authority holds.
         let end = after
-            .find(|c: char| c.is_whitespace() || "/?#\"'<>`,;)]}".contains(c))
+            .find(|c: char| c.is_whitespace() || "\"'<>`,;)]}".contains(c))
             .unwrap_or(after.len());
-        let authority = &after[..end];
-        match authority.rsplit_once('@') {
-            Some((info, host)) if !info.starts_with(REDACTED) => {
+        let url = &after[..end];
+        match url.rsplit_once('@') {
+            Some((info, host)) => {
                 let shown = match info.split_once(':') {
-                    Some((user, pw)) if !pw.starts_with(REDACTED) => format!("{user}:{REDACTED}"),
-                    Some(_) => info.to_string(),
-                    None => REDACTED.to_string(),
+                    Some((user, pw)) if pw == REDACTED => format!("{user}:{pw}"),
+                    _ if info == REDACTED => info.to_string(),
+                    _ => shown_userinfo(info),
                 };
                 out.push_str(&format!("{shown}@{host}"));
             }
-            _ => out.push_str(authority),
+            None => out.push_str(url),
         }
         rest = &after[end..];
     }
@@ -250,14 +264,38 @@ mod tests {
 
     #[test]
     fn url_credentials_anywhere_in_text_are_redacted() {
-        let t = "dial via http://bob:pa%40ss@proxy:3128/x and \"https://h/a@b\" ok";
+        let t = "dial via http://bob:pa%40ss@proxy:3128/x and \"https://h/a\" ok";
         assert_eq!(
             redact_url_credentials(t),
-            "dial via http://bob:<redacted>@proxy:3128/x and \"https://h/a@b\" ok"
+            "dial via http://bob:<redacted>@proxy:3128/x and \"https://h/a\" ok"
         );
         // Already redacted text stays as it is.
         let done = "http://bob:<redacted>@proxy:3128";
         assert_eq!(redact_url_credentials(done), done);
+    }
+
+    #[test]
+    fn passwords_with_slash_question_mark_or_hash_are_redacted_whole() {
+        for pw in [
+            "Sup3r/Secret9",
+            "Sup3r?Secret9",
+            "Sup3r#Secret9",
+            "a/b?c#d@e",
+        ] {
+            let url = format!("http://bob:{pw}@proxy.example:3128");
+            let shown = proxy_url(&url);
+            assert_eq!(shown, "http://bob:<redacted>@proxy.example:3128", "{url}");
+            let text = format!("links:\n  proxy: {url}\nlog: dial via {url} failed\n");
+            let out = redact_url_credentials(&text);
+            assert!(!out.contains("Secret9") && !out.contains("c#d"), "{out}");
+            assert!(out.contains("bob:<redacted>@proxy.example:3128"), "{out}");
+            assert_eq!(
+                userinfo(&url).and_then(|u| u.split_once(':')).unwrap().1,
+                pw
+            );
+        }
+        // A user name holding `/` is no user name: replaced whole.
+        assert_eq!(proxy_url("http://to/ken@h:1"), "http://<redacted>@h:1");
     }
 
     #[test]
