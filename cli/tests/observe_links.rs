@@ -2,7 +2,9 @@
 //! loopback: bytes each way, round trip and ups in `GET /v1/links` and in `/metrics` (over
 //! QUIC and TLS/TCP, counters never decreasing), a link that goes down and comes back, and
 //! refusals (a certificate from another network, a revoked site) worded the same in the
-//! accepting site's log and in the dialing site's `skiff link list`.
+//! accepting site's log and in the dialing site's `skiff link list`. A link's `/metrics`
+//! series keep their labels and never decrease across a disconnect and reconnect, or when
+//! one of two sites of one name leaves; an outbound link names its peer before it connects.
 
 mod common;
 
@@ -119,6 +121,19 @@ fn assert_counters_never_decrease(before: &[Sample], after: &[Sample]) -> usize 
         }
     }
     compared
+}
+
+/// The `skiff_link_*` series (name and labels, histogram buckets aside) of the link `name`.
+fn link_series(samples: &[Sample], name: &str) -> std::collections::BTreeSet<String> {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name.starts_with("skiff_link_")
+                && !s.name.ends_with("_bucket")
+                && s.labels.contains(&format!("link=\"{name}\""))
+        })
+        .map(|s| format!("{}{{{}}}", s.name, s.labels))
+        .collect()
 }
 
 /// Sends `n` bytes through the echo at `addr` and reads them back; panics unless they are
@@ -265,7 +280,6 @@ fn counters_rtt_and_metrics(transport: &str) {
         ("link", "west"),
         ("peer", "west"),
         ("link_direction", "outbound"),
-        ("transport", transport),
     ];
     let with = |extra: (&'static str, &'static str)| {
         let mut l = labels.to_vec();
@@ -285,6 +299,24 @@ fn counters_rtt_and_metrics(transport: &str) {
         })
     };
     assert_eq!(got("skiff_link_up", &labels), 1.0);
+    let on = |t: &'static str| {
+        let mut l: Vec<(&str, &str)> = labels.to_vec();
+        l.push(("transport", t));
+        metric(&m2, "skiff_link_transport", &l)
+    };
+    let (this, other) = if transport == "quic" {
+        ("quic", "tls")
+    } else {
+        ("tls", "quic")
+    };
+    assert_eq!(on(this), Some(1.0), "{transport}: skiff_link_transport");
+    assert_eq!(on(other), None, "{transport}: skiff_link_transport");
+    assert!(
+        m2.iter()
+            .filter(|s| s.name.starts_with("skiff_link_") && s.name != "skiff_link_transport")
+            .all(|s| !s.labels.contains("transport=")),
+        "the transport is a label of skiff_link_transport only"
+    );
     assert_eq!(got("skiff_link_ups_total", &labels), 1.0);
     let sent = got("skiff_link_bytes_total", &with(("direction", "sent")));
     let received = got("skiff_link_bytes_total", &with(("direction", "received")));
@@ -338,6 +370,11 @@ fn a_link_that_goes_down_and_comes_back_counts_two_ups() {
         l["status"] == "up" && n(l, "bytes_sent") > 0
     });
     assert_eq!(first["ups"], 1, "{first:#}");
+    // Wait for a round-trip sample, so the histogram is in the first scrape too.
+    wait_status(&east, "west", Duration::from_secs(5), |l| {
+        l["rtt_ms"].as_f64().is_some()
+    });
+    let m1 = parse_metrics(&admin_text(&east, "/metrics"));
 
     assert!(west.stop().success(), "{}", west.log());
     let down = wait_status(&east, "west", Duration::from_secs(10), |l| {
@@ -374,6 +411,69 @@ fn a_link_that_goes_down_and_comes_back_counts_two_ups() {
         metric(&m, "skiff_link_ups_total", &[("link", "west")]),
         Some(2.0),
         "{m:#?}"
+    );
+    // The same series before and after (labels from the configuration, the transport in a
+    // gauge of its own), and none of their counters went down.
+    let (s1, s2) = (link_series(&m1, "west"), link_series(&m, "west"));
+    // (auto may come back on QUIC or on TLS/TCP: only skiff_link_transport may differ.)
+    let (transports, counters): (Vec<String>, Vec<String>) = s1
+        .iter()
+        .chain(&s2)
+        .filter(|x| !x.starts_with("skiff_link_rtt_seconds"))
+        .cloned()
+        .partition(|x| x.starts_with("skiff_link_transport"));
+    let kept = |s: &std::collections::BTreeSet<String>| {
+        s.iter()
+            .filter(|x| counters.contains(x))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kept(&s1), kept(&s2), "labels changed over a relink");
+    assert_eq!(kept(&s1).len(), 6, "{s1:#?}");
+    let compared = assert_counters_never_decrease(&m1, &m);
+    assert!(compared >= 10, "{compared} counter samples compared");
+    eprintln!(
+        "relink: {} series of link west kept their labels (transport before/after: {transports:?}), {compared} counter samples compared, none went down",
+        kept(&s2).len()
+    );
+}
+
+#[test]
+fn an_outbound_link_names_its_peer_before_it_first_connects() {
+    let mut west = Site::create("west", true);
+    let mut east = Site::create("east", false);
+    west.start();
+    east.start();
+    link_over(&east, &west, "auto");
+    east.wait_link(Duration::from_secs(5), "up to west", is_link("up", "west"));
+    assert!(west.stop().success(), "{}", west.log());
+    assert!(east.stop().success(), "{}", east.log());
+    // east starts again with west gone: its link has never connected in this process.
+    east.start();
+    let l = wait_status(&east, "west", Duration::from_secs(5), |l| {
+        l["status"] == "connecting"
+    });
+    assert_eq!(l["peer_site_name"], "west", "{l:#}");
+    assert_eq!(l["ups"], 0, "{l:#}");
+    // What a person reads: the peer's name, not the first digits of its id.
+    let o = east.run(&["network", "status"]);
+    let shown = text(&o);
+    let id = l["peer_site_id"].as_str().unwrap();
+    assert!(
+        shown.contains("link to west") && !shown.contains(&id[..8]),
+        "{shown}"
+    );
+    let m = parse_metrics(&admin_text(&east, "/metrics"));
+    let labels = [
+        ("link", "west"),
+        ("peer", "west"),
+        ("link_direction", "outbound"),
+    ];
+    assert_eq!(metric(&m, "skiff_link_up", &labels), Some(0.0), "{m:#?}");
+    assert_eq!(
+        metric(&m, "skiff_link_transport", &[("link", "west")]),
+        None,
+        "no transport before the first connection"
     );
 }
 
@@ -532,6 +632,52 @@ fn two_sites_of_one_name_linking_here_are_named_in_a_warning() {
         .filter(|l| l["name"] == "from-east" && l["status"] == "up")
         .count();
     assert_eq!(up, 2, "{:#?}", west.links());
+
+    // One series for both (same labels), and when the second leaves it does not go down.
+    std::thread::sleep(Duration::from_millis(1500));
+    let m1 = parse_metrics(&admin_text(&west, "/metrics"));
+    let inbound = [
+        ("link", "from-east"),
+        ("peer", "east"),
+        ("link_direction", "inbound"),
+    ];
+    let sent = |m: &[Sample]| {
+        let mut l = inbound.to_vec();
+        l.push(("direction", "sent"));
+        metric(m, "skiff_link_bytes_total", &l)
+    };
+    assert_eq!(metric(&m1, "skiff_link_ups_total", &inbound), Some(2.0));
+    assert_eq!(metric(&m1, "skiff_link_up", &inbound), Some(1.0));
+    assert!(second.stop().success(), "{}", second.log());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while west
+        .links()
+        .iter()
+        .filter(|l| l["name"] == "from-east")
+        .count()
+        != 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second east's link is still listed: {:#?}",
+            west.links()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let m2 = parse_metrics(&admin_text(&west, "/metrics"));
+    assert_eq!(
+        link_series(&m1, "from-east"),
+        link_series(&m2, "from-east"),
+        "labels changed"
+    );
+    assert_eq!(metric(&m2, "skiff_link_ups_total", &inbound), Some(2.0));
+    let compared = assert_counters_never_decrease(&m1, &m2);
+    assert!(compared >= 10, "{compared} counter samples compared");
+    eprintln!(
+        "one of two sites named east left: bytes sent to from-east {:?} then {:?}, ups 2 then 2; {compared} counter samples compared, none went down",
+        sent(&m1),
+        sent(&m2)
+    );
 }
 
 #[test]

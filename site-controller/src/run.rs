@@ -533,6 +533,7 @@ impl SiteState {
             let spec = RouterLinkSpec {
                 name: link.metadata.name.clone(),
                 peer_site_id: link.spec.peer_site_id,
+                peer_site_name: Some(link.spec.peer_site_name.clone()).filter(|n| !n.is_empty()),
                 peer_ca_pem: link.spec.peer_ca.clone(),
                 endpoints: link.spec.endpoints.clone(),
                 client_cert_pem: link.spec.client_certificate.clone(),

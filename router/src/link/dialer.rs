@@ -146,7 +146,7 @@ pub(crate) async fn run_dialer(
         name: spec.name.clone(),
         direction: Direction::Outbound,
         peer_site_id: Some(spec.peer_site_id),
-        peer_site_name: None,
+        peer_site_name: spec.peer_site_name.clone(),
         transport: None,
         endpoint: None,
         proxy: spec.proxy.as_ref().map(ProxyConfig::address),
@@ -158,6 +158,10 @@ pub(crate) async fn run_dialer(
         rtt_ms: None,
         ups: 0,
         rtt_samples: Default::default(),
+        peer_label: spec
+            .peer_site_name
+            .clone()
+            .unwrap_or_else(|| spec.peer_site_id.to_string()),
     });
     dial_forever(&shared, spec, renewals, &cancel, id).await;
     shared.table.remove(id);
@@ -578,6 +582,7 @@ mod tests {
         LinkSpec {
             name: name.into(),
             peer_site_id: SiteId::from_bytes([1; 16]),
+            peer_site_name: None,
             peer_ca_pem: String::new(),
             endpoints: vec!["h:1".into()],
             client_cert_pem: String::new(),

@@ -243,6 +243,9 @@ pub struct LinkSpec {
     pub name: String,
     /// The site we link to; its server certificate must name it.
     pub peer_site_id: SiteId,
+    /// The peer site's name as the link file gives it (`spec.peerSiteName`), if it does:
+    /// shown as the link's peer before it first connects, and its `peer` in `/metrics`.
+    pub peer_site_name: Option<String>,
     /// The peer site's CA (PEM), pinned for this link.
     pub peer_ca_pem: String,
     /// `host:port` link endpoints of the peer, tried in order.
@@ -275,7 +278,7 @@ impl LinkSpec {
 }
 
 /// Which side made a link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// We dial it.
@@ -312,7 +315,8 @@ pub struct LinkStatus {
     pub direction: Direction,
     /// The peer's site id (outbound: from the spec; inbound: from its certificate).
     pub peer_site_id: Option<SiteId>,
-    /// The peer's site name from its hello, once known.
+    /// The peer's site name: from its hello once known; before that, for an outbound link,
+    /// the name its link file gives.
     pub peer_site_name: Option<String>,
     /// The transport of the current connection.
     pub transport: Option<Transport>,
@@ -346,6 +350,20 @@ pub struct LinkStatus {
     /// The link's round-trip samples, for `/metrics` (not in the JSON).
     #[serde(skip)]
     pub rtt_samples: RttHistogram,
+    /// The peer as `/metrics` labels it, fixed for the life of the entry so that a series
+    /// never changes its labels: outbound links the peer site name of the link's
+    /// configuration (its id when the link file names none); inbound links the name the
+    /// peer gave in its hello when it was accepted. Not in the JSON.
+    #[serde(skip)]
+    pub peer_label: String,
+}
+
+impl LinkStatus {
+    /// What identifies the link in `/metrics`: name, direction and [`Self::peer_label`].
+    /// Totals carry over between entries with the same key (see the link table).
+    pub fn metric_key(&self) -> (String, Direction, String) {
+        (self.name.clone(), self.direction, self.peer_label.clone())
+    }
 }
 
 /// Why a router could not start.

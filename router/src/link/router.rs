@@ -728,6 +728,7 @@ pub(crate) async fn serve_inbound(
             rtt_ms: None,
             ups: 0,
             rtt_samples: Default::default(),
+            peer_label: peer.site_name.clone(),
         });
         shared.table.set_up(
             id,

@@ -37,6 +37,12 @@ impl RttSamples {
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Forgets the last sample (a new connection: its round trip is unknown until its first
+    /// sample); the histogram keeps every sample.
+    pub(crate) fn forget_last(&self) {
+        self.last_us.store(0, Ordering::Relaxed);
+    }
+
     /// The last sample, if any.
     pub(crate) fn last(&self) -> Option<Duration> {
         match self.last_us.load(Ordering::Relaxed) {
@@ -111,5 +117,9 @@ mod tests {
         // A zero round trip (a coarse clock) is still a sample.
         s.record(Duration::ZERO);
         assert_eq!(s.last(), Some(Duration::ZERO));
+        // A new connection forgets the last value, not the samples.
+        s.forget_last();
+        assert_eq!(s.last(), None);
+        assert_eq!(s.histogram().count(), 4);
     }
 }

@@ -1,10 +1,13 @@
 //! The router's table of links: the status operators see, and the handles of links that are
 //! up (for opening streams and for closing them on revocation).
 //!
-//! Byte counts and `ups` are cumulative per link: a connection's bytes are folded into its
-//! entry when it goes down, and an inbound entry's totals pass, when it is removed, to the
-//! next inbound entry of the same name and peer site (a live one, or the next to come), so
-//! that what `/metrics` sums per link never decreases while the process lives.
+//! Byte counts, `ups` and round-trip samples are cumulative per link as `/metrics` names it
+//! ([`LinkStatus::metric_key`]: name, direction and the peer label of the configuration or of
+//! the hello at accept): a connection's figures are folded into its entry when it goes down,
+//! and a removed entry's totals pass to a live entry with the same key (two sites of one
+//! name, a peer's new connection), or wait for the next one (an outbound link restarted by
+//! a changed link file, a peer that dials again). So what `/metrics` sums per key never
+//! decreases while the process lives.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +17,7 @@ use tokio::sync::watch;
 
 use super::driver::LinkCloser;
 use super::mux::{MuxConnection, WireBytes};
-use super::rtt::RttSamples;
+use super::rtt::{RttHistogram, RttSamples};
 use super::{Direction, LinkState, LinkStatus, Transport};
 
 /// A link that is up.
@@ -32,6 +35,8 @@ struct Entry {
     before: WireBytes,
     /// Round-trip samples, kept across reconnects.
     rtt: Arc<RttSamples>,
+    /// Round-trip samples of retired entries it took over.
+    rtt_before: RttHistogram,
 }
 
 impl Entry {
@@ -50,8 +55,16 @@ impl Entry {
             let rtt = u.conn.transport_rtt().or_else(|| self.rtt.last())?;
             Some((rtt.as_micros() as f64 / 1000.0).max(0.001))
         });
-        s.rtt_samples = self.rtt.histogram();
+        s.rtt_samples = self.rtt_before.clone();
+        s.rtt_samples.merge(&self.rtt.histogram());
         s
+    }
+
+    /// Takes over the totals of a removed entry with the same key.
+    fn inherit(&mut self, r: &Retired) {
+        self.before = self.before + r.bytes;
+        self.status.ups += r.ups;
+        self.rtt_before.merge(&r.rtt);
     }
 
     /// Folds the current connection's bytes into `before` and forgets it.
@@ -62,17 +75,26 @@ impl Entry {
     }
 }
 
-/// Totals of removed inbound entries, waiting for the next entry of the same link.
-#[derive(Default, Clone, Copy)]
+/// Totals of removed entries, waiting for the next entry with the same key.
+#[derive(Default, Clone)]
 struct Retired {
     bytes: WireBytes,
     ups: u64,
+    rtt: RttHistogram,
 }
 
-/// Most (name, peer) totals of removed inbound links kept (one per peer site in practice).
+impl Retired {
+    fn add(&mut self, other: &Retired) {
+        self.bytes = self.bytes + other.bytes;
+        self.ups += other.ups;
+        self.rtt.merge(&other.rtt);
+    }
+}
+
+/// Most totals of removed links kept (one per link name and peer in practice).
 const MAX_RETIRED: usize = 4096;
 
-type RetiredKey = (String, Option<skiff_certs::SiteId>);
+type RetiredKey = (String, Direction, String);
 
 #[derive(Default)]
 struct Inner {
@@ -110,56 +132,52 @@ impl LinkTable {
         self.changes.send_modify(|n| *n += 1);
     }
 
-    pub(crate) fn insert(&self, mut status: LinkStatus) -> EntryId {
+    /// Adds an entry; it takes over the totals left by removed entries with its key.
+    pub(crate) fn insert(&self, status: LinkStatus) -> EntryId {
         let mut g = self.inner.lock().unwrap();
         g.last_id += 1;
         let id = g.last_id;
-        let mut before = WireBytes::default();
-        if status.direction == Direction::Inbound
-            && let Some(r) = g
-                .retired
-                .remove(&(status.name.clone(), status.peer_site_id))
-        {
-            before = r.bytes;
-            status.ups += r.ups;
+        let retired = g.retired.remove(&status.metric_key());
+        let mut entry = Entry {
+            status,
+            up: None,
+            before: WireBytes::default(),
+            rtt: Arc::default(),
+            rtt_before: RttHistogram::default(),
+        };
+        if let Some(r) = retired {
+            entry.inherit(&r);
         }
-        g.entries.insert(
-            id,
-            Entry {
-                status,
-                up: None,
-                before,
-                rtt: Arc::default(),
-            },
-        );
+        g.entries.insert(id, entry);
         drop(g);
         self.changed();
         id
     }
 
-    /// Removes an entry. An inbound entry's totals go to a live inbound entry of the same
-    /// name and peer, or wait for the next one.
+    /// Removes an entry. Its totals go to a live entry with the same key (the newest), or
+    /// wait for the next one.
     pub(crate) fn remove(&self, id: EntryId) {
         let mut guard = self.inner.lock().unwrap();
         let g = &mut *guard;
-        if let Some(mut gone) = g.entries.remove(&id)
-            && gone.status.direction == Direction::Inbound
-        {
+        if let Some(mut gone) = g.entries.remove(&id) {
             gone.retire_connection();
-            let key = (gone.status.name.clone(), gone.status.peer_site_id);
-            let heir = g.entries.values_mut().rev().find(|e| {
-                e.status.direction == Direction::Inbound
-                    && (&e.status.name, e.status.peer_site_id) == (&key.0, key.1)
-            });
+            let key = gone.status.metric_key();
+            let mut rtt = gone.rtt_before.clone();
+            rtt.merge(&gone.rtt.histogram());
+            let totals = Retired {
+                bytes: gone.before,
+                ups: gone.status.ups,
+                rtt,
+            };
+            let heir = g
+                .entries
+                .values_mut()
+                .rev()
+                .find(|e| e.status.metric_key() == key);
             match heir {
-                Some(heir) => {
-                    heir.before = heir.before + gone.before;
-                    heir.status.ups += gone.status.ups;
-                }
+                Some(heir) => heir.inherit(&totals),
                 None if g.retired.len() < MAX_RETIRED || g.retired.contains_key(&key) => {
-                    let r = g.retired.entry(key).or_default();
-                    r.bytes = r.bytes + gone.before;
-                    r.ups += gone.status.ups;
+                    g.retired.entry(key).or_default().add(&totals);
                 }
                 None => {}
             }
@@ -239,6 +257,8 @@ impl LinkTable {
         let mut g = self.inner.lock().unwrap();
         if let Some(e) = g.entries.get_mut(&id) {
             e.retire_connection();
+            // The previous connection's round trip is not this one's.
+            e.rtt.forget_last();
             e.status.ups += 1;
             e.status.since = now_rfc3339();
             e.status.state = LinkState::Up;
@@ -301,4 +321,141 @@ pub(crate) fn now_rfc3339() -> String {
     let now = now.replace_millisecond(now.millisecond()).unwrap_or(now);
     now.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::mux::YamuxConnection;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn inbound(peer: SiteId, name: &str) -> LinkStatus {
+        LinkStatus {
+            name: format!("from-{name}"),
+            direction: Direction::Inbound,
+            peer_site_id: Some(peer),
+            peer_site_name: Some(name.into()),
+            transport: Some(Transport::Tls),
+            endpoint: None,
+            proxy: None,
+            cost: 1,
+            state: LinkState::Connecting { last_error: None },
+            since: now_rfc3339(),
+            bytes_sent: 0,
+            bytes_received: 0,
+            rtt_ms: None,
+            ups: 0,
+            rtt_samples: RttHistogram::default(),
+            peer_label: name.into(),
+        }
+    }
+
+    /// A real yamux connection over an in-memory pipe that has moved `n` bytes one way; the
+    /// other end is returned too, to be kept alive.
+    async fn connection(n: usize) -> (Arc<YamuxConnection>, Arc<YamuxConnection>) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let dialer = Arc::new(YamuxConnection::start(a, true));
+        let acceptor = Arc::new(YamuxConnection::start(b, false));
+        let data = vec![7u8; n];
+        let mut s = dialer.open_stream().await.unwrap();
+        let (_, got) = tokio::join!(
+            async {
+                s.writer.write_all(&data).await.unwrap();
+                s.writer.shutdown().await.unwrap();
+            },
+            async {
+                let mut t = acceptor.accept_stream().await.unwrap();
+                let mut got = Vec::new();
+                t.reader.read_to_end(&mut got).await.unwrap();
+                got
+            }
+        );
+        assert_eq!(got.len(), n);
+        (dialer, acceptor)
+    }
+
+    /// (bytes sent, ups, rtt samples) summed over the entries labelled like `/metrics` does.
+    fn series(t: &LinkTable, name: &str) -> (u64, u64, u64) {
+        t.snapshot()
+            .iter()
+            .filter(|l| l.name == name)
+            .fold((0, 0, 0), |(b, u, r), l| {
+                (b + l.bytes_sent, u + l.ups, r + l.rtt_samples.count())
+            })
+    }
+
+    #[tokio::test]
+    async fn two_sites_of_one_name_sum_to_a_series_that_never_decreases() {
+        let t = LinkTable::default();
+        let (one, two) = (SiteId::from_bytes([1; 16]), SiteId::from_bytes([2; 16]));
+        let mut keep = Vec::new();
+        let mut ids = Vec::new();
+        for (peer, n) in [(one, 100_000), (two, 50_000)] {
+            let id = t.insert(inbound(peer, "east"));
+            let (conn, other) = connection(n).await;
+            t.set_up(
+                id,
+                UpLink {
+                    peer,
+                    conn: conn.clone(),
+                    closer: LinkCloser::default(),
+                },
+                "east",
+                Transport::Tls,
+                "127.0.0.1:1",
+            );
+            t.rtt_samples(id)
+                .record(std::time::Duration::from_millis(1));
+            keep.push((conn, other));
+            ids.push(id);
+        }
+        let before = series(&t, "from-east");
+        assert!(before.0 >= 150_000, "{before:?}");
+        assert_eq!((before.1, before.2), (2, 2));
+        // The first site goes away while the other stays: the summed series does not drop.
+        t.remove(ids[0]);
+        let after = series(&t, "from-east");
+        assert_eq!(after, before, "one of two sites named east left");
+        // The second goes too, and comes back: its new entry starts from both totals.
+        t.remove(ids[1]);
+        assert_eq!(series(&t, "from-east"), (0, 0, 0), "no entry, no series");
+        let id = t.insert(inbound(two, "east"));
+        let again = series(&t, "from-east");
+        assert_eq!(again, before, "totals carried to the next entry");
+        // Another name's entry takes nothing.
+        t.insert(inbound(one, "north"));
+        assert_eq!(series(&t, "from-north"), (0, 0, 0));
+        t.remove(id);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_has_no_round_trip_until_its_first_sample() {
+        let t = LinkTable::default();
+        let peer = SiteId::from_bytes([3; 16]);
+        let id = t.insert(inbound(peer, "east"));
+        let mut keep = Vec::new();
+        for round in 0..2 {
+            let (conn, other) = connection(10).await;
+            t.set_up(
+                id,
+                UpLink {
+                    peer,
+                    conn: conn.clone(),
+                    closer: LinkCloser::default(),
+                },
+                "east",
+                Transport::Tls,
+                "127.0.0.1:1",
+            );
+            let l = &t.snapshot()[0];
+            assert_eq!(l.rtt_ms, None, "round {round}: {l:?}");
+            t.rtt_samples(id)
+                .record(std::time::Duration::from_millis(40));
+            let l = &t.snapshot()[0];
+            assert_eq!(l.rtt_ms, Some(40.0), "round {round}");
+            assert_eq!(l.rtt_samples.count(), round + 1, "samples are kept");
+            t.set_state(id, LinkState::Connecting { last_error: None });
+            keep.push((conn, other));
+        }
+    }
 }

@@ -66,6 +66,7 @@ pub(crate) fn spec(
     LinkSpec {
         name: format!("to-{}", acceptor.name),
         peer_site_id: acceptor.id,
+        peer_site_name: Some(acceptor.name.clone()),
         peer_ca_pem: acceptor.ca.cert_pem().to_string(),
         endpoints: vec![endpoint],
         client_cert_pem: issued.cert_pem,
@@ -665,6 +666,7 @@ fn status_serializes_for_operators() {
         rtt_ms: Some(0.25),
         ups: 2,
         rtt_samples: Default::default(),
+        peer_label: "east".into(),
     };
     let v = serde_json::to_value(&s).unwrap();
     assert_eq!(v["bytes_sent"], 5);

@@ -1,18 +1,24 @@
 //! Per-link families of `/metrics`: links by status, and per link whether it is up, its bytes
 //! each way, its round trip (last value and a histogram of samples) and how often it came up.
 //!
-//! Per-link labels: `link` (its name), `peer` (the peer site's name, else its id),
-//! `link_direction` (outbound: this site dials; inbound: the peer dialed) and `transport`
-//! (quic|tls, empty before the first connection). The bytes family adds `direction`
-//! (sent|received), which is why the link's own direction is `link_direction`. Two entries with the same labels (an inbound link from a restarted peer
-//! while its old connection is still being declared dead) are one series: bytes and `ups`
-//! summed, up if either is, so a counter never goes down (see the router's link table).
+//! Per-link labels, fixed for the link's life so no series changes its labels or starts over:
+//! `link` (its name), `peer` (outbound: the peer site name of the link's configuration, its id
+//! when the link file names none; inbound: the name the peer gave when it was accepted) and
+//! `link_direction` (outbound: this site dials; inbound: the peer dialed). The bytes family
+//! adds `direction` (sent|received), which is why the link's own direction is
+//! `link_direction`. The transport is not a label of these: `skiff_link_transport` (1 per
+//! link and transport of its current or last connection) says it, so a QUIC→TLS fallback
+//! does not start new counter series. Entries with the same labels (two sites of one name;
+//! an inbound link from a restarted peer while its old connection is still being declared
+//! dead) are one series: bytes, `ups` and samples summed, up if either is; the router's link
+//! table carries a removed entry's totals to the next with the same labels, so a counter
+//! never goes down while the site runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use skiff_router::link::{Direction, LinkState, LinkStatus, RttHistogram};
+use skiff_router::link::{Direction, LinkState, LinkStatus, RttHistogram, Transport};
 
 use super::samples;
 
@@ -25,8 +31,8 @@ fn status(l: &LinkStatus) -> &'static str {
     }
 }
 
-/// The label values of one link series: link, peer, direction, transport.
-type LinkLabels = [(&'static str, String); 4];
+/// The label values of one link series: link, peer, direction.
+type LinkLabels = [(&'static str, String); 3];
 
 /// One link series: the entries with the same labels added up.
 #[derive(Default)]
@@ -37,26 +43,20 @@ struct Series {
     ups: u64,
     rtt_seconds: Option<f64>,
     rtt: RttHistogram,
+    /// Transports of the entries' current or last connections.
+    transports: BTreeSet<&'static str>,
 }
 
 fn labels(l: &LinkStatus) -> LinkLabels {
-    let peer = l
-        .peer_site_name
-        .clone()
-        .or_else(|| l.peer_site_id.map(|id| id.to_string()))
-        .unwrap_or_default();
-    let direction = match l.direction {
+    let (name, direction, peer) = l.metric_key();
+    let direction = match direction {
         Direction::Outbound => "outbound",
         Direction::Inbound => "inbound",
     };
     [
-        ("link", l.name.clone()),
+        ("link", name),
         ("peer", peer),
         ("link_direction", direction.to_string()),
-        (
-            "transport",
-            l.transport.map(|t| t.to_string()).unwrap_or_default(),
-        ),
     ]
 }
 
@@ -73,6 +73,12 @@ fn series(links: &[LinkStatus]) -> BTreeMap<LinkLabels, Series> {
             s.rtt_seconds = l.rtt_ms.map(|ms| ms / 1000.0);
         }
         s.rtt.merge(&l.rtt_samples);
+        if let Some(t) = l.transport {
+            s.transports.insert(match t {
+                Transport::Quic => "quic",
+                Transport::Tls => "tls",
+            });
+        }
     }
     out
 }
@@ -97,6 +103,20 @@ pub(super) fn encode(
         "1 while the link is up, else 0.",
         MetricType::Gauge,
         series.iter().map(|(l, s)| (l.clone(), u64::from(s.up))),
+    )?;
+    samples(
+        encoder,
+        "skiff_link_transport",
+        "1 for the transport (quic|tls) of the link's current connection, or of its last one \
+         while it is down; absent before the first connection.",
+        MetricType::Gauge,
+        series.iter().flat_map(|(l, s)| {
+            s.transports.iter().map(|t| {
+                let mut labels = l.to_vec();
+                labels.push(("transport", t.to_string()));
+                (labels, 1u64)
+            })
+        }),
     )?;
     samples(
         encoder,
