@@ -1,8 +1,10 @@
 //! The web console in headless Chromium: three real sites (west, east, north) linked in a
 //! triangle, west's admin API on a loopback TCP port, and cli/tests/console/console.mjs
 //! (playwright-core) checking what the page at `/` shows while the test streams data, makes a
-//! failing flow, adds a connector whose host is markup, stops north, stops west and starts west
-//! again.
+//! failing flow, stops north, stops west and starts west again; the script also feeds the page
+//! hostile names (markup, a very long string) in place of one answer of the admin API. A second
+//! test checks that `skiff connector create`, `listener create` and `apply -f` refuse a host
+//! that is markup, so it cannot reach the page from a site's own files.
 //!
 //! Needs node, Chromium (/usr/bin/chromium, or SKIFF_CHROMIUM) and
 //! `npm ci --prefix cli/tests/console`; skipped with a message when one is missing, unless
@@ -21,10 +23,10 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Echo, Site, free_port, link, ok, skiff_bin, terminate};
+use common::{Echo, Site, fails, free_port, link, ok, skiff_bin, terminate};
 use serde_json::Value;
 
-/// A connector host that is markup (`skiff connector create` takes it as is).
+/// A host that is markup: refused by `create` and `apply`.
 const MARKUP: &str = "<img src=x onerror=alert(1)>";
 
 /// The folder of the Node script and its node_modules.
@@ -465,20 +467,6 @@ fn the_console_draws_the_network_flows_and_a_stopped_site() {
                 );
                 browser.reply("failing-flow");
             }
-            Some("markup-connector") => {
-                // A backend host is not checked for markup: the page must show it as text.
-                ok(&[
-                    "connector",
-                    "create",
-                    "markup",
-                    "9",
-                    "--host",
-                    MARKUP,
-                    "--dir",
-                    west.d(),
-                ]);
-                browser.reply("markup-connector");
-            }
             Some("stop north") => {
                 let echoed = traffic.take().unwrap().finish();
                 assert!(echoed > 0, "no bytes came back through the echo listener");
@@ -526,4 +514,58 @@ fn the_console_draws_the_network_flows_and_a_stopped_site() {
             .unwrap_or_else(|e| panic!("copy the screenshot to {}: {e}", to.display()));
         eprintln!("screenshot copied to {}", to.display());
     }
+}
+
+#[test]
+fn a_host_that_is_markup_is_refused_by_create_and_apply() {
+    let west = Site::create("west", false);
+    let err = fails(&[
+        "connector",
+        "create",
+        "markup",
+        "9",
+        "--host",
+        MARKUP,
+        "--dir",
+        west.d(),
+    ]);
+    assert!(
+        err.contains(&format!(
+            "host {MARKUP:?} is neither an IP address nor a DNS name"
+        )) && err.contains("redis.ns.svc.cluster.local"),
+        "{err}"
+    );
+    let err = fails(&[
+        "listener",
+        "create",
+        "markup",
+        "9",
+        "--host",
+        MARKUP,
+        "--dir",
+        west.d(),
+    ]);
+    assert!(err.contains("is not an address to listen on"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: skiff.io/v1alpha1\nkind: Connector\nmetadata:\n  name: markup\nspec:\n  \
+         routingKey: markup\n  host: '\"><svg onload=alert(1)>'\n  port: 9\n",
+    )
+    .unwrap();
+    let err = fails(&["apply", "-f", file.to_str().unwrap(), "--dir", west.d()]);
+    assert!(
+        err.contains(&format!(
+            "{}:7:9: spec.host: host \"\\\"><svg onload=alert(1)>\" is neither an IP address",
+            file.display()
+        )),
+        "{err}"
+    );
+    let listed = ok(&["connector", "list", "--dir", west.d()]);
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains("markup"),
+        "a refused connector was written"
+    );
 }

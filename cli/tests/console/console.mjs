@@ -6,8 +6,11 @@
 // key "echo" served at east and north; listeners at west: "echo", "down" (its backend refuses)
 // and "nowhere" (no site serves its key)) with west's admin API at URL. This script checks what
 // the page shows and asks the test for actions over stdio: it prints `ask ACTION` and waits for
-// `done ACTION` on stdin (ACTION: `failing-flow`, `markup-connector` (a connector at west whose
-// host is `<img src=x onerror=alert(1)>`), `stop north`, `stop west`, `start west`). Progress lines
+// `done ACTION` on stdin (ACTION: `failing-flow`, `stop north`, `stop west`, `start west`).
+// It also answers the page's polls of /v1/network, /v1/connectors and /v1/flows itself for a
+// while (page.route), with hostile names (markup, a very long string) and a flow total beyond
+// the page's limit, then lets the real answers through again; and it hides the page to check
+// that polling pauses. Progress lines
 // start with `step`; a failure exits 1 with `FAIL what` on stderr. Env: SKIFF_CHROMIUM (the
 // browser, default /usr/bin/chromium), SKIFF_CONSOLE_EXTRA_SHOTS (a folder for screenshots of
 // the later states). Time bounds (the page polls every 2 s): the failed flow shows within 6 s,
@@ -82,6 +85,22 @@ try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 }, deviceScaleFactor: 1 });
   const problems = [];
   let expectFetchErrors = false;
+  // Fetches the page aborted itself: harmless unless the banner was shown (then a fetch was
+  // cut by the console's timeout while west was running, which is a problem).
+  const aborted = [];
+  const apiWentDown = () => page.evaluate(() => window.__skiffApiDown === true);
+  const noProblems = async (when) => {
+    if (!expectFetchErrors && aborted.length && (await apiWentDown())) problems.push(...aborted);
+    check(problems.length === 0, `the page had problems ${when}: ${problems.join('; ')}`);
+  };
+  await page.addInitScript(() => {
+    // Notes whether the console ever marked the API down (its banner), for the test.
+    new MutationObserver(() => {
+      if (document.body && document.body.dataset.api === 'down') window.__skiffApiDown = true;
+    }).observe(document, { attributes: true, subtree: true, attributeFilter: ['data-api'] });
+  });
+  // Polls of the admin API, with their times, to check the flow limit and the hidden pause.
+  const polls = [];
   page.on('dialog', (d) => { problems.push(`a dialog opened: ${d.message()}`); d.dismiss().catch(() => {}); });
   page.on('pageerror', (e) => problems.push(`script error: ${e.message}`));
   page.on('console', (m) => {
@@ -90,10 +109,16 @@ try {
     problems.push(`console ${m.type()}: ${m.text()}`);
   });
   page.on('requestfailed', (r) => {
-    if (!expectFetchErrors) problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`);
+    if (expectFetchErrors) return;
+    const what = `request failed: ${r.url()} ${r.failure()?.errorText}`;
+    if (/ERR_ABORTED/.test(r.failure()?.errorText || '')) aborted.push(what);
+    else problems.push(what);
   });
   const outside = [];
-  page.on('request', (r) => { if (!r.url().startsWith(url.replace(/\/$/, ''))) outside.push(r.url()); });
+  page.on('request', (r) => {
+    if (!r.url().startsWith(url.replace(/\/$/, ''))) outside.push(r.url());
+    if (r.url().includes('/v1/')) polls.push({ t: Date.now(), url: r.url() });
+  });
 
   const response = await page.goto(url, { waitUntil: 'load', timeout: 15000 });
   check(response.ok(), `GET ${url} answered ${response.status()}`);
@@ -167,23 +192,103 @@ try {
   check(labels.filter((l) => / rtt [\d.]+ ms/.test(l)).length === 2, `west's two links should show their rtt: ${JSON.stringify(labels)}`);
   step(`traffic shown after ${trafficShown} ms: ${JSON.stringify(labels)}`);
 
-  check(problems.length === 0, `the page had problems: ${problems.join('; ')}`);
+  await noProblems('before the screenshot');
   check(outside.length === 0, `the page fetched from elsewhere: ${outside.join(', ')}`);
+  const flowPolls = polls.filter((p) => p.url.includes('/v1/flows'));
+  check(flowPolls.length > 0 && flowPolls.every((p) => p.url.endsWith('/v1/flows?limit=100')),
+    `the page should ask /v1/flows?limit=100: ${JSON.stringify(flowPolls.slice(0, 3))}`);
   await page.screenshot({ path: screenshot, fullPage: true });
   step(`screenshot written to ${screenshot}`);
 
-  // A connector host that is markup (added now, so the screenshot does not show it) is shown
-  // as text, never run.
-  await ask('markup-connector', 20000);
-  await until(page, 'connector "markup"', () => document.querySelector('tr.connector[data-connector="markup"]'), null, 6000);
-  const markup = await page.evaluate(() => ({
-    text: document.querySelector('tr.connector[data-connector="markup"]').children[2].textContent,
-    images: document.querySelectorAll('img').length,
+  // Hostile names in the admin API's answers (a site, a key, a connector's host and reason,
+  // a very long string) are shown as text: no element made, no script run, no dialog.
+  const hostile = {
+    site: '"><svg onload=alert(1)>',
+    key: '<img src=x onerror=alert(2)>',
+    host: '<img src=x onerror=alert(3)>',
+    reason: '</td><script>alert(4)</script>' + 'W'.repeat(20000),
+  };
+  const elementsBefore = await page.evaluate(() => ({
+    img: document.querySelectorAll('img').length,
+    svg: document.querySelectorAll('svg').length,
+    script: document.querySelectorAll('script').length,
   }));
-  check(markup.text === '<img src=x onerror=alert(1)>:9' && markup.images === 0,
-    `connector "markup" should show its host as text: ${JSON.stringify(markup)}`);
-  check(problems.length === 0, `the page had problems: ${problems.join('; ')}`);
-  step(`connector markup shown as text: ${markup.text}`);
+  const doctor = async (route, edit) => {
+    const real = await route.fetch();
+    const body = await real.json();
+    edit(body);
+    await route.fulfill({ status: real.status(), json: body });
+  };
+  await page.route('**/v1/network*', (route) => doctor(route, (net) => {
+    const east = (net.routers || []).find((r) => r.name === 'east');
+    if (east) east.name = hostile.site;
+    (net.keys || []).push({ routingKey: hostile.key, sites: [{ siteName: hostile.site, protocol: 'tcp', port: 9, connectors: 1, reachable: true }] });
+  }));
+  await page.route('**/v1/connectors*', (route) => doctor(route, (list) => {
+    list.push({ name: 'hostile', routingKey: hostile.key, host: hostile.host, port: 9, status: 'error', reason: hostile.reason, flowsTotal: 0, flowsFailed: 0, flowsActive: 0 });
+  }));
+  // A site with more flows than the page asked for says how many it has.
+  await page.route('**/v1/flows*', (route) => doctor(route, (flows) => {
+    flows.activeTotal = (flows.active || []).length + 5000;
+  }));
+  const hostileShown = await until(page, 'the hostile answers drawn', () =>
+    document.querySelector('tr.connector[data-connector="hostile"]') &&
+    /of \d+ active/.test(document.getElementById('flows-summary').textContent), null, 8000);
+  const shownHostile = await page.evaluate((h) => {
+    const row = document.querySelector('tr.connector[data-connector="hostile"]');
+    const key = [...document.querySelectorAll('tr.key')].find((r) => r.dataset.key === h.key);
+    const site = [...document.querySelectorAll('g.site')].find((g) => g.dataset.site === h.site);
+    return {
+      host: row.children[2].textContent,
+      reason: row.querySelector('.detail').textContent,
+      cells: row.children.length,
+      key: key && key.children[0].textContent,
+      tag: key && key.querySelector('.site-tag').textContent,
+      site: site && site.querySelector('text.name').textContent,
+      img: document.querySelectorAll('img').length,
+      svg: document.querySelectorAll('svg').length,
+      script: document.querySelectorAll('script').length,
+      flows: document.getElementById('flows-summary').textContent,
+      pageWidth: document.documentElement.scrollWidth,
+    };
+  }, hostile);
+  check(shownHostile.pageWidth <= 1280, `a very long reason widened the page to ${shownHostile.pageWidth} px`);
+  check(shownHostile.host === `${hostile.host}:9` && shownHostile.reason === hostile.reason && shownHostile.cells === 6,
+    `the hostile connector should show its host and reason as text in its own cells: ${JSON.stringify({ ...shownHostile, reason: shownHostile.reason.slice(0, 80) })}`);
+  check(shownHostile.key === hostile.key && shownHostile.tag.startsWith(hostile.site) && shownHostile.site === hostile.site,
+    `the hostile key and site name should show as text: ${JSON.stringify({ ...shownHostile, reason: undefined })}`);
+  check(shownHostile.img === elementsBefore.img && shownHostile.svg === elementsBefore.svg && shownHostile.script === elementsBefore.script,
+    `the hostile names made elements: before ${JSON.stringify(elementsBefore)}, after ${JSON.stringify({ ...shownHostile, reason: undefined })}`);
+  await noProblems('with hostile names');
+  step(`hostile names shown as text after ${hostileShown} ms (no element, no dialog); flows: ${shownHostile.flows}`);
+  await page.unroute('**/v1/network*');
+  await page.unroute('**/v1/connectors*');
+  await page.unroute('**/v1/flows*');
+  await until(page, 'the real answers again', () =>
+    !document.querySelector('tr.connector[data-connector="hostile"]') &&
+    document.querySelector('g.site[data-site="east"]') &&
+    !/ of /.test(document.getElementById('flows-summary').textContent), null, 8000);
+
+  // A hidden page asks nothing; shown again, it polls at once.
+  await page.evaluate(() => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  await new Promise((r) => setTimeout(r, 1000)); // a poll under way finishes
+  const hiddenFrom = polls.length;
+  await new Promise((r) => setTimeout(r, 5000));
+  const whileHidden = polls.length - hiddenFrom;
+  const shownAt = Date.now();
+  await page.evaluate(() => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => false });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  for (let i = 0; i < 40 && !polls.some((p) => p.t >= shownAt); i++) await new Promise((r) => setTimeout(r, 50));
+  const firstShown = polls.find((p) => p.t >= shownAt);
+  const resumed = firstShown ? firstShown.t - shownAt : null;
+  check(whileHidden === 0, `the hidden page polled ${whileHidden} times in 5 s`);
+  check(resumed !== null && resumed < 1000, `the page shown again did not poll within 1 s (${resumed})`);
+  step(`hidden for 5 s: ${whileHidden} polls; shown again: polled after ${resumed} ms`);
 
   // A stopped site is marked unreachable, in words.
   await ask('stop north', 20000);
@@ -200,6 +305,7 @@ try {
   if (extraShots) await page.screenshot({ path: `${extraShots}/console-north-stopped.png`, fullPage: true });
 
   // West itself stopped: the banner says the admin API does not answer.
+  await noProblems('before west stopped');
   expectFetchErrors = true;
   await ask('stop west', 20000);
   const bannerShown = await until(page, 'the banner for a stopped site', () => {

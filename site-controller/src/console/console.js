@@ -4,20 +4,31 @@
 'use strict';
 
 const POLL_MS = 2000;
-const TIMEOUT_MS = 1500;
+// Long enough for a site behind a port-forward or SSH tunnel, or busy, to answer: a slower
+// answer shows the banner.
+const TIMEOUT_MS = 5000;
 const MAX_FLOW_ROWS = 100;
 const MAX_SEEN_SITES = 500;
+// A site gone from the network view is drawn as gone for this long after it was last seen.
+const FORGET_GONE_MS = 5 * 60 * 1000;
 const SVG_NS = 'http://www.w3.org/2000/svg';
+// `flows` asks for at most MAX_FLOW_ROWS flows of each kind (a site that does not know `limit`
+// answers them all; the console then cuts the table).
 const ENDPOINTS = ['site', 'network', 'links', 'flows', 'listeners', 'connectors'];
+const QUERIES = { flows: `?limit=${MAX_FLOW_ROWS}` };
 
 const state = {
-  // Sites seen since the page loaded (id -> name): one that drops out of the network view is
-  // still drawn, as unreachable.
+  // Sites seen since the page loaded (id -> {name, at: when last in the network view}): one
+  // that drops out of the view is still drawn, as gone, until FORGET_GONE_MS have passed or
+  // another site of its name is reachable (the site re-created with a new id).
   seen: new Map(),
   // Per link of this site: the last byte counters, for rates.
   samples: new Map(),
   downSince: null,
   siteName: null,
+  // The next poll's timer; null while the page is hidden (polling paused).
+  timer: null,
+  polling: false,
 };
 
 // ---- small DOM helpers ------------------------------------------------------------------
@@ -104,7 +115,7 @@ async function getJson(path) {
 async function poll() {
   let data;
   try {
-    const values = await Promise.all(ENDPOINTS.map((e) => getJson('/v1/' + e)));
+    const values = await Promise.all(ENDPOINTS.map((e) => getJson('/v1/' + e + (QUERIES[e] || ''))));
     data = Object.fromEntries(ENDPOINTS.map((e, i) => [e, values[i]]));
   } catch (e) {
     apiDown(e.message);
@@ -114,13 +125,28 @@ async function poll() {
   render(data, Date.now());
 }
 
+// Polls every POLL_MS while the page is visible; a hidden page (another tab, minimised) asks
+// nothing and polls at once when it is shown again.
 async function loop() {
+  state.timer = null;
+  if (document.hidden || state.polling) return;
+  state.polling = true;
   try {
     await poll();
   } finally {
-    setTimeout(loop, POLL_MS);
+    state.polling = false;
+    if (!document.hidden) state.timer = setTimeout(loop, POLL_MS);
   }
 }
+
+document.addEventListener('visibilitychange', () => {
+  if (document.hidden) {
+    if (state.timer !== null) clearTimeout(state.timer);
+    state.timer = null;
+  } else if (state.timer === null && !state.polling) {
+    loop();
+  }
+});
 
 function apiDown(why) {
   if (state.downSince === null) state.downSince = new Date();
@@ -160,8 +186,10 @@ function render(d, now) {
 
 // Sites as nodes on a circle sorted by name (deterministic), links as edges.
 function renderTopology(net, links, site, now) {
-  const linkNames = new Set(links.map((l) => l.name));
-  for (const name of state.samples.keys()) if (!linkNames.has(name)) state.samples.delete(name);
+  // A link that is gone or not up loses its byte sample: its first rate once up again is
+  // measured from then, not averaged over the outage.
+  const linksUp = new Set(links.filter((l) => l.status === 'up').map((l) => l.name));
+  for (const name of state.samples.keys()) if (!linksUp.has(name)) state.samples.delete(name);
   const sites = new Map();
   for (const r of net.routers || []) {
     sites.set(r.id, { id: r.id, name: r.name, reachable: !!r.reachable, local: !!r.local, cost: r.cost, mode: r.mode });
@@ -172,12 +200,18 @@ function renderTopology(net, links, site, now) {
       sites.set(l.peer_site_id, { id: l.peer_site_id, name: l.peer_site_name || l.name, reachable: false, missing: true });
     }
   }
-  for (const [id, name] of state.seen) {
-    if (!sites.has(id)) sites.set(id, { id, name, reachable: false, missing: true });
-  }
   for (const s of sites.values()) {
     if (!s.name) s.name = shortId(s.id);
-    if (state.seen.size < MAX_SEEN_SITES || state.seen.has(s.id)) state.seen.set(s.id, s.name);
+    if (!s.missing && (state.seen.size < MAX_SEEN_SITES || state.seen.has(s.id))) state.seen.set(s.id, { name: s.name, at: now });
+  }
+  const reachableNames = new Set([...sites.values()].filter((s) => s.reachable).map((s) => s.name));
+  for (const [id, seen] of state.seen) {
+    if (sites.has(id)) continue;
+    if (now - seen.at > FORGET_GONE_MS || reachableNames.has(seen.name)) {
+      state.seen.delete(id);
+      continue;
+    }
+    sites.set(id, { id, name: seen.name, reachable: false, missing: true });
   }
 
   // Edges keyed by the pair of site ids: what each end advertises, and this site's links.
@@ -460,8 +494,17 @@ function renderFlows(flows, names) {
       outcome));
   }
   fillBody('flows', rows, 'no flows yet', 7);
+  // "100 of 2345 active" when the site answered only part (limit) or the table is cut.
+  const count = (drawn, got, total) => {
+    const all = typeof total === 'number' && total > got ? total : got;
+    return drawn < all ? `${drawn} of ${all}` : String(all);
+  };
+  const totals = !Array.isArray(flows) && flows ? flows : {};
+  const activeDrawn = Math.min(active.length, MAX_FLOW_ROWS);
+  const recentDrawn = Math.min(recent.length, MAX_FLOW_ROWS - activeDrawn);
   document.getElementById('flows-summary').textContent =
-    `${active.length} active · ${recent.length} recent${failed ? ` (${failed} failed)` : ''}` +
+    `${count(activeDrawn, active.length, totals.activeTotal)} active · ` +
+    `${count(recentDrawn, recent.length, totals.recentTotal)} recent${failed ? ` (${failed} failed)` : ''}` +
     (Array.isArray(flows) ? ' · this site keeps no flow records' : '');
 }
 
