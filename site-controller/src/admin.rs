@@ -8,7 +8,9 @@
 //! [`crate::reload::ReloadReport`] with `"reloaded": true`); the console's files (GET).
 //! Another method on a known path is 405 (with `Allow`), an unknown path 404. On the TCP
 //! address (`--admin-address`) `POST /v1/reload` and `GET /v1/logs` are 403: the unix socket,
-//! which its file mode limits to the site's owner, serves them.
+//! which its file mode limits to the site's owner, serves them. The TCP address also answers
+//! 403 to a request whose `Host` is not an IP literal, `localhost` or `*.localhost`: a web page
+//! the operator opens cannot read the API through a DNS name rebound to the admin address.
 //!
 //! While the site stops, [`serve_stopping`] keeps the same listeners answering the probes
 //! (`/readyz` 503, `/livez` 200) and 503 to everything else, until the router has closed.
@@ -130,7 +132,7 @@ async fn serve_from(
                 Ok(_) if conns.len() >= MAX_CONNECTIONS => {
                     tracing::warn!(limit = MAX_CONNECTIONS, "admin connection refused: too many open");
                 }
-                Ok(stream) => { conns.spawn(serve_conn(stream, serving.clone(), changes)); }
+                Ok(stream) => { conns.spawn(serve_conn(stream, serving.clone(), changes, stop.clone())); }
                 Err(e) => {
                     tracing::warn!(cause = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -140,26 +142,94 @@ async fn serve_from(
             _ = stop.changed() => break,
         }
     }
+    // Each connection closes itself gracefully (an idle keep-alive one at once, one with a
+    // request in progress once it is answered); what is still open after the grace is cut.
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     conns.shutdown().await;
 }
 
-async fn serve_conn(stream: Box<dyn AdminIo>, serving: Serving, changes: bool) {
+/// How long a stopping admin server lets requests in progress finish before it cuts them.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+async fn serve_conn(
+    stream: Box<dyn AdminIo>,
+    serving: Serving,
+    changes: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let svc = hyper::service::service_fn(move |req| {
         let serving = serving.clone();
         async move { Ok::<_, Infallible>(route(req, &serving, changes).await) }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), svc)
-        .await
-    {
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            // A request in progress is answered (not reset); keep-alive ends after it.
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(cause = %e, "admin connection ended");
     }
 }
 
+/// Whether a request's `Host` may read the TCP admin address: an IP literal (`1.2.3.4`,
+/// `[::1]`, with any port), `localhost` or a `*.localhost` name. Any other name is what a
+/// DNS-rebinding web page sends; Kubernetes probes (the pod IP) and `kubectl port-forward`
+/// (`localhost`, `127.0.0.1`) pass.
+fn host_allowed(host: Option<&str>) -> bool {
+    let Some(host) = host.map(str::trim) else {
+        // HTTP/1.1 requires Host; a request without one is no browser's.
+        return true;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((v6, port)) => {
+                v6.parse::<std::net::Ipv6Addr>().is_ok()
+                    && (port.is_empty()
+                        || port
+                            .strip_prefix(':')
+                            .is_some_and(|p| p.parse::<u16>().is_ok()))
+            }
+            None => false,
+        };
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || (name.ends_with(".localhost") && name.len() > ".localhost".len())
+}
+
 async fn route(req: Request<Incoming>, serving: &Serving, unix: bool) -> Response<Full<Bytes>> {
     let path = req.uri().path();
+    if !unix {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .map(|h| h.to_str().unwrap_or("\u{fffd}"));
+        if !host_allowed(host) {
+            let shown: String = host.unwrap_or("").chars().take(100).collect();
+            return json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({"error": format!("Host {shown:?} is refused: the TCP admin address answers only requests addressed to an IP address, localhost or a *.localhost name (a page on another name may be a DNS-rebinding attack); open it as http://127.0.0.1:PORT/ or http://localhost:PORT/ (kubectl port-forward, an SSH tunnel)")}),
+            );
+        }
+    }
     if req.method() == Method::GET
         && let Some(asset) = crate::console::asset(path)
     {
@@ -189,14 +259,15 @@ async fn route(req: Request<Incoming>, serving: &Serving, unix: bool) -> Respons
         "/v1/logs" if !unix => {
             return json(
                 StatusCode::FORBIDDEN,
-                &serde_json::json!({"error": "GET /v1/logs is served on the admin socket only (<site folder>/admin.sock): log lines name peer and client addresses; on the site's machine run skiff debug dump FILE"}),
+                &serde_json::json!({"error": "GET /v1/logs is served on the admin socket only (<site folder>/admin.sock): log lines hold whatever the site and its libraries log at the level the operator chose, unstructured and unbounded in what they say, unlike the fixed fields of /v1/flows; on the site's machine run skiff debug dump FILE"}),
             );
         }
         _ => {}
     }
     let state = match serving {
-        Serving::Site(state) => state,
-        Serving::Stopping(_) => {
+        // From begin_stopping() on, the site's own server answers as the stopping one will.
+        Serving::Site(state) if state.probes().phase() != crate::probes::Phase::Stopping => state,
+        Serving::Site(_) | Serving::Stopping(_) => {
             return json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"error": "the site is shutting down: only /readyz and /livez answer until it has stopped"}),
@@ -217,7 +288,10 @@ async fn route(req: Request<Incoming>, serving: &Serving, unix: bool) -> Respons
         "/v1/listeners" => json(StatusCode::OK, &state.listeners_json()),
         "/v1/connectors" => json(StatusCode::OK, &state.connectors_json()),
         "/v1/network" => json(StatusCode::OK, &state.network_json()),
-        "/v1/flows" => json(StatusCode::OK, &state.flows_json()),
+        "/v1/flows" => match flows_limit(req.uri().query()) {
+            Ok(limit) => json(StatusCode::OK, &state.flows_json(limit)),
+            Err(e) => json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": e})),
+        },
         "/v1/logs" => json(
             StatusCode::OK,
             &serde_json::to_value(crate::logbuf::site_log().snapshot()).unwrap_or_default(),
@@ -241,6 +315,18 @@ async fn route(req: Request<Incoming>, serving: &Serving, unix: bool) -> Respons
 }
 
 /// `?verbose` (or `verbose=1`, `verbose=true`) in a query.
+/// `?limit=N` of `GET /v1/flows`: at most N active and N recent flows, the newest.
+fn flows_limit(query: Option<&str>) -> Result<Option<usize>, String> {
+    for part in query.unwrap_or("").split('&') {
+        if let Some(v) = part.strip_prefix("limit=") {
+            return v.parse::<usize>().map(Some).map_err(|_| {
+                format!("limit={v:?} is not a count: give ?limit=N with N a whole number (e.g. ?limit=100), or leave it out for every flow")
+            });
+        }
+    }
+    Ok(None)
+}
+
 fn verbose(query: Option<&str>) -> bool {
     query.unwrap_or("").split('&').any(|part| {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -361,4 +447,52 @@ pub async fn admin_request(
     tokio::time::timeout(CLIENT_TIMEOUT, work)
         .await
         .map_err(|_| not_running())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ip_literals_and_localhost_may_address_the_tcp_admin() {
+        for ok in [
+            "127.0.0.1:9090",
+            "127.0.0.1",
+            "10.1.2.3:9090",
+            "[::1]:9090",
+            "[::1]",
+            "[fe80::1]:80",
+            "localhost:9090",
+            "LOCALHOST",
+            "localhost.",
+            "console.localhost:8080",
+        ] {
+            assert!(host_allowed(Some(ok)), "{ok} should pass");
+        }
+        for bad in [
+            "evil.example:9090",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            ".localhost",
+            "[::1",
+            "[not-v6]:1",
+            "127.0.0.1:port",
+            "1.2.3.4:99999",
+            "",
+        ] {
+            assert!(!host_allowed(Some(bad)), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn flows_limit_is_a_count_or_absent() {
+        assert_eq!(flows_limit(None), Ok(None));
+        assert_eq!(flows_limit(Some("x=1&limit=100")), Ok(Some(100)));
+        assert!(
+            flows_limit(Some("limit=-1"))
+                .unwrap_err()
+                .contains("?limit=N")
+        );
+    }
 }

@@ -616,11 +616,26 @@ impl SiteState {
     }
 
     /// `GET /v1/flows`: `{"active": [...], "recent": [...]}` (recent: ended flows, newest
-    /// last, at most [`skiff_router::flow::RECENT_FLOWS`]).
-    pub fn flows_json(&self) -> serde_json::Value {
+    /// last, at most [`skiff_router::flow::RECENT_FLOWS`]). With `limit` (`?limit=N`) at most N
+    /// active and N recent flows (the newest of each, still oldest first) plus `activeTotal`
+    /// and `recentTotal`, so a console polling a busy router does not copy thousands of flows
+    /// each time.
+    pub fn flows_json(&self, limit: Option<usize>) -> serde_json::Value {
+        let mut active = self.router.flows();
+        let mut recent = self.router.recent_flows();
+        let Some(n) = limit else {
+            return serde_json::json!({"active": active, "recent": recent});
+        };
+        let (active_total, recent_total) = (active.len(), recent.len());
+        // Active flows oldest first (by age, in whole seconds), so the newest N are kept.
+        active.sort_by_key(|f| std::cmp::Reverse(f.age_seconds));
+        active.drain(..active_total.saturating_sub(n));
+        recent.drain(..recent_total.saturating_sub(n));
         serde_json::json!({
-            "active": self.router.flows(),
-            "recent": self.router.recent_flows(),
+            "active": active,
+            "recent": recent,
+            "activeTotal": active_total,
+            "recentTotal": recent_total,
         })
     }
 
