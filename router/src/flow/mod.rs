@@ -143,6 +143,9 @@ pub(crate) struct ActiveFlow {
     /// Counted in the key's statistics (client flows; not the pooled HTTP/2 connections
     /// between routers).
     counted: bool,
+    /// Listed in `GET /v1/flows` (not an HTTP client connection, whose requests travel on the
+    /// pooled connections listed there).
+    shown: bool,
     pub(crate) forward: Arc<AtomicU64>,
     pub(crate) back: Arc<AtomicU64>,
 }
@@ -348,6 +351,7 @@ impl Flows {
             role,
             started: std::time::Instant::now(),
             counted: false,
+            shown: true,
             forward: Arc::default(),
             back: Arc::default(),
         });
@@ -386,17 +390,25 @@ impl Flows {
 
     /// Per-key flow statistics, the bytes of running flows included.
     pub(crate) fn key_stats(&self) -> Vec<FlowKeyStats> {
-        let active = self.active.lock().unwrap();
-        let mut running: HashMap<String, Vec<(FlowRole, u64, u64)>> = HashMap::new();
-        for f in active.values().filter(|f| f.counted) {
-            running.entry(f.key.clone()).or_default().push((
-                f.role,
-                f.forward.load(Ordering::Relaxed),
-                f.back.load(Ordering::Relaxed),
-            ));
+        // Under the registry's lock only the counters are read (a flow ending now moves its
+        // bytes to its key's totals either before or after both); the rest after.
+        let (running, totals) = {
+            let active = self.active.lock().unwrap();
+            let running: Vec<(Arc<ActiveFlow>, u64, u64)> = active
+                .values()
+                .filter(|f| f.counted)
+                .map(|f| {
+                    let fw = f.forward.load(Ordering::Relaxed);
+                    (f.clone(), fw, f.back.load(Ordering::Relaxed))
+                })
+                .collect();
+            (running, self.stats.byte_totals())
+        };
+        let mut by_key: HashMap<&str, Vec<(FlowRole, u64, u64)>> = HashMap::new();
+        for (f, fw, b) in &running {
+            by_key.entry(&f.key).or_default().push((f.role, *fw, *b));
         }
-        // Under the registry's lock: a flow ending now moves its bytes either before or after.
-        self.stats.snapshot(&running)
+        self.stats.snapshot(&by_key, &totals)
     }
 
     /// Site names by id, as the routing view knows them (read again only when the topology
@@ -434,6 +446,7 @@ impl Flows {
             .lock()
             .unwrap()
             .values()
+            .filter(|r| r.shown)
             .map(|r| FlowStatus {
                 id: format!("{:016x}", r.id),
                 routing_key: r.key.clone(),

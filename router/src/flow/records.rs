@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
 use skiff_certs::SiteId;
@@ -312,8 +312,6 @@ pub(crate) struct Flow {
     started: Instant,
     started_wall: SystemTime,
     registered: Option<Registered>,
-    /// Bytes of a flow that was never registered (an HTTP client connection).
-    unregistered_bytes: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
     end: Option<(FlowOutcome, Option<String>)>,
     /// Neither recorded nor counted (a pooled HTTP/2 connection between routers).
     discarded: bool,
@@ -342,7 +340,6 @@ impl Flow {
             started: Instant::now(),
             started_wall: SystemTime::now(),
             registered: None,
-            unregistered_bytes: None,
             end: None,
             discarded: false,
         }
@@ -393,21 +390,26 @@ impl Flow {
             destination,
             Arc::clone(&counters.0),
             Arc::clone(&counters.1),
+            true,
         );
         counters
     }
 
+    /// Registers the flow among the active ones (listed in `GET /v1/flows` when `shown`),
+    /// counted in its key's statistics; at the ingress the setup time of a shown flow is
+    /// counted.
     fn register_active(
         &mut self,
         destination: SiteId,
         forward: Arc<AtomicU64>,
         back: Arc<AtomicU64>,
+        shown: bool,
     ) {
         if self.registered.is_some() {
             return;
         }
         let stats = self.flows.stats.key(&self.key);
-        if self.role == FlowRole::Ingress {
+        if shown && self.role == FlowRole::Ingress {
             stats.setup.observe(self.started.elapsed());
         }
         let (registry_id, active) = self.flows.insert_active(ActiveFlow {
@@ -418,6 +420,7 @@ impl Flow {
             role: self.role,
             started: self.started,
             counted: true,
+            shown,
             forward,
             back,
         });
@@ -434,7 +437,7 @@ impl Flow {
         let Some(destination) = self.destination else {
             return;
         };
-        self.register_active(destination, forward, back);
+        self.register_active(destination, forward, back, true);
     }
 
     /// This is no client flow (a pooled HTTP/2 connection between routers): it leaves no
@@ -443,10 +446,13 @@ impl Flow {
         self.discarded = true;
     }
 
-    /// A flow not shown among the active ones (an HTTP client connection) whose bytes these
-    /// counters count (forward, back): they go to its record and key when it ends.
+    /// A flow not listed among the active ones (an HTTP client connection) whose bytes these
+    /// counters count (forward, back): its key's statistics include them while it runs (and
+    /// count it as running), its record when it ends. No setup time: each of its requests
+    /// finds its own way.
     pub(crate) fn count_bytes(&mut self, forward: Arc<AtomicU64>, back: Arc<AtomicU64>) {
-        self.unregistered_bytes = Some((forward, back));
+        let destination = self.destination.unwrap_or(self.flows.me);
+        self.register_active(destination, forward, back, false);
     }
 
     /// The flow failed with `outcome` for `reason`.
@@ -568,19 +574,7 @@ impl Drop for Flow {
                 drop(r.active);
                 (r.stats, f, b)
             }
-            None => {
-                let stats = self.flows.stats.key(&self.key);
-                match self.unregistered_bytes.take() {
-                    Some((f, b)) => {
-                        let (f, b) = (f.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
-                        stats.forward.fetch_add(f, Ordering::Relaxed);
-                        stats.back.fetch_add(b, Ordering::Relaxed);
-                        stats.duration.observe(duration);
-                        (stats, f, b)
-                    }
-                    None => (stats, 0, 0),
-                }
-            }
+            None => (self.flows.stats.key(&self.key), 0, 0),
         };
         if let Some(reason) = reason.as_deref()
             && outcome != FlowOutcome::Ok

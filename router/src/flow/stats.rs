@@ -136,6 +136,9 @@ impl KeyStats {
     }
 }
 
+/// Bytes of ended flows (forward, back) per key, by the address of its [`KeyStats`].
+pub(crate) type ByteTotals = HashMap<usize, (u64, u64)>;
+
 /// The statistics of every key seen at this router.
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
@@ -157,21 +160,45 @@ impl Stats {
         keys.entry(key.into()).or_default().clone()
     }
 
+    /// The bytes of ended flows of every key (forward, back), by the address of its
+    /// [`KeyStats`]: read under the registry of active flows, with their bytes.
+    pub(crate) fn byte_totals(&self) -> ByteTotals {
+        self.keys
+            .lock()
+            .unwrap()
+            .values()
+            .map(|s| {
+                let f = s.forward.load(Ordering::Relaxed);
+                (Arc::as_ptr(s) as usize, (f, s.back.load(Ordering::Relaxed)))
+            })
+            .collect()
+    }
+
     /// Every key's statistics; `active` gives, per key, the flows running now (role, bytes
-    /// forward, bytes back), whose bytes are added.
+    /// forward, bytes back), whose bytes are added to the ended flows' `totals` (read at the
+    /// same moment). The locks of the keys and of the active flows are not held meanwhile.
     pub(crate) fn snapshot(
         &self,
-        active: &HashMap<String, Vec<(FlowRole, u64, u64)>>,
+        active: &HashMap<&str, Vec<(FlowRole, u64, u64)>>,
+        totals: &ByteTotals,
     ) -> Vec<FlowKeyStats> {
-        let keys = self.keys.lock().unwrap();
-        let mut names: Vec<&str> = keys.keys().map(|k| &**k).collect();
-        names.extend(active.keys().map(String::as_str));
-        names.sort_unstable();
-        names.dedup();
-        names
-            .into_iter()
-            .map(|name| {
-                let s = keys.get(name).cloned().unwrap_or_default();
+        let mut keys: Vec<(Box<str>, Arc<KeyStats>)> = {
+            let keys = self.keys.lock().unwrap();
+            keys.iter().map(|(k, s)| (k.clone(), s.clone())).collect()
+        };
+        for name in active.keys() {
+            if !keys.iter().any(|(k, _)| **k == **name) {
+                keys.push(((*name).into(), Arc::default()));
+            }
+        }
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        keys.into_iter()
+            .map(|(name, s)| {
+                let name = &*name;
+                let (ended_forward, ended_back) = totals
+                    .get(&(Arc::as_ptr(&s) as usize))
+                    .copied()
+                    .unwrap_or_default();
                 let running = active.get(name).map(Vec::as_slice).unwrap_or_default();
                 let mut flows = Vec::new();
                 let mut active_by_role = Vec::new();
@@ -195,10 +222,8 @@ impl Stats {
                     key: name.to_owned(),
                     flows,
                     active: active_by_role,
-                    bytes_forward: s.forward.load(Ordering::Relaxed)
-                        + running.iter().map(|(_, f, _)| f).sum::<u64>(),
-                    bytes_back: s.back.load(Ordering::Relaxed)
-                        + running.iter().map(|(_, _, b)| b).sum::<u64>(),
+                    bytes_forward: ended_forward + running.iter().map(|(_, f, _)| f).sum::<u64>(),
+                    bytes_back: ended_back + running.iter().map(|(_, _, b)| b).sum::<u64>(),
                     duration: s.duration.snapshot(),
                     setup: s.setup.snapshot(),
                 }
@@ -241,9 +266,12 @@ mod tests {
         k.count_end(FlowRole::Ingress, FlowOutcome::Ok);
         k.count_end(FlowRole::Ingress, FlowOutcome::ConnectRefused);
         k.forward.fetch_add(10, Ordering::Relaxed);
-        let active: HashMap<String, Vec<(FlowRole, u64, u64)>> =
-            [("redis".to_owned(), vec![(FlowRole::Ingress, 5, 7)])].into();
-        let s = &stats.snapshot(&active)[0];
+        let active: HashMap<&str, Vec<(FlowRole, u64, u64)>> =
+            [("redis", vec![(FlowRole::Ingress, 5, 7)])].into();
+        let totals = stats.byte_totals();
+        // Bytes of a flow ending after the totals were read are not counted twice.
+        k.forward.fetch_add(5, Ordering::Relaxed);
+        let s = &stats.snapshot(&active, &totals)[0];
         assert_eq!((s.bytes_forward, s.bytes_back), (15, 7));
         assert_eq!(s.active, vec![(FlowRole::Ingress, 1)]);
         let count = |o| s.flows.iter().find(|f| f.1 == o).unwrap().2;
@@ -266,7 +294,7 @@ mod tests {
                 .key(&format!("k{i}"))
                 .count_end(FlowRole::Egress, FlowOutcome::NoRoute);
         }
-        let snap = stats.snapshot(&HashMap::new());
+        let snap = stats.snapshot(&HashMap::new(), &stats.byte_totals());
         assert_eq!(snap.len(), MAX_KEYS + 1);
         let other = snap.iter().find(|s| s.key == OTHER_KEY).unwrap();
         let n: u64 = other.flows.iter().map(|f| f.2).sum();
