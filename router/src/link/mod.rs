@@ -333,8 +333,10 @@ pub struct LinkStatus {
     /// When the link entered this state: RFC 3339 UTC, second precision.
     pub since: String,
     /// Bytes sent to the peer over this link since this router started: cumulative across
-    /// the link's connections (an outbound link's reconnects; an inbound link's connections
-    /// from the same site under the same name), never decreasing while the process lives.
+    /// the connections with the same [`LinkStatus::metric_key`] (an outbound link's
+    /// reconnects, and its restarts by a changed link file; an inbound link's connections
+    /// under the same name, including those of another site of that name that left), never
+    /// decreasing while the process lives.
     /// QUIC: UDP payload bytes; TLS/TCP: yamux bytes through the TLS stream
     /// ([`mux::MuxConnection::wire_bytes`]).
     pub bytes_sent: u64,
