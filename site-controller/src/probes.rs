@@ -5,8 +5,10 @@
 //! Decisions (docs/operations.md, "Probes"):
 //! - Ready once the router is up (its link port bound when link access is on) and the
 //!   resources of the folder, or of the Kubernetes API, were applied once; unready from the
-//!   first moment of shutdown, before listeners close and links go, so a load balancer or
-//!   Kubernetes stops sending new connections while flows in progress drain.
+//!   first moment of shutdown, about a millisecond before listeners close and links go: the
+//!   503 marks the drain, it does not hold new connections off until a load balancer notices
+//!   (Kubernetes removes a terminating pod's endpoints by itself; another load balancer must
+//!   be drained before the site is stopped).
 //! - A listener or connector that is not serving (a port in use) does not make the site
 //!   unready: one router serves many keys, and one bad listener must not take every other
 //!   Service down. It is reported as a warning in the 200 answer.
