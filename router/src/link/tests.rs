@@ -315,6 +315,71 @@ async fn auto_falls_back_to_tls_when_udp_is_silent() {
 }
 
 #[tokio::test]
+async fn a_link_keeps_its_metric_labels_and_totals_when_it_falls_back_from_quic_to_tls() {
+    let a = site("east");
+    let b = site("west");
+    let ra = start(&a, loopback()).await;
+    let rb = start(&b, None).await;
+    let target = ra.link_addr().unwrap();
+    rb.set_links(vec![spec(
+        &a,
+        &b,
+        target.to_string(),
+        TransportChoice::Auto,
+    )]);
+    wait_links(&rb, "link up over QUIC", |l| l.len() == 1 && is_up(&l[0])).await;
+    // A keepalive interval for a round-trip sample (samples do not wake wait_links).
+    tokio::time::sleep(DEFAULT_KEEPALIVE_INTERVAL + Duration::from_millis(300)).await;
+    let quic = rb.links().remove(0);
+    assert_eq!(quic.transport, Some(Transport::Quic));
+    assert!(quic.rtt_samples.count() >= 1, "{quic:?}");
+    // The link file now points at a port whose UDP side swallows everything: the link is
+    // dialed again (a new dial loop) and comes up over TLS/TCP.
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let _black_hole = std::net::UdpSocket::bind(front_addr).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = front.accept().await {
+            tokio::spawn(async move {
+                let mut out = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+            });
+        }
+    });
+    rb.set_links(vec![spec(
+        &a,
+        &b,
+        front_addr.to_string(),
+        TransportChoice::Auto,
+    )]);
+    let tls = wait_links(&rb, "link up over TLS", |l| {
+        l.len() == 1 && is_up(&l[0]) && l[0].transport == Some(Transport::Tls)
+    })
+    .await
+    .remove(0);
+    assert_eq!(tls.metric_key(), quic.metric_key(), "labels changed");
+    assert_eq!(tls.peer_label, "east");
+    assert_eq!(tls.ups, 2, "{tls:?}");
+    assert!(
+        tls.bytes_sent >= quic.bytes_sent && tls.bytes_received >= quic.bytes_received,
+        "bytes went down: {quic:?} then {tls:?}"
+    );
+    assert!(tls.rtt_samples.count() >= quic.rtt_samples.count());
+    eprintln!(
+        "QUIC then TLS under one key {:?}: ups {} -> {}, bytes sent {} -> {}, rtt samples {} -> {}",
+        tls.metric_key(),
+        quic.ups,
+        tls.ups,
+        quic.bytes_sent,
+        tls.bytes_sent,
+        quic.rtt_samples.count(),
+        tls.rtt_samples.count()
+    );
+    rb.shutdown().await;
+    ra.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_restarted_peer_is_relinked() {
     for transport in [TransportChoice::Quic, TransportChoice::Tls] {
         let a = site("east");
