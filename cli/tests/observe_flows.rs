@@ -755,6 +755,29 @@ fn an_http_client_connection_is_one_record_with_its_requests_counted() {
         reason.starts_with("1 of 1 requests failed; the last: "),
         "{reason}"
     );
+    // The egress says so in its log, as for a TCP flow.
+    let line = wait_for(
+        Duration::from_secs(5),
+        "a warn line at east (HTTP egress)",
+        || east.log(),
+        || {
+            east.log()
+                .lines()
+                .find(|l| {
+                    l.contains("WARN")
+                        && l.contains("flow failed")
+                        && l.contains("role=egress")
+                        && l.contains("key=web")
+                })
+                .map(str::to_owned)
+        },
+    );
+    eprintln!("east's HTTP egress line: {line}");
+    assert!(
+        line.contains("site=west") && line.contains("outcome=connect-refused"),
+        "{line}"
+    );
+    assert!(line.contains(&format!("127.0.0.1:{port}")), "{line}");
     let c = listed(&east, "connector", "web");
     assert_eq!(c["status"], "failing", "{c:#}");
     assert!(

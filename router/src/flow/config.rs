@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -211,6 +211,9 @@ pub(crate) struct Connector {
     pub(crate) http_pool: Option<Arc<super::http::BackendPool>>,
     /// What the backend did on the last attempts.
     pub(crate) health: Mutex<super::reasons::BackendHealth>,
+    /// The last attempts all succeeded (as many as [`super::BACKEND_ATTEMPTS`]): another
+    /// success changes nothing, so it skips `health`'s lock (once per HTTP request).
+    healthy: AtomicBool,
 }
 
 impl Connector {
@@ -221,16 +224,20 @@ impl Connector {
 
     /// The backend accepted a connection (or answered a request).
     pub(crate) fn backend_ok(&self) {
-        self.health.lock().unwrap().success();
+        if self.healthy.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut health = self.health.lock().unwrap();
+        health.success();
+        self.healthy.store(health.settled(), Ordering::Relaxed);
     }
 
     /// The backend failed an attempt: counted, and shown in the status until a success.
     pub(crate) fn backend_failed(&self, what: &str) {
         self.counters.fail();
-        self.health
-            .lock()
-            .unwrap()
-            .failure(what, std::time::SystemTime::now());
+        let mut health = self.health.lock().unwrap();
+        self.healthy.store(false, Ordering::Relaxed);
+        health.failure(what, std::time::SystemTime::now());
     }
 }
 
@@ -536,6 +543,7 @@ pub(crate) fn set_connectors(flows: &Arc<Flows>, specs: Vec<ConnectorSpec>) {
                     counters: Arc::default(),
                     http_pool,
                     health: Mutex::default(),
+                    healthy: AtomicBool::new(false),
                 }),
             );
         }
@@ -750,6 +758,7 @@ mod tests {
             counters: Arc::default(),
             http_pool: None,
             health: Mutex::default(),
+            healthy: AtomicBool::new(false),
         };
         let all = [
             c("a", 5432, Protocol::Tcp),
@@ -761,5 +770,49 @@ mod tests {
         // A connector of the other family for the same key is not counted.
         assert_eq!((ads[0].connectors, ads[0].port), (2, 5432));
         assert_eq!(ads[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn successes_past_a_full_window_skip_the_lock_and_change_nothing() {
+        let c = Connector {
+            spec: ConnectorSpec {
+                name: "db".into(),
+                routing_key: "db".parse().unwrap(),
+                host: "localhost".into(),
+                port: 5432,
+                advertised_port: None,
+                protocol: Protocol::Http,
+            },
+            error: None,
+            counters: Arc::default(),
+            http_pool: None,
+            health: Mutex::default(),
+            healthy: AtomicBool::new(false),
+        };
+        c.backend_failed("backend localhost:5432 refused the connection");
+        for _ in 1..super::super::BACKEND_ATTEMPTS {
+            c.backend_ok();
+        }
+        assert!(
+            !c.healthy.load(Ordering::Relaxed),
+            "a failure is still in the window"
+        );
+        c.backend_ok();
+        assert!(c.healthy.load(Ordering::Relaxed));
+        for _ in 0..1000 {
+            c.backend_ok();
+        }
+        c.backend_failed("backend localhost:5432 refused the connection");
+        assert!(!c.healthy.load(Ordering::Relaxed));
+        let failing = c.health.lock().unwrap().failing().unwrap();
+        assert!(
+            failing.ends_with(&format!(
+                "1 of the last {} attempts failed",
+                super::super::BACKEND_ATTEMPTS
+            )),
+            "{failing}"
+        );
+        c.backend_ok();
+        assert_eq!(c.health.lock().unwrap().failing(), None);
     }
 }

@@ -145,6 +145,12 @@ impl BackendHealth {
         self.last_failure = Some((at, super::records::cap(what).into()));
     }
 
+    /// The last [`BACKEND_ATTEMPTS`] attempts all succeeded: one more success changes
+    /// nothing.
+    pub(crate) fn settled(&self) -> bool {
+        self.attempts.len() == BACKEND_ATTEMPTS && !self.attempts.iter().any(|f| *f)
+    }
+
     fn push(&mut self, failed: bool) {
         if self.attempts.len() == BACKEND_ATTEMPTS {
             self.attempts.pop_front();

@@ -505,50 +505,66 @@ impl Flow {
 
     /// Logs a failure, at warn when an operator can do something about it.
     fn log_failure(&self, outcome: FlowOutcome, reason: &str) {
-        let operator = match outcome {
-            FlowOutcome::Ok | FlowOutcome::Reset | FlowOutcome::Error => false,
-            FlowOutcome::NoRoute => self.role == FlowRole::Ingress,
-            FlowOutcome::ConnectRefused | FlowOutcome::ConnectTimeout | FlowOutcome::Denied => {
-                self.role != FlowRole::Transit
-            }
-        };
-        let line = self
-            .flows
-            .recent
-            .log_line(&self.key, operator, Instant::now());
-        if line == LogLine::Suppressed {
-            return;
+        log_failure(
+            &self.flows,
+            &self.key,
+            self.role,
+            self.client,
+            || self.other_site(),
+            outcome,
+            reason,
+        );
+    }
+}
+
+/// Logs a failed flow (or, at an HTTP egress, a request its backends failed) of `key` in
+/// which this router had `role`: at WARN when an operator can do something about it, at most
+/// once per key per [`FLOW_LOG_EVERY`]; `site` names the other end.
+pub(crate) fn log_failure(
+    flows: &Flows,
+    key: &str,
+    role: FlowRole,
+    client: Option<SocketAddr>,
+    site: impl FnOnce() -> String,
+    outcome: FlowOutcome,
+    reason: &str,
+) {
+    let operator = match outcome {
+        FlowOutcome::Ok | FlowOutcome::Reset | FlowOutcome::Error => false,
+        FlowOutcome::NoRoute => role == FlowRole::Ingress,
+        FlowOutcome::ConnectRefused | FlowOutcome::ConnectTimeout | FlowOutcome::Denied => {
+            role != FlowRole::Transit
         }
-        let site = self.other_site();
-        let key = &*self.key;
-        let client = self
-            .client
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "-".into());
-        let role = self.role.as_str();
-        let hint = match outcome {
-            FlowOutcome::NoRoute => {
-                "no site could take it: create a connector for the key, or check the links \
-                 (skiff network status)"
-            }
-            FlowOutcome::ConnectRefused => {
-                "the backend refused it: check that the backend runs and listens on the \
-                 connector's host and port"
-            }
-            FlowOutcome::ConnectTimeout => {
-                "the backend did not answer: check the backend's host, and firewalls between \
-                 the connector's site and it"
-            }
-            FlowOutcome::Denied => "a router refused it: see the reason",
-            FlowOutcome::Reset | FlowOutcome::Error | FlowOutcome::Ok => "",
-        };
-        if let LogLine::Warn { suppressed } = line {
-            tracing::warn!(%key, %site, %client, %role, %outcome, %reason, suppressed,
-                "flow failed: {hint}");
-        } else {
-            tracing::debug!(%key, %site, %client, %role, %outcome, %reason,
-                "flow ended without success");
+    };
+    let line = flows.recent.log_line(key, operator, Instant::now());
+    if line == LogLine::Suppressed {
+        return;
+    }
+    let site = site();
+    let client = client.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+    let role = role.as_str();
+    let hint = match outcome {
+        FlowOutcome::NoRoute => {
+            "no site could take it: create a connector for the key, or check the links \
+             (skiff network status)"
         }
+        FlowOutcome::ConnectRefused => {
+            "the backend refused it: check that the backend runs and listens on the \
+             connector's host and port"
+        }
+        FlowOutcome::ConnectTimeout => {
+            "the backend did not answer: check the backend's host, and firewalls between \
+             the connector's site and it"
+        }
+        FlowOutcome::Denied => "a router refused it: see the reason",
+        FlowOutcome::Reset | FlowOutcome::Error | FlowOutcome::Ok => "",
+    };
+    if let LogLine::Warn { suppressed } = line {
+        tracing::warn!(%key, %site, %client, %role, %outcome, %reason, suppressed,
+            "flow failed: {hint}");
+    } else {
+        tracing::debug!(%key, %site, %client, %role, %outcome, %reason,
+            "flow ended without success");
     }
 }
 

@@ -108,7 +108,64 @@ struct Ingress {
     requests: std::sync::atomic::AtomicU64,
     failed: std::sync::atomic::AtomicU64,
     last_failure: std::sync::Mutex<Option<(FlowOutcome, String)>>,
-    last_target: std::sync::Mutex<Option<(RoutingKey, SiteId)>>,
+    last_target: LastTarget,
+}
+
+/// The last target a request of a client connection went to, for its record: set per request
+/// without a lock or a copy (two atomics), read when the connection ends.
+#[derive(Default)]
+struct LastTarget {
+    /// The index of its key among the listener's keys, plus one (0: none yet).
+    key: std::sync::atomic::AtomicUsize,
+    /// The first 8 bytes of its router's site id (one atomic: never torn between two
+    /// targets of concurrent requests; site ids are random, so 8 bytes tell them apart).
+    site: std::sync::atomic::AtomicU64,
+}
+
+impl LastTarget {
+    fn set(&self, strategy: &crate::routing::Strategy, target: &Target) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(i) = key_index(strategy, &target.key) {
+            self.key.store(i + 1, Relaxed);
+        }
+        self.site.store(site_prefix(target.router), Relaxed);
+    }
+
+    /// The key and the site, if a request had a target (and the site is still known).
+    fn get<'a>(
+        &self,
+        strategy: &'a crate::routing::Strategy,
+        flows: &Flows,
+    ) -> Option<(&'a RoutingKey, SiteId)> {
+        use crate::routing::Strategy;
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = self.key.load(Relaxed).checked_sub(1)?;
+        let key = match strategy {
+            Strategy::Balanced(k) => (i == 0).then_some(k),
+            Strategy::Priority(keys) => keys.get(i),
+            Strategy::Weighted(keys) => keys.get(i).map(|(k, _)| k),
+        }?;
+        let prefix = self.site.load(Relaxed);
+        let names = flows.site_names();
+        let site = std::iter::once(flows.me)
+            .chain(names.keys().copied())
+            .find(|id| site_prefix(*id) == prefix)?;
+        Some((key, site))
+    }
+}
+
+fn key_index(strategy: &crate::routing::Strategy, key: &RoutingKey) -> Option<usize> {
+    use crate::routing::Strategy;
+    match strategy {
+        Strategy::Balanced(k) => (k == key).then_some(0),
+        Strategy::Priority(keys) => keys.iter().position(|k| k == key),
+        Strategy::Weighted(keys) => keys.iter().position(|(k, _)| k == key),
+    }
+}
+
+fn site_prefix(id: SiteId) -> u64 {
+    let b = id.as_bytes();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 impl ProxyError {
@@ -223,7 +280,10 @@ pub(crate) async fn serve_client(
     use std::sync::atomic::Ordering::Relaxed;
     let (n, failed) = (ingress.requests.load(Relaxed), ingress.failed.load(Relaxed));
     flow.set_requests(n, failed);
-    if let Some((key, site)) = ingress.last_target.lock().unwrap().take() {
+    if let Some((key, site)) = ingress
+        .last_target
+        .get(&ingress.listener.spec.strategy, &ingress.flows)
+    {
         flow.towards(key.as_str(), site);
     }
     let last_failure = ingress.last_failure.lock().unwrap().take();
@@ -370,7 +430,9 @@ async fn proxy(
         let why = crate::flow::config::no_target_reason(&ingress.flows, &ingress.listener);
         return (None, Err(ProxyError::NoRoute("no-route", why)));
     }
-    *ingress.last_target.lock().unwrap() = Some((targets[0].key.clone(), targets[0].router));
+    ingress
+        .last_target
+        .set(&ingress.listener.spec.strategy, &targets[0]);
     if upgrade::is_upgrade(&req) {
         let key = targets[0].key.clone();
         return (
@@ -400,7 +462,7 @@ async fn proxy(
         })
         .boxed_unsync()
     });
-    let (key, result) = route(&ingress.flows, targets, req, &ingress.last_target).await;
+    let (key, result) = route(ingress, targets, req).await;
     let result = match result {
         Err(ProxyError::Failed(_))
             if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) =>
@@ -470,11 +532,11 @@ pub(crate) fn normalise_response(mut resp: Response<Body>) -> Response<Body> {
 
 /// Layers 4 and 5: each target in turn while the request was never sent.
 async fn route(
-    flows: &Arc<Flows>,
+    ingress: &Ingress,
     targets: Vec<Target>,
     req: Request<Body>,
-    last_target: &std::sync::Mutex<Option<(RoutingKey, SiteId)>>,
 ) -> (Option<RoutingKey>, Result<Response<Body>, ProxyError>) {
+    let flows = &ingress.flows;
     // A request without a body can be made again after an egress answered "not sent".
     let replayable = req.body().is_end_stream();
     let (parts, body) = req.into_parts();
@@ -490,7 +552,9 @@ async fn route(
         };
         let req = Request::from_parts(parts.clone(), b);
         last_key = Some(target.key.clone());
-        *last_target.lock().unwrap() = Some((target.key.clone(), target.router));
+        ingress
+            .last_target
+            .set(&ingress.listener.spec.strategy, &target);
         // Counts against the target until the response body is done (balancing).
         let outstanding = flows.hold(target.router);
         match forward(flows, &target, req).await {
