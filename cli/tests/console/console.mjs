@@ -9,8 +9,9 @@
 // `done ACTION` on stdin (ACTION: `failing-flow`, `stop north`, `stop west`, `start west`).
 // It also answers the page's polls of /v1/network, /v1/connectors and /v1/flows itself for a
 // while (page.route), with hostile names (markup, a very long string) and a flow total beyond
-// the page's limit, then lets the real answers through again; and it hides the page to check
-// that polling pauses. Progress lines
+// the page's limit, then lets the real answers through again; then, the same way, a site that
+// goes and comes back with a new id (drawn once) and west's links going down and up again (no
+// rate averaged over the outage); and it hides the page to check that polling pauses. Progress lines
 // start with `step`; a failure exits 1 with `FAIL what` on stderr. Env: SKIFF_CHROMIUM (the
 // browser, default /usr/bin/chromium), SKIFF_CONSOLE_EXTRA_SHOTS (a folder for screenshots of
 // the later states). Time bounds (the page polls every 2 s): the failed flow shows within 6 s,
@@ -268,6 +269,42 @@ try {
     !document.querySelector('tr.connector[data-connector="hostile"]') &&
     document.querySelector('g.site[data-site="east"]') &&
     !/ of /.test(document.getElementById('flows-summary').textContent), null, 8000);
+
+  // Three polls answered by the test: (1) a site "ghost" and west's links up with 1 GB sent,
+  // (2) ghost gone and the links connecting, (3) ghost re-created with a new id and the links
+  // up again with 500 MB more. The page must draw one ghost (the new, reachable one), and no
+  // rate averaged over the outage (500 MB / 4 s would read 125 MB/s).
+  let netCalls = 0;
+  let linkCalls = 0;
+  await page.route('**/v1/network*', (route) => doctor(route, (net) => {
+    netCalls++;
+    if (netCalls === 1) net.routers.push({ id: 'ghost-old-id', name: 'ghost', reachable: true, cost: 1, links: [] });
+    if (netCalls >= 3) net.routers.push({ id: 'ghost-new-id', name: 'ghost', reachable: true, cost: 1, links: [] });
+  }));
+  await page.route('**/v1/links*', (route) => doctor(route, (links) => {
+    linkCalls++;
+    for (const l of links) {
+      l.status = linkCalls === 2 ? 'connecting' : 'up';
+      l.bytes_sent = l.bytes_received = linkCalls >= 3 ? 1.5e9 : 1e9;
+    }
+  }));
+  const ghost = () => page.evaluate(() => [...document.querySelectorAll('g.site')].filter((g) => g.dataset.site === 'ghost')
+    .map((g) => ({ id: g.dataset.siteId, state: g.dataset.state, text: g.textContent })));
+  await until(page, 'site ghost drawn', () => [...document.querySelectorAll('g.site')].some((g) => g.dataset.site === 'ghost'), null, 8000);
+  await until(page, 'site ghost drawn as gone', () => [...document.querySelectorAll('g.site')]
+    .some((g) => g.dataset.site === 'ghost' && g.textContent.includes('gone')), null, 8000);
+  await until(page, 'site ghost re-created', () => [...document.querySelectorAll('g.site')]
+    .some((g) => g.dataset.siteId === 'ghost-new-id'), null, 8000);
+  const [ghosts, backLabels] = [await ghost(), await page.evaluate(() => [...document.querySelectorAll('g.edge-label')].map((g) => g.textContent))];
+  await page.unroute('**/v1/network*');
+  await page.unroute('**/v1/links*');
+  check(ghosts.length === 1 && ghosts[0].id === 'ghost-new-id' && ghosts[0].state === 'reachable',
+    `a re-created site should be drawn once, by its new id: ${JSON.stringify(ghosts)}`);
+  const averaged = backLabels.filter((l) => [...l.matchAll(/[↑↓] ([\d.]+) (MB|GB)\/s/g)]
+    .some(([, n, unit]) => Number(n) * { MB: 1e6, GB: 1e9 }[unit] >= 100e6));
+  check(averaged.length === 0 && backLabels.some((l) => l.includes('measuring traffic')),
+    `links back up should measure afresh, not average over the outage: ${JSON.stringify(backLabels)}`);
+  step(`re-created site drawn once (${JSON.stringify(ghosts)}); links back up: ${JSON.stringify(backLabels)}`);
 
   // A hidden page asks nothing; shown again, it polls at once.
   await page.evaluate(() => {
