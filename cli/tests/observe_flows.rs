@@ -73,6 +73,21 @@ fn wait_for<T>(
     }
 }
 
+/// The first WARN line about a failed flow in `site`'s log (waits up to 5 s).
+fn flow_warn_line(site: &Site, name: &str) -> String {
+    wait_for(
+        Duration::from_secs(5),
+        &format!("a warn line at {name}"),
+        || site.log(),
+        || {
+            site.log()
+                .lines()
+                .find(|l| l.contains("WARN") && l.contains("flow failed"))
+                .map(str::to_owned)
+        },
+    )
+}
+
 /// The recent records of `site` with `role` and `key`.
 fn recent(site: &Site, key: &str, role: &str) -> Vec<Value> {
     admin_json(site, "/v1/flows")["recent"]
@@ -330,17 +345,7 @@ fn a_refused_backend_is_recorded_named_logged_once_a_second_and_cleared_by_a_suc
     eprintln!("{table}");
 
     // The ingress's log has one warn line naming the key, the egress site, the client and why.
-    let line = wait_for(
-        Duration::from_secs(5),
-        "a warn line at west",
-        || west.log(),
-        || {
-            west.log()
-                .lines()
-                .find(|l| l.contains("WARN") && l.contains("flow failed"))
-                .map(str::to_owned)
-        },
-    );
+    let line = flow_warn_line(&west, "west");
     eprintln!("west's log line: {line}");
     for want in [
         "key=redis",
@@ -353,17 +358,7 @@ fn a_refused_backend_is_recorded_named_logged_once_a_second_and_cleared_by_a_suc
         assert!(line.contains(want), "no {want} in: {line}");
     }
     // And the egress's names the origin.
-    let east_line = wait_for(
-        Duration::from_secs(5),
-        "a warn line at east",
-        || east.log(),
-        || {
-            east.log()
-                .lines()
-                .find(|l| l.contains("WARN") && l.contains("flow failed"))
-                .map(str::to_owned)
-        },
-    );
+    let east_line = flow_warn_line(&east, "east");
     eprintln!("east's log line: {east_line}");
     assert!(
         east_line.contains("key=redis") && east_line.contains("site=west"),
