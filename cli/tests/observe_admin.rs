@@ -506,7 +506,7 @@ fn every_admin_route_answers_on_a_linked_pair_over_the_socket_and_tcp() {
         "rebind.attacker.example:80",
         "127.0.0.1.nip.io",
     ] {
-        for path in ["/v1/flows", "/v1/network", "/metrics", "/"] {
+        for path in ["/v1/flows", "/v1/network", "/v1/site", "/"] {
             let r = try_request_to(&tcp, host, "GET", path).expect("an answer");
             assert_eq!(r.status, 403, "Host {host} {path}: {r:?}");
             let why = r.json()["error"].as_str().unwrap().to_string();
@@ -536,6 +536,11 @@ fn every_admin_route_answers_on_a_linked_pair_over_the_socket_and_tcp() {
     }
     let r = try_request_to(&unix, "rebind.attacker.example", "GET", "/v1/site").unwrap();
     assert_eq!(r.status, 200, "the socket: {r:?}");
+    // Probes and metrics answer any name: Prometheus and health checks address sites by name.
+    for path in ["/metrics", "/readyz", "/livez", "/healthz"] {
+        let r = try_request_to(&tcp, "site-a.internal:9090", "GET", path).expect("an answer");
+        assert_eq!(r.status, 200, "Host site-a.internal {path}: {r:?}");
+    }
 
     // `?limit=N`: at most N of each, the newest, with the totals.
     let all = get_json(&unix, "/v1/flows");

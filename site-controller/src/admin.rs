@@ -182,7 +182,8 @@ async fn serve_conn(
     }
 }
 
-/// Whether a request's `Host` may read the TCP admin address: an IP literal (`1.2.3.4`,
+/// Whether a request's `Host` may read the console and `/v1/*` on the TCP admin address (probes
+/// and `/metrics` answer any Host): an IP literal (`1.2.3.4`,
 /// `[::1]`, with any port), `localhost` or a `*.localhost` name. Any other name is what a
 /// DNS-rebinding web page sends; Kubernetes probes (the pod IP) and `kubectl port-forward`
 /// (`localhost`, `127.0.0.1`) pass.
@@ -217,7 +218,10 @@ fn host_allowed(host: Option<&str>) -> bool {
 
 async fn route(req: Request<Incoming>, serving: &Serving, unix: bool) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if !unix {
+    // Probes and metrics answer whatever name they are asked by (Prometheus and health checks
+    // often address a site by its DNS name); they hold counts and names, no client address.
+    let any_host = matches!(path, "/healthz" | "/livez" | "/readyz" | "/metrics");
+    if !unix && !any_host {
         let host = req
             .headers()
             .get(http::header::HOST)

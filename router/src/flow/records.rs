@@ -537,7 +537,10 @@ pub(crate) fn log_failure(
         }
     };
     let line = flows.recent.log_line(key, operator, Instant::now());
-    if line == LogLine::Suppressed {
+    // A DEBUG line nobody will see costs no name lookup (failures can come per request).
+    if line == LogLine::Suppressed
+        || (line == LogLine::Debug && !tracing::enabled!(tracing::Level::DEBUG))
+    {
         return;
     }
     let site = site();
