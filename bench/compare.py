@@ -243,17 +243,19 @@ def make_certs(d):
                     out.write(f.read())
 
 
-def skiff(*args, check=True):
-    return subprocess.run([SKIFF, *args], check=check, capture_output=True, text=True)
+def skiff(*args, check=True, binary=None):
+    return subprocess.run([binary or SKIFF, *args], check=check, capture_output=True, text=True)
 
 
 class Skiff(Path):
     """skiff sites on this machine: connectors at the first, listeners at the last, each
     site linked to the previous one (`hops` routers in a line)."""
 
-    def __init__(self, work, servers, transport, hops):
+    def __init__(self, work, servers, transport, hops, binary=None, label="skiff"):
         kind = "TLS/TCP" if transport == "tls" else "QUIC"
-        self.name = f"skiff, {hops} routers, {kind} links"
+        self.name = f"{label}, {hops} routers, {kind} links"
+        self.binary = binary or SKIFF
+        self.tag = "base" if binary else "new"
         self.procs = []
         try:
             self._start(work, servers, transport, hops)
@@ -262,35 +264,38 @@ class Skiff(Path):
             raise
 
     def _start(self, work, servers, transport, hops):
-        self.dirs = [os.path.join(work, f"skiff-{transport}-{hops}-{i}") for i in range(hops)]
+        self.dirs = [os.path.join(work, f"skiff-{self.tag}-{transport}-{hops}-{i}")
+                     for i in range(hops)]
         self.link_up_ms = []
         for i, d in enumerate(self.dirs):
             access = ["--enable-link-access", "--link-port", "0"] if i < hops - 1 else []
-            skiff("site", "create", f"s{i}", *access, "--dir", d)
+            skiff("site", "create", f"s{i}", *access, "--dir", d, binary=self.binary)
         self.ports = {}
         for svc, port in servers.items():
             skiff("connector", "create", svc, str(port), "--host", "127.0.0.1",
-                  "--dir", self.dirs[0])
+                  "--dir", self.dirs[0], binary=self.binary)
             lport = free_port()
             skiff("listener", "create", svc, str(lport), "--host", "127.0.0.1",
-                  "--dir", self.dirs[-1])
+                  "--dir", self.dirs[-1], binary=self.binary)
             self.ports[svc] = lport
         env = dict(os.environ, SKIFF_LOG="warn")
         for d in self.dirs:
-            self.procs.append(subprocess.Popen([SKIFF, "site", "run", "--dir", d], env=env,
+            self.procs.append(subprocess.Popen([self.binary, "site", "run", "--dir", d], env=env,
                                                stdout=subprocess.DEVNULL,
                                                stderr=open(d + ".log", "w")))
         for d in self.dirs:
             wait_for("skiff site", lambda: skiff("site", "status", "--dir", d,
-                                                 check=False).returncode == 0)
+                                                 check=False, binary=self.binary).returncode == 0)
         for i in range(1, hops):
-            token = os.path.join(work, f"token-{transport}-{hops}-{i}.yaml")
-            skiff("token", "issue", token, "--dir", self.dirs[i - 1])
+            token = os.path.join(work, f"token-{self.tag}-{transport}-{hops}-{i}.yaml")
+            skiff("token", "issue", token, "--dir", self.dirs[i - 1], binary=self.binary)
             start = time.monotonic()
-            skiff("token", "redeem", token, "--transport", transport, "--dir", self.dirs[i])
+            skiff("token", "redeem", token, "--transport", transport, "--dir", self.dirs[i],
+                  binary=self.binary)
 
             def up(d=self.dirs[i]):
-                links = json.loads(skiff("link", "list", "--output", "json", "--dir", d).stdout)
+                links = json.loads(skiff("link", "list", "--output", "json", "--dir", d,
+                                         binary=self.binary).stdout)
                 return links and links[0]["status"] == "up"
 
             wait_for("the skiff link", up)
@@ -394,8 +399,12 @@ def main():
     ap.add_argument("--holder", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--skiff", default=None,
                     help="the skiff binary to measure (default: target/release/skiff)")
+    ap.add_argument("--baseline", default=None,
+                    help="another skiff binary (e.g. the previous release) measured in the same "
+                         "run, as paths tls-base and quic-base")
     ap.add_argument("--paths", default="direct,haproxy,tls,quic,tls3",
-                    help="comma-separated subset of direct,haproxy,tls,quic,tls3")
+                    help="comma-separated subset of direct,haproxy,tls,quic,tls3 (and "
+                         "tls-base,quic-base with --baseline)")
     args = ap.parse_args()
     if args.skiff:
         globals()["SKIFF"] = os.path.abspath(args.skiff)
@@ -443,6 +452,8 @@ def main():
             "tls": lambda: Skiff(work, svc, "tls", 2),
             "quic": lambda: Skiff(work, svc, "quic", 2),
             "tls3": lambda: Skiff(work, svc, "tls", 3),
+            "tls-base": lambda: Skiff(work, svc, "tls", 2, args.baseline, "skiff baseline"),
+            "quic-base": lambda: Skiff(work, svc, "quic", 2, args.baseline, "skiff baseline"),
         }
         for key in wanted:
             log(f"bench: starting {key}")

@@ -195,11 +195,45 @@ async fn service_across(
         "8. a client at east connected to {address} and got back in {} ms: {reply:?}",
         t.elapsed().as_millis()
     );
-    if reply.starts_with("hello from west") {
-        Ok(())
-    } else {
-        Err(format!("unexpected reply {reply:?}"))
+    if !reply.starts_with("hello from west") {
+        return Err(format!("unexpected reply {reply:?}"));
     }
+    print_record(east_site).await;
+    Ok(())
+}
+
+/// Step 9: the flow record east kept of the connection (what `GET /v1/flows` answers), once the
+/// flow has ended there.
+async fn print_record(east_site: &RunningSite) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let record = loop {
+        let recent = east_site.state().router().recent_flows();
+        if let Some(r) = recent
+            .into_iter()
+            .rev()
+            .find(|r| r.routing_key == "greeting")
+        {
+            break r;
+        }
+        if Instant::now() > deadline {
+            println!("9. east has no record of the flow yet (see GET /v1/flows)");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let outcome = serde_json::to_value(record.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let to = record
+        .destination
+        .as_ref()
+        .and_then(|d| d.name.clone())
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "9. east recorded it (skiff network status, GET /v1/flows, docs/observability.md): key greeting to {to}, outcome {outcome}, {} bytes sent, {} back, {} ms",
+        record.bytes_forward, record.bytes_back, record.duration_ms
+    );
 }
 
 /// Waits until both sites report an up link; returns the transport.

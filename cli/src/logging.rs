@@ -1,12 +1,16 @@
 //! The log of the `skiff` binary: `--log-format text|json` (env `SKIFF_LOG_FORMAT`) and
 //! `--log-level LEVEL_OR_FILTER` (env `SKIFF_LOG`), checked before anything runs, and the
 //! last word of a failed command (`error:` and `hint:`, a usage error too) in the same
-//! format.
+//! format. A long-running verb (`site run`) also keeps its recent lines in memory for
+//! `GET /v1/logs` and `skiff debug dump` (`skiff_site_controller::logbuf`).
 
 use std::sync::OnceLock;
 
 use clap::{Args, ValueEnum};
+use skiff_site_controller::logbuf;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -170,7 +174,8 @@ fn chosen_filter(flag: Option<&str>, env: Option<String>, default: &str) -> Stri
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// Starts logging to stderr: the level given (flag, else `SKIFF_LOG`), else `info` for a
-/// long-running verb and `warn` for the others.
+/// long-running verb and `warn` for the others. A long-running verb also keeps the same
+/// lines (same filter, same format, without colours) in the site's log ring.
 pub fn init(args: &LogArgs, long_running: bool) {
     let default = if long_running { "info" } else { "warn" };
     let format = args.log_format.unwrap_or_default();
@@ -192,15 +197,24 @@ pub fn init(args: &LogArgs, long_running: bool) {
     let filter = EnvFilter::builder()
         .parse(level)
         .unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => builder.json().with_ansi(false).init(),
-    }
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let stderr: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> = match format {
+        LogFormat::Text => {
+            Box::new(stderr.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+        }
+        LogFormat::Json => Box::new(stderr.json().with_ansi(false)),
+    };
+    let ring = long_running.then(|| {
+        logbuf::layer(match format {
+            LogFormat::Text => logbuf::LineFormat::Text,
+            LogFormat::Json => logbuf::LineFormat::Json,
+        })
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(ring)
+        .init();
     tracing::debug!(filter = level, format = ?format, "logging");
 }
 

@@ -4,6 +4,7 @@
 
 mod apply;
 mod completion;
+mod debug;
 mod demo;
 mod logging;
 mod offline;
@@ -75,6 +76,9 @@ enum Command {
     /// The whole network as this site sees it.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Gather what a bug report needs.
+    #[command(subcommand)]
+    Debug(DebugCommand),
     /// Create or update listeners, connectors, links and the site's settings from YAML files
     /// (the resources `skiff get` prints); nothing is written unless every document is valid.
     Apply(apply::ApplyArgs),
@@ -315,6 +319,19 @@ enum NetworkCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// Write one .tar.gz (0600) with the site's status, metrics, recent log lines and
+    /// configuration, without private keys, grant codes or proxy passwords; works on a
+    /// stopped site too (configuration only).
+    Dump {
+        /// Where to write it; `-` for standard output.
+        file: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     skiff_certs::install_crypto_provider();
@@ -425,6 +442,7 @@ async fn execute(command: Command) -> Result<ExitCode, SiteError> {
         Command::Network(NetworkCommand::Status { output, dir }) => {
             output::network_status(&dir.folder(), output).await
         }
+        Command::Debug(DebugCommand::Dump { file, dir }) => debug::dump(&dir.folder(), &file).await,
         Command::Apply(args) => apply::apply(args).await,
         Command::Delete(args) => apply::delete(args).await,
         Command::Get(args) => apply::get(args).await,

@@ -105,6 +105,7 @@ async fn skiff_path(
     rb.set_links(vec![LinkSpec {
         name: "to-east".into(),
         peer_site_id: a.id,
+        peer_site_name: Some("east".into()),
         peer_ca_pem: a.ca.cert_pem().to_string(),
         endpoints: vec![ra.link_addr().unwrap().to_string()],
         client_cert_pem: issued.cert_pem,

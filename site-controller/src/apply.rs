@@ -461,6 +461,8 @@ fn check_values(doc: &Document) -> Option<Problem> {
                         .unwrap_or_else(|| "spec".into())
                 } else if services::parse_type(&s.protocol).is_err() {
                     "spec.type".into()
+                } else if services::check_listener_host(&s.host).is_err() {
+                    "spec.host".into()
                 } else {
                     "spec".into()
                 };
@@ -471,7 +473,7 @@ fn check_values(doc: &Document) -> Option<Problem> {
             let s = &c.spec;
             let field = if s.port == 0 {
                 "spec.port"
-            } else if s.host.is_empty() {
+            } else if s.host.is_empty() || services::check_connector_host(&s.host).is_err() {
                 "spec.host"
             } else if services::parse_key(&s.routing_key).is_err() {
                 "spec.routingKey"

@@ -411,9 +411,42 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SiteE
     })
 }
 
-/// Reads a file to a string, with an error that names the file.
+/// Largest file [`read_text`] reads: the folder's files are small resources; anything bigger is
+/// not one of ours.
+pub const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+/// Reads a file to a string, with an error that names the file. Only a regular file of at
+/// most [`MAX_FILE`] bytes is read, checked on the opened file itself (a FIFO, a device or a
+/// huge file swapped in after any earlier check neither hangs nor exhausts memory).
 pub fn read_text(path: &Path) -> Result<String, SiteError> {
-    fs::read_to_string(path).map_err(|e| SiteError::io("read", path, e))
+    use std::io::Read;
+    let read = || -> io::Result<String> {
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        let meta = f.metadata()?;
+        if !meta.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (a FIFO, socket or device has no place in a site folder)",
+            ));
+        }
+        if meta.len() > MAX_FILE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} bytes, more than the {} MiB a site folder file may have",
+                    meta.len(),
+                    MAX_FILE / 1024 / 1024
+                ),
+            ));
+        }
+        let mut text = String::new();
+        f.take(MAX_FILE).read_to_string(&mut text)?;
+        Ok(text)
+    };
+    read().map_err(|e| SiteError::io("read", path, e))
 }
 
 /// Removes a file; a file that is already gone is not an error.
@@ -504,6 +537,32 @@ pub(crate) fn running_as_root() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_text_refuses_a_fifo_and_a_huge_file_without_reading_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("l.yaml");
+        // A FIFO with no writer: a blocking open or read would hang here.
+        assert_eq!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .map(|s| s.success())
+                .ok(),
+            Some(true),
+            "mkfifo {}",
+            fifo.display()
+        );
+        let e = crate::error_chain(&read_text(&fifo).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
+        let huge = dir.path().join("h.yaml");
+        File::create(&huge).unwrap().set_len(MAX_FILE + 1).unwrap();
+        let e = crate::error_chain(&read_text(&huge).unwrap_err());
+        assert!(e.contains("more than the 16 MiB"), "{e}");
+        let small = dir.path().join("s.yaml");
+        fs::write(&small, "kind: Listener\n").unwrap();
+        assert_eq!(read_text(&small).unwrap(), "kind: Listener\n");
+    }
 
     #[test]
     fn atomic_write_sets_mode_and_replaces_whole_file() {

@@ -8,6 +8,8 @@
 //! - [`run`]: a running site: router, grant service, admin API, reload.
 //! - [`reload`]: what a reload changed (links, listeners, connectors; settings needing a restart).
 //! - [`admin`]: the admin API server and client.
+//! - [`probes`]: liveness and readiness (`/livez`, `/readyz`): starting, running, stopping.
+//! - [`logbuf`]: the recent log lines of the running site (`/v1/logs`), a bounded ring.
 //! - [`apply`]: `skiff apply -f` / `delete -f` / `get`: resource YAML checked with file:line, then written.
 //! - [`token`]: issuing and redeeming tokens (the verbs behind `skiff token`).
 //! - [`offline`]: offline links (`skiff link generate`): a link file signed in advance.
@@ -20,6 +22,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod console;
 mod error;
 pub mod folder;
 #[doc(hidden)]
@@ -27,7 +30,10 @@ pub mod fuzzing;
 pub mod grant;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod logbuf;
+pub mod metrics;
 pub mod offline;
+pub mod probes;
 pub mod reload;
 pub mod resources;
 pub mod run;

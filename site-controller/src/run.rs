@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use skiff_router::link::{
-    InboundPolicy, LinkSpec as RouterLinkSpec, LinkState, Router, RouterConfig, TransportChoice,
+    InboundPolicy, LinkSpec as RouterLinkSpec, Router, RouterConfig, TransportChoice,
 };
 use skiff_router::wire::RouterMode;
 use tokio::net::{TcpListener, UnixListener};
@@ -34,6 +34,9 @@ pub struct RunOptions {
     /// Where redemptions are committed besides the folder before they are answered (set
     /// before the link port opens, so no redemption escapes it).
     pub grant_commit_hook: Option<Arc<dyn crate::grant::CommitHook>>,
+    /// A check that holds readiness from the start (name, reason) until the caller releases
+    /// it with [`crate::probes::Probes::release`] (Kubernetes: its first pass over the API).
+    pub hold_readiness: Option<(&'static str, String)>,
 }
 
 /// What the admin API and reload share.
@@ -47,12 +50,13 @@ pub struct SiteState {
     applied: std::sync::Mutex<Applied>,
     started: std::time::SystemTime,
     controller_status: std::sync::Mutex<Option<serde_json::Value>>,
+    probes: Arc<crate::probes::Probes>,
 }
 
 /// A site started from its folder; stop it with [`RunningSite::stop`].
 pub struct RunningSite {
     state: Arc<SiteState>,
-    admin_tasks: Vec<JoinHandle<()>>,
+    admin_tasks: Vec<JoinHandle<AdminListener>>,
     renewal_task: JoinHandle<()>,
     admin_stop: tokio::sync::watch::Sender<bool>,
     admin_tcp: Option<SocketAddr>,
@@ -129,12 +133,17 @@ impl RunningSite {
             applied: std::sync::Mutex::new(Applied::default()),
             started: std::time::SystemTime::now(),
             controller_status: std::sync::Mutex::new(None),
+            probes: Arc::default(),
         });
+        if let Some((check, reason)) = opts.hold_readiness {
+            state.probes.hold(check, reason);
+        }
         let (want, skipped) = state.desired()?;
         for s in &skipped {
             tracing::warn!(kind = s.kind, name = %s.name, problem = %s.problem, "skipped");
         }
         state.apply(want);
+        state.probes.started();
 
         // The lock is ours, so a socket file left here belongs to a dead run.
         let sock = folder.admin_socket();
@@ -167,6 +176,7 @@ impl RunningSite {
             id = %state.site.spec.id,
             link_access = ?state.router.link_addr(),
             admin = %sock.display(),
+            admin_tcp = ?admin_tcp,
             "site running"
         );
         let renewal_task = tokio::spawn(renew_certificates(Arc::downgrade(&state)));
@@ -201,15 +211,34 @@ impl RunningSite {
         self.state.clone()
     }
 
-    /// Stops the admin API, closes the links and releases the folder.
+    /// Marks the site unready (`GET /readyz` answers 503) before anything closes; [`stop`]
+    /// does it too. For a caller with work of its own before [`stop`] (Kubernetes).
+    ///
+    /// [`stop`]: RunningSite::stop
+    pub fn begin_stopping(&self) {
+        self.state.probes.stopping();
+    }
+
+    /// Marks the site unready, closes the listeners and links (flows in progress drain) and
+    /// releases the folder. Meanwhile the admin API answers the probes only (`/readyz` 503,
+    /// `/livez` 200; the other routes 503), so load balancers see the site leave.
     pub async fn stop(self) {
+        self.begin_stopping();
         self.renewal_task.abort();
         let _ = self.renewal_task.await;
         let _ = self.admin_stop.send(true);
+        let (probes_stop, probes_rx) = tokio::sync::watch::channel(false);
+        let mut probe_tasks = Vec::new();
         for t in self.admin_tasks {
-            let _ = t.await;
+            if let Ok(listener) = t.await {
+                probe_tasks.push(tokio::spawn(admin::serve_stopping(
+                    listener,
+                    self.state.probes.clone(),
+                    probes_rx.clone(),
+                )));
+            }
         }
-        let _ = std::fs::remove_file(self.state.folder.admin_socket());
+        let socket = self.state.folder.admin_socket();
         match Arc::try_unwrap(self.state) {
             Ok(state) => state.router.shutdown().await,
             // Not reachable while the admin servers are the only other holders; dropping the
@@ -218,6 +247,11 @@ impl RunningSite {
                 tracing::warn!("site state still shared at stop; links close in the background")
             }
         }
+        let _ = probes_stop.send(true);
+        for t in probe_tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(socket);
     }
 }
 
@@ -499,6 +533,7 @@ impl SiteState {
             let spec = RouterLinkSpec {
                 name: link.metadata.name.clone(),
                 peer_site_id: link.spec.peer_site_id,
+                peer_site_name: Some(link.spec.peer_site_name.clone()).filter(|n| !n.is_empty()),
                 peer_ca_pem: link.spec.peer_ca.clone(),
                 endpoints: link.spec.endpoints.clone(),
                 client_cert_pem: link.spec.client_certificate.clone(),
@@ -580,9 +615,28 @@ impl SiteState {
         serde_json::to_value(self.router.network()).unwrap_or_default()
     }
 
-    /// `GET /v1/flows`.
-    pub fn flows_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.router.flows()).unwrap_or_default()
+    /// `GET /v1/flows`: `{"active": [...], "recent": [...]}` (recent: ended flows, newest
+    /// last, at most [`skiff_router::flow::RECENT_FLOWS`]). With `limit` (`?limit=N`) at most N
+    /// active and N recent flows (the newest of each, still oldest first) plus `activeTotal`
+    /// and `recentTotal`, so a console polling a busy router does not copy thousands of flows
+    /// each time.
+    pub fn flows_json(&self, limit: Option<usize>) -> serde_json::Value {
+        let mut active = self.router.flows();
+        let mut recent = self.router.recent_flows();
+        let Some(n) = limit else {
+            return serde_json::json!({"active": active, "recent": recent});
+        };
+        let (active_total, recent_total) = (active.len(), recent.len());
+        // Active flows oldest first (by age, in whole seconds), so the newest N are kept.
+        active.sort_by_key(|f| std::cmp::Reverse(f.age_seconds));
+        active.drain(..active_total.saturating_sub(n));
+        recent.drain(..recent_total.saturating_sub(n));
+        serde_json::json!({
+            "active": active,
+            "recent": recent,
+            "activeTotal": active_total,
+            "recentTotal": recent_total,
+        })
     }
 
     /// The router (for in-process tests and the demo).
@@ -641,39 +695,38 @@ impl SiteState {
         v
     }
 
-    /// `GET /metrics` (Prometheus text).
-    pub fn metrics_text(&self) -> String {
+    /// Readiness and liveness of this site.
+    pub fn probes(&self) -> &Arc<crate::probes::Probes> {
+        &self.probes
+    }
+
+    /// What `GET /readyz` reads from the router.
+    pub fn readiness_facts(&self) -> crate::probes::Facts {
         let links = self.router.links();
-        let count = |want: &str| {
-            links
+        crate::probes::Facts {
+            link_access: self.site.spec.link_access,
+            link_address: self.router.link_addr(),
+            not_serving: self
+                .not_started()
                 .iter()
-                .filter(|l| {
-                    matches!(
-                        (&l.state, want),
-                        (LinkState::Up, "up")
-                            | (LinkState::Connecting { .. }, "connecting")
-                            | (LinkState::Refused { .. }, "refused")
-                    )
-                })
-                .count()
-        };
-        let mut out = String::new();
-        out.push_str(
-            "# HELP skiff_links Links of this site by status.\n# TYPE skiff_links gauge\n",
-        );
-        for s in ["up", "connecting", "refused"] {
-            out.push_str(&format!("skiff_links{{status=\"{s}\"}} {}\n", count(s)));
+                .map(|f| format!("{} {} is not serving: {}", f.kind, f.name, f.reason))
+                .collect(),
+            links_up: links
+                .iter()
+                .filter(|l| l.state == skiff_router::link::LinkState::Up)
+                .count(),
+            links_total: links.len(),
         }
-        out.push_str(&skiff_router::flow::http_prometheus_text(
-            &self.router.http_metrics(),
-        ));
-        out.push_str("# HELP skiff_info Build information.\n# TYPE skiff_info gauge\n");
-        out.push_str(&format!(
-            "skiff_info{{version=\"{}\",site=\"{}\"}} 1\n",
-            env!("CARGO_PKG_VERSION"),
-            self.site.metadata.name
-        ));
-        out
+    }
+
+    /// `GET /metrics` (Prometheus text, see [`crate::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(self)
+    }
+
+    /// The site's name.
+    pub fn site_name(&self) -> &str {
+        &self.site.metadata.name
     }
 }
 

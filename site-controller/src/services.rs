@@ -63,6 +63,7 @@ pub fn listener_spec(l: &Listener) -> Result<RouterListener, String> {
             );
         }
     };
+    check_listener_host(&spec.host)?;
     Ok(RouterListener {
         name: l.metadata.name.clone(),
         strategy,
@@ -80,6 +81,7 @@ pub fn connector_spec(c: &Connector) -> Result<RouterConnector, String> {
     if c.spec.host.is_empty() {
         return Err("a connector needs the backend's host".into());
     }
+    check_connector_host(&c.spec.host)?;
     Ok(RouterConnector {
         name: c.metadata.name.clone(),
         routing_key: parse_key(&c.spec.routing_key)?,
@@ -88,6 +90,58 @@ pub fn connector_spec(c: &Connector) -> Result<RouterConnector, String> {
         advertised_port: c.spec.advertised_port,
         protocol: parse_type(&c.spec.protocol)?,
     })
+}
+
+/// A host as it is quoted back in a message: at most 64 characters, so a pasted page does not
+/// flood the terminal.
+fn quoted_host(host: &str) -> String {
+    if host.chars().count() > 64 {
+        format!(
+            "{:?}… ({} characters)",
+            host.chars().take(64).collect::<String>(),
+            host.chars().count()
+        )
+    } else {
+        format!("{host:?}")
+    }
+}
+
+/// An IP address, or a DNS name by the rule certificates use (ASCII labels of letters, digits,
+/// '-' and '_', joined by dots). Underscores are taken: Docker Compose and /etc/hosts names
+/// carry them and the resolver looks them up like any other.
+fn is_address_or_name(host: &str) -> bool {
+    !host.contains(['/', ' ', '[', ']'])
+        && (!host.contains(':') || host.parse::<std::net::Ipv6Addr>().is_ok())
+        && skiff_certs::certifiable_host(host)
+}
+
+/// Checks a connector's backend host: an IP address or a DNS name the router resolves when a
+/// flow arrives (a Kubernetes service name like `redis.ns.svc.cluster.local` is one).
+pub fn check_connector_host(host: &str) -> Result<(), String> {
+    if is_address_or_name(host) {
+        return Ok(());
+    }
+    Err(format!(
+        "host {} is neither an IP address nor a DNS name: give the backend's address \
+         (10.0.0.5, ::1) or name (redis, redis.ns.svc.cluster.local; letters, digits, \
+         '-', '_' and dots)",
+        quoted_host(host)
+    ))
+}
+
+/// Checks a listener's bind host: an IP address of this machine (0.0.0.0 or :: for all) or a
+/// name that resolves to one (localhost, the machine's name); the router binds every address
+/// the name resolves to until one works.
+pub fn check_listener_host(host: &str) -> Result<(), String> {
+    if is_address_or_name(host) {
+        return Ok(());
+    }
+    Err(format!(
+        "host {} is not an address to listen on: give an IP address of this machine \
+         (0.0.0.0 or :: for all, 127.0.0.1 for this machine only) or a name that resolves \
+         to one (localhost)",
+        quoted_host(host)
+    ))
 }
 
 /// The site's listeners.
@@ -302,5 +356,88 @@ mod tests {
             },
         );
         assert!(connector_spec(&c).unwrap_err().contains("port"));
+    }
+
+    #[test]
+    fn hosts_are_addresses_or_names() {
+        let connector = |host: &str| {
+            connector_spec(&Connector::new(
+                "db",
+                ConnectorSpec {
+                    routing_key: "db".into(),
+                    host: host.into(),
+                    port: 5432,
+                    advertised_port: None,
+                    protocol: "tcp".into(),
+                },
+            ))
+        };
+        let listen = |host: &str| {
+            let mut spec = base();
+            spec.host = host.into();
+            listener_spec(&listener(spec))
+        };
+        for good in [
+            "127.0.0.1",
+            "::1",
+            "fe80::1",
+            "redis",
+            "db.internal",
+            "redis.ns.svc.cluster.local",
+            "my_service",
+            "web-1.example.com",
+        ] {
+            assert!(connector(good).is_ok(), "connector host {good}");
+        }
+        for good in ["0.0.0.0", "::", "127.0.0.1", "localhost", "my-host"] {
+            assert!(listen(good).is_ok(), "listener host {good}");
+        }
+        let long = "a".repeat(300);
+        for bad in [
+            "<img src=x onerror=alert(1)>",
+            "\"><svg onload=alert(1)>",
+            "redis:6379",
+            "http://redis",
+            "two words",
+            "[::1]",
+            "caf\u{e9}",
+            long.as_str(),
+        ] {
+            let err = connector(bad).unwrap_err();
+            assert!(
+                err.starts_with("host ") && err.contains("neither an IP address nor a DNS name"),
+                "{bad}: {err}"
+            );
+            assert!(err.contains("redis.ns.svc.cluster.local"), "{err}");
+            let err = listen(bad).unwrap_err();
+            assert!(
+                err.starts_with("host ") && err.contains("not an address to listen on"),
+                "{bad}: {err}"
+            );
+            assert!(err.contains("0.0.0.0"), "{err}");
+        }
+        let err = connector(&long).unwrap_err();
+        assert!(err.len() < 400 && err.contains("(300 characters)"), "{err}");
+    }
+
+    #[test]
+    fn create_refuses_a_markup_host_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        crate::site::create_site(&folder, "east", &Default::default()).unwrap();
+        let bad = "<img src=x onerror=alert(1)>";
+        let err = create_connector(&folder, "db", 5432, None, Some(bad), "tcp").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("neither an IP address nor a DNS name"),
+            "{err}"
+        );
+        let err = create_listener(&folder, "db", 5432, None, Some(bad), "tcp").unwrap_err();
+        assert!(
+            err.to_string().contains("not an address to listen on"),
+            "{err}"
+        );
+        assert!(list_connectors(&folder).unwrap().is_empty());
+        assert!(list_listeners(&folder).unwrap().is_empty());
     }
 }

@@ -335,6 +335,7 @@ pub async fn dial_as(
     router.set_links(vec![LinkSpec {
         name: "to-target".into(),
         peer_site_id: t.id,
+        peer_site_name: None,
         peer_ca_pem: t.ca_pem.clone(),
         endpoints: vec![t.addr.to_string()],
         client_cert_pem: cert_pem.into(),

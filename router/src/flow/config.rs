@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use std::time::Duration;
@@ -84,6 +84,9 @@ pub enum ResourceState {
     Active,
     /// A listener whose keys have no reachable connector: connections are refused at once.
     NoTarget,
+    /// A connector whose backend failed the last attempt (refused, timed out); the reason
+    /// says what and when. A later success makes it active again.
+    Failing,
     /// Not serving; see the reason.
     Error,
 }
@@ -108,9 +111,12 @@ pub struct ListenerStatus {
     pub protocol: Protocol,
     /// Active, no-target or error.
     pub status: ResourceState,
-    /// Why it is in error.
+    /// Why it is in error or has no target, or which sites it reaches
+    /// (`reachable: east (cost 1), north (cost 2)`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The sites it can send flows to now, best first.
+    pub targets: Vec<super::reasons::ListenerTarget>,
     /// Client connections in progress.
     pub flows_active: u64,
     /// Client connections accepted since the listener started.
@@ -136,9 +142,9 @@ pub struct ConnectorStatus {
     pub port: u16,
     /// The protocol.
     pub protocol: Protocol,
-    /// Active or error.
+    /// Active, failing (the last backend attempt failed) or error.
     pub status: ResourceState,
-    /// Why it is in error.
+    /// Why it is in error or failing (what the backend did, when, and how often).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Backend connections in progress.
@@ -191,6 +197,9 @@ pub(crate) struct Listener {
     cancel: CancellationToken,
     /// HTTP listeners: client connections it may still take.
     pub(crate) http_slots: Arc<tokio::sync::Semaphore>,
+    /// Why it has no target, and the topology version that was worked out at (refused
+    /// clients reuse it until the topology changes).
+    no_target: Mutex<Option<(u64, String)>>,
 }
 
 /// A configured connector.
@@ -200,12 +209,35 @@ pub(crate) struct Connector {
     pub(crate) counters: Arc<Counters>,
     /// Connections to the backend of an `http` or `http2` connector.
     pub(crate) http_pool: Option<Arc<super::http::BackendPool>>,
+    /// What the backend did on the last attempts.
+    pub(crate) health: Mutex<super::reasons::BackendHealth>,
+    /// The last attempts all succeeded (as many as [`super::BACKEND_ATTEMPTS`]): another
+    /// success changes nothing, so it skips `health`'s lock (once per HTTP request).
+    healthy: AtomicBool,
 }
 
 impl Connector {
     /// Backend connections in progress.
     pub(crate) fn active(&self) -> u64 {
         self.counters.active.load(Ordering::Relaxed)
+    }
+
+    /// The backend accepted a connection (or answered a request).
+    pub(crate) fn backend_ok(&self) {
+        if self.healthy.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut health = self.health.lock().unwrap();
+        health.success();
+        self.healthy.store(health.settled(), Ordering::Relaxed);
+    }
+
+    /// The backend failed an attempt: counted, and shown in the status until a success.
+    pub(crate) fn backend_failed(&self, what: &str) {
+        self.counters.fail();
+        let mut health = self.health.lock().unwrap();
+        self.healthy.store(false, Ordering::Relaxed);
+        health.failure(what, std::time::SystemTime::now());
     }
 }
 
@@ -381,6 +413,7 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
             http_slots: Arc::new(tokio::sync::Semaphore::new(
                 super::http::MAX_CLIENT_CONNECTIONS,
             )),
+            no_target: Mutex::default(),
         });
         match (&error, address) {
             (Some(reason), _) => {
@@ -451,7 +484,7 @@ async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
                     flows.tasks.spawn(
                         async move {
                             let _slot = slot;
-                            super::http::serve_client(f, l, tcp).await;
+                            super::http::serve_client(f, l, tcp, remote).await;
                         }
                         .instrument(span),
                     );
@@ -459,7 +492,7 @@ async fn accept_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
                     flows.tasks.spawn(
                         async move {
                             let _slot = slot;
-                            super::tcp::serve_client(f, l, tcp).await;
+                            super::tcp::serve_client(f, l, tcp, remote).await;
                         }
                         .instrument(span),
                     );
@@ -509,6 +542,8 @@ pub(crate) fn set_connectors(flows: &Arc<Flows>, specs: Vec<ConnectorSpec>) {
                     error: None,
                     counters: Arc::default(),
                     http_pool,
+                    health: Mutex::default(),
+                    healthy: AtomicBool::new(false),
                 }),
             );
         }
@@ -549,17 +584,18 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
         .values()
         .cloned()
         .collect();
-    let topo = flows.routes.read();
+    let routers = flows.routes.read().routers();
     listeners
         .iter()
         .map(|l| {
             let keys = strategy_keys(&l.spec.strategy);
-            let status = if l.error.is_some() {
-                ResourceState::Error
-            } else if keys.iter().any(|k| topo.has_route(k)) {
-                ResourceState::Active
+            let (targets, why) = super::reasons::listener_targets(&routers, &keys, l.spec.protocol);
+            let (status, reason) = if let Some(e) = &l.error {
+                (ResourceState::Error, e.clone())
+            } else if targets.is_empty() {
+                (ResourceState::NoTarget, why)
             } else {
-                ResourceState::NoTarget
+                (ResourceState::Active, why)
             };
             ListenerStatus {
                 name: l.spec.name.clone(),
@@ -573,7 +609,8 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
                 address: l.address.map(|a| a.to_string()),
                 protocol: l.spec.protocol,
                 status,
-                reason: l.error.clone(),
+                reason: Some(reason),
+                targets,
                 flows_active: l.counters.active.load(Ordering::Relaxed),
                 flows_total: l.counters.total.load(Ordering::Relaxed),
                 flows_refused: l.counters.failed.load(Ordering::Relaxed),
@@ -587,6 +624,30 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
         .collect()
 }
 
+/// Why `listener` has no target now (for a refused client's record and log line).
+pub(crate) fn no_target_reason(flows: &Flows, listener: &Listener) -> String {
+    let topo = flows.routes.read();
+    let mut cached = listener.no_target.lock().unwrap();
+    if let Some((version, why)) = &*cached
+        && *version == topo.version()
+    {
+        return why.clone();
+    }
+    let keys = strategy_keys(&listener.spec.strategy);
+    let why = super::reasons::listener_targets(&topo.routers(), &keys, listener.spec.protocol).1;
+    *cached = Some((topo.version(), why.clone()));
+    why
+}
+
+/// The first key of a listener (the one its records and metrics use before a target is
+/// chosen).
+pub(crate) fn first_key(listener: &Listener) -> &str {
+    strategy_keys(&listener.spec.strategy)
+        .first()
+        .map(|k| k.as_str())
+        .unwrap_or_default()
+}
+
 /// Connector status, sorted by name.
 pub(crate) fn connectors(flows: &Flows) -> Vec<ConnectorStatus> {
     flows
@@ -595,21 +656,25 @@ pub(crate) fn connectors(flows: &Flows) -> Vec<ConnectorStatus> {
         .read()
         .unwrap()
         .values()
-        .map(|c| ConnectorStatus {
-            name: c.spec.name.clone(),
-            routing_key: c.spec.routing_key.as_str().to_owned(),
-            host: c.spec.host.clone(),
-            port: c.spec.port,
-            protocol: c.spec.protocol,
-            status: if c.error.is_some() {
-                ResourceState::Error
-            } else {
-                ResourceState::Active
-            },
-            reason: c.error.clone(),
-            flows_active: c.counters.active.load(Ordering::Relaxed),
-            flows_total: c.counters.total.load(Ordering::Relaxed),
-            flows_failed: c.counters.failed.load(Ordering::Relaxed),
+        .map(|c| {
+            let failing = c.health.lock().unwrap().failing();
+            let (status, reason) = match (&c.error, failing) {
+                (Some(e), _) => (ResourceState::Error, Some(e.clone())),
+                (None, Some(f)) => (ResourceState::Failing, Some(f)),
+                (None, None) => (ResourceState::Active, None),
+            };
+            ConnectorStatus {
+                name: c.spec.name.clone(),
+                routing_key: c.spec.routing_key.as_str().to_owned(),
+                host: c.spec.host.clone(),
+                port: c.spec.port,
+                protocol: c.spec.protocol,
+                status,
+                reason,
+                flows_active: c.counters.active.load(Ordering::Relaxed),
+                flows_total: c.counters.total.load(Ordering::Relaxed),
+                flows_failed: c.counters.failed.load(Ordering::Relaxed),
+            }
         })
         .collect()
 }
@@ -692,6 +757,8 @@ mod tests {
             error: None,
             counters: Arc::default(),
             http_pool: None,
+            health: Mutex::default(),
+            healthy: AtomicBool::new(false),
         };
         let all = [
             c("a", 5432, Protocol::Tcp),
@@ -703,5 +770,49 @@ mod tests {
         // A connector of the other family for the same key is not counted.
         assert_eq!((ads[0].connectors, ads[0].port), (2, 5432));
         assert_eq!(ads[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn successes_past_a_full_window_skip_the_lock_and_change_nothing() {
+        let c = Connector {
+            spec: ConnectorSpec {
+                name: "db".into(),
+                routing_key: "db".parse().unwrap(),
+                host: "localhost".into(),
+                port: 5432,
+                advertised_port: None,
+                protocol: Protocol::Http,
+            },
+            error: None,
+            counters: Arc::default(),
+            http_pool: None,
+            health: Mutex::default(),
+            healthy: AtomicBool::new(false),
+        };
+        c.backend_failed("backend localhost:5432 refused the connection");
+        for _ in 1..super::super::BACKEND_ATTEMPTS {
+            c.backend_ok();
+        }
+        assert!(
+            !c.healthy.load(Ordering::Relaxed),
+            "a failure is still in the window"
+        );
+        c.backend_ok();
+        assert!(c.healthy.load(Ordering::Relaxed));
+        for _ in 0..1000 {
+            c.backend_ok();
+        }
+        c.backend_failed("backend localhost:5432 refused the connection");
+        assert!(!c.healthy.load(Ordering::Relaxed));
+        let failing = c.health.lock().unwrap().failing().unwrap();
+        assert!(
+            failing.ends_with(&format!(
+                "1 of the last {} attempts failed",
+                super::super::BACKEND_ATTEMPTS
+            )),
+            "{failing}"
+        );
+        c.backend_ok();
+        assert_eq!(c.health.lock().unwrap().failing(), None);
     }
 }

@@ -18,13 +18,22 @@
 //!
 //! # Layout
 //! - `splice`: copying both ways with bounded buffers, half-close and resets.
-//! - `tcp`: the three roles above.
+//! - `tcp`: the ingress and egress roles.
 //! - `config`: listener and connector specs, their reconciliation, accept loops and status.
+//! - `reasons`: why a listener has no target, or which sites it reaches; a connector's
+//!   backend failures.
+//! - `records`: each flow from start to end; the ring of recent ended flows; failure logs.
+//! - `stats`: per-key flow statistics for `/metrics`.
+//! - `transit`: the transit role, reading the egress's answer on its way back.
 
 mod config;
 mod http;
+mod reasons;
+mod records;
 mod splice;
+mod stats;
 mod tcp;
+mod transit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,9 +54,14 @@ pub(crate) use config::{
     connectors as config_connectors, listeners as config_listeners,
     set_connectors as config_set_connectors, set_listeners as config_set_listeners,
 };
-pub use http::metrics::{KeyMetricsSnapshot, prometheus_text as http_prometheus_text};
+pub use http::metrics::KeyMetricsSnapshot;
 pub use http::{ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_HEAD_BYTES, RESPONSE_TIMEOUT};
+pub use reasons::{BACKEND_ATTEMPTS, ListenerTarget};
+pub use records::{FLOW_LOG_EVERY, FlowOutcome, FlowRecord, FlowSite, MAX_REASON, RECENT_FLOWS};
 pub use splice::COPY_BUFFER;
+pub use stats::{
+    DURATION_BUCKETS, FlowKeyStats, HistogramSnapshot, MAX_KEYS, OTHER_KEY, SETUP_BUCKETS,
+};
 
 /// Client bytes an ingress reads (and keeps, for a retry elsewhere) before the egress has
 /// answered.
@@ -82,6 +96,17 @@ pub enum FlowRole {
     Egress,
 }
 
+impl FlowRole {
+    /// Its word in JSON, labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowRole::Ingress => "ingress",
+            FlowRole::Transit => "transit",
+            FlowRole::Egress => "egress",
+        }
+    }
+}
+
 /// One active flow as shown to operators.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -104,23 +129,39 @@ pub struct FlowStatus {
     pub age_seconds: u64,
 }
 
-/// A flow in the registry; removed when its [`FlowGuard`] drops.
-pub(crate) struct FlowRecord {
+/// Site names by id.
+type SiteNames = Arc<HashMap<SiteId, String>>;
+
+/// A flow in the registry of active ones.
+pub(crate) struct ActiveFlow {
     id: u64,
     key: String,
     origin: SiteId,
     destination: SiteId,
     role: FlowRole,
     started: std::time::Instant,
+    /// Counted in the key's statistics (client flows; not the pooled HTTP/2 connections
+    /// between routers).
+    counted: bool,
+    /// Listed in `GET /v1/flows` (not an HTTP client connection, whose requests travel on the
+    /// pooled connections listed there).
+    shown: bool,
     pub(crate) forward: Arc<AtomicU64>,
     pub(crate) back: Arc<AtomicU64>,
 }
 
-/// Keeps a flow in the registry while it lives.
+/// Keeps a pooled connection between routers among the active flows while it lives.
 pub(crate) struct FlowGuard {
     flows: Arc<Flows>,
     id: u64,
-    pub(crate) record: Arc<FlowRecord>,
+    active: Arc<ActiveFlow>,
+}
+
+impl FlowGuard {
+    /// Its byte counters (forward, back), shown among the active flows.
+    pub(crate) fn counters(&self) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+        (self.active.forward.clone(), self.active.back.clone())
+    }
 }
 
 impl Drop for FlowGuard {
@@ -158,7 +199,13 @@ pub(crate) struct Flows {
     /// Flows in progress per target router, counted at the ingress (balancing).
     outstanding: Mutex<HashMap<SiteId, u32>>,
     /// Active flows by local registry id.
-    active: Mutex<BTreeMap<u64, Arc<FlowRecord>>>,
+    active: Mutex<BTreeMap<u64, Arc<ActiveFlow>>>,
+    /// Per-key flow statistics.
+    stats: stats::Stats,
+    /// Recently ended flows.
+    recent: records::Recent,
+    /// Site names by id, and the topology version they were read at.
+    names: Mutex<Option<(u64, SiteNames)>>,
     next_registry_id: AtomicU64,
     /// Base of the flow ids this router chooses as an origin (random per run).
     next_flow_id: AtomicU64,
@@ -189,6 +236,9 @@ impl Flows {
             config: config::Config::default(),
             outstanding: Mutex::default(),
             active: Mutex::default(),
+            stats: stats::Stats::default(),
+            recent: records::Recent::default(),
+            names: Mutex::default(),
             next_registry_id: AtomicU64::new(1),
             next_flow_id: AtomicU64::new(random_u64() >> 16 << 16),
             tasks: TaskTracker::new(),
@@ -283,7 +333,8 @@ impl Flows {
         }
     }
 
-    /// Registers a flow for [`Flows::snapshot`] until the guard drops.
+    /// Shows a pooled connection between routers (HTTP) among the active flows until the
+    /// guard drops; it is not counted in the statistics or the recent flows.
     pub(crate) fn register(
         self: &Arc<Self>,
         id: u64,
@@ -292,26 +343,101 @@ impl Flows {
         destination: SiteId,
         role: FlowRole,
     ) -> FlowGuard {
-        let registry_id = self.next_registry_id.fetch_add(1, Ordering::Relaxed);
-        let record = Arc::new(FlowRecord {
+        let (registry_id, active) = self.insert_active(ActiveFlow {
             id,
             key: key.as_str().to_owned(),
             origin,
             destination,
             role,
             started: std::time::Instant::now(),
+            counted: false,
+            shown: true,
             forward: Arc::default(),
             back: Arc::default(),
         });
-        self.active
-            .lock()
-            .unwrap()
-            .insert(registry_id, record.clone());
         FlowGuard {
             flows: self.clone(),
             id: registry_id,
-            record,
+            active,
         }
+    }
+
+    /// Adds a flow to the active ones; its registry id.
+    fn insert_active(&self, flow: ActiveFlow) -> (u64, Arc<ActiveFlow>) {
+        let registry_id = self.next_registry_id.fetch_add(1, Ordering::Relaxed);
+        let flow = Arc::new(flow);
+        self.active
+            .lock()
+            .unwrap()
+            .insert(registry_id, flow.clone());
+        (registry_id, flow)
+    }
+
+    /// Removes a counted flow from the active ones and adds its bytes to its key's totals,
+    /// both under the registry's lock, so [`Flows::key_stats`] never counts them twice or
+    /// not at all. Returns its bytes (forward, back).
+    fn remove_active(&self, registry_id: u64, stats: &stats::KeyStats) -> (u64, u64) {
+        let mut active = self.active.lock().unwrap();
+        let Some(flow) = active.remove(&registry_id) else {
+            return (0, 0);
+        };
+        let f = flow.forward.load(Ordering::Relaxed);
+        let b = flow.back.load(Ordering::Relaxed);
+        stats.forward.fetch_add(f, Ordering::Relaxed);
+        stats.back.fetch_add(b, Ordering::Relaxed);
+        (f, b)
+    }
+
+    /// Per-key flow statistics, the bytes of running flows included.
+    pub(crate) fn key_stats(&self) -> Vec<FlowKeyStats> {
+        // Under the registry's lock only the counters are read (a flow ending now moves its
+        // bytes to its key's totals either before or after both); the rest after.
+        let (running, totals) = {
+            let active = self.active.lock().unwrap();
+            let running: Vec<(Arc<ActiveFlow>, u64, u64)> = active
+                .values()
+                .filter(|f| f.counted)
+                .map(|f| {
+                    let fw = f.forward.load(Ordering::Relaxed);
+                    (f.clone(), fw, f.back.load(Ordering::Relaxed))
+                })
+                .collect();
+            (running, self.stats.byte_totals())
+        };
+        let mut by_key: HashMap<&str, Vec<(FlowRole, u64, u64)>> = HashMap::new();
+        for (f, fw, b) in &running {
+            by_key.entry(&f.key).or_default().push((f.role, *fw, *b));
+        }
+        self.stats.snapshot(&by_key, &totals)
+    }
+
+    /// Site names by id, as the routing view knows them (read again only when the topology
+    /// changed, so a flood of failures does not copy it each time).
+    pub(crate) fn site_names(&self) -> SiteNames {
+        let topo = self.routes.read();
+        let mut cached = self.names.lock().unwrap();
+        if let Some((version, names)) = &*cached
+            && *version == topo.version()
+        {
+            return names.clone();
+        }
+        let names: Arc<HashMap<SiteId, String>> =
+            Arc::new(topo.routers().into_iter().map(|r| (r.id, r.name)).collect());
+        *cached = Some((topo.version(), names.clone()));
+        names
+    }
+
+    /// The name of site `id`, or its id.
+    pub(crate) fn site_name(&self, id: SiteId) -> String {
+        self.site_names()
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    /// The recently ended flows, oldest first.
+    pub(crate) fn recent_flows(&self) -> Vec<FlowRecord> {
+        self.recent.records(&self.site_names())
     }
 
     /// Active flows, oldest first.
@@ -320,6 +446,7 @@ impl Flows {
             .lock()
             .unwrap()
             .values()
+            .filter(|r| r.shown)
             .map(|r| FlowStatus {
                 id: format!("{:016x}", r.id),
                 routing_key: r.key.clone(),

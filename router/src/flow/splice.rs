@@ -159,12 +159,14 @@ impl Pump {
         p
     }
 
+    /// Moves bytes from `r` to `w`; an error says whether reading (`Source`) or writing
+    /// (`Sink`) failed.
     fn poll_pump<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
-    ) -> Poll<io::Result<()>>
+    ) -> Poll<Result<(), (PumpSide, io::Error)>>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
@@ -175,9 +177,9 @@ impl Pump {
         let mut bursts = 0;
         loop {
             while !self.prefix.is_empty() {
-                let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.prefix))?;
+                let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.prefix)).map_err(sink)?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(sink(io::ErrorKind::WriteZero.into())));
                 }
                 self.prefix.advance(n);
                 self.count.fetch_add(n as u64, Ordering::Relaxed);
@@ -197,12 +199,12 @@ impl Pump {
                         // Nothing to read: the buffer is empty, let another flow use it.
                         self.release();
                         if self.unflushed {
-                            ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                            ready!(Pin::new(&mut *w).poll_flush(cx)).map_err(sink)?;
                             self.unflushed = false;
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((PumpSide::Source, e))),
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
                         if n == 0 {
@@ -216,16 +218,17 @@ impl Pump {
                 }
             }
             while self.pos < self.cap {
-                let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                let n = ready!(Pin::new(&mut *w).poll_write(cx, &self.buf[self.pos..self.cap]))
+                    .map_err(sink)?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(sink(io::ErrorKind::WriteZero.into())));
                 }
                 self.pos += n;
                 self.count.fetch_add(n as u64, Ordering::Relaxed);
                 self.unflushed = true;
             }
             if self.eof && self.pos == self.cap {
-                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *w).poll_shutdown(cx)).map_err(sink)?;
                 self.done = true;
                 // The direction is over: give the buffer back now, not at flow end.
                 self.release();
@@ -233,6 +236,19 @@ impl Pump {
             }
         }
     }
+}
+
+/// Which end of a pump failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PumpSide {
+    /// Reading from its source.
+    Source,
+    /// Writing to its sink.
+    Sink,
+}
+
+fn sink(e: io::Error) -> (PumpSide, io::Error) {
+    (PumpSide::Sink, e)
 }
 
 impl Drop for Pump {
@@ -246,8 +262,19 @@ impl Drop for Pump {
 pub(crate) enum SpliceEnd {
     /// Both directions ended cleanly.
     Clean,
-    /// An end failed (or was reset); both were aborted.
-    Aborted(io::Error),
+    /// An end failed (or was reset), or the router stopped; both were aborted.
+    Aborted(EndSide, io::Error),
+}
+
+/// Where a splice failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EndSide {
+    /// Reading from or writing to the first end (`a`).
+    A,
+    /// Reading from or writing to the second end (`b`).
+    B,
+    /// Neither: the router is stopping.
+    Router,
 }
 
 /// Copies `a`'s input to `b` with `forward` and `b`'s input to `a` with `back`, until both
@@ -265,13 +292,24 @@ where
     B: FlowEnd + ?Sized,
 {
     let copy = poll_fn(|cx| {
+        // Forward reads a and writes b; back reads b and writes a.
         let f = forward.poll_pump(cx, a, b);
-        if let Poll::Ready(Err(e)) = f {
-            return Poll::Ready(Err(e));
+        if let Poll::Ready(Err((side, e))) = f {
+            let end = if side == PumpSide::Source {
+                EndSide::A
+            } else {
+                EndSide::B
+            };
+            return Poll::Ready(Err((end, e)));
         }
         let k = back.poll_pump(cx, b, a);
-        if let Poll::Ready(Err(e)) = k {
-            return Poll::Ready(Err(e));
+        if let Poll::Ready(Err((side, e))) = k {
+            let end = if side == PumpSide::Source {
+                EndSide::B
+            } else {
+                EndSide::A
+            };
+            return Poll::Ready(Err((end, e)));
         }
         if forward.done && back.done {
             Poll::Ready(Ok(()))
@@ -281,14 +319,14 @@ where
     });
     let result = tokio::select! {
         r = copy => r,
-        () = cancel.cancelled() => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "router shutting down")),
+        () = cancel.cancelled() => Err((EndSide::Router, io::Error::new(io::ErrorKind::ConnectionAborted, "the router is shutting down"))),
     };
     match result {
         Ok(()) => SpliceEnd::Clean,
-        Err(e) => {
+        Err((side, e)) => {
             a.abort();
             b.abort();
-            SpliceEnd::Aborted(e)
+            SpliceEnd::Aborted(side, e)
         }
     }
 }

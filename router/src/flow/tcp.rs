@@ -1,4 +1,5 @@
-//! TCP flows: the ingress (a listener's client connection), transit and egress roles.
+//! TCP flows: the ingress (a listener's client connection) and egress roles (transit:
+//! `super::transit`).
 //!
 //! Ingress, per client connection: rank targets; for each in turn (at most
 //! [`MAX_ATTEMPTS`]): a local target is connected directly; a remote one gets a new stream on
@@ -18,14 +19,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::config::{Connector, Listener};
+use super::records::{Flow, FlowOutcome};
 use super::splice::{FlowEnd, Pump, SpliceEnd, splice};
 use super::{
-    CONNECT_TIMEOUT, FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS, MAX_HOPS, OPEN_TIMEOUT,
-    REPLAY_LIMIT, TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL,
+    CONNECT_TIMEOUT, FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS, REPLAY_LIMIT,
+    TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_INTERVAL,
 };
 use crate::link::{IncomingStream, LinkStream};
 use crate::routing::{Protocol, RoutingKey, Target};
-use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame, RouterMode};
+use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame};
 
 /// Refuses a client connection with a TCP reset.
 fn refuse(mut client: TcpStream) {
@@ -33,54 +35,79 @@ fn refuse(mut client: TcpStream) {
     drop(client);
 }
 
-fn log_end(end: &SpliceEnd) {
+pub(super) fn log_end(end: &SpliceEnd) {
     match end {
         SpliceEnd::Clean => tracing::debug!("flow ended"),
-        SpliceEnd::Aborted(e) => tracing::debug!(cause = %e, "flow reset"),
+        SpliceEnd::Aborted(side, e) => tracing::debug!(?side, cause = %e, "flow reset"),
     }
 }
 
-/// Serves one client connection accepted by `listener`.
-pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, client: TcpStream) {
+/// A backend in words, for reasons.
+fn backend_words(c: &Connector) -> String {
+    format!("the backend {}:{}", c.spec.host, c.spec.port)
+}
+
+/// Serves one client connection accepted by `listener` from `remote`.
+pub(crate) async fn serve_client(
+    flows: Arc<Flows>,
+    listener: Arc<Listener>,
+    client: TcpStream,
+    remote: SocketAddr,
+) {
+    let key = super::config::first_key(&listener);
+    let mut flow = Flow::start(
+        &flows,
+        flows.new_flow_id(),
+        key,
+        flows.me,
+        FlowRole::Ingress,
+    )
+    .accepted(Some(remote), &listener.spec.name);
     let targets = flows.choose_family(&listener.spec.strategy, false);
     if targets.is_empty() {
         listener.counters.fail();
-        tracing::debug!("refused a client: no reachable target");
+        let why = super::config::no_target_reason(&flows, &listener);
+        tracing::debug!(reason = %why, "refused a client: no reachable target");
+        flow.fail(FlowOutcome::NoRoute, why);
         refuse(client);
         return;
     }
     configure_accepted(&client);
     let _active = listener.counters.start();
     let _in_progress = flows.tcp_flows.token();
-    let flow_id = flows.new_flow_id();
     let mut client = client;
     let mut replay = BytesMut::new();
     let mut client_eof = false;
-    let mut last = String::new();
+    let mut last = (FlowOutcome::NoRoute, String::new());
+    let mut tried = 0;
     for target in targets.into_iter().take(MAX_ATTEMPTS) {
         let _outstanding = flows.hold(target.router);
+        tried += 1;
+        flow.towards(target.key.as_str(), target.router);
         match target.next_hop {
             None => match connect_local(&flows, &target.key).await {
                 Ok((mut backend, connector)) => {
                     let _c = connector.counters.start();
-                    let guard =
-                        flows.register(flow_id, &target.key, flows.me, flows.me, FlowRole::Ingress);
-                    let forward =
-                        Pump::new(replay.freeze(), client_eof, guard.record.forward.clone());
-                    let back = Pump::new(Bytes::new(), false, guard.record.back.clone());
+                    flow.via_connector(&connector.spec.name);
+                    let (fwd, back) = flow.connected(target.key.as_str(), flows.me);
+                    let forward = Pump::new(replay.freeze(), client_eof, fwd);
+                    let back = Pump::new(Bytes::new(), false, back);
                     let end =
                         splice(&mut client, &mut backend, forward, back, &flows.shutdown).await;
                     log_end(&end);
+                    flow.spliced(&end, "the client", &backend_words(&connector));
                     return;
                 }
-                Err(status) => last = format!("local connector: {}", status.message),
+                Err(status) => {
+                    last = (FlowOutcome::of_code(status.code), status.message);
+                }
             },
             Some(hop) => {
                 match attempt_remote(
                     &flows,
                     &target,
                     hop,
-                    flow_id,
+                    flow.id(),
                     &mut client,
                     &mut replay,
                     &mut client_eof,
@@ -88,42 +115,40 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
                 .await
                 {
                     Attempt::Connected(mut stream, leftover) => {
-                        let guard = flows.register(
-                            flow_id,
-                            &target.key,
-                            flows.me,
-                            target.router,
-                            FlowRole::Ingress,
-                        );
-                        guard
-                            .record
-                            .forward
-                            .fetch_add(replay.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        let (fwd, back) = flow.connected(target.key.as_str(), target.router);
+                        fwd.fetch_add(replay.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let forward = if client_eof {
-                            Pump::finished(guard.record.forward.clone())
+                            Pump::finished(fwd)
                         } else {
-                            Pump::new(Bytes::new(), false, guard.record.forward.clone())
+                            Pump::new(Bytes::new(), false, fwd)
                         };
-                        let back = Pump::new(leftover, false, guard.record.back.clone());
+                        let back = Pump::new(leftover, false, back);
                         let end =
                             splice(&mut client, &mut stream, forward, back, &flows.shutdown).await;
                         log_end(&end);
+                        flow.spliced(&end, "the client", "the link stream to the egress site");
                         return;
                     }
-                    Attempt::Retry(reason) => last = reason,
-                    Attempt::Fail(reason) => {
+                    Attempt::Retry(outcome, reason) => last = (outcome, reason),
+                    Attempt::Fail(outcome, reason) => {
                         tracing::debug!(%reason, "flow failed");
                         listener.counters.fail();
+                        flow.fail(outcome, reason);
                         refuse(client);
                         return;
                     }
                 }
             }
         }
-        tracing::debug!(reason = %last, "target failed; trying the next");
+        tracing::debug!(reason = %last.1, "target failed; trying the next");
     }
-    tracing::debug!(reason = %last, "every target failed; client refused");
+    tracing::debug!(reason = %last.1, "every target failed; client refused");
     listener.counters.fail();
+    let (outcome, mut reason) = last;
+    if tried > 1 {
+        reason = format!("{reason} (the last of {tried} sites tried)");
+    }
+    flow.fail(outcome, reason);
     refuse(client);
 }
 
@@ -131,10 +156,10 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
 enum Attempt {
     /// The egress answered ok: the stream, and payload bytes read after the status.
     Connected(LinkStream, Bytes),
-    /// Nothing reached a backend: try the next target.
-    Retry(String),
+    /// Nothing reached a backend: try the next target (how this one failed, and why).
+    Retry(FlowOutcome, String),
     /// Give up on the client (reset it).
-    Fail(String),
+    Fail(FlowOutcome, String),
 }
 
 async fn attempt_remote(
@@ -148,7 +173,7 @@ async fn attempt_remote(
 ) -> Attempt {
     let (mut stream, mut out) = match flows.open_flow(target, hop, flow_id, Protocol::Tcp).await {
         Ok(opened) => opened,
-        Err(why) => return Attempt::Retry(why),
+        Err(why) => return Attempt::Retry(FlowOutcome::NoRoute, why),
     };
     out.extend_from_slice(replay);
     let opened = async {
@@ -201,26 +226,29 @@ async fn attempt_remote(
         Ok(Ok(status)) => status,
         Ok(Err(reason)) => {
             stream.reset();
-            return Attempt::Fail(reason);
+            return Attempt::Fail(FlowOutcome::Error, reason);
         }
         Err(_) => {
             stream.reset();
-            return Attempt::Fail(format!(
-                "no answer from {} within {} s",
-                target.router,
-                HEADER_TIMEOUT.as_secs()
-            ));
+            return Attempt::Fail(
+                FlowOutcome::Error,
+                format!(
+                    "no answer from {} within {} s",
+                    flows.site_name(target.router),
+                    HEADER_TIMEOUT.as_secs()
+                ),
+            );
         }
     };
     match status.code {
         FlowStatusCode::Ok => Attempt::Connected(stream, answer.freeze()),
         code if code.is_retryable() => {
             stream.reset();
-            Attempt::Retry(format!("{code}: {}", status.message))
+            Attempt::Retry(FlowOutcome::of_code(code), status.message)
         }
         code => {
             stream.reset();
-            Attempt::Fail(format!("{code}: {}", status.message))
+            Attempt::Fail(FlowOutcome::of_code(code), status.message)
         }
     }
 }
@@ -255,13 +283,19 @@ async fn connect_local(
         let result = attempt.await.unwrap_or_else(|_| {
             Err(FlowStatusFrame::fail(
                 FlowStatusCode::ConnectTimeout,
-                format!("{}:{} did not accept in time", c.spec.host, c.spec.port),
+                format!(
+                    "backend {}:{} did not accept in time",
+                    c.spec.host, c.spec.port
+                ),
             ))
         });
         match result {
-            Ok(tcp) => return Ok((tcp, c)),
+            Ok(tcp) => {
+                c.backend_ok();
+                return Ok((tcp, c));
+            }
             Err(status) => {
-                c.counters.fail();
+                c.backend_failed(&status.message);
                 tracing::debug!(connector = %c.spec.name, reason = %status.message, "backend connect failed");
                 last = Some(status);
             }
@@ -278,13 +312,13 @@ pub(crate) async fn connect_backend(host: &str, port: u16) -> Result<TcpStream, 
             .map_err(|e| {
                 FlowStatusFrame::fail(
                     FlowStatusCode::ConnectRefused,
-                    format!("cannot resolve {host}: {e}"),
+                    format!("cannot resolve backend host {host}: {e}"),
                 )
             })?
             .collect();
         let mut last = FlowStatusFrame::fail(
             FlowStatusCode::ConnectRefused,
-            format!("{host} has no address"),
+            format!("backend host {host} has no address"),
         );
         for addr in addrs {
             match TcpStream::connect(addr).await {
@@ -294,9 +328,15 @@ pub(crate) async fn connect_backend(host: &str, port: u16) -> Result<TcpStream, 
                     return Ok(tcp);
                 }
                 Err(e) => {
+                    // The address only when the host is a name.
+                    let at = if host.parse::<std::net::IpAddr>().is_ok() {
+                        String::new()
+                    } else {
+                        format!(" at {addr}")
+                    };
                     last = FlowStatusFrame::fail(
                         FlowStatusCode::ConnectRefused,
-                        format!("{host}:{port} ({addr}): {e}"),
+                        format!("backend {host}:{port}{at} refused the connection ({e})"),
                     );
                 }
             }
@@ -308,7 +348,7 @@ pub(crate) async fn connect_backend(host: &str, port: u16) -> Result<TcpStream, 
         Err(_) => Err(FlowStatusFrame::fail(
             FlowStatusCode::ConnectTimeout,
             format!(
-                "{host}:{port} did not accept within {} s",
+                "backend {host}:{port} did not accept within {} s",
                 CONNECT_TIMEOUT.as_secs()
             ),
         )),
@@ -390,9 +430,18 @@ pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
     let key: RoutingKey = match header.routing_key.parse() {
         Ok(k) => k,
         Err(e) => {
+            let why = format!("bad routing key: {e}");
+            let key = super::records::cap(&header.routing_key);
+            let role = if destination == flows.me {
+                FlowRole::Egress
+            } else {
+                FlowRole::Transit
+            };
+            let mut flow = Flow::start(&flows, header.flow_id, &key, origin, role);
+            flow.fail(FlowOutcome::Denied, why.clone());
             answer_failure(
                 &mut stream,
-                FlowStatusFrame::fail(FlowStatusCode::Denied, format!("bad routing key: {e}")),
+                FlowStatusFrame::fail(FlowStatusCode::Denied, why),
             )
             .await;
             return;
@@ -401,7 +450,7 @@ pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
     if destination == flows.me {
         egress(&flows, stream, &header, key, origin, leftover).await;
     } else {
-        transit(&flows, stream, header, key, origin, destination, leftover).await;
+        super::transit::transit(&flows, stream, header, key, origin, destination, leftover).await;
     }
 }
 
@@ -417,105 +466,46 @@ async fn egress(
         super::http::serve_egress(flows, stream, header, key, origin, leftover).await;
         return;
     }
+    let mut flow = Flow::start(
+        flows,
+        header.flow_id,
+        key.as_str(),
+        origin,
+        FlowRole::Egress,
+    );
+    flow.towards(key.as_str(), flows.me);
     let (mut backend, connector) = match connect_local(flows, &key).await {
         Ok(c) => c,
         Err(status) => {
+            flow.fail(FlowOutcome::of_code(status.code), status.message.clone());
             answer_failure(&mut stream, status).await;
             return;
         }
     };
+    flow.via_connector(&connector.spec.name);
     let _c = connector.counters.start();
     let mut ok = BytesMut::new();
     FlowStatusFrame::ok().encode(&mut ok);
     if let Err(e) = stream.writer.write_all(&ok).await {
         tracing::debug!(cause = %e, "the stream failed before the status was sent");
+        flow.fail(
+            FlowOutcome::Error,
+            format!("the link stream from the ingress failed before the answer was sent: {e}"),
+        );
         stream.reset();
         backend.abort();
         return;
     }
-    let guard = flows.register(header.flow_id, &key, origin, flows.me, FlowRole::Egress);
-    let forward = Pump::new(leftover.freeze(), false, guard.record.forward.clone());
-    let back = Pump::new(Bytes::new(), false, guard.record.back.clone());
+    let (fwd, back) = flow.connected(key.as_str(), flows.me);
+    let forward = Pump::new(leftover.freeze(), false, fwd);
+    let back = Pump::new(Bytes::new(), false, back);
     let end = splice(&mut stream, &mut backend, forward, back, &flows.shutdown).await;
     log_end(&end);
-}
-
-async fn transit(
-    flows: &Arc<Flows>,
-    mut stream: LinkStream,
-    header: FlowHeader,
-    key: RoutingKey,
-    origin: SiteId,
-    destination: SiteId,
-    leftover: BytesMut,
-) {
-    let no_route = |why: String| FlowStatusFrame::fail(FlowStatusCode::NoRoute, why);
-    if flows.mode == RouterMode::Edge {
-        let why = format!(
-            "router {} is an edge router and carries no transit",
-            flows.me
-        );
-        answer_failure(&mut stream, no_route(why)).await;
-        return;
-    }
-    if header.hops >= MAX_HOPS {
-        let why = format!("flow passed {MAX_HOPS} routers (routing loop?)");
-        answer_failure(&mut stream, no_route(why)).await;
-        return;
-    }
-    let next = flows.routes.read().next_hop(destination);
-    let link = next.and_then(|hop| flows.link_to(hop));
-    let Some(link) = link else {
-        let why = format!("router {} has no route to router {destination}", flows.me);
-        answer_failure(&mut stream, no_route(why)).await;
-        return;
-    };
-    let mut out = match tokio::time::timeout(OPEN_TIMEOUT, link.open_stream()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let why = format!("router {} cannot reach {}: {e}", flows.me, link.peer());
-            answer_failure(&mut stream, no_route(why)).await;
-            return;
-        }
-        Err(_) => {
-            let why = format!(
-                "router {} got no stream to {} within {} s",
-                flows.me,
-                link.peer(),
-                OPEN_TIMEOUT.as_secs()
-            );
-            answer_failure(&mut stream, no_route(why)).await;
-            return;
-        }
-    };
-    let mut first = BytesMut::new();
-    FlowHeader {
-        hops: header.hops + 1,
-        ..header
-    }
-    .encode(&mut first);
-    first.extend_from_slice(&leftover);
-    if let Err(e) = out.writer.write_all(&first).await {
-        let why = format!(
-            "router {} lost the stream to {}: {e}",
-            flows.me,
-            link.peer()
-        );
-        // The next hop may have passed some of the bytes on: not retryable, reset.
-        tracing::debug!(reason = %why, "transit flow reset");
-        out.reset();
-        stream.reset();
-        return;
-    }
-    let guard = flows.register(header.flow_id, &key, origin, destination, FlowRole::Transit);
-    guard
-        .record
-        .forward
-        .fetch_add(leftover.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let forward = Pump::new(Bytes::new(), false, guard.record.forward.clone());
-    let back = Pump::new(Bytes::new(), false, guard.record.back.clone());
-    let end = splice(&mut stream, &mut out, forward, back, &flows.shutdown).await;
-    log_end(&end);
+    flow.spliced(
+        &end,
+        "the link stream from the ingress",
+        &backend_words(&connector),
+    );
 }
 
 /// Turns on TCP keepalive, so a flow to a host that vanished ends instead of holding its

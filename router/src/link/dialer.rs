@@ -146,13 +146,22 @@ pub(crate) async fn run_dialer(
         name: spec.name.clone(),
         direction: Direction::Outbound,
         peer_site_id: Some(spec.peer_site_id),
-        peer_site_name: None,
+        peer_site_name: spec.peer_site_name.clone(),
         transport: None,
         endpoint: None,
         proxy: spec.proxy.as_ref().map(ProxyConfig::address),
         cost: spec.cost,
         state: LinkState::Connecting { last_error: None },
         since: now_rfc3339(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        rtt_ms: None,
+        ups: 0,
+        rtt_samples: Default::default(),
+        peer_label: spec
+            .peer_site_name
+            .clone()
+            .unwrap_or_else(|| spec.peer_site_id.to_string()),
     });
     dial_forever(&shared, spec, renewals, &cancel, id).await;
     shared.table.remove(id);
@@ -169,7 +178,8 @@ async fn dial_forever(
         match dial_config(shared, &spec) {
             Ok(cfg) => break cfg,
             Err(reason) => {
-                tracing::warn!(%reason, "link cannot be dialed");
+                tracing::warn!(link = %spec.name, peer = %spec.peer_site_id, check = %"credentials",
+                    "link {} cannot be dialed: {reason}; fix or replace its link file (or redeem a new token), the site picks it up on reload", spec.name);
                 shared.table.set_state(id, LinkState::Refused { reason });
                 // Wait for usable credentials (or the end).
                 tokio::select! {
@@ -192,12 +202,13 @@ async fn dial_forever(
             let renewed = renewals.borrow_and_update().clone();
             match dial_config(shared, &renewed) {
                 Ok(c) => {
-                    tracing::info!("link credentials renewed; the next dial uses them");
+                    tracing::info!(link = %spec.name, "link credentials renewed; the next dial uses them");
                     cfg = c;
                     spec = renewed;
                 }
                 Err(reason) => {
-                    tracing::warn!(%reason, "renewed link credentials unusable; dialing with the previous ones")
+                    tracing::warn!(link = %spec.name, check = %"credentials",
+                        "renewed credentials of link {} are unusable: {reason}; dialing with the previous ones until they are fixed (skiff link renew again)", spec.name)
                 }
             }
         }
@@ -205,7 +216,8 @@ async fn dial_forever(
         // by this site's own outbound link to it.
         if let Some(why) = shared.policy.revoked(spec.peer_site_id) {
             if !std::mem::replace(&mut revoked_here_logged, true) {
-                tracing::info!(reason = %why, "not dialling a site revoked here");
+                tracing::info!(link = %spec.name, peer = %spec.peer_site_id, check = %"revoked",
+                    "not dialling link {}: {why}; delete the link (skiff link delete {}) or undo the revocation", spec.name, spec.name);
             }
             shared.table.set_state(
                 id,
@@ -235,7 +247,8 @@ async fn dial_forever(
                 if cancel.is_cancelled() {
                     return;
                 }
-                tracing::info!(reason = %end, "link down; reconnecting");
+                tracing::info!(link = %spec.name, peer = %spec.peer_site_id, reason = %end, ups = shared.table.ups(id),
+                    "link down; reconnecting");
                 shared.table.set_state(
                     id,
                     LinkState::Connecting {
@@ -254,7 +267,8 @@ async fn dial_forever(
                 let slow =
                     refused_as_revoked(&reason) || super::proxy::refused_for_credentials(&reason);
                 let retry = if slow { REVOKED_BACKOFF } else { BACKOFF_CAP };
-                tracing::warn!(%reason, "link refused; retrying in {} s (or when its certificate is renewed or its link file changes)", retry.as_secs());
+                tracing::warn!(link = %spec.name, peer = %spec.peer_site_id,
+                    "link refused: {reason}; retrying in {} s (or when its certificate is renewed or its link file changes)", retry.as_secs());
                 shared.table.set_state(id, LinkState::Refused { reason });
                 backoff.jump_to_cap();
                 if slow {
@@ -270,7 +284,7 @@ async fn dial_forever(
                 }
             }
             Err(AttemptError::Network(error)) => {
-                tracing::debug!(cause = %error, "link attempt failed");
+                tracing::debug!(link = %spec.name, cause = %error, "link attempt failed");
                 shared.table.set_state(
                     id,
                     LinkState::Connecting {
@@ -321,7 +335,8 @@ async fn run_up_link(
         transport,
         &endpoint,
     );
-    tracing::info!(%transport, %endpoint, peer_name = %peer_name, "link up");
+    tracing::info!(link = %spec.name, %transport, addr = %endpoint, peer = %peer_name, "link up");
+    let rtt = shared.table.rtt_samples(id);
     let run = run_link(
         link,
         &spec.name,
@@ -329,6 +344,7 @@ async fn run_up_link(
         shared.timing,
         shared.sink.clone(),
         &shared.routes,
+        &rtt,
     );
     tokio::pin!(run);
     let end = tokio::select! {
@@ -566,6 +582,7 @@ mod tests {
         LinkSpec {
             name: name.into(),
             peer_site_id: SiteId::from_bytes([1; 16]),
+            peer_site_name: None,
             peer_ca_pem: String::new(),
             endpoints: vec!["h:1".into()],
             client_cert_pem: String::new(),

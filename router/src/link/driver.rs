@@ -6,6 +6,9 @@
 //! liveness timer ([`Liveness`], a clock-free state machine, fed by control frames and by
 //! the peer's flow data), and a request to close
 //! ([`LinkCloser`]: configuration change, revocation, shutdown).
+//!
+//! It also samples the link's round trip ([`RttSamples`]) once per keepalive interval:
+//! quinn's estimate on QUIC, the keepalive's own round trip on TLS/TCP.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::handshake::{ControlStream, LINGER, PeerHello};
 use super::mux::{LinkStream, MuxConnection};
 use super::routes::{RouteEvent, Routes};
+use super::rtt::RttSamples;
 use super::{IncomingStream, Transport};
 use crate::wire::ControlFrame;
 
@@ -156,14 +160,16 @@ impl IncomingSink {
         };
         if let Err(e) = self.tx.try_send(incoming) {
             // Dropping the stream resets it; the peer sees the failure at once.
-            tracing::warn!(cause = %e, "stream from peer dropped: nobody is accepting streams");
+            tracing::warn!(link = %link, peer = %peer, cause = %e,
+                "reset a flow stream from the peer: this router's queue of new streams is full or closed (overloaded or shutting down); the peer's client sees a reset and may retry");
         }
     }
 }
 
 /// Runs an established link until it ends. The caller has put it in the link table. The
 /// routing task learns that the link is up (with a sender for frames to put on its control
-/// stream), every link-state frame that arrives on it, and when it ends.
+/// stream), every link-state frame that arrives on it, and when it ends. Round trips go to
+/// `rtt`.
 pub(crate) async fn run_link(
     link: Established,
     name: &str,
@@ -171,6 +177,7 @@ pub(crate) async fn run_link(
     timing: Timing,
     sink: IncomingSink,
     routes: &Routes,
+    rtt: &RttSamples,
 ) -> LinkEnd {
     let Established {
         conn,
@@ -192,6 +199,9 @@ pub(crate) async fn run_link(
     // `dead_after`, while that data keeps arriving. A link is dead when the peer's router
     // sends nothing at all for `dead_after`.
     let mut received = conn.received();
+    // The keepalive in flight whose answer measures the round trip (TLS/TCP), and when it
+    // was sent.
+    let mut probe: Option<(u64, Instant)> = None;
     let end = loop {
         let deadline = live.next_timeout();
         tokio::select! {
@@ -211,7 +221,14 @@ pub(crate) async fn run_link(
                             break end;
                         }
                     }
-                    Ok(Some(ControlFrame::KeepaliveAck { .. })) => {}
+                    Ok(Some(ControlFrame::KeepaliveAck { id })) => {
+                        if let Some((sent_id, at)) = probe
+                            && sent_id == id
+                        {
+                            rtt.record(at.elapsed());
+                            probe = None;
+                        }
+                    }
                     Ok(Some(ControlFrame::Close { reason })) => break LinkEnd::ClosedByPeer(reason),
                     Ok(Some(ControlFrame::LinkState(ad))) => {
                         routes.send(RouteEvent::Advertisement { from: peer.site_id, ad });
@@ -241,6 +258,10 @@ pub(crate) async fn run_link(
                 }
                 match live.poll(now) {
                     Some(LivenessAction::Probe(id)) => {
+                        match conn.transport_rtt() {
+                            Some(estimate) => rtt.record(estimate),
+                            None => probe = Some((id, now)),
+                        }
                         if let Some(end) = send_patiently(&mut control, &ControlFrame::Keepalive { id }, timing.dead_after, &*conn, &closer).await {
                             break end;
                         }

@@ -7,6 +7,54 @@ use std::error::Error as StdError;
 use rustls::AlertDescription;
 use skiff_certs::{CertError, SiteId};
 
+/// Why the accepting side refused a link: the check that failed (a short word for the log's
+/// `check=` field and for searching the docs) and the reason in words (what failed, why, what
+/// to do), which the dialer is told and shows as its link's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// `ca`, `expired`, `not-yet-valid`, `revoked`, `unknown-site`, `key`, `serial`,
+    /// `version`, `hello-site`, `client-certificate`, `handshake-timeout`, `hello`, …
+    pub(crate) check: &'static str,
+    /// What failed, why, and what to do.
+    pub(crate) reason: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(check: &'static str, reason: impl Into<String>) -> Self {
+        Refusal {
+            check,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// A refusal by the [`super::InboundPolicy`] of the site `peer` (its `admit`): `revoked` when
+/// the policy says it revoked that site (with how to undo it), else `unknown-site`.
+pub(crate) fn policy_refusal(
+    policy: &dyn super::InboundPolicy,
+    peer: SiteId,
+    reason: String,
+) -> Refusal {
+    if policy.revoked(peer).is_some() {
+        Refusal::new(
+            "revoked",
+            format!(
+                "{reason}: its links are refused until the revocation is undone here (skiff \
+                 link revoke {peer} --undo at the revoking site); if the link is no longer \
+                 wanted, delete it at the dialing site (skiff link delete)"
+            ),
+        )
+    } else {
+        Refusal::new("unknown-site", reason)
+    }
+}
+
 /// Why one connection attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AttemptError {
@@ -85,6 +133,13 @@ pub fn chain(err: &(dyn StdError + 'static)) -> String {
 }
 
 fn cert_rejected_by_peer(endpoint: &str, alert: &str) -> String {
+    if alert == "UnknownCA" {
+        return format!(
+            "peer {endpoint} refused this link: our link certificate was not issued by its CA \
+             (TLS alert UnknownCA): the token or link file is from another network, or from \
+             before that site was re-created; redeem a new token issued by that site"
+        );
+    }
     if alert == "CertificateExpired" {
         return format!(
             "peer {endpoint} rejected our link certificate as expired (TLS alert {alert}): renew \
@@ -96,6 +151,17 @@ fn cert_rejected_by_peer(endpoint: &str, alert: &str) -> String {
         "peer {endpoint} rejected our link certificate (TLS alert {alert}): it has expired (renew \
          it: skiff link renew), was not issued by that site's CA, or the site's CA was \
          re-created (redeem a new token from that site)"
+    )
+}
+
+/// The dialer's words for a server certificate from another CA; the accepting side logs the
+/// same situation as [`InboundRefusal::ClientDistrusts`].
+fn not_pinned_ca(endpoint: &str) -> String {
+    format!(
+        "peer {endpoint} presents a certificate not signed by the CA pinned for this link (the \
+         CA in the token): the token or link file is from another network, or from before that \
+         site was re-created, or the address belongs to another site; redeem a new token from \
+         the site you mean to link to"
     )
 }
 
@@ -149,11 +215,7 @@ fn explain_rustls(err: &rustls::Error, endpoint: &str, expected: SiteId) -> Opti
                     "peer {endpoint}'s certificate was rejected: {other}"
                 )),
             },
-            C::UnknownIssuer | C::BadSignature | C::BadEncoding => refused(format!(
-                "peer {endpoint} presents a certificate not signed by the CA pinned for this \
-                 link (the CA in the token): the site's CA was re-created or the address \
-                 belongs to another site; redeem a new token"
-            )),
+            C::UnknownIssuer | C::BadSignature | C::BadEncoding => refused(not_pinned_ca(endpoint)),
             C::Expired
             | C::ExpiredContext { .. }
             | C::NotValidYet
@@ -218,11 +280,7 @@ fn explain_local_tls_failure(reason: &str, endpoint: &str, expected: SiteId) -> 
     if let Some(presented) = presented_site(reason) {
         AttemptError::Refused(site_mismatch(endpoint, expected, &presented))
     } else if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
-        AttemptError::Refused(format!(
-            "peer {endpoint} presents a certificate not signed by the CA pinned for this link \
-             (the CA in the token): the site's CA was re-created or the address belongs to \
-             another site; redeem a new token"
-        ))
+        AttemptError::Refused(not_pinned_ca(endpoint))
     } else if reason.contains("no application protocol")
         || reason.contains("NoApplicationProtocol")
         || reason.contains("doesn't support any known protocol")
@@ -258,14 +316,15 @@ fn presented_site(reason: &str) -> Option<String> {
 
 /// Why the link port refused a connection whose TLS handshake (over TCP, or inside QUIC)
 /// failed, in words for the accepting site's log: which check failed and what to do.
-pub(crate) fn inbound_handshake_failure(err: &(dyn StdError + 'static)) -> String {
+pub(crate) fn inbound_handshake_failure(err: &(dyn StdError + 'static)) -> Refusal {
+    let of = |r: InboundRefusal| Refusal::new(r.check(), r.to_string());
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return InboundRefusal::from_rustls(tls).to_string();
+            return of(InboundRefusal::from_rustls(tls));
         }
         if let Some(q) = e.downcast_ref::<quinn::ConnectionError>() {
-            return InboundRefusal::from_quic(q).to_string();
+            return of(InboundRefusal::from_quic(q));
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if let Some(inner) = io.get_ref() {
@@ -273,12 +332,15 @@ pub(crate) fn inbound_handshake_failure(err: &(dyn StdError + 'static)) -> Strin
                 continue;
             }
             if io.kind() == std::io::ErrorKind::UnexpectedEof {
-                return "the client hung up during the TLS handshake".into();
+                return Refusal::new(
+                    "client-hung-up",
+                    "the client hung up during the TLS handshake",
+                );
             }
         }
         cur = e.source();
     }
-    format!("TLS handshake failed: {}", chain(err))
+    Refusal::new("tls", format!("TLS handshake failed: {}", chain(err)))
 }
 
 /// The check an inbound handshake failed, from the accepting side.
@@ -311,6 +373,21 @@ enum InboundRefusal {
 }
 
 impl InboundRefusal {
+    /// The check's word for the log's `check=` field.
+    fn check(&self) -> &'static str {
+        match self {
+            InboundRefusal::Expired { .. } => "expired",
+            InboundRefusal::NotYetValid { .. } => "not-yet-valid",
+            InboundRefusal::NotOurCa => "ca",
+            InboundRefusal::WrongPurpose => "purpose",
+            InboundRefusal::NoAlpn => "alpn",
+            InboundRefusal::NotTls => "not-tls",
+            InboundRefusal::ClientDistrusts(_) => "peer-distrusts-us",
+            InboundRefusal::ClientAborted(_) => "client-aborted",
+            InboundRefusal::Other(_) => "tls",
+        }
+    }
+
     fn from_rustls(err: &rustls::Error) -> Self {
         use rustls::CertificateError as C;
         match err {
@@ -455,9 +532,9 @@ impl std::fmt::Display for InboundRefusal {
                 validity_words(self).unwrap_or_default()
             ),
             InboundRefusal::NotOurCa => f.write_str(
-                "the client certificate was not issued by this site's CA (self-signed, another \
-                 site's CA, or a token from before this site was re-created): the dialing site \
-                 must redeem a token issued by this site",
+                "the client certificate was not issued by this site's CA (self-signed, or the \
+                 token or link file is from another network, or from before this site was \
+                 re-created): the dialing site must redeem a new token issued by this site",
             ),
             InboundRefusal::WrongPurpose => f.write_str(
                 "the client certificate is not for client authentication: links present the \
@@ -473,8 +550,9 @@ impl std::fmt::Display for InboundRefusal {
             InboundRefusal::ClientDistrusts(alert) => write!(
                 f,
                 "the client aborted the handshake with TLS alert {alert:?}: it does not trust \
-                 this router's certificate (it pins another CA or expects another site id: a \
-                 token from before this site was re-created?)"
+                 this router's certificate (it pins another CA or expects another site id): its \
+                 token or link file is from another network, or from before this site was \
+                 re-created; the dialing site must redeem a new token from this site"
             ),
             InboundRefusal::ClientAborted(why) => write!(f, "the client aborted: {why}"),
             InboundRefusal::Other(why) => write!(f, "TLS handshake failed: {why}"),
@@ -545,6 +623,17 @@ mod tests {
     fn peer_alerts_about_our_certificate_are_refusals() {
         let err = rustls::Error::AlertReceived(AlertDescription::UnknownCA);
         let got = explain(&err, "h:1", expected());
+        assert!(got.is_refusal());
+        assert!(
+            got.text()
+                .contains("refused this link: our link certificate was not issued by its CA"),
+            "{got}"
+        );
+        let got = explain(
+            &rustls::Error::AlertReceived(AlertDescription::BadCertificate),
+            "h:1",
+            expected(),
+        );
         assert!(got.is_refusal());
         assert!(
             got.text().contains("rejected our link certificate"),
@@ -634,8 +723,9 @@ mod tests {
                 not_after: at(1_795_569_684),
             }),
         );
+        assert_eq!(inbound_handshake_failure(&expired).check, "expired");
         assert_eq!(
-            inbound_handshake_failure(&expired),
+            inbound_handshake_failure(&expired).reason,
             "the client certificate expired at 2026-11-25T01:21:24Z (24 h ago): the dialing site \
              renews it with skiff link renew there (an expired certificate renews too), or this \
              machine's clock is ahead"
@@ -645,17 +735,22 @@ mod tests {
             not_before: at(1_795_742_484),
         });
         assert!(
-            inbound_handshake_failure(&early).starts_with(
+            inbound_handshake_failure(&early).reason.starts_with(
                 "the client certificate is not valid before 2026-11-27T01:21:24Z (24 h from now)"
             ),
             "{}",
             inbound_handshake_failure(&early)
         );
         let plaintext = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
-        assert!(inbound_handshake_failure(&plaintext).starts_with("not TLS"));
+        assert!(
+            inbound_handshake_failure(&plaintext)
+                .reason
+                .starts_with("not TLS")
+        );
+        assert_eq!(inbound_handshake_failure(&plaintext).check, "not-tls");
         let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
         assert_eq!(
-            inbound_handshake_failure(&eof),
+            inbound_handshake_failure(&eof).reason,
             "the client hung up during the TLS handshake"
         );
     }

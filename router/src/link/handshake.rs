@@ -14,7 +14,7 @@ use skiff_certs::SiteId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::InboundPolicy;
-use super::explain::{AttemptError, explain};
+use super::explain::{AttemptError, Refusal, explain, policy_refusal};
 use super::mux::{LinkStream, MuxConnection, StreamReader, StreamWriter};
 use crate::wire::{ControlFrame, PROTOCOL_VERSION, ProtocolVersion, RouterMode};
 
@@ -115,26 +115,33 @@ fn version_mismatch(peer: &str, theirs: ProtocolVersion, ours: ProtocolVersion) 
 }
 
 /// The acceptor's decision on a dialer's hello. `cert_site` is the site id of the client
-/// certificate the dialer presented. `Err` holds the reason sent in the `Refused` frame.
+/// certificate the dialer presented. `Err` holds the check and the reason sent in the
+/// `Refused` frame.
 pub(crate) fn judge_hello(
     version: ProtocolVersion,
     hello_site: SiteId,
     cert_site: SiteId,
     policy: &dyn InboundPolicy,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     if version.major != PROTOCOL_VERSION.major {
-        return Err(version_mismatch(
-            "the dialing router",
-            version,
-            PROTOCOL_VERSION,
+        return Err(Refusal::new(
+            "version",
+            version_mismatch("the dialing router", version, PROTOCOL_VERSION),
         ));
     }
     if hello_site != cert_site {
-        return Err(format!(
-            "the hello names site {hello_site} but the link certificate is for site {cert_site}"
+        return Err(Refusal::new(
+            "hello-site",
+            format!(
+                "the hello names site {hello_site} but the link certificate is for site \
+                 {cert_site}: the dialing router runs with another site's folder or a copied \
+                 link; link each site with its own token"
+            ),
         ));
     }
-    policy.admit(cert_site)
+    policy
+        .admit(cert_site)
+        .map_err(|reason| policy_refusal(policy, cert_site, reason))
 }
 
 fn protocol_error(endpoint: &str, what: &str) -> AttemptError {
@@ -237,24 +244,30 @@ pub(crate) async fn dial_hello(
     }
 }
 
-/// Acceptor side: takes the control stream, judges the hello, answers. `Err` is the reason
-/// the link was not established, for the log; a refusal has been sent to the peer by then.
+/// Acceptor side: takes the control stream, judges the hello, answers. `Err` is why the link
+/// was not established, for the log; a refusal has been sent to the peer by then.
 pub(crate) async fn accept_hello(
     conn: &dyn MuxConnection,
     local: &LocalHello,
     cert_site: SiteId,
     policy: &dyn InboundPolicy,
-) -> Result<(ControlStream, PeerHello), String> {
+) -> Result<(ControlStream, PeerHello), Refusal> {
+    let hello_failed = |what: String| {
+        Refusal::new(
+            "hello",
+            format!("{what}: the dialing router failed or hung up before the link was made"),
+        )
+    };
     let stream = conn
         .accept_stream()
         .await
-        .map_err(|e| format!("no control stream: {e}"))?;
+        .map_err(|e| hello_failed(format!("no control stream: {e}")))?;
     let mut control = ControlStream::new(stream);
     let frame = control
         .recv()
         .await
-        .map_err(|e| format!("reading the hello failed: {e}"))?
-        .ok_or("the peer hung up before its hello")?;
+        .map_err(|e| hello_failed(format!("reading the hello failed: {e}")))?
+        .ok_or_else(|| hello_failed("the peer hung up before its hello".into()))?;
     let ControlFrame::Hello {
         version,
         site_id,
@@ -263,25 +276,28 @@ pub(crate) async fn accept_hello(
         cost,
     } = frame
     else {
-        return Err(format!("expected a hello, got {frame:?}"));
+        return Err(Refusal::new(
+            "hello",
+            format!("expected a hello, got {frame:?}: not a skiff router, or a broken one"),
+        ));
     };
     let hello_site = SiteId::from_bytes(site_id);
-    if let Err(reason) = judge_hello(version, hello_site, cert_site, policy) {
+    if let Err(refusal) = judge_hello(version, hello_site, cert_site, policy) {
         let refused = ControlFrame::Refused {
             version: PROTOCOL_VERSION,
-            reason: reason.clone(),
+            reason: refusal.reason.clone(),
         };
         if control.send(&refused).await.is_ok() {
             control.finish().await;
             // Let the dialer read the refusal and hang up first.
             let _ = tokio::time::timeout(LINGER, conn.closed()).await;
         }
-        return Err(reason);
+        return Err(refusal);
     }
     control
         .send(&local.frame(0))
         .await
-        .map_err(|e| format!("sending our hello failed: {e}"))?;
+        .map_err(|e| hello_failed(format!("sending our hello failed: {e}")))?;
     Ok((
         control,
         PeerHello {
@@ -338,19 +354,21 @@ mod tests {
         let a = SiteId::from_bytes([1; 16]);
         let b = SiteId::from_bytes([2; 16]);
         let v2 = ProtocolVersion { major: 2, minor: 0 };
+        assert_eq!(judge_hello(v2, b, a, &Allow).unwrap_err().check, "version");
         assert_eq!(
-            judge_hello(v2, b, a, &Allow).unwrap_err(),
+            judge_hello(v2, b, a, &Allow).unwrap_err().reason,
             "the dialing router speaks link protocol 2.0, this router 1.1; upgrade the older \
              router so both speak link protocol 2.x"
         );
         assert!(
             judge_hello(PROTOCOL_VERSION, b, a, &Allow)
                 .unwrap_err()
+                .reason
                 .contains("link certificate is for site 0101")
         );
         assert_eq!(
             judge_hello(PROTOCOL_VERSION, a, a, &Deny).unwrap_err(),
-            format!("site {a} was revoked")
+            Refusal::new("unknown-site", format!("site {a} was revoked"))
         );
         let newer_minor = ProtocolVersion { major: 1, minor: 7 };
         assert_eq!(judge_hello(newer_minor, a, a, &Allow), Ok(()));

@@ -28,7 +28,8 @@
 //! - `handshake`: the hello exchange on the control stream, both sides.
 //! - `driver`: the per-link task: keepalives, liveness, inbound streams, close.
 //! - `dialer`: per-link dial loop, happy eyeballs, backoff, reconciling link specs.
-//! - `table`: the router's table of links and their status.
+//! - `table`: the router's table of links and their status (with per-link byte counts).
+//! - `rtt`: round-trip samples of a link (last one, fixed-bucket histogram).
 //! - `explain`: turning failures into operator-readable refusals or network errors.
 //! - `routes`: the routing task: feeds link events and link-state frames to the topology.
 
@@ -42,6 +43,7 @@ pub mod proxy;
 mod quic;
 pub(crate) mod router;
 pub(crate) mod routes;
+mod rtt;
 mod table;
 pub(crate) mod tls;
 
@@ -61,6 +63,7 @@ pub use mux::{LinkRead, LinkStream, LinkWrite, StreamReader, StreamWriter};
 pub use proxy::{ProxyConfig, ProxyError, ProxyUrlError};
 pub use router::{IncomingStream, LinkHandle, Router};
 pub use routes::{KeySite, KeyStatus, NetworkStatus};
+pub use rtt::{RTT_BUCKETS, RttHistogram};
 pub use tls::LinkSocket;
 
 /// Default keepalive interval on the control stream.
@@ -240,6 +243,9 @@ pub struct LinkSpec {
     pub name: String,
     /// The site we link to; its server certificate must name it.
     pub peer_site_id: SiteId,
+    /// The peer site's name as the link file gives it (`spec.peerSiteName`), if it does:
+    /// shown as the link's peer before it first connects, and its `peer` in `/metrics`.
+    pub peer_site_name: Option<String>,
     /// The peer site's CA (PEM), pinned for this link.
     pub peer_ca_pem: String,
     /// `host:port` link endpoints of the peer, tried in order.
@@ -272,7 +278,7 @@ impl LinkSpec {
 }
 
 /// Which side made a link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// We dial it.
@@ -309,7 +315,8 @@ pub struct LinkStatus {
     pub direction: Direction,
     /// The peer's site id (outbound: from the spec; inbound: from its certificate).
     pub peer_site_id: Option<SiteId>,
-    /// The peer's site name from its hello, once known.
+    /// The peer's site name: from its hello once known; before that, for an outbound link,
+    /// the name its link file gives.
     pub peer_site_name: Option<String>,
     /// The transport of the current connection.
     pub transport: Option<Transport>,
@@ -325,6 +332,40 @@ pub struct LinkStatus {
     pub state: LinkState,
     /// When the link entered this state: RFC 3339 UTC, second precision.
     pub since: String,
+    /// Bytes sent to the peer over this link since this router started: cumulative across
+    /// the connections with the same [`LinkStatus::metric_key`] (an outbound link's
+    /// reconnects, and its restarts by a changed link file; an inbound link's connections
+    /// under the same name, including those of another site of that name that left), never
+    /// decreasing while the process lives.
+    /// QUIC: UDP payload bytes; TLS/TCP: yamux bytes through the TLS stream
+    /// ([`mux::MuxConnection::wire_bytes`]).
+    pub bytes_sent: u64,
+    /// Bytes received from the peer over this link, counted like `bytes_sent`.
+    pub bytes_received: u64,
+    /// The round trip to the peer in milliseconds (microsecond precision) while the link is
+    /// up: QUIC: quinn's smoothed estimate; TLS/TCP: the last keepalive round trip on the
+    /// control stream. `None` while down or before the first sample.
+    pub rtt_ms: Option<f64>,
+    /// How many times this link came up since this router started (counted like
+    /// `bytes_sent`).
+    pub ups: u64,
+    /// The link's round-trip samples, for `/metrics` (not in the JSON).
+    #[serde(skip)]
+    pub rtt_samples: RttHistogram,
+    /// The peer as `/metrics` labels it, fixed for the life of the entry so that a series
+    /// never changes its labels: outbound links the peer site name of the link's
+    /// configuration (its id when the link file names none); inbound links the name the
+    /// peer gave in its hello when it was accepted. Not in the JSON.
+    #[serde(skip)]
+    pub peer_label: String,
+}
+
+impl LinkStatus {
+    /// What identifies the link in `/metrics`: name, direction and [`Self::peer_label`].
+    /// Totals carry over between entries with the same key (see the link table).
+    pub fn metric_key(&self) -> (String, Direction, String) {
+        (self.name.clone(), self.direction, self.peer_label.clone())
+    }
 }
 
 /// Why a router could not start.

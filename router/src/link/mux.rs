@@ -96,6 +96,37 @@ pub trait MuxConnection: Send + Sync + 'static {
     /// A saturated link queues control frames behind flow data, so the driver takes this as a
     /// sign of life too, never only its keepalives.
     fn received(&self) -> u64;
+    /// Bytes this connection has moved so far, each way (monotonic while it lives; still
+    /// readable after it closed). QUIC: UDP payload bytes of the connection (packets with
+    /// their headers, retransmissions and acks). TLS/TCP: bytes of the yamux session through
+    /// the TLS stream: frames with their headers, not TLS's own record overhead (~22 bytes per
+    /// 16 KiB record) or the handshake. Counted once per read or write call, not per frame.
+    fn wire_bytes(&self) -> WireBytes;
+    /// The transport's own round-trip estimate, where it keeps one (QUIC); `None` on TLS/TCP,
+    /// whose round trips the driver measures with its keepalives.
+    fn transport_rtt(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// Bytes a link connection moved, each way ([`MuxConnection::wire_bytes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WireBytes {
+    /// Bytes sent to the peer.
+    pub sent: u64,
+    /// Bytes received from the peer.
+    pub received: u64,
+}
+
+impl std::ops::Add for WireBytes {
+    type Output = WireBytes;
+
+    fn add(self, other: WireBytes) -> WireBytes {
+        WireBytes {
+            sent: self.sent.saturating_add(other.sent),
+            received: self.received.saturating_add(other.received),
+        }
+    }
 }
 
 /// Most streams (flows plus the control stream) open at once on one yamux connection.
@@ -156,6 +187,8 @@ struct Batched<T> {
     hold: Arc<AtomicBool>,
     /// Bytes read so far ([`MuxConnection::received`]).
     received: Arc<AtomicU64>,
+    /// Bytes written so far ([`MuxConnection::wire_bytes`]).
+    sent: Arc<AtomicU64>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Batched<T> {
@@ -180,7 +213,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Batched<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_flush(
@@ -229,6 +266,8 @@ pub struct YamuxConnection {
     lost: Arc<LinkLoss>,
     /// Bytes read from the peer so far.
     received: Arc<AtomicU64>,
+    /// Bytes written to the peer so far.
+    sent: Arc<AtomicU64>,
 }
 
 impl YamuxConnection {
@@ -245,10 +284,12 @@ impl YamuxConnection {
         };
         let hold_flushes = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
         let io = Batched {
             io: tokio::io::BufWriter::with_capacity(FRAME_WRITE_BUFFER, io),
             hold: hold_flushes.clone(),
             received: received.clone(),
+            sent: sent.clone(),
         };
         let conn = yamux::Connection::new(io.compat(), yamux_config(), mode);
         let (open_tx, open_rx) = mpsc::unbounded_channel();
@@ -276,6 +317,7 @@ impl YamuxConnection {
             failure,
             lost,
             received,
+            sent,
         }
     }
 }
@@ -523,6 +565,13 @@ impl MuxConnection for YamuxConnection {
 
     fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    fn wire_bytes(&self) -> WireBytes {
+        WireBytes {
+            sent: self.sent.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -327,4 +327,16 @@ impl MuxConnection for QuicConnection {
         // is wedged, and they must not keep its link alive.
         self.0.stats().frame_rx.stream
     }
+
+    fn wire_bytes(&self) -> super::mux::WireBytes {
+        let stats = self.0.stats();
+        super::mux::WireBytes {
+            sent: stats.udp_tx.bytes,
+            received: stats.udp_rx.bytes,
+        }
+    }
+
+    fn transport_rtt(&self) -> Option<Duration> {
+        Some(self.0.rtt())
+    }
 }

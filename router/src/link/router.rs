@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::dialer::{plan, run_dialer};
 use super::driver::{IncomingSink, LinkCloser, Timing, run_link};
+use super::explain::{Refusal, policy_refusal};
 use super::handshake::{LocalHello, accept_hello};
 use super::mux::{LinkStream, MuxConnection};
 use super::quic::{self, QuicConnection, QuicDialers, TrackedRuntime};
@@ -429,6 +430,18 @@ impl Router {
         self.flows.snapshot()
     }
 
+    /// Flows that ended at this router recently (at most [`crate::flow::RECENT_FLOWS`]),
+    /// oldest first, with site names as the routing view knows them.
+    pub fn recent_flows(&self) -> Vec<crate::flow::FlowRecord> {
+        self.flows.recent_flows()
+    }
+
+    /// Per-key flow statistics (flows by role and outcome, bytes, durations, setup times),
+    /// sorted by key.
+    pub fn flow_stats(&self) -> Vec<crate::flow::FlowKeyStats> {
+        self.flows.key_stats()
+    }
+
     /// Request metrics of HTTP listeners, by routing key.
     pub fn http_metrics(
         &self,
@@ -539,7 +552,7 @@ async fn dispatch_incoming(
         match tapped {
             Some(tx) => {
                 if let Err(e) = tx.try_send(incoming) {
-                    tracing::warn!(cause = %e, "stream from peer dropped: its receiver is full");
+                    tracing::warn!(cause = %e, "reset a stream from a peer: the stream receiver (take_incoming) is full or gone");
                 }
             }
             None => flow::serve_stream(&flows, incoming),
@@ -559,8 +572,8 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         };
         let remote = incoming.remote_address();
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tls::limited_warn!(shared.log_limits, "quic-pending", peer = %remote, limit = tls::MAX_PENDING_CONNECTIONS,
-                "refused a QUIC connection: too many handshakes in progress");
+            tls::limited_warn!(shared.log_limits, "quic-pending", remote.ip(), addr = %remote, check = %"too-many-handshakes", limit = tls::MAX_PENDING_CONNECTIONS,
+                "refused a QUIC connection from {remote}: too many handshakes in progress (a flood, or many sites redialing at once after an outage: they back off and retry)");
             incoming.refuse();
             continue;
         };
@@ -571,21 +584,24 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     Ok(Ok(conn)) => conn,
                     Ok(Err(e)) => {
                         let why = super::explain::inbound_handshake_failure(&e);
-                        tls::limited_warn!(shared2.log_limits, "quic-handshake", peer = %remote, transport = %Transport::Quic, cause = %e,
-                            "refused a QUIC connection: {why}");
+                        tls::limited_warn!(shared2.log_limits, "quic-handshake", remote.ip(), addr = %remote, transport = %Transport::Quic, check = %why.check, cause = %e,
+                            "refused a QUIC connection from {remote}: {why}");
                         return;
                     }
                     Err(_) => {
-                        tls::limited_warn!(shared2.log_limits, "quic-handshake-timeout", peer = %remote, transport = %Transport::Quic,
-                            "refused a QUIC connection: handshake timed out");
+                        tls::limited_warn!(shared2.log_limits, "quic-handshake-timeout", remote.ip(), addr = %remote, transport = %Transport::Quic, check = %"handshake-timeout",
+                            "refused a QUIC connection from {remote}: no handshake within {} s (a path that drops large UDP packets, or not a skiff router; if a site cannot link, try --transport tls there)",
+                            tls::TLS_HANDSHAKE_TIMEOUT.as_secs());
                         return;
                     }
                 };
                 let site = match quic_peer_site(&conn, &*shared2.policy) {
                     Ok(site) => site,
-                    Err(reason) => {
-                        tls::limited_warn!(shared2.log_limits, "quic-link-refused", peer = %remote, transport = %Transport::Quic, %reason, "refused an inbound link");
-                        conn.close(super::explain::REFUSED_CODE, reason.as_bytes());
+                    Err((site, refusal)) => {
+                        let who = site.map(|s| s.to_string()).unwrap_or_default();
+                        tls::limited_warn!(shared2.log_limits, "quic-link-refused", format!("{}/{who}", remote.ip()), addr = %remote, site = %who, transport = %Transport::Quic, check = %refusal.check,
+                            "refused an inbound link from {remote}: {refusal}");
+                        conn.close(super::explain::REFUSED_CODE, refusal.reason.as_bytes());
                         return;
                     }
                 };
@@ -598,36 +614,61 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     }
 }
 
-fn quic_peer_site(conn: &quinn::Connection, policy: &dyn InboundPolicy) -> Result<SiteId, String> {
+/// [`client_identity`] of a QUIC connection's client certificate.
+fn quic_peer_site(
+    conn: &quinn::Connection,
+    policy: &dyn InboundPolicy,
+) -> Result<SiteId, (Option<SiteId>, Refusal)> {
+    let none = || {
+        (
+            None,
+            Refusal::new(
+                "client-certificate",
+                "the peer presented no client certificate (links need one from a redeemed token)",
+            ),
+        )
+    };
     let certs = conn
         .peer_identity()
         .and_then(|any| {
             any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .ok_or("the peer presented no client certificate (links need one from a redeemed token)")?;
-    let first = certs
-        .first()
-        .ok_or("the peer presented no client certificate")?;
+        .ok_or_else(none)?;
+    let first = certs.first().ok_or_else(none)?;
     client_identity(first, policy)
 }
 
 /// The site id of an inbound link's client certificate, once its key is the one granted to
-/// that site id and its serial is one that site may still link with.
+/// that site id and its serial is one that site may still link with. `Err`: the site id the
+/// certificate names (if it names one) and the check that failed.
 pub(crate) fn client_identity(
     cert: &rustls_pki_types::CertificateDer<'_>,
     policy: &dyn InboundPolicy,
-) -> Result<SiteId, String> {
-    let site =
-        skiff_certs::peer_site_id(cert).map_err(|e| format!("unusable client certificate: {e}"))?;
+) -> Result<SiteId, (Option<SiteId>, Refusal)> {
+    let unusable = |e: skiff_certs::CertError| {
+        Refusal::new(
+            "client-certificate",
+            format!(
+                "unusable client certificate: {e}; links present the certificate a token \
+                 redemption returned"
+            ),
+        )
+    };
+    let site = skiff_certs::peer_site_id(cert).map_err(|e| (None, unusable(e)))?;
+    let fail = |r: Refusal| (Some(site), r);
     // A revoked or unknown site is refused right after TLS, before it may send anything.
-    policy.admit(site)?;
-    let key = skiff_certs::key_fingerprint(cert)
-        .map_err(|e| format!("unusable client certificate: {e}"))?;
-    policy.check_key(site, &key)?;
-    let serial = skiff_certs::certificate_serial(cert)
-        .map_err(|e| format!("unusable client certificate: {e}"))?;
-    policy.check_serial(site, &serial)?;
+    policy
+        .admit(site)
+        .map_err(|reason| fail(policy_refusal(policy, site, reason)))?;
+    let key = skiff_certs::key_fingerprint(cert).map_err(|e| fail(unusable(e)))?;
+    policy
+        .check_key(site, &key)
+        .map_err(|reason| fail(Refusal::new("key", reason)))?;
+    let serial = skiff_certs::certificate_serial(cert).map_err(|e| fail(unusable(e)))?;
+    policy
+        .check_serial(site, &serial)
+        .map_err(|reason| fail(Refusal::new("serial", reason)))?;
     Ok(site)
 }
 
@@ -647,12 +688,22 @@ pub(crate) async fn serve_inbound(
         accept_hello(&*conn, &shared.hello, cert_site, &*shared.policy),
     )
     .await
-    .unwrap_or_else(|_| Err("no hello within the handshake timeout".into()));
+    .unwrap_or_else(|_| {
+        Err(Refusal::new(
+            "handshake-timeout",
+            format!(
+                "no hello within {} s after the TLS handshake: the dialing router stalled or \
+                 the path drops packets",
+                tls::TLS_HANDSHAKE_TIMEOUT.as_secs()
+            ),
+        ))
+    });
     let (control, peer) = match hello {
         Ok(h) => h,
-        Err(reason) => {
-            tls::limited_warn!(shared.log_limits, "hello-refused", peer = %remote, site = %cert_site, %transport, %reason, "refused an inbound link");
-            conn.close(&reason);
+        Err(refusal) => {
+            tls::limited_warn!(shared.log_limits, "hello-refused", format!("{}/{cert_site}", remote.ip()), addr = %remote, site = %cert_site, %transport, check = %refusal.check,
+                "refused an inbound link from {remote}: {refusal}");
+            conn.close(&refusal.reason);
             return;
         }
     };
@@ -672,6 +723,12 @@ pub(crate) async fn serve_inbound(
             cost: peer.cost,
             state: LinkState::Connecting { last_error: None },
             since: now_rfc3339(),
+            bytes_sent: 0,
+            bytes_received: 0,
+            rtt_ms: None,
+            ups: 0,
+            rtt_samples: Default::default(),
+            peer_label: peer.site_name.clone(),
         });
         shared.table.set_up(
             id,
@@ -692,7 +749,13 @@ pub(crate) async fn serve_inbound(
         if shared.shutdown.is_cancelled() {
             closer.close("router shutting down");
         }
-        tracing::info!(%transport, peer_name = %peer.site_name, endpoint = %remote, "inbound link up");
+        if let Some(other) = shared.table.inbound_name_taken(&name, cert_site) {
+            tracing::warn!(link = %name, peer = %cert_site, addr = %remote, check = %"name-taken",
+                "two sites named {} link here (site ids {other} and {cert_site}): both show as {name} in link list and /metrics; give one another name (its site.yaml) or revoke the one that should not link (skiff link revoke ID)",
+                peer.site_name);
+        }
+        tracing::info!(link = %name, %transport, peer = %peer.site_name, addr = %remote, "inbound link up");
+        let peer_name = peer.site_name.clone();
         let established = super::driver::Established {
             conn,
             control,
@@ -707,9 +770,10 @@ pub(crate) async fn serve_inbound(
             shared.timing,
             shared.sink.clone(),
             &shared.routes,
+            &shared.table.rtt_samples(id),
         )
         .await;
-        tracing::info!(reason = %end, "inbound link down");
+        tracing::info!(link = %name, peer = %peer_name, reason = %end, "inbound link down");
         shared.table.remove(id);
     }
     .instrument(span)

@@ -78,8 +78,8 @@ pub(crate) async fn accept_loop(
                 // capped, so a flood cannot take every file descriptor and task.
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
                     if let Some(count) = refused.due() {
-                        tracing::warn!(peer = %remote, limit, refused = count,
-                            "refused connections on the link port: too many handshakes in progress");
+                        tracing::warn!(addr = %remote, limit, refused = count, check = %"too-many-handshakes",
+                            "refused connections on the link port: too many handshakes in progress (a flood, or many sites redialing at once after an outage: they back off and retry)");
                     }
                     continue;
                 };
@@ -142,8 +142,13 @@ pub(crate) struct RateLimitedLog {
 impl RateLimitedLog {
     /// Counts one event; `Some(events since the last log line)` when this one is logged.
     pub(crate) fn due(&mut self) -> Option<u64> {
+        self.due_every(ACCEPT_LOG_EVERY)
+    }
+
+    /// As [`RateLimitedLog::due`], one line per `period`.
+    pub(crate) fn due_every(&mut self, period: Duration) -> Option<u64> {
         self.since_last += 1;
-        if self.last.is_some_and(|t| t.elapsed() < ACCEPT_LOG_EVERY) {
+        if self.last.is_some_and(|t| t.elapsed() < period) {
             return None;
         }
         self.last = Some(tokio::time::Instant::now());
@@ -151,31 +156,50 @@ impl RateLimitedLog {
     }
 }
 
-/// One [`RateLimitedLog`] per kind of line, shared by the tasks of the link port: what
-/// unauthenticated clients can cause (failed handshakes, refused links) is logged at most
-/// once per [`ACCEPT_LOG_EVERY`] per kind, with a count; every event is logged at debug level.
+/// How often at most one address's refusals of one kind are logged at WARN: a
+/// misconfigured peer re-dialing with backoff (every 5 s) makes one line per 30 s, with the
+/// count of refusals since the previous line.
+pub(crate) const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Most addresses whose refusals are tracked one by one; beyond it (a flood from many
+/// addresses) they share one limit per kind.
+const MAX_TRACKED_ADDRESSES: usize = 1024;
+
+/// One limit per kind of line and per source address (an IP address, or an IP address and
+/// the site id its certificate names), shared by the tasks of the link port: what
+/// unauthenticated clients can cause (failed handshakes, refused links) is logged at WARN at
+/// most once per [`REFUSAL_LOG_EVERY`] per kind and source, with a count; every event is
+/// logged at debug level.
 #[derive(Default)]
 pub(crate) struct LogLimits {
-    kinds: std::sync::Mutex<std::collections::HashMap<&'static str, RateLimitedLog>>,
+    kinds: std::sync::Mutex<std::collections::HashMap<(&'static str, String), RateLimitedLog>>,
 }
 
 impl LogLimits {
-    /// Counts one event of `kind`; `Some(events since the last line)` when it is logged.
-    pub(crate) fn due(&self, kind: &'static str) -> Option<u64> {
-        self.kinds
+    /// Counts one event of `kind` from `source`; `Some(events since the last line)` when it
+    /// is logged.
+    pub(crate) fn due(&self, kind: &'static str, source: impl std::fmt::Display) -> Option<u64> {
+        let mut kinds = self
+            .kinds
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(kind)
-            .or_default()
-            .due()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut key = (kind, source.to_string());
+        if kinds.len() >= MAX_TRACKED_ADDRESSES && !kinds.contains_key(&key) {
+            kinds.retain(|_, log| log.last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY));
+            if kinds.len() >= MAX_TRACKED_ADDRESSES {
+                key.1 = "many addresses".into();
+            }
+        }
+        kinds.entry(key).or_default().due_every(REFUSAL_LOG_EVERY)
     }
 }
 
-/// Logs a WARN line for an event of `kind` unless one was logged less than
-/// [`ACCEPT_LOG_EVERY`] ago (then DEBUG); the WARN line counts the events since the last one.
+/// Logs a WARN line for an event of `kind` from `source` unless one was logged less than
+/// [`REFUSAL_LOG_EVERY`] ago (then DEBUG); the WARN line counts the events since the last one
+/// (`count`, this one included).
 macro_rules! limited_warn {
-    ($limits:expr, $kind:literal, $($field:tt)+) => {
-        match $limits.due($kind) {
+    ($limits:expr, $kind:literal, $source:expr, $($field:tt)+) => {
+        match $limits.due($kind, $source) {
             Some(count) => tracing::warn!(count, $($field)+),
             None => tracing::debug!($($field)+),
         }
@@ -197,13 +221,13 @@ async fn handle_tcp(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let why = super::explain::inbound_handshake_failure(&e);
-            limited_warn!(shared.log_limits, "tls-handshake", peer = %remote, transport = %Transport::Tls, cause = %e,
-                "refused a connection on the link port: {why}");
+            limited_warn!(shared.log_limits, "tls-handshake", remote.ip(), addr = %remote, transport = %Transport::Tls, check = %why.check, cause = %e,
+                "refused a connection on the link port from {remote}: {why}");
             return;
         }
         Err(_) => {
-            limited_warn!(shared.log_limits, "tls-handshake-timeout", peer = %remote, transport = %Transport::Tls,
-                "refused a connection on the link port: no TLS handshake within {} s",
+            limited_warn!(shared.log_limits, "tls-handshake-timeout", remote.ip(), addr = %remote, transport = %Transport::Tls, check = %"handshake-timeout",
+                "refused a connection on the link port from {remote}: no TLS handshake within {} s (a stalled client or a path that drops packets; not a skiff router?)",
                 TLS_HANDSHAKE_TIMEOUT.as_secs());
             return;
         }
@@ -214,26 +238,28 @@ async fn handle_tcp(
         Some(p) if p == ALPN_GRANT => match &shared.grants {
             Some(handler) => handler.serve(tls, remote).await,
             None => {
-                limited_warn!(shared.log_limits, "no-grants", peer = %remote,
-                    "refused a token redemption: this router serves no grants")
+                limited_warn!(shared.log_limits, "no-grants", remote.ip(), addr = %remote, check = %"no-grants",
+                    "refused a token redemption from {remote}: this router serves no grants")
             }
         },
         Some(p) if p == ALPN_LINK => {
             // Counts as pending until the hello exchange finished or the refusal was told: a
             // site that may not link cannot hold connections open beyond the cap.
             let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
-                limited_warn!(shared.log_limits, "no-client-cert", peer = %remote, transport = %Transport::Tls,
-                    "refused an inbound link: the peer presented no client certificate (links need one from a redeemed token)");
+                limited_warn!(shared.log_limits, "no-client-cert", remote.ip(), addr = %remote, transport = %Transport::Tls, check = %"client-certificate",
+                    "refused an inbound link from {remote}: the peer presented no client certificate (links need one from a redeemed token)");
                 return;
             };
             let site = match super::router::client_identity(cert, &*shared.policy) {
                 Ok(site) => site,
-                Err(reason) => {
-                    limited_warn!(shared.log_limits, "link-refused", peer = %remote, transport = %Transport::Tls, %reason, "refused an inbound link");
+                Err((site, refusal)) => {
+                    let who = site.map(|s| s.to_string()).unwrap_or_default();
+                    limited_warn!(shared.log_limits, "link-refused", format!("{}/{who}", remote.ip()), addr = %remote, site = %who, transport = %Transport::Tls, check = %refusal.check,
+                        "refused an inbound link from {remote}: {refusal}");
                     // Tell the dialer why on its control stream (QUIC says it in the close).
                     let conn = YamuxConnection::start(tls, false);
-                    super::handshake::refuse_before_hello(&conn, &reason).await;
-                    super::mux::MuxConnection::close(&conn, &reason);
+                    super::handshake::refuse_before_hello(&conn, &refusal.reason).await;
+                    super::mux::MuxConnection::close(&conn, &refusal.reason);
                     return;
                 }
             };
@@ -241,8 +267,8 @@ async fn handle_tcp(
             serve_inbound(shared, conn, site, Transport::Tls, remote, pending).await;
         }
         other => {
-            limited_warn!(shared.log_limits, "no-alpn", peer = %remote, transport = %Transport::Tls, alpn = ?other.map(String::from_utf8_lossy),
-                "refused a connection on the link port: no skiff ALPN (expected skiff-link/1 or skiff-grant/1)");
+            limited_warn!(shared.log_limits, "no-alpn", remote.ip(), addr = %remote, transport = %Transport::Tls, check = %"alpn", alpn = ?other.map(String::from_utf8_lossy),
+                "refused a connection on the link port from {remote}: no skiff ALPN (expected skiff-link/1 or skiff-grant/1): not a skiff router or token client");
         }
     }
 }
@@ -268,5 +294,39 @@ mod accept_tests {
         }
         tokio::time::advance(ACCEPT_LOG_EVERY).await;
         assert_eq!(log.due(), Some(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_logged_once_per_address_and_kind_every_30_s() {
+        let limits = LogLimits::default();
+        let (a, b) = ("10.0.0.1", "10.0.0.2");
+        assert_eq!(limits.due("link-refused", a), Some(1));
+        // Another address, or another kind, has its own line.
+        assert_eq!(limits.due("link-refused", b), Some(1));
+        assert_eq!(limits.due("tls-handshake", a), Some(1));
+        // A peer redialing every 5 s: one line per 30 s, counting the refusals.
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert_eq!(limits.due("link-refused", a), None);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(limits.due("link-refused", a), Some(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_from_many_addresses_shares_one_limit_beyond_the_tracked_ones() {
+        let limits = LogLimits::default();
+        let mut logged = 0;
+        for i in 0..(MAX_TRACKED_ADDRESSES + 500) {
+            if limits
+                .due("tls-handshake", format!("10.1.{}.{}", i / 256, i % 256))
+                .is_some()
+            {
+                logged += 1;
+            }
+        }
+        // One line per tracked address, then one for all the others.
+        assert_eq!(logged, MAX_TRACKED_ADDRESSES + 1);
+        assert!(limits.kinds.lock().unwrap().len() <= MAX_TRACKED_ADDRESSES + 1);
     }
 }

@@ -91,6 +91,30 @@ fn a_bad_port_is_named_with_its_value() {
 }
 
 #[test]
+fn a_host_that_is_not_an_address_or_name_is_named_at_its_line() {
+    let p = problem(&format!(
+        "{HEAD}kind: Connector\nmetadata:\n  name: db\nspec:\n  routingKey: db\n  host: '<img src=x onerror=alert(1)>'\n  port: 5\n"
+    ));
+    assert_eq!((p.line, p.field.as_deref()), (7, Some("spec.host")), "{p}");
+    assert!(
+        p.to_string()
+            .contains("svc.yaml:7:9: spec.host: host \"<img src=x onerror=alert(1)>\" is neither an IP address nor a DNS name"),
+        "{p}"
+    );
+    let p = problem(&listener(
+        "db",
+        "  routingKey: db\n  host: '\"><svg onload=alert(1)>'\n  port: 1\n",
+    ));
+    assert_eq!((p.line, p.field.as_deref()), (7, Some("spec.host")), "{p}");
+    assert!(p.message.contains("not an address to listen on"), "{p}");
+    // A Kubernetes service name is a host.
+    let ok = format!(
+        "{HEAD}kind: Connector\nmetadata: {{name: db}}\nspec: {{routingKey: db, host: redis.ns.svc.cluster.local, port: 6379}}\n"
+    );
+    assert!(parse(&input(&ok), Purpose::Apply).is_ok());
+}
+
+#[test]
 fn a_bad_routing_key_or_type_or_strategy_is_named() {
     let p = problem(&listener("db", "  routingKey: 'Bad Key!'\n  port: 1\n"));
     assert_eq!(

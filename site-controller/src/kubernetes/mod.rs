@@ -276,6 +276,13 @@ impl KubeSite {
                     ctx: ctx.clone(),
                     base: base.clone(),
                 })),
+                // Released by the control loop's first pass that succeeds.
+                hold_readiness: Some((
+                    READY_CHECK,
+                    "the first pass over the Kubernetes API (Services to expose, listeners for \
+                     the network's keys) has not finished"
+                        .into(),
+                )),
             },
         )
         .await?;
@@ -312,6 +319,8 @@ impl KubeSite {
     /// Stops the control loop, pushes what the folder has that the API has not seen yet,
     /// then stops the site.
     pub async fn stop(self) {
+        // Unready before the last mirror pass, which may take a while.
+        self.site.begin_stopping();
         let _ = self.stop.send(true);
         let _ = self.task.await;
         match mirror_sync(&self.ctx, &self.base, true).await {
@@ -620,6 +629,9 @@ struct LoopState {
     tokens: Vec<tokens::TokenOutcome>,
 }
 
+/// The readiness check the control loop holds until its first pass succeeds.
+const READY_CHECK: &str = "kubernetes";
+
 async fn control_loop(
     ctx: Arc<Ctx>,
     state: Arc<SiteState>,
@@ -676,6 +688,7 @@ async fn control_loop(
     let mut network = tokio::time::interval(NETWORK_POLL);
     let mut last_view = network_view(&state);
     let mut last_folder = mirror::read_folder(&ctx.folder).unwrap_or_default();
+    let mut passed_once = false;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -696,10 +709,22 @@ async fn control_loop(
                 last_folder = folder;
             }
         }
-        if let Err(e) = reconcile(&ctx, &state, &mut memory).await {
-            let cause = crate::error_chain(&e);
-            tracing::warn!(%cause, "reconcile failed; trying again at the next change or resync");
-            set_status(&ctx, &state, &memory, Some(cause));
+        match reconcile(&ctx, &state, &mut memory).await {
+            Ok(()) => {
+                passed_once = true;
+                state.probes().release(READY_CHECK);
+            }
+            Err(e) => {
+                let cause = crate::error_chain(&e);
+                tracing::warn!(%cause, "reconcile failed; trying again at the next change or resync");
+                if !passed_once {
+                    state.probes().hold(
+                        READY_CHECK,
+                        format!("the first pass over the Kubernetes API failed: {cause}"),
+                    );
+                }
+                set_status(&ctx, &state, &memory, Some(cause));
+            }
         }
     }
     for w in watches {

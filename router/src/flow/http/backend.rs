@@ -81,7 +81,7 @@ impl BackendPool {
             crate::flow::tcp::connect_backend(&self.host, self.port),
         )
         .await
-        .map_err(|_| format!("{} did not accept in time", self.address()))?
+        .map_err(|_| format!("backend {} did not accept in time", self.address()))?
         .map_err(|status| status.message)?;
         let _ = tcp.set_nodelay(true);
         Ok(TokioIo::new(tcp))

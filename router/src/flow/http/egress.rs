@@ -17,7 +17,7 @@ use super::backend::SendError;
 use super::io::{Body, StreamIo, boxed};
 use super::stack::rescue_response;
 use super::{NOT_SENT_HEADER, UPGRADE_HEADER, local, upgrade};
-use crate::flow::{FlowRole, Flows};
+use crate::flow::{FlowOutcome, FlowRole, Flows};
 use crate::link::LinkStream;
 use crate::routing::RoutingKey;
 use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame};
@@ -49,7 +49,8 @@ pub(crate) async fn serve_egress(
     let _guard = flows.register(header.flow_id, &key, origin, flows.me, FlowRole::Egress);
     let io = TokioIo::new(StreamIo::new(stream, leftover.freeze()));
     let f = flows.clone();
-    let service = hyper::service::service_fn(move |req| request(f.clone(), key.clone(), req));
+    let service =
+        hyper::service::service_fn(move |req| request(f.clone(), key.clone(), origin, req));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(super::PEER_MAX_STREAMS)
@@ -72,13 +73,40 @@ pub(crate) async fn serve_egress(
 async fn request(
     flows: Arc<Flows>,
     key: RoutingKey,
+    origin: SiteId,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     if req.headers().contains_key(UPGRADE_HEADER) {
         return Ok(upgrade::egress(&flows, &key, req).await);
     }
     let req = req.map(boxed);
-    Ok(match local::send(&flows, &key, req).await {
+    let result = local::send(&flows, &key, req).await;
+    // The backends' failures leave a line here as a TCP flow's do (no record: the ingress
+    // keeps one per client connection; `skiff connector list` says `failing`).
+    let failed = match &result {
+        Ok(_) => None,
+        Err(SendError::NotSent(_, why)) => Some((FlowOutcome::ConnectRefused, why.clone())),
+        Err(SendError::Failed(why)) => Some((FlowOutcome::Error, why.clone())),
+        Err(SendError::TimedOut) => Some((
+            FlowOutcome::Error,
+            format!(
+                "the backend sent no response head within {} s",
+                super::RESPONSE_TIMEOUT.as_secs()
+            ),
+        )),
+    };
+    if let Some((outcome, why)) = failed {
+        crate::flow::records::log_failure(
+            &flows,
+            key.as_str(),
+            FlowRole::Egress,
+            None,
+            || flows.site_name(origin),
+            outcome,
+            &why,
+        );
+    }
+    Ok(match result {
         Ok(resp) => resp,
         Err(SendError::NotSent(_, why)) => {
             let mut r = rescue_response(StatusCode::SERVICE_UNAVAILABLE, "connect-refused", &why);

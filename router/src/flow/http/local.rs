@@ -35,6 +35,7 @@ pub(crate) async fn send(
         backend_form(&mut req, c.spec.protocol == crate::routing::Protocol::Http2);
         match pool.send(req).await {
             Ok(mut resp) => {
+                c.backend_ok();
                 // An HTTP/1.1 backend's framing headers end here (HTTP/2 forbids them), and
                 // a backend never speaks for skiff.
                 super::headers::strip_hop_by_hop(resp.headers_mut(), false);
@@ -43,9 +44,10 @@ pub(crate) async fn send(
                 return Ok(resp.map(|b| super::io::with_guard(b, active)));
             }
             Err(SendError::NotSent(r, why)) => {
-                c.counters.fail();
+                let why = naming(&pool.address(), why);
+                c.backend_failed(&why);
                 tracing::debug!(connector = %c.spec.name, reason = %why, "backend not reached");
-                last = format!("{}: {why}", pool.address());
+                last = why;
                 // Back to the form it came in, for the next connector (HTTP/1.1 and HTTP/2
                 // ones want different forms).
                 req = r;
@@ -54,13 +56,23 @@ pub(crate) async fn send(
                 req.headers_mut().remove(header::HOST);
             }
             Err(SendError::Failed(why)) => {
-                c.counters.fail();
-                return Err(SendError::Failed(format!("{}: {why}", pool.address())));
+                let why = naming(&pool.address(), why);
+                c.backend_failed(&why);
+                return Err(SendError::Failed(why));
             }
             Err(SendError::TimedOut) => return Err(SendError::TimedOut),
         }
     }
     Err(SendError::NotSent(req, last))
+}
+
+/// `why` naming the backend at `address` (connect errors name it already).
+fn naming(address: &str, why: String) -> String {
+    if why.contains(address) {
+        why
+    } else {
+        format!("backend {address}: {why}")
+    }
 }
 
 /// Puts a request (absolute URI, as the ingress made it) in the form its backend takes.

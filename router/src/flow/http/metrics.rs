@@ -1,6 +1,6 @@
 //! Per-key request metrics of HTTP listeners, kept at the ingress: requests by status class,
 //! a latency histogram (time to the response head) and body bytes. Lock-free counters; the
-//! admin API reads [`KeyMetrics::snapshot`].
+//! admin API and `/metrics` (site-controller) read [`KeyMetrics::snapshot`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -126,47 +126,12 @@ impl HttpMetrics {
     }
 }
 
-/// Prometheus text for `snapshot` (families `skiff_http_requests_total`,
-/// `skiff_http_request_duration_seconds`, `skiff_http_bytes_total`).
-pub fn prometheus_text(snapshot: &BTreeMap<String, KeyMetricsSnapshot>) -> String {
-    let mut out = String::new();
-    out.push_str("# HELP skiff_http_requests_total HTTP requests by routing key and status class (error: answered by skiff).\n# TYPE skiff_http_requests_total counter\n");
-    for (key, m) in snapshot {
-        for (class, n) in &m.requests {
-            out.push_str(&format!(
-                "skiff_http_requests_total{{key=\"{key}\",class=\"{class}\"}} {n}\n"
-            ));
-        }
-    }
-    out.push_str("# HELP skiff_http_request_duration_seconds Time to the response head.\n# TYPE skiff_http_request_duration_seconds histogram\n");
-    for (key, m) in snapshot {
-        for (le, n) in &m.latency_buckets {
-            out.push_str(&format!(
-                "skiff_http_request_duration_seconds_bucket{{key=\"{key}\",le=\"{le}\"}} {n}\n"
-            ));
-        }
-        let count = m.latency_buckets.last().map(|(_, n)| *n).unwrap_or(0);
-        out.push_str(&format!(
-            "skiff_http_request_duration_seconds_sum{{key=\"{key}\"}} {}\nskiff_http_request_duration_seconds_count{{key=\"{key}\"}} {count}\n",
-            m.latency_sum_seconds
-        ));
-    }
-    out.push_str("# HELP skiff_http_bytes_total HTTP body bytes by direction (in: from clients).\n# TYPE skiff_http_bytes_total counter\n");
-    for (key, m) in snapshot {
-        out.push_str(&format!(
-            "skiff_http_bytes_total{{key=\"{key}\",direction=\"in\"}} {}\nskiff_http_bytes_total{{key=\"{key}\",direction=\"out\"}} {}\n",
-            m.bytes_in, m.bytes_out
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn classes_buckets_and_text() {
+    fn classes_and_buckets() {
         let m = HttpMetrics::default();
         let k = m.key("web");
         k.record(Some(200), Duration::from_millis(3));
@@ -185,12 +150,5 @@ mod tests {
             (at("0.001"), at("0.005"), at("0.05"), at("+Inf")),
             (1, 2, 3, 4)
         );
-        let text = prometheus_text(&m.snapshot());
-        assert!(
-            text.contains("skiff_http_requests_total{key=\"web\",class=\"2xx\"} 2"),
-            "{text}"
-        );
-        assert!(text.contains("skiff_http_request_duration_seconds_count{key=\"web\"} 4"));
-        assert!(text.contains("skiff_http_bytes_total{key=\"web\",direction=\"out\"} 2048"));
     }
 }

@@ -30,9 +30,11 @@ use super::{
     ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_CLIENT_STREAMS, MAX_HEAD_BYTES, MAX_PENDING_RESETS,
     MAX_REQUEST_ATTEMPTS, NOT_SENT_HEADER, RESPONSE_TIMEOUT, local, upgrade,
 };
-use crate::flow::Flows;
 use crate::flow::config::Listener;
+use crate::flow::records::{Flow, FlowOutcome};
+use crate::flow::{FlowRole, Flows};
 use crate::routing::{RoutingKey, Target};
+use skiff_certs::SiteId;
 
 /// Why skiff answers a request itself.
 #[derive(Debug)]
@@ -97,31 +99,161 @@ pub(crate) fn rescue_response(status: StatusCode, reason: &str, detail: &str) ->
     resp
 }
 
-/// What every request of one listener shares.
+/// What every request of one client connection shares.
 struct Ingress {
     flows: Arc<Flows>,
     listener: Arc<Listener>,
+    /// For the connection's flow record: requests, those skiff answered, the last failure
+    /// (outcome, reason) and the last target (key, site).
+    requests: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    last_failure: std::sync::Mutex<Option<(FlowOutcome, String)>>,
+    last_target: LastTarget,
 }
 
-/// Serves one client connection of an HTTP listener until it ends.
-pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, client: TcpStream) {
+/// The last target a request of a client connection went to, for its record: set per request
+/// without a lock or a copy (two atomics), read when the connection ends.
+#[derive(Default)]
+struct LastTarget {
+    /// The index of its key among the listener's keys, plus one (0: none yet).
+    key: std::sync::atomic::AtomicUsize,
+    /// The first 8 bytes of its router's site id (one atomic: never torn between two
+    /// targets of concurrent requests; site ids are random, so 8 bytes tell them apart).
+    site: std::sync::atomic::AtomicU64,
+}
+
+impl LastTarget {
+    fn set(&self, strategy: &crate::routing::Strategy, target: &Target) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(i) = key_index(strategy, &target.key) {
+            self.key.store(i + 1, Relaxed);
+        }
+        self.site.store(site_prefix(target.router), Relaxed);
+    }
+
+    /// The key and the site, if a request had a target (and the site is still known).
+    fn get<'a>(
+        &self,
+        strategy: &'a crate::routing::Strategy,
+        flows: &Flows,
+    ) -> Option<(&'a RoutingKey, SiteId)> {
+        use crate::routing::Strategy;
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = self.key.load(Relaxed).checked_sub(1)?;
+        let key = match strategy {
+            Strategy::Balanced(k) => (i == 0).then_some(k),
+            Strategy::Priority(keys) => keys.get(i),
+            Strategy::Weighted(keys) => keys.get(i).map(|(k, _)| k),
+        }?;
+        let prefix = self.site.load(Relaxed);
+        let names = flows.site_names();
+        let site = std::iter::once(flows.me)
+            .chain(names.keys().copied())
+            .find(|id| site_prefix(*id) == prefix)?;
+        Some((key, site))
+    }
+}
+
+fn key_index(strategy: &crate::routing::Strategy, key: &RoutingKey) -> Option<usize> {
+    use crate::routing::Strategy;
+    match strategy {
+        Strategy::Balanced(k) => (k == key).then_some(0),
+        Strategy::Priority(keys) => keys.iter().position(|k| k == key),
+        Strategy::Weighted(keys) => keys.iter().position(|(k, _)| k == key),
+    }
+}
+
+fn site_prefix(id: SiteId) -> u64 {
+    let b = id.as_bytes();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+impl ProxyError {
+    /// The flow outcome of a request skiff answered.
+    fn outcome(&self) -> FlowOutcome {
+        match self {
+            ProxyError::NoRoute("connect-refused", _) => FlowOutcome::ConnectRefused,
+            ProxyError::NoRoute(..) => FlowOutcome::NoRoute,
+            ProxyError::BadRequest(_) | ProxyError::NotImplemented(_) => FlowOutcome::Denied,
+            ProxyError::Failed(_) | ProxyError::Timeout => FlowOutcome::Error,
+        }
+    }
+}
+
+/// Serves one client connection of an HTTP listener until it ends. One flow record per client
+/// connection (not per request), with its requests counted and the last failure as reason.
+pub(crate) async fn serve_client(
+    flows: Arc<Flows>,
+    listener: Arc<Listener>,
+    client: TcpStream,
+    remote: std::net::SocketAddr,
+) {
+    let key = crate::flow::config::first_key(&listener);
+    let mut flow = Flow::start(
+        &flows,
+        flows.new_flow_id(),
+        key,
+        flows.me,
+        FlowRole::Ingress,
+    )
+    .accepted(Some(remote), &listener.spec.name);
     let Ok(_slot) = listener.http_slots.clone().try_acquire_owned() else {
-        listener.counters.fail();
-        tracing::warn!(
-            limit = super::MAX_CLIENT_CONNECTIONS,
-            "HTTP listener at its connection limit; a client was refused"
+        flow.fail(
+            FlowOutcome::Denied,
+            format!(
+                "the HTTP listener is at its limit of {} client connections",
+                super::MAX_CLIENT_CONNECTIONS
+            ),
         );
+        // The flow record's WARN line says it (one line per event).
+        listener.counters.fail();
         return;
     };
     super::super::tcp::configure_accepted(&client);
     let _active = listener.counters.start();
-    if !first_bytes(&client).await {
-        tracing::debug!("a client sent no request in time; closed");
-        return;
+    let first = first_bytes(&client).await;
+    if !matches!(first, FirstBytes::Request) {
+        flow.set_requests(0, 0);
+    }
+    match first {
+        FirstBytes::Request => {}
+        // A TCP health check (connect, then close): nothing went wrong.
+        FirstBytes::Closed => {
+            tracing::debug!(%remote, "a client closed its connection without a request");
+            flow.ok();
+            return;
+        }
+        FirstBytes::Failed(e) => {
+            flow.fail(
+                FlowOutcome::Reset,
+                format!("the client's connection failed before a request: {e}"),
+            );
+            return;
+        }
+        FirstBytes::Silent => {
+            flow.fail(
+                FlowOutcome::Error,
+                format!(
+                    "the client sent no request within {} s; its connection was closed",
+                    HEADER_READ_TIMEOUT.as_secs()
+                ),
+            );
+            return;
+        }
     }
     let shutdown = flows.shutdown.clone();
-    let ingress = Arc::new(Ingress { flows, listener });
-    let service = hyper::service::service_fn(move |req| handle(ingress.clone(), req));
+    let client = super::io::CountedIo::new(client);
+    flow.count_bytes(client.read.clone(), client.written.clone());
+    let ingress = Arc::new(Ingress {
+        flows,
+        listener,
+        requests: Default::default(),
+        failed: Default::default(),
+        last_failure: Default::default(),
+        last_target: Default::default(),
+    });
+    let i = ingress.clone();
+    let service = hyper::service::service_fn(move |req| handle(i.clone(), req));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -138,11 +270,30 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(client), service);
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        r = conn => if let Err(e) = r {
+    let ended = tokio::select! {
+        () = shutdown.cancelled() => Err("the router is shutting down".to_owned()),
+        r = conn => r.map_err(|e| {
             tracing::debug!(cause = %e, "HTTP client connection ended with an error");
-        },
+            format!("the client connection failed: {e}")
+        }),
+    };
+    use std::sync::atomic::Ordering::Relaxed;
+    let (n, failed) = (ingress.requests.load(Relaxed), ingress.failed.load(Relaxed));
+    flow.set_requests(n, failed);
+    if let Some((key, site)) = ingress
+        .last_target
+        .get(&ingress.listener.spec.strategy, &ingress.flows)
+    {
+        flow.towards(key.as_str(), site);
+    }
+    let last_failure = ingress.last_failure.lock().unwrap().take();
+    match (last_failure, ended) {
+        (Some((outcome, why)), _) => flow.fail(
+            outcome,
+            format!("{failed} of {n} requests failed; the last: {why}"),
+        ),
+        (None, Err(why)) => flow.fail(FlowOutcome::Error, why),
+        (None, Ok(())) => flow.ok(),
     }
 }
 
@@ -150,22 +301,36 @@ pub(crate) async fn serve_client(flows: Arc<Flows>, listener: Arc<Listener>, cli
 /// HTTP/1.1 from HTTP/2.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How a client connection began.
+enum FirstBytes {
+    /// Enough of a request for hyper to tell the protocol.
+    Request,
+    /// The client closed it without sending anything (a TCP health check).
+    Closed,
+    /// Reading failed (the client reset it).
+    Failed(std::io::Error),
+    /// Nothing, or a piece of the HTTP/2 preface and then nothing, within
+    /// [`HEADER_READ_TIMEOUT`].
+    Silent,
+}
+
 /// Whether the client shows enough of a request within [`HEADER_READ_TIMEOUT`] for hyper to
 /// tell the protocol (after that hyper's own timeouts apply): a connection that sends nothing,
 /// or a piece of the HTTP/2 preface and then nothing, is closed.
-async fn first_bytes(tcp: &TcpStream) -> bool {
+async fn first_bytes(tcp: &TcpStream) -> FirstBytes {
     let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
     let mut buf = [0u8; 24];
     loop {
         let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
-            _ => return false,
+            Ok(Err(e)) => return FirstBytes::Failed(e),
+            Err(_) => return FirstBytes::Silent,
         };
         if n == 0 {
-            return false;
+            return FirstBytes::Closed;
         }
         if n >= PREFACE.len() || buf[..n] != PREFACE[..n] {
-            return true;
+            return FirstBytes::Request;
         }
         // Part of the preface: look again shortly.
         if tokio::time::timeout_at(
@@ -175,7 +340,7 @@ async fn first_bytes(tcp: &TcpStream) -> bool {
         .await
         .is_err()
         {
-            return false;
+            return FirstBytes::Silent;
         }
     }
 }
@@ -192,11 +357,30 @@ async fn handle(
         .map(|k| k.as_str().to_owned())
         .unwrap_or_default();
     let metrics = ingress.flows.http_metrics.key(&key);
+    ingress
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let failed = |outcome: FlowOutcome, why: String| {
+        ingress
+            .failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *ingress.last_failure.lock().unwrap() = Some((outcome, why));
+    };
     let resp = match result {
         // Answered by a skiff router on the way (an egress's rescue): an error, not the
         // backend's status.
         Ok(resp) if resp.headers().contains_key(ERROR_HEADER) => {
             metrics.record(None, started.elapsed());
+            let word = resp.headers()[ERROR_HEADER].to_str().unwrap_or("error");
+            let outcome = match word {
+                "connect-refused" => FlowOutcome::ConnectRefused,
+                "no-route" => FlowOutcome::NoRoute,
+                _ => FlowOutcome::Error,
+            };
+            failed(
+                outcome,
+                format!("the egress site answered {word} ({})", resp.status()),
+            );
             resp
         }
         Ok(resp) => {
@@ -206,6 +390,7 @@ async fn handle(
         Err(e) => {
             tracing::debug!(error = ?e, "request answered by skiff");
             metrics.record(None, started.elapsed());
+            failed(e.outcome(), e.detail());
             rescue(&e)
         }
     };
@@ -242,14 +427,12 @@ async fn proxy(
         .flows
         .choose_family(&ingress.listener.spec.strategy, true);
     if targets.is_empty() {
-        return (
-            None,
-            Err(ProxyError::NoRoute(
-                "no-route",
-                "no reachable site serves the key over HTTP".into(),
-            )),
-        );
+        let why = crate::flow::config::no_target_reason(&ingress.flows, &ingress.listener);
+        return (None, Err(ProxyError::NoRoute("no-route", why)));
     }
+    ingress
+        .last_target
+        .set(&ingress.listener.spec.strategy, &targets[0]);
     if upgrade::is_upgrade(&req) {
         let key = targets[0].key.clone();
         return (
@@ -279,7 +462,7 @@ async fn proxy(
         })
         .boxed_unsync()
     });
-    let (key, result) = route(&ingress.flows, targets, req).await;
+    let (key, result) = route(ingress, targets, req).await;
     let result = match result {
         Err(ProxyError::Failed(_))
             if client_body_failed.load(std::sync::atomic::Ordering::Relaxed) =>
@@ -349,10 +532,11 @@ pub(crate) fn normalise_response(mut resp: Response<Body>) -> Response<Body> {
 
 /// Layers 4 and 5: each target in turn while the request was never sent.
 async fn route(
-    flows: &Arc<Flows>,
+    ingress: &Ingress,
     targets: Vec<Target>,
     req: Request<Body>,
 ) -> (Option<RoutingKey>, Result<Response<Body>, ProxyError>) {
+    let flows = &ingress.flows;
     // A request without a body can be made again after an egress answered "not sent".
     let replayable = req.body().is_end_stream();
     let (parts, body) = req.into_parts();
@@ -368,20 +552,17 @@ async fn route(
         };
         let req = Request::from_parts(parts.clone(), b);
         last_key = Some(target.key.clone());
+        ingress
+            .last_target
+            .set(&ingress.listener.spec.strategy, &target);
         // Counts against the target until the response body is done (balancing).
         let outstanding = flows.hold(target.router);
         match forward(flows, &target, req).await {
             Ok(resp) if resp.headers().contains_key(NOT_SENT_HEADER) && replayable => {
                 // The egress's backends refused it.
                 reason = "connect-refused";
-                last = format!(
-                    "{}: {}",
-                    target.router,
-                    resp.headers()
-                        .get(ERROR_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("not sent")
-                );
+                let site = flows.site_name(target.router);
+                last = format!("at {site}: {}", rescue_detail(resp).await);
             }
             Ok(resp) => {
                 let resp = resp.map(|b| super::io::with_guard(b, outstanding));
@@ -403,6 +584,44 @@ async fn route(
         tracing::debug!(reason = %last, "target not reached; trying the next");
     }
     (last_key, Err(ProxyError::NoRoute(reason, last)))
+}
+
+/// What an egress's rescue response says (its one-line body, `skiff: <reason>: <detail>`),
+/// read with a bound of 1 KiB and 1 s; else its `skiff-error` word.
+async fn rescue_detail(resp: Response<Body>) -> String {
+    let word = resp
+        .headers()
+        .get(ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("not sent")
+        .to_owned();
+    let mut body = resp.into_body();
+    let read = async {
+        let mut text = Vec::new();
+        while text.len() < 1024 {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        text.extend_from_slice(d);
+                    }
+                }
+                _ => break,
+            }
+        }
+        text.truncate(1024);
+        text
+    };
+    let text = tokio::time::timeout(std::time::Duration::from_secs(1), read)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let text = text.trim();
+    let text = text.strip_prefix("skiff: ").unwrap_or(text);
+    if text.is_empty() {
+        word
+    } else {
+        text.to_owned()
+    }
 }
 
 /// Layer 6: the local connectors, or the target router over a pooled HTTP/2 connection.

@@ -117,6 +117,31 @@ async fn requests_on_one_connection_are_balanced_over_two_sites() {
         counts["one"] >= 10 && counts["two"] >= 10,
         "spread {counts:?}"
     );
+    // The connection still open: its bytes are in the key's statistics already, and it
+    // counts as one running ingress flow (not listed among the active flows, which show
+    // the pooled connections between routers).
+    let stats = net.routers[0].flow_stats();
+    let web = stats
+        .iter()
+        .find(|s| s.key == "web")
+        .expect("web's statistics");
+    assert!(
+        web.bytes_forward > 60 * 16 && web.bytes_back > 60 * 40,
+        "a running HTTP connection's bytes are missing: {web:?}"
+    );
+    assert!(
+        web.active.contains(&(crate::flow::FlowRole::Ingress, 1)),
+        "{web:?}"
+    );
+    assert!(net.routers[0].recent_flows().is_empty());
+    assert!(
+        net.routers[0]
+            .flows()
+            .iter()
+            .all(|f| f.routing_key == "web" && f.bytes_forward == 0),
+        "the client connection is listed: {:?}",
+        net.routers[0].flows()
+    );
 
     // HTTP/2 (h2c), one connection, 60 requests at once.
     seen.lock().unwrap().clear();
@@ -318,6 +343,29 @@ async fn an_upgrade_crosses_two_hops_with_half_close() {
     send.await.unwrap();
     assert_eq!(back.len(), payload.len());
     assert!(back == payload, "echo differs");
+    // At the transit router the pooled HTTP/2 connection between routers shows among the
+    // active flows, but it is no client flow: no bytes in the key's statistics, no record.
+    let transit = &net.routers[1];
+    let pooled = transit.flows();
+    assert!(
+        pooled
+            .iter()
+            .any(|f| f.role == crate::flow::FlowRole::Transit && f.routing_key == "ws"),
+        "{pooled:?}"
+    );
+    let stats = transit.flow_stats();
+    assert!(
+        stats
+            .iter()
+            .filter(|s| s.key == "ws")
+            .all(|s| s.bytes_forward == 0 && s.bytes_back == 0 && s.duration.count == 0),
+        "{stats:?}"
+    );
+    assert!(
+        transit.recent_flows().is_empty(),
+        "{:?}",
+        transit.recent_flows()
+    );
     net.shutdown().await;
 }
 

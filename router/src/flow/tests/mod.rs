@@ -6,9 +6,11 @@
 //! - `transfer`: bytes arrive intact over 1–3 hops; half-close; server-speaks-first.
 //! - `failures`: resets, refusals, balancing, failover, retries, reconciliation.
 //! - `http`: HTTP flows: per-request balancing, trailers, retries, upgrades.
+//! - `records`: flow records and per-key statistics at every role.
 
 mod failures;
 mod http;
+mod records;
 mod transfer;
 
 use std::net::SocketAddr;
