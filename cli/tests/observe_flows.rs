@@ -11,26 +11,8 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Echo, Site, is_link, link, ok, text};
+use common::{Echo, Site, admin_json, admin_text, is_link, link, ok, text};
 use serde_json::Value;
-
-/// GET `path` on a site's admin socket: the body.
-fn admin_text(site: &Site, path: &str) -> String {
-    let sock = site.dir.join("admin.sock");
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--unix-socket"])
-        .arg(&sock)
-        .arg(format!("http://skiff{path}"))
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "curl {path}: {}", text(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn admin_json(site: &Site, path: &str) -> Value {
-    let body = admin_text(site, path);
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-}
 
 /// The value of the sample `name{labels}` in Prometheus text (labels exactly as written).
 fn sample(metrics: &str, series: &str) -> Option<f64> {

@@ -12,21 +12,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Echo, Site, expose_echo, is_link, link_over, ok, text};
+use common::{Echo, Site, admin_text, expose_echo, is_link, link_over, ok, text};
 use serde_json::Value;
-
-/// `GET PATH` on the admin socket of a running site: the body.
-fn admin_text(site: &Site, path: &str) -> String {
-    let sock = site.dir.join("admin.sock");
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--unix-socket"])
-        .arg(&sock)
-        .arg(format!("http://skiff{path}"))
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "curl {path}: {}", text(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// The link named `name` in `GET /v1/links`.
 fn link_status(site: &Site, name: &str) -> Value {

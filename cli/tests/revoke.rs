@@ -12,21 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Echo, Site, fails, is_link, link_over, ok, text};
+use common::{Echo, Site, admin_json, fails, is_link, link_over, ok, text};
 use serde_json::Value;
-
-/// `GET PATH` on the admin socket of a running site.
-fn admin_get(site: &Site, path: &str) -> Value {
-    let sock = site.dir.join("admin.sock");
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--unix-socket"])
-        .arg(&sock)
-        .arg(format!("http://skiff{path}"))
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "curl {path}: {}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{path}: {e}: {}", text(&out)))
-}
 
 fn link_named(site: &Site, name: &str) -> Option<Value> {
     site.links().into_iter().find(|l| l["name"] == name)
@@ -163,7 +150,7 @@ fn revoke_over(transport: &str) {
     // Nothing of the flow is left at a either: its half toward the backend ended too.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let flows = admin_get(&a, "/v1/flows");
+        let flows = admin_json(&a, "/v1/flows");
         if flows["active"].as_array().is_some_and(Vec::is_empty) {
             eprintln!(
                 "{transport}: a holds no flow {:?} after the revocation",

@@ -40,6 +40,25 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// `GET PATH` on the admin socket of a running site (curl): the body.
+pub fn admin_text(site: &Site, path: &str) -> String {
+    let sock = site.dir.join("admin.sock");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--unix-socket"])
+        .arg(&sock)
+        .arg(format!("http://skiff{path}"))
+        .output()
+        .expect("run curl");
+    assert!(out.status.success(), "curl {path}: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `GET PATH` on the admin socket of a running site, as JSON.
+pub fn admin_json(site: &Site, path: &str) -> Value {
+    let body = admin_text(site, path);
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
 /// Runs `skiff ARGS` and panics unless it succeeds.
 pub fn ok(args: &[&str]) -> Output {
     let o = skiff(args);
