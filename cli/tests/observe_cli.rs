@@ -17,7 +17,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Echo, Site, is_link, link, ok, text};
+use common::{Echo, Site, is_link, link, ok, site_id, text};
 use serde_json::Value;
 
 /// `network status --output json` of a site.
@@ -782,18 +782,6 @@ fn debug_dump_holds_status_logs_and_config_but_no_key_code_or_proxy_password() {
     );
 }
 
-/// The site id in a folder's site.yaml.
-fn site_id_of(site: &Site) -> String {
-    std::fs::read_to_string(site.dir.join("site.yaml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("id:"))
-        .unwrap()
-        .trim()
-        .trim_matches(['"', '\''])
-        .to_string()
-}
-
 #[test]
 fn debug_dump_hides_proxy_passwords_with_slashes_and_quotes_no_file_text_nor_follows_links() {
     let west = Site::create_on_fixed_port("west");
@@ -805,7 +793,7 @@ fn debug_dump_hides_proxy_passwords_with_slashes_and_quotes_no_file_text_nor_fol
         "generate",
         file.to_str().unwrap(),
         "--site-id",
-        &site_id_of(&east),
+        &site_id(&east),
         "--dir",
         west.d(),
     ]);

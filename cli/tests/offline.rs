@@ -16,20 +16,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Echo, Site, expose_echo, fails, ok, text};
+use common::{Echo, Site, expose_echo, fails, ok, site_id, text};
 use serde_json::Value;
-
-/// A site's id, from its site.yaml.
-fn site_id(site: &Site) -> String {
-    std::fs::read_to_string(site.dir.join("site.yaml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("id:"))
-        .unwrap()
-        .trim()
-        .trim_matches(['"', '\''])
-        .to_string()
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Echo, Site, admin_json, fails, is_link, link_over, ok, text};
+use common::{Echo, Site, admin_json, fails, is_link, link_over, ok, site_id, text};
 use serde_json::Value;
 
 fn link_named(site: &Site, name: &str) -> Option<Value> {
@@ -564,16 +564,4 @@ fn a_revocation_made_while_the_site_starts_is_applied() {
             .contains("revoked"),
         "{refused:#}"
     );
-}
-
-/// A site's id, from its site.yaml.
-fn site_id(site: &Site) -> String {
-    std::fs::read_to_string(site.dir.join("site.yaml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("id:"))
-        .unwrap()
-        .trim()
-        .trim_matches(['"', '\''])
-        .to_string()
 }

@@ -59,6 +59,18 @@ pub fn admin_json(site: &Site, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
+/// A site's id, from its site.yaml.
+pub fn site_id(site: &Site) -> String {
+    std::fs::read_to_string(site.dir.join("site.yaml"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .trim_matches(['"', '\''])
+        .to_string()
+}
+
 /// Runs `skiff ARGS` and panics unless it succeeds.
 pub fn ok(args: &[&str]) -> Output {
     let o = skiff(args);
