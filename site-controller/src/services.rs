@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 use skiff_router::flow::{ConnectorSpec as RouterConnector, ListenerSpec as RouterListener};
-use skiff_router::routing::{Protocol, RoutingKey, Strategy};
+use skiff_router::routing::{Affinity, Protocol, RoutingKey, Strategy};
 
 use crate::SiteError;
 use crate::folder::SiteFolder;
@@ -26,8 +26,23 @@ pub fn parse_type(value: &str) -> Result<Protocol, String> {
         "tcp" => Ok(Protocol::Tcp),
         "http" => Ok(Protocol::Http),
         "http2" => Ok(Protocol::Http2),
-        other => Err(format!("type {other:?} is not one of tcp, http, http2")),
+        "udp" => Ok(Protocol::Udp),
+        other => Err(format!(
+            "type {other:?} is not one of tcp, http, http2, udp"
+        )),
     }
+}
+
+/// The affinity of a listener of `protocol` (`None`: no affinity). `header:` and `cookie:`
+/// need an HTTP listener.
+pub fn parse_affinity(value: Option<&str>, protocol: Protocol) -> Result<Affinity, String> {
+    let affinity: Affinity = value.unwrap_or("none").parse()?;
+    if affinity.is_http_only() && !protocol.is_http() {
+        return Err(format!(
+            "affinity {affinity} needs an HTTP listener (--type http or http2); a {protocol} listener takes none or client-ip"
+        ));
+    }
+    Ok(affinity)
 }
 
 /// Parses a routing key, saying which value was wrong.
@@ -64,12 +79,14 @@ pub fn listener_spec(l: &Listener) -> Result<RouterListener, String> {
         }
     };
     check_listener_host(&spec.host)?;
+    let protocol = parse_type(&spec.protocol)?;
     Ok(RouterListener {
         name: l.metadata.name.clone(),
         strategy,
         host: spec.host.clone(),
         port: spec.port,
-        protocol: parse_type(&spec.protocol)?,
+        protocol,
+        affinity: parse_affinity(spec.affinity.as_deref(), protocol)?,
     })
 }
 
@@ -175,6 +192,7 @@ pub fn create_listener(
                 .to_string(),
             port,
             protocol: protocol.to_string(),
+            affinity: None,
         },
     );
     listener_spec(&listener).map_err(SiteError::InvalidArgument)?;
@@ -274,6 +292,7 @@ mod tests {
             host: "0.0.0.0".into(),
             port: 8080,
             protocol: "tcp".into(),
+            affinity: None,
         }
     }
 

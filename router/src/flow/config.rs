@@ -53,8 +53,11 @@ pub struct ListenerSpec {
     pub host: String,
     /// Port; 0 picks a free one (see [`ListenerStatus::address`]).
     pub port: u16,
-    /// TCP connections, or HTTP requests routed one by one (`Http`, `Http2`).
+    /// TCP connections, HTTP requests routed one by one (`Http`, `Http2`), or UDP datagrams.
     pub protocol: Protocol,
+    /// What keeps a client on one site (`client-ip` for TCP and UDP, `header:`/`cookie:`
+    /// for HTTP); none by default.
+    pub affinity: crate::routing::Affinity,
 }
 
 /// "Traffic for a key goes to host:port here."
@@ -343,12 +346,11 @@ fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
 }
 
 impl Config {
-    /// The connectors serving `key` with a protocol of the family (HTTP, or TCP), least busy
-    /// first.
+    /// The connectors serving `key` with a protocol of the family, least busy first.
     pub(crate) fn connectors_for_family(
         &self,
         key: &RoutingKey,
-        http: bool,
+        family: crate::routing::Family,
     ) -> Vec<Arc<Connector>> {
         let mut out: Vec<Arc<Connector>> = self
             .connectors
@@ -356,7 +358,9 @@ impl Config {
             .unwrap()
             .values()
             .filter(|c| {
-                c.error.is_none() && &c.spec.routing_key == key && c.spec.protocol.is_http() == http
+                c.error.is_none()
+                    && &c.spec.routing_key == key
+                    && c.spec.protocol.family() == family
             })
             .cloned()
             .collect();
@@ -706,6 +710,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 0,
             protocol: Protocol::Tcp,
+            affinity: Default::default(),
         };
         let l = bind(&spec).unwrap();
         let _c = tokio::net::TcpStream::connect(l.local_addr().unwrap())

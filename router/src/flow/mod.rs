@@ -25,6 +25,7 @@
 //! - `records`: each flow from start to end; the ring of recent ended flows; failure logs.
 //! - `stats`: per-key flow statistics for `/metrics`.
 //! - `transit`: the transit role, reading the egress's answer on its way back.
+//! - `udp`: UDP flows (ingress, transit, egress) and how their datagrams travel.
 
 mod config;
 mod http;
@@ -34,6 +35,8 @@ mod splice;
 mod stats;
 mod tcp;
 mod transit;
+#[allow(dead_code)] // scaffolding: the UDP roles that use it are being written (issue 10)
+mod udp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +64,11 @@ pub use records::{FLOW_LOG_EVERY, FlowOutcome, FlowRecord, FlowSite, MAX_REASON,
 pub use splice::COPY_BUFFER;
 pub use stats::{
     DURATION_BUCKETS, FlowKeyStats, HistogramSnapshot, MAX_KEYS, OTHER_KEY, SETUP_BUCKETS,
+};
+pub use udp::{
+    DropReason as UdpDropReason, EGRESS_IDLE_TIMEOUT as UDP_EGRESS_IDLE_TIMEOUT,
+    IDLE_TIMEOUT as UDP_IDLE_TIMEOUT, MAX_FLOWS_PER_LISTENER as UDP_MAX_FLOWS_PER_LISTENER,
+    UdpKeyStats,
 };
 
 /// Client bytes an ingress reads (and keeps, for a retry elsewhere) before the egress has
@@ -267,19 +275,29 @@ impl Flows {
     }
 
     /// [`Flows::choose`], keeping the targets whose router serves the key with a protocol
-    /// of the listener's family: HTTP (`http`, `http2`) or not (`tcp`).
+    /// of the listener's family (`tcp`; `http` and `http2`; `udp`). With a client hash
+    /// (session affinity) the targets are ordered for that client instead
+    /// ([`crate::routing::affinity_order`]).
     pub(crate) fn choose_family(
         &self,
         strategy: &crate::routing::Strategy,
-        http: bool,
+        family: crate::routing::Family,
+        client: Option<u64>,
     ) -> Vec<Target> {
-        let mut targets = self.choose(strategy);
+        let mut targets = match client {
+            None => self.choose(strategy),
+            // The client's hash picks the key of a weighted listener too, so it stays put.
+            Some(hash) => self.routes.read().choose(strategy, &|_| 0, hash),
+        };
         let routes = self.routes.read();
         targets.retain(|t| {
             routes
                 .key_protocol(t.router, &t.key)
-                .is_some_and(|p| p.is_http() == http)
+                .is_some_and(|p| p.family() == family)
         });
+        if let Some(hash) = client {
+            crate::routing::affinity_order(&mut targets, hash);
+        }
         targets
     }
 

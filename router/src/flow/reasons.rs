@@ -120,6 +120,7 @@ fn protocol_word(p: Protocol) -> &'static str {
         Protocol::Tcp => "tcp",
         Protocol::Http => "http",
         Protocol::Http2 => "http2",
+        Protocol::Udp => "udp",
     }
 }
 

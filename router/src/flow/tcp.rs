@@ -63,7 +63,15 @@ pub(crate) async fn serve_client(
         FlowRole::Ingress,
     )
     .accepted(Some(remote), &listener.spec.name);
-    let targets = flows.choose_family(&listener.spec.strategy, false);
+    let client_hash = match listener.spec.affinity {
+        crate::routing::Affinity::ClientIp => Some(crate::routing::client_ip_hash(remote.ip())),
+        _ => None,
+    };
+    let targets = flows.choose_family(
+        &listener.spec.strategy,
+        crate::routing::Family::Tcp,
+        client_hash,
+    );
     if targets.is_empty() {
         listener.counters.fail();
         let why = super::config::no_target_reason(&flows, &listener);
@@ -258,7 +266,9 @@ async fn connect_local(
     flows: &Flows,
     key: &RoutingKey,
 ) -> Result<(TcpStream, Arc<Connector>), FlowStatusFrame> {
-    let connectors = flows.config.connectors_for_family(key, false);
+    let connectors = flows
+        .config
+        .connectors_for_family(key, crate::routing::Family::Tcp);
     if connectors.is_empty() {
         let why = if flows.config.has_connector(key) {
             "its connectors here are not usable"

@@ -152,11 +152,12 @@ pub(crate) struct IncomingSink {
 }
 
 impl IncomingSink {
-    fn deliver(&self, peer: SiteId, link: &str, stream: LinkStream) {
+    fn deliver(&self, peer: SiteId, link: &str, stream: LinkStream, conn: &dyn MuxConnection) {
         let incoming = IncomingStream {
             peer,
             link: link.to_owned(),
             stream,
+            datagrams: conn.datagrams(),
         };
         if let Err(e) = self.tx.try_send(incoming) {
             // Dropping the stream resets it; the peer sees the failure at once.
@@ -246,7 +247,7 @@ pub(crate) async fn run_link(
                 }
             }
             stream = conn.accept_stream() => match stream {
-                Ok(stream) => sink.deliver(peer.site_id, name, stream),
+                Ok(stream) => sink.deliver(peer.site_id, name, stream, &*conn),
                 Err(e) => break LinkEnd::Lost(e.to_string()),
             },
             () = tokio::time::sleep_until(deadline) => {

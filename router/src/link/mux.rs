@@ -56,6 +56,9 @@ pub const FLOW_RESET_CODE: u32 = 1;
 
 /// One bidirectional stream on a link.
 pub struct LinkStream {
+    /// QUIC links: the stream's id, the channel of its flow's datagrams
+    /// ([`super::datagram`]); `None` on TLS/TCP links.
+    pub channel: Option<u64>,
     /// Bytes from the peer.
     pub reader: StreamReader,
     /// Bytes to the peer.
@@ -105,6 +108,10 @@ pub trait MuxConnection: Send + Sync + 'static {
     /// The transport's own round-trip estimate, where it keeps one (QUIC); `None` on TLS/TCP,
     /// whose round trips the driver measures with its keepalives.
     fn transport_rtt(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// The link's datagrams, where the transport has them (QUIC).
+    fn datagrams(&self) -> Option<Arc<super::datagram::Datagrams>> {
         None
     }
 }
@@ -372,6 +379,7 @@ fn split_yamux(
     });
     shared.lost.register(&shared);
     LinkStream {
+        channel: None,
         reader: Box::new(YamuxReader(shared.clone())),
         writer: Box::new(YamuxWriter(shared)),
     }

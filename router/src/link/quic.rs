@@ -193,7 +193,7 @@ impl QuicDialers {
     ) -> Result<QuicConnection, Box<dyn std::error::Error + Send + Sync>> {
         let ep = self.endpoint_for(peer)?;
         let conn = ep.connect_with(cfg, peer, server_name)?.await?;
-        Ok(QuicConnection(conn))
+        Ok(QuicConnection::new(conn))
     }
 
     /// Closes the dialing endpoints and waits (bounded) for their connections to drain.
@@ -208,8 +208,18 @@ impl QuicDialers {
     }
 }
 
-/// A QUIC link connection.
-pub(crate) struct QuicConnection(pub(crate) quinn::Connection);
+/// A QUIC link connection, and its datagrams.
+pub(crate) struct QuicConnection(
+    pub(crate) quinn::Connection,
+    Arc<super::datagram::Datagrams>,
+);
+
+impl QuicConnection {
+    pub(crate) fn new(conn: quinn::Connection) -> Self {
+        let datagrams = super::datagram::Datagrams::new(conn.clone());
+        QuicConnection(conn, datagrams)
+    }
+}
 
 impl super::mux::LinkRead for quinn::RecvStream {
     fn stop(&mut self) {
@@ -288,6 +298,7 @@ impl super::mux::LinkWrite for QuicSend {
 
 fn link_stream((send, recv): (quinn::SendStream, quinn::RecvStream)) -> LinkStream {
     LinkStream {
+        channel: Some(u64::from(send.id())),
         reader: Box::new(recv),
         writer: Box::new(QuicSend {
             stream: send,
@@ -323,9 +334,10 @@ impl MuxConnection for QuicConnection {
     }
 
     fn received(&self) -> u64 {
-        // STREAM frames only: quinn's own PINGs and ACKs keep coming from a peer whose router
-        // is wedged, and they must not keep its link alive.
-        self.0.stats().frame_rx.stream
+        // STREAM and DATAGRAM frames only: quinn's own PINGs and ACKs keep coming from a peer
+        // whose router is wedged, and they must not keep its link alive.
+        let rx = self.0.stats().frame_rx;
+        rx.stream + rx.datagram
     }
 
     fn wire_bytes(&self) -> super::mux::WireBytes {
@@ -338,5 +350,9 @@ impl MuxConnection for QuicConnection {
 
     fn transport_rtt(&self) -> Option<Duration> {
         Some(self.0.rtt())
+    }
+
+    fn datagrams(&self) -> Option<Arc<super::datagram::Datagrams>> {
+        Some(self.1.clone())
     }
 }

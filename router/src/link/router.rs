@@ -86,6 +86,8 @@ pub struct IncomingStream {
     pub link: String,
     /// The stream.
     pub stream: LinkStream,
+    /// The link's datagrams (QUIC links; UDP flows use them with [`LinkStream::channel`]).
+    pub datagrams: Option<Arc<super::datagram::Datagrams>>,
 }
 
 /// A link that is up, for opening streams to the peer.
@@ -126,6 +128,11 @@ impl LinkHandle {
     /// The link's transport.
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// The link's datagrams (QUIC links only).
+    pub fn datagrams(&self) -> Option<Arc<super::datagram::Datagrams>> {
+        self.conn.datagrams()
     }
 }
 
@@ -606,7 +613,7 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     }
                 };
                 // Still pending until the hello exchange finished.
-                serve_inbound(shared2, Arc::new(QuicConnection(conn)), site, Transport::Quic, remote, permit)
+                serve_inbound(shared2, Arc::new(QuicConnection::new(conn)), site, Transport::Quic, remote, permit)
                     .await;
             }
             .instrument(tracing::debug_span!("link_port_quic", remote = %remote)),

@@ -6,7 +6,8 @@
 //!
 //! Frame types: `0x01` hello, `0x02` refused, `0x03` keepalive, `0x04` keepalive ack,
 //! `0x05` close, `0x06` link state ([`link_state`]) on control streams; `0x10` flow header
-//! ([`FlowHeader`]) and `0x11` flow status ([`FlowStatusFrame`]) at the start of flow streams.
+//! ([`FlowHeader`]) and `0x11` flow status ([`FlowStatusFrame`]) at the start of flow streams;
+//! `0x12` datagram ([`datagram`]) after them on the streams of UDP flows.
 //!
 //! Protocol 1.1 added the link cost to the hello (a 1.0 hello decodes with cost 1).
 //!
@@ -15,6 +16,7 @@
 //! [`ControlFrame::Refused`] and the link is closed.
 
 mod control;
+pub mod datagram;
 mod flow;
 #[doc(hidden)]
 pub mod fuzzing;

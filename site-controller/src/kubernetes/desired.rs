@@ -442,6 +442,7 @@ fn remote_listeners(inp: &Inputs<'_>, d: &mut Desired) {
                     host: DEFAULT_LISTENER_HOST.into(),
                     port,
                     protocol: rk.protocol.clone(),
+                    affinity: None,
                 },
             ),
         );

@@ -423,9 +423,11 @@ async fn proxy(
     if let Some(why) = smuggling_shape(req.headers()) {
         return (None, Err(ProxyError::BadRequest(why)));
     }
-    let targets = ingress
-        .flows
-        .choose_family(&ingress.listener.spec.strategy, true);
+    let targets = ingress.flows.choose_family(
+        &ingress.listener.spec.strategy,
+        crate::routing::Family::Http,
+        None,
+    );
     if targets.is_empty() {
         let why = crate::flow::config::no_target_reason(&ingress.flows, &ingress.listener);
         return (None, Err(ProxyError::NoRoute("no-route", why)));

@@ -95,6 +95,7 @@ pub(crate) fn listener(name: &str, k: &str) -> ListenerSpec {
         host: "127.0.0.1".into(),
         port: 0,
         protocol: Protocol::Tcp,
+        affinity: Default::default(),
     }
 }
 
