@@ -453,6 +453,12 @@ impl Flows {
             .unwrap_or_else(|| id.to_string())
     }
 
+    /// Datagram counts of UDP flows per key, sorted by key. (Scaffold: the UDP ingress
+    /// fills it in.)
+    pub(crate) fn udp_stats(&self) -> Vec<UdpKeyStats> {
+        Vec::new()
+    }
+
     /// The recently ended flows, oldest first.
     pub(crate) fn recent_flows(&self) -> Vec<FlowRecord> {
         self.recent.records(&self.site_names())

@@ -449,6 +449,12 @@ impl Router {
         self.flows.key_stats()
     }
 
+    /// Datagram counts of UDP flows per routing key (forwarded, oversize, dropped by
+    /// reason), sorted by key.
+    pub fn udp_stats(&self) -> Vec<crate::flow::UdpKeyStats> {
+        self.flows.udp_stats()
+    }
+
     /// Request metrics of HTTP listeners, by routing key.
     pub fn http_metrics(
         &self,
