@@ -7,7 +7,9 @@
 //! - `failures`: resets, refusals, balancing, failover, retries, reconciliation.
 //! - `http`: HTTP flows: per-request balancing, trailers, retries, upgrades.
 //! - `records`: flow records and per-key statistics at every role.
+//! - `affinity`: HTTP session affinity (header, cookie): clients keep their site.
 
+mod affinity;
 mod failures;
 mod http;
 mod records;
