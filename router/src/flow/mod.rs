@@ -226,6 +226,8 @@ pub(crate) struct Flows {
     pub(crate) http_metrics: http::metrics::HttpMetrics,
     /// HTTP/2 connections to egress routers.
     pub(crate) http_peers: http::Peers,
+    /// Per-key datagram counters of UDP flows (every role counts into them).
+    pub(crate) udp_stats: udp::UdpStats,
 }
 
 impl Flows {
@@ -254,6 +256,7 @@ impl Flows {
             shutdown,
             http_metrics: http::metrics::HttpMetrics::default(),
             http_peers: http::Peers::default(),
+            udp_stats: udp::UdpStats::default(),
         })
     }
 
@@ -453,10 +456,10 @@ impl Flows {
             .unwrap_or_else(|| id.to_string())
     }
 
-    /// Datagram counts of UDP flows per key, sorted by key. (Scaffold: the UDP ingress
-    /// fills it in.)
+    /// Datagram counts of UDP flows per key, sorted by key (kernel drops on UDP listener
+    /// sockets read now).
     pub(crate) fn udp_stats(&self) -> Vec<UdpKeyStats> {
-        Vec::new()
+        self.udp_stats.snapshot()
     }
 
     /// The recently ended flows, oldest first.

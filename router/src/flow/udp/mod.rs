@@ -17,6 +17,10 @@
 //! what one router sent and the next received.
 
 pub(crate) mod hop;
+mod stats;
+
+#[allow(unused_imports)] // until the roles that count use them (issue 10)
+pub(crate) use stats::{Direction, UdpKeyCounters, UdpStats};
 
 use std::time::Duration;
 
