@@ -206,13 +206,17 @@ pub async fn service_list(
                     .iter()
                     .map(|l| {
                         let s = &l.spec;
-                        stopped(
+                        let mut item = stopped(
                             &l.metadata.name,
                             s.routing_key.as_deref(),
                             &s.host,
                             s.port,
                             &s.protocol,
-                        )
+                        );
+                        if let (Some(obj), Some(a)) = (item.as_object_mut(), &s.affinity) {
+                            obj.insert("affinity".into(), Value::String(a.clone()));
+                        }
+                        item
                     })
                     .collect(),
                 Service::Connector => list_connectors(folder)?
@@ -242,6 +246,9 @@ pub async fn service_list(
         _ => None,
     };
     let mut items = items;
+    if kind == Service::Listener {
+        add_affinity(&mut items, folder);
+    }
     for i in &mut items {
         let detail = service_detail(kind, i, net.as_ref());
         if let (Some(obj), false) = (i.as_object_mut(), detail.is_empty()) {
@@ -278,10 +285,18 @@ pub async fn service_list(
             if let Some(n) = i.get(field).and_then(Value::as_u64).filter(|n| *n > 0) {
                 flows.push_str(&format!(", {n} {word}"));
             }
+            let mut protocol = plain(&i["protocol"]);
+            if let Some(a) = i
+                .get("affinity")
+                .and_then(Value::as_str)
+                .filter(|a| *a != "none")
+            {
+                protocol.push_str(&format!(" (affinity {a})"));
+            }
             [
                 plain(&i["name"]),
                 plain(&i["routingKey"]),
-                plain(&i["protocol"]),
+                protocol,
                 address,
                 plain(&i["status"]),
                 flows,
@@ -305,6 +320,27 @@ pub async fn service_list(
         &rows,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Adds `affinity` to each running listener that has one in its resource file (the router's
+/// `GET /v1/listeners` does not carry it), unless the item has it already.
+fn add_affinity(items: &mut [Value], folder: &SiteFolder) {
+    let Ok(listeners) = skiff_site_controller::services::list_listeners(folder) else {
+        return;
+    };
+    for i in items.iter_mut() {
+        let Some(l) = listeners
+            .iter()
+            .find(|l| i["name"].as_str() == Some(l.metadata.name.as_str()))
+        else {
+            continue;
+        };
+        if let (Some(obj), Some(a)) = (i.as_object_mut(), &l.spec.affinity)
+            && !obj.contains_key("affinity")
+        {
+            obj.insert("affinity".into(), Value::String(a.clone()));
+        }
+    }
 }
 
 /// The DETAIL of a listener or connector: the router's reason, the reachable sites (its

@@ -171,7 +171,9 @@ pub fn list_connectors(folder: &SiteFolder) -> Result<Vec<Connector>, SiteError>
     list_resources(&folder.connectors_dir())
 }
 
-/// `skiff listener create NAME PORT [--routing-key K] [--host H] [--type T]`.
+/// `skiff listener create NAME PORT [--routing-key K] [--host H] [--type T] [--affinity A]`.
+/// The affinity is stored in its canonical spelling (`header:x-user` lowercase), and not at
+/// all when it is `none`.
 pub fn create_listener(
     folder: &SiteFolder,
     name: &str,
@@ -179,8 +181,13 @@ pub fn create_listener(
     routing_key: Option<&str>,
     host: Option<&str>,
     protocol: &str,
+    affinity: Option<&str>,
 ) -> Result<(Listener, Saved), SiteError> {
     may_create(folder, "listener", name)?;
+    let affinity = match parse_type(protocol) {
+        Ok(p) => parse_affinity(affinity, p).map_err(SiteError::InvalidArgument)?,
+        Err(_) => Affinity::None, // listener_spec below says what is wrong with the type
+    };
     let listener = Listener::new(
         name,
         ListenerSpec {
@@ -192,7 +199,7 @@ pub fn create_listener(
                 .to_string(),
             port,
             protocol: protocol.to_string(),
-            affinity: None,
+            affinity: (affinity != Affinity::None).then(|| affinity.to_string()),
         },
     );
     listener_spec(&listener).map_err(SiteError::InvalidArgument)?;
@@ -302,7 +309,7 @@ mod tests {
         let folder = SiteFolder::new(dir.path());
         crate::site::create_site(&folder, "east", &Default::default()).unwrap();
         std::fs::write(folder.kubernetes_marker(), "east\n").unwrap();
-        let err = create_listener(&folder, "db", 5432, None, None, "tcp").unwrap_err();
+        let err = create_listener(&folder, "db", 5432, None, None, "tcp", None).unwrap_err();
         assert!(
             err.to_string()
                 .contains("run by Kubernetes (namespace east)"),
@@ -359,7 +366,7 @@ mod tests {
         let mut h = base();
         h.protocol = "grpc".into();
         let err = listener_spec(&listener(h)).unwrap_err();
-        assert!(err.contains("not one of tcp, http, http2"), "{err}");
+        assert!(err.contains("not one of tcp, http, http2, udp"), "{err}");
         let mut k = base();
         k.routing_key = Some("Bad Key!".into());
         let err = listener_spec(&listener(k)).unwrap_err();
@@ -440,6 +447,56 @@ mod tests {
     }
 
     #[test]
+    fn create_stores_the_affinity_canonically_and_refuses_one_the_type_cannot_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        crate::site::create_site(&folder, "east", &Default::default()).unwrap();
+        let (l, _) =
+            create_listener(&folder, "dns", 5353, None, None, "udp", Some("client-ip")).unwrap();
+        assert_eq!(l.spec.affinity.as_deref(), Some("client-ip"));
+        assert_eq!(l.spec.protocol, "udp");
+        let (l, _) = create_listener(
+            &folder,
+            "web",
+            80,
+            None,
+            None,
+            "http",
+            Some("header:X-User"),
+        )
+        .unwrap();
+        assert_eq!(l.spec.affinity.as_deref(), Some("header:x-user"));
+        let (l, _) = create_listener(&folder, "db", 5432, None, None, "tcp", Some("none")).unwrap();
+        assert_eq!(l.spec.affinity, None, "none is not stored");
+        let text = std::fs::read_to_string(folder.listeners_dir().join("db.yaml")).unwrap();
+        assert!(!text.contains("affinity"), "{text}");
+
+        let err = create_listener(&folder, "syslog", 514, None, None, "udp", Some("cookie:s"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("affinity cookie:s needs an HTTP listener")
+                && err.contains("a udp listener takes none or client-ip"),
+            "{err}"
+        );
+        let err = create_listener(&folder, "syslog", 514, None, None, "udp", Some("bogus"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected none, client-ip"), "{err}");
+        assert_eq!(
+            list_listeners(&folder).unwrap().len(),
+            3,
+            "refused ones not written"
+        );
+        let (c, _) = create_connector(&folder, "dns", 53, None, None, "udp").unwrap();
+        assert_eq!(
+            connector_spec(&c).unwrap().protocol,
+            Protocol::Udp,
+            "a udp connector"
+        );
+    }
+
+    #[test]
     fn create_refuses_a_markup_host_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let folder = SiteFolder::new(dir.path());
@@ -451,7 +508,7 @@ mod tests {
                 .contains("neither an IP address nor a DNS name"),
             "{err}"
         );
-        let err = create_listener(&folder, "db", 5432, None, Some(bad), "tcp").unwrap_err();
+        let err = create_listener(&folder, "db", 5432, None, Some(bad), "tcp", None).unwrap_err();
         assert!(
             err.to_string().contains("not an address to listen on"),
             "{err}"
