@@ -422,7 +422,10 @@ pub(crate) async fn answer_failure(stream: &mut LinkStream, status: FlowStatusFr
 /// it names us.
 pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
     let IncomingStream {
-        peer, mut stream, ..
+        peer,
+        mut stream,
+        datagrams,
+        ..
     } = incoming;
     let (header, leftover) = match read_header(&mut stream).await {
         Ok(h) => h,
@@ -433,8 +436,10 @@ pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
         }
     };
     // HTTP connections are not waited for at shutdown (pooled connections between routers
-    // and kept-alive clients would hold every stop for the whole grace).
-    let _in_progress = (!header.protocol.is_http()).then(|| flows.tcp_flows.token());
+    // and kept-alive clients would hold every stop for the whole grace), nor UDP flows (they
+    // end only when idle).
+    let waited = !header.protocol.is_http() && header.protocol != Protocol::Udp;
+    let _in_progress = waited.then(|| flows.tcp_flows.token());
     let origin = SiteId::from_bytes(header.origin);
     let destination = SiteId::from_bytes(header.destination);
     let key: RoutingKey = match header.routing_key.parse() {
@@ -457,7 +462,24 @@ pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
             return;
         }
     };
-    if destination == flows.me {
+    if header.protocol == Protocol::Udp {
+        if destination == flows.me {
+            super::udp::egress::egress(&flows, stream, datagrams, &header, key, origin, leftover)
+                .await;
+        } else {
+            super::udp::transit::transit(
+                &flows,
+                stream,
+                datagrams,
+                header,
+                key,
+                origin,
+                destination,
+                leftover,
+            )
+            .await;
+        }
+    } else if destination == flows.me {
         egress(&flows, stream, &header, key, origin, leftover).await;
     } else {
         super::transit::transit(&flows, stream, header, key, origin, destination, leftover).await;

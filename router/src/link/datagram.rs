@@ -28,7 +28,9 @@ pub enum DatagramRefused {
     Unavailable,
 }
 
-/// What this link's datagrams did, since it came up.
+/// What the router's QUIC links did with datagrams since the router started: one set shared
+/// by every link ([`super::router::Shared::datagram_counters`]), so a link that reconnects
+/// does not lose its counts.
 #[derive(Debug, Default)]
 pub struct DatagramCounters {
     /// Sent to the peer.
@@ -46,8 +48,8 @@ pub struct Datagrams {
     conn: quinn::Connection,
     channels: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
     reading: AtomicBool,
-    /// Its counters.
-    pub counters: DatagramCounters,
+    /// The router's counters (shared by every link).
+    pub counters: Arc<DatagramCounters>,
 }
 
 impl std::fmt::Debug for Datagrams {
@@ -59,12 +61,13 @@ impl std::fmt::Debug for Datagrams {
 }
 
 impl Datagrams {
-    pub(crate) fn new(conn: quinn::Connection) -> Arc<Self> {
+    /// The datagrams of link connection `conn`, counted in `counters` (the router's).
+    pub(crate) fn new(conn: quinn::Connection, counters: Arc<DatagramCounters>) -> Arc<Self> {
         Arc::new(Datagrams {
             conn,
             channels: Mutex::default(),
             reading: AtomicBool::new(false),
-            counters: DatagramCounters::default(),
+            counters,
         })
     }
 

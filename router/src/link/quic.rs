@@ -17,11 +17,14 @@ use futures_util::future::BoxFuture;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio_util::task::TaskTracker;
 
+use super::datagram::DatagramCounters;
 use super::driver::Timing;
 use super::mux::{LinkStream, MuxConnection};
 
 /// Concurrent streams a peer may open on one QUIC link.
 const MAX_STREAMS: u32 = 16 * 1024;
+/// quinn's buffers of QUIC datagrams, each way, per link (see [`transport_config`]).
+pub(crate) const DATAGRAM_BUFFER: usize = 1024 * 1024;
 
 /// Transport parameters of link connections: quinn's own keepalive and idle timeout back up
 /// the control-stream keepalive (they also keep NAT bindings warm).
@@ -38,6 +41,17 @@ pub(crate) fn transport_config(timing: Timing) -> Arc<quinn::TransportConfig> {
     // Bytes we buffer, sent or not, until acknowledged, across all streams of the connection:
     // this bounds the send side per link (quinn's default is 8 stream windows).
     t.send_window(super::mux::QUIC_SEND_WINDOW);
+    // QUIC datagrams (UDP flows). Received ones wait here until the link's datagram task
+    // moves them to their flows' queues (where a full queue is counted); when this buffer is
+    // full quinn drops the oldest without a trace, so it holds a burst of about 800 full-size
+    // datagrams while that task is scheduled. Its size is also what the peer may send at
+    // most in one datagram, so it must stay above any path MTU.
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+    // Datagrams waiting to be sent: `Datagrams::send` refuses a datagram (counted as
+    // congested) once this is full, rather than let quinn drop older ones silently. 1 MiB is
+    // about 8 ms at 1 Gbit/s: enough to ride out a burst, not enough to add a queue of
+    // latency to every datagram behind it.
+    t.datagram_send_buffer_size(DATAGRAM_BUFFER);
     Arc::new(t)
 }
 
@@ -151,14 +165,20 @@ pub(crate) async fn close_endpoint(ep: quinn::Endpoint) {
 /// Client endpoints for dialing, one per address family, made on first use.
 pub(crate) struct QuicDialers {
     runtime: Arc<TrackedRuntime>,
+    /// The router's datagram counters, for the links dialed.
+    datagram_counters: Arc<DatagramCounters>,
     v4: Mutex<Option<quinn::Endpoint>>,
     v6: Mutex<Option<quinn::Endpoint>>,
 }
 
 impl QuicDialers {
-    pub(crate) fn new(runtime: Arc<TrackedRuntime>) -> Self {
+    pub(crate) fn new(
+        runtime: Arc<TrackedRuntime>,
+        datagram_counters: Arc<DatagramCounters>,
+    ) -> Self {
         QuicDialers {
             runtime,
+            datagram_counters,
             v4: Mutex::default(),
             v6: Mutex::default(),
         }
@@ -193,7 +213,7 @@ impl QuicDialers {
     ) -> Result<QuicConnection, Box<dyn std::error::Error + Send + Sync>> {
         let ep = self.endpoint_for(peer)?;
         let conn = ep.connect_with(cfg, peer, server_name)?.await?;
-        Ok(QuicConnection::new(conn))
+        Ok(QuicConnection::new(conn, self.datagram_counters.clone()))
     }
 
     /// Closes the dialing endpoints and waits (bounded) for their connections to drain.
@@ -215,8 +235,9 @@ pub(crate) struct QuicConnection(
 );
 
 impl QuicConnection {
-    pub(crate) fn new(conn: quinn::Connection) -> Self {
-        let datagrams = super::datagram::Datagrams::new(conn.clone());
+    /// A link connection whose datagrams count in `counters` (the router's).
+    pub(crate) fn new(conn: quinn::Connection, counters: Arc<DatagramCounters>) -> Self {
+        let datagrams = super::datagram::Datagrams::new(conn.clone(), counters);
         QuicConnection(conn, datagrams)
     }
 }

@@ -59,9 +59,19 @@ pub(crate) struct Shared {
     pub(crate) quinn_tasks: TaskTracker,
     /// Rate limits of the log lines unauthenticated peers can cause.
     pub(crate) log_limits: tls::LogLimits,
+    /// What every QUIC link of this router did with datagrams since it started.
+    datagram_counters: Arc<super::datagram::DatagramCounters>,
 }
 
 impl Shared {
+    /// The datagram counters of every QUIC link of this router, since it started (links
+    /// that reconnect keep counting in them): datagrams that arrived for no flow, or for a
+    /// flow whose queue was full, are lost here.
+    #[allow(dead_code)] // Router::udp_stats reports them once the UDP ingress lands (issue 10)
+    pub(crate) fn datagram_counters(&self) -> &Arc<super::datagram::DatagramCounters> {
+        &self.datagram_counters
+    }
+
     /// An up link to `peer` (the cheapest if there are several), for opening streams.
     pub(crate) fn link_handle(&self, peer: SiteId) -> Option<LinkHandle> {
         self.table
@@ -186,6 +196,7 @@ impl Router {
             keepalive_interval: cfg.keepalive_interval,
             dead_after: cfg.dead_after,
         };
+        let datagram_counters = Arc::new(super::datagram::DatagramCounters::default());
         let shared = Arc::new(Shared {
             hello: LocalHello {
                 site_id: cfg.site_id,
@@ -199,11 +210,12 @@ impl Router {
             table: LinkTable::default(),
             sink: IncomingSink { tx },
             routes: routes.clone(),
-            quic_dialers: QuicDialers::new(quinn_runtime.clone()),
+            quic_dialers: QuicDialers::new(quinn_runtime.clone(), datagram_counters.clone()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             quinn_tasks: quinn_runtime.tasks.clone(),
             log_limits: tls::LogLimits::default(),
+            datagram_counters,
         });
         shared.tasks.spawn(
             routes::run(routes.clone(), route_events, shared.shutdown.clone())
@@ -619,7 +631,8 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     }
                 };
                 // Still pending until the hello exchange finished.
-                serve_inbound(shared2, Arc::new(QuicConnection::new(conn)), site, Transport::Quic, remote, permit)
+                let counters = shared2.datagram_counters.clone();
+                serve_inbound(shared2, Arc::new(QuicConnection::new(conn, counters)), site, Transport::Quic, remote, permit)
                     .await;
             }
             .instrument(tracing::debug_span!("link_port_quic", remote = %remote)),

@@ -199,6 +199,13 @@ impl Hop {
         Ok(())
     }
 
+    /// Whether datagrams may go as QUIC datagrams on this hop now (a QUIC link, after the
+    /// status): a [`Via::Stream`] then means the datagram was too large for one (count it as
+    /// `oversize`).
+    pub(crate) fn quic_datagrams(&self) -> bool {
+        self.datagrams_ok && self.datagrams.is_some()
+    }
+
     /// Sends one datagram now, or says why not. Never waits.
     pub(crate) fn send(&self, datagram: &[u8]) -> Result<Via, Dropped> {
         if self.datagrams_ok

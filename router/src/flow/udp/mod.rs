@@ -16,7 +16,9 @@
 //! words in [`DropReason`]); a datagram a QUIC link loses shows as the difference between
 //! what one router sent and the next received.
 
+pub(crate) mod egress;
 pub(crate) mod hop;
+pub(crate) mod transit;
 mod stats;
 
 #[allow(unused_imports)] // until the roles that count use them (issue 10)
