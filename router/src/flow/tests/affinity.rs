@@ -1,7 +1,8 @@
 //! Session affinity of HTTP listeners between in-process routers: with `header:NAME` or
 //! `cookie:NAME` every client stays on one site while it is reachable, the clients spread over
 //! the sites, a lost site moves only its own clients, a new site takes only a share of them;
-//! without affinity the same clients are spread per request.
+//! upgrades are placed like requests; without affinity the same clients are spread per
+//! request.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
@@ -267,5 +269,75 @@ async fn without_affinity_each_request_is_balanced_on_its_own() {
     let several = seen.values().filter(|s| s.len() > 1).count();
     println!("without affinity {several} of {CLIENTS} clients reached more than one site");
     assert!(several >= CLIENTS * 4 / 5, "{seen:?}");
+    net.shutdown().await;
+}
+
+/// A backend that switches protocols on any request, then writes `name` and closes.
+async fn upgrade_then_name(mut s: TcpStream, name: String) {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read_exact(&mut b).await.is_err() {
+            return;
+        }
+        head.push(b[0]);
+    }
+    let reply = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: name\r\n\r\n{name}"
+    );
+    let _ = s.write_all(reply.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+/// One upgrade as `x-user: client-N`: the site that answered after the 101.
+async fn upgrade_as(addr: SocketAddr, c: usize) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /live HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: name\r\n\
+         x-user: client-{c}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    within(
+        WAIT,
+        "the upgrade",
+        (&mut s).take(4096).read_to_end(&mut all),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let (head, name) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("client {c}: {text:?}"));
+    assert!(head.starts_with("HTTP/1.1 101"), "client {c}: {head}");
+    name.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_placed_by_the_affinity_too() {
+    let net = star(4, TransportChoice::Tls).await;
+    for i in 1..4 {
+        let name = net.sites[i].name.clone();
+        let backend = backend(move |s| upgrade_then_name(s, name.clone())).await;
+        let mut c = connector("web", "web", backend);
+        c.protocol = Protocol::Http;
+        net.routers[i].set_connectors(vec![c]);
+    }
+    net.routers[0].set_listeners(vec![web_listener(Affinity::Header("x-user".into()))]);
+    converge(&net).await;
+    web_at(&net, 3).await;
+    let addr = listener_addr(&net.routers[0], "web");
+    let mut sites = BTreeMap::new();
+    for c in 0..CLIENTS {
+        let mut seen = BTreeSet::new();
+        for _ in 0..3 {
+            seen.insert(upgrade_as(addr, c).await);
+        }
+        sites.insert(c, seen);
+    }
+    let sites = one_site_each(&sites, "upgrades");
+    let spread = per_site(&sites);
+    println!("upgrades: clients per site: {spread:?}");
+    assert_eq!(spread.len(), 3, "{spread:?}");
     net.shutdown().await;
 }
