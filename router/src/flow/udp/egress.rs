@@ -90,7 +90,9 @@ pub(crate) async fn egress(
             got = hop.recv() => match got {
                 Ok(Some(d)) => {
                     idle.as_mut().reset(tokio::time::Instant::now() + EGRESS_IDLE_TIMEOUT);
-                    match socket.try_send(&d) {
+                    // Straight to the kernel: tokio's `try_send` refuses until its reactor
+                    // has seen the new socket writable, which drops a flow's first datagrams.
+                    match socket2::SockRef::from(&socket).send(&d) {
                         Ok(_) => {
                             counters.count(FlowRole::Egress, Direction::Forward, 1);
                             fwd.fetch_add(d.len() as u64, Ordering::Relaxed);

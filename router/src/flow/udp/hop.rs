@@ -129,6 +129,9 @@ impl Hop {
             let write = async {
                 let mut out = BytesMut::new();
                 while let Some(first) = rx.recv().await {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
                     out.extend_from_slice(&first);
                     for _ in 1..WRITE_BATCH {
                         match rx.try_recv() {
@@ -140,7 +143,11 @@ impl Hop {
                     writer.flush().await?;
                     out.clear();
                 }
-                // Finished: a clean end, after what was queued.
+                // Finished: a clean end, after what was queued; unless the queue closed
+                // because of a reset (reset() cancels before it closes the queue).
+                if cancel.is_cancelled() {
+                    return Err(std::io::ErrorKind::ConnectionReset.into());
+                }
                 writer.shutdown().await
             };
             let result = tokio::select! {
@@ -275,8 +282,9 @@ impl Hop {
 
     /// Ends the hop with a reset (a failure): the peer's [`Hop::recv`] fails.
     pub(crate) fn reset(&mut self) {
-        self.to_stream = None;
+        // Cancel first: the writer task must not take the closed queue for a finish.
         self.reset.cancel();
+        self.to_stream = None;
         self.reader.stop();
     }
 }

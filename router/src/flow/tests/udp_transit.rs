@@ -1,0 +1,481 @@
+//! UDP flows between routers, below the listener: a [`Hop`] over a real QUIC link and a real
+//! TLS/TCP link (datagrams both ways before and after the status, QUIC datagrams for small
+//! ones, stream frames for large ones, clean ends and resets), the UDP egress with a real
+//! UDP echo backend (and a closed backend port), and the UDP transit role on three routers
+//! in a line. Flow streams are opened by hand (header, then datagram frames), as the UDP
+//! ingress opens them.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use skiff_certs::SiteId;
+use tokio::net::UdpSocket;
+
+use super::*;
+use crate::flow::udp::hop::{Hop, Via};
+use crate::flow::{FlowOutcome, FlowRecord, FlowRole, UdpDropReason, UdpKeyStats};
+use crate::link::datagram::DatagramCounters;
+use crate::wire::{FlowHeader, FlowStatusCode};
+
+/// A UDP echo server on loopback; it stops with the test's runtime.
+async fn udp_echo() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// A loopback UDP port nobody listens on (bound, then closed).
+fn closed_udp_port() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+fn udp_connector(name: &str, k: &str, backend: SocketAddr) -> ConnectorSpec {
+    ConnectorSpec {
+        protocol: Protocol::Udp,
+        ..connector(name, k, backend)
+    }
+}
+
+/// The encoded header of a UDP flow from `origin` to `destination` for `key`.
+fn udp_header(key: &str, origin: SiteId, destination: SiteId, flow_id: u64) -> Bytes {
+    let mut out = BytesMut::new();
+    FlowHeader {
+        routing_key: key.into(),
+        destination: *destination.as_bytes(),
+        origin: *origin.as_bytes(),
+        flow_id,
+        protocol: Protocol::Udp,
+        hops: 0,
+    }
+    .encode(&mut out);
+    out.freeze()
+}
+
+/// Opens a UDP flow on the link from `from` to its neighbour `next`, for `key` at
+/// `destination`.
+async fn open_flow(from: (&Router, SiteId), next: SiteId, destination: SiteId, key: &str) -> Hop {
+    let link = from.0.link_to(next).expect("an up link to the next hop");
+    let stream = link.open_stream().await.unwrap();
+    let header = udp_header(key, from.1, destination, crate::flow::random_u64());
+    Hop::opened(stream, link.datagrams(), header)
+}
+
+/// The next datagram of `hop` within [`WAIT`].
+async fn next(hop: &mut Hop) -> Bytes {
+    within(WAIT, "a datagram", hop.recv())
+        .await
+        .expect("the hop works")
+        .expect("the flow goes on")
+}
+
+/// The datagram counters of `router`'s QUIC links (router-wide).
+fn link_counters(router: &Router, peer: SiteId) -> Option<Arc<DatagramCounters>> {
+    router
+        .link_to(peer)
+        .and_then(|l| l.datagrams())
+        .map(|d| d.counters.clone())
+}
+
+fn load(c: &Option<Arc<DatagramCounters>>) -> (u64, u64) {
+    c.as_ref().map_or((0, 0), |c| {
+        (
+            c.sent.load(Ordering::Relaxed),
+            c.received.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// `key`'s UDP statistics at `router`.
+fn udp_stats(router: &Router, key: &str) -> UdpKeyStats {
+    router
+        .udp_stats()
+        .into_iter()
+        .find(|s| s.key == key)
+        .unwrap_or_default()
+}
+
+fn count(v: &[(FlowRole, u64)], role: FlowRole) -> u64 {
+    v.iter().find(|x| x.0 == role).map_or(0, |x| x.1)
+}
+
+fn dropped(s: &UdpKeyStats, reason: UdpDropReason) -> u64 {
+    s.dropped.iter().find(|x| x.0 == reason).map_or(0, |x| x.1)
+}
+
+/// Polls `router`'s recent flows for one of `role` and `key`, within [`WAIT`].
+async fn record_of(router: &Router, role: FlowRole, key: &str) -> FlowRecord {
+    within(WAIT, "a flow record", async {
+        loop {
+            let found = router
+                .recent_flows()
+                .into_iter()
+                .find(|r| r.role == role && r.routing_key == key);
+            if let Some(r) = found {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// Distinct datagrams: `n` of `len` bytes each, numbered in their first bytes.
+fn datagrams(seed: u64, n: usize, len: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut d = pattern(seed + i as u64, len);
+            d[..4].copy_from_slice(&(i as u32).to_be_bytes());
+            d
+        })
+        .collect()
+}
+
+/// Sends 20 small datagrams from `from` to `to`, one at a time (as requests and answers go:
+/// nothing queues anywhere), each going `via`; every one arrives whole.
+async fn exchange(from: &mut Hop, to: &mut Hop, seed: u64, via: Via) {
+    let sent = datagrams(seed, 20, 100);
+    let mut received = BTreeSet::new();
+    for d in &sent {
+        assert_eq!(from.send(d), Ok(via));
+        received.insert(next(to).await.to_vec());
+    }
+    assert_eq!(received, sent.into_iter().collect(), "every datagram whole");
+}
+
+async fn hop_carries_datagrams(transport: TransportChoice, quic: bool) {
+    let net = chain(2, transport).await;
+    converge(&net).await;
+    let (a, b) = (&net.routers[0], &net.routers[1]);
+    let (a_id, b_id) = (net.sites[0].id, net.sites[1].id);
+    let mut incoming = a.take_incoming().unwrap();
+    let (b_dg, a_dg) = (link_counters(b, a_id), link_counters(a, b_id));
+    assert_eq!(b_dg.is_some(), quic, "datagrams on QUIC links only");
+    let (b_sent0, _) = load(&b_dg);
+    let (a_sent0, a_recv0) = load(&a_dg);
+
+    // B opens; three datagrams (one empty) before the status go as frames.
+    let mut opener = open_flow((b, b_id), a_id, a_id, "dns").await;
+    let early = [b"".to_vec(), b"q1".to_vec(), pattern(1, 1000)];
+    for d in &early {
+        assert_eq!(opener.send(d), Ok(Via::Stream));
+    }
+    let mut got = within(WAIT, "the stream", incoming.recv()).await.unwrap();
+    let mut buf = BytesMut::new();
+    let header = crate::flow::tcp::read_frame(
+        &mut got.stream,
+        &mut buf,
+        "its flow header",
+        FlowHeader::decode,
+    )
+    .await
+    .unwrap();
+    assert_eq!(header.protocol, Protocol::Udp);
+    let mut acceptor = Hop::accepted(got.stream, got.datagrams, buf);
+    acceptor
+        .write_status(&crate::wire::FlowStatusFrame::ok())
+        .await
+        .unwrap();
+    for d in &early {
+        assert_eq!(&next(&mut acceptor).await[..], &d[..], "boundaries kept");
+    }
+    let status = within(WAIT, "the status", opener.read_status())
+        .await
+        .unwrap();
+    assert_eq!(status.code, FlowStatusCode::Ok);
+    assert_eq!(opener.quic_datagrams(), quic);
+    assert_eq!(acceptor.quic_datagrams(), quic);
+
+    // After the status: small ones as QUIC datagrams on QUIC, frames on TLS; both ways.
+    let small_via = if quic { Via::Datagram } else { Via::Stream };
+    exchange(&mut opener, &mut acceptor, 10, small_via).await;
+    exchange(&mut acceptor, &mut opener, 20, small_via).await;
+    if quic {
+        let (b_sent, _) = load(&b_dg);
+        let (a_sent, a_recv) = load(&a_dg);
+        assert_eq!(b_sent - b_sent0, 20, "B sent 20 QUIC datagrams");
+        assert_eq!(a_recv - a_recv0, 20, "A received them as QUIC datagrams");
+        assert_eq!(a_sent - a_sent0, 20, "and sent 20 back");
+    }
+
+    // 8 000 bytes exceed any QUIC datagram: whole, on the stream, boundaries kept.
+    let large = datagrams(30, 3, 8000);
+    for d in &large {
+        assert_eq!(opener.send(d), Ok(Via::Stream));
+    }
+    for d in &large {
+        assert_eq!(&next(&mut acceptor).await[..], &d[..]);
+    }
+    for d in &large {
+        assert_eq!(acceptor.send(d), Ok(Via::Stream));
+    }
+    for d in &large {
+        assert_eq!(&next(&mut opener).await[..], &d[..]);
+    }
+    if quic {
+        assert_eq!(
+            load(&b_dg).0 - b_sent0,
+            20,
+            "large ones were no QUIC datagrams"
+        );
+    }
+
+    // A clean end arrives as the end of the flow.
+    opener.finish();
+    let end = within(WAIT, "the end", acceptor.recv()).await;
+    assert_eq!(end, Ok(None), "finish() ends the flow cleanly at the peer");
+    acceptor.finish();
+    assert_eq!(within(WAIT, "the end", opener.recv()).await, Ok(None));
+
+    // A reset arrives as a failure, from either side.
+    for reset_opener in [true, false] {
+        let mut opener = open_flow((b, b_id), a_id, a_id, "dns").await;
+        opener.send(b"x").unwrap();
+        let mut got = within(WAIT, "the stream", incoming.recv()).await.unwrap();
+        let mut buf = BytesMut::new();
+        crate::flow::tcp::read_frame(&mut got.stream, &mut buf, "header", FlowHeader::decode)
+            .await
+            .unwrap();
+        let mut acceptor = Hop::accepted(got.stream, got.datagrams, buf);
+        acceptor
+            .write_status(&crate::wire::FlowStatusFrame::ok())
+            .await
+            .unwrap();
+        assert_eq!(&next(&mut acceptor).await[..], b"x");
+        opener.read_status().await.unwrap();
+        let (resetter, peer) = if reset_opener {
+            (&mut opener, &mut acceptor)
+        } else {
+            (&mut acceptor, &mut opener)
+        };
+        resetter.reset();
+        let end = within(WAIT, "the reset", peer.recv()).await;
+        assert!(end.is_err(), "reset() fails the peer's flow: {end:?}");
+    }
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_over_quic_carries_datagrams_both_ways() {
+    hop_carries_datagrams(TransportChoice::Quic, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_over_tls_carries_datagrams_both_ways() {
+    hop_carries_datagrams(TransportChoice::Tls, false).await;
+}
+
+/// Sends each datagram and waits for its echo; returns what came back.
+async fn echo_each(hop: &mut Hop, sent: &[Vec<u8>]) -> BTreeSet<Vec<u8>> {
+    let mut back = BTreeSet::new();
+    for d in sent {
+        hop.send(d).unwrap();
+        back.insert(next(hop).await.to_vec());
+    }
+    back
+}
+
+async fn egress_serves_a_udp_backend(transport: TransportChoice) {
+    let net = chain(2, transport).await;
+    let (a, b) = (&net.routers[0], &net.routers[1]);
+    let (a_id, b_id) = (net.sites[0].id, net.sites[1].id);
+    let echo = udp_echo().await;
+    a.set_connectors(vec![
+        udp_connector("dns", "dns", echo),
+        udp_connector("gone", "gone", closed_udp_port()),
+    ]);
+    converge(&net).await;
+
+    // Datagrams sent before the status are served after it, then the rest.
+    let mut hop = open_flow((b, b_id), a_id, a_id, "dns").await;
+    let sent = datagrams(40, 30, 200);
+    for d in &sent[..2] {
+        hop.send(d).unwrap();
+    }
+    let status = within(WAIT, "the status", hop.read_status()).await.unwrap();
+    assert_eq!(status.code, FlowStatusCode::Ok, "{status:?}");
+    let mut back = BTreeSet::new();
+    for _ in 0..2 {
+        back.insert(next(&mut hop).await.to_vec());
+    }
+    back.extend(echo_each(&mut hop, &sent[2..]).await);
+    assert_eq!(
+        back,
+        sent.iter().cloned().collect(),
+        "every echo came back whole"
+    );
+    let large = pattern(41, 9000);
+    assert_eq!(
+        echo_each(&mut hop, std::slice::from_ref(&large))
+            .await
+            .into_iter()
+            .next(),
+        Some(large.clone())
+    );
+    hop.finish();
+    assert_eq!(
+        within(WAIT, "the end", hop.recv()).await,
+        Ok(None),
+        "the egress ends its side too"
+    );
+
+    let rec = record_of(a, FlowRole::Egress, "dns").await;
+    assert_eq!(rec.outcome, FlowOutcome::Ok, "{rec:?}");
+    assert_eq!(rec.connector.as_deref(), Some("dns"));
+    let bytes = sent.iter().map(|d| d.len() as u64).sum::<u64>() + large.len() as u64;
+    assert_eq!(
+        (rec.bytes_forward, rec.bytes_back),
+        (bytes, bytes),
+        "{rec:?}"
+    );
+    let s = udp_stats(a, "dns");
+    assert_eq!(count(&s.forward, FlowRole::Egress), 31, "{s:?}");
+    assert_eq!(count(&s.back, FlowRole::Egress), 31, "{s:?}");
+    let quic = a.link_to(b_id).unwrap().transport() == crate::link::Transport::Quic;
+    assert_eq!(
+        s.oversize,
+        u64::from(quic),
+        "the 9 000-byte reply went on the stream: {s:?}"
+    );
+    assert!(s.dropped.iter().all(|d| d.1 == 0), "{s:?}");
+
+    // A key without a connector here: no-route, in the TCP egress's words.
+    let mut hop = open_flow((b, b_id), a_id, a_id, "nothing").await;
+    let status = within(WAIT, "the status", hop.read_status()).await.unwrap();
+    assert_eq!(status.code, FlowStatusCode::NoRoute);
+    assert_eq!(status.message, "key nothing: no connector for it here");
+
+    // A closed backend port: the datagrams are counted as socket errors, and the connector
+    // shows failing.
+    let mut hop = open_flow((b, b_id), a_id, a_id, "gone").await;
+    assert_eq!(
+        within(WAIT, "the status", hop.read_status())
+            .await
+            .unwrap()
+            .code,
+        FlowStatusCode::Ok,
+        "UDP has no connection to refuse: the flow starts"
+    );
+    let mut refused = 0;
+    for i in 0..100u32 {
+        hop.send(&i.to_be_bytes()).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        refused = dropped(&udp_stats(a, "gone"), UdpDropReason::SocketError);
+        if refused >= 3 {
+            break;
+        }
+    }
+    assert!(
+        refused >= 3,
+        "socket-error drops: {:?}",
+        udp_stats(a, "gone")
+    );
+    let c = a.connectors();
+    let gone = c.iter().find(|c| c.name == "gone").unwrap();
+    assert_eq!(gone.status, ResourceState::Failing, "{gone:?}");
+    assert!(
+        gone.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("refused a datagram")),
+        "{gone:?}"
+    );
+    let s = udp_stats(a, "gone");
+    assert_eq!(count(&s.back, FlowRole::Egress), 0, "{s:?}");
+    hop.finish();
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_serves_a_udp_backend_over_quic() {
+    egress_serves_a_udp_backend(TransportChoice::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_serves_a_udp_backend_over_tls() {
+    egress_serves_a_udp_backend(TransportChoice::Tls).await;
+}
+
+async fn transit_passes_datagrams(transport: TransportChoice) {
+    // r2 dials r1, which dials r0: a flow opened at r2 for r0 passes r1.
+    let net = chain(3, transport.clone()).await;
+    let echo = udp_echo().await;
+    net.routers[0].set_connectors(vec![udp_connector("dns", "dns", echo)]);
+    converge(&net).await;
+    let ids: Vec<SiteId> = net.sites.iter().map(|s| s.id).collect();
+    let (ingress, transit) = (&net.routers[2], &net.routers[1]);
+    let quic = transport == TransportChoice::Quic;
+    let dg = link_counters(transit, ids[0]);
+    let (t_sent0, t_recv0) = load(&dg);
+
+    wait_for(ingress, "the key dns known", |r| {
+        r.network().keys.iter().any(|k| k.routing_key == "dns")
+    })
+    .await;
+    let mut hop = open_flow((ingress, ids[2]), ids[1], ids[0], "dns").await;
+    hop.send(b"early").unwrap();
+    let status = within(WAIT, "the status", hop.read_status()).await.unwrap();
+    assert_eq!(status.code, FlowStatusCode::Ok, "{status:?}");
+    assert_eq!(&next(&mut hop).await[..], b"early");
+    let sent = datagrams(50, 40, 300);
+    let back = echo_each(&mut hop, &sent).await;
+    assert_eq!(
+        back,
+        sent.iter().cloned().collect(),
+        "every echo came back whole"
+    );
+    let large = pattern(51, 5000);
+    hop.send(&large).unwrap();
+    assert_eq!(&next(&mut hop).await[..], &large[..]);
+    hop.finish();
+    assert_eq!(within(WAIT, "the end", hop.recv()).await, Ok(None));
+
+    let rec = record_of(transit, FlowRole::Transit, "dns").await;
+    assert_eq!(rec.outcome, FlowOutcome::Ok, "{rec:?}");
+    let bytes = 5 + sent.iter().map(|d| d.len() as u64).sum::<u64>() + large.len() as u64;
+    assert_eq!(
+        (rec.bytes_forward, rec.bytes_back),
+        (bytes, bytes),
+        "{rec:?}"
+    );
+    assert_eq!(rec.origin.id, ids[2]);
+    assert_eq!(rec.destination.as_ref().map(|d| d.id), Some(ids[0]));
+    let s = udp_stats(transit, "dns");
+    assert_eq!(count(&s.forward, FlowRole::Transit), 42, "{s:?}");
+    assert_eq!(count(&s.back, FlowRole::Transit), 42, "{s:?}");
+    assert_eq!(count(&s.forward, FlowRole::Egress), 0, "{s:?}");
+    assert_eq!(s.oversize, if quic { 2 } else { 0 }, "{s:?}");
+    let e = udp_stats(&net.routers[0], "dns");
+    assert_eq!(count(&e.forward, FlowRole::Egress), 42, "{e:?}");
+    if quic {
+        // After the status the small ones crossed r1's link to r0 as QUIC datagrams.
+        let (t_sent, t_recv) = load(&dg);
+        assert!(t_sent - t_sent0 >= 40 && t_recv - t_recv0 >= 40, "{dg:?}");
+    }
+
+    // A failure status passes back through, and ends the flow there.
+    let mut hop = open_flow((ingress, ids[2]), ids[1], ids[0], "nothing").await;
+    let status = within(WAIT, "the status", hop.read_status()).await.unwrap();
+    assert_eq!(status.code, FlowStatusCode::NoRoute);
+    assert_eq!(status.message, "key nothing: no connector for it here");
+    assert_eq!(within(WAIT, "the end", hop.recv()).await, Ok(None));
+    let rec = record_of(transit, FlowRole::Transit, "nothing").await;
+    assert_eq!(rec.outcome, FlowOutcome::NoRoute, "{rec:?}");
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_passes_datagrams_over_quic() {
+    transit_passes_datagrams(TransportChoice::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_passes_datagrams_over_tls() {
+    transit_passes_datagrams(TransportChoice::Tls).await;
+}
