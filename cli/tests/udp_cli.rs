@@ -3,7 +3,9 @@
 //! are saved, listed (table and JSON, stopped and running) and deleted; an affinity the
 //! listener's type cannot take, an unknown one, an affinity on a connector and an unknown
 //! type are refused with the reason and write nothing; `skiff apply -f` points at the bad
-//! `affinity` as FILE:LINE:COL; `skiff get` gives back what `apply -f` takes.
+//! `affinity` as FILE:LINE:COL; `skiff get` gives back what `apply -f` takes; and a running
+//! site's `/metrics` counts the datagrams a UDP listener passed to a real UDP echo server and
+//! back, and the ones it dropped for a key nobody serves.
 
 mod common;
 
@@ -355,4 +357,168 @@ spec:
     );
     let (_, items) = list(&west, "connector");
     assert_eq!(item(&items, "dns")["protocol"], "udp");
+}
+
+/// A UDP echo server on loopback, stopped and joined on drop.
+struct UdpEcho {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    fn start() -> UdpEcho {
+        use std::sync::atomic::Ordering;
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            // Bounded: stops when told, or after two minutes whatever happens.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
+        UdpEcho {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The value of the sample `line` (name and labels) in `/metrics` of `site`, if present.
+fn sample(site: &Site, line: &str) -> Option<u64> {
+    common::admin_text(site, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+}
+
+/// Waits up to 5 s for `line` to read `want` in `/metrics`.
+fn wait_sample(site: &Site, line: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = sample(site, line);
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{line} is {got:?}, not {want}:\n{}",
+            common::admin_text(site, "/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn udp_metrics_count_what_a_running_site_passed_and_dropped() {
+    let echo = UdpEcho::start();
+    let mut west = Site::create("west", false);
+    let d = west.d().to_string();
+    let port = echo.port.to_string();
+    ok(&[
+        "connector",
+        "create",
+        "echo",
+        &port,
+        "--host",
+        "127.0.0.1",
+        "--type",
+        "udp",
+        "--dir",
+        &d,
+    ]);
+    for name in ["echo", "ghost"] {
+        ok(&[
+            "listener",
+            "create",
+            name,
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--type",
+            "udp",
+            "--dir",
+            &d,
+        ]);
+    }
+    west.start();
+    let echo_addr = west.wait_listener_active("echo", Duration::from_secs(10));
+    let ghost_addr = {
+        let (_, items) = list(&west, "listener");
+        item(&items, "ghost")["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("ghost not bound: {items:?}"))
+            .to_string()
+    };
+
+    // 20 datagrams, one at a time: each reply is the datagram sent.
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for i in 0..20 {
+        let msg = format!("datagram {i} through skiff");
+        client.send_to(msg.as_bytes(), &echo_addr).unwrap();
+        let (n, from) = client
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("no reply to datagram {i}: {e}"));
+        assert_eq!(&buf[..n], msg.as_bytes(), "reply {i}");
+        assert_eq!(
+            from.to_string(),
+            echo_addr,
+            "the reply comes from the listener"
+        );
+    }
+    // 5 datagrams to a key nobody serves: each one dropped as no-route.
+    for i in 0..5 {
+        client
+            .send_to(format!("lost {i}").as_bytes(), &ghost_addr)
+            .unwrap();
+    }
+
+    let fwd = r#"skiff_udp_datagrams_total{routing_key="echo",role="ingress",direction="forward"}"#;
+    let back = r#"skiff_udp_datagrams_total{routing_key="echo",role="ingress",direction="back"}"#;
+    wait_sample(&west, fwd, 20);
+    wait_sample(&west, back, 20);
+    wait_sample(
+        &west,
+        r#"skiff_udp_dropped_total{routing_key="ghost",reason="no-route"}"#,
+        5,
+    );
+    let metrics = common::admin_text(&west, "/metrics");
+    for line in [
+        r#"skiff_udp_oversize_total{routing_key="echo"} 0"#,
+        r#"skiff_udp_dropped_total{routing_key="echo",reason="congested"} 0"#,
+        r#"skiff_udp_dropped_total{routing_key="echo",reason="no-route"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+    eprintln!(
+        "/metrics udp lines:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("skiff_udp") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    west.stop();
 }
