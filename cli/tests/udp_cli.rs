@@ -504,6 +504,16 @@ fn udp_metrics_count_what_a_running_site_passed_and_dropped() {
         r#"skiff_udp_dropped_total{routing_key="ghost",reason="no-route"}"#,
         5,
     );
+    // One client address: one flow, still running (well within the idle timeout).
+    let (table, items) = list(&west, "listener");
+    let l = item(&items, "echo");
+    assert_eq!(
+        (&l["flowsActive"], &l["flowsTotal"]),
+        (&Value::from(1), &Value::from(1)),
+        "{table}"
+    );
+    // The 5 datagrams to ghost, sent within a millisecond: one refused flow, not five.
+    assert_eq!(item(&items, "ghost")["flowsRefused"], 1, "{table}");
     let metrics = common::admin_text(&west, "/metrics");
     for line in [
         r#"skiff_udp_oversize_total{routing_key="echo"} 0"#,
