@@ -3,8 +3,9 @@
 //! loops of listeners, the keys advertised for connectors, and their status.
 //!
 //! Removing or changing a listener closes its socket at once (a restarted listener may bind
-//! the same port right away); flows it already accepted run on. Removing a connector stops new
-//! flows to it; flows already connected run on.
+//! the same port right away); TCP flows it already accepted run on, its UDP flows end (their
+//! replies would have to leave from its socket). Removing a connector stops new flows to it;
+//! flows already connected run on.
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -189,11 +190,21 @@ impl Drop for CounterGuard {
     }
 }
 
+/// Bytes asked for as the send and receive buffers of a UDP listener's socket (the kernel may
+/// grant less: `net.core.rmem_max`, `net.core.wmem_max`): room for bursts of datagrams
+/// while the receive loop is busy.
+pub(crate) const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
 /// A running (or failed) listener.
 pub(crate) struct Listener {
     pub(crate) spec: ListenerSpec,
     /// The socket; taken (closed) when the listener is removed or changed.
     socket: Mutex<Option<TcpListener>>,
+    /// A UDP listener's socket; taken (closed) when the listener is removed or changed. The
+    /// receive loop and the flows borrow it per datagram, so taking it closes it at once.
+    udp: RwLock<Option<tokio::net::UdpSocket>>,
+    /// A UDP listener's socket, watched for kernel drops ([`super::udp::UdpStats`]).
+    udp_watch: Option<u64>,
     address: Option<SocketAddr>,
     error: Option<String>,
     pub(crate) counters: Arc<Counters>,
@@ -217,6 +228,23 @@ pub(crate) struct Connector {
     /// The last attempts all succeeded (as many as [`super::BACKEND_ATTEMPTS`]): another
     /// success changes nothing, so it skips `health`'s lock (once per HTTP request).
     healthy: AtomicBool,
+}
+
+impl Listener {
+    /// Cancelled when the listener stops (removed, changed, or the router stopping).
+    pub(crate) fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// A UDP listener's socket (`None` once it stopped). Hold the guard briefly, never
+    /// across an await.
+    pub(crate) fn udp_socket(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, Option<tokio::net::UdpSocket>> {
+        self.udp
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Connector {
@@ -317,7 +345,8 @@ fn strategy_keys(s: &Strategy) -> Vec<&RoutingKey> {
     }
 }
 
-fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
+/// The addresses a listener's host and port resolve to.
+fn bind_addresses(spec: &ListenerSpec) -> Result<(&str, Vec<SocketAddr>), String> {
     let host = if spec.host.is_empty() {
         "0.0.0.0"
     } else {
@@ -327,6 +356,43 @@ fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve bind address {host}: {e}"))?
         .collect();
+    Ok((host, addrs))
+}
+
+/// Binds a UDP listener's socket, asking for [`UDP_SOCKET_BUFFER`] bytes of buffers.
+fn bind_udp(spec: &ListenerSpec) -> Result<tokio::net::UdpSocket, String> {
+    let (host, addrs) = bind_addresses(spec)?;
+    let mut last = format!("no address for {host}");
+    for addr in addrs {
+        let made = (|| {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            // What the kernel grants is kept (it caps at net.core.rmem_max/wmem_max).
+            let _ = s.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+            let _ = s.set_send_buffer_size(UDP_SOCKET_BUFFER);
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            Ok::<_, std::io::Error>(std::net::UdpSocket::from(s))
+        })();
+        match made {
+            Ok(s) => {
+                return tokio::net::UdpSocket::from_std(s)
+                    .map_err(|e| format!("cannot listen on {addr}/udp: {e}"));
+            }
+            Err(e) => {
+                last =
+                    format!("cannot listen on {addr}/udp: {e} (port in use? choose another port)")
+            }
+        }
+    }
+    Err(last)
+}
+
+fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
+    let (host, addrs) = bind_addresses(spec)?;
     let mut last = format!("no address for {host}");
     for addr in addrs {
         match std::net::TcpListener::bind(addr) {
@@ -399,17 +465,46 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
         if let Some(old) = listeners.remove(&name) {
             // Closing the socket now frees the port for a restarted listener.
             drop(old.socket.lock().unwrap().take());
+            if let Some(id) = old.udp_watch {
+                flows.udp_stats.unwatch(id);
+            }
+            drop(
+                old.udp
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take(),
+            );
             old.cancel.cancel();
             tracing::info!(listener = %name, "listener stopped");
         }
     }
     for spec in p.start {
-        let bound = bind(&spec);
-        let address = bound.as_ref().ok().and_then(|l| l.local_addr().ok());
-        let error = bound.as_ref().err().cloned();
+        let (tcp, udp, address, error) = if spec.protocol == Protocol::Udp {
+            let bound = bind_udp(&spec);
+            let address = bound.as_ref().ok().and_then(|l| l.local_addr().ok());
+            let error = bound.as_ref().err().cloned();
+            (None, bound.ok(), address, error)
+        } else {
+            let bound = bind(&spec);
+            let address = bound.as_ref().ok().and_then(|l| l.local_addr().ok());
+            let error = bound.as_ref().err().cloned();
+            (bound.ok(), None, address, error)
+        };
+        let udp_watch = udp
+            .as_ref()
+            .and_then(super::udp::socket_inode)
+            .map(|inode| {
+                let key = strategy_keys(&spec.strategy)
+                    .first()
+                    .map(|k| k.as_str().to_owned())
+                    .unwrap_or_default();
+                flows.udp_stats.watch_socket(&key, inode)
+            });
         let listener = Arc::new(Listener {
             spec: spec.clone(),
-            socket: Mutex::new(bound.ok()),
+            socket: Mutex::new(tcp),
+            udp: RwLock::new(udp),
+            udp_watch,
             address,
             error: error.clone(),
             counters: Arc::default(),
@@ -426,9 +521,16 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
             (None, Some(addr)) => {
                 tracing::info!(listener = %spec.name, %addr, "listener started");
                 let span = tracing::info_span!("listener", name = %spec.name, %addr);
-                flows
-                    .tasks
-                    .spawn(accept_loop(flows.clone(), listener.clone()).instrument(span));
+                if spec.protocol == Protocol::Udp {
+                    flows.tasks.spawn(
+                        super::udp::ingress::receive_loop(flows.clone(), listener.clone())
+                            .instrument(span),
+                    );
+                } else {
+                    flows
+                        .tasks
+                        .spawn(accept_loop(flows.clone(), listener.clone()).instrument(span));
+                }
             }
             (None, None) => {}
         }
@@ -557,14 +659,15 @@ pub(crate) fn set_connectors(flows: &Arc<Flows>, specs: Vec<ConnectorSpec>) {
 }
 
 /// One [`KeyAd`] per key served by working connectors: the protocol and port of the first (by
-/// name), and the count of those of its family (HTTP or TCP; a key is served by one family).
+/// name), and the count of those of its family (TCP, HTTP or UDP; a key is served by one
+/// family).
 fn advertised_keys<'a>(connectors: impl Iterator<Item = &'a Connector>) -> Vec<KeyAd> {
     let mut by_key: BTreeMap<&RoutingKey, KeyAd> = BTreeMap::new();
     for c in connectors.filter(|c| c.error.is_none()) {
         by_key
             .entry(&c.spec.routing_key)
             .and_modify(|ad| {
-                if ad.protocol.is_http() == c.spec.protocol.is_http() {
+                if ad.protocol.family() == c.spec.protocol.family() {
                     ad.connectors += 1
                 }
             })

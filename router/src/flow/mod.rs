@@ -35,7 +35,6 @@ mod splice;
 mod stats;
 mod tcp;
 mod transit;
-#[allow(dead_code)] // scaffolding: the UDP roles that use it are being written (issue 10)
 mod udp;
 
 use std::collections::{BTreeMap, HashMap};
@@ -228,6 +227,9 @@ pub(crate) struct Flows {
     pub(crate) http_peers: http::Peers,
     /// Per-key datagram counters of UDP flows (every role counts into them).
     pub(crate) udp_stats: udp::UdpStats,
+    /// How long a UDP flow may pass no datagram either way before its ingress ends it
+    /// ([`UDP_IDLE_TIMEOUT`]; tests shorten it).
+    pub(crate) udp_idle: Mutex<Duration>,
 }
 
 impl Flows {
@@ -257,6 +259,7 @@ impl Flows {
             http_metrics: http::metrics::HttpMetrics::default(),
             http_peers: http::Peers::default(),
             udp_stats: udp::UdpStats::default(),
+            udp_idle: Mutex::new(udp::IDLE_TIMEOUT),
         })
     }
 
@@ -457,9 +460,34 @@ impl Flows {
     }
 
     /// Datagram counts of UDP flows per key, sorted by key (kernel drops on UDP listener
-    /// sockets read now).
+    /// sockets read now). What the QUIC links lost before a flow saw it (datagrams for no
+    /// flow, or for a flow whose queue was full) is under the key `""` as `no-flow` and
+    /// `congested`.
     pub(crate) fn udp_stats(&self) -> Vec<UdpKeyStats> {
-        self.udp_stats.snapshot()
+        let mut stats = self.udp_stats.snapshot();
+        let links = self.links.datagram_counters();
+        let no_flow = links.no_flow.load(Ordering::Relaxed);
+        let queue_full = links.queue_full.load(Ordering::Relaxed);
+        if no_flow + queue_full > 0 {
+            if stats.first().is_none_or(|s| !s.key.is_empty()) {
+                stats.insert(
+                    0,
+                    UdpKeyStats {
+                        key: String::new(),
+                        dropped: UdpDropReason::ALL.iter().map(|r| (*r, 0)).collect(),
+                        ..Default::default()
+                    },
+                );
+            }
+            for (reason, n) in &mut stats[0].dropped {
+                match reason {
+                    UdpDropReason::NoFlow => *n += no_flow,
+                    UdpDropReason::Congested => *n += queue_full,
+                    _ => {}
+                }
+            }
+        }
+        stats
     }
 
     /// The recently ended flows, oldest first.

@@ -67,7 +67,6 @@ impl Shared {
     /// The datagram counters of every QUIC link of this router, since it started (links
     /// that reconnect keep counting in them): datagrams that arrived for no flow, or for a
     /// flow whose queue was full, are lost here.
-    #[allow(dead_code)] // Router::udp_stats reports them once the UDP ingress lands (issue 10)
     pub(crate) fn datagram_counters(&self) -> &Arc<super::datagram::DatagramCounters> {
         &self.datagram_counters
     }
@@ -465,6 +464,12 @@ impl Router {
     /// reason), sorted by key.
     pub fn udp_stats(&self) -> Vec<crate::flow::UdpKeyStats> {
         self.flows.udp_stats()
+    }
+
+    /// The flow side of this router (tests tune it, e.g. the UDP idle timeout).
+    #[cfg(test)]
+    pub(crate) fn flow_state(&self) -> &Arc<Flows> {
+        &self.flows
     }
 
     /// Request metrics of HTTP listeners, by routing key.

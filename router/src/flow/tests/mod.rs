@@ -7,6 +7,7 @@
 //! - `failures`: resets, refusals, balancing, failover, retries, reconciliation.
 //! - `http`: HTTP flows: per-request balancing, trailers, retries, upgrades.
 //! - `records`: flow records and per-key statistics at every role.
+//! - `udp`: UDP listeners end to end: replies to the right client, counters, idle, affinity.
 //! - `udp_transit`: UDP hops over QUIC and TLS links, the UDP egress and transit roles.
 //! - `affinity`: HTTP session affinity (header, cookie): clients keep their site.
 
@@ -15,6 +16,7 @@ mod failures;
 mod http;
 mod records;
 mod transfer;
+mod udp;
 mod udp_transit;
 
 use std::net::SocketAddr;

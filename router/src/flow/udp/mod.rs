@@ -18,11 +18,11 @@
 
 pub(crate) mod egress;
 pub(crate) mod hop;
-pub(crate) mod transit;
+pub(crate) mod ingress;
 mod stats;
+pub(crate) mod transit;
 
-#[allow(unused_imports)] // until the roles that count use them (issue 10)
-pub(crate) use stats::{Direction, UdpKeyCounters, UdpStats};
+pub(crate) use stats::{Direction, UdpKeyCounters, UdpStats, socket_inode};
 
 use std::time::Duration;
 
