@@ -479,3 +479,64 @@ async fn transit_passes_datagrams_over_quic() {
 async fn transit_passes_datagrams_over_tls() {
     transit_passes_datagrams(TransportChoice::Tls).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_bridges_a_quic_link_and_a_tls_link() {
+    // r2 dials r1 over QUIC, r1 dials r0 over TLS: each hop of the flow picks its own way.
+    let sites: Vec<Site> = (0..3).map(|i| site(&format!("m{i}"))).collect();
+    let mut routers = Vec::new();
+    for s in &sites {
+        routers.push(start_router(s).await);
+    }
+    for (i, transport) in [(1, TransportChoice::Tls), (2, TransportChoice::Quic)] {
+        let addr = routers[i - 1].link_addr().unwrap().to_string();
+        routers[i].set_links(vec![spec(&sites[i - 1], &sites[i], addr, transport)]);
+    }
+    let net = Net { sites, routers };
+    let echo = udp_echo().await;
+    net.routers[0].set_connectors(vec![udp_connector("dns", "dns", echo)]);
+    converge(&net).await;
+    let ids: Vec<SiteId> = net.sites.iter().map(|s| s.id).collect();
+    let (ingress, transit) = (&net.routers[2], &net.routers[1]);
+    wait_for(ingress, "the key dns known", |r| {
+        r.network().keys.iter().any(|k| k.routing_key == "dns")
+    })
+    .await;
+    assert!(link_counters(transit, ids[0]).is_none(), "r1 to r0 is TLS");
+    let up = link_counters(transit, ids[2]).expect("r1 to r2 is QUIC");
+    let (sent0, recv0) = load(&Some(up.clone()));
+
+    let mut hop = open_flow((ingress, ids[2]), ids[1], ids[0], "dns").await;
+    let status = within(WAIT, "the status", hop.read_status()).await.unwrap();
+    assert_eq!(status.code, FlowStatusCode::Ok, "{status:?}");
+    assert!(hop.quic_datagrams());
+    let sent = datagrams(60, 30, 500);
+    let back = echo_each(&mut hop, &sent).await;
+    assert_eq!(
+        back,
+        sent.iter().cloned().collect(),
+        "every echo came back whole"
+    );
+    let large = pattern(61, 3000);
+    hop.send(&large).unwrap();
+    assert_eq!(&next(&mut hop).await[..], &large[..]);
+    hop.finish();
+    assert_eq!(within(WAIT, "the end", hop.recv()).await, Ok(None));
+
+    let (sent1, recv1) = load(&Some(up));
+    assert_eq!(
+        (recv1 - recv0, sent1 - sent0),
+        (30, 30),
+        "the small ones crossed the QUIC hop as QUIC datagrams, both ways"
+    );
+    let s = udp_stats(transit, "dns");
+    assert_eq!(count(&s.forward, FlowRole::Transit), 31, "{s:?}");
+    assert_eq!(count(&s.back, FlowRole::Transit), 31, "{s:?}");
+    assert_eq!(
+        s.oversize, 1,
+        "only the large reply on the QUIC hop went on a stream for its size: {s:?}"
+    );
+    let rec = record_of(transit, FlowRole::Transit, "dns").await;
+    assert_eq!(rec.outcome, FlowOutcome::Ok, "{rec:?}");
+    net.shutdown().await;
+}
