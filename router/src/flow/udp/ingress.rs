@@ -44,7 +44,7 @@ use super::hop::{Dropped, Hop, Via};
 use super::{CLIENT_QUEUE, Direction, DropReason, MAX_FLOWS_PER_LISTENER, UdpKeyCounters};
 use crate::flow::config::{Connector, Listener, first_key, no_target_reason};
 use crate::flow::records::{Flow, FlowOutcome};
-use crate::flow::{FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS};
+use crate::flow::{FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS, Outstanding};
 use crate::routing::{Affinity, Family, Protocol, RoutingKey, Target, client_ip_hash};
 use crate::wire::{FlowStatusCode, FlowStatusFrame};
 
@@ -293,12 +293,24 @@ fn libc_emsgsize() -> i32 {
     }
 }
 
+/// A set-up flow: its peer, its target (counted as one flow to its router while the flow
+/// lives, for balancing), the local connector (if local), and the kept datagrams that still
+/// have to go to the peer.
+type Connected = (
+    Peer,
+    Target,
+    Outstanding,
+    Option<Arc<Connector>>,
+    Vec<Bytes>,
+);
+
 /// How setting a flow up ended.
 enum Setup {
-    /// Datagrams may pass: the peer, the target, the local connector (if local), and the
-    /// kept datagrams that still have to go to the peer (those that went before its answer
-    /// stay in `kept`).
-    Connected(Peer, Target, Option<Arc<Connector>>, Vec<Bytes>),
+    /// Datagrams may pass: the peer, the target (counted as one flow to its router while
+    /// the flow lives, for balancing), the local connector (if local), and the kept
+    /// datagrams that still have to go to the peer (those that went before its answer stay
+    /// in `kept`).
+    Connected(Box<Connected>),
     /// No target took the flow: the outcome and why.
     Failed(FlowOutcome, String),
     /// The listener or router stopped, or the client's queue closed.
@@ -339,26 +351,35 @@ impl ClientFlow {
             tracing::debug!(reason = %why, "UDP client refused: no reachable target");
             flow.fail(FlowOutcome::NoRoute, why);
             drop(flow);
-            self.hold_failed(&flows.udp_stats.key(&key), Vec::new())
-                .await;
+            self.hold_failed(&flows.udp_stats.key(&key)).await;
             return;
         }
         let _active = listener.counters.start();
         let mut kept: Vec<Bytes> = Vec::new();
         let setup = self.set_up(&mut flow, targets, &mut kept).await;
-        let (mut peer, target, to_send) = match setup {
-            Setup::Connected(peer, target, connector, to_send) => {
+        let (mut peer, target, _outstanding, to_send) = match setup {
+            Setup::Connected(connected) => {
+                let (peer, target, outstanding, connector, to_send) = *connected;
                 if let Some(c) = connector {
                     flow.via_connector(&c.spec.name);
                 }
-                (peer, target, to_send)
+                (peer, target, outstanding, to_send)
             }
             Setup::Failed(outcome, reason) => {
                 tracing::debug!(%reason, "UDP flow failed");
                 listener.counters.fail();
                 flow.fail(outcome, reason);
                 drop(flow);
-                self.hold_failed(&flows.udp_stats.key(&key), kept).await;
+                let counters = flows.udp_stats.key(&key);
+                // Kept datagrams that went down a failed stream were lost on their way;
+                // those that no site took found no route.
+                let lost = if outcome == FlowOutcome::Error {
+                    DropReason::Closed
+                } else {
+                    DropReason::NoRoute
+                };
+                counters.dropped_n(lost, kept.len() as u64);
+                self.hold_failed(&counters).await;
                 return;
             }
             Setup::Stopped => {
@@ -416,7 +437,7 @@ impl ClientFlow {
         let mut last = (FlowOutcome::NoRoute, String::new());
         let mut tried = 0;
         for target in targets.into_iter().take(MAX_ATTEMPTS) {
-            let _outstanding = flows.hold(target.router);
+            let outstanding = flows.hold(target.router);
             tried += 1;
             flow.towards(target.key.as_str(), target.router);
             match target.next_hop {
@@ -430,7 +451,13 @@ impl ClientFlow {
                         };
                         // Kept datagrams go now.
                         let to_send = std::mem::take(kept);
-                        return Setup::Connected(peer, target, Some(connector), to_send);
+                        return Setup::Connected(Box::new((
+                            peer,
+                            target,
+                            outstanding,
+                            Some(connector),
+                            to_send,
+                        )));
                     }
                     Err((outcome, reason)) => last = (outcome, reason),
                 },
@@ -502,7 +529,13 @@ impl ClientFlow {
                             // they fit).
                             let first_waiting = kept.len() - waiting;
                             let to_send = kept.drain(first_waiting..).collect();
-                            return Setup::Connected(Peer::Remote(hop), target, None, to_send);
+                            return Setup::Connected(Box::new((
+                                Peer::Remote(hop),
+                                target,
+                                outstanding,
+                                None,
+                                to_send,
+                            )));
                         }
                         code if code.is_retryable() => {
                             hop.reset();
@@ -622,9 +655,8 @@ impl ClientFlow {
     }
 
     /// After a failed setup: keeps the client's address for [`FAILED_HOLD`], dropping its
-    /// datagrams (and those kept for the targets) as `no-route`.
-    async fn hold_failed(mut self, counters: &UdpKeyCounters, kept: Vec<Bytes>) {
-        counters.dropped_n(DropReason::NoRoute, kept.len() as u64);
+    /// datagrams as `no-route`.
+    async fn hold_failed(mut self, counters: &UdpKeyCounters) {
         let cancel = self.listener.cancel().clone();
         let hold = tokio::time::sleep(FAILED_HOLD);
         tokio::pin!(hold);
