@@ -2,8 +2,10 @@
 //! `--affinity client-ip` at west, the same routing key served at east1, east2 and east3 by
 //! backends that answer with their site's name; 50 clients (50 source addresses on loopback)
 //! each keep their site across 20 connections, and after the site with the most clients is
-//! killed its clients move and stay on their new site while the others never move. A listener
-//! without affinity on the same network spreads each client's connections (the test can fail).
+//! killed its clients move and stay on their new site while the others never move. The same
+//! for an HTTP listener with `--affinity header:x-user` (50 users on keep-alive connections).
+//! A listener without affinity on the same network spreads each client's connections (the
+//! test can fail).
 
 mod common;
 
@@ -27,8 +29,8 @@ const ANSWER: Duration = Duration::from_secs(10);
 /// How long routing may take to notice a killed site (QUIC idle timeout and more).
 const CONVERGENCE: Duration = Duration::from_secs(60);
 
-/// A backend that answers every connection with its site's name and closes; stopped (its
-/// thread joined) on drop.
+/// A backend that answers every connection with its site's name and closes (with `http`, after
+/// reading a request head, as an HTTP/1.1 response); stopped (its thread joined) on drop.
 struct NameServer {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -36,20 +38,30 @@ struct NameServer {
 }
 
 impl NameServer {
-    fn start(name: &str) -> NameServer {
+    fn start(name: &str, http: bool) -> NameServer {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let name = name.as_bytes().to_vec();
+        let reply = if http {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                name.len()
+            )
+        } else {
+            name.to_owned()
+        };
         let accept = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((mut c, _)) => {
                         use std::io::Write;
+                        if http && !read_head(&mut c) {
+                            continue;
+                        }
                         // A few bytes into a new socket's buffer: never blocks.
-                        let _ = c.write_all(&name);
+                        let _ = c.write_all(reply.as_bytes());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -70,6 +82,22 @@ impl Drop for NameServer {
             let _ = t.join();
         }
     }
+}
+
+/// Reads a request head (at most 16 KiB, within 5 s); whether it came whole.
+fn read_head(c: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut buf) {
+            Ok(n) if n > 0 && head.len() + n <= 16 * 1024 => head.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Client `i`'s source address.
@@ -115,6 +143,53 @@ fn run(rt: &tokio::runtime::Runtime, listener: SocketAddr) -> BTreeMap<usize, BT
         let mut seen = BTreeMap::new();
         for c in clients {
             let (i, sites) = c.await.unwrap();
+            seen.insert(i, sites);
+        }
+        seen
+    })
+}
+
+/// Every user at once, each on its own keep-alive HTTP/1.1 connection making `CONNECTIONS`
+/// requests with `x-user: user-N`: the sites each user reached. Every request must succeed.
+fn run_http(
+    rt: &tokio::runtime::Runtime,
+    listener: SocketAddr,
+) -> BTreeMap<usize, BTreeSet<String>> {
+    use http_body_util::{BodyExt, Empty};
+    rt.block_on(async {
+        let mut users = Vec::new();
+        for i in 0..CLIENTS {
+            users.push(tokio::spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(listener).await.unwrap();
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let (mut h1, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                let mut sites = BTreeSet::new();
+                for n in 0..CONNECTIONS {
+                    let req = http::Request::get("http://web/")
+                        .header("x-user", format!("user-{i}"))
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let answer = async {
+                        h1.ready().await?;
+                        let resp = h1.send_request(req).await?;
+                        let status = resp.status();
+                        let body = resp.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>((status, body))
+                    };
+                    match tokio::time::timeout(ANSWER, answer).await {
+                        Ok(Ok((status, body))) if status == 200 => {
+                            sites.insert(String::from_utf8_lossy(&body).into_owned());
+                        }
+                        other => panic!("user {i} request {n}: {other:?}"),
+                    }
+                }
+                (i, sites)
+            }));
+        }
+        let mut seen = BTreeMap::new();
+        for u in users {
+            let (i, sites) = u.await.unwrap();
             seen.insert(i, sites);
         }
         seen
@@ -202,11 +277,38 @@ fn clients_keep_their_site_until_it_is_killed(transport: &str) {
     let mut west = Site::create("west", true);
     let names = ["east1", "east2", "east3"];
     let mut east: Vec<Site> = names.iter().map(|n| Site::create(n, false)).collect();
-    let servers: Vec<NameServer> = names.iter().map(|n| NameServer::start(n)).collect();
-    for (site, server) in east.iter().zip(&servers) {
+    let servers: Vec<NameServer> = names.iter().map(|n| NameServer::start(n, false)).collect();
+    let web: Vec<NameServer> = names.iter().map(|n| NameServer::start(n, true)).collect();
+    for ((site, server), web) in east.iter().zip(&servers).zip(&web) {
         let port = server.port.to_string();
         ok(&["connector", "create", "svc", &port, "--dir", site.d()]);
+        let port = web.port.to_string();
+        let d = site.d();
+        ok(&[
+            "connector",
+            "create",
+            "web",
+            &port,
+            "--type",
+            "http",
+            "--dir",
+            d,
+        ]);
     }
+    ok(&[
+        "listener",
+        "create",
+        "web",
+        "0",
+        "--type",
+        "http",
+        "--host",
+        "127.0.0.1",
+        "--affinity",
+        "header:x-user",
+        "--dir",
+        west.d(),
+    ]);
     for (listener, affinity) in [("svc", "client-ip"), ("svc-any", "none")] {
         ok(&[
             "listener",
@@ -229,7 +331,7 @@ fn clients_keep_their_site_until_it_is_killed(transport: &str) {
         site.start();
     }
     let all: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
-    for listener in ["svc", "svc-any"] {
+    for listener in ["svc", "svc-any", "web"] {
         wait_targets(&west, listener, &all, Duration::from_secs(30));
     }
     let addr: SocketAddr = west
@@ -238,6 +340,10 @@ fn clients_keep_their_site_until_it_is_killed(transport: &str) {
         .unwrap();
     let any: SocketAddr = west
         .wait_listener_active("svc-any", Duration::from_secs(5))
+        .parse()
+        .unwrap();
+    let web_addr: SocketAddr = west
+        .wait_listener_active("web", Duration::from_secs(5))
         .parse()
         .unwrap();
 
@@ -255,6 +361,11 @@ fn clients_keep_their_site_until_it_is_killed(transport: &str) {
     println!("{transport}: client-ip: clients per site with three sites: {counts:?}");
     assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(counts.values().all(|&n| n >= 5), "{counts:?}");
+    let users_before = one_site_each(&run_http(&rt, web_addr), "HTTP, three sites");
+    let users = per_site(&users_before);
+    println!("{transport}: header:x-user: users per site with three sites: {users:?}");
+    assert_eq!(users.len(), 3, "{users:?}");
+    assert!(users.values().all(|&n| n >= 5), "{users:?}");
 
     // Kill the site with the most clients.
     let (lost, _) = counts.iter().max_by_key(|(_, n)| **n).unwrap();
@@ -287,6 +398,7 @@ fn clients_keep_their_site_until_it_is_killed(transport: &str) {
     let mut left = all.clone();
     left.remove(&lost);
     wait_targets(&west, "svc", &left, CONVERGENCE);
+    wait_targets(&west, "web", &left, CONVERGENCE);
     let dropped_in = killed.elapsed();
     println!(
         "{transport}: client-ip: after {lost} was killed, client {} was answered by another \
@@ -315,7 +427,23 @@ fn clients_keep_their_site_until_it_is_killed(transport: &str) {
             );
         }
     }
+    let users_after = one_site_each(&run_http(&rt, web_addr), "HTTP, after the kill");
+    println!(
+        "{transport}: header:x-user: users per site after {lost} was killed: {:?}",
+        per_site(&users_after)
+    );
+    for (i, site) in &users_before {
+        if *site == lost {
+            assert_ne!(users_after[i], lost);
+        } else {
+            assert_eq!(
+                &users_after[i], site,
+                "user {i} moved though its site stayed"
+            );
+        }
+    }
     drop(east);
     drop(west);
     drop(servers);
+    drop(web);
 }
