@@ -230,6 +230,9 @@ pub(crate) struct Flows {
     /// How long a UDP flow may pass no datagram either way before its ingress ends it
     /// ([`UDP_IDLE_TIMEOUT`]; tests shorten it).
     pub(crate) udp_idle: Mutex<Duration>,
+    /// How long a UDP flow may stay idle at its egress before the egress ends it
+    /// ([`UDP_EGRESS_IDLE_TIMEOUT`]; tests shorten it).
+    pub(crate) udp_egress_idle: Mutex<Duration>,
 }
 
 impl Flows {
@@ -260,6 +263,7 @@ impl Flows {
             http_peers: http::Peers::default(),
             udp_stats: udp::UdpStats::default(),
             udp_idle: Mutex::new(udp::IDLE_TIMEOUT),
+            udp_egress_idle: Mutex::new(udp::EGRESS_IDLE_TIMEOUT),
         })
     }
 

@@ -540,3 +540,46 @@ async fn transit_bridges_a_quic_link_and_a_tls_link() {
     assert_eq!(rec.outcome, FlowOutcome::Ok, "{rec:?}");
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_flow_is_ended_by_its_egress_and_the_end_passes_transit() {
+    // The ingress (here: the test, at r2) never ends the flow; r0's egress does, once idle.
+    let net = chain(3, TransportChoice::Quic).await;
+    let echo = udp_echo().await;
+    let egress = &net.routers[0];
+    let idle = Duration::from_millis(500);
+    *egress.flow_state().udp_egress_idle.lock().unwrap() = idle;
+    egress.set_connectors(vec![udp_connector("dns", "dns", echo)]);
+    converge(&net).await;
+    let ids: Vec<SiteId> = net.sites.iter().map(|s| s.id).collect();
+    wait_for(&net.routers[2], "the key dns known", |r| {
+        r.network().keys.iter().any(|k| k.routing_key == "dns")
+    })
+    .await;
+    let mut hop = open_flow((&net.routers[2], ids[2]), ids[1], ids[0], "dns").await;
+    within(WAIT, "the status", hop.read_status()).await.unwrap();
+    // Datagrams keep it alive past the idle time...
+    let started = std::time::Instant::now();
+    for i in 0..8u32 {
+        if i > 0 {
+            tokio::time::sleep(idle / 4).await;
+        }
+        echo_each(&mut hop, &[i.to_be_bytes().to_vec()]).await;
+    }
+    assert!(started.elapsed() > idle * 3 / 2);
+    // ... then silence ends it, cleanly, at every router.
+    let quiet = std::time::Instant::now();
+    assert_eq!(within(WAIT, "the end", hop.recv()).await, Ok(None));
+    let waited = quiet.elapsed();
+    assert!(
+        waited >= idle - Duration::from_millis(50) && waited < idle * 4,
+        "ended after {waited:?} of silence (idle {idle:?})"
+    );
+    let rec = record_of(egress, FlowRole::Egress, "dns").await;
+    assert_eq!(rec.outcome, FlowOutcome::Ok, "{rec:?}");
+    assert_eq!((rec.bytes_forward, rec.bytes_back), (32, 32), "{rec:?}");
+    let rec = record_of(&net.routers[1], FlowRole::Transit, "dns").await;
+    assert_eq!(rec.outcome, FlowOutcome::Ok, "{rec:?}");
+    hop.finish();
+    net.shutdown().await;
+}

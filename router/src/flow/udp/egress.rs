@@ -2,8 +2,8 @@
 //! UDP socket to the least busy local connector of its key, and datagrams pass between the
 //! flow's [`Hop`] and that socket, one for one, until the ingress ends the flow (a clean end
 //! of its stream), the hop fails (a reset), or nothing moved either way for
-//! [`EGRESS_IDLE_TIMEOUT`] (the egress then ends the flow cleanly itself: the ingress may
-//! have vanished with its link).
+//! [`EGRESS_IDLE_TIMEOUT`](super::EGRESS_IDLE_TIMEOUT) (`Flows::udp_egress_idle`; the egress then ends the flow cleanly
+//! itself: the ingress may have vanished with its link).
 //!
 //! Counting (`skiff_udp_*`, role `egress`): `forward` is a datagram the socket took towards
 //! the backend, `back` a reply passed to the hop; a reply that went whole on the stream of a
@@ -26,7 +26,7 @@ use skiff_certs::SiteId;
 use tokio::net::UdpSocket;
 
 use super::hop::{Dropped, Hop, Via};
-use super::{Direction, DropReason, EGRESS_IDLE_TIMEOUT};
+use super::{Direction, DropReason};
 use crate::flow::config::Connector;
 use crate::flow::records::{Flow, FlowOutcome};
 use crate::flow::tcp::answer_failure;
@@ -83,13 +83,14 @@ pub(crate) async fn egress(
         connector.spec.host, connector.spec.port
     );
     let mut buf = vec![0u8; RECV_BUFFER];
-    let idle = tokio::time::sleep(EGRESS_IDLE_TIMEOUT);
+    let idle_after = *flows.udp_egress_idle.lock().unwrap();
+    let idle = tokio::time::sleep(idle_after);
     tokio::pin!(idle);
     loop {
         tokio::select! {
             got = hop.recv() => match got {
                 Ok(Some(d)) => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + EGRESS_IDLE_TIMEOUT);
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_after);
                     // Straight to the kernel: tokio's `try_send` refuses until its reactor
                     // has seen the new socket writable, which drops a flow's first datagrams.
                     match socket2::SockRef::from(&socket).send(&d) {
@@ -119,7 +120,7 @@ pub(crate) async fn egress(
             },
             got = socket.recv(&mut buf) => match got {
                 Ok(n) => {
-                    idle.as_mut().reset(tokio::time::Instant::now() + EGRESS_IDLE_TIMEOUT);
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_after);
                     connector.backend_ok();
                     let reply = &buf[..n];
                     match hop.send(reply) {
@@ -146,7 +147,7 @@ pub(crate) async fn egress(
                 }
             },
             () = &mut idle => {
-                tracing::debug!(idle_s = EGRESS_IDLE_TIMEOUT.as_secs(), "UDP flow idle: ended by the egress");
+                tracing::debug!(idle_ms = idle_after.as_millis(), "UDP flow idle: ended by the egress");
                 hop.finish();
                 flow.ok();
                 return;
