@@ -196,6 +196,42 @@ fn run_http(
     })
 }
 
+/// One request as `user-i` on a new connection: the site that answered, or what went wrong.
+async fn request_once(i: usize, listener: SocketAddr) -> Result<String, String> {
+    use http_body_util::{BodyExt, Empty};
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(listener)
+            .await
+            .map_err(|e| e.to_string())?;
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let (mut h1, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::get("http://web/")
+            .header("x-user", format!("user-{i}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = h1.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        if status == 200 {
+            Ok(body)
+        } else {
+            Err(format!("{status}: {}", body.trim()))
+        }
+    };
+    match tokio::time::timeout(ANSWER, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {ANSWER:?}")),
+    }
+}
+
 /// The one site each client reached; panics naming a client that reached several.
 fn one_site_each(seen: &BTreeMap<usize, BTreeSet<String>>, when: &str) -> BTreeMap<usize, String> {
     seen.iter()
@@ -375,8 +411,30 @@ fn clients_keep_their_site_until_it_is_killed(transport: &str) {
         .filter(|(_, s)| **s == lost)
         .map(|(i, _)| *i)
         .collect();
+    let lost_user = *users_before.iter().find(|(_, s)| **s == lost).unwrap().0;
     let killed = Instant::now();
     east[names.iter().position(|n| *n == lost).unwrap()].kill();
+
+    // One of its HTTP users does the same, meanwhile.
+    let http_probe = {
+        let lost = lost.clone();
+        rt.spawn(async move {
+            let mut failed = Vec::new();
+            loop {
+                match request_once(lost_user, web_addr).await {
+                    Ok(site) if site != lost => return (killed.elapsed(), failed),
+                    Ok(_) => panic!("the killed site {lost} answered"),
+                    Err(e) => failed.push(format!("{e} after {} ms", killed.elapsed().as_millis())),
+                }
+                assert!(
+                    killed.elapsed() < CONVERGENCE,
+                    "user {lost_user} not answered by another site within {CONVERGENCE:?} of \
+                     the kill (failed attempts: {failed:?})"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
 
     // One of its clients tries again and again until it is answered by another site.
     let probe = lost_clients[0];
@@ -407,6 +465,12 @@ fn clients_keep_their_site_until_it_is_killed(transport: &str) {
         client_ip(probe),
         moved_in.as_millis(),
         dropped_in.as_millis()
+    );
+    let (http_moved_in, http_failed) = rt.block_on(http_probe).unwrap();
+    println!(
+        "{transport}: header:x-user: after {lost} was killed, user {lost_user} was answered by \
+         another site after {} ms (failed attempts first: {http_failed:?})",
+        http_moved_in.as_millis()
     );
 
     // Its clients moved and stay on their new site; the others never moved.
