@@ -225,6 +225,11 @@ async fn hop_carries_datagrams(transport: TransportChoice, quic: bool) {
             20,
             "large ones were no QUIC datagrams"
         );
+        // What one QUIC datagram carries on loopback (docs/udp.md quotes it): the path MTU
+        // quinn settled on, less QUIC's and the channel's overhead.
+        let max = b.link_to(a_id).unwrap().datagrams().unwrap().max_payload(0);
+        eprintln!("largest QUIC datagram payload on loopback: {max:?} bytes");
+        assert!(max.is_some_and(|m| (1000..8000).contains(&m)), "{max:?}");
     }
 
     // A clean end arrives as the end of the flow.
