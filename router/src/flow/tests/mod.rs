@@ -9,7 +9,8 @@
 //! - `records`: flow records and per-key statistics at every role.
 //! - `udp`: UDP listeners end to end: replies to the right client, counters, idle, affinity.
 //! - `udp_transit`: UDP hops over QUIC and TLS links, the UDP egress and transit roles.
-//! - `affinity`: HTTP session affinity (header, cookie): clients keep their site.
+//! - `affinity`: HTTP session affinity (header, cookie, client-ip; upgrades): clients keep
+//!   their site.
 
 mod affinity;
 mod failures;
