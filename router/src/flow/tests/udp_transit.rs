@@ -588,3 +588,55 @@ async fn an_idle_flow_is_ended_by_its_egress_and_the_end_passes_transit() {
     hop.finish();
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_speaking_1_1_is_told_no_udp_key() {
+    // r1 (this build, 1.2) serves a UDP key and a TCP key; r0 says it speaks 1.1 (whose
+    // decoder refuses UDP keys) and must learn only the TCP one.
+    let sites = [site("old"), site("new")];
+    let old = Router::start_with_hello(
+        config(&sites[0], loopback()),
+        Arc::new(AllowAll),
+        None,
+        crate::wire::ProtocolVersion { major: 1, minor: 1 },
+    )
+    .await
+    .unwrap();
+    let new = start_router(&sites[1]).await;
+    let echo = udp_echo().await;
+    new.set_connectors(vec![
+        udp_connector("dns", "dns", echo),
+        connector("db", "db", echo),
+    ]);
+    let addr = old.link_addr().unwrap().to_string();
+    new.set_links(vec![spec(
+        &sites[0],
+        &sites[1],
+        addr,
+        TransportChoice::Quic,
+    )]);
+    let net = Net {
+        sites: sites.into(),
+        routers: vec![old, new],
+    };
+    converge(&net).await;
+    let keys = |r: &Router| {
+        r.network()
+            .keys
+            .into_iter()
+            .map(|k| k.routing_key)
+            .collect::<Vec<_>>()
+    };
+    wait_for(&net.routers[0], "the key db known", |r| {
+        keys(r).contains(&"db".to_owned())
+    })
+    .await;
+    assert_eq!(
+        keys(&net.routers[0]),
+        ["db"],
+        "the 1.1 router learnt no UDP key"
+    );
+    // The 1.2 router itself knows both.
+    assert_eq!(keys(&net.routers[1]), ["db", "dns"]);
+    net.shutdown().await;
+}
