@@ -635,3 +635,143 @@ async fn a_changed_udp_listener_rebinds_its_port_at_once_and_ends_its_flows() {
     std::net::UdpSocket::bind(addr).expect("the port is free once the listener is removed");
     net.shutdown().await;
 }
+
+/// Kernel drops of the IPv4 UDP sockets bound to one of `local` or connected to one of
+/// `remote`.
+fn kernel_drops_of(local: &[SocketAddr], remote: &[SocketAddr]) -> u64 {
+    // "0100007F:1F90" is 127.0.0.1:8080 (the address's bytes in host order, the port in hex).
+    let hex = |a: &SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let local: Vec<String> = local.iter().map(hex).collect();
+    let remote: Vec<String> = remote.iter().map(hex).collect();
+    let text = std::fs::read_to_string("/proc/net/udp").unwrap();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let mine = local.iter().any(|l| l == f[1]) || remote.iter().any(|r| r == f[2]);
+            mine.then(|| f[12].parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
+/// Datagrams the QUIC links of these routers sent and nobody received (lost on the way).
+fn lost_on_links(routers: &[Router]) -> u64 {
+    let (mut sent, mut got) = (0, 0);
+    for r in routers {
+        let c = r.flow_state().links.datagram_counters();
+        sent += c.sent.load(std::sync::atomic::Ordering::Relaxed);
+        got += c.received.load(std::sync::atomic::Ordering::Relaxed)
+            + c.no_flow.load(std::sync::atomic::Ordering::Relaxed)
+            + c.queue_full.load(std::sync::atomic::Ordering::Relaxed);
+    }
+    sent.saturating_sub(got)
+}
+
+/// One client blasts 20 000 datagrams through one hop without waiting (far more than the
+/// path carries): every datagram lost on loopback must show once in a counter (skiff's
+/// drops, a QUIC link's sent-but-not-received, or the kernel's drops on the client's or the
+/// backend's sockets), and every reply that arrives is the client's own.
+async fn burst(transport: TransportChoice) {
+    const N: usize = 20_000;
+    let tls = matches!(transport, TransportChoice::Tls);
+    let net = chain(2, transport).await;
+    let echo = udp_echo("").await;
+    net.routers[0].set_connectors(vec![udp_connector("dns", "dns", echo)]);
+    net.routers[1].set_listeners(vec![udp_listener("dns", "dns")]);
+    converge(&net).await;
+    wait_active(&net.routers[1], "dns").await;
+    let addr = listener_addr(&net.routers[1], "dns");
+    let s = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let client_addr = s.local_addr().unwrap();
+    let rx = s.clone();
+    let receiver = tokio::spawn(async move {
+        let mut seen = BTreeSet::new();
+        let mut buf = vec![0u8; 2048];
+        // Until nothing came for a second (bounded: N replies at most, and the test's
+        // overall timeout).
+        while let Ok(Ok((k, from))) =
+            tokio::time::timeout(Duration::from_secs(1), rx.recv_from(&mut buf)).await
+        {
+            assert_eq!(from, addr);
+            let text = std::str::from_utf8(&buf[..k]).unwrap();
+            let seq: usize = text
+                .strip_prefix("blast-")
+                .unwrap_or_else(|| panic!("not the client's own: {text:?}"))[..6]
+                .parse()
+                .unwrap();
+            assert!(seen.insert(seq), "reply {seq} twice");
+        }
+        seen.len() as u64
+    });
+    let t0 = Instant::now();
+    for j in 0..N {
+        let mut msg = format!("blast-{j:06}|").into_bytes();
+        msg.resize(200, b'.');
+        s.send_to(&msg, addr).await.unwrap();
+    }
+    let send_time = t0.elapsed();
+    let answered = within(WAIT * 3, "the replies", receiver).await.unwrap();
+    let lost = N as u64 - answered;
+    let (ingress, egress) = (&net.routers[1], &net.routers[0]);
+    let i = udp_key(ingress, "dns");
+    let e = udp_key(egress, "dns");
+    let links_keyless: u64 = net
+        .routers
+        .iter()
+        .map(|r| total_dropped(&udp_key(r, "")))
+        .sum();
+    let skiff_drops = total_dropped(&i) + total_dropped(&e) + links_keyless;
+    // Outside skiff: the client's socket, the echo server's, and the egress's socket to it
+    // (connected to the echo server).
+    let kernel = kernel_drops_of(&[client_addr, echo], &[echo]);
+    let in_flight = lost_on_links(&net.routers);
+    eprintln!(
+        "burst (tls: {tls}): {N} sent in {send_time:?}, {answered} answered, {lost} lost; \
+         counted: skiff drops {skiff_drops} (ingress {:?}, egress {:?}, links {links_keyless}), \
+         kernel socket drops {kernel} (listener socket-buffer {}), lost on QUIC links \
+         {in_flight}",
+        i.dropped.iter().filter(|d| d.1 > 0).collect::<Vec<_>>(),
+        e.dropped.iter().filter(|d| d.1 > 0).collect::<Vec<_>>(),
+        dropped(&i, UdpDropReason::SocketBuffer)
+    );
+    assert_eq!(
+        lost,
+        skiff_drops + kernel + in_flight,
+        "every lost datagram is counted once: skiff drops, the kernel's drops on the client's \
+         and the backend's sockets, QUIC datagrams lost between the routers"
+    );
+    // The ingress accounts for each datagram the client sent: passed on, or dropped with a
+    // reason (requests and replies), the kernel's drops on its socket included.
+    let i_in = by_role(&i.forward, FlowRole::Ingress) + by_role(&i.back, FlowRole::Ingress);
+    // Replies the ingress sent that the client did not get: the kernel dropped them on the
+    // client's socket (counted in `kernel`).
+    let unreceived = by_role(&i.back, FlowRole::Ingress) - answered;
+    assert!(unreceived <= kernel, "{unreceived} replies vanished: {i:?}");
+    if tls {
+        // No loss between the routers on TLS/TCP: what the egress sent back reached the
+        // ingress.
+        assert_eq!(
+            i_in + total_dropped(&i),
+            N as u64 + by_role(&e.back, FlowRole::Egress),
+            "{i:?} {e:?}"
+        );
+    }
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_udp_burst_losses_are_counted() {
+    burst(TransportChoice::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_udp_burst_losses_are_counted() {
+    burst(TransportChoice::Tls).await;
+}
