@@ -412,7 +412,11 @@ impl ClientFlow {
                 peer.finish();
                 flow.ok();
             }
-            RelayEnd::PeerEnded => flow.ok(),
+            RelayEnd::PeerEnded => {
+                // Our side of the stream ends cleanly too.
+                peer.finish();
+                flow.ok();
+            }
             RelayEnd::Failed(reason) => {
                 if let Peer::Remote(hop) = &mut peer {
                     hop.reset();
