@@ -267,6 +267,19 @@ async fn one_hop(transport: TransportChoice) {
     assert_eq!(by_role(&e.forward, FlowRole::Egress), 1003, "{e:?}");
     assert_eq!(by_role(&e.back, FlowRole::Egress), 1003, "{e:?}");
     assert_eq!(total_dropped(&i) + total_dropped(&e), 0, "{i:?} {e:?}");
+    // What a QUIC datagram carries on this link (the premise of the next check: 1 000 bytes
+    // fit, 8 000 do not).
+    let max_payload = ingress
+        .link_to(net.sites[0].id)
+        .and_then(|l| l.datagrams())
+        .and_then(|d| d.max_payload(0));
+    if quic {
+        let m = max_payload.expect("a QUIC link takes datagrams");
+        assert!((1000..8000).contains(&m), "QUIC datagram payload {m}");
+        eprintln!("QUIC datagram payload on a loopback link: up to {m} bytes");
+    } else {
+        assert_eq!(max_payload, None, "no datagrams on TLS/TCP");
+    }
     // The 8000-byte datagram went whole on the stream both ways on QUIC (oversize at each
     // end); on TLS/TCP every datagram goes on the stream, none is oversize.
     let want = u64::from(quic);
