@@ -788,3 +788,60 @@ async fn quic_udp_burst_losses_are_counted() {
 async fn tls_udp_burst_losses_are_counted() {
     burst(TransportChoice::Tls).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_udp_flow_goes_to_the_next_site_with_its_first_datagrams() {
+    // r2 (listener) - r1 (nearest; its connector cannot send: a broadcast address without
+    // SO_BROADCAST) - r0 (an echo that names it).
+    let net = chain(3, TransportChoice::Quic).await;
+    let good = udp_echo("r0:").await;
+    let bad: SocketAddr = "255.255.255.255:53".parse().unwrap();
+    net.routers[0].set_connectors(vec![udp_connector("dns", "dns", good)]);
+    net.routers[1].set_connectors(vec![udp_connector("dns", "dns", bad)]);
+    net.routers[2].set_listeners(vec![udp_listener("dns", "dns")]);
+    converge(&net).await;
+    let ingress = &net.routers[2];
+    wait_for(ingress, "both sites as targets", |r| {
+        r.listeners()
+            .iter()
+            .any(|l| l.name == "dns" && l.targets.len() == 2)
+    })
+    .await;
+    let addr = listener_addr(ingress, "dns");
+    // Five datagrams at once: they go to r1 before its refusal, and must reach r0.
+    let t0 = Instant::now();
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for j in 0..5 {
+        s.send_to(format!("first-{j}").as_bytes(), addr)
+            .await
+            .unwrap();
+    }
+    let mut got = BTreeSet::new();
+    let mut buf = [0u8; 256];
+    while got.len() < 5 {
+        let (n, _) = within(WAIT, "the replies", s.recv_from(&mut buf))
+            .await
+            .unwrap();
+        got.insert(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    eprintln!(
+        "refused at r1, all 5 first datagrams answered by r0 after {:?}",
+        t0.elapsed()
+    );
+    let want: BTreeSet<String> = (0..5).map(|j| format!("r0:first-{j}")).collect();
+    assert_eq!(got, want, "every first datagram answered by r0, once");
+    let i = udp_key(ingress, "dns");
+    assert_eq!(by_role(&i.forward, FlowRole::Ingress), 5, "{i:?}");
+    assert_eq!(total_dropped(&i), 0, "{i:?}");
+    // r1 refused the flow and says why; the flow runs to r0.
+    let refused = net.routers[1]
+        .recent_flows()
+        .into_iter()
+        .find(|f| f.role == FlowRole::Egress)
+        .expect("r1's record of the refused flow");
+    assert_eq!(refused.outcome, FlowOutcome::ConnectRefused, "{refused:?}");
+    let active = ingress.flows();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].destination, net.sites[0].id);
+    net.shutdown().await;
+}
