@@ -11,7 +11,7 @@ queries/s (with the ratio to direct of the same run), loss %, average and p99 la
 dnsperf's per-query report, -v), and the CPU the two skiff routers spent per query.
 
 Usage: python3 bench/udp.py [--skiff target/release/skiff] [--seconds 10] [--outstanding 100]
-                            [--clients 10] [--rounds 3]
+                            [--clients 10] [--rounds 3] [--paths direct,quic,tls]
 Needs (Debian): apt-get install dnsmasq-base dnsperf
 Build skiff first: cargo build --release -p skiff-cli
 """
@@ -232,6 +232,8 @@ def main():
     ap.add_argument("--clients", type=int, default=10,
                     help="dnsperf clients (-c): source ports, so UDP flows through skiff")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--paths", default="direct,quic,tls",
+                    help="comma-separated subset of direct,quic,tls")
     args = ap.parse_args()
     if args.skiff:
         globals()["SKIFF"] = os.path.abspath(args.skiff)
@@ -262,10 +264,13 @@ def main():
         with open(queries, "w") as f:
             for i in range(10000):
                 f.write(f"q{i}.a.skiff.test A\n")
-        paths.append(Direct(dns_port))
+        wanted = args.paths.split(",")
+        if "direct" in wanted:
+            paths.append(Direct(dns_port))
         for transport in ("quic", "tls"):
-            log(f"bench: starting skiff over {transport}")
-            paths.append(Skiff(work, dns_port, transport))
+            if transport in wanted:
+                log(f"bench: starting skiff over {transport}")
+                paths.append(Skiff(work, dns_port, transport))
         results = {p.name: [] for p in paths}
         for r in range(args.rounds):
             order = paths if r % 2 == 0 else list(reversed(paths))
@@ -291,7 +296,7 @@ def report(args, paths, results, elapsed):
         vals = [m[key] for m in results[name] if m[key] is not None]
         return statistics.median(vals) if vals else None
 
-    direct = paths[0].name
+    direct = "direct" if "direct" in results else None
     print(f"Loopback, {os.cpu_count()} CPUs, dnsperf -l {args.seconds} -q {args.outstanding} "
           f"-c {args.clients}, {args.rounds} alternating rounds, medians.\n")
     print("| path | queries/s | vs direct | loss | avg latency | p99 latency "
@@ -300,13 +305,15 @@ def report(args, paths, results, elapsed):
     for p in paths:
         n = p.name
         qps = med(n, "qps")
-        ratio = "-" if n == direct else f"{qps / med(direct, 'qps'):.2f}"
+        ratio = "-" if direct in (None, n) else f"{qps / med(direct, 'qps'):.2f}"
         cpu = med(n, "cpu_us")
         print(f"| {n} | {qps / 1000:.1f}k | {ratio} | {med(n, 'loss'):.2f} % "
               f"| {med(n, 'avg_us'):.0f} us | {med(n, 'p99_us'):.0f} us "
               f"| {'-' if cpu is None else f'{cpu:.1f} us'} |")
     spread = {n: [round(m["qps"]) for m in results[n]] for n in results}
     print(f"\nqueries/s per round: {json.dumps(spread)}")
+    losses = {n: [round(m["loss"], 2) for m in results[n]] for n in results}
+    print(f"\nloss % per round: {json.dumps(losses)}")
     print(f"\nWhole run: {elapsed:.0f} s.")
 
 
