@@ -232,6 +232,13 @@ async fn attempt_remote(
     };
     let status = match tokio::time::timeout(HEADER_TIMEOUT, wait).await {
         Ok(Ok(status)) => status,
+        // The stream failed before the answer (the link to that site was lost, which a site
+        // killed mid-flight causes) and the client has sent nothing yet: no backend can have
+        // seen a byte of this client, so the next target may take it.
+        Ok(Err(reason)) if replay.is_empty() => {
+            stream.reset();
+            return Attempt::Retry(FlowOutcome::Error, reason);
+        }
         Ok(Err(reason)) => {
             stream.reset();
             return Attempt::Fail(FlowOutcome::Error, reason);
