@@ -296,8 +296,7 @@ impl Flows {
     ) -> Vec<Target> {
         let mut targets = match client {
             None => self.choose(strategy),
-            // The client's hash picks the key of a weighted listener too, so it stays put.
-            Some(hash) => self.routes.read().choose(strategy, &|_| 0, hash),
+            Some(hash) => self.routes.read().choose_for_client(strategy, hash),
         };
         let routes = self.routes.read();
         targets.retain(|t| {

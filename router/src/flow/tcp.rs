@@ -160,6 +160,14 @@ pub(crate) async fn serve_client(
     refuse(client);
 }
 
+/// Which end failed while an ingress waited for the egress's answer.
+enum Failed {
+    /// The link stream (the path to the egress).
+    Stream(String),
+    /// The client (it reset or failed; no point in another target).
+    Client(String),
+}
+
 /// The outcome of one remote attempt.
 enum Attempt {
     /// The egress answered ok: the stream, and payload bytes read after the status.
@@ -202,15 +210,15 @@ async fn attempt_remote(
             match FlowStatusFrame::decode(&mut answer) {
                 Ok(Some(status)) => return Ok(status),
                 Ok(None) => {}
-                Err(e) => return Err(format!("bad status frame: {e}")),
+                Err(e) => return Err(Failed::Stream(format!("bad status frame: {e}"))),
             }
             let room = REPLAY_LIMIT - replay.len();
             let read_client = !*client_eof && room > 0 && !write_failed;
             tokio::select! {
                 r = stream.reader.read_buf(&mut answer) => match r {
-                    Ok(0) => return Err("the stream ended before the egress answered".to_owned()),
+                    Ok(0) => return Err(Failed::Stream("the stream ended before the egress answered".to_owned())),
                     Ok(_) => {}
-                    Err(e) => return Err(format!("the stream failed before the egress answered: {e}")),
+                    Err(e) => return Err(Failed::Stream(format!("the stream failed before the egress answered: {e}"))),
                 },
                 r = client.read(&mut chunk[..room.min(16 * 1024)]), if read_client => match r {
                     Ok(0) => {
@@ -225,7 +233,7 @@ async fn attempt_remote(
                             write_failed = true;
                         }
                     }
-                    Err(e) => return Err(format!("client: {e}")),
+                    Err(e) => return Err(Failed::Client(format!("client: {e}"))),
                 },
             }
         }
@@ -235,11 +243,11 @@ async fn attempt_remote(
         // The stream failed before the answer (the link to that site was lost, which a site
         // killed mid-flight causes) and the client has sent nothing yet: no backend can have
         // seen a byte of this client, so the next target may take it.
-        Ok(Err(reason)) if replay.is_empty() => {
+        Ok(Err(Failed::Stream(reason))) if replay.is_empty() => {
             stream.reset();
             return Attempt::Retry(FlowOutcome::Error, reason);
         }
-        Ok(Err(reason)) => {
+        Ok(Err(Failed::Stream(reason) | Failed::Client(reason))) => {
             stream.reset();
             return Attempt::Fail(FlowOutcome::Error, reason);
         }

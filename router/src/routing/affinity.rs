@@ -116,6 +116,16 @@ pub fn value_hash(value: &[u8]) -> u64 {
     fnv_mix(0, value)
 }
 
+/// The client's score for a key of weight `weight` (> 0) of a weighted listener: the highest
+/// wins (weighted rendezvous hashing: a key is picked with probability weight / sum of
+/// weights, and a key coming or going moves only the clients it takes or had).
+pub(crate) fn key_score(client: u64, key: &super::RoutingKey, weight: u32) -> f64 {
+    let x = splitmix(client ^ fnv_mix(2, key.as_str().as_bytes()));
+    // A uniform number in (0, 1), never 0.
+    let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(weight) / u.ln()
+}
+
 /// The client's score at a site: the highest score wins (rendezvous hashing).
 fn score(client: u64, site: SiteId) -> u64 {
     splitmix(client ^ fnv_mix(1, site.as_bytes()))
@@ -238,6 +248,37 @@ mod tests {
                 ]
             );
         }
+    }
+
+    fn best_key(keys: &[(&'static str, u32)], client: u64) -> &'static str {
+        let key = |s: &str| s.parse::<RoutingKey>().unwrap();
+        keys.iter()
+            .max_by(|a, b| {
+                key_score(client, &key(a.0), a.1).total_cmp(&key_score(client, &key(b.0), b.1))
+            })
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn weighted_keys_follow_their_weights_and_a_lost_key_moves_only_its_clients() {
+        let three = [("a", 1), ("b", 1), ("c", 2)];
+        let two = [("a", 1), ("b", 1)];
+        let mut count = std::collections::HashMap::new();
+        for c in 0..4000u64 {
+            let client = value_hash(&c.to_be_bytes());
+            let before = best_key(&three, client);
+            *count.entry(before).or_insert(0) += 1;
+            if before != "c" {
+                assert_eq!(
+                    best_key(&two, client),
+                    before,
+                    "client {c} moved between a and b"
+                );
+            }
+        }
+        assert!((800..1200).contains(&count["a"]), "{count:?}");
+        assert!((1800..2200).contains(&count["c"]), "{count:?}");
     }
 
     #[test]

@@ -16,8 +16,10 @@ use super::{WireError, put_frame, split_frame};
 /// Frame type of a datagram on a UDP flow's stream.
 const DATAGRAM: u8 = 0x12;
 
-/// Largest datagram skiff carries: the largest UDP payload over IPv4 (65 535 - 8 - 20).
-pub const MAX_DATAGRAM: usize = 65_507;
+/// Largest datagram skiff carries: the largest UDP payload over IPv6 without jumbograms
+/// (65 535 - 8). An IPv4 socket refuses more than 65 507 bytes; that is counted where it
+/// happens (`too-large`).
+pub const MAX_DATAGRAM: usize = 65_527;
 
 /// Appends one datagram frame. `payload` must be at most [`MAX_DATAGRAM`] bytes.
 pub fn encode_datagram(dst: &mut BytesMut, payload: &[u8]) {
