@@ -283,6 +283,6 @@ pub fn udp_datagrams(data: &[u8]) {
         // A channel may arrive in a longer form than needed; it must read back the same.
         let mut re = again.freeze();
         assert_eq!(take_channel(&mut re), Ok(channel));
-        assert!(taken >= 1 && taken <= 8);
+        assert!((1..=8).contains(&taken));
     }
 }
