@@ -13,8 +13,10 @@ use skiff_certs::SiteId;
 use tokio::net::UdpSocket;
 
 use super::*;
+use crate::flow::udp::egress::{REFUSED_HOLD, REFUSED_RESET};
 use crate::flow::udp::hop::{Hop, Via};
 use crate::flow::{FlowOutcome, FlowRecord, FlowRole, UdpDropReason, UdpKeyStats};
+use crate::link::LinkSpec;
 use crate::link::datagram::DatagramCounters;
 use crate::wire::{FlowHeader, FlowStatusCode};
 
@@ -638,5 +640,132 @@ async fn a_peer_speaking_1_1_is_told_no_udp_key() {
     );
     // The 1.2 router itself knows both.
     assert_eq!(keys(&net.routers[1]), ["db", "dns"]);
+    net.shutdown().await;
+}
+
+/// A UDP echo on loopback whose replies start with `tag`; it stops with the test's runtime.
+async fn tagged_udp_echo(tag: &'static [u8]) -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let mut reply = tag.to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = s.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_backend_resets_its_flow_and_the_next_flow_goes_to_another_site() {
+    // s0 has the UDP listener; s1 (link cost 3, the first choice) a connector to a closed
+    // port; s2 (link cost 30) a live echo that tags its replies.
+    let sites: Vec<Site> = (0..3).map(|i| site(&format!("f{i}"))).collect();
+    let mut routers = Vec::new();
+    for s in &sites {
+        routers.push(start_router(s).await);
+    }
+    let hub = routers[0].link_addr().unwrap().to_string();
+    for (i, cost) in [(1, 3), (2, 30)] {
+        routers[i].set_links(vec![LinkSpec {
+            cost,
+            ..spec(&sites[0], &sites[i], hub.clone(), TransportChoice::Quic)
+        }]);
+    }
+    let net = Net { sites, routers };
+    let closed = closed_udp_port();
+    net.routers[1].set_connectors(vec![udp_connector("dns", "dns", closed)]);
+    let live = tagged_udp_echo(b"s2:").await;
+    net.routers[2].set_connectors(vec![udp_connector("dns", "dns", live)]);
+    net.routers[0].set_listeners(vec![ListenerSpec {
+        protocol: Protocol::Udp,
+        ..listener("dns", "dns")
+    }]);
+    converge(&net).await;
+    wait_for(&net.routers[0], "both sites as targets", |r| {
+        r.listeners()
+            .iter()
+            .any(|l| l.name == "dns" && l.targets.len() == 2)
+    })
+    .await;
+    let addr = listener_addr(&net.routers[0], "dns");
+
+    // One client sends a query every 100 ms; its first flow goes to s1, whose backend
+    // refuses. No reply can come until s1 resets that flow and the next one goes to s2.
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut first_reply = None;
+    let mut answered = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    for i in 0..150u32 {
+        let q = format!("q{i:03}");
+        client.send_to(q.as_bytes(), addr).await.unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_millis(100);
+        while let Ok(got) = tokio::time::timeout_at(until, client.recv_from(&mut buf)).await {
+            let (n, from) = got.unwrap();
+            assert_eq!(from, addr, "replies come from the listener");
+            let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(reply.starts_with("s2:q"), "only s2 answers: {reply:?}");
+            first_reply.get_or_insert(started.elapsed());
+            answered.push(reply);
+        }
+        if answered.len() >= 10 {
+            break;
+        }
+        tokio::time::sleep_until(until).await;
+    }
+    let first = first_reply.expect("a reply from s2 within 15 s");
+    eprintln!(
+        "refused backend: first reply (from s2) {first:?} after the first query; {} answered",
+        answered.len()
+    );
+    assert!(
+        first >= REFUSED_RESET - Duration::from_millis(200) && first < REFUSED_HOLD,
+        "the refused flow lasted about {REFUSED_RESET:?}, then the next went to s2 at once: {first:?}"
+    );
+    assert!(answered.len() >= 10, "s2 kept answering: {answered:?}");
+
+    // s1 recorded the reset flow, then refused the next one without trying its backend.
+    let recs: Vec<FlowRecord> = net.routers[1]
+        .recent_flows()
+        .into_iter()
+        .filter(|r| r.role == FlowRole::Egress && r.routing_key == "dns")
+        .collect();
+    let reset = recs
+        .iter()
+        .find(|r| {
+            r.reason
+                .as_deref()
+                .is_some_and(|w| w.contains("sent no reply for 2 s"))
+        })
+        .unwrap_or_else(|| panic!("a reset flow at s1: {recs:?}"));
+    assert_eq!(reset.outcome, FlowOutcome::ConnectRefused, "{reset:?}");
+    assert!(
+        reset.duration_ms >= 2000 && reset.duration_ms < 4000,
+        "reset about 2 s after the first refusal: {reset:?}"
+    );
+    let held = recs
+        .iter()
+        .find(|r| {
+            r.reason
+                .as_deref()
+                .is_some_and(|w| w.contains("refused datagrams") && w.contains("no reply since"))
+        })
+        .unwrap_or_else(|| panic!("a flow refused at once by s1: {recs:?}"));
+    assert_eq!(held.outcome, FlowOutcome::ConnectRefused, "{held:?}");
+    assert!(
+        held.reason
+            .as_deref()
+            .is_some_and(|w| w.contains(&format!("127.0.0.1:{}", closed.port()))),
+        "names the backend: {held:?}"
+    );
+    eprintln!(
+        "refused backend: s1's flow reset after {} ms; next flow answered: {:?}",
+        reset.duration_ms, held.reason
+    );
+    let s1 = net.routers[1].connectors();
+    assert_eq!(s1[0].status, ResourceState::Failing, "{s1:?}");
     net.shutdown().await;
 }

@@ -1,29 +1,50 @@
 //! The UDP egress role: a flow stream for this router with protocol `udp` gets one connected
 //! UDP socket to the least busy local connector of its key, and datagrams pass between the
 //! flow's [`Hop`] and that socket, one for one, until the ingress ends the flow (a clean end
-//! of its stream), the hop fails (a reset), or nothing moved either way for
-//! [`EGRESS_IDLE_TIMEOUT`](super::EGRESS_IDLE_TIMEOUT) (`Flows::udp_egress_idle`; the egress then ends the flow cleanly
-//! itself: the ingress may have vanished with its link).
+//! of its stream), the hop fails (a reset), the backend refuses datagrams (below), or nothing
+//! moved either way for [`EGRESS_IDLE_TIMEOUT`](super::EGRESS_IDLE_TIMEOUT)
+//! (`Flows::udp_egress_idle`; the egress then ends the flow cleanly itself: the ingress may
+//! have vanished with its link).
+//!
+//! A backend that refuses datagrams (its port is closed: the kernel reports the host's ICMP
+//! port unreachable as `ECONNREFUSED` on the socket's next call) marks the connector failing,
+//! as a refused TCP connection does, and:
+//! - a flow whose backend refused a datagram and then sent no reply for [`REFUSED_RESET`]
+//!   (2 s) is ended with a reset (recorded `connect-refused`), so the ingress makes a new
+//!   flow for the client's next datagram and chooses its target again;
+//! - a new flow is answered a retryable `connect-refused` status ("the backend ... refused
+//!   datagrams N s ago, no reply since") while every usable connector of its key refused
+//!   within the last [`REFUSED_HOLD`] (5 s) with no reply since, so the ingress tries its
+//!   next site; after that the backend is tried again. Any reply from the backend clears
+//!   both.
 //!
 //! Counting (`skiff_udp_*`, role `egress`): `forward` is a datagram the socket took towards
 //! the backend, `back` a reply passed to the hop; a reply that went whole on the stream of a
 //! QUIC link counts `oversize` too. Drops: the socket refused the datagram (`too-large` for
 //! `EMSGSIZE`, `socket-error` otherwise, `congested` when its send buffer was full) or the
-//! hop could not take a reply (`congested`, `closed`). A backend whose port is closed shows
-//! as `socket-error` drops (the kernel reports the host's ICMP port unreachable on the next
-//! call; the datagram it answers had been counted `forward`) and marks the connector failing,
-//! as a refused TCP connection does; a reply marks it healthy again.
+//! hop could not take a reply (`congested`, `closed`). A refusal the kernel reports on a
+//! receive (`ECONNREFUSED` from `recv`) is counted as one `socket-error` drop too, though the
+//! datagram it answers had already been counted `forward` when the socket took it: such a
+//! datagram is in both counts, and `forward` minus those drops is what reached a listening
+//! backend. A refusal reported on a send is that send's own datagram, counted only as the
+//! drop.
 //!
-//! Memory: one 64 KiB receive buffer per flow (a UDP datagram may be that large), plus the
-//! hop's bounded queues.
+//! Memory: a flow holds no receive buffer; each worker thread has one of 64 KiB (the largest
+//! UDP payload) that a flow reads into only once its socket is readable, copying the datagram
+//! out at its size; plus the hop's bounded queues.
 
+use std::cell::RefCell;
+use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use skiff_certs::SiteId;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
 
 use super::hop::{Dropped, Hop, Via};
 use super::{Direction, DropReason};
@@ -36,8 +57,68 @@ use crate::link::datagram::Datagrams;
 use crate::routing::{Family, RoutingKey};
 use crate::wire::{FlowHeader, FlowStatusCode, FlowStatusFrame};
 
-/// Receive buffer of a flow's backend socket: the largest UDP payload, and one byte to spare.
+/// Receive buffer of the backend sockets (one per worker thread): the largest UDP payload,
+/// and bytes to spare.
 const RECV_BUFFER: usize = 64 * 1024;
+
+/// A flow whose backend refused a datagram and sent no reply for this long is reset (so the
+/// ingress chooses a target again for the client's next datagram).
+pub(crate) const REFUSED_RESET: Duration = Duration::from_secs(2);
+/// New flows to a connector whose backend refused a datagram within this long, with no reply
+/// since, are answered `connect-refused` (the ingress tries its next site).
+pub(crate) const REFUSED_HOLD: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// What a backend socket reads into, only while it reads (see the module's memory note).
+    static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; RECV_BUFFER]);
+}
+
+/// Connectors whose backend refused a datagram, with when it last did, until it replies.
+/// Keyed by the connector itself (a reconfigured connector starts afresh); shared by the
+/// routers of a process, which never share connectors.
+static REFUSALS: Mutex<Vec<(Weak<Connector>, Instant)>> = Mutex::new(Vec::new());
+
+/// `connector`'s backend refused a datagram now.
+fn note_refused(connector: &Arc<Connector>) {
+    let mut r = REFUSALS.lock().unwrap();
+    r.retain(|(c, _)| c.strong_count() > 0);
+    let now = Instant::now();
+    match r
+        .iter_mut()
+        .find(|(c, _)| std::ptr::eq(c.as_ptr(), Arc::as_ptr(connector)))
+    {
+        Some(entry) => entry.1 = now,
+        None => r.push((Arc::downgrade(connector), now)),
+    }
+}
+
+/// `connector`'s backend replied: its refusals are forgotten.
+fn note_reply(connector: &Arc<Connector>) {
+    let mut r = REFUSALS.lock().unwrap();
+    if !r.is_empty() {
+        r.retain(|(c, _)| {
+            c.strong_count() > 0 && !std::ptr::eq(c.as_ptr(), Arc::as_ptr(connector))
+        });
+    }
+}
+
+/// When `connector`'s backend last refused a datagram, if it has not replied since.
+fn last_refused(connector: &Arc<Connector>) -> Option<Instant> {
+    let r = REFUSALS.lock().unwrap();
+    r.iter()
+        .find(|(c, _)| std::ptr::eq(c.as_ptr(), Arc::as_ptr(connector)))
+        .map(|(_, at)| *at)
+}
+
+/// Reads one datagram from `socket` (ready or not: `WouldBlock`) into this thread's buffer
+/// and copies it out at its size.
+fn recv_copy(socket: &UdpSocket) -> std::io::Result<Bytes> {
+    RECV_BUF.with_borrow_mut(|buf| {
+        let sock = socket2::SockRef::from(socket);
+        let n = (&*sock).read(buf)?;
+        Ok(Bytes::copy_from_slice(&buf[..n]))
+    })
+}
 
 /// Serves a UDP flow stream whose header names this router.
 pub(crate) async fn egress(
@@ -82,7 +163,8 @@ pub(crate) async fn egress(
         "the backend {}:{}",
         connector.spec.host, connector.spec.port
     );
-    let mut buf = vec![0u8; RECV_BUFFER];
+    // The first refusal since the backend last replied: the flow is reset REFUSED_RESET later.
+    let mut refused_at: Option<Instant> = None;
     let idle_after = *flows.udp_egress_idle.lock().unwrap();
     let idle = tokio::time::sleep(idle_after);
     tokio::pin!(idle);
@@ -102,6 +184,8 @@ pub(crate) async fn egress(
                             counters.dropped(send_drop_reason(&e));
                             if e.kind() == std::io::ErrorKind::ConnectionRefused {
                                 connector.backend_failed(&refused(&backend, &e));
+                                note_refused(&connector);
+                                refused_at.get_or_insert_with(Instant::now);
                             }
                         }
                     }
@@ -118,12 +202,16 @@ pub(crate) async fn egress(
                     return;
                 }
             },
-            got = socket.recv(&mut buf) => match got {
-                Ok(n) => {
+            // ERROR too: a refusal (ICMP) makes the socket report an error, not readable.
+            got = socket.async_io(Interest::READABLE | Interest::ERROR, || recv_copy(&socket)) => match got {
+                Ok(reply) => {
+                    let n = reply.len();
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_after);
                     connector.backend_ok();
-                    let reply = &buf[..n];
-                    match hop.send(reply) {
+                    if refused_at.take().is_some() || last_refused(&connector).is_some() {
+                        note_reply(&connector);
+                    }
+                    match hop.send(&reply) {
                         Ok(via) => {
                             counters.count(FlowRole::Egress, Direction::Back, 1);
                             back.fetch_add(n as u64, Ordering::Relaxed);
@@ -141,11 +229,23 @@ pub(crate) async fn egress(
                     counters.dropped(DropReason::SocketError);
                     if e.kind() == std::io::ErrorKind::ConnectionRefused {
                         connector.backend_failed(&refused(&backend, &e));
+                        note_refused(&connector);
+                        refused_at.get_or_insert_with(Instant::now);
                     } else {
                         tracing::debug!(cause = %e, "backend socket error");
                     }
                 }
             },
+            () = wait_until(refused_at.map(|at| at + REFUSED_RESET)) => {
+                let why = format!(
+                    "{backend} refused datagrams and sent no reply for {} s: the flow was reset so that its client's next datagram chooses a target again",
+                    REFUSED_RESET.as_secs()
+                );
+                tracing::debug!(reason = %why, "UDP flow reset by the egress");
+                flow.fail(FlowOutcome::ConnectRefused, why);
+                hop.reset();
+                return;
+            }
             () = &mut idle => {
                 tracing::debug!(idle_ms = idle_after.as_millis(), "UDP flow idle: ended by the egress");
                 hop.finish();
@@ -153,6 +253,14 @@ pub(crate) async fn egress(
                 return;
             }
         }
+    }
+}
+
+/// Sleeps until `at`; forever when it is `None`.
+async fn wait_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -200,6 +308,22 @@ async fn connect_local(
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     let mut last = None;
     for c in connectors {
+        if let Some(at) = last_refused(&c) {
+            let ago = at.elapsed();
+            if ago < REFUSED_HOLD {
+                last = Some(FlowStatusFrame::fail(
+                    FlowStatusCode::ConnectRefused,
+                    format!(
+                        "key {key}: the backend {}:{} refused datagrams {:.1} s ago, no reply since (tried again {} s after its last refusal)",
+                        c.spec.host,
+                        c.spec.port,
+                        ago.as_secs_f64(),
+                        REFUSED_HOLD.as_secs()
+                    ),
+                ));
+                continue;
+            }
+        }
         let work = connect_backend(&c.spec.host, c.spec.port);
         let result = tokio::time::timeout_at(deadline, work)
             .await
