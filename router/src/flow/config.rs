@@ -203,6 +203,11 @@ pub(crate) struct Listener {
     /// A UDP listener's socket; taken (closed) when the listener is removed or changed. The
     /// receive loop and the flows borrow it per datagram, so taking it closes it at once.
     udp: RwLock<Option<tokio::net::UdpSocket>>,
+    /// A UDP listener bound to a wildcard address (`0.0.0.0`, `::`): the socket's packet-info
+    /// state, so each datagram tells the address it was sent to and each reply leaves from
+    /// that address (the kernel would otherwise pick one by route, and a connected client
+    /// drops a reply from another address than it sent to). `None` on a specific address.
+    pub(crate) udp_state: Option<quinn_udp::UdpSocketState>,
     /// A UDP listener's socket, watched for kernel drops ([`super::udp::UdpStats`]).
     udp_watch: Option<u64>,
     address: Option<SocketAddr>,
@@ -359,8 +364,13 @@ fn bind_addresses(spec: &ListenerSpec) -> Result<(&str, Vec<SocketAddr>), String
     Ok((host, addrs))
 }
 
-/// Binds a UDP listener's socket, asking for [`UDP_SOCKET_BUFFER`] bytes of buffers.
-fn bind_udp(spec: &ListenerSpec) -> Result<tokio::net::UdpSocket, String> {
+/// A bound UDP listener socket and, on a wildcard address, its packet-info state.
+type BoundUdp = (tokio::net::UdpSocket, Option<quinn_udp::UdpSocketState>);
+
+/// Binds a UDP listener's socket, asking for [`UDP_SOCKET_BUFFER`] bytes of buffers. On a
+/// wildcard address it turns packet info on (`IP_PKTINFO`, `IPV6_RECVPKTINFO`, through
+/// quinn-udp), so replies can leave from the address each client sent to.
+fn bind_udp(spec: &ListenerSpec) -> Result<BoundUdp, String> {
     let (host, addrs) = bind_addresses(spec)?;
     let mut last = format!("no address for {host}");
     for addr in addrs {
@@ -379,8 +389,16 @@ fn bind_udp(spec: &ListenerSpec) -> Result<tokio::net::UdpSocket, String> {
         })();
         match made {
             Ok(s) => {
-                return tokio::net::UdpSocket::from_std(s)
-                    .map_err(|e| format!("cannot listen on {addr}/udp: {e}"));
+                let state = if addr.ip().is_unspecified() {
+                    Some(packet_info(&s).map_err(|e| {
+                        format!("cannot listen on {addr}/udp: cannot turn packet info on: {e}")
+                    })?)
+                } else {
+                    None
+                };
+                let s = tokio::net::UdpSocket::from_std(s)
+                    .map_err(|e| format!("cannot listen on {addr}/udp: {e}"))?;
+                return Ok((s, state));
             }
             Err(e) => {
                 last =
@@ -389,6 +407,24 @@ fn bind_udp(spec: &ListenerSpec) -> Result<tokio::net::UdpSocket, String> {
         }
     }
     Err(last)
+}
+
+/// Turns packet info on for `socket` (quinn-udp's state). quinn-udp also sets what QUIC
+/// wants and a UDP service does not: IPv4 path MTU discovery goes back to the kernel's
+/// default (`IP_PMTUDISC_WANT`: a reply larger than the path is fragmented as without skiff).
+/// Segments a client coalesced (UDP GRO) are split again by the receive loop.
+fn packet_info(socket: &std::net::UdpSocket) -> std::io::Result<quinn_udp::UdpSocketState> {
+    let state = quinn_udp::UdpSocketState::new(socket.into())?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::net::sockopt;
+        // A dual-stack IPv6 socket sends to IPv4 clients under the IPv4 option.
+        let _ = sockopt::set_ip_mtu_discover(socket, sockopt::Ipv4PathMtuDiscovery::WANT);
+        if socket.local_addr()?.is_ipv6() {
+            let _ = sockopt::set_ipv6_mtu_discover(socket, sockopt::Ipv6PathMtuDiscovery::WANT);
+        }
+    }
+    Ok(state)
 }
 
 fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
@@ -479,16 +515,20 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
         }
     }
     for spec in p.start {
-        let (tcp, udp, address, error) = if spec.protocol == Protocol::Udp {
+        let (tcp, (udp, udp_state), address, error) = if spec.protocol == Protocol::Udp {
             let bound = bind_udp(&spec);
-            let address = bound.as_ref().ok().and_then(|l| l.local_addr().ok());
+            let address = bound.as_ref().ok().and_then(|(l, _)| l.local_addr().ok());
             let error = bound.as_ref().err().cloned();
-            (None, bound.ok(), address, error)
+            let (udp, state) = match bound {
+                Ok((udp, state)) => (Some(udp), state),
+                Err(_) => (None, None),
+            };
+            (None, (udp, state), address, error)
         } else {
             let bound = bind(&spec);
             let address = bound.as_ref().ok().and_then(|l| l.local_addr().ok());
             let error = bound.as_ref().err().cloned();
-            (bound.ok(), None, address, error)
+            (bound.ok(), (None, None), address, error)
         };
         let udp_watch = udp
             .as_ref()
@@ -504,6 +544,7 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
             spec: spec.clone(),
             socket: Mutex::new(tcp),
             udp: RwLock::new(udp),
+            udp_state,
             udp_watch,
             address,
             error: error.clone(),

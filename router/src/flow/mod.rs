@@ -67,7 +67,7 @@ pub use stats::{
 pub use udp::{
     DropReason as UdpDropReason, EGRESS_IDLE_TIMEOUT as UDP_EGRESS_IDLE_TIMEOUT,
     IDLE_TIMEOUT as UDP_IDLE_TIMEOUT, MAX_FLOWS_PER_LISTENER as UDP_MAX_FLOWS_PER_LISTENER,
-    UdpKeyStats,
+    MAX_QUEUED_BYTES as UDP_MAX_QUEUED_BYTES, ONE_SHOT_IDLE as UDP_ONE_SHOT_IDLE, UdpKeyStats,
 };
 
 /// Client bytes an ingress reads (and keeps, for a retry elsewhere) before the egress has
@@ -230,6 +230,12 @@ pub(crate) struct Flows {
     /// How long a UDP flow may pass no datagram either way before its ingress ends it
     /// ([`UDP_IDLE_TIMEOUT`]; tests shorten it).
     pub(crate) udp_idle: Mutex<Duration>,
+    /// How long a UDP flow that carried one datagram from its client and had its reply may
+    /// stay silent ([`UDP_ONE_SHOT_IDLE`]; tests shorten it).
+    pub(crate) udp_one_shot_idle: Mutex<Duration>,
+    /// Bytes of client datagrams one UDP listener may hold in its flows' queues and kept
+    /// for a retry ([`UDP_MAX_QUEUED_BYTES`]; tests shrink it).
+    pub(crate) udp_queued_bytes: Mutex<usize>,
     /// How long a UDP flow may stay idle at its egress before the egress ends it
     /// ([`UDP_EGRESS_IDLE_TIMEOUT`]; tests shorten it).
     pub(crate) udp_egress_idle: Mutex<Duration>,
@@ -263,6 +269,8 @@ impl Flows {
             http_peers: http::Peers::default(),
             udp_stats: udp::UdpStats::default(),
             udp_idle: Mutex::new(udp::IDLE_TIMEOUT),
+            udp_one_shot_idle: Mutex::new(udp::ONE_SHOT_IDLE),
+            udp_queued_bytes: Mutex::new(udp::MAX_QUEUED_BYTES),
             udp_egress_idle: Mutex::new(udp::EGRESS_IDLE_TIMEOUT),
         })
     }
@@ -320,6 +328,21 @@ impl Flows {
         flow_id: u64,
         protocol: crate::routing::Protocol,
     ) -> Result<(crate::link::LinkStream, bytes::BytesMut), String> {
+        self.open_flow_on(target, hop, flow_id, protocol)
+            .await
+            .map(|(stream, header, _)| (stream, header))
+    }
+
+    /// [`Flows::open_flow`], also giving the link the stream is on (a UDP flow's QUIC
+    /// datagrams must go on that same link: with two links up to the peer, another lookup
+    /// could give the other one).
+    pub(crate) async fn open_flow_on(
+        &self,
+        target: &Target,
+        hop: SiteId,
+        flow_id: u64,
+        protocol: crate::routing::Protocol,
+    ) -> Result<(crate::link::LinkStream, bytes::BytesMut, LinkHandle), String> {
         let link = self
             .link_to(hop)
             .ok_or_else(|| format!("no link up to next hop {hop}"))?;
@@ -342,7 +365,7 @@ impl Flows {
         };
         let mut out = bytes::BytesMut::new();
         header.encode(&mut out);
-        Ok((stream, out))
+        Ok((stream, out, link))
     }
 
     /// An up link to a neighbour.

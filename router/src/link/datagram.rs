@@ -24,8 +24,10 @@ pub enum DatagramRefused {
     TooLarge,
     /// quinn's send buffer is full (the link is congested): sending would drop older ones.
     Busy,
-    /// The peer does not take datagrams, or the link is gone.
+    /// The peer does not take datagrams (the flow's stream carries them instead).
     Unavailable,
+    /// The link is gone (closed or lost): nothing more goes on it.
+    Gone,
 }
 
 /// What the router's QUIC links did with datagrams since the router started: one set shared
@@ -83,6 +85,9 @@ impl Datagrams {
     /// Sends one datagram on `channel` now, or refuses it; it never waits and never pushes an
     /// older queued datagram out (which quinn would do silently when its buffer is full).
     pub fn send(&self, channel: u64, payload: &[u8]) -> Result<(), DatagramRefused> {
+        if self.conn.close_reason().is_some() {
+            return Err(DatagramRefused::Gone);
+        }
         let max = self
             .max_payload(channel)
             .ok_or(DatagramRefused::Unavailable)?;
@@ -102,6 +107,7 @@ impl Datagrams {
                 Ok(())
             }
             Err(quinn::SendDatagramError::TooLarge) => Err(DatagramRefused::TooLarge),
+            Err(quinn::SendDatagramError::ConnectionLost(_)) => Err(DatagramRefused::Gone),
             Err(_) => Err(DatagramRefused::Unavailable),
         }
     }

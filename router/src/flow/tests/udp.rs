@@ -845,3 +845,110 @@ async fn a_refused_udp_flow_goes_to_the_next_site_with_its_first_datagrams() {
     assert_eq!(active[0].destination, net.sites[0].id);
     net.shutdown().await;
 }
+
+/// A client whose socket is connected to `to` (as dig and glibc's resolver do) sends
+/// `datagram` and waits for the reply; the kernel delivers only replies from `to`.
+async fn connected_exchange(local: &str, to: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind(local).await.unwrap();
+    s.connect(to).await.unwrap();
+    s.send(datagram).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(REPLY_WAIT, s.recv(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
+    Some(buf[..n].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_udp_listener_replies_from_the_address_each_client_sent_to() {
+    let net = chain(1, TransportChoice::Quic).await;
+    let r = &net.routers[0];
+    let echo = udp_echo("echo:").await;
+    r.set_connectors(vec![udp_connector("dns", "dns", echo)]);
+    r.set_listeners(vec![
+        ListenerSpec {
+            host: "0.0.0.0".into(),
+            ..udp_listener("any4", "dns")
+        },
+        ListenerSpec {
+            host: "::".into(),
+            ..udp_listener("any6", "dns")
+        },
+    ]);
+    wait_active(r, "any4").await;
+    wait_active(r, "any6").await;
+    let port4 = listener_addr(r, "any4").port();
+    let port6 = listener_addr(r, "any6").port();
+    // Connected clients, each to another local address of the host; the kernel's route to
+    // each of them goes out from 127.0.0.1 (or ::1), which the client would drop.
+    let cases = [
+        ("127.0.0.1:0", SocketAddr::from(([127, 0, 0, 2], port4))),
+        ("127.0.0.1:0", SocketAddr::from(([127, 0, 0, 3], port4))),
+        ("127.0.0.1:0", SocketAddr::from(([127, 0, 0, 1], port4))),
+        // IPv4 clients of the dual-stack IPv6 wildcard.
+        ("127.0.0.1:0", SocketAddr::from(([127, 0, 0, 2], port6))),
+        ("[::1]:0", format!("[::1]:{port6}").parse().unwrap()),
+    ];
+    for (local, to) in cases {
+        let msg = format!("to {to}");
+        let reply = connected_exchange(local, to, msg.as_bytes()).await;
+        assert_eq!(
+            reply.as_deref(),
+            Some(format!("echo:{msg}").as_bytes()),
+            "a client connected to {to} gets its reply from {to}"
+        );
+    }
+    let k = udp_key(r, "dns");
+    assert_eq!(by_role(&k.back, FlowRole::Ingress), cases.len() as u64);
+    assert_eq!(total_dropped(&k), 0, "{k:?}");
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_datagram_udp_flow_ends_after_the_one_shot_idle_a_conversation_stays() {
+    let net = chain(1, TransportChoice::Quic).await;
+    let r = &net.routers[0];
+    let echo = udp_echo("").await;
+    *r.flow_state().udp_idle.lock().unwrap() = Duration::from_secs(30);
+    let one_shot = Duration::from_millis(300);
+    *r.flow_state().udp_one_shot_idle.lock().unwrap() = one_shot;
+    r.set_connectors(vec![udp_connector("dns", "dns", echo)]);
+    r.set_listeners(vec![udp_listener("dns", "dns")]);
+    wait_active(r, "dns").await;
+    let addr = listener_addr(r, "dns");
+    // 20 one-query clients (a stub resolver's new port per query) and one conversation.
+    let talker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let talk = client_on(&talker, addr, "talk", 2, 16).await;
+    assert_eq!(talk.answered, 2);
+    let t0 = Instant::now();
+    for j in 0..20 {
+        let once = client("127.0.0.1:0", addr, &format!("q{j:02}"), 1, 16).await;
+        assert_eq!(once.answered, 1);
+    }
+    let active = |r: &Router| {
+        r.flows()
+            .iter()
+            .filter(|f| f.role == FlowRole::Ingress)
+            .count()
+    };
+    assert!(active(r) >= 2, "the one-shot flows live until their idle");
+    eventually(r, "the one-shot flows' end", |r| active(r) == 1).await;
+    let ended = t0.elapsed();
+    // The conversation is still there, well past the one-shot idle.
+    tokio::time::sleep(one_shot * 3).await;
+    assert_eq!(
+        active(r),
+        1,
+        "the two-datagram flow keeps the full idle timeout"
+    );
+    let rec = r.recent_flows();
+    assert_eq!(rec.len(), 20, "20 one-shot flows ended");
+    assert!(
+        rec.iter()
+            .all(|f| f.outcome == FlowOutcome::Ok && f.bytes_forward == 16),
+        "{rec:?}"
+    );
+    eprintln!("20 one-shot flows (one-shot idle 300 ms, idle 30 s) ended within {ended:?}");
+    net.shutdown().await;
+}

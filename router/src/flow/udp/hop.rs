@@ -221,6 +221,8 @@ impl Hop {
             match d.send(rx.channel(), datagram) {
                 Ok(()) => return Ok(Via::Datagram),
                 Err(DatagramRefused::Busy) => return Err(Dropped::Congested),
+                // The link is gone: so is the flow's stream on it.
+                Err(DatagramRefused::Gone) => return Err(Dropped::Closed),
                 // Too large for this path now, or no datagrams: whole, on the stream.
                 Err(DatagramRefused::TooLarge | DatagramRefused::Unavailable) => {}
             }

@@ -3,8 +3,11 @@
 //! The receive loop reads each datagram (into a 64 KiB buffer: any UDP payload fits) and
 //! hands it to the flow of its source address, made on the address's first datagram. It
 //! never waits for a flow: a flow whose queue ([`CLIENT_QUEUE`]) is full loses the datagram
-//! (`congested`), and past [`MAX_FLOWS_PER_LISTENER`] flows a new address's datagrams are
-//! dropped (`flow-limit`) until a flow ends.
+//! (`congested`), as does one past the listener's byte budget ([`MAX_QUEUED_BYTES`] of
+//! datagrams waiting in queues or kept for a retry), and past [`MAX_FLOWS_PER_LISTENER`]
+//! flows a new address's datagrams are dropped (`flow-limit`) until a flow ends. On a
+//! wildcard address (`0.0.0.0`, `::`) each datagram also tells the address it was sent to
+//! (packet info), and the flow's replies leave from that address.
 //!
 //! A flow chooses its targets as a TCP connection does (with `client-ip` affinity when the
 //! listener asks for it). A local target gets a UDP socket connected to the least busy
@@ -13,9 +16,12 @@
 //! they are kept (at most [`CLIENT_QUEUE`]): a retryable answer (no backend got them) sends
 //! them to the next target, at most [`MAX_ATTEMPTS`] in all. Then datagrams pass both ways,
 //! replies from the listener's socket to the client's address, until nothing moved either
-//! way for the idle timeout ([`super::IDLE_TIMEOUT`]): the flow then ends cleanly (the
-//! stream's end ends it at every router on the way), and the address's next datagram makes
-//! a new flow.
+//! way for the idle timeout ([`super::IDLE_TIMEOUT`]; [`super::ONE_SHOT_IDLE`] for a flow
+//! that carried one datagram from its client and had its reply): the flow then ends cleanly
+//! (the stream's end ends it at every router on the way), and the address's next datagram
+//! makes a new flow. A stream that fails before the egress answers, or no answer within
+//! [`HEADER_TIMEOUT`], also sends the kept datagrams to the next target: an egress passes
+//! nothing to its backend before its ok.
 //!
 //! A flow that found no target, or whose every target refused it, keeps its address for
 //! [`FAILED_HOLD`], dropping what the client sends meanwhile as `no-route`, so a client
@@ -26,20 +32,24 @@
 //! the local backend, `back` one sent to the client; every other datagram received from
 //! either side is counted as a drop with its reason.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::poll_fn;
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::ReadBuf;
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+#[cfg(doc)]
+use super::MAX_QUEUED_BYTES;
 use super::hop::{Dropped, Hop, Via};
 use super::{CLIENT_QUEUE, Direction, DropReason, MAX_FLOWS_PER_LISTENER, UdpKeyCounters};
 use crate::flow::config::{Connector, Listener, first_key, no_target_reason};
@@ -59,16 +69,66 @@ pub(crate) const FAILED_HOLD: Duration = Duration::from_secs(1);
 /// Pause after a receive error on a listener's socket before reading again.
 const RECV_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+thread_local! {
+    /// The receive buffer of local backends' sockets: one per runtime thread, used only
+    /// while a datagram is read (an idle flow holds none).
+    static BACKEND_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0u8; RECV_BUFFER]);
+}
+
+/// The bytes of client datagrams a listener holds (queued for its flows or kept for a retry)
+/// and their limit.
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// `data` counted in the budget until the returned value drops; `None` when it would
+    /// go past the limit.
+    fn take(self: &Arc<Self>, data: Bytes) -> Option<Queued> {
+        let n = data.len();
+        if self.used.fetch_add(n, Ordering::AcqRel) + n > self.limit {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            return None;
+        }
+        Some(Queued {
+            data,
+            budget: self.clone(),
+        })
+    }
+}
+
+/// A client datagram held by the listener, counted in its [`Budget`] until dropped.
+struct Queued {
+    data: Bytes,
+    budget: Arc<Budget>,
+}
+
+impl std::ops::Deref for Queued {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.data.len(), Ordering::AcqRel);
+    }
+}
+
 /// The flows of one listener by client address.
-#[derive(Default)]
 struct FlowTable {
     flows: Mutex<HashMap<SocketAddr, Entry>>,
+    budget: Arc<Budget>,
 }
 
 /// A client address's flow: its queue, and a number telling it from a later flow of the
 /// same address.
 struct Entry {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Queued>,
     generation: u64,
 }
 
@@ -82,10 +142,26 @@ impl FlowTable {
     }
 }
 
+/// One read from a listener's socket: `len` bytes from `from`, sent to `to` (known on a
+/// wildcard address), in datagrams of `stride` bytes (the last may be shorter; more than
+/// one when the kernel coalesced a client's segments).
+struct Received {
+    len: usize,
+    stride: usize,
+    from: SocketAddr,
+    to: Option<IpAddr>,
+}
+
 /// Reads a UDP listener's socket until the listener stops, handing each datagram to its
 /// client's flow.
 pub(crate) async fn receive_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
-    let table = Arc::new(FlowTable::default());
+    let table = Arc::new(FlowTable {
+        flows: Mutex::default(),
+        budget: Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            limit: *flows.udp_queued_bytes.lock().unwrap(),
+        }),
+    });
     let key_counters = flows.udp_stats.key(first_key(&listener));
     let cancel = listener.cancel().clone();
     let mut buf = vec![0u8; RECV_BUFFER];
@@ -94,20 +170,48 @@ pub(crate) async fn receive_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
     loop {
         let recv = poll_fn(|cx| {
             let socket = listener.udp_socket();
-            match socket.as_ref() {
-                Some(s) => {
-                    let mut rb = ReadBuf::new(&mut buf);
-                    s.poll_recv_from(cx, &mut rb)
-                        .map(|r| Some(r.map(|from| (rb.filled().len(), from))))
+            let Some(s) = socket.as_ref() else {
+                return Poll::Ready(None);
+            };
+            let Some(state) = &listener.udp_state else {
+                let mut rb = ReadBuf::new(&mut buf);
+                return s.poll_recv_from(cx, &mut rb).map(|r| {
+                    Some(r.map(|from| Received {
+                        len: rb.filled().len(),
+                        stride: rb.filled().len(),
+                        from,
+                        to: None,
+                    }))
+                });
+            };
+            loop {
+                if let Err(e) = ready!(s.poll_recv_ready(cx)) {
+                    return Poll::Ready(Some(Err(e)));
                 }
-                None => Poll::Ready(None),
+                let mut meta = [quinn_udp::RecvMeta::default()];
+                let read = s.try_io(Interest::READABLE, || {
+                    state.recv(s.into(), &mut [IoSliceMut::new(&mut buf)], &mut meta)
+                });
+                match read {
+                    Ok(_) => {
+                        let m = &meta[0];
+                        return Poll::Ready(Some(Ok(Received {
+                            len: m.len,
+                            stride: m.stride,
+                            from: m.addr,
+                            to: m.dst_ip,
+                        })));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                }
             }
         });
         let got = tokio::select! {
             () = cancel.cancelled() => break,
             got = recv => got,
         };
-        let (n, from) = match got {
+        let got = match got {
             None => break,
             Some(Ok(got)) => got,
             Some(Err(e)) => {
@@ -123,42 +227,66 @@ pub(crate) async fn receive_loop(flows: Arc<Flows>, listener: Arc<Listener>) {
                 continue;
             }
         };
-        let datagram = Bytes::copy_from_slice(&buf[..n]);
-        let mut t = table.flows.lock().unwrap();
-        if let Some(entry) = t.get(&from) {
-            match entry.tx.try_send(datagram) {
-                Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+        let received = &buf[..got.len.min(buf.len())];
+        let mut datagrams = received.chunks(got.stride.max(1));
+        // An empty datagram is a datagram too.
+        let empty: &[u8] = &[];
+        let mut first = Some(datagrams.next().unwrap_or(empty));
+        for d in std::iter::from_fn(|| first.take()).chain(datagrams) {
+            let datagram = Bytes::copy_from_slice(d);
+            let mut t = table.flows.lock().unwrap();
+            if let Some(entry) = t.get(&got.from) {
+                let Some(q) = table.budget.take(datagram) else {
                     key_counters.dropped(DropReason::Congested);
                     continue;
-                }
-                // Its flow is gone (it always removes its entry first; this is a flow task
-                // that stopped abnormally): a new one takes the address.
-                Err(mpsc::error::TrySendError::Closed(d)) => {
-                    t.remove(&from);
-                    if t.len() >= MAX_FLOWS_PER_LISTENER {
-                        key_counters.dropped(DropReason::FlowLimit);
+                };
+                match entry.tx.try_send(q) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        key_counters.dropped(DropReason::Congested);
                         continue;
                     }
-                    start_flow(&flows, &listener, &table, &mut t, from, d, &mut generation);
+                    // Its flow is gone (it always removes its entry first; this is a flow
+                    // task that stopped abnormally): a new one takes the address.
+                    Err(mpsc::error::TrySendError::Closed(q)) => {
+                        t.remove(&got.from);
+                        if t.len() >= MAX_FLOWS_PER_LISTENER {
+                            key_counters.dropped(DropReason::FlowLimit);
+                            continue;
+                        }
+                        let new = NewFlow {
+                            client: got.from,
+                            local_ip: got.to,
+                            first: q,
+                        };
+                        start_flow(&flows, &listener, &table, &mut t, new, &mut generation);
+                    }
                 }
+            } else if t.len() >= MAX_FLOWS_PER_LISTENER {
+                key_counters.dropped(DropReason::FlowLimit);
+            } else {
+                let Some(q) = table.budget.take(datagram) else {
+                    key_counters.dropped(DropReason::Congested);
+                    continue;
+                };
+                let new = NewFlow {
+                    client: got.from,
+                    local_ip: got.to,
+                    first: q,
+                };
+                start_flow(&flows, &listener, &table, &mut t, new, &mut generation);
             }
-        } else if t.len() >= MAX_FLOWS_PER_LISTENER {
-            key_counters.dropped(DropReason::FlowLimit);
-        } else {
-            start_flow(
-                &flows,
-                &listener,
-                &table,
-                &mut t,
-                from,
-                datagram,
-                &mut generation,
-            );
         }
     }
     // The listener stopped: its flows see their queues close and end.
     table.flows.lock().unwrap().clear();
+}
+
+/// A new client address: where it sent to, and its first datagram.
+struct NewFlow {
+    client: SocketAddr,
+    local_ip: Option<IpAddr>,
+    first: Queued,
 }
 
 /// Makes the flow of a new client address with its first datagram.
@@ -167,10 +295,14 @@ fn start_flow(
     listener: &Arc<Listener>,
     table: &Arc<FlowTable>,
     t: &mut HashMap<SocketAddr, Entry>,
-    client: SocketAddr,
-    first: Bytes,
+    new: NewFlow,
     generation: &mut u64,
 ) {
+    let NewFlow {
+        client,
+        local_ip,
+        first,
+    } = new;
     *generation += 1;
     let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
     // Room for it is certain: the queue is new.
@@ -188,6 +320,7 @@ fn start_flow(
         listener: listener.clone(),
         table: table.clone(),
         client,
+        local_ip,
         generation: *generation,
         rx,
     };
@@ -202,7 +335,6 @@ enum Peer {
         connector: Arc<Connector>,
         /// Counts the flow among the connector's while it lives.
         _active: crate::flow::config::CounterGuard,
-        buf: Vec<u8>,
     },
     /// The next router, through the flow's stream (and QUIC datagrams) on the link.
     Remote(Hop),
@@ -223,9 +355,21 @@ impl Peer {
     /// The next datagram or event from the peer. Cancel-safe.
     async fn recv(&mut self) -> PeerEvent {
         match self {
-            Peer::Local { socket, buf, .. } => match socket.recv(buf).await {
-                Ok(n) => PeerEvent::Datagram(Bytes::copy_from_slice(&buf[..n])),
-                Err(e) => PeerEvent::SocketError(e),
+            Peer::Local { socket, .. } => loop {
+                // The buffer is borrowed only for the read itself: a waiting flow holds none.
+                if let Err(e) = socket.readable().await {
+                    return PeerEvent::SocketError(e);
+                }
+                let read = BACKEND_BUFFER.with_borrow_mut(|buf| {
+                    socket
+                        .try_recv(buf)
+                        .map(|n| Bytes::copy_from_slice(&buf[..n]))
+                });
+                match read {
+                    Ok(d) => return PeerEvent::Datagram(d),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return PeerEvent::SocketError(e),
+                }
             },
             Peer::Remote(hop) => match hop.recv().await {
                 Ok(Some(d)) => PeerEvent::Datagram(d),
@@ -301,7 +445,7 @@ type Connected = (
     Target,
     Outstanding,
     Option<Arc<Connector>>,
-    Vec<Bytes>,
+    Vec<Queued>,
 );
 
 /// How setting a flow up ended.
@@ -323,8 +467,11 @@ struct ClientFlow {
     listener: Arc<Listener>,
     table: Arc<FlowTable>,
     client: SocketAddr,
+    /// The address the client sent to, when the listener is on a wildcard address: replies
+    /// leave from it.
+    local_ip: Option<IpAddr>,
     generation: u64,
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Queued>,
 }
 
 impl ClientFlow {
@@ -355,7 +502,7 @@ impl ClientFlow {
             return;
         }
         let _active = listener.counters.start();
-        let mut kept: Vec<Bytes> = Vec::new();
+        let mut kept: Vec<Queued> = Vec::new();
         let setup = self.set_up(&mut flow, targets, &mut kept).await;
         let (mut peer, target, _outstanding, to_send) = match setup {
             Setup::Connected(connected) => {
@@ -396,6 +543,7 @@ impl ClientFlow {
         let counters = flows.udp_stats.key(target.key.as_str());
         let (fwd, back) = flow.connected(target.key.as_str(), target.router);
         // What went to the peer before it answered.
+        let mut from_client = (kept.len() + to_send.len()) as u64;
         for d in &kept {
             counters.count(FlowRole::Ingress, Direction::Forward, 1);
             fwd.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -406,7 +554,9 @@ impl ClientFlow {
                 fwd.fetch_add(d.len() as u64, Ordering::Relaxed);
             }
         }
-        let end = self.relay(&mut peer, &counters, &fwd, &back).await;
+        let end = self
+            .relay(&mut peer, &counters, (&fwd, &back), &mut from_client)
+            .await;
         match end {
             RelayEnd::Idle | RelayEnd::Stopped => {
                 peer.finish();
@@ -434,7 +584,7 @@ impl ClientFlow {
         &mut self,
         flow: &mut Flow,
         targets: Vec<Target>,
-        kept: &mut Vec<Bytes>,
+        kept: &mut Vec<Queued>,
     ) -> Setup {
         let flows = self.flows.clone();
         let cancel = self.listener.cancel().clone();
@@ -451,7 +601,6 @@ impl ClientFlow {
                             socket,
                             _active: connector.counters.start(),
                             connector: connector.clone(),
-                            buf: vec![0u8; RECV_BUFFER],
                         };
                         // Kept datagrams go now.
                         let to_send = std::mem::take(kept);
@@ -466,8 +615,8 @@ impl ClientFlow {
                     Err((outcome, reason)) => last = (outcome, reason),
                 },
                 Some(hop_router) => {
-                    let (stream, header) = match flows
-                        .open_flow(&target, hop_router, flow.id(), Protocol::Udp)
+                    let (stream, header, link) = match flows
+                        .open_flow_on(&target, hop_router, flow.id(), Protocol::Udp)
                         .await
                     {
                         Ok(opened) => opened,
@@ -476,7 +625,8 @@ impl ClientFlow {
                             continue;
                         }
                     };
-                    let datagrams = flows.link_to(hop_router).and_then(|l| l.datagrams());
+                    // The datagrams of the link the stream is on (its channel is there).
+                    let datagrams = link.datagrams();
                     let mut hop = Hop::opened(stream, datagrams, header.freeze());
                     // Before the answer every datagram goes as a frame on the stream, after
                     // the header; those the stream's queue has no room for wait.
@@ -511,13 +661,20 @@ impl ClientFlow {
                             return Setup::Stopped;
                         }
                         Ok(Some(Ok(status))) => status,
+                        // No backend got anything (an egress passes nothing on before its
+                        // ok): the kept datagrams go to the next target.
                         Ok(Some(Err(reason))) => {
                             hop.reset();
-                            return Setup::Failed(FlowOutcome::Error, reason);
+                            last = (
+                                FlowOutcome::Error,
+                                format!("{}: {reason}", flows.site_name(target.router)),
+                            );
+                            tracing::debug!(reason = %last.1, "target failed; trying the next");
+                            continue;
                         }
                         Err(_) => {
                             hop.reset();
-                            return Setup::Failed(
+                            last = (
                                 FlowOutcome::Error,
                                 format!(
                                     "no answer from {} within {} s",
@@ -525,6 +682,8 @@ impl ClientFlow {
                                     HEADER_TIMEOUT.as_secs()
                                 ),
                             );
+                            tracing::debug!(reason = %last.1, "target failed; trying the next");
+                            continue;
                         }
                     };
                     match status.code {
@@ -562,27 +721,39 @@ impl ClientFlow {
     }
 
     /// Passes datagrams both ways until the flow is idle, the peer ends or fails it, or the
-    /// listener stops.
+    /// listener stops. `from_client` counts the client's datagrams the flow carried.
     async fn relay(
         &mut self,
         peer: &mut Peer,
         counters: &UdpKeyCounters,
-        fwd: &std::sync::atomic::AtomicU64,
-        back: &std::sync::atomic::AtomicU64,
+        (fwd, back): (&std::sync::atomic::AtomicU64, &std::sync::atomic::AtomicU64),
+        from_client: &mut u64,
     ) -> RelayEnd {
-        let idle_after = *self.flows.udp_idle.lock().unwrap();
+        let conversation_idle = *self.flows.udp_idle.lock().unwrap();
+        let one_shot_idle = *self.flows.udp_one_shot_idle.lock().unwrap();
+        let mut replies = 0u64;
+        // One datagram from the client and its reply(ies): a one-shot exchange (a DNS query
+        // from a new source port) ends sooner.
+        let idle_for = |from_client: u64, replies: u64| {
+            if from_client <= 1 && replies >= 1 {
+                one_shot_idle
+            } else {
+                conversation_idle
+            }
+        };
+        let mut idle_after = idle_for(*from_client, replies);
         let cancel = self.listener.cancel().clone();
         let idle = tokio::time::sleep(idle_after);
         tokio::pin!(idle);
         loop {
             enum Event {
-                Client(Option<Bytes>),
+                Client(Option<Queued>),
                 Peer(PeerEvent),
                 Idle,
                 Stopped,
             }
+            // Unbiased: a client sending fast must not starve its replies, nor the reverse.
             let event = tokio::select! {
-                biased;
                 () = cancel.cancelled() => Event::Stopped,
                 d = self.rx.recv() => Event::Client(d),
                 e = peer.recv() => Event::Peer(e),
@@ -591,6 +762,8 @@ impl ClientFlow {
             match event {
                 Event::Stopped | Event::Client(None) => return RelayEnd::Stopped,
                 Event::Client(Some(d)) => {
+                    *from_client += 1;
+                    idle_after = idle_for(*from_client, replies);
                     idle.as_mut()
                         .reset(tokio::time::Instant::now() + idle_after);
                     if peer.send(&d, counters) {
@@ -598,18 +771,14 @@ impl ClientFlow {
                     }
                 }
                 Event::Peer(PeerEvent::Datagram(d)) => {
+                    replies += 1;
+                    idle_after = idle_for(*from_client, replies);
                     idle.as_mut()
                         .reset(tokio::time::Instant::now() + idle_after);
                     if let Peer::Local { connector, .. } = peer {
                         connector.backend_ok();
                     }
-                    let sent = match self.listener.udp_socket().as_ref() {
-                        Some(s) => s
-                            .try_send_to(&d, self.client)
-                            .map(|_| ())
-                            .map_err(|e| send_error_reason(&e)),
-                        None => Err(DropReason::Closed),
-                    };
+                    let sent = self.reply(&d);
                     match sent {
                         Ok(()) => {
                             counters.count(FlowRole::Ingress, Direction::Back, 1);
@@ -656,6 +825,29 @@ impl ClientFlow {
                 }
             }
         }
+    }
+
+    /// Sends a reply to the client from the listener's socket (from the address the client
+    /// sent to, on a wildcard address).
+    fn reply(&self, d: &[u8]) -> Result<(), DropReason> {
+        let socket = self.listener.udp_socket();
+        let Some(s) = socket.as_ref() else {
+            return Err(DropReason::Closed);
+        };
+        let sent = match (&self.listener.udp_state, self.local_ip) {
+            (Some(state), Some(src)) => {
+                let transmit = quinn_udp::Transmit {
+                    destination: self.client,
+                    ecn: None,
+                    contents: d,
+                    segment_size: None,
+                    src_ip: Some(src),
+                };
+                s.try_io(Interest::WRITABLE, || state.try_send(s.into(), &transmit))
+            }
+            _ => s.try_send_to(d, self.client).map(|_| ()),
+        };
+        sent.map_err(|e| send_error_reason(&e))
     }
 
     /// After a failed setup: keeps the client's address for [`FAILED_HOLD`], dropping its

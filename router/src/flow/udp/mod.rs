@@ -30,6 +30,16 @@ use std::time::Duration;
 /// which then ends it at every router on the way; the egress also ends a flow idle for
 /// [`EGRESS_IDLE_TIMEOUT`], in case the ingress vanished with its link).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A flow that carried a single datagram from its client (a DNS query from a stub resolver,
+/// which takes a new source port per query) ends after this long without a datagram once
+/// it had its reply, instead of [`IDLE_TIMEOUT`]: a listener can then take about
+/// [`MAX_FLOWS_PER_LISTENER`] / 5 s = 800 such clients a second before `flow-limit`. A
+/// second datagram from the client makes it a conversation, with the full idle timeout.
+pub const ONE_SHOT_IDLE: Duration = Duration::from_secs(5);
+/// Bytes of client datagrams one UDP listener holds at most for its flows, waiting in their
+/// queues or kept for a retry while a site answers; more are dropped (reason `congested`),
+/// so a listener's memory is bounded by bytes, not only by datagram counts.
+pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 /// The egress's own idle limit (longer than the ingress's, so the ingress decides).
 pub const EGRESS_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Client addresses one UDP listener keeps flows for at once; datagrams from further new
