@@ -346,6 +346,9 @@ impl Flows {
         let link = self
             .link_to(hop)
             .ok_or_else(|| format!("no link up to next hop {hop}"))?;
+        if protocol == crate::routing::Protocol::Udp {
+            link.carries_udp(&self.site_name(hop))?;
+        }
         let stream = tokio::time::timeout(OPEN_TIMEOUT, link.open_stream())
             .await
             .map_err(|_| {

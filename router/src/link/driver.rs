@@ -280,15 +280,16 @@ pub(crate) async fn run_link(
     end
 }
 
-/// The first link protocol whose routers decode UDP keys (protocol 3) in link-state frames.
-const UDP_KEYS_SINCE: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
+/// The first link protocol whose routers decode UDP keys (protocol 3) in link-state frames
+/// and UDP flow headers.
+pub(crate) const UDP_SINCE: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
 
 /// `frame` as a peer speaking `version` can decode it: a router older than
-/// [`UDP_KEYS_SINCE`] refuses a link-state frame with a UDP key (an unknown protocol) and
+/// [`UDP_SINCE`] refuses a link-state frame with a UDP key (an unknown protocol) and
 /// drops the link, so UDP keys are left out of what it is sent; it then never learns of them
 /// and never starts a UDP flow it could not carry.
 fn frame_for_peer(frame: ControlFrame, version: ProtocolVersion) -> ControlFrame {
-    let older = (version.major, version.minor) < (UDP_KEYS_SINCE.major, UDP_KEYS_SINCE.minor);
+    let older = (version.major, version.minor) < (UDP_SINCE.major, UDP_SINCE.minor);
     match frame {
         ControlFrame::LinkState(mut ad) if older => {
             ad.keys.retain(|k| k.protocol != Protocol::Udp);

@@ -82,6 +82,7 @@ impl Shared {
                 name: status.name,
                 transport: status.transport.unwrap_or(Transport::Tls),
                 conn: up.conn,
+                version: up.version,
             })
     }
 }
@@ -106,6 +107,8 @@ pub struct LinkHandle {
     name: String,
     transport: Transport,
     conn: Arc<dyn MuxConnection>,
+    /// The link protocol the peer speaks (from its hello).
+    version: crate::wire::ProtocolVersion,
 }
 
 impl std::fmt::Debug for LinkHandle {
@@ -114,6 +117,7 @@ impl std::fmt::Debug for LinkHandle {
             .field("peer", &self.peer)
             .field("name", &self.name)
             .field("transport", &self.transport)
+            .field("version", &self.version)
             .finish()
     }
 }
@@ -142,6 +146,33 @@ impl LinkHandle {
     /// The link's datagrams (QUIC links only).
     pub fn datagrams(&self) -> Option<Arc<super::datagram::Datagrams>> {
         self.conn.datagrams()
+    }
+
+    /// The link protocol the peer speaks (what it said in its hello).
+    pub fn version(&self) -> crate::wire::ProtocolVersion {
+        self.version
+    }
+
+    /// Whether a UDP flow may go to the peer: a router older than link protocol 1.2 cannot
+    /// decode a flow header of protocol `udp`. The error says why (naming the peer
+    /// `peer_name`), for a no-route answer.
+    pub fn carries_udp(&self, peer_name: &str) -> Result<(), String> {
+        let v = self.version;
+        if (v.major, v.minor)
+            < (
+                super::driver::UDP_SINCE.major,
+                super::driver::UDP_SINCE.minor,
+            )
+        {
+            return Err(format!(
+                "the next hop {peer_name} speaks link protocol {}.{}; UDP needs {}.{} on every router of the path",
+                v.major,
+                v.minor,
+                super::driver::UDP_SINCE.major,
+                super::driver::UDP_SINCE.minor
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -767,6 +798,7 @@ pub(crate) async fn serve_inbound(
                 peer: cert_site,
                 conn: conn.clone(),
                 closer: closer.clone(),
+                version: peer.version,
             },
             &peer.site_name,
             transport,

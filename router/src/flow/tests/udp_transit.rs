@@ -769,3 +769,77 @@ async fn a_refusing_backend_resets_its_flow_and_the_next_flow_goes_to_another_si
     assert_eq!(s1[0].status, ResourceState::Failing, "{s1:?}");
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_udp_flow_is_sent_to_a_router_speaking_1_1() {
+    // r0 says it speaks 1.1 and has a UDP connector; r1 (1.2) dials it and has a UDP
+    // listener for the key; r2 (1.2) dials r1. Neither the ingress at r1 nor r1 as a transit
+    // for r2 may send a UDP flow to r0: it answers no-route, naming r0 and the versions.
+    let sites: Vec<Site> = (0..3).map(|i| site(&format!("v{i}"))).collect();
+    let old = Router::start_with_hello(
+        config(&sites[0], loopback()),
+        Arc::new(AllowAll),
+        None,
+        crate::wire::ProtocolVersion { major: 1, minor: 1 },
+    )
+    .await
+    .unwrap();
+    let mut routers = vec![old];
+    for s in &sites[1..] {
+        routers.push(start_router(s).await);
+    }
+    for i in 1..3 {
+        let addr = routers[i - 1].link_addr().unwrap().to_string();
+        routers[i].set_links(vec![spec(
+            &sites[i - 1],
+            &sites[i],
+            addr,
+            TransportChoice::Quic,
+        )]);
+    }
+    let net = Net { sites, routers };
+    let echo = udp_echo().await;
+    net.routers[0].set_connectors(vec![udp_connector("dns", "dns", echo)]);
+    net.routers[1].set_listeners(vec![ListenerSpec {
+        protocol: Protocol::Udp,
+        ..listener("dns", "dns")
+    }]);
+    converge(&net).await;
+    let ids: Vec<SiteId> = net.sites.iter().map(|s| s.id).collect();
+    let (r1, r2) = (&net.routers[1], &net.routers[2]);
+    // r0 advertises its own UDP key unstripped to a 1.2 peer: r1 sees a target at r0.
+    wait_for(r1, "r0 as a target", |r| {
+        r.listeners()
+            .iter()
+            .any(|l| l.name == "dns" && l.targets.len() == 1)
+    })
+    .await;
+    let want =
+        "the next hop v0 speaks link protocol 1.1; UDP needs 1.2 on every router of the path";
+
+    // The ingress: no reply, and the flow's record says why.
+    let addr = listener_addr(r1, "dns");
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.send_to(b"query", addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let got = tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await;
+    assert!(got.is_err(), "no reply through a 1.1 router: {got:?}");
+    let rec = record_of(r1, FlowRole::Ingress, "dns").await;
+    assert_eq!(rec.outcome, FlowOutcome::NoRoute, "{rec:?}");
+    assert!(
+        rec.reason.as_deref().is_some_and(|r| r.contains(want)),
+        "{rec:?}"
+    );
+
+    // The transit: a UDP flow from r2 for r0 is answered no-route by r1.
+    wait_for(r2, "a route to r0", |r| reaches(r, &[&net.sites[0]])).await;
+    let mut hop = open_flow((r2, ids[2]), ids[1], ids[0], "dns").await;
+    hop.send(b"early").unwrap();
+    let status = within(WAIT, "the status", hop.read_status()).await.unwrap();
+    assert_eq!(status.code, FlowStatusCode::NoRoute, "{status:?}");
+    assert_eq!(status.message, want);
+    let rec = record_of(r1, FlowRole::Transit, "dns").await;
+    assert_eq!(rec.outcome, FlowOutcome::NoRoute, "{rec:?}");
+    eprintln!("1.1 next hop: {}", status.message);
+    net.shutdown().await;
+}

@@ -3,7 +3,9 @@
 //! [`Hop`]s, each choosing QUIC datagrams or stream frames on its own link.
 //!
 //! Refusals are the TCP transit's (edge routers carry no transit, [`MAX_HOPS`], no route,
-//! no stream within [`OPEN_TIMEOUT`]: answered no-route). Then: datagrams from upstream go
+//! no stream within [`OPEN_TIMEOUT`]: answered no-route), and a next hop whose router speaks
+//! a link protocol older than 1.2 (it cannot decode a UDP flow: answered no-route, so the
+//! ingress tries elsewhere). Then: datagrams from upstream go
 //! down as frames while the egress has not answered; its status passes up as soon as it
 //! arrives (within [`HEADER_TIMEOUT`]); a failure status ends the flow after it passed. A
 //! clean end of either side ends the other cleanly; a failure of either side resets the
@@ -68,6 +70,10 @@ pub(crate) async fn transit(
         no_route(&mut flow, &mut stream, why).await;
         return;
     };
+    if let Err(why) = link.carries_udp(&flows.site_name(link.peer())) {
+        no_route(&mut flow, &mut stream, why).await;
+        return;
+    }
     let out = match tokio::time::timeout(OPEN_TIMEOUT, link.open_stream()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
