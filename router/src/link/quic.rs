@@ -21,6 +21,24 @@ use super::datagram::DatagramCounters;
 use super::driver::Timing;
 use super::mux::{LinkStream, MuxConnection};
 
+/// Kernel buffer sizes asked for on QUIC link sockets (each way). The kernel's default
+/// (`net.core.rmem_default`, 208 KiB on most Linux systems) overflows under bursts of UDP
+/// flows' datagrams and bulk flows alike: the packets it drops are retransmitted (stream
+/// data) or lost (datagrams). The kernel caps the request at `net.core.rmem_max` /
+/// `wmem_max` (docs/udp.md says how to raise them).
+pub(crate) const QUIC_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for [`QUIC_SOCKET_BUFFER`] on a QUIC socket; what the kernel grants is kept.
+pub(crate) fn size_buffers(socket: &std::net::UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s.set_recv_buffer_size(QUIC_SOCKET_BUFFER) {
+        tracing::debug!(cause = %e, "could not size the QUIC socket's receive buffer");
+    }
+    if let Err(e) = s.set_send_buffer_size(QUIC_SOCKET_BUFFER) {
+        tracing::debug!(cause = %e, "could not size the QUIC socket's send buffer");
+    }
+}
+
 /// Concurrent streams a peer may open on one QUIC link.
 const MAX_STREAMS: u32 = 16 * 1024;
 /// quinn's buffers of QUIC datagrams, each way, per link (see [`transport_config`]).
@@ -194,8 +212,10 @@ impl QuicDialers {
         if let Some(ep) = g.as_ref() {
             return Ok(ep.clone());
         }
+        let socket = std::net::UdpSocket::bind(bind)?;
+        size_buffers(&socket);
         let ep = endpoint(
-            std::net::UdpSocket::bind(bind)?,
+            socket,
             quinn::EndpointConfig::default(),
             None,
             self.runtime.clone(),
