@@ -3,8 +3,10 @@
 //! two hops, over QUIC and over TLS/TCP links) to a real UDP echo server; each reply must
 //! reach the socket that sent the request, large datagrams must arrive whole, and the
 //! `skiff_udp_*` counters must account for every datagram. Also: a listener without a target
-//! (no-route drops, its status says why), the idle timeout, client-ip affinity and a
-//! listener changed in place.
+//! (no-route drops, its status says why), the idle timeout (and the one-shot idle), client-ip
+//! affinity, a listener changed in place, replies from the address a client sent to on a
+//! wildcard listener, the listener's byte budget, and a flow whose stream dies before the
+//! egress answers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -950,5 +952,163 @@ async fn a_one_datagram_udp_flow_ends_after_the_one_shot_idle_a_conversation_sta
         "{rec:?}"
     );
     eprintln!("20 one-shot flows (one-shot idle 300 ms, idle 30 s) ended within {ended:?}");
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_listener_past_its_byte_budget_drops_as_congested_and_frees_the_budget() {
+    let net = chain(1, TransportChoice::Quic).await;
+    let r = &net.routers[0];
+    let echo = udp_echo("").await;
+    // Room for 4 datagrams of 500 bytes waiting in the listener at once.
+    *r.flow_state().udp_queued_bytes.lock().unwrap() = 2000;
+    r.set_connectors(vec![udp_connector("dns", "dns", echo)]);
+    r.set_listeners(vec![udp_listener("dns", "dns")]);
+    wait_active(r, "dns").await;
+    let addr = listener_addr(r, "dns");
+    // A burst of 200 (fewer than a flow's queue of 256 datagrams): only the byte budget
+    // can refuse some of them.
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sent = 200u64;
+    for j in 0..sent {
+        let mut d = format!("burst-{j:05}|").into_bytes();
+        d.resize(500, b'.');
+        s.send_to(&d, addr).await.unwrap();
+    }
+    let mut answered = BTreeSet::new();
+    let mut buf = vec![0u8; 2048];
+    while let Ok(got) = tokio::time::timeout(Duration::from_millis(500), s.recv(&mut buf)).await {
+        let n = got.unwrap();
+        assert_eq!(n, 500, "a reply whole");
+        answered.insert(buf[..12].to_vec());
+    }
+    let k = udp_key(r, "dns");
+    let congested = dropped(&k, UdpDropReason::Congested);
+    eprintln!(
+        "burst of {sent} x 500 B against a 2000 B budget: {} answered, {congested} dropped as congested",
+        answered.len()
+    );
+    assert!(congested > 0, "the budget refused some: {k:?}");
+    assert_eq!(
+        answered.len() as u64 + congested,
+        sent,
+        "every datagram answered or counted: {k:?}"
+    );
+    // The budget is free again: datagrams of 1 500 bytes (of 2 000) pass one by one.
+    let after = client("127.0.0.1:0", addr, "after", 5, 1500).await;
+    assert_eq!(after.answered, 5, "the budget was given back");
+    assert_eq!(
+        dropped(&udp_key(r, "dns"), UdpDropReason::Congested),
+        congested
+    );
+    net.shutdown().await;
+}
+
+/// A TCP proxy on loopback to `upstream` that, once `armed`, closes the connection carrying
+/// the next bytes from its client instead of passing them on (and disarms). It stops with
+/// the test's runtime.
+async fn cutting_proxy(
+    upstream: SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    use std::sync::atomic::Ordering;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if armed.swap(false, Ordering::AcqRel) {
+                            return; // cut: these bytes never arrive
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                // Whichever ends first ends the connection both ways.
+                tokio::select! {
+                    () = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_flow_whose_stream_dies_before_the_answer_goes_to_the_next_site() {
+    // i (listener) dials a (cost 1, through a proxy that cuts the link as the flow's header
+    // passes) and b (cost 10); both serve the key with a tagging echo.
+    let sites: Vec<Site> = ["i", "a", "b"].iter().map(|n| site(n)).collect();
+    let mut routers = Vec::new();
+    for s in &sites {
+        routers.push(start_router(s).await);
+    }
+    let net = Net { sites, routers };
+    let (i, a, b) = (&net.routers[0], &net.routers[1], &net.routers[2]);
+    a.set_connectors(vec![udp_connector("dns", "dns", udp_echo("a:").await)]);
+    b.set_connectors(vec![udp_connector("dns", "dns", udp_echo("b:").await)]);
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = cutting_proxy(a.link_addr().unwrap(), armed.clone()).await;
+    let mut to_a = spec(
+        &net.sites[1],
+        &net.sites[0],
+        proxy.to_string(),
+        TransportChoice::Tls,
+    );
+    to_a.cost = 1;
+    let mut to_b = spec(
+        &net.sites[2],
+        &net.sites[0],
+        b.link_addr().unwrap().to_string(),
+        TransportChoice::Tls,
+    );
+    to_b.cost = 10;
+    i.set_links(vec![to_a, to_b]);
+    i.set_listeners(vec![udp_listener("dns", "dns")]);
+    wait_for(i, "both sites as targets", |r| {
+        r.listeners()
+            .iter()
+            .any(|l| l.name == "dns" && l.targets.len() == 2)
+    })
+    .await;
+    let addr = listener_addr(i, "dns");
+    // Before the cut, a's the cheaper site: a flow goes there.
+    let before = client("127.0.0.1:0", addr, "before", 1, 16).await;
+    assert_eq!(before.tags.get("a:"), Some(&1), "{before:?}");
+    // The next flow's header is cut with a's link: the flow must go to b, its datagram
+    // answered once.
+    armed.store(true, std::sync::atomic::Ordering::Release);
+    let t0 = Instant::now();
+    let cut = client("127.0.0.1:0", addr, "cut", 1, 16).await;
+    assert!(
+        !armed.load(std::sync::atomic::Ordering::Acquire),
+        "the proxy cut a's link"
+    );
+    assert_eq!(cut.answered, 1, "{cut:?}");
+    assert_eq!(cut.tags.get("b:"), Some(&1), "answered by b: {cut:?}");
+    eprintln!(
+        "the flow cut on its way to a was answered by b after {:?}",
+        t0.elapsed()
+    );
+    let k = udp_key(i, "dns");
+    assert_eq!(total_dropped(&k), 0, "{k:?}");
     net.shutdown().await;
 }
