@@ -1112,3 +1112,42 @@ async fn a_udp_flow_whose_stream_dies_before_the_answer_goes_to_the_next_site() 
     assert_eq!(total_dropped(&k), 0, "{k:?}");
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hop_whose_quic_link_is_gone_refuses_datagrams_as_closed() {
+    use crate::flow::udp::hop::{Dropped, Hop, Via};
+    let net = chain(2, TransportChoice::Quic).await;
+    net.routers[0].set_connectors(vec![udp_connector("dns", "dns", udp_echo("").await)]);
+    converge(&net).await;
+    let (egress_id, opener_id) = (net.sites[0].id, net.sites[1].id);
+    let mut routers = net.routers;
+    let opener = routers.pop().unwrap();
+    let egress = routers.pop().unwrap();
+    let link = opener.link_to(egress_id).expect("the QUIC link is up");
+    let stream = link.open_stream().await.unwrap();
+    let mut header = bytes::BytesMut::new();
+    crate::wire::FlowHeader {
+        routing_key: "dns".into(),
+        destination: *egress_id.as_bytes(),
+        origin: *opener_id.as_bytes(),
+        flow_id: crate::flow::random_u64(),
+        protocol: Protocol::Udp,
+        hops: 0,
+    }
+    .encode(&mut header);
+    let mut hop = Hop::opened(stream, link.datagrams(), header.freeze());
+    let status = within(WAIT, "the egress's status", hop.read_status())
+        .await
+        .unwrap();
+    assert_eq!(status.code, crate::wire::FlowStatusCode::Ok, "{status:?}");
+    assert_eq!(hop.send(b"ping"), Ok(Via::Datagram));
+    let reply = within(WAIT, "the echo", hop.recv()).await.unwrap();
+    assert_eq!(reply.as_deref(), Some(&b"ping"[..]));
+    // The egress's router goes: its link closes.
+    egress.shutdown().await;
+    wait_for(&opener, "the link down", |r| r.link_to(egress_id).is_none()).await;
+    // Not counted as oversize and queued into a dead stream: refused as closed.
+    assert_eq!(hop.send(b"after"), Err(Dropped::Closed));
+    drop(hop);
+    opener.shutdown().await;
+}
