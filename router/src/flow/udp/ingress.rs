@@ -3,7 +3,7 @@
 //! The receive loop reads each datagram (into a 64 KiB buffer: any UDP payload fits) and
 //! hands it to the flow of its source address, made on the address's first datagram. It
 //! never waits for a flow: a flow whose queue ([`CLIENT_QUEUE`]) is full loses the datagram
-//! (`congested`), as does one past the listener's byte budget ([`MAX_QUEUED_BYTES`] of
+//! (`congested`), as does one past the listener's byte budget ([`super::MAX_QUEUED_BYTES`] of
 //! datagrams waiting in queues or kept for a retry), and past [`MAX_FLOWS_PER_LISTENER`]
 //! flows a new address's datagrams are dropped (`flow-limit`) until a flow ends. On a
 //! wildcard address (`0.0.0.0`, `::`) each datagram also tells the address it was sent to
@@ -48,8 +48,6 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-#[cfg(doc)]
-use super::MAX_QUEUED_BYTES;
 use super::hop::{Dropped, Hop, Via};
 use super::{CLIENT_QUEUE, Direction, DropReason, MAX_FLOWS_PER_LISTENER, UdpKeyCounters};
 use crate::flow::config::{Connector, Listener, first_key, no_target_reason};

@@ -6,8 +6,9 @@
 //! Roles, as for TCP flows:
 //! - **ingress** (`ingress`): the listener's socket; a flow per client address, created on
 //!   its first datagram (target chosen as for a TCP connection, with `client-ip` affinity if
-//!   asked), ended after [`IDLE_TIMEOUT`] without a datagram either way. Replies go back to
-//!   the client's address from the listener's socket.
+//!   asked), ended after [`IDLE_TIMEOUT`] without a datagram either way ([`ONE_SHOT_IDLE`]
+//!   after its reply for a flow of a single client datagram). Replies go back to the
+//!   client's address from the listener's socket, from the address the client sent to.
 //! - **transit** (`transit`): datagrams pass from one hop to the next, each hop choosing QUIC
 //!   datagrams or stream frames on its own link.
 //! - **egress** (`egress`): one connected UDP socket to the connector's backend per flow.
