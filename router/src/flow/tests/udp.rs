@@ -1151,3 +1151,65 @@ async fn a_hop_whose_quic_link_is_gone_refuses_datagrams_as_closed() {
     drop(hop);
     opener.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_udp_listener_splits_a_clients_coalesced_segments() {
+    let net = chain(1, TransportChoice::Quic).await;
+    let r = &net.routers[0];
+    r.set_connectors(vec![udp_connector("dns", "dns", udp_echo("").await)]);
+    r.set_listeners(vec![ListenerSpec {
+        host: "0.0.0.0".into(),
+        ..udp_listener("any4", "dns")
+    }]);
+    wait_active(r, "any4").await;
+    let to = SocketAddr::from(([127, 0, 0, 1], listener_addr(r, "any4").port()));
+    // A client sending with GSO (as QUIC stacks do): three datagrams of 100, 100 and 50
+    // bytes in one send; the kernel may hand them to the listener's socket coalesced (GRO).
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let state = quinn_udp::UdpSocketState::new((&s).into()).unwrap();
+    assert!(state.max_gso_segments() > 1, "this kernel sends with GSO");
+    let mut contents = Vec::new();
+    for (i, len) in [100usize, 100, 50].into_iter().enumerate() {
+        contents.extend(std::iter::repeat_n(b'a' + i as u8, len));
+    }
+    let transmit = quinn_udp::Transmit {
+        destination: to,
+        ecn: None,
+        contents: &contents,
+        segment_size: Some(100),
+        src_ip: None,
+    };
+    within(WAIT, "the send", async {
+        loop {
+            s.writable().await.unwrap();
+            match s.try_io(tokio::io::Interest::WRITABLE, || {
+                state.try_send((&s).into(), &transmit)
+            }) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("GSO send: {e}"),
+            }
+        }
+    })
+    .await;
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 1024];
+    while replies.len() < 3 {
+        let Ok(got) = tokio::time::timeout(REPLY_WAIT, s.recv(&mut buf)).await else {
+            break;
+        };
+        let n = got.unwrap();
+        replies.push(buf[..n].to_vec());
+    }
+    replies.sort();
+    let want: Vec<Vec<u8>> = vec![vec![b'a'; 100], vec![b'b'; 100], vec![b'c'; 50]];
+    assert_eq!(
+        replies.iter().map(Vec::len).collect::<Vec<_>>(),
+        [100, 100, 50],
+        "each segment a datagram of its own"
+    );
+    assert_eq!(replies, want);
+    let k = udp_key(r, "dns");
+    assert_eq!(by_role(&k.forward, FlowRole::Ingress), 3, "{k:?}");
+    net.shutdown().await;
+}
