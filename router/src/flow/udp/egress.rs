@@ -110,14 +110,19 @@ fn last_refused(connector: &Arc<Connector>) -> Option<Instant> {
         .map(|(_, at)| *at)
 }
 
-/// Reads one datagram from `socket` (ready or not: `WouldBlock`) into this thread's buffer
-/// and copies it out at its size.
-fn recv_copy(socket: &UdpSocket) -> std::io::Result<Bytes> {
-    RECV_BUF.with_borrow_mut(|buf| {
-        let sock = socket2::SockRef::from(socket);
-        let n = (&*sock).read(buf)?;
-        Ok(Bytes::copy_from_slice(&buf[..n]))
-    })
+/// The next datagram from `socket`, or its pending error (a refusal: the kernel reports the
+/// backend host's ICMP port unreachable as an error on the socket, which wakes no reader of
+/// a readable socket: hence `ERROR` too). Read into this thread's buffer once the socket is
+/// ready, and copied out at its size. Cancel-safe.
+async fn recv_reply(socket: &UdpSocket) -> std::io::Result<Bytes> {
+    socket
+        .async_io(Interest::READABLE | Interest::ERROR, || {
+            RECV_BUF.with_borrow_mut(|buf| {
+                let n = (&*socket2::SockRef::from(socket)).read(buf)?;
+                Ok(Bytes::copy_from_slice(&buf[..n]))
+            })
+        })
+        .await
 }
 
 /// Serves a UDP flow stream whose header names this router.
@@ -202,8 +207,7 @@ pub(crate) async fn egress(
                     return;
                 }
             },
-            // ERROR too: a refusal (ICMP) makes the socket report an error, not readable.
-            got = socket.async_io(Interest::READABLE | Interest::ERROR, || recv_copy(&socket)) => match got {
+            got = recv_reply(&socket) => match got {
                 Ok(reply) => {
                     let n = reply.len();
                     idle.as_mut().reset(tokio::time::Instant::now() + idle_after);
