@@ -512,10 +512,8 @@ impl YamuxWriter {
             std::pin::Pin::new(s),
             &mut std::task::Context::from_waker(&both),
         );
-        if polled.is_pending() {
-            if self.0.lost.is_lost() {
-                return Poll::Ready(Err(link_lost()));
-            }
+        if polled.is_pending() && self.0.lost.is_lost() {
+            return Poll::Ready(Err(link_lost()));
         }
         polled
     }
