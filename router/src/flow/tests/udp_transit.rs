@@ -767,6 +767,43 @@ async fn a_refusing_backend_resets_its_flow_and_the_next_flow_goes_to_another_si
     );
     let s1 = net.routers[1].connectors();
     assert_eq!(s1[0].status, ResourceState::Failing, "{s1:?}");
+
+    // Once REFUSED_HOLD has passed since the last refusal, s1 tries its backend again: a new
+    // client's flow goes there first, is reset after REFUSED_RESET, and its next goes to s2.
+    tokio::time::sleep(REFUSED_HOLD + Duration::from_millis(300)).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let again = std::time::Instant::now();
+    let mut second = None;
+    for i in 0..100u32 {
+        client
+            .send_to(format!("r{i:03}").as_bytes(), addr)
+            .await
+            .unwrap();
+        if let Ok(got) =
+            tokio::time::timeout(Duration::from_millis(100), client.recv_from(&mut buf)).await
+        {
+            let (n, _) = got.unwrap();
+            assert!(buf[..n].starts_with(b"s2:r"), "{:?}", &buf[..n]);
+            second = Some(again.elapsed());
+            break;
+        }
+    }
+    let second = second.expect("s2 answered the new client within 10 s");
+    let resets = net.routers[1]
+        .recent_flows()
+        .into_iter()
+        .filter(|r| {
+            r.reason
+                .as_deref()
+                .is_some_and(|w| w.contains("sent no reply for 2 s"))
+        })
+        .count();
+    eprintln!("refused backend, after the hold: s1 tried again, s2 answered after {second:?}");
+    assert_eq!(resets, 2, "s1 tried its backend again after the hold");
+    assert!(
+        second >= REFUSED_RESET - Duration::from_millis(200) && second < REFUSED_HOLD,
+        "{second:?}"
+    );
     net.shutdown().await;
 }
 
