@@ -299,7 +299,7 @@ fn dns_across(transport: &str) {
     // Over QUIC that answer went whole on the flow's stream at east (the egress), counted as
     // oversize; over TLS/TCP everything goes on the stream and nothing is "oversize".
     let m = admin_text(&east, "/metrics");
-    let oversize = metric(&m, "skiff_udp_oversize_total", &[("routing_key", "dns")]);
+    let oversize = metric(&m, "skiff_udp_oversize_total", &[("key", "dns")]);
     if transport == "quic" {
         assert!(oversize >= 1, "no oversize datagram counted at east:\n{m}");
     } else {
@@ -314,11 +314,7 @@ fn dns_across(transport: &str) {
     let back = metric(
         &admin_text(&west, "/metrics"),
         "skiff_udp_datagrams_total",
-        &[
-            ("routing_key", "dns"),
-            ("role", "ingress"),
-            ("direction", "back"),
-        ],
+        &[("key", "dns"), ("role", "ingress"), ("direction", "back")],
     );
     assert!(
         back >= 103,
@@ -567,7 +563,7 @@ fn site_counts(site: &Site, key: &str, role: &str) -> SiteCounts {
         metric(
             &m,
             "skiff_udp_datagrams_total",
-            &[("routing_key", key), ("role", role), ("direction", dir)],
+            &[("key", key), ("role", role), ("direction", dir)],
         )
     };
     let mut reasons = Vec::new();
@@ -593,7 +589,7 @@ fn site_counts(site: &Site, key: &str, role: &str) -> SiteCounts {
         // datagrams are the only ones there are.
         dropped: metric(&m, "skiff_udp_dropped_total", &[]),
         reasons,
-        oversize: metric(&m, "skiff_udp_oversize_total", &[("routing_key", key)]),
+        oversize: metric(&m, "skiff_udp_oversize_total", &[("key", key)]),
     }
 }
 
@@ -839,12 +835,9 @@ fn echo_and_metric_parser() {
     let to: SocketAddr = format!("127.0.0.1:{}", echo.port).parse().unwrap();
     let t = client(7, to, Instant::now() + Duration::from_secs(20));
     assert_eq!((t.sent, t.replied, t.corrupt), (200, 200, 0), "{t:?}");
-    let m = "# HELP x\nskiff_udp_datagrams_total{routing_key=\"k\",role=\"ingress\",direction=\"back\"} 5\n\
-             skiff_udp_datagrams_total{routing_key=\"k\",role=\"egress\",direction=\"back\"} 7\n";
-    assert_eq!(
-        metric(m, "skiff_udp_datagrams_total", &[("routing_key", "k")]),
-        12
-    );
+    let m = "# HELP x\nskiff_udp_datagrams_total{key=\"k\",role=\"ingress\",direction=\"back\"} 5\n\
+             skiff_udp_datagrams_total{key=\"k\",role=\"egress\",direction=\"back\"} 7\n";
+    assert_eq!(metric(m, "skiff_udp_datagrams_total", &[("key", "k")]), 12);
     assert_eq!(
         metric(m, "skiff_udp_datagrams_total", &[("role", "egress")]),
         7

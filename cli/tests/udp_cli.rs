@@ -495,13 +495,13 @@ fn udp_metrics_count_what_a_running_site_passed_and_dropped() {
             .unwrap();
     }
 
-    let fwd = r#"skiff_udp_datagrams_total{routing_key="echo",role="ingress",direction="forward"}"#;
-    let back = r#"skiff_udp_datagrams_total{routing_key="echo",role="ingress",direction="back"}"#;
+    let fwd = r#"skiff_udp_datagrams_total{key="echo",role="ingress",direction="forward"}"#;
+    let back = r#"skiff_udp_datagrams_total{key="echo",role="ingress",direction="back"}"#;
     wait_sample(&west, fwd, 20);
     wait_sample(&west, back, 20);
     wait_sample(
         &west,
-        r#"skiff_udp_dropped_total{routing_key="ghost",reason="no-route"}"#,
+        r#"skiff_udp_dropped_total{key="ghost",reason="no-route"}"#,
         5,
     );
     // One client address: one flow, still running (well within the idle timeout).
@@ -516,9 +516,9 @@ fn udp_metrics_count_what_a_running_site_passed_and_dropped() {
     assert_eq!(item(&items, "ghost")["flowsRefused"], 1, "{table}");
     let metrics = common::admin_text(&west, "/metrics");
     for line in [
-        r#"skiff_udp_oversize_total{routing_key="echo"} 0"#,
-        r#"skiff_udp_dropped_total{routing_key="echo",reason="congested"} 0"#,
-        r#"skiff_udp_dropped_total{routing_key="echo",reason="no-route"} 0"#,
+        r#"skiff_udp_oversize_total{key="echo"} 0"#,
+        r#"skiff_udp_dropped_total{key="echo",reason="congested"} 0"#,
+        r#"skiff_udp_dropped_total{key="echo",reason="no-route"} 0"#,
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
     }

@@ -3,7 +3,7 @@
 //! (oversize), and datagrams dropped inside skiff by reason (docs/udp.md says what each reason
 //! means and what to do).
 //!
-//! Labels: `routing_key` (`""` for drops that belong to no key, e.g. a datagram arriving on a
+//! Labels: `key` (`""` for drops that belong to no key, e.g. a datagram arriving on a
 //! link for a flow that had ended), `role` (ingress|transit|egress) and `direction`
 //! (forward: towards the backend; back: towards the client). Every drop reason is written for
 //! every key the router reports, zeros included, so a rate over a reason exists before the
@@ -38,14 +38,7 @@ pub(super) fn encode(
                         .map(move |(role, n)| (s.key.as_str(), role.as_str(), "back", *n)),
                 )
                 .map(|(key, role, direction, n)| {
-                    (
-                        [
-                            ("routing_key", key),
-                            ("role", role),
-                            ("direction", direction),
-                        ],
-                        n,
-                    )
+                    ([("key", key), ("role", role), ("direction", direction)], n)
                 })
         }),
     )?;
@@ -57,7 +50,7 @@ pub(super) fn encode(
         MetricType::Counter,
         stats
             .iter()
-            .map(|s| ([("routing_key", s.key.as_str())], s.oversize)),
+            .map(|s| ([("key", s.key.as_str())], s.oversize)),
     )?;
     samples(
         encoder,
@@ -74,10 +67,7 @@ pub(super) fn encode(
                     .filter(|(r, _)| *r == reason)
                     .map(|(_, n)| *n)
                     .sum::<u64>();
-                (
-                    [("routing_key", s.key.as_str()), ("reason", reason.as_str())],
-                    n,
-                )
+                ([("key", s.key.as_str()), ("reason", reason.as_str())], n)
             })
         }),
     )
@@ -127,17 +117,17 @@ mod tests {
         ]);
         for line in [
             "# TYPE skiff_udp_datagrams counter",
-            r#"skiff_udp_datagrams_total{routing_key="dns",role="ingress",direction="forward"} 10000"#,
-            r#"skiff_udp_datagrams_total{routing_key="dns",role="transit",direction="forward"} 9990"#,
-            r#"skiff_udp_datagrams_total{routing_key="dns",role="ingress",direction="back"} 9980"#,
+            r#"skiff_udp_datagrams_total{key="dns",role="ingress",direction="forward"} 10000"#,
+            r#"skiff_udp_datagrams_total{key="dns",role="transit",direction="forward"} 9990"#,
+            r#"skiff_udp_datagrams_total{key="dns",role="ingress",direction="back"} 9980"#,
             "# TYPE skiff_udp_oversize counter",
-            r#"skiff_udp_oversize_total{routing_key="dns"} 2"#,
+            r#"skiff_udp_oversize_total{key="dns"} 2"#,
             "# TYPE skiff_udp_dropped counter",
-            r#"skiff_udp_dropped_total{routing_key="dns",reason="congested"} 7"#,
-            r#"skiff_udp_dropped_total{routing_key="dns",reason="socket-buffer"} 3"#,
-            r#"skiff_udp_dropped_total{routing_key="dns",reason="no-route"} 0"#,
-            r#"skiff_udp_dropped_total{routing_key="",reason="no-flow"} 3"#,
-            r#"skiff_udp_dropped_total{routing_key="",reason="flow-limit"} 0"#,
+            r#"skiff_udp_dropped_total{key="dns",reason="congested"} 7"#,
+            r#"skiff_udp_dropped_total{key="dns",reason="socket-buffer"} 3"#,
+            r#"skiff_udp_dropped_total{key="dns",reason="no-route"} 0"#,
+            r#"skiff_udp_dropped_total{key="",reason="no-flow"} 3"#,
+            r#"skiff_udp_dropped_total{key="",reason="flow-limit"} 0"#,
         ] {
             assert!(out.lines().any(|l| l == line), "{line} missing in:\n{out}");
         }
