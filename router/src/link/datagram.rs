@@ -136,16 +136,19 @@ impl Datagrams {
                 continue;
             };
             let tx = self.channels.lock().unwrap().get(&channel).cloned();
-            match tx.map(|tx| tx.try_send(d)) {
-                Some(Ok(())) => {
-                    self.counters.received.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(Err(mpsc::error::TrySendError::Full(_))) => {
-                    self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
-                }
+            // Counted before it is handed over: the flow may take it (and a reader of the
+            // counters see the reply it caused) before this task runs on.
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
+            let refused = match tx.map(|tx| tx.try_send(d)) {
+                Some(Ok(())) => None,
+                Some(Err(mpsc::error::TrySendError::Full(_))) => Some(&self.counters.queue_full),
                 Some(Err(mpsc::error::TrySendError::Closed(_))) | None => {
-                    self.counters.no_flow.fetch_add(1, Ordering::Relaxed);
+                    Some(&self.counters.no_flow)
                 }
+            };
+            if let Some(counter) = refused {
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.counters.received.fetch_sub(1, Ordering::Relaxed);
             }
         }
         // The link is gone: the flows' receivers end.
