@@ -805,11 +805,12 @@ fn two_hops(transport: &str) {
             inside - drops
         );
     }
-    // The path works: skiff loses little on loopback (the echo server's own losses aside;
-    // measured on a loaded 2-core machine: nothing over TLS/TCP when its flows do not stall,
-    // 5-9 % over QUIC, all of it the kernel's drops at the routers' QUIC sockets).
+    // The path works: skiff loses little on loopback (the echo server's own losses aside).
+    // Measured on a loaded 2-core machine: nothing over either link since the QUIC sockets
+    // ask for 4 MiB buffers (5-9 % over QUIC before, all of it the kernel's drops at the
+    // routers' QUIC sockets); 2 % leaves room for a busier machine.
     assert!(
-        inside * 5 <= sent as i64,
+        inside * 50 <= sent as i64,
         "{inside} of {sent} datagrams lost inside skiff\n{account}"
     );
     east.stop();

@@ -37,6 +37,21 @@ pub(crate) fn size_buffers(socket: &std::net::UdpSocket) {
     if let Err(e) = s.set_send_buffer_size(QUIC_SOCKET_BUFFER) {
         tracing::debug!(cause = %e, "could not size the QUIC socket's send buffer");
     }
+    // Linux caps the request at the sysctl without an error, and reports twice what it
+    // granted: say so once, or the loss it causes has no explanation.
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Ok(got) = s.recv_buffer_size()
+        && got < QUIC_SOCKET_BUFFER
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            asked = QUIC_SOCKET_BUFFER,
+            granted = got / 2,
+            "the kernel caps UDP socket buffers below what QUIC links and UDP listeners ask for: \
+             bursts of datagrams may be dropped by the kernel; raise net.core.rmem_max and \
+             net.core.wmem_max to 4194304 (sysctl)"
+        );
+    }
 }
 
 /// Concurrent streams a peer may open on one QUIC link.

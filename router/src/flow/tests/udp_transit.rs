@@ -880,3 +880,76 @@ async fn no_udp_flow_is_sent_to_a_router_speaking_1_1() {
     eprintln!("1.1 next hop: {}", status.message);
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_comes_back_without_replying_keeps_its_flow() {
+    // A syslog-like backend: it never replies. Its port is closed for the first datagram
+    // (refused), then it listens again; the flow must not be reset REFUSED_RESET later, and
+    // every datagram after its return reaches it.
+    let net = chain(2, TransportChoice::Quic).await;
+    let backend_addr = closed_udp_port();
+    net.routers[0].set_connectors(vec![udp_connector("log", "log", backend_addr)]);
+    net.routers[1].set_listeners(vec![ListenerSpec {
+        protocol: Protocol::Udp,
+        ..listener("log", "log")
+    }]);
+    converge(&net).await;
+    wait_for(&net.routers[1], "the listener's target", |r| {
+        r.listeners()
+            .iter()
+            .any(|l| l.name == "log" && !l.targets.is_empty())
+    })
+    .await;
+    let addr = listener_addr(&net.routers[1], "log");
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.send_to(b"lost-0", addr).await.unwrap();
+    // The refusal is seen (the connector fails) before the backend comes back.
+    within(WAIT, "the refusal", async {
+        while !net.routers[0]
+            .connectors()
+            .iter()
+            .any(|c| c.name == "log" && c.status == crate::flow::ResourceState::Failing)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let backend = UdpSocket::bind(backend_addr).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256];
+    for i in 0..35u32 {
+        client
+            .send_to(format!("m{i:02}").as_bytes(), addr)
+            .await
+            .unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_millis(100);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(until, backend.recv_from(&mut buf)).await
+        {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        tokio::time::sleep_until(until).await;
+    }
+    let want: Vec<String> = (0..35u32).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(
+        got, want,
+        "every datagram after the backend came back reached it"
+    );
+    let reset = net.routers[0]
+        .recent_flows()
+        .into_iter()
+        .find(|r| r.routing_key == "log" && r.outcome == FlowOutcome::ConnectRefused);
+    assert!(
+        reset.is_none(),
+        "the flow was reset though its backend was back: {reset:?}"
+    );
+    let active = net.routers[0]
+        .connectors()
+        .into_iter()
+        .find(|c| c.name == "log")
+        .unwrap();
+    assert_eq!(
+        active.status,
+        crate::flow::ResourceState::Active,
+        "the connector is active again: {active:?}"
+    );
+}

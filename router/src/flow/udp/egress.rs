@@ -64,6 +64,9 @@ const RECV_BUFFER: usize = 64 * 1024;
 /// A flow whose backend refused a datagram and sent no reply for this long is reset (so the
 /// ingress chooses a target again for the client's next datagram).
 pub(crate) const REFUSED_RESET: Duration = Duration::from_secs(2);
+/// A datagram sent this long without a refusal coming back shows the backend takes
+/// datagrams again (a backend that never replies, like a syslog collector, restarted).
+pub(crate) const REFUSED_QUIET: Duration = Duration::from_secs(1);
 /// New flows to a connector whose backend refused a datagram within this long, with no reply
 /// since, are answered `connect-refused` (the ingress tries its next site).
 pub(crate) const REFUSED_HOLD: Duration = Duration::from_secs(5);
@@ -79,7 +82,7 @@ thread_local! {
 static REFUSALS: Mutex<Vec<(Weak<Connector>, Instant)>> = Mutex::new(Vec::new());
 
 /// `connector`'s backend refused a datagram now.
-fn note_refused(connector: &Arc<Connector>) {
+pub(super) fn note_refused(connector: &Arc<Connector>) {
     let mut r = REFUSALS.lock().unwrap();
     r.retain(|(c, _)| c.strong_count() > 0);
     let now = Instant::now();
@@ -168,8 +171,13 @@ pub(crate) async fn egress(
         "the backend {}:{}",
         connector.spec.host, connector.spec.port
     );
-    // The first refusal since the backend last replied: the flow is reset REFUSED_RESET later.
+    // The first refusal since the backend last replied: the flow is reset REFUSED_RESET later,
+    // unless the backend took datagrams again meanwhile (below).
     let mut refused_at: Option<Instant> = None;
+    // The latest refusal, and the first datagram sent after it (its backend took it if no
+    // refusal came back within REFUSED_QUIET).
+    let mut last_refusal: Option<Instant> = None;
+    let mut sent_after_refusal: Option<Instant> = None;
     let idle_after = *flows.udp_egress_idle.lock().unwrap();
     let idle = tokio::time::sleep(idle_after);
     tokio::pin!(idle);
@@ -184,6 +192,9 @@ pub(crate) async fn egress(
                         Ok(_) => {
                             counters.count(FlowRole::Egress, Direction::Forward, 1);
                             fwd.fetch_add(d.len() as u64, Ordering::Relaxed);
+                            if last_refusal.is_some() && sent_after_refusal.is_none() {
+                                sent_after_refusal = Some(Instant::now());
+                            }
                         }
                         Err(e) => {
                             counters.dropped(send_drop_reason(&e));
@@ -191,6 +202,8 @@ pub(crate) async fn egress(
                                 connector.backend_failed(&refused(&backend, &e));
                                 note_refused(&connector);
                                 refused_at.get_or_insert_with(Instant::now);
+                                last_refusal = Some(Instant::now());
+                                sent_after_refusal = None;
                             }
                         }
                     }
@@ -235,12 +248,24 @@ pub(crate) async fn egress(
                         connector.backend_failed(&refused(&backend, &e));
                         note_refused(&connector);
                         refused_at.get_or_insert_with(Instant::now);
+                        last_refusal = Some(Instant::now());
+                        sent_after_refusal = None;
                     } else {
                         tracing::debug!(cause = %e, "backend socket error");
                     }
                 }
             },
             () = wait_until(refused_at.map(|at| at + REFUSED_RESET)) => {
+                // A datagram sent after the latest refusal drew none within REFUSED_QUIET: the
+                // backend (restarted, say) takes datagrams again, though it has not replied.
+                if sent_after_refusal.is_some_and(|t| t.elapsed() >= REFUSED_QUIET) {
+                    refused_at = None;
+                    last_refusal = None;
+                    sent_after_refusal = None;
+                    note_reply(&connector);
+                    connector.backend_ok();
+                    continue;
+                }
                 let why = format!(
                     "{backend} refused datagrams and sent no reply for {} s: the flow was reset so that its client's next datagram chooses a target again",
                     REFUSED_RESET.as_secs()
@@ -293,7 +318,7 @@ fn emsgsize() -> i32 {
 
 /// A UDP socket connected to the least busy usable local connector of `key` (whose host
 /// resolves), within [`CONNECT_TIMEOUT`] in all.
-async fn connect_local(
+pub(super) async fn connect_local(
     flows: &Flows,
     key: &RoutingKey,
 ) -> Result<(UdpSocket, Arc<Connector>), FlowStatusFrame> {
@@ -370,6 +395,12 @@ async fn connect_backend(host: &str, port: u16) -> Result<UdpSocket, FlowStatusF
         .await
         .map_err(|e| refused(format!("cannot open a UDP socket for {addr}: {e}")))?;
     socket.connect(addr).await.map_err(|e| {
+        refused(format!(
+            "cannot send to backend {host}:{port} ({addr}): {e}"
+        ))
+    })?;
+    // Until the runtime has seen the new socket writable, `try_send` refuses at once.
+    socket.writable().await.map_err(|e| {
         refused(format!(
             "cannot send to backend {host}:{port} ({addr}): {e}"
         ))

@@ -54,7 +54,7 @@ use crate::flow::config::{Connector, Listener, first_key, no_target_reason};
 use crate::flow::records::{Flow, FlowOutcome};
 use crate::flow::{FlowRole, Flows, HEADER_TIMEOUT, MAX_ATTEMPTS, Outstanding};
 use crate::routing::{Affinity, Family, Protocol, RoutingKey, Target, client_ip_hash};
-use crate::wire::{FlowStatusCode, FlowStatusFrame};
+use crate::wire::FlowStatusCode;
 
 /// Receive buffer of a listener's socket and of a flow's backend socket: the largest UDP
 /// payload fits.
@@ -380,10 +380,26 @@ impl Peer {
     /// Passes one client datagram on; counts it.
     fn send(&self, d: &[u8], counters: &UdpKeyCounters) -> bool {
         let result = match self {
-            Peer::Local { socket, .. } => socket.try_send(d).map(|_| ()).map_err(|e| {
-                tracing::debug!(cause = %e, "the backend socket refused a datagram");
-                send_error_reason(&e)
-            }),
+            // Straight to the kernel: tokio's `try_send` refuses until its reactor has seen
+            // the new socket writable, which dropped a flow's first datagram on a busy router.
+            Peer::Local {
+                socket, connector, ..
+            } => socket2::SockRef::from(socket)
+                .send(d)
+                .map(|_| ())
+                .map_err(|e| {
+                    tracing::debug!(cause = %e, "the backend socket refused a datagram");
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        // The backend's port is closed (ICMP): failing, and new flows skip it
+                        // for a while as the egress's do (super::egress::connect_local).
+                        connector.backend_failed(&format!(
+                            "the backend {}:{} refused a datagram (is it listening on UDP?): {e}",
+                            connector.spec.host, connector.spec.port
+                        ));
+                        super::egress::note_refused(connector);
+                    }
+                    send_error_reason(&e)
+                }),
             Peer::Remote(hop) => match hop.send(d) {
                 Ok(via) => {
                     if via == Via::Stream && hop.quic_datagrams() {
@@ -900,73 +916,14 @@ enum RelayEnd {
     Failed(String),
 }
 
-/// A UDP socket connected to the least busy usable local connector of `key` whose host
-/// resolves; else the outcome and why.
+/// A UDP socket connected to the least busy usable local connector of `key`, as the egress
+/// connects one (a connector whose backend refused datagrams lately is skipped the same way);
+/// else the outcome and why.
 async fn local_backend(
     flows: &Flows,
     key: &RoutingKey,
 ) -> Result<(UdpSocket, Arc<Connector>), (FlowOutcome, String)> {
-    let connectors = flows.config.connectors_for_family(key, Family::Udp);
-    if connectors.is_empty() {
-        let why = if flows.config.has_connector(key) {
-            "its connectors here are not usable"
-        } else {
-            "no connector for it here"
-        };
-        return Err((FlowOutcome::NoRoute, format!("key {key}: {why}")));
-    }
-    let mut last = (FlowOutcome::NoRoute, "no connector".to_owned());
-    for c in connectors {
-        let work = connect_backend(&c.spec.host, c.spec.port);
-        let result = tokio::time::timeout(crate::flow::CONNECT_TIMEOUT, work)
-            .await
-            .unwrap_or_else(|_| {
-                Err(FlowStatusFrame::fail(
-                    FlowStatusCode::ConnectTimeout,
-                    format!(
-                        "backend host {} did not resolve within {} s",
-                        c.spec.host,
-                        crate::flow::CONNECT_TIMEOUT.as_secs()
-                    ),
-                ))
-            });
-        match result {
-            Ok(socket) => return Ok((socket, c)),
-            Err(status) => {
-                c.backend_failed(&status.message);
-                last = (FlowOutcome::of_code(status.code), status.message);
-            }
-        }
-    }
-    Err(last)
-}
-
-/// A new UDP socket (any port) connected to `host:port`'s first address.
-async fn connect_backend(host: &str, port: u16) -> Result<UdpSocket, FlowStatusFrame> {
-    let refused = |what: String| FlowStatusFrame::fail(FlowStatusCode::ConnectRefused, what);
-    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+    super::egress::connect_local(flows, key)
         .await
-        .map_err(|e| refused(format!("cannot resolve backend host {host}: {e}")))?
-        .next()
-        .ok_or_else(|| refused(format!("backend host {host} has no address")))?;
-    let local: SocketAddr = if addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local)
-        .await
-        .map_err(|e| refused(format!("cannot open a UDP socket for {addr}: {e}")))?;
-    socket.connect(addr).await.map_err(|e| {
-        refused(format!(
-            "cannot send to backend {host}:{port} ({addr}): {e}"
-        ))
-    })?;
-    // Until the runtime has seen the new socket writable, `try_send` refuses at once.
-    socket.writable().await.map_err(|e| {
-        refused(format!(
-            "cannot send to backend {host}:{port} ({addr}): {e}"
-        ))
-    })?;
-    Ok(socket)
+        .map_err(|status| (FlowOutcome::of_code(status.code), status.message))
 }
