@@ -80,10 +80,13 @@ thread_local! {
 /// Keyed by the connector itself (a reconfigured connector starts afresh); shared by the
 /// routers of a process, which never share connectors.
 static REFUSALS: Mutex<Vec<(Weak<Connector>, Instant)>> = Mutex::new(Vec::new());
+/// Whether [`REFUSALS`] may hold an entry: replies skip its lock while it holds none.
+static ANY_REFUSAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// `connector`'s backend refused a datagram now.
 pub(super) fn note_refused(connector: &Arc<Connector>) {
     let mut r = REFUSALS.lock().unwrap();
+    ANY_REFUSAL.store(true, Ordering::Relaxed);
     r.retain(|(c, _)| c.strong_count() > 0);
     let now = Instant::now();
     match r
@@ -103,10 +106,16 @@ fn note_reply(connector: &Arc<Connector>) {
             c.strong_count() > 0 && !std::ptr::eq(c.as_ptr(), Arc::as_ptr(connector))
         });
     }
+    if r.is_empty() {
+        ANY_REFUSAL.store(false, Ordering::Relaxed);
+    }
 }
 
 /// When `connector`'s backend last refused a datagram, if it has not replied since.
 fn last_refused(connector: &Arc<Connector>) -> Option<Instant> {
+    if !ANY_REFUSAL.load(Ordering::Relaxed) {
+        return None;
+    }
     let r = REFUSALS.lock().unwrap();
     r.iter()
         .find(|(c, _)| std::ptr::eq(c.as_ptr(), Arc::as_ptr(connector)))
