@@ -213,7 +213,9 @@ pub async fn service_list(
                             s.port,
                             &s.protocol,
                         );
-                        if let (Some(obj), Some(a)) = (item.as_object_mut(), &s.affinity) {
+                        if let (Some(obj), Some(a)) = (item.as_object_mut(), &s.affinity)
+                            && a != "none"
+                        {
                             obj.insert("affinity".into(), Value::String(a.clone()));
                         }
                         item
@@ -246,9 +248,6 @@ pub async fn service_list(
         _ => None,
     };
     let mut items = items;
-    if kind == Service::Listener {
-        add_affinity(&mut items, folder);
-    }
     for i in &mut items {
         let detail = service_detail(kind, i, net.as_ref());
         if let (Some(obj), false) = (i.as_object_mut(), detail.is_empty()) {
@@ -320,27 +319,6 @@ pub async fn service_list(
         &rows,
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Adds `affinity` to each running listener that has one in its resource file (the router's
-/// `GET /v1/listeners` does not carry it), unless the item has it already.
-fn add_affinity(items: &mut [Value], folder: &SiteFolder) {
-    let Ok(listeners) = skiff_site_controller::services::list_listeners(folder) else {
-        return;
-    };
-    for i in items.iter_mut() {
-        let Some(l) = listeners
-            .iter()
-            .find(|l| i["name"].as_str() == Some(l.metadata.name.as_str()))
-        else {
-            continue;
-        };
-        if let (Some(obj), Some(a)) = (i.as_object_mut(), &l.spec.affinity)
-            && !obj.contains_key("affinity")
-        {
-            obj.insert("affinity".into(), Value::String(a.clone()));
-        }
-    }
 }
 
 /// The DETAIL of a listener or connector: the router's reason, the reachable sites (its

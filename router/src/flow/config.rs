@@ -130,6 +130,10 @@ pub struct ListenerStatus {
     /// HTTP listeners: requests to its first key by status class (`2xx`, ..., `error`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<BTreeMap<String, u64>>,
+    /// The session affinity it runs with (`client-ip`, `header:NAME`, `cookie:NAME`); absent
+    /// for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
 }
 
 /// A connector as shown to operators.
@@ -767,6 +771,8 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
                         .map(|k| flows.http_metrics.key(k.as_str()).snapshot().requests)
                         .unwrap_or_default()
                 }),
+                affinity: (l.spec.affinity != crate::routing::Affinity::None)
+                    .then(|| l.spec.affinity.to_string()),
             }
         })
         .collect()
