@@ -149,7 +149,7 @@ async fn service_across(
     println!(
         "7. east: a listener for \"greeting\" (skiff listener create greeting 0 --host 127.0.0.1)"
     );
-    create_listener(east, "greeting", 0, None, Some("127.0.0.1"), "tcp")
+    create_listener(east, "greeting", 0, None, Some("127.0.0.1"), "tcp", None)
         .map_err(|e| e.to_string())?;
     east_site
         .state()

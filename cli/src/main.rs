@@ -284,9 +284,19 @@ enum ServiceCommand {
         #[arg(long)]
         host: Option<String>,
         /// tcp: connections. http: HTTP/1.1 and h2c, routed request by request (a connector's
-        /// backend speaks HTTP/1.1). http2: the same, with an HTTP/2 backend (gRPC).
-        #[arg(long = "type", default_value = "tcp")]
+        /// backend speaks HTTP/1.1). http2: the same, with an HTTP/2 backend (gRPC). udp:
+        /// datagrams, a flow per client address (docs/udp.md).
+        #[arg(
+            long = "type",
+            default_value = "tcp",
+            value_name = "tcp|http|http2|udp"
+        )]
         protocol: String,
+        /// Listener only: what keeps a client on one site while it stays reachable: none,
+        /// client-ip (tcp, udp), header:NAME or cookie:NAME (http, http2) [default: none]
+        /// (docs/affinity.md).
+        #[arg(long, value_name = "none|client-ip|header:NAME|cookie:NAME")]
+        affinity: Option<String>,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -833,6 +843,7 @@ async fn service_command(kind: output::Service, c: ServiceCommand) -> Result<Exi
             routing_key,
             host,
             protocol,
+            affinity,
             dir,
         } => {
             let folder = dir.folder();
@@ -845,11 +856,26 @@ async fn service_command(kind: output::Service, c: ServiceCommand) -> Result<Exi
                         routing_key.as_deref(),
                         host.as_deref(),
                         &protocol,
+                        affinity.as_deref(),
                     )?;
                     let key = l.spec.routing_key.clone().unwrap_or_default();
-                    (key, saved, format!("{}:{}", l.spec.host, l.spec.port))
+                    let mut where_ = format!("{}:{}", l.spec.host, l.spec.port);
+                    if l.spec.protocol != "tcp" {
+                        where_.push_str(&format!(" ({})", l.spec.protocol));
+                    }
+                    if let Some(a) = &l.spec.affinity {
+                        where_.push_str(&format!(" with affinity {a}"));
+                    }
+                    (key, saved, where_)
                 }
                 output::Service::Connector => {
+                    if let Some(a) = &affinity {
+                        return Err(SiteError::InvalidArgument(format!(
+                            "--affinity {a} is a listener's setting: a connector serves whichever \
+                             site's listener sends it a flow; give --affinity to `skiff listener \
+                             create` at the sites where clients connect"
+                        )));
+                    }
                     let (c, saved) = services::create_connector(
                         &folder,
                         &name,
@@ -858,11 +884,11 @@ async fn service_command(kind: output::Service, c: ServiceCommand) -> Result<Exi
                         host.as_deref(),
                         &protocol,
                     )?;
-                    (
-                        c.spec.routing_key.clone(),
-                        saved,
-                        format!("{}:{}", c.spec.host, c.spec.port),
-                    )
+                    let mut where_ = format!("{}:{}", c.spec.host, c.spec.port);
+                    if c.spec.protocol != "tcp" {
+                        where_.push_str(&format!(" ({})", c.spec.protocol));
+                    }
+                    (c.spec.routing_key.clone(), saved, where_)
                 }
             };
             let verb = match saved {

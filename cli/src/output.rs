@@ -206,13 +206,19 @@ pub async fn service_list(
                     .iter()
                     .map(|l| {
                         let s = &l.spec;
-                        stopped(
+                        let mut item = stopped(
                             &l.metadata.name,
                             s.routing_key.as_deref(),
                             &s.host,
                             s.port,
                             &s.protocol,
-                        )
+                        );
+                        if let (Some(obj), Some(a)) = (item.as_object_mut(), &s.affinity)
+                            && a != "none"
+                        {
+                            obj.insert("affinity".into(), Value::String(a.clone()));
+                        }
+                        item
                     })
                     .collect(),
                 Service::Connector => list_connectors(folder)?
@@ -278,10 +284,18 @@ pub async fn service_list(
             if let Some(n) = i.get(field).and_then(Value::as_u64).filter(|n| *n > 0) {
                 flows.push_str(&format!(", {n} {word}"));
             }
+            let mut protocol = plain(&i["protocol"]);
+            if let Some(a) = i
+                .get("affinity")
+                .and_then(Value::as_str)
+                .filter(|a| *a != "none")
+            {
+                protocol.push_str(&format!(" (affinity {a})"));
+            }
             [
                 plain(&i["name"]),
                 plain(&i["routingKey"]),
-                plain(&i["protocol"]),
+                protocol,
                 address,
                 plain(&i["status"]),
                 flows,

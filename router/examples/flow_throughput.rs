@@ -128,6 +128,7 @@ async fn skiff_path(
         host: "127.0.0.1".into(),
         port: 0,
         protocol: Protocol::Tcp,
+        affinity: Default::default(),
     };
     ra.set_connectors(vec![connector("sink", sink), connector("echo", echo)]);
     rb.set_listeners(vec![listener("sink"), listener("echo")]);

@@ -96,3 +96,8 @@ fn every_fuzz_target_has_seeds() {
         );
     }
 }
+
+#[test]
+fn udp_datagrams_seeds_hold() {
+    replay("udp_datagrams", fuzzing::udp_datagrams);
+}

@@ -461,6 +461,8 @@ fn check_values(doc: &Document) -> Option<Problem> {
                         .unwrap_or_else(|| "spec".into())
                 } else if services::parse_type(&s.protocol).is_err() {
                     "spec.type".into()
+                } else if reason.starts_with("affinity") {
+                    "spec.affinity".into()
                 } else if services::check_listener_host(&s.host).is_err() {
                     "spec.host".into()
                 } else {

@@ -200,6 +200,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             protocol: Protocol::Tcp,
+            affinity: Default::default(),
         }
     }
 

@@ -368,9 +368,13 @@ pub struct ListenerSpec {
     pub host: String,
     /// Port (0: any free port, shown by `listener list`).
     pub port: u16,
-    /// `tcp`, `http` or `http2` (docs/http.md).
+    /// `tcp`, `http`, `http2` (docs/http.md) or `udp` (docs/udp.md).
     #[serde(default = "default_type", rename = "type")]
     pub protocol: String,
+    /// What keeps a client on one site: `none` (the default), `client-ip`, or for HTTP
+    /// listeners `header:NAME` or `cookie:NAME` (docs/affinity.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
 }
 
 /// One key of a weighted listener.
@@ -412,7 +416,7 @@ pub struct ConnectorSpec {
     /// (a Kubernetes Service port in front of pods listening on another).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertised_port: Option<u16>,
-    /// `tcp`, `http` (an HTTP/1.1 backend) or `http2` (an HTTP/2 backend).
+    /// `tcp`, `http` (an HTTP/1.1 backend), `http2` (an HTTP/2 backend) or `udp`.
     #[serde(default = "default_type", rename = "type")]
     pub protocol: String,
 }

@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 use skiff_router::flow::{ConnectorSpec as RouterConnector, ListenerSpec as RouterListener};
-use skiff_router::routing::{Protocol, RoutingKey, Strategy};
+use skiff_router::routing::{Affinity, Protocol, RoutingKey, Strategy};
 
 use crate::SiteError;
 use crate::folder::SiteFolder;
@@ -26,8 +26,23 @@ pub fn parse_type(value: &str) -> Result<Protocol, String> {
         "tcp" => Ok(Protocol::Tcp),
         "http" => Ok(Protocol::Http),
         "http2" => Ok(Protocol::Http2),
-        other => Err(format!("type {other:?} is not one of tcp, http, http2")),
+        "udp" => Ok(Protocol::Udp),
+        other => Err(format!(
+            "type {other:?} is not one of tcp, http, http2, udp"
+        )),
     }
+}
+
+/// The affinity of a listener of `protocol` (`None`: no affinity). `header:` and `cookie:`
+/// need an HTTP listener.
+pub fn parse_affinity(value: Option<&str>, protocol: Protocol) -> Result<Affinity, String> {
+    let affinity: Affinity = value.unwrap_or("none").parse()?;
+    if affinity.is_http_only() && !protocol.is_http() {
+        return Err(format!(
+            "affinity {affinity} needs an HTTP listener (--type http or http2); a {protocol} listener takes none or client-ip"
+        ));
+    }
+    Ok(affinity)
 }
 
 /// Parses a routing key, saying which value was wrong.
@@ -64,12 +79,14 @@ pub fn listener_spec(l: &Listener) -> Result<RouterListener, String> {
         }
     };
     check_listener_host(&spec.host)?;
+    let protocol = parse_type(&spec.protocol)?;
     Ok(RouterListener {
         name: l.metadata.name.clone(),
         strategy,
         host: spec.host.clone(),
         port: spec.port,
-        protocol: parse_type(&spec.protocol)?,
+        protocol,
+        affinity: parse_affinity(spec.affinity.as_deref(), protocol)?,
     })
 }
 
@@ -154,7 +171,9 @@ pub fn list_connectors(folder: &SiteFolder) -> Result<Vec<Connector>, SiteError>
     list_resources(&folder.connectors_dir())
 }
 
-/// `skiff listener create NAME PORT [--routing-key K] [--host H] [--type T]`.
+/// `skiff listener create NAME PORT [--routing-key K] [--host H] [--type T] [--affinity A]`.
+/// The affinity is stored in its canonical spelling (`header:x-user` lowercase), and not at
+/// all when it is `none`.
 pub fn create_listener(
     folder: &SiteFolder,
     name: &str,
@@ -162,8 +181,13 @@ pub fn create_listener(
     routing_key: Option<&str>,
     host: Option<&str>,
     protocol: &str,
+    affinity: Option<&str>,
 ) -> Result<(Listener, Saved), SiteError> {
     may_create(folder, "listener", name)?;
+    let affinity = match parse_type(protocol) {
+        Ok(p) => parse_affinity(affinity, p).map_err(SiteError::InvalidArgument)?,
+        Err(_) => Affinity::None, // listener_spec below says what is wrong with the type
+    };
     let listener = Listener::new(
         name,
         ListenerSpec {
@@ -175,6 +199,7 @@ pub fn create_listener(
                 .to_string(),
             port,
             protocol: protocol.to_string(),
+            affinity: (affinity != Affinity::None).then(|| affinity.to_string()),
         },
     );
     listener_spec(&listener).map_err(SiteError::InvalidArgument)?;
@@ -274,6 +299,7 @@ mod tests {
             host: "0.0.0.0".into(),
             port: 8080,
             protocol: "tcp".into(),
+            affinity: None,
         }
     }
 
@@ -283,7 +309,7 @@ mod tests {
         let folder = SiteFolder::new(dir.path());
         crate::site::create_site(&folder, "east", &Default::default()).unwrap();
         std::fs::write(folder.kubernetes_marker(), "east\n").unwrap();
-        let err = create_listener(&folder, "db", 5432, None, None, "tcp").unwrap_err();
+        let err = create_listener(&folder, "db", 5432, None, None, "tcp", None).unwrap_err();
         assert!(
             err.to_string()
                 .contains("run by Kubernetes (namespace east)"),
@@ -340,7 +366,7 @@ mod tests {
         let mut h = base();
         h.protocol = "grpc".into();
         let err = listener_spec(&listener(h)).unwrap_err();
-        assert!(err.contains("not one of tcp, http, http2"), "{err}");
+        assert!(err.contains("not one of tcp, http, http2, udp"), "{err}");
         let mut k = base();
         k.routing_key = Some("Bad Key!".into());
         let err = listener_spec(&listener(k)).unwrap_err();
@@ -421,6 +447,56 @@ mod tests {
     }
 
     #[test]
+    fn create_stores_the_affinity_canonically_and_refuses_one_the_type_cannot_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path());
+        crate::site::create_site(&folder, "east", &Default::default()).unwrap();
+        let (l, _) =
+            create_listener(&folder, "dns", 5353, None, None, "udp", Some("client-ip")).unwrap();
+        assert_eq!(l.spec.affinity.as_deref(), Some("client-ip"));
+        assert_eq!(l.spec.protocol, "udp");
+        let (l, _) = create_listener(
+            &folder,
+            "web",
+            80,
+            None,
+            None,
+            "http",
+            Some("header:X-User"),
+        )
+        .unwrap();
+        assert_eq!(l.spec.affinity.as_deref(), Some("header:x-user"));
+        let (l, _) = create_listener(&folder, "db", 5432, None, None, "tcp", Some("none")).unwrap();
+        assert_eq!(l.spec.affinity, None, "none is not stored");
+        let text = std::fs::read_to_string(folder.listeners_dir().join("db.yaml")).unwrap();
+        assert!(!text.contains("affinity"), "{text}");
+
+        let err = create_listener(&folder, "syslog", 514, None, None, "udp", Some("cookie:s"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("affinity cookie:s needs an HTTP listener")
+                && err.contains("a udp listener takes none or client-ip"),
+            "{err}"
+        );
+        let err = create_listener(&folder, "syslog", 514, None, None, "udp", Some("bogus"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected none, client-ip"), "{err}");
+        assert_eq!(
+            list_listeners(&folder).unwrap().len(),
+            3,
+            "refused ones not written"
+        );
+        let (c, _) = create_connector(&folder, "dns", 53, None, None, "udp").unwrap();
+        assert_eq!(
+            connector_spec(&c).unwrap().protocol,
+            Protocol::Udp,
+            "a udp connector"
+        );
+    }
+
+    #[test]
     fn create_refuses_a_markup_host_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let folder = SiteFolder::new(dir.path());
@@ -432,7 +508,7 @@ mod tests {
                 .contains("neither an IP address nor a DNS name"),
             "{err}"
         );
-        let err = create_listener(&folder, "db", 5432, None, Some(bad), "tcp").unwrap_err();
+        let err = create_listener(&folder, "db", 5432, None, Some(bad), "tcp", None).unwrap_err();
         assert!(
             err.to_string().contains("not an address to listen on"),
             "{err}"

@@ -3,8 +3,9 @@
 //! loops of listeners, the keys advertised for connectors, and their status.
 //!
 //! Removing or changing a listener closes its socket at once (a restarted listener may bind
-//! the same port right away); flows it already accepted run on. Removing a connector stops new
-//! flows to it; flows already connected run on.
+//! the same port right away); TCP flows it already accepted run on, its UDP flows end (their
+//! replies would have to leave from its socket). Removing a connector stops new flows to it;
+//! flows already connected run on.
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -53,8 +54,11 @@ pub struct ListenerSpec {
     pub host: String,
     /// Port; 0 picks a free one (see [`ListenerStatus::address`]).
     pub port: u16,
-    /// TCP connections, or HTTP requests routed one by one (`Http`, `Http2`).
+    /// TCP connections, HTTP requests routed one by one (`Http`, `Http2`), or UDP datagrams.
     pub protocol: Protocol,
+    /// What keeps a client on one site (`client-ip` for TCP and UDP, `header:`/`cookie:`
+    /// for HTTP); none by default.
+    pub affinity: crate::routing::Affinity,
 }
 
 /// "Traffic for a key goes to host:port here."
@@ -126,6 +130,10 @@ pub struct ListenerStatus {
     /// HTTP listeners: requests to its first key by status class (`2xx`, ..., `error`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<BTreeMap<String, u64>>,
+    /// The session affinity it runs with (`client-ip`, `header:NAME`, `cookie:NAME`); absent
+    /// for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
 }
 
 /// A connector as shown to operators.
@@ -186,11 +194,26 @@ impl Drop for CounterGuard {
     }
 }
 
+/// Bytes asked for as the send and receive buffers of a UDP listener's socket (the kernel may
+/// grant less: `net.core.rmem_max`, `net.core.wmem_max`): room for bursts of datagrams
+/// while the receive loop is busy.
+pub(crate) const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
 /// A running (or failed) listener.
 pub(crate) struct Listener {
     pub(crate) spec: ListenerSpec,
     /// The socket; taken (closed) when the listener is removed or changed.
     socket: Mutex<Option<TcpListener>>,
+    /// A UDP listener's socket; taken (closed) when the listener is removed or changed. The
+    /// receive loop and the flows borrow it per datagram, so taking it closes it at once.
+    udp: RwLock<Option<tokio::net::UdpSocket>>,
+    /// A UDP listener bound to a wildcard address (`0.0.0.0`, `::`): the socket's packet-info
+    /// state, so each datagram tells the address it was sent to and each reply leaves from
+    /// that address (the kernel would otherwise pick one by route, and a connected client
+    /// drops a reply from another address than it sent to). `None` on a specific address.
+    pub(crate) udp_state: Option<quinn_udp::UdpSocketState>,
+    /// A UDP listener's socket, watched for kernel drops ([`super::udp::UdpStats`]).
+    udp_watch: Option<u64>,
     address: Option<SocketAddr>,
     error: Option<String>,
     pub(crate) counters: Arc<Counters>,
@@ -214,6 +237,23 @@ pub(crate) struct Connector {
     /// The last attempts all succeeded (as many as [`super::BACKEND_ATTEMPTS`]): another
     /// success changes nothing, so it skips `health`'s lock (once per HTTP request).
     healthy: AtomicBool,
+}
+
+impl Listener {
+    /// Cancelled when the listener stops (removed, changed, or the router stopping).
+    pub(crate) fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// A UDP listener's socket (`None` once it stopped). Hold the guard briefly, never
+    /// across an await.
+    pub(crate) fn udp_socket(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, Option<tokio::net::UdpSocket>> {
+        self.udp
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Connector {
@@ -314,7 +354,8 @@ fn strategy_keys(s: &Strategy) -> Vec<&RoutingKey> {
     }
 }
 
-fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
+/// The addresses a listener's host and port resolve to.
+fn bind_addresses(spec: &ListenerSpec) -> Result<(&str, Vec<SocketAddr>), String> {
     let host = if spec.host.is_empty() {
         "0.0.0.0"
     } else {
@@ -324,6 +365,74 @@ fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve bind address {host}: {e}"))?
         .collect();
+    Ok((host, addrs))
+}
+
+/// A bound UDP listener socket and, on a wildcard address, its packet-info state.
+type BoundUdp = (tokio::net::UdpSocket, Option<quinn_udp::UdpSocketState>);
+
+/// Binds a UDP listener's socket, asking for [`UDP_SOCKET_BUFFER`] bytes of buffers. On a
+/// wildcard address it turns packet info on (`IP_PKTINFO`, `IPV6_RECVPKTINFO`, through
+/// quinn-udp), so replies can leave from the address each client sent to.
+fn bind_udp(spec: &ListenerSpec) -> Result<BoundUdp, String> {
+    let (host, addrs) = bind_addresses(spec)?;
+    let mut last = format!("no address for {host}");
+    for addr in addrs {
+        let made = (|| {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            // What the kernel grants is kept (it caps at net.core.rmem_max/wmem_max).
+            let _ = s.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+            let _ = s.set_send_buffer_size(UDP_SOCKET_BUFFER);
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            Ok::<_, std::io::Error>(std::net::UdpSocket::from(s))
+        })();
+        match made {
+            Ok(s) => {
+                let state = if addr.ip().is_unspecified() {
+                    Some(packet_info(&s).map_err(|e| {
+                        format!("cannot listen on {addr}/udp: cannot turn packet info on: {e}")
+                    })?)
+                } else {
+                    None
+                };
+                let s = tokio::net::UdpSocket::from_std(s)
+                    .map_err(|e| format!("cannot listen on {addr}/udp: {e}"))?;
+                return Ok((s, state));
+            }
+            Err(e) => {
+                last =
+                    format!("cannot listen on {addr}/udp: {e} (port in use? choose another port)")
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Turns packet info on for `socket` (quinn-udp's state). quinn-udp also sets what QUIC
+/// wants and a UDP service does not: IPv4 path MTU discovery goes back to the kernel's
+/// default (`IP_PMTUDISC_WANT`: a reply larger than the path is fragmented as without skiff).
+/// Segments a client coalesced (UDP GRO) are split again by the receive loop.
+fn packet_info(socket: &std::net::UdpSocket) -> std::io::Result<quinn_udp::UdpSocketState> {
+    let state = quinn_udp::UdpSocketState::new(socket.into())?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::net::sockopt;
+        // A dual-stack IPv6 socket sends to IPv4 clients under the IPv4 option.
+        let _ = sockopt::set_ip_mtu_discover(socket, sockopt::Ipv4PathMtuDiscovery::WANT);
+        if socket.local_addr()?.is_ipv6() {
+            let _ = sockopt::set_ipv6_mtu_discover(socket, sockopt::Ipv6PathMtuDiscovery::WANT);
+        }
+    }
+    Ok(state)
+}
+
+fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
+    let (host, addrs) = bind_addresses(spec)?;
     let mut last = format!("no address for {host}");
     for addr in addrs {
         match std::net::TcpListener::bind(addr) {
@@ -343,12 +452,11 @@ fn bind(spec: &ListenerSpec) -> Result<TcpListener, String> {
 }
 
 impl Config {
-    /// The connectors serving `key` with a protocol of the family (HTTP, or TCP), least busy
-    /// first.
+    /// The connectors serving `key` with a protocol of the family, least busy first.
     pub(crate) fn connectors_for_family(
         &self,
         key: &RoutingKey,
-        http: bool,
+        family: crate::routing::Family,
     ) -> Vec<Arc<Connector>> {
         let mut out: Vec<Arc<Connector>> = self
             .connectors
@@ -356,7 +464,9 @@ impl Config {
             .unwrap()
             .values()
             .filter(|c| {
-                c.error.is_none() && &c.spec.routing_key == key && c.spec.protocol.is_http() == http
+                c.error.is_none()
+                    && &c.spec.routing_key == key
+                    && c.spec.protocol.family() == family
             })
             .cloned()
             .collect();
@@ -395,17 +505,51 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
         if let Some(old) = listeners.remove(&name) {
             // Closing the socket now frees the port for a restarted listener.
             drop(old.socket.lock().unwrap().take());
+            if let Some(id) = old.udp_watch {
+                flows.udp_stats.unwatch(id);
+            }
+            drop(
+                old.udp
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take(),
+            );
             old.cancel.cancel();
             tracing::info!(listener = %name, "listener stopped");
         }
     }
     for spec in p.start {
-        let bound = bind(&spec);
-        let address = bound.as_ref().ok().and_then(|l| l.local_addr().ok());
-        let error = bound.as_ref().err().cloned();
+        let (tcp, (udp, udp_state), address, error) = if spec.protocol == Protocol::Udp {
+            let bound = bind_udp(&spec);
+            let address = bound.as_ref().ok().and_then(|(l, _)| l.local_addr().ok());
+            let error = bound.as_ref().err().cloned();
+            let (udp, state) = match bound {
+                Ok((udp, state)) => (Some(udp), state),
+                Err(_) => (None, None),
+            };
+            (None, (udp, state), address, error)
+        } else {
+            let bound = bind(&spec);
+            let address = bound.as_ref().ok().and_then(|l| l.local_addr().ok());
+            let error = bound.as_ref().err().cloned();
+            (bound.ok(), (None, None), address, error)
+        };
+        let udp_watch = udp
+            .as_ref()
+            .and_then(super::udp::socket_inode)
+            .map(|inode| {
+                let key = strategy_keys(&spec.strategy)
+                    .first()
+                    .map(|k| k.as_str().to_owned())
+                    .unwrap_or_default();
+                flows.udp_stats.watch_socket(&key, inode)
+            });
         let listener = Arc::new(Listener {
             spec: spec.clone(),
-            socket: Mutex::new(bound.ok()),
+            socket: Mutex::new(tcp),
+            udp: RwLock::new(udp),
+            udp_state,
+            udp_watch,
             address,
             error: error.clone(),
             counters: Arc::default(),
@@ -422,9 +566,16 @@ pub(crate) fn set_listeners(flows: &Arc<Flows>, specs: Vec<ListenerSpec>) {
             (None, Some(addr)) => {
                 tracing::info!(listener = %spec.name, %addr, "listener started");
                 let span = tracing::info_span!("listener", name = %spec.name, %addr);
-                flows
-                    .tasks
-                    .spawn(accept_loop(flows.clone(), listener.clone()).instrument(span));
+                if spec.protocol == Protocol::Udp {
+                    flows.tasks.spawn(
+                        super::udp::ingress::receive_loop(flows.clone(), listener.clone())
+                            .instrument(span),
+                    );
+                } else {
+                    flows
+                        .tasks
+                        .spawn(accept_loop(flows.clone(), listener.clone()).instrument(span));
+                }
             }
             (None, None) => {}
         }
@@ -553,14 +704,15 @@ pub(crate) fn set_connectors(flows: &Arc<Flows>, specs: Vec<ConnectorSpec>) {
 }
 
 /// One [`KeyAd`] per key served by working connectors: the protocol and port of the first (by
-/// name), and the count of those of its family (HTTP or TCP; a key is served by one family).
+/// name), and the count of those of its family (TCP, HTTP or UDP; a key is served by one
+/// family).
 fn advertised_keys<'a>(connectors: impl Iterator<Item = &'a Connector>) -> Vec<KeyAd> {
     let mut by_key: BTreeMap<&RoutingKey, KeyAd> = BTreeMap::new();
     for c in connectors.filter(|c| c.error.is_none()) {
         by_key
             .entry(&c.spec.routing_key)
             .and_modify(|ad| {
-                if ad.protocol.is_http() == c.spec.protocol.is_http() {
+                if ad.protocol.family() == c.spec.protocol.family() {
                     ad.connectors += 1
                 }
             })
@@ -619,6 +771,8 @@ pub(crate) fn listeners(flows: &Flows) -> Vec<ListenerStatus> {
                         .map(|k| flows.http_metrics.key(k.as_str()).snapshot().requests)
                         .unwrap_or_default()
                 }),
+                affinity: (l.spec.affinity != crate::routing::Affinity::None)
+                    .then(|| l.spec.affinity.to_string()),
             }
         })
         .collect()
@@ -706,6 +860,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 0,
             protocol: Protocol::Tcp,
+            affinity: Default::default(),
         };
         let l = bind(&spec).unwrap();
         let _c = tokio::net::TcpStream::connect(l.local_addr().unwrap())

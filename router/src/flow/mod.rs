@@ -25,6 +25,7 @@
 //! - `records`: each flow from start to end; the ring of recent ended flows; failure logs.
 //! - `stats`: per-key flow statistics for `/metrics`.
 //! - `transit`: the transit role, reading the egress's answer on its way back.
+//! - `udp`: UDP flows (ingress, transit, egress) and how their datagrams travel.
 
 mod config;
 mod http;
@@ -34,6 +35,7 @@ mod splice;
 mod stats;
 mod tcp;
 mod transit;
+mod udp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +63,11 @@ pub use records::{FLOW_LOG_EVERY, FlowOutcome, FlowRecord, FlowSite, MAX_REASON,
 pub use splice::COPY_BUFFER;
 pub use stats::{
     DURATION_BUCKETS, FlowKeyStats, HistogramSnapshot, MAX_KEYS, OTHER_KEY, SETUP_BUCKETS,
+};
+pub use udp::{
+    DropReason as UdpDropReason, EGRESS_IDLE_TIMEOUT as UDP_EGRESS_IDLE_TIMEOUT,
+    IDLE_TIMEOUT as UDP_IDLE_TIMEOUT, MAX_FLOWS_PER_LISTENER as UDP_MAX_FLOWS_PER_LISTENER,
+    MAX_QUEUED_BYTES as UDP_MAX_QUEUED_BYTES, ONE_SHOT_IDLE as UDP_ONE_SHOT_IDLE, UdpKeyStats,
 };
 
 /// Client bytes an ingress reads (and keeps, for a retry elsewhere) before the egress has
@@ -218,6 +225,20 @@ pub(crate) struct Flows {
     pub(crate) http_metrics: http::metrics::HttpMetrics,
     /// HTTP/2 connections to egress routers.
     pub(crate) http_peers: http::Peers,
+    /// Per-key datagram counters of UDP flows (every role counts into them).
+    pub(crate) udp_stats: udp::UdpStats,
+    /// How long a UDP flow may pass no datagram either way before its ingress ends it
+    /// ([`UDP_IDLE_TIMEOUT`]; tests shorten it).
+    pub(crate) udp_idle: Mutex<Duration>,
+    /// How long a UDP flow that carried one datagram from its client and had its reply may
+    /// stay silent ([`UDP_ONE_SHOT_IDLE`]; tests shorten it).
+    pub(crate) udp_one_shot_idle: Mutex<Duration>,
+    /// Bytes of client datagrams one UDP listener may hold in its flows' queues and kept
+    /// for a retry ([`UDP_MAX_QUEUED_BYTES`]; tests shrink it).
+    pub(crate) udp_queued_bytes: Mutex<usize>,
+    /// How long a UDP flow may stay idle at its egress before the egress ends it
+    /// ([`UDP_EGRESS_IDLE_TIMEOUT`]; tests shorten it).
+    pub(crate) udp_egress_idle: Mutex<Duration>,
 }
 
 impl Flows {
@@ -246,6 +267,11 @@ impl Flows {
             shutdown,
             http_metrics: http::metrics::HttpMetrics::default(),
             http_peers: http::Peers::default(),
+            udp_stats: udp::UdpStats::default(),
+            udp_idle: Mutex::new(udp::IDLE_TIMEOUT),
+            udp_one_shot_idle: Mutex::new(udp::ONE_SHOT_IDLE),
+            udp_queued_bytes: Mutex::new(udp::MAX_QUEUED_BYTES),
+            udp_egress_idle: Mutex::new(udp::EGRESS_IDLE_TIMEOUT),
         })
     }
 
@@ -267,19 +293,28 @@ impl Flows {
     }
 
     /// [`Flows::choose`], keeping the targets whose router serves the key with a protocol
-    /// of the listener's family: HTTP (`http`, `http2`) or not (`tcp`).
+    /// of the listener's family (`tcp`; `http` and `http2`; `udp`). With a client hash
+    /// (session affinity) the targets are ordered for that client instead
+    /// ([`crate::routing::affinity_order`]).
     pub(crate) fn choose_family(
         &self,
         strategy: &crate::routing::Strategy,
-        http: bool,
+        family: crate::routing::Family,
+        client: Option<u64>,
     ) -> Vec<Target> {
-        let mut targets = self.choose(strategy);
+        let mut targets = match client {
+            None => self.choose(strategy),
+            Some(hash) => self.routes.read().choose_for_client(strategy, hash),
+        };
         let routes = self.routes.read();
         targets.retain(|t| {
             routes
                 .key_protocol(t.router, &t.key)
-                .is_some_and(|p| p.is_http() == http)
+                .is_some_and(|p| p.family() == family)
         });
+        if let Some(hash) = client {
+            crate::routing::affinity_order(&mut targets, hash);
+        }
         targets
     }
 
@@ -293,9 +328,27 @@ impl Flows {
         flow_id: u64,
         protocol: crate::routing::Protocol,
     ) -> Result<(crate::link::LinkStream, bytes::BytesMut), String> {
+        self.open_flow_on(target, hop, flow_id, protocol)
+            .await
+            .map(|(stream, header, _)| (stream, header))
+    }
+
+    /// [`Flows::open_flow`], also giving the link the stream is on (a UDP flow's QUIC
+    /// datagrams must go on that same link: with two links up to the peer, another lookup
+    /// could give the other one).
+    pub(crate) async fn open_flow_on(
+        &self,
+        target: &Target,
+        hop: SiteId,
+        flow_id: u64,
+        protocol: crate::routing::Protocol,
+    ) -> Result<(crate::link::LinkStream, bytes::BytesMut, LinkHandle), String> {
         let link = self
             .link_to(hop)
             .ok_or_else(|| format!("no link up to next hop {hop}"))?;
+        if protocol == crate::routing::Protocol::Udp {
+            link.carries_udp(&self.site_name(hop))?;
+        }
         let stream = tokio::time::timeout(OPEN_TIMEOUT, link.open_stream())
             .await
             .map_err(|_| {
@@ -315,7 +368,7 @@ impl Flows {
         };
         let mut out = bytes::BytesMut::new();
         header.encode(&mut out);
-        Ok((stream, out))
+        Ok((stream, out, link))
     }
 
     /// An up link to a neighbour.
@@ -433,6 +486,37 @@ impl Flows {
             .get(&id)
             .cloned()
             .unwrap_or_else(|| id.to_string())
+    }
+
+    /// Datagram counts of UDP flows per key, sorted by key (kernel drops on UDP listener
+    /// sockets read now). What the QUIC links lost before a flow saw it (datagrams for no
+    /// flow, or for a flow whose queue was full) is under the key `""` as `no-flow` and
+    /// `congested`.
+    pub(crate) fn udp_stats(&self) -> Vec<UdpKeyStats> {
+        let mut stats = self.udp_stats.snapshot();
+        let links = self.links.datagram_counters();
+        let no_flow = links.no_flow.load(Ordering::Relaxed);
+        let queue_full = links.queue_full.load(Ordering::Relaxed);
+        if no_flow + queue_full > 0 {
+            if stats.first().is_none_or(|s| !s.key.is_empty()) {
+                stats.insert(
+                    0,
+                    UdpKeyStats {
+                        key: String::new(),
+                        dropped: UdpDropReason::ALL.iter().map(|r| (*r, 0)).collect(),
+                        ..Default::default()
+                    },
+                );
+            }
+            for (reason, n) in &mut stats[0].dropped {
+                match reason {
+                    UdpDropReason::NoFlow => *n += no_flow,
+                    UdpDropReason::Congested => *n += queue_full,
+                    _ => {}
+                }
+            }
+        }
+        stats
     }
 
     /// The recently ended flows, oldest first.

@@ -46,7 +46,7 @@ pub(crate) fn listener_targets(
             .collect();
         let usable: Vec<&RouterView> = serving
             .iter()
-            .filter(|(r, p)| r.reachable && p.is_http() == protocol.is_http())
+            .filter(|(r, p)| r.reachable && p.family() == protocol.family())
             .map(|(r, _)| *r)
             .collect();
         if !usable.is_empty() {
@@ -66,7 +66,7 @@ pub(crate) fn listener_targets(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let other_family = names(&|(r, p)| r.reachable && p.is_http() != protocol.is_http());
+        let other_family = names(&|(r, p)| r.reachable && p.family() != protocol.family());
         if serving.is_empty() {
             why.push(format!(
                 "no site in the network has a connector for key \"{key}\""
@@ -74,7 +74,7 @@ pub(crate) fn listener_targets(
         } else if !other_family.is_empty() {
             let theirs = serving
                 .iter()
-                .find(|(r, p)| r.reachable && p.is_http() != protocol.is_http())
+                .find(|(r, p)| r.reachable && p.family() != protocol.family())
                 .map(|(_, p)| *p)
                 .unwrap_or(Protocol::Tcp);
             why.push(format!(
@@ -120,6 +120,7 @@ fn protocol_word(p: Protocol) -> &'static str {
         Protocol::Tcp => "tcp",
         Protocol::Http => "http",
         Protocol::Http2 => "http2",
+        Protocol::Udp => "udp",
     }
 }
 

@@ -63,7 +63,15 @@ pub(crate) async fn serve_client(
         FlowRole::Ingress,
     )
     .accepted(Some(remote), &listener.spec.name);
-    let targets = flows.choose_family(&listener.spec.strategy, false);
+    let client_hash = match listener.spec.affinity {
+        crate::routing::Affinity::ClientIp => Some(crate::routing::client_ip_hash(remote.ip())),
+        _ => None,
+    };
+    let targets = flows.choose_family(
+        &listener.spec.strategy,
+        crate::routing::Family::Tcp,
+        client_hash,
+    );
     if targets.is_empty() {
         listener.counters.fail();
         let why = super::config::no_target_reason(&flows, &listener);
@@ -152,6 +160,14 @@ pub(crate) async fn serve_client(
     refuse(client);
 }
 
+/// Which end failed while an ingress waited for the egress's answer.
+enum Failed {
+    /// The link stream (the path to the egress).
+    Stream(String),
+    /// The client (it reset or failed; no point in another target).
+    Client(String),
+}
+
 /// The outcome of one remote attempt.
 enum Attempt {
     /// The egress answered ok: the stream, and payload bytes read after the status.
@@ -194,15 +210,15 @@ async fn attempt_remote(
             match FlowStatusFrame::decode(&mut answer) {
                 Ok(Some(status)) => return Ok(status),
                 Ok(None) => {}
-                Err(e) => return Err(format!("bad status frame: {e}")),
+                Err(e) => return Err(Failed::Stream(format!("bad status frame: {e}"))),
             }
             let room = REPLAY_LIMIT - replay.len();
             let read_client = !*client_eof && room > 0 && !write_failed;
             tokio::select! {
                 r = stream.reader.read_buf(&mut answer) => match r {
-                    Ok(0) => return Err("the stream ended before the egress answered".to_owned()),
+                    Ok(0) => return Err(Failed::Stream("the stream ended before the egress answered".to_owned())),
                     Ok(_) => {}
-                    Err(e) => return Err(format!("the stream failed before the egress answered: {e}")),
+                    Err(e) => return Err(Failed::Stream(format!("the stream failed before the egress answered: {e}"))),
                 },
                 r = client.read(&mut chunk[..room.min(16 * 1024)]), if read_client => match r {
                     Ok(0) => {
@@ -217,14 +233,21 @@ async fn attempt_remote(
                             write_failed = true;
                         }
                     }
-                    Err(e) => return Err(format!("client: {e}")),
+                    Err(e) => return Err(Failed::Client(format!("client: {e}"))),
                 },
             }
         }
     };
     let status = match tokio::time::timeout(HEADER_TIMEOUT, wait).await {
         Ok(Ok(status)) => status,
-        Ok(Err(reason)) => {
+        // The stream failed before the answer (the link to that site was lost, which a site
+        // killed mid-flight causes) and the client has sent nothing yet: no backend can have
+        // seen a byte of this client, so the next target may take it.
+        Ok(Err(Failed::Stream(reason))) if replay.is_empty() => {
+            stream.reset();
+            return Attempt::Retry(FlowOutcome::Error, reason);
+        }
+        Ok(Err(Failed::Stream(reason) | Failed::Client(reason))) => {
             stream.reset();
             return Attempt::Fail(FlowOutcome::Error, reason);
         }
@@ -258,7 +281,9 @@ async fn connect_local(
     flows: &Flows,
     key: &RoutingKey,
 ) -> Result<(TcpStream, Arc<Connector>), FlowStatusFrame> {
-    let connectors = flows.config.connectors_for_family(key, false);
+    let connectors = flows
+        .config
+        .connectors_for_family(key, crate::routing::Family::Tcp);
     if connectors.is_empty() {
         let why = if flows.config.has_connector(key) {
             "its connectors here are not usable"
@@ -412,7 +437,10 @@ pub(crate) async fn answer_failure(stream: &mut LinkStream, status: FlowStatusFr
 /// it names us.
 pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
     let IncomingStream {
-        peer, mut stream, ..
+        peer,
+        mut stream,
+        datagrams,
+        ..
     } = incoming;
     let (header, leftover) = match read_header(&mut stream).await {
         Ok(h) => h,
@@ -423,8 +451,10 @@ pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
         }
     };
     // HTTP connections are not waited for at shutdown (pooled connections between routers
-    // and kept-alive clients would hold every stop for the whole grace).
-    let _in_progress = (!header.protocol.is_http()).then(|| flows.tcp_flows.token());
+    // and kept-alive clients would hold every stop for the whole grace), nor UDP flows (they
+    // end only when idle).
+    let waited = !header.protocol.is_http() && header.protocol != Protocol::Udp;
+    let _in_progress = waited.then(|| flows.tcp_flows.token());
     let origin = SiteId::from_bytes(header.origin);
     let destination = SiteId::from_bytes(header.destination);
     let key: RoutingKey = match header.routing_key.parse() {
@@ -447,7 +477,24 @@ pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
             return;
         }
     };
-    if destination == flows.me {
+    if header.protocol == Protocol::Udp {
+        if destination == flows.me {
+            super::udp::egress::egress(&flows, stream, datagrams, &header, key, origin, leftover)
+                .await;
+        } else {
+            super::udp::transit::transit(
+                &flows,
+                stream,
+                datagrams,
+                header,
+                key,
+                origin,
+                destination,
+                leftover,
+            )
+            .await;
+        }
+    } else if destination == flows.me {
         egress(&flows, stream, &header, key, origin, leftover).await;
     } else {
         super::transit::transit(&flows, stream, header, key, origin, destination, leftover).await;

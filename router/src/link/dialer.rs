@@ -330,6 +330,7 @@ async fn run_up_link(
             peer: spec.peer_site_id,
             conn: link.conn.clone(),
             closer: closer.clone(),
+            version: link.peer.version,
         },
         &peer_name,
         transport,

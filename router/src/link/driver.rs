@@ -23,7 +23,8 @@ use super::mux::{LinkStream, MuxConnection};
 use super::routes::{RouteEvent, Routes};
 use super::rtt::RttSamples;
 use super::{IncomingStream, Transport};
-use crate::wire::ControlFrame;
+use crate::routing::Protocol;
+use crate::wire::{ControlFrame, ProtocolVersion};
 
 /// What the liveness timer wants done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,11 +153,12 @@ pub(crate) struct IncomingSink {
 }
 
 impl IncomingSink {
-    fn deliver(&self, peer: SiteId, link: &str, stream: LinkStream) {
+    fn deliver(&self, peer: SiteId, link: &str, stream: LinkStream, conn: &dyn MuxConnection) {
         let incoming = IncomingStream {
             peer,
             link: link.to_owned(),
             stream,
+            datagrams: conn.datagrams(),
         };
         if let Err(e) = self.tx.try_send(incoming) {
             // Dropping the stream resets it; the peer sees the failure at once.
@@ -241,12 +243,13 @@ pub(crate) async fn run_link(
                 }
             }
             Some(frame) = outgoing.recv() => {
+                let frame = frame_for_peer(frame, peer.version);
                 if let Some(end) = send_patiently(&mut control, &frame, timing.dead_after, &*conn, &closer).await {
                     break end;
                 }
             }
             stream = conn.accept_stream() => match stream {
-                Ok(stream) => sink.deliver(peer.site_id, name, stream),
+                Ok(stream) => sink.deliver(peer.site_id, name, stream, &*conn),
                 Err(e) => break LinkEnd::Lost(e.to_string()),
             },
             () = tokio::time::sleep_until(deadline) => {
@@ -275,6 +278,25 @@ pub(crate) async fn run_link(
     routes.send(RouteEvent::LinkDown { link: route_link });
     conn.close(&end.to_string());
     end
+}
+
+/// The first link protocol whose routers decode UDP keys (protocol 3) in link-state frames
+/// and UDP flow headers.
+pub(crate) const UDP_SINCE: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
+
+/// `frame` as a peer speaking `version` can decode it: a router older than
+/// [`UDP_SINCE`] refuses a link-state frame with a UDP key (an unknown protocol) and
+/// drops the link, so UDP keys are left out of what it is sent; it then never learns of them
+/// and never starts a UDP flow it could not carry.
+fn frame_for_peer(frame: ControlFrame, version: ProtocolVersion) -> ControlFrame {
+    let older = (version.major, version.minor) < (UDP_SINCE.major, UDP_SINCE.minor);
+    match frame {
+        ControlFrame::LinkState(mut ad) if older => {
+            ad.keys.retain(|k| k.protocol != Protocol::Udp);
+            ControlFrame::LinkState(ad)
+        }
+        other => other,
+    }
 }
 
 /// Longest a control frame may wait to be sent while the peer still sends: a peer that keeps
@@ -345,6 +367,56 @@ async fn send_within(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_before_1_2_are_sent_no_udp_keys() {
+        use crate::routing::{Advertisement, KeyAd};
+        let key = |name: &str, protocol| KeyAd {
+            key: name.parse().unwrap(),
+            connectors: 1,
+            protocol,
+            port: 53,
+        };
+        let ad = Advertisement {
+            origin: SiteId::from_bytes([1; 16]),
+            site_name: "east".into(),
+            mode: crate::wire::RouterMode::Interior,
+            seq: 7,
+            links: vec![(SiteId::from_bytes([2; 16]), 3)],
+            keys: vec![
+                key("dns", Protocol::Udp),
+                key("db", Protocol::Tcp),
+                key("web", Protocol::Http),
+            ],
+        };
+        let v = |minor| ProtocolVersion { major: 1, minor };
+        let keys_sent = |version| match frame_for_peer(ControlFrame::LinkState(ad.clone()), version)
+        {
+            ControlFrame::LinkState(sent) => {
+                // Only keys go: the rest of the advertisement is unchanged.
+                assert_eq!(
+                    (sent.origin, sent.seq, &sent.links),
+                    (ad.origin, ad.seq, &ad.links)
+                );
+                sent.keys
+                    .iter()
+                    .map(|k| k.key.as_str().to_owned())
+                    .collect::<Vec<_>>()
+            }
+            other => panic!("not a link-state frame: {other:?}"),
+        };
+        assert_eq!(keys_sent(v(0)), ["db", "web"]);
+        assert_eq!(keys_sent(v(1)), ["db", "web"]);
+        assert_eq!(keys_sent(v(2)), ["dns", "db", "web"]);
+        assert_eq!(keys_sent(v(9)), ["dns", "db", "web"]);
+        assert_eq!(
+            keys_sent(crate::wire::PROTOCOL_VERSION),
+            ["dns", "db", "web"]
+        );
+        // Other frames pass unchanged.
+        let ka = ControlFrame::Keepalive { id: 4 };
+        assert_eq!(frame_for_peer(ka.clone(), v(0)), ka);
+    }
 
     #[test]
     fn probes_every_interval_and_dies_after_silence() {

@@ -104,6 +104,9 @@ pub(crate) struct PeerHello {
     pub(crate) mode: RouterMode,
     /// The link cost the dialer configured (dialer side: our own spec's cost).
     pub(crate) cost: u32,
+    /// The link protocol it speaks (what it can decode: see the driver's
+    /// `frame_for_peer`).
+    pub(crate) version: ProtocolVersion,
 }
 
 fn version_mismatch(peer: &str, theirs: ProtocolVersion, ours: ProtocolVersion) -> String {
@@ -221,6 +224,7 @@ pub(crate) async fn dial_hello(
                     site_name,
                     mode,
                     cost,
+                    version,
                 },
             ))
         }
@@ -305,6 +309,7 @@ pub(crate) async fn accept_hello(
             site_name,
             mode,
             cost,
+            version,
         },
     ))
 }
@@ -357,7 +362,7 @@ mod tests {
         assert_eq!(judge_hello(v2, b, a, &Allow).unwrap_err().check, "version");
         assert_eq!(
             judge_hello(v2, b, a, &Allow).unwrap_err().reason,
-            "the dialing router speaks link protocol 2.0, this router 1.1; upgrade the older \
+            "the dialing router speaks link protocol 2.0, this router 1.2; upgrade the older \
              router so both speak link protocol 2.x"
         );
         assert!(

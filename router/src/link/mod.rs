@@ -22,6 +22,7 @@
 //!   connectors, status, revocation.
 //! - [`mux`]: the [`mux::MuxConnection`] trait, [`LinkStream`], yamux over TLS/TCP.
 //! - `quic`: quinn endpoint and connection setup; `MuxConnection` for quinn.
+//! - [`datagram`]: QUIC datagrams of a link, by channel (UDP flows).
 //! - `tls`: TLS/TCP dial and the inbound TCP port (link vs grant by ALPN).
 //! - [`proxy`]: HTTP CONNECT proxies: the proxy URL and the tunnel a proxied link dials through.
 //! - `port`: binding TCP and UDP on one port number.
@@ -33,6 +34,7 @@
 //! - `explain`: turning failures into operator-readable refusals or network errors.
 //! - `routes`: the routing task: feeds link events and link-state frames to the topology.
 
+pub mod datagram;
 mod dialer;
 mod driver;
 mod explain;

@@ -56,6 +56,9 @@ pub const FLOW_RESET_CODE: u32 = 1;
 
 /// One bidirectional stream on a link.
 pub struct LinkStream {
+    /// QUIC links: the stream's id, the channel of its flow's datagrams
+    /// ([`super::datagram`]); `None` on TLS/TCP links.
+    pub channel: Option<u64>,
     /// Bytes from the peer.
     pub reader: StreamReader,
     /// Bytes to the peer.
@@ -105,6 +108,10 @@ pub trait MuxConnection: Send + Sync + 'static {
     /// The transport's own round-trip estimate, where it keeps one (QUIC); `None` on TLS/TCP,
     /// whose round trips the driver measures with its keepalives.
     fn transport_rtt(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// The link's datagrams, where the transport has them (QUIC).
+    fn datagrams(&self) -> Option<Arc<super::datagram::Datagrams>> {
         None
     }
 }
@@ -342,8 +349,7 @@ impl LinkLoss {
         self.lost.store(true, Ordering::Release);
         let streams = std::mem::take(&mut *self.streams.lock().unwrap());
         for s in streams.iter().filter_map(std::sync::Weak::upgrade) {
-            s.read_waker.wake();
-            s.write_waker.wake();
+            s.wakers.wake_both();
         }
     }
 
@@ -366,12 +372,12 @@ fn split_yamux(
         stream: std::sync::Mutex::new(Some(stream.compat())),
         fin_sent: AtomicBool::new(false),
         lost,
-        read_waker: futures_util::task::AtomicWaker::new(),
-        write_waker: futures_util::task::AtomicWaker::new(),
+        wakers: Arc::default(),
         _permit: permit,
     });
     shared.lost.register(&shared);
     LinkStream {
+        channel: None,
         reader: Box::new(YamuxReader(shared.clone())),
         writer: Box::new(YamuxWriter(shared)),
     }
@@ -384,9 +390,9 @@ struct YamuxShared {
     fin_sent: AtomicBool,
     /// The connection's [`YamuxConnection::lost`].
     lost: Arc<LinkLoss>,
-    /// Woken when the connection is lost, so a pending read or write sees it.
-    read_waker: futures_util::task::AtomicWaker,
-    write_waker: futures_util::task::AtomicWaker,
+    /// The tasks of the two halves: woken when the connection is lost, so a pending read or
+    /// write sees it, and whenever yamux wakes either half (see [`HalfWakers`]).
+    wakers: Arc<HalfWakers>,
     /// Outbound streams hold one of [`YAMUX_MAX_OUTBOUND`] until both halves are dropped.
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -405,6 +411,35 @@ fn reset_locally() -> io::Error {
     )
 }
 
+/// The wakers of a yamux stream's two halves. yamux keeps one waker per stream for "room to
+/// send a frame", and its reads ask for that room too (to send window updates): when the
+/// halves are polled by two tasks, whichever asked last takes the wake-up, and the other
+/// can sleep for good (a UDP hop's writer task stalled with its frames queued, while its
+/// flow's task read). So yamux is polled with a waker that wakes both halves' tasks; a
+/// spurious wake-up costs one poll.
+#[derive(Default)]
+struct HalfWakers {
+    read: futures_util::task::AtomicWaker,
+    write: futures_util::task::AtomicWaker,
+}
+
+impl HalfWakers {
+    fn wake_both(&self) {
+        self.read.wake();
+        self.write.wake();
+    }
+}
+
+impl std::task::Wake for HalfWakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_both();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_both();
+    }
+}
+
 struct YamuxReader(Arc<YamuxShared>);
 struct YamuxWriter(Arc<YamuxShared>);
 
@@ -420,12 +455,14 @@ impl AsyncRead for YamuxReader {
         };
         let before = buf.filled().len();
         let wanted = buf.remaining() > 0;
+        // Registered before polling, so a wake-up during the poll (or a loss right after)
+        // reaches this task.
+        self.0.wakers.read.register(cx.waker());
+        let both = std::task::Waker::from(self.0.wakers.clone());
         if std::pin::Pin::new(&mut *stream)
-            .poll_read(cx, buf)?
+            .poll_read(&mut std::task::Context::from_waker(&both), buf)?
             .is_pending()
         {
-            // Registered before looking at `lost`, so a loss right now still wakes us.
-            self.0.read_waker.register(cx.waker());
             if self.0.lost.is_lost() {
                 return Poll::Ready(Err(link_lost()));
             }
@@ -469,12 +506,14 @@ impl YamuxWriter {
         let Some(s) = g.as_mut() else {
             return Poll::Ready(Err(reset_locally()));
         };
-        let polled = op(std::pin::Pin::new(s), cx);
-        if polled.is_pending() {
-            self.0.write_waker.register(cx.waker());
-            if self.0.lost.is_lost() {
-                return Poll::Ready(Err(link_lost()));
-            }
+        self.0.wakers.write.register(cx.waker());
+        let both = std::task::Waker::from(self.0.wakers.clone());
+        let polled = op(
+            std::pin::Pin::new(s),
+            &mut std::task::Context::from_waker(&both),
+        );
+        if polled.is_pending() && self.0.lost.is_lost() {
+            return Poll::Ready(Err(link_lost()));
         }
         polled
     }

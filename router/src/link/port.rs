@@ -29,6 +29,7 @@ pub(crate) fn bind_link_port(addr: SocketAddr) -> Result<(TcpListener, UdpSocket
         let udp_addr = SocketAddr::new(addr.ip(), port.port());
         match UdpSocket::bind(udp_addr) {
             Ok(udp) => {
+                super::quic::size_buffers(&udp);
                 set_nonblocking(&tcp, &udp).map_err(|source| RouterError::Bind {
                     proto: "TCP",
                     addr,
@@ -69,6 +70,34 @@ mod tests {
         let port = tcp.local_addr().unwrap().port();
         assert_ne!(port, 0);
         assert_eq!(udp.local_addr().unwrap().port(), port);
+    }
+
+    #[test]
+    fn the_quic_socket_gets_the_large_buffers_the_kernel_allows() {
+        let (_tcp, udp) = bind_link_port("127.0.0.1:0".parse().unwrap()).unwrap();
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let want = max.min(super::super::quic::QUIC_SOCKET_BUFFER);
+        // The kernel reports twice what it grants room for (its bookkeeping overhead); the
+        // default (rmem_default, often equal to rmem_max) is reported doubled too, so only a
+        // request up to the cap passes this.
+        let got = socket2::SockRef::from(&udp).recv_buffer_size().unwrap();
+        let default: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(
+            got >= 2 * want,
+            "receive buffer {got} bytes, rmem_max {max}"
+        );
+        if max > default {
+            assert!(
+                got > 2 * default,
+                "receive buffer {got} bytes: the default {default}"
+            );
+        }
     }
 
     #[test]

@@ -17,11 +17,47 @@ use futures_util::future::BoxFuture;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio_util::task::TaskTracker;
 
+use super::datagram::DatagramCounters;
 use super::driver::Timing;
 use super::mux::{LinkStream, MuxConnection};
 
+/// Kernel buffer sizes asked for on QUIC link sockets (each way). The kernel's default
+/// (`net.core.rmem_default`, 208 KiB on most Linux systems) overflows under bursts of UDP
+/// flows' datagrams and bulk flows alike: the packets it drops are retransmitted (stream
+/// data) or lost (datagrams). The kernel caps the request at `net.core.rmem_max` /
+/// `wmem_max` (docs/udp.md says how to raise them).
+pub(crate) const QUIC_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for [`QUIC_SOCKET_BUFFER`] on a QUIC socket; what the kernel grants is kept.
+pub(crate) fn size_buffers(socket: &std::net::UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    if let Err(e) = s.set_recv_buffer_size(QUIC_SOCKET_BUFFER) {
+        tracing::debug!(cause = %e, "could not size the QUIC socket's receive buffer");
+    }
+    if let Err(e) = s.set_send_buffer_size(QUIC_SOCKET_BUFFER) {
+        tracing::debug!(cause = %e, "could not size the QUIC socket's send buffer");
+    }
+    // Linux caps the request at the sysctl without an error, and reports twice what it
+    // granted: say so once, or the loss it causes has no explanation.
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Ok(got) = s.recv_buffer_size()
+        && got < QUIC_SOCKET_BUFFER
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            asked = QUIC_SOCKET_BUFFER,
+            granted = got / 2,
+            "the kernel caps UDP socket buffers below what QUIC links and UDP listeners ask for: \
+             bursts of datagrams may be dropped by the kernel; raise net.core.rmem_max and \
+             net.core.wmem_max to 4194304 (sysctl)"
+        );
+    }
+}
+
 /// Concurrent streams a peer may open on one QUIC link.
 const MAX_STREAMS: u32 = 16 * 1024;
+/// quinn's buffers of QUIC datagrams, each way, per link (see [`transport_config`]).
+pub(crate) const DATAGRAM_BUFFER: usize = 1024 * 1024;
 
 /// Transport parameters of link connections: quinn's own keepalive and idle timeout back up
 /// the control-stream keepalive (they also keep NAT bindings warm).
@@ -38,6 +74,17 @@ pub(crate) fn transport_config(timing: Timing) -> Arc<quinn::TransportConfig> {
     // Bytes we buffer, sent or not, until acknowledged, across all streams of the connection:
     // this bounds the send side per link (quinn's default is 8 stream windows).
     t.send_window(super::mux::QUIC_SEND_WINDOW);
+    // QUIC datagrams (UDP flows). Received ones wait here until the link's datagram task
+    // moves them to their flows' queues (where a full queue is counted); when this buffer is
+    // full quinn drops the oldest without a trace, so it holds a burst of about 800 full-size
+    // datagrams while that task is scheduled. Its size is also what the peer may send at
+    // most in one datagram, so it must stay above any path MTU.
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+    // Datagrams waiting to be sent: `Datagrams::send` refuses a datagram (counted as
+    // congested) once this is full, rather than let quinn drop older ones silently. 1 MiB is
+    // about 8 ms at 1 Gbit/s: enough to ride out a burst, not enough to add a queue of
+    // latency to every datagram behind it.
+    t.datagram_send_buffer_size(DATAGRAM_BUFFER);
     Arc::new(t)
 }
 
@@ -151,14 +198,20 @@ pub(crate) async fn close_endpoint(ep: quinn::Endpoint) {
 /// Client endpoints for dialing, one per address family, made on first use.
 pub(crate) struct QuicDialers {
     runtime: Arc<TrackedRuntime>,
+    /// The router's datagram counters, for the links dialed.
+    datagram_counters: Arc<DatagramCounters>,
     v4: Mutex<Option<quinn::Endpoint>>,
     v6: Mutex<Option<quinn::Endpoint>>,
 }
 
 impl QuicDialers {
-    pub(crate) fn new(runtime: Arc<TrackedRuntime>) -> Self {
+    pub(crate) fn new(
+        runtime: Arc<TrackedRuntime>,
+        datagram_counters: Arc<DatagramCounters>,
+    ) -> Self {
         QuicDialers {
             runtime,
+            datagram_counters,
             v4: Mutex::default(),
             v6: Mutex::default(),
         }
@@ -174,8 +227,10 @@ impl QuicDialers {
         if let Some(ep) = g.as_ref() {
             return Ok(ep.clone());
         }
+        let socket = std::net::UdpSocket::bind(bind)?;
+        size_buffers(&socket);
         let ep = endpoint(
-            std::net::UdpSocket::bind(bind)?,
+            socket,
             quinn::EndpointConfig::default(),
             None,
             self.runtime.clone(),
@@ -193,7 +248,7 @@ impl QuicDialers {
     ) -> Result<QuicConnection, Box<dyn std::error::Error + Send + Sync>> {
         let ep = self.endpoint_for(peer)?;
         let conn = ep.connect_with(cfg, peer, server_name)?.await?;
-        Ok(QuicConnection(conn))
+        Ok(QuicConnection::new(conn, self.datagram_counters.clone()))
     }
 
     /// Closes the dialing endpoints and waits (bounded) for their connections to drain.
@@ -208,8 +263,19 @@ impl QuicDialers {
     }
 }
 
-/// A QUIC link connection.
-pub(crate) struct QuicConnection(pub(crate) quinn::Connection);
+/// A QUIC link connection, and its datagrams.
+pub(crate) struct QuicConnection(
+    pub(crate) quinn::Connection,
+    Arc<super::datagram::Datagrams>,
+);
+
+impl QuicConnection {
+    /// A link connection whose datagrams count in `counters` (the router's).
+    pub(crate) fn new(conn: quinn::Connection, counters: Arc<DatagramCounters>) -> Self {
+        let datagrams = super::datagram::Datagrams::new(conn.clone(), counters);
+        QuicConnection(conn, datagrams)
+    }
+}
 
 impl super::mux::LinkRead for quinn::RecvStream {
     fn stop(&mut self) {
@@ -288,6 +354,7 @@ impl super::mux::LinkWrite for QuicSend {
 
 fn link_stream((send, recv): (quinn::SendStream, quinn::RecvStream)) -> LinkStream {
     LinkStream {
+        channel: Some(u64::from(send.id())),
         reader: Box::new(recv),
         writer: Box::new(QuicSend {
             stream: send,
@@ -323,9 +390,10 @@ impl MuxConnection for QuicConnection {
     }
 
     fn received(&self) -> u64 {
-        // STREAM frames only: quinn's own PINGs and ACKs keep coming from a peer whose router
-        // is wedged, and they must not keep its link alive.
-        self.0.stats().frame_rx.stream
+        // STREAM and DATAGRAM frames only: quinn's own PINGs and ACKs keep coming from a peer
+        // whose router is wedged, and they must not keep its link alive.
+        let rx = self.0.stats().frame_rx;
+        rx.stream + rx.datagram
     }
 
     fn wire_bytes(&self) -> super::mux::WireBytes {
@@ -338,5 +406,9 @@ impl MuxConnection for QuicConnection {
 
     fn transport_rtt(&self) -> Option<Duration> {
         Some(self.0.rtt())
+    }
+
+    fn datagrams(&self) -> Option<Arc<super::datagram::Datagrams>> {
+        Some(self.1.clone())
     }
 }

@@ -59,9 +59,18 @@ pub(crate) struct Shared {
     pub(crate) quinn_tasks: TaskTracker,
     /// Rate limits of the log lines unauthenticated peers can cause.
     pub(crate) log_limits: tls::LogLimits,
+    /// What every QUIC link of this router did with datagrams since it started.
+    datagram_counters: Arc<super::datagram::DatagramCounters>,
 }
 
 impl Shared {
+    /// The datagram counters of every QUIC link of this router, since it started (links
+    /// that reconnect keep counting in them): datagrams that arrived for no flow, or for a
+    /// flow whose queue was full, are lost here.
+    pub(crate) fn datagram_counters(&self) -> &Arc<super::datagram::DatagramCounters> {
+        &self.datagram_counters
+    }
+
     /// An up link to `peer` (the cheapest if there are several), for opening streams.
     pub(crate) fn link_handle(&self, peer: SiteId) -> Option<LinkHandle> {
         self.table
@@ -73,6 +82,7 @@ impl Shared {
                 name: status.name,
                 transport: status.transport.unwrap_or(Transport::Tls),
                 conn: up.conn,
+                version: up.version,
             })
     }
 }
@@ -86,6 +96,8 @@ pub struct IncomingStream {
     pub link: String,
     /// The stream.
     pub stream: LinkStream,
+    /// The link's datagrams (QUIC links; UDP flows use them with [`LinkStream::channel`]).
+    pub datagrams: Option<Arc<super::datagram::Datagrams>>,
 }
 
 /// A link that is up, for opening streams to the peer.
@@ -95,6 +107,8 @@ pub struct LinkHandle {
     name: String,
     transport: Transport,
     conn: Arc<dyn MuxConnection>,
+    /// The link protocol the peer speaks (from its hello).
+    version: crate::wire::ProtocolVersion,
 }
 
 impl std::fmt::Debug for LinkHandle {
@@ -103,6 +117,7 @@ impl std::fmt::Debug for LinkHandle {
             .field("peer", &self.peer)
             .field("name", &self.name)
             .field("transport", &self.transport)
+            .field("version", &self.version)
             .finish()
     }
 }
@@ -126,6 +141,38 @@ impl LinkHandle {
     /// The link's transport.
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// The link's datagrams (QUIC links only).
+    pub fn datagrams(&self) -> Option<Arc<super::datagram::Datagrams>> {
+        self.conn.datagrams()
+    }
+
+    /// The link protocol the peer speaks (what it said in its hello).
+    pub fn version(&self) -> crate::wire::ProtocolVersion {
+        self.version
+    }
+
+    /// Whether a UDP flow may go to the peer: a router older than link protocol 1.2 cannot
+    /// decode a flow header of protocol `udp`. The error says why (naming the peer
+    /// `peer_name`), for a no-route answer.
+    pub fn carries_udp(&self, peer_name: &str) -> Result<(), String> {
+        let v = self.version;
+        if (v.major, v.minor)
+            < (
+                super::driver::UDP_SINCE.major,
+                super::driver::UDP_SINCE.minor,
+            )
+        {
+            return Err(format!(
+                "the next hop {peer_name} speaks link protocol {}.{}; UDP needs {}.{} on every router of the path",
+                v.major,
+                v.minor,
+                super::driver::UDP_SINCE.major,
+                super::driver::UDP_SINCE.minor
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -179,6 +226,7 @@ impl Router {
             keepalive_interval: cfg.keepalive_interval,
             dead_after: cfg.dead_after,
         };
+        let datagram_counters = Arc::new(super::datagram::DatagramCounters::default());
         let shared = Arc::new(Shared {
             hello: LocalHello {
                 site_id: cfg.site_id,
@@ -192,11 +240,12 @@ impl Router {
             table: LinkTable::default(),
             sink: IncomingSink { tx },
             routes: routes.clone(),
-            quic_dialers: QuicDialers::new(quinn_runtime.clone()),
+            quic_dialers: QuicDialers::new(quinn_runtime.clone(), datagram_counters.clone()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             quinn_tasks: quinn_runtime.tasks.clone(),
             log_limits: tls::LogLimits::default(),
+            datagram_counters,
         });
         shared.tasks.spawn(
             routes::run(routes.clone(), route_events, shared.shutdown.clone())
@@ -442,6 +491,18 @@ impl Router {
         self.flows.key_stats()
     }
 
+    /// Datagram counts of UDP flows per routing key (forwarded, oversize, dropped by
+    /// reason), sorted by key.
+    pub fn udp_stats(&self) -> Vec<crate::flow::UdpKeyStats> {
+        self.flows.udp_stats()
+    }
+
+    /// The flow side of this router (tests tune it, e.g. the UDP idle timeout).
+    #[cfg(test)]
+    pub(crate) fn flow_state(&self) -> &Arc<Flows> {
+        &self.flows
+    }
+
     /// Request metrics of HTTP listeners, by routing key.
     pub fn http_metrics(
         &self,
@@ -606,7 +667,8 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     }
                 };
                 // Still pending until the hello exchange finished.
-                serve_inbound(shared2, Arc::new(QuicConnection(conn)), site, Transport::Quic, remote, permit)
+                let counters = shared2.datagram_counters.clone();
+                serve_inbound(shared2, Arc::new(QuicConnection::new(conn, counters)), site, Transport::Quic, remote, permit)
                     .await;
             }
             .instrument(tracing::debug_span!("link_port_quic", remote = %remote)),
@@ -736,6 +798,7 @@ pub(crate) async fn serve_inbound(
                 peer: cert_site,
                 conn: conn.clone(),
                 closer: closer.clone(),
+                version: peer.version,
             },
             &peer.site_name,
             transport,

@@ -26,6 +26,8 @@ pub(crate) struct UpLink {
     pub(crate) peer: SiteId,
     pub(crate) conn: Arc<dyn MuxConnection>,
     pub(crate) closer: LinkCloser,
+    /// The link protocol the peer said it speaks in its hello.
+    pub(crate) version: crate::wire::ProtocolVersion,
 }
 
 struct Entry {
@@ -399,6 +401,7 @@ mod tests {
                     peer,
                     conn: conn.clone(),
                     closer: LinkCloser::default(),
+                    version: crate::wire::PROTOCOL_VERSION,
                 },
                 "east",
                 Transport::Tls,
@@ -442,6 +445,7 @@ mod tests {
                     peer,
                     conn: conn.clone(),
                     closer: LinkCloser::default(),
+                    version: crate::wire::PROTOCOL_VERSION,
                 },
                 "east",
                 Transport::Tls,

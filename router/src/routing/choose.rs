@@ -93,19 +93,15 @@ impl Topology {
                 .flat_map(|k| self.targets(k, outstanding))
                 .collect(),
             Strategy::Weighted(keys) => {
-                let per_key: Vec<(u32, Vec<Target>)> = keys
-                    .iter()
-                    .map(|(k, w)| (*w, self.targets(k, outstanding)))
-                    .filter(|(_, t)| !t.is_empty())
-                    .collect();
-                let total: u64 = per_key.iter().map(|(w, _)| u64::from(*w)).sum();
+                let per_key = self.weighted_targets(keys, outstanding);
+                let total: u64 = per_key.iter().map(|(_, w, _)| u64::from(*w)).sum();
                 let chosen = if total == 0 {
                     0
                 } else {
                     let mut at = pick % total;
                     per_key
                         .iter()
-                        .position(|(w, _)| {
+                        .position(|(_, w, _)| {
                             if at < u64::from(*w) {
                                 true
                             } else {
@@ -115,18 +111,43 @@ impl Topology {
                         })
                         .unwrap_or(0)
                 };
-                let mut out = Vec::new();
-                if let Some((_, first)) = per_key.get(chosen) {
-                    out.extend(first.iter().cloned());
-                }
-                for (i, (_, t)) in per_key.into_iter().enumerate() {
-                    if i != chosen {
-                        out.extend(t);
-                    }
-                }
-                out
+                chosen_first(per_key, chosen)
             }
         }
+    }
+
+    /// [`Topology::choose`] for one client with session affinity (its hash `client`): targets
+    /// ranked by path cost alone (outstanding flows do not move a pinned client), and a
+    /// weighted listener's key picked by weighted rendezvous hashing, so a key coming or going
+    /// moves only the clients it takes or had. The caller orders each key's targets with
+    /// [`super::affinity_order`].
+    pub fn choose_for_client(&self, strategy: &Strategy, client: u64) -> Vec<Target> {
+        match strategy {
+            Strategy::Weighted(keys) => {
+                let per_key = self.weighted_targets(keys, &|_| 0);
+                let chosen = per_key
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, w, _))| *w > 0)
+                    .map(|(i, (k, w, _))| (i, super::affinity::key_score(client, k, *w)))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or(0, |(i, _)| i);
+                chosen_first(per_key, chosen)
+            }
+            other => self.choose(other, &|_| 0, client),
+        }
+    }
+
+    /// The keys of a weighted listener that have targets, with their weights and targets.
+    fn weighted_targets(
+        &self,
+        keys: &[(RoutingKey, u32)],
+        outstanding: &dyn Fn(SiteId) -> u32,
+    ) -> Vec<(RoutingKey, u32, Vec<Target>)> {
+        keys.iter()
+            .map(|(k, w)| (k.clone(), *w, self.targets(k, outstanding)))
+            .filter(|(_, _, t)| !t.is_empty())
+            .collect()
     }
 
     /// The protocol `router` advertises for `key`, if it advertises the key.
@@ -148,4 +169,18 @@ impl Topology {
                 .any(|(r, c)| *c > 0 && (*r == self.me || self.routes().contains_key(r)))
         })
     }
+}
+
+/// The targets of key `chosen` first, then the other keys' targets in list order.
+fn chosen_first(per_key: Vec<(RoutingKey, u32, Vec<Target>)>, chosen: usize) -> Vec<Target> {
+    let mut out = Vec::new();
+    if let Some((_, _, first)) = per_key.get(chosen) {
+        out.extend(first.iter().cloned());
+    }
+    for (i, (_, _, t)) in per_key.into_iter().enumerate() {
+        if i != chosen {
+            out.extend(t);
+        }
+    }
+    out
 }

@@ -95,6 +95,20 @@ pub enum Protocol {
     Http,
     /// HTTP/2, routed per request.
     Http2,
+    /// UDP datagrams: one flow per client address (docs/udp.md).
+    Udp,
+}
+
+/// Which listeners a connector's protocol can serve: a flow only goes to a connector of its
+/// listener's family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `tcp`: byte streams.
+    Tcp,
+    /// `http` and `http2`: requests.
+    Http,
+    /// `udp`: datagrams.
+    Udp,
 }
 
 impl Protocol {
@@ -103,11 +117,21 @@ impl Protocol {
         matches!(self, Protocol::Http | Protocol::Http2)
     }
 
+    /// Its family.
+    pub fn family(self) -> Family {
+        match self {
+            Protocol::Tcp => Family::Tcp,
+            Protocol::Http | Protocol::Http2 => Family::Http,
+            Protocol::Udp => Family::Udp,
+        }
+    }
+
     pub(crate) fn to_wire(self) -> u8 {
         match self {
             Protocol::Tcp => 0,
             Protocol::Http => 1,
             Protocol::Http2 => 2,
+            Protocol::Udp => 3,
         }
     }
 
@@ -116,6 +140,7 @@ impl Protocol {
             0 => Some(Protocol::Tcp),
             1 => Some(Protocol::Http),
             2 => Some(Protocol::Http2),
+            3 => Some(Protocol::Udp),
             _ => None,
         }
     }
@@ -127,6 +152,7 @@ impl fmt::Display for Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
             Protocol::Http2 => "http2",
+            Protocol::Udp => "udp",
         })
     }
 }

@@ -14,10 +14,12 @@
 //! - `topology`: [`Topology`]: the database, flooding, sequence numbers, ageing.
 //! - `spf`: shortest paths from this router (two-way link check, edge routers never transit).
 //! - `choose`: [`Target`], [`Strategy`]: balanced, priority and weighted target choice.
+//! - `affinity`: [`Affinity`]: keeping a client on one site (rendezvous hashing).
 //! - `view`: [`RouterView`]: everything known, for `skiff network status`.
 //! - `sim` (tests only): a deterministic simulator of many routers on a virtual clock;
 //!   `sim_tests`: scenarios on it; `tests`: unit tests of one topology and of target choice.
 
+mod affinity;
 mod choose;
 mod key;
 mod spf;
@@ -33,8 +35,9 @@ mod tests;
 
 use std::time::Duration;
 
+pub use affinity::{Affinity, affinity_order, client_ip_hash, value_hash};
 pub use choose::{Strategy, Target};
-pub use key::{Advertisement, InvalidRoutingKey, KeyAd, MAX_KEY_LEN, Protocol, RoutingKey};
+pub use key::{Advertisement, Family, InvalidRoutingKey, KeyAd, MAX_KEY_LEN, Protocol, RoutingKey};
 pub use skiff_certs::SiteId;
 pub use topology::Topology;
 pub use view::{LinkView, RouterView};

@@ -119,6 +119,45 @@ fn flooding_rules() {
 }
 
 #[test]
+fn a_copy_without_udp_keys_relayed_by_an_old_router_yields_to_the_full_copy() {
+    // Router 3 advertises a TCP key and a UDP key (seq 5). Neighbour 2 speaks 1.1 and relays
+    // it without the UDP key, under the same seq; neighbour 4 relays the full copy.
+    let now = Instant::now();
+    let mut t = line(now, 1);
+    t.handle_neighbor_up(id(4), 1, now);
+    t.handle_advertisement(id(4), ad(4, 1, &[(1, 1), (3, 1)], &[]), now);
+    drain(&mut t);
+    let udp = KeyAd {
+        protocol: Protocol::Udp,
+        ..key_ad("dns")
+    };
+    let full = Advertisement {
+        keys: vec![key_ad("db"), udp],
+        ..ad(3, 5, &[(2, 1), (4, 1)], &[])
+    };
+    let stripped = ad(3, 5, &[(2, 1), (4, 1)], &["db"]);
+    // The stripped copy first: the full one replaces it and floods on (but not back to 4).
+    t.handle_advertisement(id(2), stripped.clone(), now);
+    assert!(!t.has_route(&key("dns")));
+    assert_eq!(drain(&mut t), vec![(id(4), id(3), 5)]);
+    let v = t.version();
+    t.handle_advertisement(id(4), full.clone(), now);
+    assert!(t.has_route(&key("dns")), "the full copy won at equal seq");
+    assert!(t.has_route(&key("db")));
+    assert!(t.version() > v);
+    assert_eq!(drain(&mut t), vec![(id(2), id(3), 5)]);
+    // The stripped copy again (or first, then the full one): the full one stays.
+    t.handle_advertisement(id(2), stripped.clone(), now);
+    assert!(
+        t.has_route(&key("dns")),
+        "a copy with fewer keys never replaces it"
+    );
+    assert!(drain(&mut t).is_empty());
+    t.handle_advertisement(id(4), full, now);
+    assert!(drain(&mut t).is_empty(), "the same copy again goes nowhere");
+}
+
+#[test]
 fn own_old_advertisement_flooded_back_makes_us_jump_above_it() {
     let now = Instant::now();
     // A restarted router: seq starts low, a neighbour's sync carries the previous run's ad.

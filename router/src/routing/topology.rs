@@ -160,7 +160,9 @@ impl Topology {
     /// - Newer than the one held (higher `seq`, or none held): stored (routes reflect it from
     ///   the next query on), queued to every neighbour but `from`.
     /// - Older than the one held: ours is queued back to `from`, so it catches up.
-    /// - Equal: ignored.
+    /// - Equal: ignored, unless it has more keys than the one held (the held one is a copy a
+    ///   router older than link protocol 1.2 relayed, without the UDP keys it was never
+    ///   sent): then it replaces it, as a newer one would.
     /// - Our own id with a `seq` at or above ours (a previous run of this router, or a copy
     ///   flooded back): we jump to a higher `seq` and flood a fresh advertisement, which
     ///   replaces the old one everywhere.
@@ -182,7 +184,15 @@ impl Topology {
                 }
                 return;
             }
-            Some(held) if held.ad.seq == ad.seq => return,
+            // A copy relayed by a router older than link protocol 1.2 lacks the origin's UDP
+            // keys (it was sent one without them) under the same `seq`: the full copy, with
+            // more keys, replaces it wherever the stripped one arrived first, and floods on.
+            Some(held)
+                if held.ad.seq == ad.seq
+                    && ad.keys.len().min(MAX_KEYS_PER_AD) <= held.ad.keys.len() =>
+            {
+                return;
+            }
             None if self.db.len() >= MAX_ROUTERS => {
                 self.dropped_ads += 1;
                 tracing::warn!(

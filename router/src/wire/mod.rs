@@ -6,15 +6,20 @@
 //!
 //! Frame types: `0x01` hello, `0x02` refused, `0x03` keepalive, `0x04` keepalive ack,
 //! `0x05` close, `0x06` link state ([`link_state`]) on control streams; `0x10` flow header
-//! ([`FlowHeader`]) and `0x11` flow status ([`FlowStatusFrame`]) at the start of flow streams.
+//! ([`FlowHeader`]) and `0x11` flow status ([`FlowStatusFrame`]) at the start of flow streams;
+//! `0x12` datagram ([`datagram`]) after them on the streams of UDP flows.
 //!
 //! Protocol 1.1 added the link cost to the hello (a 1.0 hello decodes with cost 1).
+//! Protocol 1.2 added UDP keys and flows (protocol 3) and QUIC datagrams; a router sends
+//! no UDP key in its link-state frames to a peer below 1.2 (whose decoder would refuse the
+//! frame and drop the link), so such a peer never starts a UDP flow.
 //!
 //! The control stream of a link opens with a [`ControlFrame::Hello`] from each side. The
 //! hello carries the [`ProtocolVersion`]; a peer whose major version differs is refused with
 //! [`ControlFrame::Refused`] and the link is closed.
 
 mod control;
+pub mod datagram;
 mod flow;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -36,7 +41,7 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 pub const FRAME_HEADER_LEN: usize = 5;
 
 /// The protocol version this build speaks on links.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
 
 /// A link protocol version. Peers interoperate only when the major versions are equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

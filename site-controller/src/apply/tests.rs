@@ -115,6 +115,51 @@ fn a_host_that_is_not_an_address_or_name_is_named_at_its_line() {
 }
 
 #[test]
+fn a_bad_affinity_is_named_at_its_line_and_udp_is_a_type() {
+    let p = problem(&listener(
+        "dns",
+        "  routingKey: dns\n  port: 1\n  type: udp\n  affinity: header:x-user\n",
+    ));
+    assert_eq!(
+        (p.line, p.field.as_deref()),
+        (9, Some("spec.affinity")),
+        "{p}"
+    );
+    assert!(
+        p.message
+            .contains("needs an HTTP listener (--type http or http2)"),
+        "{p}"
+    );
+    let p = problem(&listener(
+        "web",
+        "  routingKey: web\n  port: 1\n  affinity: sticky\n",
+    ));
+    assert_eq!(
+        (p.line, p.field.as_deref()),
+        (8, Some("spec.affinity")),
+        "{p}"
+    );
+    assert!(
+        p.message
+            .contains("expected none, client-ip, header:NAME or cookie:NAME"),
+        "{p}"
+    );
+    for ok in [
+        "  routingKey: dns\n  port: 1\n  type: udp\n  affinity: client-ip\n",
+        "  routingKey: web\n  port: 1\n  type: http\n  affinity: cookie:session\n",
+    ] {
+        assert!(
+            parse(&input(&listener("a", ok)), Purpose::Apply).is_ok(),
+            "{ok}"
+        );
+    }
+    let c = format!(
+        "{HEAD}kind: Connector\nmetadata: {{name: dns}}\nspec: {{routingKey: dns, host: 127.0.0.1, port: 53, type: udp}}\n"
+    );
+    assert!(parse(&input(&c), Purpose::Apply).is_ok());
+}
+
+#[test]
 fn a_bad_routing_key_or_type_or_strategy_is_named() {
     let p = problem(&listener("db", "  routingKey: 'Bad Key!'\n  port: 1\n"));
     assert_eq!(
@@ -139,7 +184,10 @@ fn a_bad_routing_key_or_type_or_strategy_is_named() {
         "  routingKey: db\n  port: 1\n  type: grpc\n",
     ));
     assert_eq!((p.line, p.field.as_deref()), (8, Some("spec.type")), "{p}");
-    assert!(p.message.contains("not one of tcp, http, http2"), "{p}");
+    assert!(
+        p.message.contains("not one of tcp, http, http2, udp"),
+        "{p}"
+    );
 
     let p = problem(&listener("db", "  port: 1\n"));
     assert!(p.message.contains("exactly one of routingKey"), "{p}");

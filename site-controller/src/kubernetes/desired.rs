@@ -29,7 +29,7 @@ pub struct RemoteKey {
     pub key: String,
     /// The port its consumers expect.
     pub port: u16,
-    /// `tcp`, `http` or `http2`.
+    /// `tcp`, `http`, `http2` or `udp`.
     pub protocol: String,
 }
 
@@ -44,6 +44,14 @@ pub struct ManagedService {
     pub port: u16,
     /// The router listener's port.
     pub target_port: u16,
+    /// Its port is UDP (a `udp` listener's), else TCP.
+    pub udp: bool,
+}
+
+/// The Kubernetes port protocol (`TCP`, `UDP`) that carries a skiff type (`tcp`, `http`,
+/// `http2`, `udp`).
+fn port_protocol(skiff_type: &str) -> &'static str {
+    if skiff_type == "udp" { "UDP" } else { "TCP" }
 }
 
 /// Something an operator should hear about, attached to the object it concerns.
@@ -178,6 +186,7 @@ fn configmap_resources(configmaps: &[ConfigMap], d: &mut Desired) {
                                     routing_key: l.metadata.name.clone(),
                                     port: l.spec.port,
                                     target_port: l.spec.port,
+                                    udp: l.spec.protocol == "udp",
                                 },
                             );
                         }
@@ -258,15 +267,25 @@ fn exposed_services(services: &[Service], slices: &[EndpointSlice], d: &mut Desi
             .as_ref()
             .and_then(|s| s.ports.clone())
             .unwrap_or_default();
-        let ports: Vec<_> = ports
+        // A udp Service exposes its UDP ports, any other type its TCP ports.
+        let wanted = port_protocol(&protocol);
+        let (ports, others): (Vec<_>, Vec<_>) = ports
             .iter()
-            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-            .collect();
+            .partition(|p| p.protocol.as_deref().unwrap_or("TCP") == wanted);
         if ports.is_empty() {
-            d.problems.push(bad(
-                "NoPorts",
-                "the Service has no TCP port to expose".into(),
-            ));
+            let message = match (
+                wanted,
+                others.iter().any(|p| p.protocol.as_deref() == Some("UDP")),
+            ) {
+                ("TCP", true) => format!(
+                    "the Service has no TCP port to expose, only UDP ones: annotate it {ANNOTATION_TYPE}: udp to expose those"
+                ),
+                ("UDP", _) => format!(
+                    "the Service has no UDP port to expose ({ANNOTATION_TYPE}: udp takes its UDP ports): give it a port with protocol: UDP, or drop the annotation to expose its TCP ports"
+                ),
+                _ => format!("the Service has no {wanted} port to expose"),
+            };
+            d.problems.push(bad("NoPorts", message));
             continue;
         }
         let my_slices: Vec<&EndpointSlice> = slices
@@ -442,6 +461,7 @@ fn remote_listeners(inp: &Inputs<'_>, d: &mut Desired) {
                     host: DEFAULT_LISTENER_HOST.into(),
                     port,
                     protocol: rk.protocol.clone(),
+                    affinity: None,
                 },
             ),
         );
@@ -453,6 +473,7 @@ fn remote_listeners(inp: &Inputs<'_>, d: &mut Desired) {
                     routing_key: (*key).to_string(),
                     port: rk.port,
                     target_port: port,
+                    udp: rk.protocol == "udp",
                 },
             );
         } else {
@@ -551,11 +572,16 @@ fn shape_matches(s: &Service, m: &ManagedService) -> bool {
         Some([p]) => {
             p.port == i32::from(m.port)
                 && p.target_port == Some(IntOrString::Int(i32::from(m.target_port)))
-                && p.protocol.as_deref().unwrap_or("TCP") == "TCP"
+                && p.protocol.as_deref().unwrap_or("TCP") == service_port_protocol(m)
         }
         _ => false,
     };
     labels_ok && port_note_ok && selector_ok && ports_ok
+}
+
+/// The protocol of `m`'s port.
+fn service_port_protocol(m: &ManagedService) -> &'static str {
+    if m.udp { "UDP" } else { "TCP" }
 }
 
 /// The Service object skiff applies for `m`.
@@ -583,10 +609,10 @@ pub fn service_object(m: &ManagedService) -> Service {
                     .collect(),
             ),
             ports: Some(vec![ServicePort {
-                name: Some("tcp".into()),
+                name: Some(service_port_protocol(m).to_ascii_lowercase()),
                 port: i32::from(m.port),
                 target_port: Some(IntOrString::Int(i32::from(m.target_port))),
-                protocol: Some("TCP".into()),
+                protocol: Some(service_port_protocol(m).into()),
                 ..Default::default()
             }]),
             ..Default::default()

@@ -653,11 +653,17 @@ async fn control_loop(
         Ok(services) => hold.seed(
             services.iter().filter_map(|s| {
                 let key = s.metadata.labels.as_ref()?.get(names::LABEL_ROUTING_KEY)?;
-                let port = s.spec.as_ref()?.ports.as_ref()?.first()?.port;
+                let port = s.spec.as_ref()?.ports.as_ref()?.first()?;
+                // A udp key's Service has a UDP port; the others are held as tcp until the
+                // links say which type (http, http2) they are.
+                let protocol = match port.protocol.as_deref() {
+                    Some("UDP") => "udp",
+                    _ => "tcp",
+                };
                 Some(RemoteKey {
                     key: key.clone(),
-                    port: u16::try_from(port).ok()?,
-                    protocol: "tcp".into(),
+                    port: u16::try_from(port.port).ok()?,
+                    protocol: protocol.into(),
                 })
             }),
             std::time::Instant::now(),

@@ -2,7 +2,8 @@
 //! router keeps (lock-free counters on the hot paths; nothing here runs per packet).
 //!
 //! One [`Collector`] per scrape reads the router and writes the families: this file holds the
-//! site-wide ones (`skiff_info`), [`links`] the per-link ones and [`flows`] the per-key ones.
+//! site-wide ones (`skiff_info`), [`links`] the per-link ones, [`flows`] the per-key ones and
+//! [`udp`] the per-key UDP datagram ones.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -13,6 +14,7 @@ use crate::run::SiteState;
 
 mod flows;
 mod links;
+mod udp;
 
 /// What a scrape reads, copied out of the router first so no lock is held while encoding.
 #[derive(Debug)]
@@ -23,6 +25,7 @@ struct Scrape {
     flows: Vec<skiff_router::flow::FlowKeyStats>,
     listeners: Vec<skiff_router::flow::ListenerStatus>,
     connectors: Vec<skiff_router::flow::ConnectorStatus>,
+    udp: Vec<skiff_router::flow::UdpKeyStats>,
 }
 
 impl Collector for Scrape {
@@ -38,6 +41,7 @@ impl Collector for Scrape {
         flows::encode_flows(&self.flows, &mut encoder)?;
         flows::encode_status(&self.listeners, &self.connectors, &mut encoder)?;
         flows::encode_http(&self.http, &mut encoder)?;
+        udp::encode(&self.udp, &mut encoder)?;
         Ok(())
     }
 }
@@ -52,6 +56,7 @@ pub fn render(state: &SiteState) -> String {
         flows: router.flow_stats(),
         listeners: router.listeners(),
         connectors: router.connectors(),
+        udp: router.udp_stats(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));

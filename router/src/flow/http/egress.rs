@@ -31,7 +31,11 @@ pub(crate) async fn serve_egress(
     origin: SiteId,
     leftover: BytesMut,
 ) {
-    if flows.config.connectors_for_family(&key, true).is_empty() {
+    if flows
+        .config
+        .connectors_for_family(&key, crate::routing::Family::Http)
+        .is_empty()
+    {
         let why = format!("key {key}: no HTTP connector for it here");
         crate::flow::tcp::answer_failure(
             &mut stream,

@@ -1,5 +1,6 @@
 //! Header rules of the HTTP proxy: hop-by-hop headers stripped in both directions, `Via`
-//! added, and the request shapes refused as smuggling attempts. Pure functions, unit-tested.
+//! added, the request shapes refused as smuggling attempts, and what a request's session
+//! affinity hashes (a header, a cookie or the client's IP). Pure functions, unit-tested.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -97,6 +98,52 @@ pub(crate) fn smuggling_shape(headers: &HeaderMap) -> Option<&'static str> {
     None
 }
 
+/// The session-affinity hash of one request on a listener with `affinity`, from the client
+/// connection's remote address `client`:
+/// - `client-ip`: the connection's remote IP ([`client_ip_hash`]), the same for every request
+///   of the connection;
+/// - `header:NAME`: the value of the first `NAME` header ([`value_hash`]);
+/// - `cookie:NAME`: the value of the first cookie `NAME` in the `Cookie` header(s)
+///   ([`cookie_value`]);
+/// - `none`: no hash.
+///
+/// A request without that header or cookie (or with an empty value) has no hash: it is
+/// balanced like any request of a listener without affinity.
+///
+/// [`client_ip_hash`]: crate::routing::client_ip_hash
+/// [`value_hash`]: crate::routing::value_hash
+pub(crate) fn affinity_hash(
+    affinity: &crate::routing::Affinity,
+    headers: &HeaderMap,
+    client: std::net::IpAddr,
+) -> Option<u64> {
+    use crate::routing::{Affinity, client_ip_hash, value_hash};
+    let value = match affinity {
+        Affinity::None => return None,
+        Affinity::ClientIp => return Some(client_ip_hash(client)),
+        Affinity::Header(name) => headers
+            .get(name.as_str())
+            .map(|v| v.as_bytes().trim_ascii()),
+        Affinity::Cookie(name) => cookie_value(headers, name),
+    };
+    value.filter(|v| !v.is_empty()).map(value_hash)
+}
+
+/// The value of the first cookie called `name` (case-sensitive, RFC 6265 5.4) in the request's
+/// `Cookie` headers (`a=b; c=d`; HTTP/2 clients may send one header per cookie), trimmed of
+/// spaces; `None` if no cookie has that name.
+pub(crate) fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +238,47 @@ mod tests {
         for h in bad {
             assert!(smuggling_shape(&h).is_some(), "{h:?}");
         }
+    }
+
+    #[test]
+    fn cookies_are_found_among_others_first_match_wins() {
+        let h = map(&[
+            ("cookie", "theme=dark; session=abc123 ;lang=en"),
+            ("cookie", "session=later; x=1"),
+        ]);
+        assert_eq!(cookie_value(&h, "session"), Some(&b"abc123"[..]));
+        assert_eq!(cookie_value(&h, "lang"), Some(&b"en"[..]));
+        assert_eq!(cookie_value(&h, "x"), Some(&b"1"[..]));
+        // Names match exactly: no prefix, suffix or case-insensitive match.
+        assert_eq!(cookie_value(&h, "Session"), None);
+        assert_eq!(cookie_value(&h, "sess"), None);
+        assert_eq!(cookie_value(&h, "ession"), None);
+        // A value may hold '='; a pair without one is no cookie.
+        let h = map(&[("cookie", "flag; token=a=b==")]);
+        assert_eq!(cookie_value(&h, "token"), Some(&b"a=b=="[..]));
+        assert_eq!(cookie_value(&h, "flag"), None);
+        assert_eq!(cookie_value(&map(&[]), "session"), None);
+    }
+
+    #[test]
+    fn the_affinity_hash_comes_from_the_configured_source() {
+        use crate::routing::{Affinity, client_ip_hash, value_hash};
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let h = map(&[
+            ("x-user", " alice "),
+            ("x-user", "bob"),
+            ("cookie", "a=1; sid=s-42"),
+            ("x-empty", ""),
+        ]);
+        let hash = |a: &str| affinity_hash(&a.parse::<Affinity>().unwrap(), &h, ip);
+        assert_eq!(hash("none"), None);
+        assert_eq!(hash("client-ip"), Some(client_ip_hash(ip)));
+        assert_eq!(hash("header:X-User"), Some(value_hash(b"alice")));
+        assert_eq!(hash("cookie:sid"), Some(value_hash(b"s-42")));
+        // Absent or empty: no affinity for this request.
+        assert_eq!(hash("header:x-other"), None);
+        assert_eq!(hash("header:x-empty"), None);
+        assert_eq!(hash("cookie:other"), None);
+        assert_ne!(hash("header:x-user"), hash("cookie:sid"));
     }
 }

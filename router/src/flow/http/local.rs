@@ -18,7 +18,9 @@ pub(crate) async fn send(
     key: &RoutingKey,
     mut req: Request<Body>,
 ) -> Result<Response<Body>, SendError> {
-    let connectors = flows.config.connectors_for_family(key, true);
+    let connectors = flows
+        .config
+        .connectors_for_family(key, crate::routing::Family::Http);
     if connectors.is_empty() {
         return Err(SendError::NotSent(
             req,

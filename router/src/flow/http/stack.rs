@@ -6,8 +6,9 @@
 //! 2. **refuse** ([`proxy`]): request shapes that smuggle (400).
 //! 3. **normalise** ([`normalise_request`], [`normalise_response`]): hop-by-hop headers out
 //!    both ways, `Via` in, an absolute URI for the HTTP/2 leg.
-//! 4. **route + retry** ([`route`]): targets for the listener's strategy; the next one only
-//!    while the request was never sent (and its body is empty, so it can be made again).
+//! 4. **route + retry** ([`route`]): targets for the listener's strategy (in the client's
+//!    affinity order when the listener has one); the next one only while the request was
+//!    never sent (and its body is empty, so it can be made again).
 //! 5. **timeout**: [`RESPONSE_TIMEOUT`] for the response head of each attempt.
 //! 6. **forward** ([`forward`]): the local connectors, or the pooled HTTP/2 connection to the
 //!    target router.
@@ -24,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::backend::{SendError, sent};
-use super::headers::{add_via, smuggling_shape, strip_hop_by_hop, strip_internal};
+use super::headers::{add_via, affinity_hash, smuggling_shape, strip_hop_by_hop, strip_internal};
 use super::io::{Body, boxed, full};
 use super::{
     ERROR_HEADER, HEADER_READ_TIMEOUT, MAX_CLIENT_STREAMS, MAX_HEAD_BYTES, MAX_PENDING_RESETS,
@@ -103,6 +104,8 @@ pub(crate) fn rescue_response(status: StatusCode, reason: &str, detail: &str) ->
 struct Ingress {
     flows: Arc<Flows>,
     listener: Arc<Listener>,
+    /// The client connection's remote address: what `--affinity client-ip` hashes.
+    remote: std::net::SocketAddr,
     /// For the connection's flow record: requests, those skiff answered, the last failure
     /// (outcome, reason) and the last target (key, site).
     requests: std::sync::atomic::AtomicU64,
@@ -247,6 +250,7 @@ pub(crate) async fn serve_client(
     let ingress = Arc::new(Ingress {
         flows,
         listener,
+        remote,
         requests: Default::default(),
         failed: Default::default(),
         last_failure: Default::default(),
@@ -423,9 +427,19 @@ async fn proxy(
     if let Some(why) = smuggling_shape(req.headers()) {
         return (None, Err(ProxyError::BadRequest(why)));
     }
-    let targets = ingress
-        .flows
-        .choose_family(&ingress.listener.spec.strategy, true);
+    // Session affinity: the hash of the listener's header, cookie or the connection's remote
+    // IP (none when the request lacks them); the targets then come in the client's affinity
+    // order, so the retries below (and an upgrade's) go to its next site by score.
+    let client_hash = affinity_hash(
+        &ingress.listener.spec.affinity,
+        req.headers(),
+        ingress.remote.ip(),
+    );
+    let targets = ingress.flows.choose_family(
+        &ingress.listener.spec.strategy,
+        crate::routing::Family::Http,
+        client_hash,
+    );
     if targets.is_empty() {
         let why = crate::flow::config::no_target_reason(&ingress.flows, &ingress.listener);
         return (None, Err(ProxyError::NoRoute("no-route", why)));

@@ -239,7 +239,7 @@ enum Attempt {
 fn upgrade_connectors(flows: &Flows, key: &RoutingKey) -> Vec<Arc<crate::flow::config::Connector>> {
     flows
         .config
-        .connectors_for_family(key, true)
+        .connectors_for_family(key, crate::routing::Family::Http)
         .into_iter()
         .filter(|c| c.spec.protocol == Protocol::Http)
         .collect()

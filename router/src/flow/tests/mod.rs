@@ -7,11 +7,18 @@
 //! - `failures`: resets, refusals, balancing, failover, retries, reconciliation.
 //! - `http`: HTTP flows: per-request balancing, trailers, retries, upgrades.
 //! - `records`: flow records and per-key statistics at every role.
+//! - `udp`: UDP listeners end to end: replies to the right client, counters, idle, affinity.
+//! - `udp_transit`: UDP hops over QUIC and TLS links, the UDP egress and transit roles.
+//! - `affinity`: HTTP session affinity (header, cookie, client-ip; upgrades): clients keep
+//!   their site.
 
+mod affinity;
 mod failures;
 mod http;
 mod records;
 mod transfer;
+mod udp;
+mod udp_transit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -95,6 +102,7 @@ pub(crate) fn listener(name: &str, k: &str) -> ListenerSpec {
         host: "127.0.0.1".into(),
         port: 0,
         protocol: Protocol::Tcp,
+        affinity: Default::default(),
     }
 }
 

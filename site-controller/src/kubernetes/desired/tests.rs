@@ -427,6 +427,7 @@ fn services_skiff_manages_are_not_exposed_again() {
         routing_key: "backend".into(),
         port: 8080,
         target_port: 20000,
+        udp: false,
     });
     ours.metadata
         .annotations
@@ -439,4 +440,124 @@ fn services_skiff_manages_are_not_exposed_again() {
     )];
     let d = run(&[ours], &slices, &[], &[]);
     assert!(d.connectors.is_empty(), "a loop back into the network");
+}
+
+/// `svc` with each port's protocol set, in order.
+fn with_protocols(mut svc: Service, protocols: &[&str]) -> Service {
+    let ports = svc.spec.as_mut().unwrap().ports.as_mut().unwrap();
+    for (p, proto) in ports.iter_mut().zip(protocols) {
+        p.protocol = Some((*proto).to_string());
+    }
+    svc
+}
+
+#[test]
+fn a_udp_service_exposes_its_udp_ports_and_a_tcp_one_its_tcp_ports() {
+    // DNS: 53/UDP and 53/TCP under two port names.
+    let dns = |notes: &[(&str, &str)]| {
+        with_protocols(
+            service(
+                "dns",
+                notes,
+                &[(Some("dns"), 53, 5353), (Some("dns-tcp"), 53, 5354)],
+            ),
+            &["UDP", "TCP"],
+        )
+    };
+    let slices = [slice(
+        "dns",
+        &[(Some("dns"), 5353), (Some("dns-tcp"), 5354)],
+        &[("10.0.0.7", Some(true))],
+    )];
+    let d = run(
+        &[dns(&[
+            (ANNOTATION_EXPOSE, "true"),
+            (ANNOTATION_TYPE, "udp"),
+        ])],
+        &slices,
+        &[],
+        &[],
+    );
+    let got: Vec<_> = d
+        .connectors
+        .values()
+        .map(|c| {
+            let s = &c.spec;
+            (
+                s.routing_key.as_str(),
+                s.protocol.as_str(),
+                s.port,
+                s.advertised_port,
+            )
+        })
+        .collect();
+    assert_eq!(got, [("dns", "udp", 5353, Some(53))], "only the UDP port");
+    assert!(d.problems.is_empty(), "{:?}", d.problems);
+
+    let d = run(&[dns(&[(ANNOTATION_EXPOSE, "true")])], &slices, &[], &[]);
+    let got: Vec<_> = d
+        .connectors
+        .values()
+        .map(|c| (c.spec.protocol.as_str(), c.spec.port))
+        .collect();
+    assert_eq!(got, [("tcp", 5354)], "without the type: the TCP port");
+
+    // Only UDP ports and no type: the problem says which annotation exposes them.
+    let syslog = with_protocols(exposed("syslog", &[(None, 514, 514)]), &["UDP"]);
+    let d = run(&[syslog], &[], &[], &[]);
+    assert!(d.connectors.is_empty());
+    assert_eq!(d.problems.len(), 1, "{:?}", d.problems);
+    assert_eq!(d.problems[0].reason, "NoPorts");
+    assert!(
+        d.problems[0].message.contains("only UDP ones")
+            && d.problems[0].message.contains("skiff.io/type: udp"),
+        "{}",
+        d.problems[0].message
+    );
+    // type udp on a TCP-only Service.
+    let web = service(
+        "web",
+        &[(ANNOTATION_EXPOSE, "true"), (ANNOTATION_TYPE, "udp")],
+        &[(None, 80, 80)],
+    );
+    let d = run(&[web], &[], &[], &[]);
+    assert_eq!(d.problems[0].reason, "NoPorts");
+    assert!(
+        d.problems[0].message.contains("no UDP port to expose"),
+        "{}",
+        d.problems[0].message
+    );
+}
+
+#[test]
+fn a_udp_key_served_elsewhere_gets_a_udp_listener_and_a_udp_service() {
+    let mut dns = remote("dns", 53);
+    dns.protocol = "udp".into();
+    let d = run(&[], &[], &[], &[dns.clone(), remote("db", 5432)]);
+    let l = &d.listeners["dns"];
+    assert_eq!(
+        (l.spec.protocol.as_str(), l.spec.affinity.as_ref()),
+        ("udp", None)
+    );
+    assert!(crate::services::listener_spec(l).is_ok());
+    assert!(d.services["dns"].udp && !d.services["db"].udp);
+    let actual = after_steps(&d, &[]);
+    let port = |name: &str| {
+        let s = actual
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap();
+        let p = &s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        (p.name.clone().unwrap(), p.protocol.clone().unwrap(), p.port)
+    };
+    assert_eq!(port("dns"), ("udp".into(), "UDP".into(), 53));
+    assert_eq!(port("db"), ("tcp".into(), "TCP".into(), 5432));
+    // Applied once, nothing more to do; the key turning tcp reapplies its Service.
+    assert_eq!(service_steps(&d.services, &actual), []);
+    let d2 = run(&actual, &[], &[], &[remote("dns", 53), remote("db", 5432)]);
+    assert!(
+        matches!(&service_steps(&d2.services, &actual)[..], [ServiceStep::Apply(m)] if m.name == "dns" && !m.udp),
+        "{:?}",
+        service_steps(&d2.services, &actual)
+    );
 }
