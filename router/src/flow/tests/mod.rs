@@ -8,6 +8,8 @@
 //! - `http`: HTTP flows: per-request balancing, trailers, retries, upgrades.
 //! - `records`: flow records and per-key statistics at every role.
 //! - `udp`: UDP listeners end to end: replies to the right client, counters, idle, affinity.
+//! - `udp_edges`: UDP flows at the edges: failover at setup, wildcard listeners, one-shot
+//!   flows, the byte budget, a link gone under a hop, coalesced datagrams.
 //! - `udp_transit`: UDP hops over QUIC and TLS links, the UDP egress and transit roles.
 //! - `affinity`: HTTP session affinity (header, cookie, client-ip; upgrades): clients keep
 //!   their site.
@@ -18,6 +20,7 @@ mod http;
 mod records;
 mod transfer;
 mod udp;
+mod udp_edges;
 mod udp_transit;
 
 use std::net::SocketAddr;
