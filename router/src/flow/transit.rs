@@ -186,20 +186,9 @@ pub(super) async fn transit(
         no_route(&mut flow, &mut stream, why).await;
         return;
     };
-    let mut out = match tokio::time::timeout(OPEN_TIMEOUT, link.open_stream()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let why = format!("router {} cannot reach {}: {e}", flows.me, link.peer());
-            no_route(&mut flow, &mut stream, why).await;
-            return;
-        }
-        Err(_) => {
-            let why = format!(
-                "router {} got no stream to {} within {} s",
-                flows.me,
-                link.peer(),
-                OPEN_TIMEOUT.as_secs()
-            );
+    let mut out = match open_next(flows, &link).await {
+        Ok(s) => s,
+        Err(why) => {
             no_route(&mut flow, &mut stream, why).await;
             return;
         }
@@ -260,4 +249,26 @@ pub(super) async fn transit(
 async fn no_route(flow: &mut Flow, stream: &mut LinkStream, why: String) {
     flow.fail(FlowOutcome::NoRoute, why.clone());
     answer_failure(stream, FlowStatusFrame::fail(FlowStatusCode::NoRoute, why)).await;
+}
+
+/// A new stream on `link` towards the next hop, within [`OPEN_TIMEOUT`]; `Err` says why not
+/// (for a no-route answer). Used by the TCP and the UDP transit.
+pub(super) async fn open_next(
+    flows: &Flows,
+    link: &crate::link::LinkHandle,
+) -> Result<LinkStream, String> {
+    match tokio::time::timeout(OPEN_TIMEOUT, link.open_stream()).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!(
+            "router {} cannot reach {}: {e}",
+            flows.me,
+            link.peer()
+        )),
+        Err(_) => Err(format!(
+            "router {} got no stream to {} within {} s",
+            flows.me,
+            link.peer(),
+            OPEN_TIMEOUT.as_secs()
+        )),
+    }
 }

@@ -25,7 +25,8 @@ use super::hop::{Dropped, Hop, Via};
 use super::{Direction, DropReason, UdpKeyCounters};
 use crate::flow::records::{Flow, FlowOutcome};
 use crate::flow::tcp::answer_failure;
-use crate::flow::{FlowRole, Flows, HEADER_TIMEOUT, MAX_HOPS, OPEN_TIMEOUT};
+use crate::flow::transit::open_next;
+use crate::flow::{FlowRole, Flows, HEADER_TIMEOUT, MAX_HOPS};
 use crate::link::LinkStream;
 use crate::link::datagram::Datagrams;
 use crate::routing::RoutingKey;
@@ -74,20 +75,9 @@ pub(crate) async fn transit(
         no_route(&mut flow, &mut stream, why).await;
         return;
     }
-    let out = match tokio::time::timeout(OPEN_TIMEOUT, link.open_stream()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let why = format!("router {} cannot reach {}: {e}", flows.me, link.peer());
-            no_route(&mut flow, &mut stream, why).await;
-            return;
-        }
-        Err(_) => {
-            let why = format!(
-                "router {} got no stream to {} within {} s",
-                flows.me,
-                link.peer(),
-                OPEN_TIMEOUT.as_secs()
-            );
+    let out = match open_next(flows, &link).await {
+        Ok(s) => s,
+        Err(why) => {
             no_route(&mut flow, &mut stream, why).await;
             return;
         }
