@@ -45,3 +45,31 @@ fn a_real_renewal_csr_among_the_seeds_binds_and_a_redemption_csr_does_not() {
     assert!(skiff_certs::renewal_csr_binding(&read("redemption.csr")).is_err());
     assert!(skiff_certs::renewal_csr_binding(&read("bad-signature.csr")).is_err());
 }
+
+/// A real bound redemption CSR among the seeds (made by openssl) reads with its binding and is
+/// no renewal CSR; the older redeemer's CSR reads as unbound; a renewal CSR is no redemption
+/// one; a redemption subject without a valid time is refused.
+#[test]
+fn a_real_redemption_csr_among_the_seeds_binds_and_no_kind_passes_as_the_other() {
+    use skiff_certs::{CsrBinding, csr_binding, renewal_csr_binding};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/renewal_csr");
+    let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap();
+    let bound = read("redemption-bound.csr");
+    let CsrBinding::Redemption { issuer, at } = csr_binding(&bound).unwrap() else {
+        panic!("redemption-bound.csr does not read as a redemption CSR")
+    };
+    assert_eq!(issuer.to_string(), "7f6a5924b77c4507275dd3090d58d0a3");
+    assert_eq!(at, 1_795_651_200);
+    assert!(renewal_csr_binding(&bound).is_err());
+    assert_eq!(
+        csr_binding(&read("redemption.csr")).unwrap(),
+        CsrBinding::Unbound
+    );
+    assert!(matches!(
+        csr_binding(&read("renewal.csr")).unwrap(),
+        CsrBinding::Renewal { .. }
+    ));
+    for bad in ["redemption-no-time.csr", "redemption-bad-time.csr"] {
+        assert!(csr_binding(&read(bad)).is_err(), "{bad} was accepted");
+    }
+}

@@ -1,5 +1,5 @@
-//! Fuzz target `renewal_csr`: the certificate signing request of a renewal, read by the grant
-//! service from anyone who reaches the link port. The body, and the properties it checks, are
+//! Fuzz target `renewal_csr`: the certificate signing request of a renewal or a redemption,
+//! read by the grant service from anyone who reaches the link port. The body, and the properties it checks, are
 //! `skiff_certs::fuzzing::renewal_csr` (replayed on `fuzz/seeds/renewal_csr/` by `cargo test`).
 #![no_main]
 

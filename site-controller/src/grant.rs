@@ -4,7 +4,11 @@
 //!
 //! The redeeming site sends a CSR with the token's code; the issuer checks the grant, signs a
 //! client certificate with its CA and answers with it and its link endpoints. The private key
-//! never leaves the redeeming site. Redemptions are serialised by one lock, and the grant's use
+//! never leaves the redeeming site. The CSR names the issuer and the moment it was made (in
+//! its subject, which the key signs), so a CSR one issuer saw cannot be redeemed at another:
+//! the issuer refuses one bound to another site or more than [`CSR_FRESHNESS`] from its
+//! clock, and takes the unbound CSR of an older redeemer only for a site id it has no record
+//! of. Redemptions are serialised by one lock, and the grant's use
 //! count is spent only after signing succeeded, so two concurrent redemptions of a one-use
 //! token: exactly one wins.
 //!
@@ -282,8 +286,8 @@ fn overlap_end(now: OffsetDateTime, overlap: Duration) -> Result<OffsetDateTime,
         })
 }
 
-/// How far a renewal CSR's time may be from the issuer's clock.
-pub const RENEWAL_FRESHNESS: Duration = Duration::from_secs(5 * 60);
+/// How far the time a renewal or redemption CSR names may be from the issuer's clock.
+pub const CSR_FRESHNESS: Duration = Duration::from_secs(5 * 60);
 
 /// Where a redemption is committed beyond the site folder before it is answered (a Kubernetes
 /// site stores its grants and linked sites in Secrets: a pod lost right after answering must
@@ -444,9 +448,39 @@ impl GrantService {
                 "a site cannot link to itself: redeem the token at another site".into(),
             ));
         }
+        let known = self.linked.get(req.site_id);
+        // The CSR must be meant for this issuer, now: one another issuer saw (a redemption or
+        // a renewal there) cannot redeem here. An older redeemer's CSR names no issuer: it is
+        // taken only for a site id with no record here, where it can disturb nothing.
+        match skiff_certs::csr_binding(&req.csr) {
+            Ok(skiff_certs::CsrBinding::Redemption { issuer, at }) => {
+                self.check_binding("redemption", "skiff token redeem", issuer, at, now)?
+            }
+            Ok(skiff_certs::CsrBinding::Unbound) if known.is_some() => {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "the redemption request names no issuing site and no time (an older skiff makes it so), and site {} is already linked here: only a request bound to this site and made now may change its record; upgrade the redeeming skiff and redeem again",
+                        req.site_id
+                    ),
+                ));
+            }
+            Ok(skiff_certs::CsrBinding::Unbound) => {}
+            Ok(skiff_certs::CsrBinding::Renewal { .. }) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "bad redemption request: its certificate request is a renewal request (skiff link renew makes those), not a redemption one".into(),
+                ));
+            }
+            Err(e) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("bad certificate request: {e}"),
+                ));
+            }
+        }
         // Signing changes nothing yet; the checks that need the key come after it.
         let (cert, key) = self.sign_for(&req.csr, req.site_id)?;
-        let known = self.linked.get(req.site_id);
         if let Some(k) = &known {
             if k.spec.revoked {
                 return Err((
@@ -575,25 +609,7 @@ impl GrantService {
                 ),
             )
         })?;
-        if bound_to != self.site_id {
-            return Err((
-                StatusCode::FORBIDDEN,
-                format!(
-                    "the renewal request is for issuing site {bound_to}, not this one ({}): a renewal request is made for one issuer",
-                    self.site_id
-                ),
-            ));
-        }
-        let skew = now.unix_timestamp().abs_diff(at);
-        if skew > RENEWAL_FRESHNESS.as_secs() {
-            return Err((
-                StatusCode::FORBIDDEN,
-                format!(
-                    "the renewal request was made {skew}s away from this site's clock (at most {}s are accepted): make a new one (skiff link renew), and check the clocks of both sites",
-                    RENEWAL_FRESHNESS.as_secs()
-                ),
-            ));
-        }
+        self.check_binding("renewal", "skiff link renew", bound_to, at, now)?;
         // The folder is the truth (a `skiff link revoke` may have written it a moment ago; a
         // deleted record stays deleted).
         let known = crate::site::load_linked_site(&self.folder, req.site_id).map_err(internal)?;
@@ -667,6 +683,39 @@ impl GrantService {
             serial: cert.serial,
             previous_serial_valid_until: until,
         })
+    }
+
+    /// Refuses a `what` ("renewal", "redemption") request whose CSR is bound to another
+    /// issuer than this site, or to a time more than [`CSR_FRESHNESS`] from `now`; `again` is
+    /// the command that makes a new request.
+    fn check_binding(
+        &self,
+        what: &str,
+        again: &str,
+        issuer: SiteId,
+        at: i64,
+        now: OffsetDateTime,
+    ) -> Result<(), (StatusCode, String)> {
+        if issuer != self.site_id {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the {what} request is for issuing site {issuer}, not this one ({}): a {what} request is made for one issuer, so one sent to another site cannot be used here; make a new one for this site ({again})",
+                    self.site_id
+                ),
+            ));
+        }
+        let skew = now.unix_timestamp().abs_diff(at);
+        if skew > CSR_FRESHNESS.as_secs() {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the {what} request was made {skew}s away from this site's clock (at most {}s are accepted): make a new one ({again}), and check the clocks of both sites",
+                    CSR_FRESHNESS.as_secs()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Puts back the record a renewal replaced (its commit failed, so the renewing site never

@@ -1,5 +1,6 @@
-//! Tests of the grant service: endpoint parsing, the serial rule and its overlap windows, and
-//! renewals (bound to this issuer, never locking out a held certificate).
+//! Tests of the grant service: endpoint parsing, the serial rule and its overlap windows,
+//! renewals (bound to this issuer, never locking out a held certificate) and redemptions
+//! (bound to this issuer and a time; an older redeemer's unbound CSR only for a new site).
 
 use super::*;
 
@@ -121,7 +122,8 @@ async fn renewals_are_bound_to_this_issuer_and_never_lock_out_a_held_certificate
     let ca = SiteCa::generate("x", xid).unwrap();
     let b = SiteId::random();
     let key = skiff_certs::generate_link_key().unwrap();
-    let redemption_csr = skiff_certs::link_csr(b, "b", &key).unwrap();
+    let redemption_csr =
+        skiff_certs::redemption_csr(b, xid, OffsetDateTime::now_utc(), &key).unwrap();
     let (_, first) = ca
         .sign_link_csr(&redemption_csr, Duration::from_secs(3600))
         .unwrap();
@@ -145,6 +147,10 @@ async fn renewals_are_bound_to_this_issuer_and_never_lock_out_a_held_certificate
     // What another issuer saw from b cannot renew here.
     let replays = [
         (redemption_csr.clone(), "not a renewal request"),
+        (
+            skiff_certs::link_csr(b, "b", &key).unwrap(),
+            "not a renewal request",
+        ),
         (
             skiff_certs::renewal_csr(b, SiteId::random(), now, &key).unwrap(),
             "is for issuing site",
@@ -185,4 +191,131 @@ async fn renewals_are_bound_to_this_issuer_and_never_lock_out_a_held_certificate
     let (_, e) = svc.renew(fresh(), peer).await.unwrap_err();
     assert!(e.contains("never linked here"), "{e}");
     assert!(crate::site::load_linked_site(&folder, b).unwrap().is_none());
+}
+
+/// What each grant file of `folder` holds, by name: the redemptions made of it.
+fn redemptions_made(folder: &SiteFolder) -> Vec<(String, u32)> {
+    let mut made: Vec<(String, u32)> = list_grants(folder)
+        .unwrap()
+        .into_iter()
+        .map(|g| (g.metadata.name, g.spec.redemptions_made))
+        .collect();
+    made.sort();
+    made
+}
+
+/// Site b redeemed a token at y and renewed there. Site x, which saw b's redemption CSR and
+/// holds a token of y, replays it at y: every form (bound to x, bound to y but stale, the
+/// unbound form of an older skiff, a renewal CSR) is refused, b's record and the token stay
+/// as they were; the token still serves a new site of an older skiff (unbound, unknown id),
+/// and a redemption CSR does not pass as a renewal.
+#[tokio::test]
+async fn redemptions_are_bound_to_this_issuer_and_a_replayed_one_changes_nothing() {
+    skiff_certs::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = SiteFolder::new(dir.path().join("y"));
+    folder.create_dirs().unwrap();
+    let (xid, yid, b) = (SiteId::random(), SiteId::random(), SiteId::random());
+    let ca = SiteCa::generate("y", yid).unwrap();
+    let linked = Arc::new(LinkedSites::default());
+    let svc = GrantService::new(folder.clone(), ca, yid, "y".into(), vec![], linked.clone());
+    let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let grant = |name: &str| {
+        let g = skiff_certs::AccessGrant::new(
+            name,
+            Duration::from_secs(600),
+            1,
+            1,
+            OffsetDateTime::now_utc(),
+        );
+        save_grant(&folder, &g).unwrap();
+        g.spec.code
+    };
+    let redeem = |code: &str, site_id: SiteId, csr: String| RedeemRequest {
+        code: code.into(),
+        csr,
+        site_id,
+        site_name: "b".into(),
+    };
+
+    // b redeems its own token at y, then renews there.
+    let key = skiff_certs::generate_link_key().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let own = grant("g-b");
+    let csr = skiff_certs::redemption_csr(b, yid, now, &key).unwrap();
+    svc.redeem(redeem(&own, b, csr), peer).await.unwrap();
+    let csr = skiff_certs::renewal_csr(b, yid, now, &key).unwrap();
+    svc.renew(RenewRequest { site_id: b, csr }, peer)
+        .await
+        .unwrap();
+    let record_file = folder.peers_dir().join(format!("{b}.yaml"));
+    let record = std::fs::read(&record_file).unwrap();
+    let in_memory = linked.get(b);
+    assert!(in_memory.as_ref().unwrap().spec.has_renewed());
+
+    // x holds a token of y and what b sent x.
+    let xs = grant("g-x");
+    let grants_before = redemptions_made(&folder);
+    let replays = [
+        (
+            skiff_certs::redemption_csr(b, xid, now, &key).unwrap(),
+            StatusCode::FORBIDDEN,
+            "is for issuing site",
+        ),
+        (
+            skiff_certs::redemption_csr(b, yid, now - Duration::from_secs(301), &key).unwrap(),
+            StatusCode::FORBIDDEN,
+            "away from this site's clock",
+        ),
+        (
+            skiff_certs::redemption_csr(b, yid, now + Duration::from_secs(301), &key).unwrap(),
+            StatusCode::FORBIDDEN,
+            "away from this site's clock",
+        ),
+        (
+            skiff_certs::link_csr(b, "b", &key).unwrap(),
+            StatusCode::FORBIDDEN,
+            "upgrade the redeeming skiff",
+        ),
+        (
+            skiff_certs::renewal_csr(b, yid, now, &key).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "is a renewal request",
+        ),
+    ];
+    for (csr, status, why) in replays {
+        let (got, e) = svc.redeem(redeem(&xs, b, csr), peer).await.unwrap_err();
+        assert!(
+            got == status && e.contains(why),
+            "{got} {e} (expected {why})"
+        );
+        assert_eq!(std::fs::read(&record_file).unwrap(), record, "{why}");
+        assert_eq!(linked.get(b), in_memory, "{why}");
+        assert_eq!(redemptions_made(&folder), grants_before, "{why}");
+    }
+    // Nothing else was written either.
+    assert_eq!(std::fs::read_dir(folder.peers_dir()).unwrap().count(), 1);
+
+    // A redemption CSR, bound to y and fresh, is no renewal request.
+    let csr = skiff_certs::redemption_csr(b, yid, now, &key).unwrap();
+    let (_, e) = svc
+        .renew(RenewRequest { site_id: b, csr }, peer)
+        .await
+        .unwrap_err();
+    assert!(e.contains("not a renewal request"), "{e}");
+    assert_eq!(std::fs::read(&record_file).unwrap(), record);
+
+    // An older skiff's site, new here: its unbound CSR redeems x's token, which was unspent.
+    let c = SiteId::random();
+    let c_key = skiff_certs::generate_link_key().unwrap();
+    let csr = skiff_certs::link_csr(c, "c", &c_key).unwrap();
+    svc.redeem(redeem(&xs, c, csr), peer).await.unwrap();
+    assert!(crate::site::load_linked_site(&folder, c).unwrap().is_some());
+    assert!(
+        redemptions_made(&folder)
+            .iter()
+            .any(|(name, made)| name == "g-x" && *made == 1),
+        "{:?}",
+        redemptions_made(&folder)
+    );
 }
