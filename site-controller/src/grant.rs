@@ -61,7 +61,8 @@ const REDEEM_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct RedeemRequest {
     /// The token's code.
     pub code: String,
-    /// CSR (PEM) carrying the redeeming site's id as URI SAN.
+    /// CSR (PEM) carrying the redeeming site's id as URI SAN, its subject naming the issuer
+    /// and the moment it was made ([`skiff_certs::redemption_csr`]).
     pub csr: String,
     /// The redeeming site's id (must match the CSR).
     pub site_id: SiteId,
@@ -456,16 +457,22 @@ impl GrantService {
             Ok(skiff_certs::CsrBinding::Redemption { issuer, at }) => {
                 self.check_binding("redemption", "skiff token redeem", issuer, at, now)?
             }
-            Ok(skiff_certs::CsrBinding::Unbound) if known.is_some() => {
-                return Err((
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "the redemption request names no issuing site and no time (an older skiff makes it so), and site {} is already linked here: only a request bound to this site and made now may change its record; upgrade the redeeming skiff and redeem again",
-                        req.site_id
-                    ),
-                ));
+            Ok(skiff_certs::CsrBinding::Unbound) => {
+                // Memory and folder: a record just written (an offline link made a moment
+                // ago) counts before the reload that brings it into memory.
+                let on_disk = crate::site::load_linked_site(&self.folder, req.site_id)
+                    .map_err(internal)?
+                    .is_some();
+                if known.is_some() || on_disk {
+                    return Err((
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "the redemption request names no issuing site and no time (an older skiff makes it so), and site {} is already linked here: only a request bound to this site and made now may change its record; upgrade the redeeming skiff and redeem again",
+                            req.site_id
+                        ),
+                    ));
+                }
             }
-            Ok(skiff_certs::CsrBinding::Unbound) => {}
             Ok(skiff_certs::CsrBinding::Renewal { .. }) => {
                 return Err((
                     StatusCode::BAD_REQUEST,

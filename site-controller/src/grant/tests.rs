@@ -318,4 +318,21 @@ async fn redemptions_are_bound_to_this_issuer_and_a_replayed_one_changes_nothing
         "{:?}",
         redemptions_made(&folder)
     );
+
+    // A record in the folder that memory does not hold yet (an offline link made a moment
+    // ago) counts as known: the unbound CSR is refused.
+    let d = SiteId::random();
+    let d_key = skiff_certs::generate_link_key().unwrap();
+    save_linked_site(
+        &folder,
+        &LinkedSite::new(LinkedSiteSpec {
+            site_id: d,
+            ..spec()
+        }),
+    )
+    .unwrap();
+    let ds = grant("g-d");
+    let csr = skiff_certs::link_csr(d, "d", &d_key).unwrap();
+    let (_, e) = svc.redeem(redeem(&ds, d, csr), peer).await.unwrap_err();
+    assert!(e.contains("upgrade the redeeming skiff"), "{e}");
 }
