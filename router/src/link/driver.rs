@@ -100,6 +100,11 @@ impl LinkCloser {
         self.token.cancel();
     }
 
+    /// Whether a close was requested: the link is closing and must carry no new flow.
+    pub(crate) fn is_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
     async fn requested(&self) -> String {
         self.token.cancelled().await;
         self.reason.lock().unwrap().clone().unwrap_or_default()
@@ -209,6 +214,12 @@ pub(crate) async fn run_link(
         tokio::select! {
             biased;
             reason = closer.requested() => {
+                // Withdraw the routes over this link now, not after the linger: until the
+                // peer hangs up (up to LINGER, or `dead_after` if it is unreachable) a new
+                // flow sent here would meet a link that is going away, while a listener
+                // counted the peer as reachable. The link table no longer offers it either
+                // ([`LinkCloser::is_requested`]).
+                routes.send(RouteEvent::LinkDown { link: route_link });
                 let _ = send_within(&mut control, &ControlFrame::Close { reason: reason.clone() }, timing.dead_after).await;
                 control.finish().await;
                 // Give the Close frame time to arrive: the peer hangs up when it reads it.
@@ -275,6 +286,7 @@ pub(crate) async fn run_link(
             }
         }
     };
+    // (Already sent when we closed it; a second one for the same link is ignored.)
     routes.send(RouteEvent::LinkDown { link: route_link });
     conn.close(&end.to_string());
     end

@@ -287,7 +287,8 @@ impl LinkTable {
     /// The up links to `peer`, cheapest first; among equally cheap ones the newest entry first
     /// (an inbound connection is a new entry; a dialer keeps its own across reconnects). A
     /// peer that restarted and dialed again is so reached over its new connection at once,
-    /// not over its previous run's connection until that one is declared dead.
+    /// not over its previous run's connection until that one is declared dead. Links being
+    /// closed are left out.
     pub(crate) fn up_links(&self, peer: SiteId) -> Vec<(LinkStatus, UpLink)> {
         let g = self.inner.lock().unwrap();
         let mut out: Vec<(LinkStatus, UpLink)> = g
@@ -295,7 +296,11 @@ impl LinkTable {
             .values()
             .rev()
             .filter_map(|e| match &e.up {
-                Some(up) if up.peer == peer => Some((e.status.clone(), up.clone())),
+                // A link whose close was requested (removed, changed, revoked, shutting
+                // down) lingers until the peer hangs up: no new stream goes on it.
+                Some(up) if up.peer == peer && !up.closer.is_requested() => {
+                    Some((e.status.clone(), up.clone()))
+                }
                 _ => None,
             })
             .collect();

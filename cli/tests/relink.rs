@@ -1,0 +1,267 @@
+//! Black-box tests of a link deleted and made again while a listener serves a key across it:
+//! as soon as `listener list` says `active`, the first client's flow must pass, also while
+//! the deleted link is still closing (its peer has not hung up yet) and the new one is not up.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{Echo, Site, admin_json, expose_echo, is_link, link_over, ok};
+use serde_json::Value;
+
+/// One small exchange through `addr`: `Ok` when the bytes came back whole, else what the
+/// client saw.
+fn one_echo(addr: &str, round: usize) -> Result<(), String> {
+    let msg = format!("round {round}: the first flow after the relink");
+    let mut c = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    c.write_all(msg.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    c.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).map_err(|e| format!("read: {e}"))?;
+    if back == msg.as_bytes() {
+        Ok(())
+    } else {
+        Err(format!("{} bytes back of {}", back.len(), msg.len()))
+    }
+}
+
+/// The newest recent flow record of `site` for key `echo` in `role`.
+fn last_record(site: &Site, role: &str) -> Option<Value> {
+    admin_json(site, "/v1/flows")["recent"]
+        .as_array()?
+        .iter()
+        .rfind(|r| r["routingKey"] == "echo" && r["role"] == role)
+        .cloned()
+}
+
+/// A TCP relay on loopback in front of a site's link port, which can hold a link the way a
+/// slow network or proxy does: [`Relay::freeze`] stops forwarding on the connections it has
+/// (neither a close frame nor a hang-up passes), and each new connection waits `delay` before
+/// it is forwarded. Threads stop and sockets close on drop.
+struct Relay {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(upstream: u16) -> Relay {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (stop2, epoch2, delay2) = (stop.clone(), epoch.clone(), delay_ms.clone());
+        let accept = std::thread::spawn(move || {
+            let mut pumps = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((down, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let (stop, epoch, delay) = (stop2.clone(), epoch2.clone(), delay2.clone());
+                pumps.push(std::thread::spawn(move || {
+                    relay_one(down, upstream, &stop, &epoch, delay.load(Ordering::Relaxed))
+                }));
+            }
+            for p in pumps {
+                let _ = p.join();
+            }
+        });
+        Relay {
+            port,
+            stop,
+            epoch,
+            delay_ms,
+            accept: Some(accept),
+        }
+    }
+
+    /// From now on the connections relayed so far forward nothing more.
+    fn freeze(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// New connections wait `delay` before they are forwarded.
+    fn delay_new(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Relays one connection to `upstream` after `delay_ms`, until either side ends, the relay
+/// stops, or its epoch moves (then it holds both sockets open and forwards nothing).
+fn relay_one(down: TcpStream, upstream: u16, stop: &AtomicBool, epoch: &AtomicU64, delay_ms: u64) {
+    let mine = epoch.load(Ordering::Relaxed);
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_millis(delay_ms) {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    down.set_nonblocking(false).unwrap();
+    let (down2, up2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+    std::thread::scope(|s| {
+        s.spawn(|| pump(down, up, stop, epoch, mine));
+        pump(up2, down2, stop, epoch, mine);
+    });
+}
+
+/// Copies `from` to `to` while the epoch is `mine`; after that only waits for the stop.
+fn pump(mut from: TcpStream, mut to: TcpStream, stop: &AtomicBool, epoch: &AtomicU64, mine: u64) {
+    from.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        if epoch.load(Ordering::Relaxed) != mine {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) if epoch.load(Ordering::Relaxed) != mine => {}
+            Ok(0) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            // Bytes read across a freeze are held back with the rest.
+            Ok(_) if epoch.load(Ordering::Relaxed) != mine => {}
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
+
+/// The link port of a site (`linkPort:` in site.yaml).
+fn link_port(site: &Site) -> u16 {
+    let yaml = std::fs::read_to_string(site.dir.join("site.yaml")).unwrap();
+    yaml.lines()
+        .find_map(|l| l.trim().strip_prefix("linkPort:"))
+        .expect("linkPort in site.yaml")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// east links to west over TLS/TCP through a relay; west serves `echo`, east listens for it.
+/// Each round: the relay holds the link up now (its close frame never reaches west, so east's
+/// end lingers) and delays the next connection by `DELAY`; the link is deleted and applied
+/// again; as soon as the listener says `active`, one flow. It must pass in every round.
+#[test]
+fn a_listener_is_active_only_when_a_flow_would_pass_across_a_relink() {
+    const ROUNDS: usize = 4;
+    const DELAY: Duration = Duration::from_millis(1500);
+    let echo = Echo::start();
+    let mut west = Site::create_on_fixed_port("west");
+    let mut east = Site::create("east", false);
+    west.start();
+    east.start();
+    let west_port = link_port(&west);
+    let relay = Relay::start(west_port);
+    link_over(&east, &west, "tls");
+    let direct = east.dir.with_file_name("direct-links.yaml");
+    std::fs::write(
+        &direct,
+        ok(&["get", "links", "-o", "yaml", "--dir", east.d()]).stdout,
+    )
+    .unwrap();
+    let yaml = std::fs::read_to_string(&direct).unwrap();
+    let from = format!("127.0.0.1:{west_port}");
+    assert!(yaml.contains(&from), "{yaml}");
+    let relayed = east.dir.with_file_name("links.yaml");
+    std::fs::write(
+        &relayed,
+        yaml.replace(&from, &format!("127.0.0.1:{}", relay.port)),
+    )
+    .unwrap();
+    ok(&["apply", "-f", relayed.to_str().unwrap(), "--dir", east.d()]);
+    east.wait_link(Duration::from_secs(10), "up to west", |l| {
+        is_link("up", "west")(l)
+            && l["endpoint"].as_str() == Some(&format!("127.0.0.1:{}", relay.port))
+    });
+    expose_echo(&echo, &west, &east);
+    let addr = east.wait_listener_active("echo", Duration::from_secs(10));
+    one_echo(&addr, 0).expect("a flow before any relink");
+
+    relay.delay_new(DELAY);
+    let started = Instant::now();
+    let mut refused = Vec::new();
+    let mut waits = Vec::new();
+    for round in 1..=ROUNDS {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{round} rounds took {:?}",
+            started.elapsed()
+        );
+        relay.freeze();
+        let deleted = Instant::now();
+        ok(&["link", "delete", "west", "--dir", east.d()]);
+        ok(&["apply", "-f", relayed.to_str().unwrap(), "--dir", east.d()]);
+        east.wait_link(Duration::from_secs(10), "up again", is_link("up", "west"));
+        let addr = east.wait_listener_active("echo", Duration::from_secs(10));
+        waits.push(deleted.elapsed());
+        let tried = Instant::now();
+        if let Err(client) = one_echo(&addr, round) {
+            let ingress = last_record(&east, "ingress");
+            let reason = ingress.as_ref().map(|r| {
+                format!(
+                    "outcome {}, reason {}",
+                    r["outcome"],
+                    r["reason"].as_str().unwrap_or_default()
+                )
+            });
+            eprintln!(
+                "round {round}: active {:?} after the delete, yet the flow failed after {:?}: {client}; east's ingress record: {reason:?}",
+                waits[round - 1],
+                tried.elapsed()
+            );
+            refused.push((round, client, reason));
+        }
+    }
+    eprintln!(
+        "{ROUNDS} relinks (new connection delayed {DELAY:?}) in {:?}: active after {waits:?}; first flow refused in {} of them",
+        started.elapsed(),
+        refused.len()
+    );
+    assert!(
+        refused.is_empty(),
+        "after {} of {ROUNDS} relinks the listener said active and the first flow was refused: {refused:#?}",
+        refused.len()
+    );
+}
