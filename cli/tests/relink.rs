@@ -168,6 +168,30 @@ fn pump(mut from: TcpStream, mut to: TcpStream, stop: &AtomicBool, epoch: &Atomi
     }
 }
 
+/// Polls `listener list` until listener `echo` has `status` (at most `within`); its status
+/// and detail when it did or the time was up.
+fn listener_detail_within(site: &Site, status: &str, within: Duration) -> (String, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = site.run(&["listener", "list", "--output", "json"]);
+        assert!(o.status.success(), "{}", common::text(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let l = v
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["name"] == "echo"))
+            .cloned()
+            .unwrap_or_default();
+        let got = (
+            l["status"].as_str().unwrap_or_default().to_owned(),
+            l["detail"].as_str().unwrap_or_default().to_owned(),
+        );
+        if got.0 == status || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The link port of a site (`linkPort:` in site.yaml).
 fn link_port(site: &Site) -> u16 {
     let yaml = std::fs::read_to_string(site.dir.join("site.yaml")).unwrap();
@@ -182,7 +206,8 @@ fn link_port(site: &Site) -> u16 {
 /// east links to west over TLS/TCP through a relay; west serves `echo`, east listens for it.
 /// Each round: the relay holds the link up now (its close frame never reaches west, so east's
 /// end lingers) and delays the next connection by `DELAY`; the link is deleted and applied
-/// again; as soon as the listener says `active`, one flow. It must pass in every round.
+/// again; the listener must say `no-target` (with the reason) while the new link is held
+/// back, and as soon as it says `active`, one flow, which must pass, in every round.
 #[test]
 fn a_listener_is_active_only_when_a_flow_would_pass_across_a_relink() {
     const ROUNDS: usize = 4;
@@ -233,6 +258,13 @@ fn a_listener_is_active_only_when_a_flow_would_pass_across_a_relink() {
         let deleted = Instant::now();
         ok(&["link", "delete", "west", "--dir", east.d()]);
         ok(&["apply", "-f", relayed.to_str().unwrap(), "--dir", east.d()]);
+        // While the old link closes and the new one is held back, the listener says why it
+        // has no target (polled: the close and the withdrawal run in the site, not in `apply`).
+        let gap = listener_detail_within(&east, "no-target", DELAY / 2);
+        assert_eq!(
+            gap.1, "key \"echo\" is served by west, which is unreachable from here (no link path)",
+            "round {round}: {gap:?}"
+        );
         east.wait_link(Duration::from_secs(10), "up again", is_link("up", "west"));
         let addr = east.wait_listener_active("echo", Duration::from_secs(10));
         waits.push(deleted.elapsed());
