@@ -297,3 +297,90 @@ fn a_listener_is_active_only_when_a_flow_would_pass_across_a_relink() {
         refused.len()
     );
 }
+
+/// A running site's process stopped with SIGSTOP (by its PID) until dropped (SIGCONT).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(site: &Site) -> Stopped {
+        let pid = site.pid();
+        signal("-STOP", pid);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(which: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// east links to west over QUIC. Each round west is stopped (SIGSTOP), so the deleted link's
+/// close frame is not read and east's end of it lingers, and the new link cannot come up;
+/// the link is deleted and applied again. Within `WITHIN` the listener must say `no-target`
+/// with the reason (it must not stay `active` on the link being closed); then west resumes,
+/// and as soon as the listener is `active` again, one flow, which must pass.
+#[test]
+fn over_quic_a_listener_is_not_active_on_a_link_being_closed() {
+    const ROUNDS: usize = 3;
+    const WITHIN: Duration = Duration::from_millis(1000);
+    let echo = Echo::start();
+    let mut west = Site::create("west", true);
+    let mut east = Site::create("east", false);
+    west.start();
+    east.start();
+    link_over(&east, &west, "quic");
+    east.wait_link(Duration::from_secs(10), "up to west", is_link("up", "west"));
+    expose_echo(&echo, &west, &east);
+    let addr = east.wait_listener_active("echo", Duration::from_secs(10));
+    one_echo(&addr, 0).expect("a flow before any relink");
+    let saved = east.dir.with_file_name("links.yaml");
+    std::fs::write(
+        &saved,
+        ok(&["get", "links", "-o", "yaml", "--dir", east.d()]).stdout,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut withdrawn = Vec::new();
+    let mut back = Vec::new();
+    for round in 1..=ROUNDS {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{round} rounds took {:?}",
+            started.elapsed()
+        );
+        let stopped = Stopped::new(&west);
+        let deleted = Instant::now();
+        ok(&["link", "delete", "west", "--dir", east.d()]);
+        ok(&["apply", "-f", saved.to_str().unwrap(), "--dir", east.d()]);
+        let gap = listener_detail_within(&east, "no-target", WITHIN);
+        withdrawn.push(deleted.elapsed());
+        drop(stopped);
+        assert_eq!(
+            gap,
+            (
+                "no-target".to_owned(),
+                "key \"echo\" is served by west, which is unreachable from here (no link path)"
+                    .to_owned()
+            ),
+            "round {round}: {WITHIN:?} after the link was deleted (its peer stopped, the link \
+             still closing) the listener was not no-target"
+        );
+        let addr = east.wait_listener_active("echo", Duration::from_secs(15));
+        back.push(deleted.elapsed());
+        one_echo(&addr, round)
+            .unwrap_or_else(|e| panic!("round {round}: active again, yet the flow failed: {e}"));
+    }
+    eprintln!(
+        "quic: {ROUNDS} relinks with the peer stopped: no-target after {withdrawn:?}, active again \
+         (peer resumed, new link up) after {back:?}; every first flow passed"
+    );
+}
