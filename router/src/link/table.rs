@@ -437,6 +437,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_link_being_closed_is_offered_to_no_new_flow() {
+        let t = LinkTable::default();
+        let peer = SiteId::from_bytes([3; 16]);
+        let mut keep = Vec::new();
+        let mut closers = Vec::new();
+        for _ in 0..2 {
+            let id = t.insert(inbound(peer, "east"));
+            let (conn, other) = connection(1).await;
+            let closer = LinkCloser::default();
+            t.set_up(
+                id,
+                UpLink {
+                    peer,
+                    conn: conn.clone(),
+                    closer: closer.clone(),
+                    version: crate::wire::PROTOCOL_VERSION,
+                },
+                "east",
+                Transport::Tls,
+                "127.0.0.1:1",
+            );
+            keep.push((conn, other));
+            closers.push(closer);
+        }
+        let newest = |t: &LinkTable| t.up_links(peer).first().map(|(_, up)| up.conn.clone());
+        let is = |c: Option<Arc<dyn MuxConnection>>, i: usize| {
+            c.is_some_and(|c| Arc::ptr_eq(&c, &(keep[i].0.clone() as Arc<dyn MuxConnection>)))
+        };
+        assert_eq!(t.up_links(peer).len(), 2);
+        assert!(is(newest(&t), 1), "the newest connection first");
+        // The newest one is being closed (its file deleted): the other one carries new flows.
+        closers[1].close("link removed");
+        assert_eq!(t.up_links(peer).len(), 1);
+        assert!(is(newest(&t), 0), "a closing link was offered");
+        closers[0].close("link removed");
+        assert!(t.up_links(peer).is_empty(), "a closing link was offered");
+    }
+
+    #[tokio::test]
     async fn a_new_connection_has_no_round_trip_until_its_first_sample() {
         let t = LinkTable::default();
         let peer = SiteId::from_bytes([3; 16]);
