@@ -22,6 +22,8 @@
 //!   connectors, status, revocation.
 //! - [`mux`]: the [`mux::MuxConnection`] trait, [`LinkStream`], yamux over TLS/TCP.
 //! - `quic`: quinn endpoint and connection setup; `MuxConnection` for quinn.
+//! - `congestion`: QUIC links' congestion control: Cubic that lets a packet (and the ACKs it
+//!   carries) out after a round trip with nothing sent, so heavy loss cannot silence a link.
 //! - [`datagram`]: QUIC datagrams of a link, by channel (UDP flows).
 //! - `tls`: TLS/TCP dial and the inbound TCP port (link vs grant by ALPN).
 //! - [`proxy`]: HTTP CONNECT proxies: the proxy URL and the tunnel a proxied link dials through.
@@ -34,6 +36,7 @@
 //! - `explain`: turning failures into operator-readable refusals or network errors.
 //! - `routes`: the routing task: feeds link events and link-state frames to the topology.
 
+mod congestion;
 pub mod datagram;
 mod dialer;
 mod driver;
