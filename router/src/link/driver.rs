@@ -87,7 +87,11 @@ impl Liveness {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LinkCloser {
     token: CancellationToken,
-    reason: Arc<Mutex<Option<String>>>,
+    /// The first reason given, and when (RFC 3339, as the link table's `since`).
+    reason: Arc<Mutex<Option<(String, String)>>>,
+    /// Told when the close is requested: the change counter of the link table that shows
+    /// the link (set by [`super::table::LinkTable::set_up`]), so its watchers see `closing`.
+    watcher: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
 }
 
 impl LinkCloser {
@@ -96,8 +100,12 @@ impl LinkCloser {
         self.reason
             .lock()
             .unwrap()
-            .get_or_insert_with(|| reason.to_owned());
+            .get_or_insert_with(|| (reason.to_owned(), super::table::now_rfc3339()));
+        let first = !self.token.is_cancelled();
         self.token.cancel();
+        if first && let Some(w) = &*self.watcher.lock().unwrap() {
+            w.send_modify(|n| *n += 1);
+        }
     }
 
     /// Whether a close was requested: the link is closing and must carry no new flow.
@@ -105,9 +113,27 @@ impl LinkCloser {
         self.token.is_cancelled()
     }
 
+    /// Why and since when the link is closing, once its close was requested.
+    pub(crate) fn requested_with(&self) -> Option<(String, String)> {
+        if !self.is_requested() {
+            return None;
+        }
+        self.reason.lock().unwrap().clone()
+    }
+
+    /// Bumps `changes` when the close is requested.
+    pub(crate) fn notify(&self, changes: tokio::sync::watch::Sender<u64>) {
+        *self.watcher.lock().unwrap() = Some(changes);
+    }
+
     async fn requested(&self) -> String {
         self.token.cancelled().await;
-        self.reason.lock().unwrap().clone().unwrap_or_default()
+        self.reason
+            .lock()
+            .unwrap()
+            .clone()
+            .map(|(r, _)| r)
+            .unwrap_or_default()
     }
 }
 

@@ -309,6 +309,14 @@ pub enum LinkState {
         /// Why, in words.
         reason: String,
     },
+    /// This router asked the link to close (its link file deleted or changed, its site
+    /// revoked, shutting down): its routes are withdrawn and it takes no new flow or pooled
+    /// HTTP request; flows in progress may finish until the peer hangs up (the entry goes
+    /// then, after at most `dead_after` + 2 s).
+    Closing {
+        /// Why, in words (what the peer is told).
+        reason: String,
+    },
 }
 
 /// One link as shown to operators.

@@ -83,6 +83,7 @@ impl Shared {
                 transport: status.transport.unwrap_or(Transport::Tls),
                 conn: up.conn,
                 version: up.version,
+                closer: up.closer,
             })
     }
 }
@@ -109,6 +110,8 @@ pub struct LinkHandle {
     conn: Arc<dyn MuxConnection>,
     /// The link protocol the peer speaks (from its hello).
     version: crate::wire::ProtocolVersion,
+    /// Whether the link's close was requested ([`LinkHandle::is_closing`]).
+    closer: LinkCloser,
 }
 
 impl std::fmt::Debug for LinkHandle {
@@ -151,6 +154,13 @@ impl LinkHandle {
     /// The link protocol the peer speaks (what it said in its hello).
     pub fn version(&self) -> crate::wire::ProtocolVersion {
         self.version
+    }
+
+    /// Whether this router asked the link to close (it is `closing`): it must carry no new
+    /// flow, and what pools streams on it (HTTP connections to peer routers) must stop
+    /// using it; streams in progress may finish until the peer hangs up.
+    pub fn is_closing(&self) -> bool {
+        self.closer.is_requested()
     }
 
     /// Whether a UDP flow may go to the peer: a router older than link protocol 1.2 cannot

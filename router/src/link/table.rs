@@ -59,6 +59,12 @@ impl Entry {
         });
         s.rtt_samples = self.rtt_before.clone();
         s.rtt_samples.merge(&self.rtt.histogram());
+        // Up until its close was requested; from then on `closing` (since the request),
+        // while it lingers for the peer to hang up.
+        if let Some((reason, since)) = self.up.as_ref().and_then(|u| u.closer.requested_with()) {
+            s.state = LinkState::Closing { reason };
+            s.since = since;
+        }
         s
     }
 
@@ -268,6 +274,8 @@ impl LinkTable {
             e.status.peer_site_name = Some(peer_name.to_owned());
             e.status.transport = Some(transport);
             e.status.endpoint = Some(endpoint.to_owned());
+            // A close request shows at once (`closing`) to those watching the table.
+            up.closer.notify(self.changes.clone());
             e.up = Some(up);
         }
         drop(g);
@@ -473,6 +481,47 @@ mod tests {
         assert!(is(newest(&t), 0), "a closing link was offered");
         closers[0].close("link removed");
         assert!(t.up_links(peer).is_empty(), "a closing link was offered");
+    }
+
+    #[tokio::test]
+    async fn a_link_being_closed_shows_closing_at_once_and_its_watchers_hear_of_it() {
+        let t = LinkTable::default();
+        let peer = SiteId::from_bytes([4; 16]);
+        let id = t.insert(inbound(peer, "east"));
+        let (conn, _other) = connection(1).await;
+        let closer = LinkCloser::default();
+        let up = UpLink {
+            peer,
+            conn: conn.clone(),
+            closer: closer.clone(),
+            version: crate::wire::PROTOCOL_VERSION,
+        };
+        t.set_up(id, up, "east", Transport::Tls, "127.0.0.1:1");
+        let up_since = t.snapshot()[0].since.clone();
+        assert_eq!(t.snapshot()[0].state, LinkState::Up);
+        let mut changes = t.subscribe();
+        changes.borrow_and_update();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        closer.close("link removed");
+        closer.close("a second reason");
+        assert!(changes.has_changed().unwrap(), "watchers were not told");
+        let s = &t.snapshot()[0];
+        assert_eq!(
+            s.state,
+            LinkState::Closing {
+                reason: "link removed".into()
+            }
+        );
+        assert!(s.since > up_since, "since {} not after {up_since}", s.since);
+        // Still counted until the peer hangs up: its `ups` and bytes (one byte and yamux
+        // framing) stay.
+        assert_eq!(s.ups, 1);
+        assert!(s.bytes_sent > 1, "{s:?}");
+        let v = serde_json::to_value(s).unwrap();
+        assert_eq!(
+            (&v["status"], &v["reason"]),
+            (&"closing".into(), &"link removed".into())
+        );
     }
 
     #[tokio::test]
