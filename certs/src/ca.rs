@@ -468,14 +468,22 @@ pub fn csr_binding(csr_pem: &str) -> Result<CsrBinding, CertError> {
 }
 
 /// What a renewal CSR is bound to: `(issuer, unix seconds)` from its subject, after checking
-/// its signature. `Err` for a CSR that is not a renewal CSR (a redemption CSR, say).
+/// its signature. `Err` for a CSR that is not a renewal CSR: a redemption CSR, or the unbound
+/// CSR an older skiff sent to renew as well as to redeem (its own wording: upgrade it).
 pub fn renewal_csr_binding(csr_pem: &str) -> Result<(SiteId, i64), CertError> {
     match csr_binding(csr_pem)? {
         CsrBinding::Renewal { issuer, at } => Ok((issuer, at)),
-        CsrBinding::Redemption { .. } | CsrBinding::Unbound => Err(CertError::InvalidCsr {
+        CsrBinding::Redemption { .. } => Err(CertError::InvalidCsr {
             reason:
                 "it is not a renewal request but a redemption one (skiff token redeem makes those)"
                     .into(),
+            source: None,
+        }),
+        CsrBinding::Unbound => Err(CertError::InvalidCsr {
+            reason: "it binds neither the issuing site nor a time, as the requests of a skiff \
+                     older than this issuer do: upgrade the renewing site's skiff, whose renewal \
+                     requests then name this issuer and the time"
+                .into(),
             source: None,
         }),
     }

@@ -69,7 +69,21 @@ fn a_real_redemption_csr_among_the_seeds_binds_and_no_kind_passes_as_the_other()
         csr_binding(&read("renewal.csr")).unwrap(),
         CsrBinding::Renewal { .. }
     ));
-    for bad in ["redemption-no-time.csr", "redemption-bad-time.csr"] {
-        assert!(csr_binding(&read(bad)).is_err(), "{bad} was accepted");
+    // Refused for what is wrong with them, not for a bad signature or a missing subject.
+    let cases = [
+        (
+            "redemption-no-time.csr",
+            "its subject does not name the issuing site and a time",
+        ),
+        ("redemption-bad-time.csr", "its subject names no valid time"),
+    ];
+    for (bad, why) in cases {
+        match csr_binding(&read(bad)) {
+            Err(e) => assert!(e.to_string().contains(why), "{bad}: {e}"),
+            Ok(b) => panic!("{bad} was accepted as {b:?}"),
+        }
     }
+    // The older skiff's unbound CSR is refused as a renewal with its own words.
+    let e = renewal_csr_binding(&read("redemption.csr")).unwrap_err();
+    assert!(e.to_string().contains("binds neither"), "{e}");
 }

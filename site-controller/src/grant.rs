@@ -8,7 +8,9 @@
 //! its subject, which the key signs), so a CSR one issuer saw cannot be redeemed at another:
 //! the issuer refuses one bound to another site or more than [`CSR_FRESHNESS`] from its
 //! clock, and takes the unbound CSR of an older redeemer only for a site id it has no record
-//! of. Redemptions are serialised by one lock, and the grant's use
+//! of, or as that site's own retry of the redemption recorded (same key and grant, never
+//! renewed, not revoked). Every request is read against the record in the folder, not memory.
+//! Redemptions are serialised by one lock, and the grant's use
 //! count is spent only after signing succeeded, so two concurrent redemptions of a one-use
 //! token: exactly one wins.
 //!
@@ -287,6 +289,16 @@ fn overlap_end(now: OffsetDateTime, overlap: Duration) -> Result<OffsetDateTime,
         })
 }
 
+/// Whether an older redeemer's unbound CSR (naming no issuer and no time) may redeem for the
+/// site of record `spec`, with the key of fingerprint `key` and the grant named `grant`: only
+/// as that site's own retry of the redemption recorded (its answer lost), with the same key
+/// and grant, not revoked, and never renewed since. Such a retry spends nothing and leaves the
+/// record that site's; an unbound CSR another issuer saw could otherwise be replayed to turn
+/// a renewed site's serial over and get its held certificate refused.
+fn unbound_retry_allowed(spec: &LinkedSiteSpec, key: &str, grant: &str) -> bool {
+    spec.key_fingerprint == key && spec.grant == grant && !spec.revoked && !spec.has_renewed()
+}
+
 /// How far the time a renewal or redemption CSR names may be from the issuer's clock.
 pub const CSR_FRESHNESS: Duration = Duration::from_secs(5 * 60);
 
@@ -449,30 +461,15 @@ impl GrantService {
                 "a site cannot link to itself: redeem the token at another site".into(),
             ));
         }
-        let known = self.linked.get(req.site_id);
         // The CSR must be meant for this issuer, now: one another issuer saw (a redemption or
-        // a renewal there) cannot redeem here. An older redeemer's CSR names no issuer: it is
-        // taken only for a site id with no record here, where it can disturb nothing.
-        match skiff_certs::csr_binding(&req.csr) {
+        // a renewal there) cannot redeem here. An older redeemer's CSR names no issuer and no
+        // time; what it may do is decided below, against the record.
+        let bound = match skiff_certs::csr_binding(&req.csr) {
             Ok(skiff_certs::CsrBinding::Redemption { issuer, at }) => {
-                self.check_binding("redemption", "skiff token redeem", issuer, at, now)?
+                self.check_binding("redemption", "skiff token redeem", issuer, at, now)?;
+                true
             }
-            Ok(skiff_certs::CsrBinding::Unbound) => {
-                // Memory and folder: a record just written (an offline link made a moment
-                // ago) counts before the reload that brings it into memory.
-                let on_disk = crate::site::load_linked_site(&self.folder, req.site_id)
-                    .map_err(internal)?
-                    .is_some();
-                if known.is_some() || on_disk {
-                    return Err((
-                        StatusCode::FORBIDDEN,
-                        format!(
-                            "the redemption request names no issuing site and no time (an older skiff makes it so), and site {} is already linked here: only a request bound to this site and made now may change its record; upgrade the redeeming skiff and redeem again",
-                            req.site_id
-                        ),
-                    ));
-                }
-            }
+            Ok(skiff_certs::CsrBinding::Unbound) => false,
             Ok(skiff_certs::CsrBinding::Renewal { .. }) => {
                 return Err((
                     StatusCode::BAD_REQUEST,
@@ -485,9 +482,27 @@ impl GrantService {
                     format!("bad certificate request: {e}"),
                 ));
             }
-        }
-        // Signing changes nothing yet; the checks that need the key come after it.
+        };
+        // The CSR is for the site id the request names (signature, key and URI SAN checked)
+        // before any record is looked at, so no answer says whether some other site id is
+        // linked here. Signing changes nothing yet.
         let (cert, key) = self.sign_for(&req.csr, req.site_id)?;
+        // The folder is the truth, for every kind of request: a record written a moment ago
+        // (an offline link, a `skiff link revoke`) counts before the reload that brings it
+        // into memory, and a deleted one stays deleted.
+        let known = crate::site::load_linked_site(&self.folder, req.site_id).map_err(internal)?;
+        if let Some(k) = &known
+            && !bound
+            && !unbound_retry_allowed(&k.spec, &key, &grant.metadata.name)
+        {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the redemption request names no issuing site and no time (an older skiff makes it so), and site {} is already linked here: only a request bound to this site and made now may change its record; upgrade the redeeming skiff and redeem again",
+                    req.site_id
+                ),
+            ));
+        }
         if let Some(k) = &known {
             if k.spec.revoked {
                 return Err((
@@ -608,14 +623,8 @@ impl GrantService {
         };
         // The CSR must be meant for this issuer, now: one made for another issuer (a
         // redemption or a renewal there) cannot renew here.
-        let (bound_to, at) = skiff_certs::renewal_csr_binding(&req.csr).map_err(|e| {
-            (
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "bad renewal request: {e} (a renewing skiff older than this issuer sends none: upgrade it)"
-                ),
-            )
-        })?;
+        let (bound_to, at) = skiff_certs::renewal_csr_binding(&req.csr)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad renewal request: {e}")))?;
         self.check_binding("renewal", "skiff link renew", bound_to, at, now)?;
         // The folder is the truth (a `skiff link revoke` may have written it a moment ago; a
         // deleted record stays deleted).

@@ -282,13 +282,21 @@ fn a_renewal_csr_is_bound_to_its_issuer_and_time_and_a_redemption_csr_is_not_one
     let ca = SiteCa::generate("x", issuer).unwrap();
     let (id, _) = ca.sign_link_csr(&csr, Duration::from_secs(60)).unwrap();
     assert_eq!(id, site);
-    let redemption = link_csr(site, "b", &key).unwrap();
-    let e = renewal_csr_binding(&redemption).unwrap_err();
-    assert!(e.to_string().contains("not a renewal request"), "{e}");
-    // A site named like a renewal subject cannot make its redemption CSR pass either: site
-    // names have no spaces, and the prefix differs.
+    // The unbound CSR an older skiff sent to redeem and to renew: refused with words for the
+    // older renewer (upgrade), not as a redemption request.
+    let older = link_csr(site, "b", &key).unwrap();
+    let e = renewal_csr_binding(&older).unwrap_err().to_string();
+    assert!(
+        e.contains("binds neither the issuing site nor a time")
+            && e.contains("older than this issuer")
+            && e.contains("upgrade the renewing site's skiff")
+            && !e.contains("redemption"),
+        "{e}"
+    );
+    // A site named like a renewal subject cannot make its CSR pass either: site names have no
+    // spaces, and the prefix differs.
     let e = renewal_csr_binding(&link_csr(site, "renew", &key).unwrap()).unwrap_err();
-    assert!(e.to_string().contains("not a renewal request"), "{e}");
+    assert!(e.to_string().contains("binds neither"), "{e}");
 }
 
 /// A redemption CSR names the issuer and the moment it was made; it never passes as a

@@ -1,6 +1,7 @@
 //! Tests of the grant service: endpoint parsing, the serial rule and its overlap windows,
 //! renewals (bound to this issuer, never locking out a held certificate) and redemptions
-//! (bound to this issuer and a time; an older redeemer's unbound CSR only for a new site).
+//! (bound to this issuer and a time; an older redeemer's unbound CSR only for a new site or
+//! as its own retry; the record read from the folder; the CSR checked before any record).
 
 use super::*;
 
@@ -149,7 +150,7 @@ async fn renewals_are_bound_to_this_issuer_and_never_lock_out_a_held_certificate
         (redemption_csr.clone(), "not a renewal request"),
         (
             skiff_certs::link_csr(b, "b", &key).unwrap(),
-            "not a renewal request",
+            "binds neither the issuing site nor a time",
         ),
         (
             skiff_certs::renewal_csr(b, SiteId::random(), now, &key).unwrap(),
@@ -335,4 +336,248 @@ async fn redemptions_are_bound_to_this_issuer_and_a_replayed_one_changes_nothing
     let csr = skiff_certs::link_csr(d, "d", &d_key).unwrap();
     let (_, e) = svc.redeem(redeem(&ds, d, csr), peer).await.unwrap_err();
     assert!(e.contains("upgrade the redeeming skiff"), "{e}");
+}
+
+/// An issuing site y with a grant service and no linked site, for the redemption tests.
+struct Issuer {
+    _dir: tempfile::TempDir,
+    folder: SiteFolder,
+    id: SiteId,
+    linked: Arc<LinkedSites>,
+    svc: GrantService,
+}
+
+impl Issuer {
+    fn new() -> Self {
+        skiff_certs::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let folder = SiteFolder::new(dir.path().join("y"));
+        folder.create_dirs().unwrap();
+        let id = SiteId::random();
+        let ca = SiteCa::generate("y", id).unwrap();
+        let linked = Arc::new(LinkedSites::default());
+        let svc = GrantService::new(folder.clone(), ca, id, "y".into(), vec![], linked.clone());
+        Issuer {
+            _dir: dir,
+            folder,
+            id,
+            linked,
+            svc,
+        }
+    }
+
+    /// A one-use grant named `name`; returns its code.
+    fn grant(&self, name: &str) -> String {
+        let g = skiff_certs::AccessGrant::new(
+            name,
+            Duration::from_secs(600),
+            1,
+            1,
+            OffsetDateTime::now_utc(),
+        );
+        save_grant(&self.folder, &g).unwrap();
+        g.spec.code
+    }
+
+    async fn redeem(
+        &self,
+        code: &str,
+        site_id: SiteId,
+        csr: String,
+    ) -> Result<RedeemResponse, (StatusCode, String)> {
+        let req = RedeemRequest {
+            code: code.into(),
+            csr,
+            site_id,
+            site_name: "c".into(),
+        };
+        self.svc.redeem(req, "127.0.0.1:1".parse().unwrap()).await
+    }
+
+    /// The bytes of `site`'s record in peers/.
+    fn record_bytes(&self, site: SiteId) -> Vec<u8> {
+        std::fs::read(self.folder.peers_dir().join(format!("{site}.yaml"))).unwrap()
+    }
+
+    fn record(&self, site: SiteId) -> Option<LinkedSite> {
+        crate::site::load_linked_site(&self.folder, site).unwrap()
+    }
+}
+
+/// An older redeemer c (unbound CSR) whose answer was lost: the commit (Kubernetes) failed
+/// after the record was written and the one-use token spent, and c was answered 503. Its
+/// retry is answered with a certificate that links here, and spends nothing. Everything else
+/// an unbound CSR for c could be is refused as before, writing and spending nothing: another
+/// key, another grant, c revoked (in the folder only), c renewed since.
+#[tokio::test]
+async fn an_older_redeemers_own_retry_is_answered_and_spends_nothing_and_the_rest_is_refused() {
+    use skiff_router::link::InboundPolicy;
+    let y = Issuer::new();
+    let c = SiteId::random();
+    let c_key = skiff_certs::generate_link_key().unwrap();
+    let code = y.grant("g-c");
+    let unbound = skiff_certs::link_csr(c, "c", &c_key).unwrap();
+
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    y.svc.set_commit_hook(Arc::new(Hook(fail.clone())));
+    let (status, e) = y.redeem(&code, c, unbound.clone()).await.unwrap_err();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    // Recorded and spent, but c never got its certificate.
+    assert!(y.record(c).is_some());
+    assert_eq!(redemptions_made(&y.folder), [("g-c".to_string(), 1)]);
+    fail.store(false, std::sync::atomic::Ordering::Relaxed);
+
+    // c retries with the same request: answered, with a certificate for c's key that links.
+    let answer = y.redeem(&code, c, unbound.clone()).await.unwrap();
+    let fingerprint = skiff_certs::key_fingerprint_pem(&answer.certificate).unwrap();
+    let serial = skiff_certs::certificate_serial_pem(&answer.certificate).unwrap();
+    assert_eq!(
+        fingerprint,
+        skiff_certs::private_key_fingerprint(&c_key).unwrap()
+    );
+    y.linked.admit(c).unwrap();
+    y.linked.check_key(c, &fingerprint).unwrap();
+    y.linked.check_serial(c, &serial).unwrap();
+    // Spent once, and the record is still c's: its key, its grant.
+    assert_eq!(redemptions_made(&y.folder), [("g-c".to_string(), 1)]);
+    let record = y.record(c).unwrap();
+    assert_eq!(
+        (
+            record.spec.key_fingerprint.as_str(),
+            record.spec.grant.as_str()
+        ),
+        (fingerprint.as_str(), "g-c")
+    );
+
+    // Not a retry of c's own redemption: refused, nothing written or spent.
+    let other_key = skiff_certs::generate_link_key().unwrap();
+    let other_code = y.grant("g-other");
+    let bytes = y.record_bytes(c);
+    let spent = redemptions_made(&y.folder);
+    let refused = [
+        (
+            code.clone(),
+            skiff_certs::link_csr(c, "c", &other_key).unwrap(),
+            "another key",
+        ),
+        (other_code.clone(), unbound.clone(), "another grant"),
+    ];
+    for (code, csr, what) in refused {
+        let (status, e) = y.redeem(&code, c, csr).await.unwrap_err();
+        assert!(
+            status == StatusCode::FORBIDDEN && e.contains("upgrade the redeeming skiff"),
+            "{what}: {status} {e}"
+        );
+        assert_eq!(y.record_bytes(c), bytes, "{what}");
+        assert_eq!(redemptions_made(&y.folder), spent, "{what}");
+    }
+
+    // c revoked a moment ago (`skiff link revoke` wrote the folder; memory not reloaded).
+    let mut revoked = record.clone();
+    revoked.spec.revoked = true;
+    revoked.spec.revoked_at = Some(OffsetDateTime::now_utc().format(&Rfc3339).unwrap());
+    save_linked_site(&y.folder, &revoked).unwrap();
+    let revoked_bytes = y.record_bytes(c);
+    let (status, e) = y.redeem(&code, c, unbound.clone()).await.unwrap_err();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    assert_eq!(y.record_bytes(c), revoked_bytes);
+    save_linked_site(&y.folder, &record).unwrap();
+
+    // c renewed since (with an upgraded skiff): its old unbound CSR is what a replay would
+    // send, and is refused; the renewed record stays.
+    let now = OffsetDateTime::now_utc();
+    let csr = skiff_certs::renewal_csr(c, y.id, now, &c_key).unwrap();
+    y.svc
+        .renew(
+            RenewRequest { site_id: c, csr },
+            "127.0.0.1:1".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+    let renewed_bytes = y.record_bytes(c);
+    let (status, e) = y.redeem(&code, c, unbound).await.unwrap_err();
+    assert!(
+        status == StatusCode::FORBIDDEN && e.contains("upgrade the redeeming skiff"),
+        "{status} {e}"
+    );
+    assert_eq!(y.record_bytes(c), renewed_bytes);
+    assert_eq!(redemptions_made(&y.folder), spent);
+}
+
+/// Every redemption reads the site's record from the folder, as a renewal does: a revocation
+/// written a moment ago (not reloaded into memory) refuses a bound redemption of that site,
+/// which stays revoked; an offline link record on disk only refuses a bound redemption of its
+/// id with another key. And a CSR for another site id than the request names is refused for
+/// that, before any record is read: the answer does not say whether the named id is linked.
+#[tokio::test]
+async fn redemptions_read_the_record_from_the_folder_and_check_the_csr_first() {
+    let y = Issuer::new();
+    let now = OffsetDateTime::now_utc();
+    let f = SiteId::random();
+    let f_key = skiff_certs::generate_link_key().unwrap();
+    let f_code = y.grant("g-f");
+    let bound = |site: SiteId, key: &str| {
+        skiff_certs::redemption_csr(site, y.id, OffsetDateTime::now_utc(), key).unwrap()
+    };
+    y.redeem(&f_code, f, bound(f, &f_key)).await.unwrap();
+
+    // `skiff link revoke f` wrote the folder; the reload has not run.
+    let mut record = y.record(f).unwrap();
+    record.spec.revoked = true;
+    record.spec.revoked_at = Some(now.format(&Rfc3339).unwrap());
+    save_linked_site(&y.folder, &record).unwrap();
+    assert!(!y.linked.get(f).unwrap().spec.revoked);
+    let revoked = y.record_bytes(f);
+    let another = y.grant("g-f2");
+    for code in [&f_code, &another] {
+        let (status, e) = y.redeem(code, f, bound(f, &f_key)).await.unwrap_err();
+        assert!(
+            status == StatusCode::FORBIDDEN && e.contains("was revoked here"),
+            "{status} {e}"
+        );
+        assert_eq!(y.record_bytes(f), revoked);
+    }
+    assert!(y.record(f).unwrap().spec.revoked);
+
+    // An offline link record, on disk only: its id is taken by the key it names.
+    let g = SiteId::random();
+    save_linked_site(
+        &y.folder,
+        &LinkedSite::new(LinkedSiteSpec {
+            site_id: g,
+            ..spec()
+        }),
+    )
+    .unwrap();
+    assert!(y.linked.get(g).is_none());
+    let offline = y.record_bytes(g);
+    let spent = redemptions_made(&y.folder);
+    let g_key = skiff_certs::generate_link_key().unwrap();
+    let (status, e) = y.redeem(&another, g, bound(g, &g_key)).await.unwrap_err();
+    assert!(
+        status == StatusCode::CONFLICT && e.contains("already linked here by another site"),
+        "{status} {e}"
+    );
+    assert_eq!(y.record_bytes(g), offline);
+    assert_eq!(redemptions_made(&y.folder), spent);
+
+    // A CSR for a site id other than the one the request names (linked f, offline g): the
+    // answer is about the CSR, whatever the record of the named id.
+    let t = SiteId::random();
+    let t_key = skiff_certs::generate_link_key().unwrap();
+    for (named, csr) in [
+        (f, skiff_certs::link_csr(t, "t", &t_key).unwrap()),
+        (g, skiff_certs::link_csr(t, "t", &t_key).unwrap()),
+        (f, bound(t, &t_key)),
+        (g, bound(t, &t_key)),
+    ] {
+        let (status, e) = y.redeem(&another, named, csr).await.unwrap_err();
+        assert!(
+            status == StatusCode::BAD_REQUEST
+                && e.contains(&format!("the certificate request is for site {t}")),
+            "{status} {e}"
+        );
+    }
+    assert_eq!(redemptions_made(&y.folder), spent);
+    assert_eq!(std::fs::read_dir(y.folder.peers_dir()).unwrap().count(), 2);
 }
