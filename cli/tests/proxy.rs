@@ -241,6 +241,13 @@ fn wait_for(
     site.wait_link(within, what, |l| l["name"] == name && pred(l))
 }
 
+/// When a link entered its state (`since`, RFC 3339).
+fn since(l: &Value) -> time::OffsetDateTime {
+    let s = l["since"].as_str().unwrap_or_default();
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("since {s:?}: {e}"))
+}
+
 #[test]
 fn a_link_redeemed_through_a_proxy_is_tls_and_carries_a_flow_intact() {
     let echo = Echo::start();
@@ -393,6 +400,14 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
     let got = ok(&["get", "links", "-o", "yaml", "--dir", east.d()]);
     let saved = east.dir.with_file_name("links.yaml");
     std::fs::write(&saved, &got.stdout).unwrap();
+    let before = wait_for(
+        &east,
+        "west",
+        Duration::from_secs(10),
+        "up before the delete",
+        |l| l["status"] == "up",
+    );
+    let old_since = since(&before);
     ok(&["link", "delete", "west", "--dir", east.d()]);
     assert!(!link_file(&east, "west").exists());
     ok(&["apply", "-f", saved.to_str().unwrap(), "--dir", east.d()]);
@@ -405,12 +420,15 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
         mode, 0o600,
         "skiff apply wrote the link with its password {mode:o}"
     );
+    // The new link, not the deleted one (`closing` until west hangs up; `since` is when a
+    // link entered its state, with milliseconds, so a later one is the new link): then
+    // `active` below is over it.
     let up = wait_for(
         &east,
         "west",
         Duration::from_secs(10),
-        "up with credentials",
-        |l| l["status"] == "up",
+        "up again with credentials",
+        |l| l["status"] == "up" && since(l) > old_since,
     );
     assert_eq!(up["transport"], "tls");
     let addr = east.wait_listener_active("echo", Duration::from_secs(10));
