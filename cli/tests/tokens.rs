@@ -463,3 +463,85 @@ fn a_redemption_request_replayed_at_another_issuer_is_refused_and_spends_nothing
     assert!(y.dir.join("peers").join(format!("{old}.yaml")).exists());
     assert_eq!(redemptions_made(&y, &old_token), 1);
 }
+
+/// A site of an older skiff redeems with an unbound CSR (`CN=skiff link <name>`) and loses
+/// the answer (its process died, or the issuer answered 503 after storing the redemption): it
+/// retries the same request over TLS. y answers again with a certificate for the same key, the
+/// one-use token is spent once only (another site then finds it spent), and the site, given
+/// the retry's certificate, links to y. An unbound CSR for that site id with another key is
+/// still refused.
+#[test]
+fn an_older_redeemers_retry_after_a_lost_answer_is_answered_spends_nothing_and_links() {
+    use skiff_site_controller::SiteError;
+    use skiff_site_controller::resources::{Link, LinkSpec};
+    let mut y = Site::create("y", true);
+    y.start();
+    let mut old = Site::create("old", false);
+    let token_file = token_path(&y, "y-for-old.yaml");
+    y.issue(&token_file, &[]);
+    let token = read_token(&token_file);
+    let oid: skiff_certs::SiteId = common::site_id(&old).parse().unwrap();
+    let key = std::fs::read_to_string(old.dir.join("link.key")).unwrap();
+    let csr = skiff_certs::link_csr(oid, "old", &key).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let redeem = |csr: &str| {
+        rt.block_on(skiff_site_controller::grant::redeem_token(
+            &token, oid, "old", csr, None,
+        ))
+    };
+    // The first answer is lost.
+    redeem(&csr).unwrap();
+    assert_eq!(redemptions_made(&y, &token), 1);
+    let t0 = std::time::Instant::now();
+    let retry = match redeem(&csr) {
+        Ok(answer) => answer,
+        Err(e) => panic!("y refused an older redeemer's own retry: {e:?}"),
+    };
+    eprintln!("the retry was answered in {:?}", t0.elapsed());
+    assert_eq!(
+        skiff_certs::key_fingerprint_pem(&retry.certificate).unwrap(),
+        skiff_certs::private_key_fingerprint(&key).unwrap()
+    );
+    assert_eq!(redemptions_made(&y, &token), 1);
+
+    // Another key for the same site id is no retry: refused, nothing spent.
+    let other = skiff_certs::generate_link_key().unwrap();
+    match redeem(&skiff_certs::link_csr(oid, "old", &other).unwrap()) {
+        Err(SiteError::RedemptionRefused { reason, .. }) => {
+            assert!(reason.contains("upgrade the redeeming skiff"), "{reason}")
+        }
+        other => panic!("y answered another key for a linked site id with {other:?}"),
+    }
+    assert_eq!(redemptions_made(&y, &token), 1);
+    // The token is spent: another site cannot use it.
+    let north = Site::create("north", false);
+    let err = redeem_fails(&north, &token_file);
+    assert!(err.contains("already redeemed"), "{err}");
+
+    // The older site, given the retry's certificate, links to y.
+    let link = Link::new(
+        "y",
+        LinkSpec {
+            peer_site_id: retry.site_id,
+            peer_site_name: retry.site_name.clone(),
+            endpoints: retry.endpoints.clone(),
+            peer_ca: token.spec.ca.clone(),
+            client_certificate: retry.certificate.clone(),
+            cost: retry.link_cost,
+            transport: "auto".into(),
+            client_key: None,
+            proxy: None,
+        },
+    );
+    let folder = skiff_site_controller::folder::SiteFolder::new(old.dir.clone());
+    skiff_site_controller::site::save_link(&folder, &link).unwrap();
+    old.start();
+    old.wait_link(
+        Duration::from_secs(10),
+        "the older site up to y with the retry's certificate",
+        is_link("up", "y"),
+    );
+}
