@@ -626,6 +626,10 @@ impl GrantService {
         let (bound_to, at) = skiff_certs::renewal_csr_binding(&req.csr)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad renewal request: {e}")))?;
         self.check_binding("renewal", "skiff link renew", bound_to, at, now)?;
+        // The CSR is for the site id the request names before any record is looked at, so no
+        // answer says whether some other site id is linked or revoked here. Signing changes
+        // nothing yet.
+        let (cert, key) = self.sign_for(&req.csr, req.site_id)?;
         // The folder is the truth (a `skiff link revoke` may have written it a moment ago; a
         // deleted record stays deleted).
         let known = crate::site::load_linked_site(&self.folder, req.site_id).map_err(internal)?;
@@ -647,7 +651,6 @@ impl GrantService {
                 ),
             ));
         }
-        let (cert, key) = self.sign_for(&req.csr, req.site_id)?;
         if key != known.spec.key_fingerprint {
             return Err((
                 StatusCode::FORBIDDEN,

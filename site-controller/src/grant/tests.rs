@@ -508,7 +508,8 @@ async fn an_older_redeemers_own_retry_is_answered_and_spends_nothing_and_the_res
 /// written a moment ago (not reloaded into memory) refuses a bound redemption of that site,
 /// which stays revoked; an offline link record on disk only refuses a bound redemption of its
 /// id with another key. And a CSR for another site id than the request names is refused for
-/// that, before any record is read: the answer does not say whether the named id is linked.
+/// that, before any record is read, in a redemption (unbound or bound) and in a renewal: the
+/// answer does not say whether the named id is linked, revoked or unknown.
 #[tokio::test]
 async fn redemptions_read_the_record_from_the_folder_and_check_the_csr_first() {
     let y = Issuer::new();
@@ -578,6 +579,28 @@ async fn redemptions_read_the_record_from_the_folder_and_check_the_csr_first() {
             "{status} {e}"
         );
     }
+    // A renewal too: its CSR for t, named as revoked f, offline g or an id never seen.
+    for named in [f, g, SiteId::random()] {
+        let csr = skiff_certs::renewal_csr(t, y.id, OffsetDateTime::now_utc(), &t_key).unwrap();
+        let (status, e) = y
+            .svc
+            .renew(
+                RenewRequest {
+                    site_id: named,
+                    csr,
+                },
+                "127.0.0.1:1".parse().unwrap(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            status == StatusCode::BAD_REQUEST
+                && e.contains(&format!("the certificate request is for site {t}")),
+            "{status} {e}"
+        );
+    }
+    assert_eq!(y.record_bytes(f), revoked);
+    assert_eq!(y.record_bytes(g), offline);
     assert_eq!(redemptions_made(&y.folder), spent);
     assert_eq!(std::fs::read_dir(y.folder.peers_dir()).unwrap().count(), 2);
 }
