@@ -652,7 +652,7 @@ async fn a_pooled_connection_on_a_closing_link_takes_no_new_request() {
     })
     .await;
     eprintln!(
-        "closing shown {shown:?} after the request; next request {took:?}; link gone {:?} after",
+        "closing shown {shown:?} after the close was asked for; next request {took:?}; closing link gone {:?} after",
         t0.elapsed()
     );
     ri.shutdown().await;
