@@ -66,6 +66,7 @@ use crate::wire::RouterMode;
 pub use explain::chain as error_chain;
 pub use mux::{LinkRead, LinkStream, LinkWrite, StreamReader, StreamWriter};
 pub use proxy::{ProxyConfig, ProxyError, ProxyUrlError};
+pub(crate) use router::Closing;
 pub use router::{IncomingStream, LinkHandle, Router};
 pub use routes::{KeySite, KeyStatus, NetworkStatus};
 pub use rtt::{RTT_BUCKETS, RttHistogram};

@@ -163,6 +163,11 @@ impl LinkHandle {
         self.closer.is_requested()
     }
 
+    /// What tells whether the link is closing, without holding the link's connection.
+    pub(crate) fn closing(&self) -> Closing {
+        Closing(self.closer.clone())
+    }
+
     /// Whether a UDP flow may go to the peer: a router older than link protocol 1.2 cannot
     /// decode a flow header of protocol `udp`. The error says why (naming the peer
     /// `peer_name`), for a no-route answer.
@@ -183,6 +188,18 @@ impl LinkHandle {
             ));
         }
         Ok(())
+    }
+}
+
+/// Whether a link is being closed ([`LinkHandle::closing`]): for what outlives a lookup of
+/// the link (a pooled connection on it) and must not keep the link's connection alive.
+#[derive(Clone, Debug)]
+pub(crate) struct Closing(LinkCloser);
+
+impl Closing {
+    /// Whether this router asked the link to close.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.0.is_requested()
     }
 }
 

@@ -31,9 +31,9 @@ pub(crate) const CONNECTIONS_PER_PEER: usize = 64;
 pub(crate) struct PeerConn {
     sender: http2::SendRequest<Body>,
     in_flight: AtomicUsize,
-    /// The link its flow stream rides on: once that link is closing, no new request goes
-    /// here (it would be lost when the link closes, up to `dead_after` + 2 s later).
-    link: crate::link::LinkHandle,
+    /// Whether the link its flow stream rides on is closing: then no new request goes here
+    /// (it would be lost when the link closes, up to `dead_after` + 2 s later).
+    link: crate::link::Closing,
 }
 
 impl PeerConn {
@@ -152,7 +152,7 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
         .next_hop
         .ok_or_else(|| "a local target has no peer connection".to_owned())?;
     let flow_id = flows.new_flow_id();
-    let (mut stream, out, link) = flows
+    let (mut stream, out, handle) = flows
         .open_flow_on(target, hop, flow_id, Protocol::Http)
         .await?;
     let mut answer = BytesMut::with_capacity(256);
@@ -216,6 +216,6 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
     Ok(PeerConn {
         sender,
         in_flight: AtomicUsize::new(0),
-        link,
+        link: handle.closing(),
     })
 }
