@@ -140,17 +140,6 @@ impl Drop for Tinyproxy {
     }
 }
 
-/// The link port of a site created with a fixed port (`linkPort:` in site.yaml).
-fn link_port(site: &Site) -> u16 {
-    let yaml = std::fs::read_to_string(site.dir.join("site.yaml")).unwrap();
-    yaml.lines()
-        .find_map(|l| l.trim().strip_prefix("linkPort:"))
-        .expect("linkPort in site.yaml")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn link_file(site: &Site, name: &str) -> PathBuf {
     site.dir.join("links").join(format!("{name}.yaml"))
 }
@@ -252,7 +241,7 @@ fn since(l: &Value) -> time::OffsetDateTime {
 fn a_link_redeemed_through_a_proxy_is_tls_and_carries_a_flow_intact() {
     let echo = Echo::start();
     let (mut west, mut east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     let Some(proxy) = Tinyproxy::start(&[port], None) else {
         return;
     };
@@ -350,7 +339,7 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
     const WRONG: &str = "not-the-Pa55";
     let echo = Echo::start();
     let (west, mut east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     let Some(proxy) = Tinyproxy::start(&[port], Some(("skiffuser", PASSWORD))) else {
         return;
     };
@@ -481,7 +470,7 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
 fn a_stopped_proxy_is_named_and_the_link_comes_back_by_itself() {
     let echo = Echo::start();
     let (west, east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     let Some(mut proxy) = Tinyproxy::start(&[port], None) else {
         return;
     };
@@ -556,7 +545,7 @@ fn a_stopped_proxy_is_named_and_the_link_comes_back_by_itself() {
 fn a_port_the_proxy_does_not_allow_is_named_with_its_403() {
     let echo = Echo::start();
     let (west, mut east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     // CONNECT allowed to 443 only, not to the link port.
     let Some(proxy) = Tinyproxy::start(&[443], None) else {
         return;
@@ -655,7 +644,7 @@ fn quic_through_a_proxy_and_bad_proxy_urls_are_refused_with_the_reason() {
 fn an_offline_link_file_installed_with_a_proxy_dials_through_it() {
     let echo = Echo::start();
     let (west, east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     let Some(proxy) = Tinyproxy::start(&[port], None) else {
         return;
     };

@@ -255,17 +255,6 @@ fn closing_is_counted(site: &Site, round: usize) {
     );
 }
 
-/// The link port of a site (`linkPort:` in site.yaml).
-fn link_port(site: &Site) -> u16 {
-    let yaml = std::fs::read_to_string(site.dir.join("site.yaml")).unwrap();
-    yaml.lines()
-        .find_map(|l| l.trim().strip_prefix("linkPort:"))
-        .expect("linkPort in site.yaml")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// east links to west over TLS/TCP through a relay; west serves `echo`, east listens for it.
 /// Each round: the relay holds the link up now (its close frame never reaches west, so east's
 /// end lingers) and delays the next connection by `DELAY`; the link is deleted and applied
@@ -280,7 +269,7 @@ fn a_listener_is_active_only_when_a_flow_would_pass_across_a_relink() {
     let mut east = Site::create("east", false);
     west.start();
     east.start();
-    let west_port = link_port(&west);
+    let west_port = west.link_port();
     let relay = Relay::start(west_port);
     link_over(&east, &west, "tls");
     let direct = east.dir.with_file_name("direct-links.yaml");
