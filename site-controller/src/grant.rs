@@ -545,13 +545,23 @@ impl GrantService {
             }
             _ => (false, Vec::new()),
         };
+        // A retry answers the redemption already recorded: the name and the time stay as
+        // they were (the grant is not checked again, so a replayed request must not rename
+        // the site); only the new certificate's serial changes.
+        let (site_name, linked_at) = match &known {
+            Some(k) if retry => (k.spec.site_name.clone(), k.spec.linked_at.clone()),
+            _ => (
+                req.site_name.chars().take(63).collect(),
+                now.format(&Rfc3339).unwrap_or_default(),
+            ),
+        };
         let linked = LinkedSite::new(LinkedSiteSpec {
             site_id: req.site_id,
-            site_name: req.site_name.chars().take(63).collect(),
+            site_name,
             grant: grant.metadata.name.clone(),
             certificate_serial: cert.serial.clone(),
             key_fingerprint: key,
-            linked_at: now.format(&Rfc3339).unwrap_or_default(),
+            linked_at,
             revoked: false,
             revoked_at: None,
             renewed,

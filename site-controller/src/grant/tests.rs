@@ -385,11 +385,22 @@ impl Issuer {
         site_id: SiteId,
         csr: String,
     ) -> Result<RedeemResponse, (StatusCode, String)> {
+        self.redeem_as(code, site_id, "c", csr).await
+    }
+
+    /// A redemption whose request names the site `site_name`.
+    async fn redeem_as(
+        &self,
+        code: &str,
+        site_id: SiteId,
+        site_name: &str,
+        csr: String,
+    ) -> Result<RedeemResponse, (StatusCode, String)> {
         let req = RedeemRequest {
             code: code.into(),
             csr,
             site_id,
-            site_name: "c".into(),
+            site_name: site_name.into(),
         };
         self.svc.redeem(req, "127.0.0.1:1".parse().unwrap()).await
     }
@@ -423,9 +434,25 @@ async fn an_older_redeemers_own_retry_is_answered_and_spends_nothing_and_the_res
     let (status, e) = y.redeem(&code, c, unbound.clone()).await.unwrap_err();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{e}");
     // Recorded and spent, but c never got its certificate.
-    assert!(y.record(c).is_some());
+    let first = y.record(c).unwrap();
+    assert_eq!(first.spec.site_name, "c");
     assert_eq!(redemptions_made(&y.folder), [("g-c".to_string(), 1)]);
     fail.store(false, std::sync::atomic::Ordering::Relaxed);
+
+    // The same request naming another site: whoever holds c's old CSR and the spent code is
+    // answered as c's retry, but cannot rename c's record or move the time it was linked.
+    y.redeem_as(&code, c, "mallory", unbound.clone())
+        .await
+        .unwrap();
+    let renamed = y.record(c).unwrap();
+    assert_eq!(
+        (
+            renamed.spec.site_name.as_str(),
+            renamed.spec.linked_at.as_str()
+        ),
+        ("c", first.spec.linked_at.as_str())
+    );
+    assert_eq!(redemptions_made(&y.folder), [("g-c".to_string(), 1)]);
 
     // c retries with the same request: answered, with a certificate for c's key that links.
     let answer = y.redeem(&code, c, unbound.clone()).await.unwrap();
@@ -479,7 +506,17 @@ async fn an_older_redeemers_own_retry_is_answered_and_spends_nothing_and_the_res
     save_linked_site(&y.folder, &revoked).unwrap();
     let revoked_bytes = y.record_bytes(c);
     let (status, e) = y.redeem(&code, c, unbound.clone()).await.unwrap_err();
-    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    // Refused as an unbound request for a linked site (not a retry: c is revoked), before
+    // the revocation check a bound request meets.
+    assert_eq!(
+        (status, e),
+        (
+            StatusCode::FORBIDDEN,
+            format!(
+                "the redemption request names no issuing site and no time (an older skiff makes it so), and site {c} is already linked here: only a request bound to this site and made now may change its record; upgrade the redeeming skiff and redeem again"
+            )
+        )
+    );
     assert_eq!(y.record_bytes(c), revoked_bytes);
     save_linked_site(&y.folder, &record).unwrap();
 
