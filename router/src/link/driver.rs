@@ -247,9 +247,15 @@ pub(crate) async fn run_link(
                 // ([`LinkCloser::is_requested`]).
                 routes.send(RouteEvent::LinkDown { link: route_link });
                 let _ = send_within(&mut control, &ControlFrame::Close { reason: reason.clone() }, timing.dead_after).await;
-                control.finish().await;
                 // Give the Close frame time to arrive: the peer hangs up when it reads it.
-                let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+                // Finishing the stream is inside the same bound (as the send is inside
+                // `dead_after`): a peer that stops reading must not keep this link `closing`
+                // for ever, and the whole close takes at most `dead_after` + LINGER.
+                let _ = tokio::time::timeout(LINGER, async {
+                    control.finish().await;
+                    conn.closed().await;
+                })
+                .await;
                 break LinkEnd::ClosedByUs(reason);
             }
             frame = control.recv() => {
