@@ -238,7 +238,7 @@ struct CloseSeen {
     closing_statuses: Vec<String>,
     /// `/metrics` counted it: `skiff_links{status="closing"} 1`.
     metrics_closing: bool,
-    /// `site status` counted it: `, 1 closing`.
+    /// `site status` counted it: `links: 0 up, 1 connecting, 0 refused, 1 closing`.
     status_closing: bool,
 }
 
@@ -316,7 +316,7 @@ fn watch_close(site: &Site, round: usize, deleted: Instant, within: Duration) ->
             !acted(&seen) || status.contains("links: 0 up, "),
             "round {round}: {status}"
         );
-        seen.status_closing |= status.contains(", 1 closing");
+        seen.status_closing |= status.contains("links: 0 up, 1 connecting, 0 refused, 1 closing");
         if seen.closing_after.is_some()
             && seen.no_target_after.is_some()
             && seen.metrics_closing
