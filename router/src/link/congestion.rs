@@ -11,13 +11,20 @@
 //! each way that ended in silences of 4 s that took the link down (docs/reliability.md): a
 //! smoothed RTT of 150 ms on a 0.1 ms path, windows of 5-50 KB but 0-2 packets sent a second.
 //!
-//! The fix: when quinn asks for the window (it does when a packet has arrived, when the
-//! application writes and when a timer fires) and nothing has been sent for a smoothed round
-//! trip, the window lets one packet more than is in flight out. That packet carries our ACKs,
-//! which open the peer's window in turn. The cost is at most one packet per round trip beyond
-//! Cubic's window, the floor every TCP sender keeps; Cubic's window and its reaction to loss
-//! are unchanged. With it, the same transfer never went more than ~0.2 s without a packet and
-//! moved twice as fast.
+//! The fix: when quinn asks for the window and nothing has been sent for a smoothed round trip
+//! (at least 1 ms), the window lets one send more than is in flight out. That packet carries
+//! our ACKs, which open the peer's window in turn. quinn asks when it next polls the
+//! connection: a packet arrived, the application wrote (the link's control stream writes a
+//! keepalive every second), or one of quinn's timers fired (ACK delay, probe timeout); no timer
+//! of its own is set, so on a path whose round trip exceeds quinn's 25 ms ACK delay a silent
+//! stall waits for the next keepalive or probe. At most [`MAX_RELEASES`] such sends go out
+//! until an acknowledgement arrives, so a blackholed link does not send one every millisecond:
+//! after them only quinn's own probes do, with their backoff. A send is normally one packet,
+//! but our count of bytes in flight can run ahead of quinn's (ACK-only packets count here, not
+//! there, until the next acknowledgement resets it), so one release may let out a whole
+//! batch (quinn sends at most 10 datagrams per call). Cubic's window and its reaction to loss
+//! are unchanged. With it, a transfer through 20 % loss each way never went more than ~0.2 s
+//! without a packet (measured on a 0.1 ms path only) and moved twice as fast.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -28,6 +35,10 @@ use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicC
 /// The shortest stall after which a packet may go whatever the window (quinn's timer
 /// granularity), for a path whose round trip is shorter or not yet measured.
 const MIN_STALL: Duration = Duration::from_millis(1);
+
+/// Sends beyond Cubic's window allowed between two acknowledgements. At 20 % loss each way
+/// four in a row all go unanswered about 2 % of the time (0.36^4); a blackhole gets four.
+pub(crate) const MAX_RELEASES: u32 = 4;
 
 /// Builds [`StallFreeCubic`] controllers for QUIC links.
 #[derive(Debug, Default)]
@@ -43,6 +54,7 @@ impl ControllerFactory for StallFreeCubicConfig {
             in_flight: 0,
             last_sent: None,
             rtt: Duration::ZERO,
+            releases: 0,
         })
     }
 }
@@ -60,18 +72,21 @@ pub(crate) struct StallFreeCubic {
     last_sent: Option<Instant>,
     /// quinn's smoothed round-trip estimate, as of the last acknowledgement.
     rtt: Duration,
+    /// Sends beyond Cubic's window since the last acknowledgement.
+    releases: u32,
 }
 
 impl StallFreeCubic {
     /// The window at `now`: Cubic's, or one packet above what is in flight once nothing has
-    /// been sent for a round trip. quinn sends while in flight plus a packet stays below the
-    /// window, hence the `+ 1`; once that packet is sent, `last_sent` is now and the release
-    /// ends.
+    /// been sent for a round trip (at most [`MAX_RELEASES`] times between acknowledgements).
+    /// quinn sends while in flight plus a packet stays below the window, hence the `+ 1`;
+    /// once that packet is sent, `last_sent` is now and the release ends.
     fn window_at(&self, now: Instant) -> u64 {
         let window = self.cubic.window();
-        let stalled = self
-            .last_sent
-            .is_some_and(|at| now.saturating_duration_since(at) >= self.rtt.max(MIN_STALL));
+        let stalled = self.releases < MAX_RELEASES
+            && self
+                .last_sent
+                .is_some_and(|at| now.saturating_duration_since(at) >= self.rtt.max(MIN_STALL));
         if stalled {
             window.max(self.in_flight + self.mtu + 1)
         } else {
@@ -80,9 +95,21 @@ impl StallFreeCubic {
     }
 }
 
+impl StallFreeCubic {
+    /// A packet was acknowledged: progress, with quinn's round-trip estimate `rtt`.
+    fn acked(&mut self, rtt: Duration) {
+        self.rtt = rtt;
+        self.releases = 0;
+    }
+}
+
 impl Controller for StallFreeCubic {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
         self.cubic.on_sent(now, bytes, last_packet_number);
+        // Only a release lets more than Cubic's window be in flight.
+        if self.in_flight + bytes > self.cubic.window() {
+            self.releases += 1;
+        }
         self.in_flight += bytes;
         self.last_sent = Some(now);
     }
@@ -96,7 +123,7 @@ impl Controller for StallFreeCubic {
         rtt: &quinn_proto::RttEstimator,
     ) {
         self.cubic.on_ack(now, sent, bytes, app_limited, rtt);
-        self.rtt = rtt.get();
+        self.acked(rtt.get());
     }
 
     fn on_end_acks(
@@ -147,6 +174,7 @@ impl Controller for StallFreeCubic {
             in_flight: self.in_flight,
             last_sent: self.last_sent,
             rtt: self.rtt,
+            releases: self.releases,
         })
     }
 
@@ -202,6 +230,34 @@ mod tests {
             c.window_at(t1 + Duration::from_secs(1)),
             c.cubic.window(),
             "an idle link's window is Cubic's"
+        );
+    }
+
+    #[test]
+    fn without_acknowledgements_only_a_few_packets_go_beyond_the_window() {
+        let t0 = Instant::now();
+        let mut c = controller(t0);
+        let mtu = u64::from(MTU);
+        // The window is full and nothing comes back (a blackhole).
+        c.on_sent(t0, c.cubic.window(), 1);
+        let mut t = t0;
+        let mut released = 0;
+        for n in 0..100 {
+            t += MIN_STALL;
+            if c.window_at(t) > c.in_flight {
+                c.on_sent(t, mtu, n + 2);
+                released += 1;
+            }
+        }
+        assert_eq!(
+            released, MAX_RELEASES,
+            "sends beyond the window with no ACK"
+        );
+        // An acknowledgement (any progress) allows releases again.
+        c.acked(Duration::from_millis(1));
+        assert!(
+            c.window_at(t + MIN_STALL) > c.in_flight,
+            "no release after an ACK"
         );
     }
 }
