@@ -305,8 +305,8 @@ impl SiteCa {
     }
 }
 
-/// Made at the redeeming site: a fresh P-256 key and a CSR carrying the URI SAN
-/// [`SiteId::uri`]. Returns `(csr_pem, key_pem)`; the key never leaves the site.
+/// A fresh P-256 key and an unbound CSR ([`link_csr`]) carrying the URI SAN [`SiteId::uri`],
+/// for a CA that signs it at once (tests, examples). Returns `(csr_pem, key_pem)`.
 pub fn generate_link_csr(site_id: SiteId, site_name: &str) -> Result<(String, String), CertError> {
     let key_pem = generate_link_key()?;
     Ok((link_csr(site_id, site_name, &key_pem)?, key_pem))
@@ -319,8 +319,10 @@ pub fn generate_link_key() -> Result<String, CertError> {
     Ok(key.serialize_pem())
 }
 
-/// A CSR for `site_id` signed with the site's existing link key `key_pem`: re-redeeming from
-/// the same site proves it is the site that linked before.
+/// A CSR for `site_id` signed with the site's existing link key `key_pem`, with the common name
+/// `skiff link <site_name>`: bound to no issuer and no time ([`CsrBinding::Unbound`]). This is
+/// the redemption CSR of skiff before redemptions were bound ([`redemption_csr`] replaced it);
+/// it remains for CSRs a CA signs at once without sending them anywhere (tests, examples).
 pub fn link_csr(site_id: SiteId, site_name: &str, key_pem: &str) -> Result<String, CertError> {
     let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::Pem {
         what: "link key",
@@ -337,9 +339,39 @@ pub fn link_csr(site_id: SiteId, site_name: &str, key_pem: &str) -> Result<Strin
         .map_err(CertError::crypto("encode the certificate signing request"))
 }
 
-/// Common-name prefix of a renewal CSR (`skiff renew <issuer id> <unix seconds>`). A
-/// redemption CSR's common name is `skiff link <site name>`, so one never passes as the other.
+/// Common-name prefix of a renewal CSR (`skiff renew <issuer id> <unix seconds>`).
 pub const RENEWAL_CN_PREFIX: &str = "skiff renew ";
+/// Common-name prefix of a redemption CSR (`skiff redeem <issuer id> <unix seconds>`). The
+/// prefixes differ, so a renewal CSR never passes as a redemption one, nor the other way round.
+pub const REDEMPTION_CN_PREFIX: &str = "skiff redeem ";
+/// Common-name prefix of the redemption CSR of a skiff from before redemptions were bound
+/// (`skiff link <site name>`): bound to no issuer and no time.
+pub const UNBOUND_CN_PREFIX: &str = "skiff link ";
+
+/// What a link CSR is for, read from its subject (which the link key signs) by
+/// [`csr_binding`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrBinding {
+    /// A renewal request ([`renewal_csr`]) made for the issuing site `issuer` at `at` (unix
+    /// seconds).
+    Renewal {
+        /// The issuing site it was made for.
+        issuer: SiteId,
+        /// When it was made (unix seconds).
+        at: i64,
+    },
+    /// A redemption request ([`redemption_csr`]) made for the issuing site `issuer` at `at`
+    /// (unix seconds).
+    Redemption {
+        /// The issuing site it was made for.
+        issuer: SiteId,
+        /// When it was made (unix seconds).
+        at: i64,
+    },
+    /// The redemption request of an older skiff ([`link_csr`]): bound to no issuer and no
+    /// time.
+    Unbound,
+}
 
 /// A renewal CSR for `site_id`, signed with the site's link key `key_pem`, bound to the
 /// issuing site `issuer` and the moment `at` (both in the subject, which the key signs): an
@@ -351,16 +383,38 @@ pub fn renewal_csr(
     at: OffsetDateTime,
     key_pem: &str,
 ) -> Result<String, CertError> {
+    bound_csr(RENEWAL_CN_PREFIX, site_id, issuer, at, key_pem)
+}
+
+/// A redemption CSR for `site_id`, signed with the site's link key `key_pem`, bound to the
+/// issuing site `issuer` (the token's site id) and the moment `at`, as [`renewal_csr`] is: a
+/// CSR one issuer saw cannot be redeemed at another, nor later. The redeeming site's name
+/// travels in the request body, not in the CSR.
+pub fn redemption_csr(
+    site_id: SiteId,
+    issuer: SiteId,
+    at: OffsetDateTime,
+    key_pem: &str,
+) -> Result<String, CertError> {
+    bound_csr(REDEMPTION_CN_PREFIX, site_id, issuer, at, key_pem)
+}
+
+/// A CSR for `site_id` with the common name `<prefix><issuer> <unix seconds of at>` (at most
+/// 13 + 32 + 1 + 11 characters, within X.520's 64).
+fn bound_csr(
+    prefix: &str,
+    site_id: SiteId,
+    issuer: SiteId,
+    at: OffsetDateTime,
+    key_pem: &str,
+) -> Result<String, CertError> {
     let key = KeyPair::from_pem(key_pem).map_err(|e| CertError::Pem {
         what: "link key",
         reason: "not a P-256 private key".into(),
         source: Some(Box::new(e)),
     })?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = common_name(&format!(
-        "{RENEWAL_CN_PREFIX}{issuer} {}",
-        at.unix_timestamp()
-    ));
+    params.distinguished_name = common_name(&format!("{prefix}{issuer} {}", at.unix_timestamp()));
     params.subject_alt_names = vec![uri_san(site_id)?];
     let csr = params
         .serialize_request(&key)
@@ -369,9 +423,9 @@ pub fn renewal_csr(
         .map_err(CertError::crypto("encode the certificate signing request"))
 }
 
-/// What a renewal CSR is bound to: `(issuer, unix seconds)` from its subject, after checking
-/// its signature. `Err` for a CSR that is not a renewal CSR (a redemption CSR, say).
-pub fn renewal_csr_binding(csr_pem: &str) -> Result<(SiteId, i64), CertError> {
+/// What a link CSR is bound to, from its subject, after checking its signature. `Err` for a
+/// CSR that is neither a renewal nor a redemption request (bound or from an older skiff).
+pub fn csr_binding(csr_pem: &str) -> Result<CsrBinding, CertError> {
     let bad = |reason: &str| CertError::InvalidCsr {
         reason: reason.into(),
         source: None,
@@ -386,9 +440,17 @@ pub fn renewal_csr_binding(csr_pem: &str) -> Result<(SiteId, i64), CertError> {
         Some(rcgen::DnValue::PrintableString(s)) => s.as_str().to_string(),
         _ => return Err(bad("its subject has no common name")),
     };
-    let rest = cn.strip_prefix(RENEWAL_CN_PREFIX).ok_or_else(|| {
-        bad("it is not a renewal request (its subject does not name the issuing site and a time)")
-    })?;
+    let (rest, renewal) = if let Some(rest) = cn.strip_prefix(RENEWAL_CN_PREFIX) {
+        (rest, true)
+    } else if let Some(rest) = cn.strip_prefix(REDEMPTION_CN_PREFIX) {
+        (rest, false)
+    } else if cn.starts_with(UNBOUND_CN_PREFIX) {
+        return Ok(CsrBinding::Unbound);
+    } else {
+        return Err(bad(
+            "it is no skiff renewal or redemption request (its subject names neither)",
+        ));
+    };
     let (issuer, at) = rest
         .split_once(' ')
         .ok_or_else(|| bad("its subject does not name the issuing site and a time"))?;
@@ -398,7 +460,33 @@ pub fn renewal_csr_binding(csr_pem: &str) -> Result<(SiteId, i64), CertError> {
     let at: i64 = at
         .parse()
         .map_err(|_| bad("its subject names no valid time"))?;
-    Ok((issuer, at))
+    Ok(if renewal {
+        CsrBinding::Renewal { issuer, at }
+    } else {
+        CsrBinding::Redemption { issuer, at }
+    })
+}
+
+/// What a renewal CSR is bound to: `(issuer, unix seconds)` from its subject, after checking
+/// its signature. `Err` for a CSR that is not a renewal CSR: a redemption CSR, or the unbound
+/// CSR an older skiff sent to renew as well as to redeem (its own wording: upgrade it).
+pub fn renewal_csr_binding(csr_pem: &str) -> Result<(SiteId, i64), CertError> {
+    match csr_binding(csr_pem)? {
+        CsrBinding::Renewal { issuer, at } => Ok((issuer, at)),
+        CsrBinding::Redemption { .. } => Err(CertError::InvalidCsr {
+            reason:
+                "it is not a renewal request but a redemption one (skiff token redeem makes those)"
+                    .into(),
+            source: None,
+        }),
+        CsrBinding::Unbound => Err(CertError::InvalidCsr {
+            reason: "it binds neither the issuing site nor a time, as the requests of a skiff \
+                     older than this issuer do: upgrade the renewing site's skiff, whose renewal \
+                     requests then name this issuer and the time"
+                .into(),
+            source: None,
+        }),
+    }
 }
 
 /// SHA-256 (hex) of a certificate's subject public key: what ties a site id to the key of

@@ -1,7 +1,8 @@
-//! The bodies of the `token_yaml` and `renewal_csr` fuzz targets (`fuzz/fuzz_targets/`), shared
-//! with the seed replay test (`certs/tests/fuzz_seeds.rs`) so that `cargo test` checks the same
-//! properties on the committed seeds (`fuzz/seeds/<target>/`) that the fuzzer checks on what it
-//! generates, and [`replay_seeds`], the replay itself, shared by the seed tests of every crate.
+//! The bodies of the `token_yaml` and `renewal_csr` (renewal and redemption CSRs) fuzz targets
+//! (`fuzz/fuzz_targets/`), shared with the seed replay test (`certs/tests/fuzz_seeds.rs`) so
+//! that `cargo test` checks the same properties on the committed seeds (`fuzz/seeds/<target>/`)
+//! that the fuzzer checks on what it generates, and [`replay_seeds`], the replay itself, shared
+//! by the seed tests of every crate.
 //!
 //! Panics when a property does not hold; not an API.
 
@@ -133,19 +134,21 @@ pub fn token_yaml(data: &[u8]) {
     }
 }
 
-/// Target `renewal_csr`: the CSR of a renewal request, which the grant service reads from
-/// anyone who reaches the link port ([`crate::renewal_csr_binding`]).
+/// Target `renewal_csr`: the CSR of a renewal or a redemption request, which the grant
+/// service reads from anyone who reaches the link port ([`crate::csr_binding`], and
+/// [`crate::renewal_csr_binding`] on top of it).
 ///
-/// Checks: no panic; the same input gives the same answer; an accepted CSR's subject names
-/// the renewal prefix (so a redemption CSR never passes as a renewal); an error message stays
-/// short (it never echoes the input).
+/// Checks: no panic; the same input gives the same answer; an accepted CSR is a PEM CSR; a CSR
+/// passes as a renewal exactly when it reads as one (so a redemption CSR, bound or from an older
+/// skiff, never passes as a renewal, and a renewal CSR never as a redemption); an error message
+/// stays short (it never echoes the input).
 #[doc(hidden)]
 pub fn renewal_csr(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let first = crate::renewal_csr_binding(text);
-    let again = crate::renewal_csr_binding(text);
+    let first = crate::csr_binding(text);
+    let again = crate::csr_binding(text);
     match (&first, &again) {
         (Ok(a), Ok(b)) => {
             assert_eq!(a, b, "the same CSR bound to two answers");
@@ -164,6 +167,24 @@ pub fn renewal_csr(data: &[u8]) {
             );
         }
         _ => panic!("the same CSR accepted once and refused once"),
+    }
+    let renewal = crate::renewal_csr_binding(text);
+    match (&first, &renewal) {
+        (Ok(crate::CsrBinding::Renewal { issuer, at }), Ok(r)) => {
+            assert_eq!(&(*issuer, *at), r, "a renewal CSR read two ways")
+        }
+        (Ok(crate::CsrBinding::Renewal { .. }), Err(e)) => {
+            panic!("a renewal CSR refused as a renewal: {e}")
+        }
+        (_, Ok(r)) => panic!("a CSR that is no renewal CSR passed as one, bound to {r:?}"),
+        (_, Err(e)) => {
+            let e = e.to_string();
+            assert!(
+                e.len() <= 512,
+                "a refusal echoes its input: {} bytes",
+                e.len()
+            );
+        }
     }
 }
 

@@ -27,10 +27,10 @@ pub mod tls;
 pub mod token;
 
 pub use ca::{
-    IssuedCert, SiteCa, certifiable_host, certificate_serial, certificate_serial_pem,
-    certificate_validity_pem, first_certificate, generate_link_csr, generate_link_key,
-    key_fingerprint, key_fingerprint_pem, link_csr, private_key_fingerprint, renewal_csr,
-    renewal_csr_binding,
+    CsrBinding, IssuedCert, SiteCa, certifiable_host, certificate_serial, certificate_serial_pem,
+    certificate_validity_pem, csr_binding, first_certificate, generate_link_csr, generate_link_key,
+    key_fingerprint, key_fingerprint_pem, link_csr, private_key_fingerprint, redemption_csr,
+    renewal_csr, renewal_csr_binding,
 };
 pub use error::CertError;
 pub use id::SiteId;

@@ -45,3 +45,45 @@ fn a_real_renewal_csr_among_the_seeds_binds_and_a_redemption_csr_does_not() {
     assert!(skiff_certs::renewal_csr_binding(&read("redemption.csr")).is_err());
     assert!(skiff_certs::renewal_csr_binding(&read("bad-signature.csr")).is_err());
 }
+
+/// A real bound redemption CSR among the seeds (made by openssl) reads with its binding and is
+/// no renewal CSR; the older redeemer's CSR reads as unbound; a renewal CSR is no redemption
+/// one; a redemption subject without a valid time is refused.
+#[test]
+fn a_real_redemption_csr_among_the_seeds_binds_and_no_kind_passes_as_the_other() {
+    use skiff_certs::{CsrBinding, csr_binding, renewal_csr_binding};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/renewal_csr");
+    let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap();
+    let bound = read("redemption-bound.csr");
+    let CsrBinding::Redemption { issuer, at } = csr_binding(&bound).unwrap() else {
+        panic!("redemption-bound.csr does not read as a redemption CSR")
+    };
+    assert_eq!(issuer.to_string(), "7f6a5924b77c4507275dd3090d58d0a3");
+    assert_eq!(at, 1_795_651_200);
+    assert!(renewal_csr_binding(&bound).is_err());
+    assert_eq!(
+        csr_binding(&read("redemption.csr")).unwrap(),
+        CsrBinding::Unbound
+    );
+    assert!(matches!(
+        csr_binding(&read("renewal.csr")).unwrap(),
+        CsrBinding::Renewal { .. }
+    ));
+    // Refused for what is wrong with them, not for a bad signature or a missing subject.
+    let cases = [
+        (
+            "redemption-no-time.csr",
+            "its subject does not name the issuing site and a time",
+        ),
+        ("redemption-bad-time.csr", "its subject names no valid time"),
+    ];
+    for (bad, why) in cases {
+        match csr_binding(&read(bad)) {
+            Err(e) => assert!(e.to_string().contains(why), "{bad}: {e}"),
+            Ok(b) => panic!("{bad} was accepted as {b:?}"),
+        }
+    }
+    // The older skiff's unbound CSR is refused as a renewal with its own words.
+    let e = renewal_csr_binding(&read("redemption.csr")).unwrap_err();
+    assert!(e.to_string().contains("binds neither"), "{e}");
+}

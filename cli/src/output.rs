@@ -56,8 +56,13 @@ pub async fn site_status(
     }
     let list = links.as_array().cloned().unwrap_or_default();
     let count = |st: &str| list.iter().filter(|l| l["status"] == st).count();
+    // Links being closed show only while there are some (they go within seconds).
+    let closing = match count("closing") {
+        0 => String::new(),
+        n => format!(", {n} closing"),
+    };
     println!(
-        "links: {} up, {} connecting, {} refused",
+        "links: {} up, {} connecting, {} refused{closing}",
         count("up"),
         count("connecting"),
         count("refused")

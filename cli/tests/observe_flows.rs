@@ -225,11 +225,11 @@ fn flows_that_pass_leave_exact_records_and_metrics_at_both_ends() {
         ),
         (r#"skiff_flows_active{key="echo",role="ingress"}"#, 0.0),
         (
-            r#"skiff_flow_bytes_total{key="echo",direction="forward"}"#,
+            r#"skiff_flow_bytes_total{key="echo",role="ingress",direction="forward"}"#,
             total as f64,
         ),
         (
-            r#"skiff_flow_bytes_total{key="echo",direction="back"}"#,
+            r#"skiff_flow_bytes_total{key="echo",role="ingress",direction="back"}"#,
             total as f64,
         ),
         (r#"skiff_flow_duration_seconds_count{key="echo"}"#, N as f64),

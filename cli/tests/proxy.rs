@@ -140,17 +140,6 @@ impl Drop for Tinyproxy {
     }
 }
 
-/// The link port of a site created with a fixed port (`linkPort:` in site.yaml).
-fn link_port(site: &Site) -> u16 {
-    let yaml = std::fs::read_to_string(site.dir.join("site.yaml")).unwrap();
-    yaml.lines()
-        .find_map(|l| l.trim().strip_prefix("linkPort:"))
-        .expect("linkPort in site.yaml")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn link_file(site: &Site, name: &str) -> PathBuf {
     site.dir.join("links").join(format!("{name}.yaml"))
 }
@@ -211,30 +200,6 @@ fn echo_digest(addr: &str, size: usize) -> (String, String) {
     (sha256_hex(&data), sha256_hex(&back))
 }
 
-/// Waits until one small exchange through `addr` comes back whole.
-fn wait_for_one_echo(addr: &str, within: Duration) {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let echoed = (|| {
-            let mut c = TcpStream::connect(addr).ok()?;
-            c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            c.write_all(b"ping").ok()?;
-            c.shutdown(std::net::Shutdown::Write).ok()?;
-            let mut back = Vec::new();
-            c.read_to_end(&mut back).ok()?;
-            (back == b"ping").then_some(())
-        })();
-        if echoed.is_some() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no echo through {addr} within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// SHA-256 in hex, by `sha256sum` (coreutils).
 fn sha256_hex(data: &[u8]) -> String {
     let mut child = Command::new("sha256sum")
@@ -265,11 +230,18 @@ fn wait_for(
     site.wait_link(within, what, |l| l["name"] == name && pred(l))
 }
 
+/// When a link entered its state (`since`, RFC 3339).
+fn since(l: &Value) -> time::OffsetDateTime {
+    let s = l["since"].as_str().unwrap_or_default();
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("since {s:?}: {e}"))
+}
+
 #[test]
 fn a_link_redeemed_through_a_proxy_is_tls_and_carries_a_flow_intact() {
     let echo = Echo::start();
     let (mut west, mut east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     let Some(proxy) = Tinyproxy::start(&[port], None) else {
         return;
     };
@@ -367,7 +339,7 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
     const WRONG: &str = "not-the-Pa55";
     let echo = Echo::start();
     let (west, mut east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     let Some(proxy) = Tinyproxy::start(&[port], Some(("skiffuser", PASSWORD))) else {
         return;
     };
@@ -417,6 +389,14 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
     let got = ok(&["get", "links", "-o", "yaml", "--dir", east.d()]);
     let saved = east.dir.with_file_name("links.yaml");
     std::fs::write(&saved, &got.stdout).unwrap();
+    let before = wait_for(
+        &east,
+        "west",
+        Duration::from_secs(10),
+        "up before the delete",
+        |l| l["status"] == "up",
+    );
+    let old_since = since(&before);
     ok(&["link", "delete", "west", "--dir", east.d()]);
     assert!(!link_file(&east, "west").exists());
     ok(&["apply", "-f", saved.to_str().unwrap(), "--dir", east.d()]);
@@ -429,19 +409,18 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
         mode, 0o600,
         "skiff apply wrote the link with its password {mode:o}"
     );
+    // The new link, not the deleted one (`closing` until west hangs up; `since` is when a
+    // link entered its state, with milliseconds, so a later one is the new link): then
+    // `active` below is over it.
     let up = wait_for(
         &east,
         "west",
         Duration::from_secs(10),
-        "up with credentials",
-        |l| l["status"] == "up",
+        "up again with credentials",
+        |l| l["status"] == "up" && since(l) > old_since,
     );
     assert_eq!(up["transport"], "tls");
     let addr = east.wait_listener_active("echo", Duration::from_secs(10));
-    // The link is up, but the listener may still be `active` on routes learnt over the deleted
-    // link while the new one exchanges its first advertisements: a flow in that moment is
-    // refused (a reset, seen once in CI). Wait for one small echo to pass first.
-    wait_for_one_echo(&addr, Duration::from_secs(10));
     let (sent, back) = echo_digest(&addr, 1 << 20);
     assert_eq!(sent, back);
 
@@ -491,7 +470,7 @@ fn proxy_credentials_work_and_wrong_ones_are_named_without_the_password() {
 fn a_stopped_proxy_is_named_and_the_link_comes_back_by_itself() {
     let echo = Echo::start();
     let (west, east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     let Some(mut proxy) = Tinyproxy::start(&[port], None) else {
         return;
     };
@@ -566,7 +545,7 @@ fn a_stopped_proxy_is_named_and_the_link_comes_back_by_itself() {
 fn a_port_the_proxy_does_not_allow_is_named_with_its_403() {
     let echo = Echo::start();
     let (west, mut east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     // CONNECT allowed to 443 only, not to the link port.
     let Some(proxy) = Tinyproxy::start(&[443], None) else {
         return;
@@ -665,7 +644,7 @@ fn quic_through_a_proxy_and_bad_proxy_urls_are_refused_with_the_reason() {
 fn an_offline_link_file_installed_with_a_proxy_dials_through_it() {
     let echo = Echo::start();
     let (west, east) = two_sites(&echo);
-    let port = link_port(&west);
+    let port = west.link_port();
     let Some(proxy) = Tinyproxy::start(&[port], None) else {
         return;
     };

@@ -453,7 +453,7 @@ fn a_renewal_request_replayed_at_another_issuer_is_refused_and_cuts_nobody_off()
         .build()
         .unwrap();
     let cases = [
-        (&redemption, "not a renewal request"),
+        (&redemption, "binds neither the issuing site nor a time"),
         (&renewal_at_x, "is for issuing site"),
         (&stale_for_y, "away from this site's clock"),
     ];

@@ -330,3 +330,218 @@ fn a_token_written_to_a_bare_file_name_lands_in_the_current_folder() {
     assert!(o.status.success(), "{}", common::text(&o));
     assert!(cwd.path().join("t.token").is_file());
 }
+
+/// The token in `file`, parsed.
+fn read_token(file: &Path) -> skiff_certs::AccessToken {
+    skiff_certs::AccessToken::from_yaml(&std::fs::read_to_string(file).unwrap()).unwrap()
+}
+
+/// How many redemptions the grant of `token` at `issuer` has made.
+fn redemptions_made(issuer: &Site, token: &skiff_certs::AccessToken) -> u32 {
+    let grants: Vec<skiff_certs::AccessGrant> = std::fs::read_dir(issuer.dir.join("grants"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .filter_map(|t| skiff_certs::AccessGrant::from_yaml(&t).ok())
+        .filter(|g| g.matches(&token.spec.code))
+        .collect();
+    assert_eq!(grants.len(), 1, "one grant per token expected");
+    grants[0].spec.redemptions_made
+}
+
+/// Site b redeemed tokens at x and at y and renewed its certificate at y. x holds a token of
+/// y and what b sent x, and replays it at y over TLS, as `skiff token redeem` talks, twice per
+/// form: b's CSR bound to x, one bound to y but 10 min old, the unbound CSR of an older skiff
+/// (b is known at y), a renewal CSR. y refuses each with words saying why, writes nothing
+/// (b's record is the same bytes) and spends nothing: the same one-use token then links a new
+/// site c with `skiff token redeem`, and b, restarted, still links to y with the certificate it
+/// holds. An older skiff's unbound CSR for a site id y never saw still redeems.
+#[test]
+fn a_redemption_request_replayed_at_another_issuer_is_refused_and_spends_nothing() {
+    use skiff_site_controller::SiteError;
+    let mut x = Site::create("x", true);
+    let mut y = Site::create_on_fixed_port("y");
+    let mut b = Site::create("b", false);
+    x.start();
+    y.start();
+    b.start();
+    common::link(&b, &x);
+    common::link(&b, &y);
+    b.wait_link(Duration::from_secs(5), "up to y", is_link("up", "y"));
+    ok(&["link", "renew", "y", "--dir", b.d()]);
+    let bid: skiff_certs::SiteId = common::site_id(&b).parse().unwrap();
+    let xid: skiff_certs::SiteId = common::site_id(&x).parse().unwrap();
+    let yid: skiff_certs::SiteId = common::site_id(&y).parse().unwrap();
+    let record_file = y.dir.join("peers").join(format!("{bid}.yaml"));
+    let record = std::fs::read_to_string(&record_file).unwrap();
+    assert!(record.contains("renewed: true"), "{record}");
+
+    let token_file = token_path(&y, "y-for-x.yaml");
+    y.issue(&token_file, &[]);
+    let token = read_token(&token_file);
+    let key = std::fs::read_to_string(b.dir.join("link.key")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let cases = [
+        (
+            skiff_certs::redemption_csr(bid, xid, now, &key).unwrap(),
+            "is for issuing site",
+        ),
+        (
+            skiff_certs::redemption_csr(bid, yid, now - Duration::from_secs(600), &key).unwrap(),
+            "away from this site's clock",
+        ),
+        (
+            skiff_certs::link_csr(bid, "b", &key).unwrap(),
+            "upgrade the redeeming skiff",
+        ),
+        (
+            skiff_certs::renewal_csr(bid, yid, now, &key).unwrap(),
+            "is a renewal request",
+        ),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let redeem = |csr: &str, site: skiff_certs::SiteId, token: &skiff_certs::AccessToken| {
+        rt.block_on(skiff_site_controller::grant::redeem_token(
+            token, site, "b", csr, None,
+        ))
+    };
+    let t0 = std::time::Instant::now();
+    for (csr, expected) in &cases {
+        for _ in 0..2 {
+            match redeem(csr, bid, &token) {
+                Err(SiteError::RedemptionRefused { reason, .. }) => {
+                    assert!(reason.contains(expected), "{reason}")
+                }
+                other => panic!("y answered a replayed redemption with {other:?}"),
+            }
+        }
+    }
+    eprintln!(
+        "{} replayed redemptions refused in {:?}",
+        cases.len() * 2,
+        t0.elapsed()
+    );
+    assert_eq!(std::fs::read_to_string(&record_file).unwrap(), record);
+    assert_eq!(redemptions_made(&y, &token), 0);
+    let records = std::fs::read_dir(y.dir.join("peers")).unwrap().count();
+    assert_eq!(records, 1, "a refused redemption wrote a record at y");
+
+    // The token was not spent: a new site links with it, end to end.
+    let mut c = Site::create("c", false);
+    ok(&[
+        "token",
+        "redeem",
+        token_file.to_str().unwrap(),
+        "--dir",
+        c.d(),
+    ]);
+    c.start();
+    c.wait_link(Duration::from_secs(5), "c up to y", is_link("up", "y"));
+    assert_eq!(redemptions_made(&y, &token), 1);
+
+    // b redials y with the certificate it holds: still admitted.
+    b.kill();
+    b.start();
+    b.wait_link(
+        Duration::from_secs(10),
+        "b up to y after the replays",
+        is_link("up", "y"),
+    );
+
+    // An older skiff's site, new at y: its unbound CSR still redeems.
+    let old_file = token_path(&y, "y-for-old.yaml");
+    y.issue(&old_file, &[]);
+    let old_token = read_token(&old_file);
+    let old = skiff_certs::SiteId::random();
+    let old_key = skiff_certs::generate_link_key().unwrap();
+    let csr = skiff_certs::link_csr(old, "old", &old_key).unwrap();
+    let answer = redeem(&csr, old, &old_token).unwrap();
+    assert_eq!(answer.site_id, yid);
+    assert!(y.dir.join("peers").join(format!("{old}.yaml")).exists());
+    assert_eq!(redemptions_made(&y, &old_token), 1);
+}
+
+/// A site of an older skiff redeems with an unbound CSR (`CN=skiff link <name>`) and loses
+/// the answer (its process died, or the issuer answered 503 after storing the redemption): it
+/// retries the same request over TLS. y answers again with a certificate for the same key, the
+/// one-use token is spent once only (another site then finds it spent), and the site, given
+/// the retry's certificate, links to y. An unbound CSR for that site id with another key is
+/// still refused.
+#[test]
+fn an_older_redeemers_retry_after_a_lost_answer_is_answered_spends_nothing_and_links() {
+    use skiff_site_controller::SiteError;
+    use skiff_site_controller::resources::{Link, LinkSpec};
+    let mut y = Site::create("y", true);
+    y.start();
+    let mut old = Site::create("old", false);
+    let token_file = token_path(&y, "y-for-old.yaml");
+    y.issue(&token_file, &[]);
+    let token = read_token(&token_file);
+    let oid: skiff_certs::SiteId = common::site_id(&old).parse().unwrap();
+    let key = std::fs::read_to_string(old.dir.join("link.key")).unwrap();
+    let csr = skiff_certs::link_csr(oid, "old", &key).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let redeem = |csr: &str| {
+        rt.block_on(skiff_site_controller::grant::redeem_token(
+            &token, oid, "old", csr, None,
+        ))
+    };
+    // The first answer is lost.
+    redeem(&csr).unwrap();
+    assert_eq!(redemptions_made(&y, &token), 1);
+    let t0 = std::time::Instant::now();
+    let retry = match redeem(&csr) {
+        Ok(answer) => answer,
+        Err(e) => panic!("y refused an older redeemer's own retry: {e:?}"),
+    };
+    eprintln!("the retry was answered in {:?}", t0.elapsed());
+    assert_eq!(
+        skiff_certs::key_fingerprint_pem(&retry.certificate).unwrap(),
+        skiff_certs::private_key_fingerprint(&key).unwrap()
+    );
+    assert_eq!(redemptions_made(&y, &token), 1);
+
+    // Another key for the same site id is no retry: refused, nothing spent.
+    let other = skiff_certs::generate_link_key().unwrap();
+    match redeem(&skiff_certs::link_csr(oid, "old", &other).unwrap()) {
+        Err(SiteError::RedemptionRefused { reason, .. }) => {
+            assert!(reason.contains("upgrade the redeeming skiff"), "{reason}")
+        }
+        other => panic!("y answered another key for a linked site id with {other:?}"),
+    }
+    assert_eq!(redemptions_made(&y, &token), 1);
+    // The token is spent: another site cannot use it.
+    let north = Site::create("north", false);
+    let err = redeem_fails(&north, &token_file);
+    assert!(err.contains("already redeemed"), "{err}");
+
+    // The older site, given the retry's certificate, links to y.
+    let link = Link::new(
+        "y",
+        LinkSpec {
+            peer_site_id: retry.site_id,
+            peer_site_name: retry.site_name.clone(),
+            endpoints: retry.endpoints.clone(),
+            peer_ca: token.spec.ca.clone(),
+            client_certificate: retry.certificate.clone(),
+            cost: retry.link_cost,
+            transport: "auto".into(),
+            client_key: None,
+            proxy: None,
+        },
+    );
+    let folder = skiff_site_controller::folder::SiteFolder::new(old.dir.clone());
+    skiff_site_controller::site::save_link(&folder, &link).unwrap();
+    old.start();
+    old.wait_link(
+        Duration::from_secs(10),
+        "the older site up to y with the retry's certificate",
+        is_link("up", "y"),
+    );
+}

@@ -4,7 +4,13 @@
 //!
 //! The redeeming site sends a CSR with the token's code; the issuer checks the grant, signs a
 //! client certificate with its CA and answers with it and its link endpoints. The private key
-//! never leaves the redeeming site. Redemptions are serialised by one lock, and the grant's use
+//! never leaves the redeeming site. The CSR names the issuer and the moment it was made (in
+//! its subject, which the key signs), so a CSR one issuer saw cannot be redeemed at another:
+//! the issuer refuses one bound to another site or more than [`CSR_FRESHNESS`] from its
+//! clock, and takes the unbound CSR of an older redeemer only for a site id it has no record
+//! of, or as that site's own retry of the redemption recorded (same key and grant, never
+//! renewed, not revoked). Every request is read against the record in the folder, not memory.
+//! Redemptions are serialised by one lock, and the grant's use
 //! count is spent only after signing succeeded, so two concurrent redemptions of a one-use
 //! token: exactly one wins.
 //!
@@ -57,7 +63,8 @@ const REDEEM_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct RedeemRequest {
     /// The token's code.
     pub code: String,
-    /// CSR (PEM) carrying the redeeming site's id as URI SAN.
+    /// CSR (PEM) carrying the redeeming site's id as URI SAN, its subject naming the issuer
+    /// and the moment it was made ([`skiff_certs::redemption_csr`]).
     pub csr: String,
     /// The redeeming site's id (must match the CSR).
     pub site_id: SiteId,
@@ -282,8 +289,18 @@ fn overlap_end(now: OffsetDateTime, overlap: Duration) -> Result<OffsetDateTime,
         })
 }
 
-/// How far a renewal CSR's time may be from the issuer's clock.
-pub const RENEWAL_FRESHNESS: Duration = Duration::from_secs(5 * 60);
+/// Whether an older redeemer's unbound CSR (naming no issuer and no time) may redeem for the
+/// site of record `spec`, with the key of fingerprint `key` and the grant named `grant`: only
+/// as that site's own retry of the redemption recorded (its answer lost), with the same key
+/// and grant, not revoked, and never renewed since. Such a retry spends nothing and leaves the
+/// record that site's; an unbound CSR another issuer saw could otherwise be replayed to turn
+/// a renewed site's serial over and get its held certificate refused.
+fn unbound_retry_allowed(spec: &LinkedSiteSpec, key: &str, grant: &str) -> bool {
+    spec.key_fingerprint == key && spec.grant == grant && !spec.revoked && !spec.has_renewed()
+}
+
+/// How far the time a renewal or redemption CSR names may be from the issuer's clock.
+pub const CSR_FRESHNESS: Duration = Duration::from_secs(5 * 60);
 
 /// Where a redemption is committed beyond the site folder before it is answered (a Kubernetes
 /// site stores its grants and linked sites in Secrets: a pod lost right after answering must
@@ -444,9 +461,48 @@ impl GrantService {
                 "a site cannot link to itself: redeem the token at another site".into(),
             ));
         }
-        // Signing changes nothing yet; the checks that need the key come after it.
+        // The CSR must be meant for this issuer, now: one another issuer saw (a redemption or
+        // a renewal there) cannot redeem here. An older redeemer's CSR names no issuer and no
+        // time; what it may do is decided below, against the record.
+        let bound = match skiff_certs::csr_binding(&req.csr) {
+            Ok(skiff_certs::CsrBinding::Redemption { issuer, at }) => {
+                self.check_binding("redemption", "skiff token redeem", issuer, at, now)?;
+                true
+            }
+            Ok(skiff_certs::CsrBinding::Unbound) => false,
+            Ok(skiff_certs::CsrBinding::Renewal { .. }) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "bad redemption request: its certificate request is a renewal request (skiff link renew makes those), not a redemption one".into(),
+                ));
+            }
+            Err(e) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("bad certificate request: {e}"),
+                ));
+            }
+        };
+        // The CSR is for the site id the request names (signature, key and URI SAN checked)
+        // before any record is looked at, so no answer says whether some other site id is
+        // linked here. Signing changes nothing yet.
         let (cert, key) = self.sign_for(&req.csr, req.site_id)?;
-        let known = self.linked.get(req.site_id);
+        // The folder is the truth, for every kind of request: a record written a moment ago
+        // (an offline link, a `skiff link revoke`) counts before the reload that brings it
+        // into memory, and a deleted one stays deleted.
+        let known = crate::site::load_linked_site(&self.folder, req.site_id).map_err(internal)?;
+        if let Some(k) = &known
+            && !bound
+            && !unbound_retry_allowed(&k.spec, &key, &grant.metadata.name)
+        {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the redemption request names no issuing site and no time (an older skiff makes it so), and site {} is already linked here: only a request bound to this site and made now may change its record; upgrade the redeeming skiff and redeem again",
+                    req.site_id
+                ),
+            ));
+        }
         if let Some(k) = &known {
             if k.spec.revoked {
                 return Err((
@@ -489,13 +545,23 @@ impl GrantService {
             }
             _ => (false, Vec::new()),
         };
+        // A retry answers the redemption already recorded: the name and the time stay as
+        // they were (the grant is not checked again, so a replayed request must not rename
+        // the site); only the new certificate's serial changes.
+        let (site_name, linked_at) = match &known {
+            Some(k) if retry => (k.spec.site_name.clone(), k.spec.linked_at.clone()),
+            _ => (
+                req.site_name.chars().take(63).collect(),
+                now.format(&Rfc3339).unwrap_or_default(),
+            ),
+        };
         let linked = LinkedSite::new(LinkedSiteSpec {
             site_id: req.site_id,
-            site_name: req.site_name.chars().take(63).collect(),
+            site_name,
             grant: grant.metadata.name.clone(),
             certificate_serial: cert.serial.clone(),
             key_fingerprint: key,
-            linked_at: now.format(&Rfc3339).unwrap_or_default(),
+            linked_at,
             revoked: false,
             revoked_at: None,
             renewed,
@@ -567,33 +633,13 @@ impl GrantService {
         };
         // The CSR must be meant for this issuer, now: one made for another issuer (a
         // redemption or a renewal there) cannot renew here.
-        let (bound_to, at) = skiff_certs::renewal_csr_binding(&req.csr).map_err(|e| {
-            (
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "bad renewal request: {e} (a renewing skiff older than this issuer sends none: upgrade it)"
-                ),
-            )
-        })?;
-        if bound_to != self.site_id {
-            return Err((
-                StatusCode::FORBIDDEN,
-                format!(
-                    "the renewal request is for issuing site {bound_to}, not this one ({}): a renewal request is made for one issuer",
-                    self.site_id
-                ),
-            ));
-        }
-        let skew = now.unix_timestamp().abs_diff(at);
-        if skew > RENEWAL_FRESHNESS.as_secs() {
-            return Err((
-                StatusCode::FORBIDDEN,
-                format!(
-                    "the renewal request was made {skew}s away from this site's clock (at most {}s are accepted): make a new one (skiff link renew), and check the clocks of both sites",
-                    RENEWAL_FRESHNESS.as_secs()
-                ),
-            ));
-        }
+        let (bound_to, at) = skiff_certs::renewal_csr_binding(&req.csr)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad renewal request: {e}")))?;
+        self.check_binding("renewal", "skiff link renew", bound_to, at, now)?;
+        // The CSR is for the site id the request names before any record is looked at, so no
+        // answer says whether some other site id is linked or revoked here. Signing changes
+        // nothing yet.
+        let (cert, key) = self.sign_for(&req.csr, req.site_id)?;
         // The folder is the truth (a `skiff link revoke` may have written it a moment ago; a
         // deleted record stays deleted).
         let known = crate::site::load_linked_site(&self.folder, req.site_id).map_err(internal)?;
@@ -615,7 +661,6 @@ impl GrantService {
                 ),
             ));
         }
-        let (cert, key) = self.sign_for(&req.csr, req.site_id)?;
         if key != known.spec.key_fingerprint {
             return Err((
                 StatusCode::FORBIDDEN,
@@ -667,6 +712,39 @@ impl GrantService {
             serial: cert.serial,
             previous_serial_valid_until: until,
         })
+    }
+
+    /// Refuses a `what` ("renewal", "redemption") request whose CSR is bound to another
+    /// issuer than this site, or to a time more than [`CSR_FRESHNESS`] from `now`; `again` is
+    /// the command that makes a new request.
+    fn check_binding(
+        &self,
+        what: &str,
+        again: &str,
+        issuer: SiteId,
+        at: i64,
+        now: OffsetDateTime,
+    ) -> Result<(), (StatusCode, String)> {
+        if issuer != self.site_id {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the {what} request is for issuing site {issuer}, not this one ({}): a {what} request is made for one issuer, so one sent to another site cannot be used here; make a new one for this site ({again})",
+                    self.site_id
+                ),
+            ));
+        }
+        let skew = now.unix_timestamp().abs_diff(at);
+        if skew > CSR_FRESHNESS.as_secs() {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the {what} request was made {skew}s away from this site's clock (at most {}s are accepted): make a new one ({again}), and check the clocks of both sites",
+                    CSR_FRESHNESS.as_secs()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Puts back the record a renewal replaced (its commit failed, so the renewing site never

@@ -121,10 +121,12 @@ pub async fn prepare(
         .clone()
         .unwrap_or_else(|| format!("offline-{}", &site_id.to_string()[..8]));
     let key = skiff_certs::generate_link_key()?;
-    let csr = skiff_certs::link_csr(site_id, &peer_name, &key)?;
+    let now = OffsetDateTime::now_utc();
+    // Signed here at once (the key travels in the file), but in the bound form every
+    // redemption CSR has.
+    let csr = skiff_certs::redemption_csr(site_id, site.id(), now, &key)?;
     let (_, cert) = site.ca.sign_link_csr(&csr, LINK_CERT_VALIDITY)?;
     let fingerprint = skiff_certs::key_fingerprint_pem(&cert.cert_pem)?;
-    let now = OffsetDateTime::now_utc();
     let expires = skiff_certs::certificate_validity_pem(&cert.cert_pem)?
         .1
         .format(&Rfc3339)

@@ -158,8 +158,14 @@ pub async fn redeem(
         });
     }
     // The site's own link key: a retry, or a new link to a site linked before, proves it is
-    // the same site.
-    let csr = skiff_certs::link_csr(site.id(), site.name(), &link_key(folder)?)?;
+    // the same site. Bound to the issuer the token names and to now, so the issuer cannot
+    // redeem it elsewhere.
+    let csr = skiff_certs::redemption_csr(
+        site.id(),
+        token.spec.site_id,
+        OffsetDateTime::now_utc(),
+        &link_key(folder)?,
+    )?;
     let answer = redeem_token(&token, site.id(), site.name(), &csr, proxy.as_ref()).await?;
     if answer.site_id != token.spec.site_id || answer.endpoints.is_empty() {
         return Err(SiteError::IssuerUnreachable {

@@ -282,11 +282,68 @@ fn a_renewal_csr_is_bound_to_its_issuer_and_time_and_a_redemption_csr_is_not_one
     let ca = SiteCa::generate("x", issuer).unwrap();
     let (id, _) = ca.sign_link_csr(&csr, Duration::from_secs(60)).unwrap();
     assert_eq!(id, site);
-    let redemption = link_csr(site, "b", &key).unwrap();
+    // The unbound CSR an older skiff sent to redeem and to renew: refused with words for the
+    // older renewer (upgrade), not as a redemption request.
+    let older = link_csr(site, "b", &key).unwrap();
+    let e = renewal_csr_binding(&older).unwrap_err().to_string();
+    assert!(
+        e.contains("binds neither the issuing site nor a time")
+            && e.contains("older than this issuer")
+            && e.contains("upgrade the renewing site's skiff")
+            && !e.contains("redemption"),
+        "{e}"
+    );
+    // A site named like a renewal subject cannot make its CSR pass either: site names have no
+    // spaces, and the prefix differs.
+    let e = renewal_csr_binding(&link_csr(site, "renew", &key).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("binds neither"), "{e}");
+}
+
+/// A redemption CSR names the issuer and the moment it was made; it never passes as a
+/// renewal CSR nor a renewal CSR as one; the CSR of an older redeemer reads as unbound.
+#[test]
+fn a_redemption_csr_is_bound_to_its_issuer_and_time_and_is_no_renewal_csr() {
+    crate::install_crypto_provider();
+    let site = SiteId::random();
+    let issuer = SiteId::random();
+    let key = generate_link_key().unwrap();
+    let at = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let redemption = redemption_csr(site, issuer, at, &key).unwrap();
+    assert_eq!(
+        csr_binding(&redemption).unwrap(),
+        CsrBinding::Redemption {
+            issuer,
+            at: 1_800_000_000
+        }
+    );
     let e = renewal_csr_binding(&redemption).unwrap_err();
     assert!(e.to_string().contains("not a renewal request"), "{e}");
-    // A site named like a renewal subject cannot make its redemption CSR pass either: site
-    // names have no spaces, and the prefix differs.
-    let e = renewal_csr_binding(&link_csr(site, "renew", &key).unwrap()).unwrap_err();
-    assert!(e.to_string().contains("not a renewal request"), "{e}");
+    let renewal = renewal_csr(site, issuer, at, &key).unwrap();
+    assert_eq!(
+        csr_binding(&renewal).unwrap(),
+        CsrBinding::Renewal {
+            issuer,
+            at: 1_800_000_000
+        }
+    );
+    assert_eq!(
+        csr_binding(&link_csr(site, "b", &key).unwrap()).unwrap(),
+        CsrBinding::Unbound
+    );
+    // Its common name fits X.520's 64 characters, even at the largest time a CSR can name.
+    let far = time::OffsetDateTime::from_unix_timestamp(-377_705_116_800).unwrap();
+    let csr = redemption_csr(site, issuer, far, &key).unwrap();
+    let parsed = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
+    let Some(rcgen::DnValue::Utf8String(cn)) =
+        parsed.params.distinguished_name.get(&DnType::CommonName)
+    else {
+        panic!("no common name")
+    };
+    assert!(cn.len() <= 64, "{cn}: {} characters", cn.len());
+    // The signed certificate is the same for both: it certifies the site's id.
+    let ca = SiteCa::generate("x", issuer).unwrap();
+    let (id, _) = ca
+        .sign_link_csr(&redemption, Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(id, site);
 }

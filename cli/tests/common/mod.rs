@@ -260,6 +260,17 @@ pub fn is_link(state: &'static str, peer: &str) -> impl Fn(&Value) -> bool {
 }
 
 impl Site {
+    /// The link port of a site created with a fixed port (`linkPort:` in site.yaml).
+    pub fn link_port(&self) -> u16 {
+        let yaml = std::fs::read_to_string(self.dir.join("site.yaml")).unwrap();
+        yaml.lines()
+            .find_map(|l| l.trim().strip_prefix("linkPort:"))
+            .expect("linkPort in site.yaml")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// The PID of the running `site run`.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

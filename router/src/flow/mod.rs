@@ -436,8 +436,7 @@ impl Flows {
         };
         let f = flow.forward.load(Ordering::Relaxed);
         let b = flow.back.load(Ordering::Relaxed);
-        stats.forward.fetch_add(f, Ordering::Relaxed);
-        stats.back.fetch_add(b, Ordering::Relaxed);
+        stats.add_bytes(flow.role, f, b);
         (f, b)
     }
 

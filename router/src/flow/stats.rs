@@ -107,10 +107,10 @@ pub struct HistogramSnapshot {
 pub(crate) struct KeyStats {
     /// Ended flows by role and outcome.
     ended: [[AtomicU64; FlowOutcome::ALL.len()]; 3],
-    /// Bytes of ended flows, client to backend.
-    pub(crate) forward: AtomicU64,
-    /// Bytes of ended flows, backend to client.
-    pub(crate) back: AtomicU64,
+    /// Bytes of ended flows by role, client to backend.
+    forward: [AtomicU64; 3],
+    /// Bytes of ended flows by role, backend to client.
+    back: [AtomicU64; 3],
     /// How long connected flows lasted (any role).
     pub(crate) duration: Histogram,
     /// Accept to the egress's ok, at the ingress.
@@ -121,8 +121,8 @@ impl Default for KeyStats {
     fn default() -> Self {
         KeyStats {
             ended: Default::default(),
-            forward: AtomicU64::new(0),
-            back: AtomicU64::new(0),
+            forward: Default::default(),
+            back: Default::default(),
             duration: Histogram::new(&DURATION_BUCKETS),
             setup: Histogram::new(&SETUP_BUCKETS),
         }
@@ -134,10 +134,17 @@ impl KeyStats {
     pub(crate) fn count_end(&self, role: FlowRole, outcome: FlowOutcome) {
         self.ended[role_index(role)][outcome.index()].fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Adds the bytes of a flow that ended in `role`.
+    pub(crate) fn add_bytes(&self, role: FlowRole, forward: u64, back: u64) {
+        self.forward[role_index(role)].fetch_add(forward, Ordering::Relaxed);
+        self.back[role_index(role)].fetch_add(back, Ordering::Relaxed);
+    }
 }
 
-/// Bytes of ended flows (forward, back) per key, by the address of its [`KeyStats`].
-pub(crate) type ByteTotals = HashMap<usize, (u64, u64)>;
+/// Bytes of ended flows (forward, back) per role, per key by the address of its
+/// [`KeyStats`].
+pub(crate) type ByteTotals = HashMap<usize, [(u64, u64); 3]>;
 
 /// The statistics of every key seen at this router.
 #[derive(Debug, Default)]
@@ -160,7 +167,7 @@ impl Stats {
         keys.entry(key.into()).or_default().clone()
     }
 
-    /// The bytes of ended flows of every key (forward, back), by the address of its
+    /// The bytes of ended flows of every key (forward, back) per role, by the address of its
     /// [`KeyStats`]: read under the registry of active flows, with their bytes.
     pub(crate) fn byte_totals(&self) -> ByteTotals {
         self.keys
@@ -168,8 +175,11 @@ impl Stats {
             .unwrap()
             .values()
             .map(|s| {
-                let f = s.forward.load(Ordering::Relaxed);
-                (Arc::as_ptr(s) as usize, (f, s.back.load(Ordering::Relaxed)))
+                let by_role = std::array::from_fn(|i| {
+                    let f = s.forward[i].load(Ordering::Relaxed);
+                    (f, s.back[i].load(Ordering::Relaxed))
+                });
+                (Arc::as_ptr(s) as usize, by_role)
             })
             .collect()
     }
@@ -195,21 +205,31 @@ impl Stats {
         keys.into_iter()
             .map(|(name, s)| {
                 let name = &*name;
-                let (ended_forward, ended_back) = totals
+                let ended_bytes = totals
                     .get(&(Arc::as_ptr(&s) as usize))
                     .copied()
                     .unwrap_or_default();
                 let running = active.get(name).map(Vec::as_slice).unwrap_or_default();
                 let mut flows = Vec::new();
                 let mut active_by_role = Vec::new();
+                let mut bytes = Vec::new();
                 for role in ROLES {
                     let counts = &s.ended[role_index(role)];
                     let n_active = running.iter().filter(|(r, _, _)| *r == role).count() as u64;
-                    let seen = n_active > 0 || counts.iter().any(|c| c.load(Ordering::Relaxed) > 0);
+                    let (mut forward, mut back) = ended_bytes[role_index(role)];
+                    // A flow's bytes are added to its key just before it is counted as ended.
+                    let seen = n_active > 0
+                        || forward + back > 0
+                        || counts.iter().any(|c| c.load(Ordering::Relaxed) > 0);
                     if !seen {
                         continue;
                     }
                     active_by_role.push((role, n_active));
+                    for (_, f, b) in running.iter().filter(|(r, _, _)| *r == role) {
+                        forward += f;
+                        back += b;
+                    }
+                    bytes.push((role, forward, back));
                     for outcome in FlowOutcome::ALL {
                         flows.push((
                             role,
@@ -222,8 +242,9 @@ impl Stats {
                     key: name.to_owned(),
                     flows,
                     active: active_by_role,
-                    bytes_forward: ended_forward + running.iter().map(|(_, f, _)| f).sum::<u64>(),
-                    bytes_back: ended_back + running.iter().map(|(_, _, b)| b).sum::<u64>(),
+                    bytes_forward: bytes.iter().map(|(_, f, _)| f).sum(),
+                    bytes_back: bytes.iter().map(|(_, _, b)| b).sum(),
+                    bytes,
                     duration: s.duration.snapshot(),
                     setup: s.setup.snapshot(),
                 }
@@ -242,10 +263,13 @@ pub struct FlowKeyStats {
     pub flows: Vec<(FlowRole, FlowOutcome, u64)>,
     /// Flows running now, by role (each role that saw a flow).
     pub active: Vec<(FlowRole, u64)>,
-    /// Bytes client to backend, of ended and running flows, through this router.
+    /// Bytes client to backend, of ended and running flows, through this router (every role).
     pub bytes_forward: u64,
-    /// Bytes backend to client, of ended and running flows, through this router.
+    /// Bytes backend to client, of ended and running flows, through this router (every role).
     pub bytes_back: u64,
+    /// The same bytes by role (forward, back), for each role that saw a flow: a site that is
+    /// both ingress and egress for a key passes the same bytes twice.
+    pub bytes: Vec<(FlowRole, u64, u64)>,
     /// How long connected flows lasted (any role), recorded when they end.
     pub duration: HistogramSnapshot,
     /// At the ingress: accept to the egress's ok (or the local backend's connect).
@@ -265,21 +289,30 @@ mod tests {
         k.setup.observe(Duration::from_secs(60));
         k.count_end(FlowRole::Ingress, FlowOutcome::Ok);
         k.count_end(FlowRole::Ingress, FlowOutcome::ConnectRefused);
-        k.forward.fetch_add(10, Ordering::Relaxed);
+        k.add_bytes(FlowRole::Ingress, 10, 0);
+        // A transit flow whose bytes were added, not yet counted as ended: its bytes show.
+        k.add_bytes(FlowRole::Transit, 3, 4);
         let active: HashMap<&str, Vec<(FlowRole, u64, u64)>> =
             [("redis", vec![(FlowRole::Ingress, 5, 7)])].into();
         let totals = stats.byte_totals();
         // Bytes of a flow ending after the totals were read are not counted twice.
-        k.forward.fetch_add(5, Ordering::Relaxed);
+        k.add_bytes(FlowRole::Ingress, 5, 0);
         let s = &stats.snapshot(&active, &totals)[0];
-        assert_eq!((s.bytes_forward, s.bytes_back), (15, 7));
-        assert_eq!(s.active, vec![(FlowRole::Ingress, 1)]);
+        assert_eq!((s.bytes_forward, s.bytes_back), (18, 11));
+        assert_eq!(
+            s.bytes,
+            vec![(FlowRole::Ingress, 15, 7), (FlowRole::Transit, 3, 4)]
+        );
+        assert_eq!(
+            s.active,
+            vec![(FlowRole::Ingress, 1), (FlowRole::Transit, 0)]
+        );
         let count = |o| s.flows.iter().find(|f| f.1 == o).unwrap().2;
         assert_eq!(count(FlowOutcome::Ok), 1);
         assert_eq!(count(FlowOutcome::ConnectRefused), 1);
         assert_eq!(count(FlowOutcome::Reset), 0);
-        // Transit and egress saw nothing: not listed.
-        assert_eq!(s.flows.len(), FlowOutcome::ALL.len());
+        // The egress saw nothing: not listed.
+        assert_eq!(s.flows.len(), 2 * FlowOutcome::ALL.len());
         assert_eq!(s.setup.count, 3);
         assert_eq!(s.setup.buckets[0], (0.0005, 1));
         assert_eq!(s.setup.buckets[3], (0.005, 1));

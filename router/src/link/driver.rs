@@ -87,7 +87,11 @@ impl Liveness {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LinkCloser {
     token: CancellationToken,
-    reason: Arc<Mutex<Option<String>>>,
+    /// The first reason given, and when (RFC 3339, as the link table's `since`).
+    reason: Arc<Mutex<Option<(String, String)>>>,
+    /// Told when the close is requested: the change counter of the link table that shows
+    /// the link (set by [`super::table::LinkTable::set_up`]), so its watchers see `closing`.
+    watcher: Arc<Mutex<Option<tokio::sync::watch::Sender<u64>>>>,
 }
 
 impl LinkCloser {
@@ -96,13 +100,40 @@ impl LinkCloser {
         self.reason
             .lock()
             .unwrap()
-            .get_or_insert_with(|| reason.to_owned());
+            .get_or_insert_with(|| (reason.to_owned(), super::table::now_rfc3339()));
+        let first = !self.token.is_cancelled();
         self.token.cancel();
+        if first && let Some(w) = &*self.watcher.lock().unwrap() {
+            w.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Whether a close was requested: the link is closing and must carry no new flow.
+    pub(crate) fn is_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Why and since when the link is closing, once its close was requested.
+    pub(crate) fn requested_with(&self) -> Option<(String, String)> {
+        if !self.is_requested() {
+            return None;
+        }
+        self.reason.lock().unwrap().clone()
+    }
+
+    /// Bumps `changes` when the close is requested.
+    pub(crate) fn notify(&self, changes: tokio::sync::watch::Sender<u64>) {
+        *self.watcher.lock().unwrap() = Some(changes);
     }
 
     async fn requested(&self) -> String {
         self.token.cancelled().await;
-        self.reason.lock().unwrap().clone().unwrap_or_default()
+        self.reason
+            .lock()
+            .unwrap()
+            .clone()
+            .map(|(r, _)| r)
+            .unwrap_or_default()
     }
 }
 
@@ -209,10 +240,22 @@ pub(crate) async fn run_link(
         tokio::select! {
             biased;
             reason = closer.requested() => {
+                // Withdraw the routes over this link now, not after the linger: until the
+                // peer hangs up (up to LINGER, or `dead_after` if it is unreachable) a new
+                // flow sent here would meet a link that is going away, while a listener
+                // counted the peer as reachable. The link table no longer offers it either
+                // ([`LinkCloser::is_requested`]).
+                routes.send(RouteEvent::LinkDown { link: route_link });
                 let _ = send_within(&mut control, &ControlFrame::Close { reason: reason.clone() }, timing.dead_after).await;
-                control.finish().await;
                 // Give the Close frame time to arrive: the peer hangs up when it reads it.
-                let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+                // Finishing the stream is inside the same bound (as the send is inside
+                // `dead_after`): a peer that stops reading must not keep this link `closing`
+                // for ever, and the whole close takes at most `dead_after` + LINGER.
+                let _ = tokio::time::timeout(LINGER, async {
+                    control.finish().await;
+                    conn.closed().await;
+                })
+                .await;
                 break LinkEnd::ClosedByUs(reason);
             }
             frame = control.recv() => {
@@ -275,6 +318,7 @@ pub(crate) async fn run_link(
             }
         }
     };
+    // (Already sent when we closed it; a second one for the same link is ignored.)
     routes.send(RouteEvent::LinkDown { link: route_link });
     conn.close(&end.to_string());
     end

@@ -22,6 +22,8 @@
 //!   connectors, status, revocation.
 //! - [`mux`]: the [`mux::MuxConnection`] trait, [`LinkStream`], yamux over TLS/TCP.
 //! - `quic`: quinn endpoint and connection setup; `MuxConnection` for quinn.
+//! - `congestion`: QUIC links' congestion control: Cubic that lets a packet (and the ACKs it
+//!   carries) out after a round trip with nothing sent, so heavy loss cannot silence a link.
 //! - [`datagram`]: QUIC datagrams of a link, by channel (UDP flows).
 //! - `tls`: TLS/TCP dial and the inbound TCP port (link vs grant by ALPN).
 //! - [`proxy`]: HTTP CONNECT proxies: the proxy URL and the tunnel a proxied link dials through.
@@ -34,6 +36,7 @@
 //! - `explain`: turning failures into operator-readable refusals or network errors.
 //! - `routes`: the routing task: feeds link events and link-state frames to the topology.
 
+mod congestion;
 pub mod datagram;
 mod dialer;
 mod driver;
@@ -63,6 +66,7 @@ use crate::wire::RouterMode;
 pub use explain::chain as error_chain;
 pub use mux::{LinkRead, LinkStream, LinkWrite, StreamReader, StreamWriter};
 pub use proxy::{ProxyConfig, ProxyError, ProxyUrlError};
+pub(crate) use router::Closing;
 pub use router::{IncomingStream, LinkHandle, Router};
 pub use routes::{KeySite, KeyStatus, NetworkStatus};
 pub use rtt::{RTT_BUCKETS, RttHistogram};
@@ -304,6 +308,14 @@ pub enum LinkState {
     /// the backoff cap (a revocation may be undone, a peer repaired).
     Refused {
         /// Why, in words.
+        reason: String,
+    },
+    /// This router asked the link to close (its link file deleted or changed, its site
+    /// revoked, shutting down): its routes are withdrawn and it takes no new flow or pooled
+    /// HTTP request; flows in progress may finish until the peer hangs up (the entry goes
+    /// then, after at most `dead_after` + 2 s).
+    Closing {
+        /// Why, in words (what the peer is told).
         reason: String,
     },
 }

@@ -85,6 +85,10 @@ pub(crate) fn transport_config(timing: Timing) -> Arc<quinn::TransportConfig> {
     // about 8 ms at 1 Gbit/s: enough to ride out a burst, not enough to add a queue of
     // latency to every datagram behind it.
     t.datagram_send_buffer_size(DATAGRAM_BUFFER);
+    // Cubic, but a link that has sent nothing for a round trip may send one packet: quinn
+    // holds the ACKs it owes behind a full window, and under heavy loss both ends of a busy
+    // link did so until the link fell silent (super::congestion says how).
+    t.congestion_controller_factory(Arc::new(super::congestion::StallFreeCubicConfig::default()));
     Arc::new(t)
 }
 

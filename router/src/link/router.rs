@@ -83,6 +83,7 @@ impl Shared {
                 transport: status.transport.unwrap_or(Transport::Tls),
                 conn: up.conn,
                 version: up.version,
+                closer: up.closer,
             })
     }
 }
@@ -109,6 +110,8 @@ pub struct LinkHandle {
     conn: Arc<dyn MuxConnection>,
     /// The link protocol the peer speaks (from its hello).
     version: crate::wire::ProtocolVersion,
+    /// Whether the link's close was requested ([`LinkHandle::is_closing`]).
+    closer: LinkCloser,
 }
 
 impl std::fmt::Debug for LinkHandle {
@@ -153,6 +156,18 @@ impl LinkHandle {
         self.version
     }
 
+    /// Whether this router asked the link to close (it is `closing`): it must carry no new
+    /// flow, and what pools streams on it (HTTP connections to peer routers) must stop
+    /// using it; streams in progress may finish until the peer hangs up.
+    pub fn is_closing(&self) -> bool {
+        self.closer.is_requested()
+    }
+
+    /// What tells whether the link is closing, without holding the link's connection.
+    pub(crate) fn closing(&self) -> Closing {
+        Closing(self.closer.clone())
+    }
+
     /// Whether a UDP flow may go to the peer: a router older than link protocol 1.2 cannot
     /// decode a flow header of protocol `udp`. The error says why (naming the peer
     /// `peer_name`), for a no-route answer.
@@ -173,6 +188,18 @@ impl LinkHandle {
             ));
         }
         Ok(())
+    }
+}
+
+/// Whether a link is being closed ([`LinkHandle::closing`]): for what outlives a lookup of
+/// the link (a pooled connection on it) and must not keep the link's connection alive.
+#[derive(Clone, Debug)]
+pub(crate) struct Closing(LinkCloser);
+
+impl Closing {
+    /// Whether this router asked the link to close.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.0.is_requested()
     }
 }
 

@@ -59,6 +59,12 @@ impl Entry {
         });
         s.rtt_samples = self.rtt_before.clone();
         s.rtt_samples.merge(&self.rtt.histogram());
+        // Up until its close was requested; from then on `closing` (since the request),
+        // while it lingers for the peer to hang up.
+        if let Some((reason, since)) = self.up.as_ref().and_then(|u| u.closer.requested_with()) {
+            s.state = LinkState::Closing { reason };
+            s.since = since;
+        }
         s
     }
 
@@ -268,6 +274,8 @@ impl LinkTable {
             e.status.peer_site_name = Some(peer_name.to_owned());
             e.status.transport = Some(transport);
             e.status.endpoint = Some(endpoint.to_owned());
+            // A close request shows at once (`closing`) to those watching the table.
+            up.closer.notify(self.changes.clone());
             e.up = Some(up);
         }
         drop(g);
@@ -287,7 +295,8 @@ impl LinkTable {
     /// The up links to `peer`, cheapest first; among equally cheap ones the newest entry first
     /// (an inbound connection is a new entry; a dialer keeps its own across reconnects). A
     /// peer that restarted and dialed again is so reached over its new connection at once,
-    /// not over its previous run's connection until that one is declared dead.
+    /// not over its previous run's connection until that one is declared dead. Links being
+    /// closed are left out.
     pub(crate) fn up_links(&self, peer: SiteId) -> Vec<(LinkStatus, UpLink)> {
         let g = self.inner.lock().unwrap();
         let mut out: Vec<(LinkStatus, UpLink)> = g
@@ -295,7 +304,11 @@ impl LinkTable {
             .values()
             .rev()
             .filter_map(|e| match &e.up {
-                Some(up) if up.peer == peer => Some((e.status.clone(), up.clone())),
+                // A link whose close was requested (removed, changed, revoked, shutting
+                // down) lingers until the peer hangs up: no new stream goes on it.
+                Some(up) if up.peer == peer && !up.closer.is_requested() => {
+                    Some((e.status.clone(), up.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -429,6 +442,86 @@ mod tests {
         t.insert(inbound(one, "north"));
         assert_eq!(series(&t, "from-north"), (0, 0, 0));
         t.remove(id);
+    }
+
+    #[tokio::test]
+    async fn a_link_being_closed_is_offered_to_no_new_flow() {
+        let t = LinkTable::default();
+        let peer = SiteId::from_bytes([3; 16]);
+        let mut keep = Vec::new();
+        let mut closers = Vec::new();
+        for _ in 0..2 {
+            let id = t.insert(inbound(peer, "east"));
+            let (conn, other) = connection(1).await;
+            let closer = LinkCloser::default();
+            t.set_up(
+                id,
+                UpLink {
+                    peer,
+                    conn: conn.clone(),
+                    closer: closer.clone(),
+                    version: crate::wire::PROTOCOL_VERSION,
+                },
+                "east",
+                Transport::Tls,
+                "127.0.0.1:1",
+            );
+            keep.push((conn, other));
+            closers.push(closer);
+        }
+        let newest = |t: &LinkTable| t.up_links(peer).first().map(|(_, up)| up.conn.clone());
+        let is = |c: Option<Arc<dyn MuxConnection>>, i: usize| {
+            c.is_some_and(|c| Arc::ptr_eq(&c, &(keep[i].0.clone() as Arc<dyn MuxConnection>)))
+        };
+        assert_eq!(t.up_links(peer).len(), 2);
+        assert!(is(newest(&t), 1), "the newest connection first");
+        // The newest one is being closed (its file deleted): the other one carries new flows.
+        closers[1].close("link removed");
+        assert_eq!(t.up_links(peer).len(), 1);
+        assert!(is(newest(&t), 0), "a closing link was offered");
+        closers[0].close("link removed");
+        assert!(t.up_links(peer).is_empty(), "a closing link was offered");
+    }
+
+    #[tokio::test]
+    async fn a_link_being_closed_shows_closing_at_once_and_its_watchers_hear_of_it() {
+        let t = LinkTable::default();
+        let peer = SiteId::from_bytes([4; 16]);
+        let id = t.insert(inbound(peer, "east"));
+        let (conn, _other) = connection(1).await;
+        let closer = LinkCloser::default();
+        let up = UpLink {
+            peer,
+            conn: conn.clone(),
+            closer: closer.clone(),
+            version: crate::wire::PROTOCOL_VERSION,
+        };
+        t.set_up(id, up, "east", Transport::Tls, "127.0.0.1:1");
+        let up_since = t.snapshot()[0].since.clone();
+        assert_eq!(t.snapshot()[0].state, LinkState::Up);
+        let mut changes = t.subscribe();
+        changes.borrow_and_update();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        closer.close("link removed");
+        closer.close("a second reason");
+        assert!(changes.has_changed().unwrap(), "watchers were not told");
+        let s = &t.snapshot()[0];
+        assert_eq!(
+            s.state,
+            LinkState::Closing {
+                reason: "link removed".into()
+            }
+        );
+        assert!(s.since > up_since, "since {} not after {up_since}", s.since);
+        // Still counted until the peer hangs up: its `ups` and bytes (one byte and yamux
+        // framing) stay.
+        assert_eq!(s.ups, 1);
+        assert!(s.bytes_sent > 1, "{s:?}");
+        let v = serde_json::to_value(s).unwrap();
+        assert_eq!(
+            (&v["status"], &v["reason"]),
+            (&"closing".into(), &"link removed".into())
+        );
     }
 
     #[tokio::test]

@@ -63,20 +63,22 @@ pub(super) fn encode_flows(
     samples(
         encoder,
         "skiff_flow_bytes",
-        "Flow bytes through this site by routing key and direction (forward: client to \
-         backend), running flows included.",
+        "Flow bytes through this site by routing key, this site's role and direction \
+         (forward: client to backend), running flows included.",
         MetricType::Counter,
         stats.iter().flat_map(|s| {
-            [
-                (
-                    [("key", s.key.as_str()), ("direction", "forward")],
-                    s.bytes_forward,
-                ),
-                (
-                    [("key", s.key.as_str()), ("direction", "back")],
-                    s.bytes_back,
-                ),
-            ]
+            s.bytes.iter().flat_map(move |(r, forward, back)| {
+                [("forward", *forward), ("back", *back)].map(|(direction, n)| {
+                    (
+                        [
+                            ("key", s.key.as_str()),
+                            ("role", role(*r)),
+                            ("direction", direction),
+                        ],
+                        n,
+                    )
+                })
+            })
         }),
     )?;
     histogram(
@@ -275,8 +277,9 @@ mod tests {
                 (FlowRole::Ingress, FlowOutcome::ConnectRefused, 1),
             ],
             active: vec![(FlowRole::Ingress, 2)],
-            bytes_forward: 700,
-            bytes_back: 900,
+            bytes_forward: 1400,
+            bytes_back: 1800,
+            bytes: vec![(FlowRole::Ingress, 700, 900), (FlowRole::Egress, 700, 900)],
             duration: HistogramSnapshot {
                 buckets: vec![(0.1, 4), (f64::INFINITY, 1)],
                 sum_seconds: 3.0,
@@ -297,8 +300,9 @@ mod tests {
             "skiff_flows_total{key=\"redis\",role=\"ingress\",outcome=\"ok\"} 5",
             "skiff_flows_total{key=\"redis\",role=\"ingress\",outcome=\"connect-refused\"} 1",
             "skiff_flows_active{key=\"redis\",role=\"ingress\"} 2",
-            "skiff_flow_bytes_total{key=\"redis\",direction=\"forward\"} 700",
-            "skiff_flow_bytes_total{key=\"redis\",direction=\"back\"} 900",
+            "skiff_flow_bytes_total{key=\"redis\",role=\"ingress\",direction=\"forward\"} 700",
+            "skiff_flow_bytes_total{key=\"redis\",role=\"ingress\",direction=\"back\"} 900",
+            "skiff_flow_bytes_total{key=\"redis\",role=\"egress\",direction=\"forward\"} 700",
             "skiff_flow_duration_seconds_count{key=\"redis\"} 5",
             "skiff_flow_duration_seconds_bucket{le=\"0.1\",key=\"redis\"} 4",
             "skiff_flow_duration_seconds_bucket{le=\"+Inf\",key=\"redis\"} 5",

@@ -28,6 +28,7 @@ fn status(l: &LinkStatus) -> &'static str {
         LinkState::Up => "up",
         LinkState::Connecting { .. } => "connecting",
         LinkState::Refused { .. } => "refused",
+        LinkState::Closing { .. } => "closing",
     }
 }
 
@@ -94,7 +95,7 @@ pub(super) fn encode(
         "skiff_links",
         "Links of this site by status.",
         MetricType::Gauge,
-        ["up", "connecting", "refused"].map(|s| ([("status", s)], count(s))),
+        ["up", "connecting", "refused", "closing"].map(|s| ([("status", s)], count(s))),
     )?;
     let series = series(links);
     samples(

@@ -1,8 +1,9 @@
 //! HTTP/2 connections from this router to the egress routers of HTTP keys, carried in flow
 //! streams (flow header protocol `http`) and shared by every request to the same (router,
 //! key): up to [`STREAMS_PER_CONNECTION`] requests at a time each, up to
-//! [`CONNECTIONS_PER_PEER`] connections. A connection that ends is replaced on the next
-//! request.
+//! [`CONNECTIONS_PER_PEER`] connections. A connection that ends, or whose link this router
+//! is closing (a link file deleted or changed, a revocation: the link is `closing`), is
+//! replaced on the next request, on a link that is up; requests in progress on it finish.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +31,16 @@ pub(crate) const CONNECTIONS_PER_PEER: usize = 64;
 pub(crate) struct PeerConn {
     sender: http2::SendRequest<Body>,
     in_flight: AtomicUsize,
+    /// Whether the link its flow stream rides on is closing: then no new request goes here
+    /// (it would be lost when the link closes, up to `dead_after` + 2 s later).
+    link: crate::link::Closing,
+}
+
+impl PeerConn {
+    /// Whether it may take a new request.
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && !self.link.is_closing()
+    }
 }
 
 /// Counts a request on a connection until dropped.
@@ -96,7 +107,8 @@ impl Peers {
             .or_default()
             .clone();
         let mut entry = entry.lock().await;
-        entry.conns.retain(|c| !c.sender.is_closed());
+        // Dropped from the pool; requests in progress hold their own reference.
+        entry.conns.retain(|c| c.usable());
         let best = entry
             .conns
             .iter()
@@ -140,8 +152,8 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
         .next_hop
         .ok_or_else(|| "a local target has no peer connection".to_owned())?;
     let flow_id = flows.new_flow_id();
-    let (mut stream, out) = flows
-        .open_flow(target, hop, flow_id, Protocol::Http)
+    let (mut stream, out, handle) = flows
+        .open_flow_on(target, hop, flow_id, Protocol::Http)
         .await?;
     let mut answer = BytesMut::with_capacity(256);
     let handshake = async {
@@ -204,5 +216,6 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
     Ok(PeerConn {
         sender,
         in_flight: AtomicUsize::new(0),
+        link: handle.closing(),
     })
 }

@@ -533,3 +533,128 @@ async fn headers_the_routers_use_between_them_cannot_be_forged() {
     }
     net.shutdown().await;
 }
+
+/// A TCP relay on loopback to `to` that stops forwarding (both ways, its connections held
+/// open) once `frozen` is set: a link through it that this router closes never hears the
+/// peer hang up, as when the peer is unreachable or slow, so it lingers.
+async fn freezable_relay(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let flag = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = l.accept().await {
+            let Ok(outbound) = TcpStream::connect(to).await else {
+                continue;
+            };
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            for (mut r, mut w) in [
+                (
+                    Box::new(ri) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(ro), Box::new(wi)),
+            ] {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if flag.load(Ordering::SeqCst) {
+                            // Held, not closed: the runtime's end drops it.
+                            std::future::pending::<()>().await;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, frozen)
+}
+
+/// Two links from the ingress to the egress router; the cheaper one carries the pooled HTTP/2
+/// connection. Once its close is requested (its link file deleted) while the peer cannot
+/// hear it, the next request goes on a new connection over the other link at once. Before,
+/// it went on the pooled connection of the closing link and failed when that link closed
+/// (LINGER, 2 s, later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_on_a_closing_link_takes_no_new_request() {
+    let (ingress, egress) = (site("ingress"), site("egress"));
+    let ri = start_router(&ingress).await;
+    let re = start_router(&egress).await;
+    let seen = Arc::new(Mutex::new(BTreeMap::new()));
+    let backend = named_backend("egress", false, seen.clone()).await;
+    re.set_connectors(vec![http_connector("web", "web", backend, Protocol::Http)]);
+    ri.set_listeners(vec![http_listener("web", "web")]);
+    let direct = re.link_addr().unwrap();
+    let (relayed, frozen) = freezable_relay(direct).await;
+    let mut closing = spec(&egress, &ingress, relayed.to_string(), TransportChoice::Tls);
+    closing.name = "cheap".into();
+    closing.cost = 1;
+    let mut other = spec(&egress, &ingress, direct.to_string(), TransportChoice::Tls);
+    other.name = "dear".into();
+    other.cost = 5;
+    ri.set_links(vec![closing, other.clone()]);
+    wait_for(&ri, "both links up", |r| {
+        r.links()
+            .iter()
+            .filter(|l| l.state == crate::link::LinkState::Up)
+            .count()
+            == 2
+    })
+    .await;
+    wait_active(&ri, "web").await;
+    let addr = listener_addr(&ri, "web");
+    let mut h1 = h1_client(addr).await;
+    let resp = get(&mut h1, "http://web/").await;
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+
+    // The cheap link's close is requested; the egress never hears of it.
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    let t0 = std::time::Instant::now();
+    ri.set_links(vec![other]);
+    wait_for(&ri, "the cheap link closing", |r| {
+        r.links().iter().any(|l| {
+            l.name == "cheap"
+                && matches!(&l.state, crate::link::LinkState::Closing { reason } if reason.contains("link removed"))
+        })
+    })
+    .await;
+    let shown = t0.elapsed();
+    // Up to 2 s (LINGER) on, the old code still put this request on the closing link.
+    let t1 = std::time::Instant::now();
+    let resp = get(&mut h1, "http://web/").await;
+    let took = t1.elapsed();
+    assert_eq!(resp.status(), 200, "the request after the close failed");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"egress");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the request after the close took {took:?}: it waited on the closing link"
+    );
+    assert_eq!(seen.lock().unwrap()["egress"], 2);
+    // The closing link goes once it gives up on the peer (LINGER, 2 s); the other stays up.
+    wait_for(&ri, "the cheap link gone", |r| {
+        let links = r.links();
+        !links.iter().any(|l| l.name == "cheap")
+            && links
+                .iter()
+                .any(|l| l.name == "dear" && l.state == crate::link::LinkState::Up)
+    })
+    .await;
+    eprintln!(
+        "closing shown {shown:?} after the close was asked for; next request {took:?}; closing link gone {:?} after",
+        t0.elapsed()
+    );
+    ri.shutdown().await;
+    re.shutdown().await;
+}
