@@ -242,8 +242,6 @@ impl Stats {
                     key: name.to_owned(),
                     flows,
                     active: active_by_role,
-                    bytes_forward: bytes.iter().map(|(_, f, _)| f).sum(),
-                    bytes_back: bytes.iter().map(|(_, _, b)| b).sum(),
                     bytes,
                     duration: s.duration.snapshot(),
                     setup: s.setup.snapshot(),
@@ -263,17 +261,26 @@ pub struct FlowKeyStats {
     pub flows: Vec<(FlowRole, FlowOutcome, u64)>,
     /// Flows running now, by role (each role that saw a flow).
     pub active: Vec<(FlowRole, u64)>,
-    /// Bytes client to backend, of ended and running flows, through this router (every role).
-    pub bytes_forward: u64,
-    /// Bytes backend to client, of ended and running flows, through this router (every role).
-    pub bytes_back: u64,
-    /// The same bytes by role (forward, back), for each role that saw a flow: a site that is
-    /// both ingress and egress for a key passes the same bytes twice.
+    /// Bytes of ended and running flows through this router by role (forward: client to
+    /// backend, back), for each role that saw a flow: a site that is both ingress and egress
+    /// for a key passes the same bytes twice.
     pub bytes: Vec<(FlowRole, u64, u64)>,
     /// How long connected flows lasted (any role), recorded when they end.
     pub duration: HistogramSnapshot,
     /// At the ingress: accept to the egress's ok (or the local backend's connect).
     pub setup: HistogramSnapshot,
+}
+
+impl FlowKeyStats {
+    /// Bytes client to backend through this router, every role added.
+    pub fn bytes_forward(&self) -> u64 {
+        self.bytes.iter().map(|(_, f, _)| f).sum()
+    }
+
+    /// Bytes backend to client through this router, every role added.
+    pub fn bytes_back(&self) -> u64 {
+        self.bytes.iter().map(|(_, _, b)| b).sum()
+    }
 }
 
 #[cfg(test)]
@@ -298,7 +305,7 @@ mod tests {
         // Bytes of a flow ending after the totals were read are not counted twice.
         k.add_bytes(FlowRole::Ingress, 5, 0);
         let s = &stats.snapshot(&active, &totals)[0];
-        assert_eq!((s.bytes_forward, s.bytes_back), (18, 11));
+        assert_eq!((s.bytes_forward(), s.bytes_back()), (18, 11));
         assert_eq!(
             s.bytes,
             vec![(FlowRole::Ingress, 15, 7), (FlowRole::Transit, 3, 4)]

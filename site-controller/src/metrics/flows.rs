@@ -277,8 +277,6 @@ mod tests {
                 (FlowRole::Ingress, FlowOutcome::ConnectRefused, 1),
             ],
             active: vec![(FlowRole::Ingress, 2)],
-            bytes_forward: 1400,
-            bytes_back: 1800,
             bytes: vec![(FlowRole::Ingress, 700, 900), (FlowRole::Egress, 700, 900)],
             duration: HistogramSnapshot {
                 buckets: vec![(0.1, 4), (f64::INFINITY, 1)],

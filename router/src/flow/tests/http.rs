@@ -126,7 +126,7 @@ async fn requests_on_one_connection_are_balanced_over_two_sites() {
         .find(|s| s.key == "web")
         .expect("web's statistics");
     assert!(
-        web.bytes_forward > 60 * 16 && web.bytes_back > 60 * 40,
+        web.bytes_forward() > 60 * 16 && web.bytes_back() > 60 * 40,
         "a running HTTP connection's bytes are missing: {web:?}"
     );
     assert!(
@@ -358,7 +358,7 @@ async fn an_upgrade_crosses_two_hops_with_half_close() {
         stats
             .iter()
             .filter(|s| s.key == "ws")
-            .all(|s| s.bytes_forward == 0 && s.bytes_back == 0 && s.duration.count == 0),
+            .all(|s| s.bytes_forward() == 0 && s.bytes_back() == 0 && s.duration.count == 0),
         "{stats:?}"
     );
     assert!(

@@ -84,7 +84,7 @@ async fn one_flow_over_two_hops_is_recorded_at_every_router() {
             .find(|(r, o, _)| *r == role && *o == FlowOutcome::Ok)
             .map(|f| f.2);
         assert_eq!(ok, Some(1), "router {i}: {s:?}");
-        assert_eq!((s.bytes_forward, s.bytes_back), (n, n), "router {i}");
+        assert_eq!((s.bytes_forward(), s.bytes_back()), (n, n), "router {i}");
         assert_eq!(s.duration.count, 1, "router {i}");
         // Setup time is the ingress's alone.
         assert_eq!(
@@ -109,7 +109,7 @@ fn bytes_back(router: &Router, key: &str) -> u64 {
         .flow_stats()
         .iter()
         .find(|s| s.key == key)
-        .map_or(0, |s| s.bytes_back)
+        .map_or(0, |s| s.bytes_back())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,6 +169,6 @@ async fn a_refused_flow_is_never_connected_at_the_transit_router() {
         s.duration.count, 0,
         "a refused flow is timed at transit: {s:?}"
     );
-    assert_eq!((s.bytes_forward, s.bytes_back), (0, 0), "{s:?}");
+    assert_eq!((s.bytes_forward(), s.bytes_back()), (0, 0), "{s:?}");
     net.shutdown().await;
 }
