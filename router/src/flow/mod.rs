@@ -30,7 +30,7 @@
 mod config;
 mod http;
 mod reasons;
-mod records;
+pub(crate) mod records;
 mod splice;
 mod stats;
 mod tcp;

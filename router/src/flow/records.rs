@@ -185,7 +185,7 @@ pub(crate) fn cap(s: &str) -> Box<str> {
 }
 
 /// RFC 3339 UTC with milliseconds, always three digits (so the strings sort by time).
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let t = time::OffsetDateTime::from(t);
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"

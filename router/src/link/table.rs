@@ -329,13 +329,12 @@ impl LinkTable {
     }
 }
 
-/// The current UTC time in RFC 3339 with milliseconds (`2026-11-25T14:49:38.123Z`): a link
-/// that reconnects within the same second still shows a new `since`.
+/// The current UTC time in RFC 3339 with milliseconds (`2026-11-25T14:49:38.120Z`): a link
+/// that reconnects within the same second still shows a new `since`. Always three digits, so
+/// the strings sort by time (the well-known format trims `.120` to `.12`, which sorts after
+/// `.123`).
 pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now.replace_millisecond(now.millisecond()).unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    crate::flow::records::rfc3339(std::time::SystemTime::now())
 }
 
 #[cfg(test)]
@@ -498,6 +497,12 @@ mod tests {
         };
         t.set_up(id, up, "east", Transport::Tls, "127.0.0.1:1");
         let up_since = t.snapshot()[0].since.clone();
+        // Three digits of milliseconds always, or `.96Z` would sort after `.962Z`.
+        assert_eq!(
+            up_since.len(),
+            "2026-11-25T14:49:38.960Z".len(),
+            "{up_since}"
+        );
         assert_eq!(t.snapshot()[0].state, LinkState::Up);
         let mut changes = t.subscribe();
         changes.borrow_and_update();
