@@ -395,7 +395,8 @@ def main():
     ap.add_argument("--requests", type=int, default=200000, help="redis GET, 50 clients")
     ap.add_argument("--pinned-requests", type=int, default=20000, help="redis GET, 1 client")
     ap.add_argument("--connections", type=int, default=10000, help="new-connection run")
-    ap.add_argument("--idle-flows", type=int, default=10000)
+    ap.add_argument("--idle-flows", type=int, default=10000,
+                    help="connections held open to measure memory per idle flow; 0 skips it")
     ap.add_argument("--holder", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--skiff", default=None,
                     help="the skiff binary to measure (default: target/release/skiff)")
@@ -470,7 +471,8 @@ def main():
         peak = {p.name: [status_kib(pid, "VmHWM") for pid in p.pids()] for p in paths}
         per_flow = {}
         for p in paths:
-            if p.pids():
+            # --idle-flows 0 skips the measurement (its column shows "-").
+            if p.pids() and args.idle_flows > 0:
                 log(f"bench: {args.idle_flows} idle flows: {p.name}")
                 per_flow[p.name] = idle_flows(p, holder, args.idle_flows)
         report(args, paths, results, idle_rss, idle_anon, peak, per_flow,
