@@ -357,6 +357,18 @@ impl Flow {
         self
     }
 
+    /// At a transit router or the egress: the client's address as the ingress gave it in
+    /// the flow header (`None` when it did not, e.g. behind a router older than 1.3).
+    pub(crate) fn with_client(mut self, client: Option<SocketAddr>) -> Flow {
+        self.client = client;
+        self
+    }
+
+    /// The client's address, where known.
+    pub(crate) fn client(&self) -> Option<SocketAddr> {
+        self.client
+    }
+
     /// The flow goes (or went) to `destination` for `key` (a listener with several keys
     /// learns the key with the target).
     pub(crate) fn towards(&mut self, key: &str, destination: SiteId) {

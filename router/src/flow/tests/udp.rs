@@ -396,6 +396,14 @@ async fn udp_flow_ends_when_idle_and_the_next_datagram_makes_a_new_flow() {
             .any(|f| f.id == id && f.role == FlowRole::Egress && f.outcome == FlowOutcome::Ok)
     })
     .await;
+    // The egress knows the client too (the flow header carries it).
+    let at_egress = net.routers[0]
+        .recent_flows()
+        .into_iter()
+        .find(|f| f.id == id && f.role == FlowRole::Egress)
+        .unwrap();
+    let client = s.local_addr().unwrap().to_string();
+    assert_eq!(at_egress.client.as_deref(), Some(client.as_str()));
     // The same client address again: a new flow.
     let again = client_on(&s, addr, "idle", 1, 16).await;
     assert_eq!(again.answered, 1);
