@@ -125,7 +125,8 @@ pub struct FlowRecord {
     pub destination: Option<FlowSite>,
     /// What this router did in it.
     pub role: FlowRole,
-    /// The client's address, at the ingress.
+    /// The client's address as the ingress saw it; at transit routers and the egress only
+    /// when every router before them speaks link protocol 1.3 or later.
     pub client: Option<String>,
     /// The listener that accepted it, at the ingress.
     pub listener: Option<String>,

@@ -67,7 +67,7 @@ impl FlowHeader {
     /// programming error (keys are validated when listeners and connectors are made).
     pub fn encode(&self, dst: &mut BytesMut) {
         debug_assert!(self.routing_key.len() <= MAX_ROUTING_KEY_LEN);
-        let mut p = BytesMut::with_capacity(48 + self.routing_key.len());
+        let mut p = BytesMut::with_capacity(64 + self.routing_key.len());
         p.put_u8(FLOW_HEADER_VERSION);
         p.put_u8(self.protocol.to_wire());
         p.put_u8(self.hops);

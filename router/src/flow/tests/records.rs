@@ -168,41 +168,57 @@ async fn a_refused_flow_is_never_connected_at_the_transit_router() {
     net.shutdown().await;
 }
 
+/// A chain r2 (ingress) → r1 (transit) → r0 (egress) over `transport` in which router
+/// `old` says it speaks link protocol 1.2, whose decoder refuses a flow header with the
+/// client's address. It is this build saying 1.2: it would decode and record an address if
+/// one were sent, so a `None` there proves the sender left it out.
+pub(super) async fn chain_with_a_1_2_router(old: usize, transport: TransportChoice) -> Net {
+    chain_speaking(3, transport, |i| {
+        if i == old {
+            crate::wire::ProtocolVersion { major: 1, minor: 2 }
+        } else {
+            crate::wire::PROTOCOL_VERSION
+        }
+    })
+    .await
+}
+
+/// On a [`chain_with_a_1_2_router`]: the flow for `key` from `client` ended well at all three
+/// routers, and the client's address reached every router up to the first that says 1.2.
+pub(super) async fn assert_the_client_stops_before_1_2(
+    net: &Net,
+    old: usize,
+    key: &str,
+    client: &str,
+) {
+    let ingress = record_of(&net.routers[2], FlowRole::Ingress, key).await;
+    let transit = record_of(&net.routers[1], FlowRole::Transit, key).await;
+    let egress = record_of(&net.routers[0], FlowRole::Egress, key).await;
+    for r in [&ingress, &transit, &egress] {
+        assert_eq!(r.outcome, FlowOutcome::Ok, "old router r{old}: {r:?}");
+    }
+    assert_eq!(ingress.client.as_deref(), Some(client));
+    let (at_transit, at_egress) = if old == 1 {
+        // The ingress's next hop speaks 1.2: nobody after it learns the client.
+        (None, None)
+    } else {
+        // The transit router reads it and leaves it out towards the 1.2 egress.
+        (Some(client), None)
+    };
+    assert_eq!(transit.client.as_deref(), at_transit, "old router r{old}");
+    assert_eq!(egress.client.as_deref(), at_egress, "old router r{old}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_address_goes_only_to_routers_that_read_it_and_the_flow_passes_either_way() {
-    // The 1.2 router here is this build saying 1.2: it would decode and record a client
-    // address if one were sent, so a `None` there proves the sender left it out.
     for old in [1, 0] {
-        // r2 (ingress) → r1 (transit) → r0 (egress); router `old` says it speaks 1.2.
-        let net = chain_speaking(3, TransportChoice::Tls, |i| {
-            if i == old {
-                crate::wire::ProtocolVersion { major: 1, minor: 2 }
-            } else {
-                crate::wire::PROTOCOL_VERSION
-            }
-        })
-        .await;
+        let net = chain_with_a_1_2_router(old, TransportChoice::Tls).await;
         let echo_addr = backend(echo).await;
         let addr = serve_db(&net, echo_addr).await;
         let mut c = TcpStream::connect(addr).await.unwrap();
         let client = c.local_addr().unwrap().to_string();
         echo_roundtrip_on(&mut c, &pattern(3, 10_000)).await;
-        let ingress = record(&net.routers[2], FlowRole::Ingress).await;
-        let transit = record(&net.routers[1], FlowRole::Transit).await;
-        let egress = record(&net.routers[0], FlowRole::Egress).await;
-        for r in [&ingress, &transit, &egress] {
-            assert_eq!(r.outcome, FlowOutcome::Ok, "old router r{old}: {r:?}");
-        }
-        assert_eq!(ingress.client.as_deref(), Some(client.as_str()));
-        let (at_transit, at_egress) = if old == 1 {
-            // The ingress's next hop speaks 1.2: nobody after it learns the client.
-            (None, None)
-        } else {
-            // The transit router reads it and leaves it out towards the 1.2 egress.
-            (Some(client.as_str()), None)
-        };
-        assert_eq!(transit.client.as_deref(), at_transit, "old router r{old}");
-        assert_eq!(egress.client.as_deref(), at_egress, "old router r{old}");
+        assert_the_client_stops_before_1_2(&net, old, "db", &client).await;
         net.shutdown().await;
     }
 }
