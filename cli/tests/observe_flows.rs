@@ -204,9 +204,17 @@ fn flows_that_pass_leave_exact_records_and_metrics_at_both_ends() {
         ids(&at_east),
         "the same flow ids at both ends"
     );
-    assert!(at_east.iter().all(|r| r["connector"] == "echo"
-        && r["origin"]["name"] == "west"
-        && r["client"].is_null()));
+    assert!(
+        at_east
+            .iter()
+            .all(|r| r["connector"] == "echo" && r["origin"]["name"] == "west")
+    );
+    // The egress knows each flow's client too: the flow header carries it.
+    for r in &at_east {
+        let at_west = records.iter().find(|w| w["id"] == r["id"]).unwrap();
+        assert!(r["client"].is_string(), "{r:#}");
+        assert_eq!(r["client"], at_west["client"], "{r:#}");
+    }
     let east_bytes: u64 = at_east
         .iter()
         .map(|r| r["bytesForward"].as_u64().unwrap())

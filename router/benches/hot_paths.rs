@@ -70,6 +70,7 @@ fn flow_frames(c: &mut Criterion) {
         flow_id: 0x0000_0172_9a3c_11f4,
         protocol: Protocol::Tcp,
         hops: 0,
+        client: None,
     };
     let header_bytes = encoded(|b| header.encode(b));
     let status = FlowStatusFrame::fail(

@@ -66,6 +66,14 @@ fn real_frames_among_the_seeds_decode() {
     let decoded = FlowHeader::decode(&mut header).unwrap().unwrap();
     assert_eq!((decoded.routing_key.as_str(), decoded.hops), ("backend", 3));
     assert!(header.starts_with(b"GET / HTTP/1.1"));
+    // Link protocol 1.3: the client's address after the key, the payload untouched.
+    let mut header = seed("flow_frames", "header-client-v4-then-payload");
+    let decoded = FlowHeader::decode(&mut header).unwrap().unwrap();
+    assert_eq!(decoded.client, Some("192.0.2.33:51234".parse().unwrap()));
+    assert_eq!(&header[..], b"hello");
+    let mut header = seed("flow_frames", "header-client-v6");
+    let decoded = FlowHeader::decode(&mut header).unwrap().unwrap();
+    assert_eq!(decoded.client, Some("[2001:db8::7]:443".parse().unwrap()));
     let mut status = seed("flow_frames", "status-refused");
     assert!(FlowStatusFrame::decode(&mut status).unwrap().is_some());
 }

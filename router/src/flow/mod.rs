@@ -327,21 +327,24 @@ impl Flows {
         hop: SiteId,
         flow_id: u64,
         protocol: crate::routing::Protocol,
+        client: Option<std::net::SocketAddr>,
     ) -> Result<(crate::link::LinkStream, bytes::BytesMut), String> {
-        self.open_flow_on(target, hop, flow_id, protocol)
+        self.open_flow_on(target, hop, flow_id, protocol, client)
             .await
             .map(|(stream, header, _)| (stream, header))
     }
 
     /// [`Flows::open_flow`], also giving the link the stream is on (a UDP flow's QUIC
     /// datagrams must go on that same link: with two links up to the peer, another lookup
-    /// could give the other one).
+    /// could give the other one). The header carries `client` when the next hop can read it
+    /// (link protocol 1.3).
     pub(crate) async fn open_flow_on(
         &self,
         target: &Target,
         hop: SiteId,
         flow_id: u64,
         protocol: crate::routing::Protocol,
+        client: Option<std::net::SocketAddr>,
     ) -> Result<(crate::link::LinkStream, bytes::BytesMut, LinkHandle), String> {
         let link = self
             .link_to(hop)
@@ -365,6 +368,7 @@ impl Flows {
             flow_id,
             protocol,
             hops: 0,
+            client: client.filter(|_| link.carries_client()),
         };
         let mut out = bytes::BytesMut::new();
         header.encode(&mut out);

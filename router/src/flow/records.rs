@@ -125,7 +125,8 @@ pub struct FlowRecord {
     pub destination: Option<FlowSite>,
     /// What this router did in it.
     pub role: FlowRole,
-    /// The client's address, at the ingress.
+    /// The client's address as the ingress saw it; at transit routers and the egress only
+    /// when every router before them speaks link protocol 1.3 or later.
     pub client: Option<String>,
     /// The listener that accepted it, at the ingress.
     pub listener: Option<String>,
@@ -355,6 +356,18 @@ impl Flow {
         self.client = client;
         self.listener = Some(listener.into());
         self
+    }
+
+    /// At a transit router or the egress: the client's address as the ingress gave it in
+    /// the flow header (`None` when it did not, e.g. behind a router older than 1.3).
+    pub(crate) fn with_client(mut self, client: Option<SocketAddr>) -> Flow {
+        self.client = client;
+        self
+    }
+
+    /// The client's address, where known.
+    pub(crate) fn client(&self) -> Option<SocketAddr> {
+        self.client
     }
 
     /// The flow goes (or went) to `destination` for `key` (a listener with several keys

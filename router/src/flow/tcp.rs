@@ -115,7 +115,7 @@ pub(crate) async fn serve_client(
                     &flows,
                     &target,
                     hop,
-                    flow.id(),
+                    &flow,
                     &mut client,
                     &mut replay,
                     &mut client_eof,
@@ -182,12 +182,15 @@ async fn attempt_remote(
     flows: &Arc<Flows>,
     target: &Target,
     hop: SiteId,
-    flow_id: u64,
+    flow: &Flow,
     client: &mut TcpStream,
     replay: &mut BytesMut,
     client_eof: &mut bool,
 ) -> Attempt {
-    let (mut stream, mut out) = match flows.open_flow(target, hop, flow_id, Protocol::Tcp).await {
+    let opened = flows
+        .open_flow(target, hop, flow.id(), Protocol::Tcp, flow.client())
+        .await;
+    let (mut stream, mut out) = match opened {
         Ok(opened) => opened,
         Err(why) => return Attempt::Retry(FlowOutcome::NoRoute, why),
     };
@@ -467,7 +470,8 @@ pub(crate) async fn serve_stream(flows: Arc<Flows>, incoming: IncomingStream) {
             } else {
                 FlowRole::Transit
             };
-            let mut flow = Flow::start(&flows, header.flow_id, &key, origin, role);
+            let mut flow =
+                Flow::start(&flows, header.flow_id, &key, origin, role).with_client(header.client);
             flow.fail(FlowOutcome::Denied, why.clone());
             answer_failure(
                 &mut stream,
@@ -519,7 +523,8 @@ async fn egress(
         key.as_str(),
         origin,
         FlowRole::Egress,
-    );
+    )
+    .with_client(header.client);
     flow.towards(key.as_str(), flows.me);
     let (mut backend, connector) = match connect_local(flows, &key).await {
         Ok(c) => c,

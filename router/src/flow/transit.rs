@@ -159,7 +159,8 @@ pub(super) async fn transit(
         key.as_str(),
         origin,
         FlowRole::Transit,
-    );
+    )
+    .with_client(header.client);
     flow.towards(key.as_str(), destination);
     let pooled = header.protocol.is_http();
     if pooled {
@@ -196,6 +197,7 @@ pub(super) async fn transit(
     let mut first = BytesMut::new();
     FlowHeader {
         hops: header.hops + 1,
+        client: header.client.filter(|_| link.carries_client()),
         ..header
     }
     .encode(&mut first);

@@ -328,6 +328,9 @@ pub(crate) async fn run_link(
 /// and UDP flow headers.
 pub(crate) const UDP_SINCE: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
 
+/// The first link protocol whose routers decode the client's address in a flow header.
+pub(crate) const CLIENT_SINCE: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
+
 /// `frame` as a peer speaking `version` can decode it: a router older than
 /// [`UDP_SINCE`] refuses a link-state frame with a UDP key (an unknown protocol) and
 /// drops the link, so UDP keys are left out of what it is sent; it then never learns of them

@@ -362,7 +362,7 @@ mod tests {
         assert_eq!(judge_hello(v2, b, a, &Allow).unwrap_err().check, "version");
         assert_eq!(
             judge_hello(v2, b, a, &Allow).unwrap_err().reason,
-            "the dialing router speaks link protocol 2.0, this router 1.2; upgrade the older \
+            "the dialing router speaks link protocol 2.0, this router 1.3; upgrade the older \
              router so both speak link protocol 2.x"
         );
         assert!(

@@ -168,6 +168,13 @@ impl LinkHandle {
         Closing(self.closer.clone())
     }
 
+    /// Whether a flow header to the peer may carry the client's address: a router older
+    /// than link protocol 1.3 refuses a header with it.
+    pub fn carries_client(&self) -> bool {
+        let (v, since) = (self.version, super::driver::CLIENT_SINCE);
+        (v.major, v.minor) >= (since.major, since.minor)
+    }
+
     /// Whether a UDP flow may go to the peer: a router older than link protocol 1.2 cannot
     /// decode a flow header of protocol `udp`. The error says why (naming the peer
     /// `peer_name`), for a no-route answer.

@@ -8,19 +8,25 @@
 //!
 //! Header payload (version [`FLOW_HEADER_VERSION`]):
 //! `version: u8 | protocol: u8 | hops: u8 | flow_id: u64 | origin: [u8; 16] |
-//! destination: [u8; 16] | routing_key: u16 length + UTF-8 (at most [`MAX_ROUTING_KEY_LEN`])`.
+//! destination: [u8; 16] | routing_key: u16 length + UTF-8 (at most [`MAX_ROUTING_KEY_LEN`])`,
+//! then, since link protocol 1.3 and only when the ingress knows it, the client's address:
+//! `family: u8 (4 or 6) | address: 4 or 16 bytes | port: u16`. A router sends that trailer
+//! only on a link whose peer speaks 1.3 or later: an older decoder refuses bytes after the
+//! key.
 //! A header whose version is not [`FLOW_HEADER_VERSION`] decodes (up to its version byte) to
 //! [`WireError::InvalidValue`] on field `flow_header.version`, so the receiver can answer
 //! [`FlowStatusCode::Denied`] with a readable reason.
 //!
 //! Status payload: `code: u8 | message: u16 length + UTF-8 (at most 1024 bytes)`.
 
-use bytes::{BufMut, BytesMut};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::{Buf, BufMut, BytesMut};
 
 use crate::routing::Protocol;
 
 use super::{
-    WireError, expect_end, get_bytes, get_string, get_u8, get_u64, put_frame, put_string,
+    WireError, expect_end, get_bytes, get_string, get_u8, get_u16, get_u64, put_frame, put_string,
     split_frame,
 };
 
@@ -50,6 +56,10 @@ pub struct FlowHeader {
     /// Routers the header has passed through before this one (the origin sends 0). A transit
     /// router refuses a header over its hop limit, so a transient routing loop cannot circle.
     pub hops: u8,
+    /// The client's address at the ingress (link protocol 1.3): `None` when the ingress does
+    /// not know it (an HTTP connection pooled between routers) or a router on the way speaks
+    /// an older protocol.
+    pub client: Option<SocketAddr>,
 }
 
 impl FlowHeader {
@@ -57,7 +67,7 @@ impl FlowHeader {
     /// programming error (keys are validated when listeners and connectors are made).
     pub fn encode(&self, dst: &mut BytesMut) {
         debug_assert!(self.routing_key.len() <= MAX_ROUTING_KEY_LEN);
-        let mut p = BytesMut::with_capacity(48 + self.routing_key.len());
+        let mut p = BytesMut::with_capacity(64 + self.routing_key.len());
         p.put_u8(FLOW_HEADER_VERSION);
         p.put_u8(self.protocol.to_wire());
         p.put_u8(self.hops);
@@ -65,6 +75,19 @@ impl FlowHeader {
         p.put_slice(&self.origin);
         p.put_slice(&self.destination);
         put_string(&mut p, &self.routing_key);
+        match self.client.map(|c| (c.ip(), c.port())) {
+            None => {}
+            Some((IpAddr::V4(ip), port)) => {
+                p.put_u8(4);
+                p.put_slice(&ip.octets());
+                p.put_u16(port);
+            }
+            Some((IpAddr::V6(ip), port)) => {
+                p.put_u8(6);
+                p.put_slice(&ip.octets());
+                p.put_u16(port);
+            }
+        }
         put_frame(dst, FLOW_HEADER, &p);
     }
 
@@ -100,6 +123,27 @@ impl FlowHeader {
                 value: routing_key.len() as u64,
             });
         }
+        let client = if p.has_remaining() {
+            let ip = match get_u8(&mut p, "flow_header.client")? {
+                4 => IpAddr::V4(Ipv4Addr::from(get_bytes::<4>(
+                    &mut p,
+                    "flow_header.client",
+                )?)),
+                6 => IpAddr::V6(Ipv6Addr::from(get_bytes::<16>(
+                    &mut p,
+                    "flow_header.client",
+                )?)),
+                family => {
+                    return Err(WireError::InvalidValue {
+                        field: "flow_header.client",
+                        value: family.into(),
+                    });
+                }
+            };
+            Some(SocketAddr::new(ip, get_u16(&mut p, "flow_header.client")?))
+        } else {
+            None
+        };
         expect_end(&p)?;
         Ok(Some(FlowHeader {
             routing_key,
@@ -108,6 +152,7 @@ impl FlowHeader {
             flow_id,
             protocol,
             hops,
+            client,
         }))
     }
 }
@@ -250,7 +295,64 @@ mod tests {
             flow_id: u64::MAX - 1,
             protocol: Protocol::Tcp,
             hops: 2,
+            client: None,
         }
+    }
+
+    #[test]
+    fn a_header_carries_the_clients_address_of_either_family_or_none() {
+        for client in [
+            None,
+            Some("10.1.2.3:40000".parse().unwrap()),
+            Some("[2001:db8::7]:1".parse().unwrap()),
+            Some("[::ffff:192.0.2.1]:65535".parse().unwrap()),
+        ] {
+            let h = FlowHeader { client, ..header() };
+            let mut buf = BytesMut::new();
+            h.encode(&mut buf);
+            let total = buf.len();
+            for cut in 0..total {
+                let mut part = BytesMut::from(&buf[..cut]);
+                assert_eq!(FlowHeader::decode(&mut part).unwrap(), None, "cut at {cut}");
+            }
+            buf.extend_from_slice(b"payload");
+            assert_eq!(FlowHeader::decode(&mut buf).unwrap(), Some(h));
+            assert_eq!(&buf[..], b"payload");
+        }
+        // Without a client the bytes are those of protocol 1.2, which older routers read.
+        let mut old = BytesMut::new();
+        header().encode(&mut old);
+        assert_eq!(old.len(), 5 + 3 + 8 + 32 + 2 + "backend-é".len());
+    }
+
+    #[test]
+    fn a_bad_client_trailer_is_refused() {
+        let with = |tail: &[u8]| {
+            let mut p = BytesMut::new();
+            header().encode(&mut p);
+            let mut payload = p.split_off(5);
+            payload.extend_from_slice(tail);
+            let mut buf = BytesMut::new();
+            put_frame(&mut buf, FLOW_HEADER, &payload);
+            FlowHeader::decode(&mut buf)
+        };
+        assert_eq!(
+            with(&[5, 1, 2, 3, 4, 0, 80]),
+            Err(WireError::InvalidValue {
+                field: "flow_header.client",
+                value: 5
+            })
+        );
+        assert!(with(&[4, 1, 2, 3]).is_err(), "a cut address");
+        assert!(with(&[4, 1, 2, 3, 4, 0]).is_err(), "a cut port");
+        assert!(
+            with(&[4, 1, 2, 3, 4, 0, 80, 9]).is_err(),
+            "a byte after the port"
+        );
+        assert_eq!(
+            with(&[4, 1, 2, 3, 4, 0, 80]).unwrap().unwrap().client,
+            Some("1.2.3.4:80".parse().unwrap())
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! Protocol 1.2 added UDP keys and flows (protocol 3) and QUIC datagrams; a router sends
 //! no UDP key in its link-state frames to a peer below 1.2 (whose decoder would refuse the
 //! frame and drop the link), so such a peer never starts a UDP flow.
+//! Protocol 1.3 added the client's address to the flow header, sent only to a peer of 1.3
+//! or later (an older one refuses a header with it).
 //!
 //! The control stream of a link opens with a [`ControlFrame::Hello`] from each side. The
 //! hello carries the [`ProtocolVersion`]; a peer whose major version differs is refused with
@@ -41,7 +43,7 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 pub const FRAME_HEADER_LEN: usize = 5;
 
 /// The protocol version this build speaks on links.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
 
 /// A link protocol version. Peers interoperate only when the major versions are equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

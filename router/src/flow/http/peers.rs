@@ -153,7 +153,7 @@ async fn open(flows: &Arc<Flows>, target: &Target) -> Result<PeerConn, String> {
         .ok_or_else(|| "a local target has no peer connection".to_owned())?;
     let flow_id = flows.new_flow_id();
     let (mut stream, out, handle) = flows
-        .open_flow_on(target, hop, flow_id, Protocol::Http)
+        .open_flow_on(target, hop, flow_id, Protocol::Http, None)
         .await?;
     let mut answer = BytesMut::with_capacity(256);
     let handshake = async {

@@ -58,10 +58,21 @@ async fn start_router(site: &Site) -> Router {
 
 /// `n` routers in a line: router `i + 1` dials router `i`.
 pub(crate) async fn chain(n: usize, transport: TransportChoice) -> Net {
+    chain_speaking(n, transport, |_| crate::wire::PROTOCOL_VERSION).await
+}
+
+/// [`chain`], router `i` saying in its hellos that it speaks `version(i)` (mixed versions).
+pub(crate) async fn chain_speaking(
+    n: usize,
+    transport: TransportChoice,
+    version: impl Fn(usize) -> crate::wire::ProtocolVersion,
+) -> Net {
     let sites: Vec<Site> = (0..n).map(|i| site(&format!("r{i}"))).collect();
     let mut routers = Vec::new();
-    for s in &sites {
-        routers.push(start_router(s).await);
+    for (i, s) in sites.iter().enumerate() {
+        let config = config(s, loopback());
+        let r = Router::start_with_hello(config, Arc::new(AllowAll), None, version(i)).await;
+        routers.push(r.unwrap());
     }
     for i in 1..n {
         let addr = routers[i - 1].link_addr().unwrap().to_string();

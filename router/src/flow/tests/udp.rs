@@ -396,6 +396,14 @@ async fn udp_flow_ends_when_idle_and_the_next_datagram_makes_a_new_flow() {
             .any(|f| f.id == id && f.role == FlowRole::Egress && f.outcome == FlowOutcome::Ok)
     })
     .await;
+    // The egress knows the client too (the flow header carries it).
+    let at_egress = net.routers[0]
+        .recent_flows()
+        .into_iter()
+        .find(|f| f.id == id && f.role == FlowRole::Egress)
+        .unwrap();
+    let client = s.local_addr().unwrap().to_string();
+    assert_eq!(at_egress.client.as_deref(), Some(client.as_str()));
     // The same client address again: a new flow.
     let again = client_on(&s, addr, "idle", 1, 16).await;
     assert_eq!(again.answered, 1);
@@ -414,6 +422,28 @@ async fn udp_flow_ends_when_idle_and_the_next_datagram_makes_a_new_flow() {
     assert_eq!(l.flows_total, 2);
     eprintln!("idle flow (timeout 300 ms) ended after {ended_after:?}");
     net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_flow_gives_its_clients_address_only_to_routers_that_read_it() {
+    use super::records::{assert_the_client_stops_before_1_2, chain_with_a_1_2_router};
+    for old in [1, 0] {
+        let net = chain_with_a_1_2_router(old, TransportChoice::Quic).await;
+        let echo = udp_echo("").await;
+        net.routers[0].set_connectors(vec![udp_connector("dns", "dns", echo)]);
+        let ingress = &net.routers[2];
+        // The flow ends (and leaves its records) soon after its last datagram.
+        *ingress.flow_state().udp_idle.lock().unwrap() = Duration::from_millis(300);
+        ingress.set_listeners(vec![udp_listener("dns", "dns")]);
+        converge(&net).await;
+        wait_active(ingress, "dns").await;
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let got = client_on(&s, listener_addr(ingress, "dns"), "c", 3, 16).await;
+        assert_eq!(got.answered, 3, "old router r{old}");
+        let client = s.local_addr().unwrap().to_string();
+        assert_the_client_stops_before_1_2(&net, old, "dns", &client).await;
+        net.shutdown().await;
+    }
 }
 
 async fn two_hops(transport: TransportChoice) {

@@ -354,6 +354,7 @@ async fn a_hop_whose_quic_link_is_gone_refuses_datagrams_as_closed() {
         flow_id: crate::flow::random_u64(),
         protocol: Protocol::Udp,
         hops: 0,
+        client: None,
     }
     .encode(&mut header);
     let mut hop = Hop::opened(stream, link.datagrams(), header.freeze());

@@ -56,6 +56,7 @@ fn udp_header(key: &str, origin: SiteId, destination: SiteId, flow_id: u64) -> B
         flow_id,
         protocol: Protocol::Udp,
         hops: 0,
+        client: None,
     }
     .encode(&mut out);
     out.freeze()

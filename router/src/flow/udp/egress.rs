@@ -153,7 +153,8 @@ pub(crate) async fn egress(
         key.as_str(),
         origin,
         FlowRole::Egress,
-    );
+    )
+    .with_client(header.client);
     flow.towards(key.as_str(), flows.me);
     let (socket, connector) = match connect_local(flows, &key).await {
         Ok(c) => c,

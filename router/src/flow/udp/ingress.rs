@@ -630,7 +630,7 @@ impl ClientFlow {
                 },
                 Some(hop_router) => {
                     let (stream, header, link) = match flows
-                        .open_flow_on(&target, hop_router, flow.id(), Protocol::Udp)
+                        .open_flow_on(&target, hop_router, flow.id(), Protocol::Udp, flow.client())
                         .await
                     {
                         Ok(opened) => opened,

@@ -50,7 +50,8 @@ pub(crate) async fn transit(
         key.as_str(),
         origin,
         FlowRole::Transit,
-    );
+    )
+    .with_client(header.client);
     flow.towards(key.as_str(), destination);
     if flows.mode == RouterMode::Edge {
         let why = format!(
@@ -85,6 +86,7 @@ pub(crate) async fn transit(
     let mut first = BytesMut::new();
     FlowHeader {
         hops: header.hops + 1,
+        client: header.client.filter(|_| link.carries_client()),
         ..header
     }
     .encode(&mut first);
