@@ -18,10 +18,12 @@
 //! the caller counts it. Nothing here waits on a slow link: UDP's answer to congestion is
 //! loss, counted.
 //!
-//! Frames are written by a task per hop from a queue of at most [`STREAM_QUEUE`] datagrams;
-//! at most [`DATAGRAM_QUEUE`] received QUIC datagrams wait for the flow to take them.
+//! Frames are written by a task per hop from a queue of at most [`STREAM_QUEUE`] datagrams
+//! and [`STREAM_QUEUE_BYTES`] bytes; at most [`DATAGRAM_QUEUE`] received QUIC datagrams wait
+//! for the flow to take them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +37,9 @@ use crate::wire::{FlowStatusCode, FlowStatusFrame};
 
 /// Datagrams waiting to be written on a hop's stream.
 pub(crate) const STREAM_QUEUE: usize = 64;
+/// Bytes of frames waiting to be written on a hop's stream: without it, 64 datagrams of
+/// 64 KiB (oversize ones, or any on a TLS/TCP link) could hold 4 MiB per flow and hop.
+pub(crate) const STREAM_QUEUE_BYTES: usize = 256 * 1024;
 /// QUIC datagrams received for a flow and not yet taken by it.
 pub(crate) const DATAGRAM_QUEUE: usize = 256;
 /// Frames the writer task puts in one write.
@@ -70,6 +75,8 @@ pub(crate) struct Hop {
     datagrams: Option<(Arc<Datagrams>, ChannelRx)>,
     /// QUIC datagrams may be sent now (see the module's rules).
     datagrams_ok: bool,
+    /// Bytes of frames queued for the writer task and not yet written.
+    queued: Arc<AtomicUsize>,
     /// Set when the writer task hit a write error.
     write_failed: Arc<std::sync::atomic::AtomicBool>,
     /// Tells the writer task to reset the stream (a quinn stream dropped unfinished would
@@ -117,10 +124,13 @@ impl Hop {
             _ => None,
         };
         let (tx, mut rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
         if let Some(first) = first {
             // Room for it is certain: the queue is new.
+            queued.fetch_add(first.len(), Ordering::Relaxed);
             let _ = tx.try_send(first);
         }
+        let written = queued.clone();
         let write_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let failed = write_failed.clone();
         let reset = CancellationToken::new();
@@ -141,6 +151,7 @@ impl Hop {
                     }
                     writer.write_all(&out).await?;
                     writer.flush().await?;
+                    written.fetch_sub(out.len(), Ordering::Relaxed);
                     out.clear();
                 }
                 // Finished: a clean end, after what was queued; unless the queue closed
@@ -166,6 +177,7 @@ impl Hop {
             buf,
             datagrams,
             datagrams_ok: false,
+            queued,
             write_failed,
             reset,
         }
@@ -199,6 +211,7 @@ impl Hop {
         let mut out = BytesMut::new();
         status.encode(&mut out);
         let tx = self.to_stream.as_ref().ok_or(Dropped::Closed)?;
+        self.queued.fetch_add(out.len(), Ordering::Relaxed);
         tx.send(out.freeze()).await.map_err(|_| Dropped::Closed)?;
         if status.code == FlowStatusCode::Ok {
             self.datagrams_ok = true;
@@ -231,9 +244,20 @@ impl Hop {
             return Err(Dropped::Closed);
         }
         let tx = self.to_stream.as_ref().ok_or(Dropped::Closed)?;
-        let mut out = BytesMut::with_capacity(datagram.len() + 5);
+        let len = datagram.len() + 5;
+        // An empty queue takes any datagram (at most 64 KiB, under the bound).
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > STREAM_QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return Err(Dropped::Congested);
+        }
+        let mut out = BytesMut::with_capacity(len);
         encode_datagram(&mut out, datagram);
-        match tx.try_send(out.freeze()) {
+        let sent = tx.try_send(out.freeze());
+        if sent.is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => Ok(Via::Stream),
             Err(mpsc::error::TrySendError::Full(_)) => Err(Dropped::Congested),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Dropped::Closed),
@@ -297,5 +321,77 @@ impl Drop for Hop {
         if self.to_stream.is_some() {
             self.reset.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::mux::{MuxConnection, YamuxConnection};
+
+    /// Sends datagrams of `len` bytes on `hop` until three rounds 20 ms apart take none;
+    /// the bytes it took.
+    async fn fill(hop: &Hop, len: usize) -> usize {
+        let datagram = vec![0x5a; len];
+        let (mut taken, mut idle_rounds) = (0, 0);
+        while idle_rounds < 3 {
+            let mut this_round = 0;
+            while let Ok(via) = hop.send(&datagram) {
+                assert_eq!(via, Via::Stream);
+                this_round += len;
+            }
+            taken += this_round;
+            idle_rounds = if this_round == 0 { idle_rounds + 1 } else { 0 };
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        taken
+    }
+
+    #[tokio::test]
+    async fn a_stalled_hop_queues_a_bounded_number_of_bytes_and_loses_none_it_took() {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let dialer = YamuxConnection::start(a, true);
+        let acceptor = YamuxConnection::start(b, false);
+        let stream = dialer.open_stream().await.unwrap();
+        let hop = Hop::opened(stream, None, Bytes::from_static(b"first"));
+        let mut peer = acceptor.accept_stream().await.unwrap();
+        // The peer reads nothing: the stream's window (256 KiB), the pipe (64 KiB) and the
+        // hop's queue fill, then datagrams are refused as congested.
+        let len = 60_000;
+        let taken = fill(&hop, len).await;
+        assert_eq!(hop.send(&vec![0; len]), Err(Dropped::Congested));
+        eprintln!("a stalled hop took {taken} bytes of {len}-byte datagrams");
+        // Without the byte bound the queue alone took 64 datagrams (3.8 MB).
+        assert!(
+            taken < 1536 * 1024,
+            "a stalled hop took {taken} bytes of {len}-byte datagrams"
+        );
+        assert!(taken > STREAM_QUEUE_BYTES, "took only {taken} bytes");
+        // The peer reads again: every datagram taken arrives, and the queue takes more.
+        let mut got = BytesMut::new();
+        let mut first = [0u8; 5];
+        peer.reader.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"first");
+        let mut arrived = 0;
+        while arrived < taken {
+            while let Some(d) = decode_datagram(&mut got).unwrap() {
+                assert!(d.len() == len && d.iter().all(|&b| b == 0x5a));
+                arrived += len;
+            }
+            if arrived < taken {
+                assert!(peer.reader.read_buf(&mut got).await.unwrap() > 0);
+            }
+        }
+        assert_eq!(arrived, taken);
+        // Written bytes leave the count (a leak would refuse datagrams for good).
+        let t0 = std::time::Instant::now();
+        while hop.queued.load(Ordering::Relaxed) != 0 {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "queue never drained"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(hop.send(&vec![0x5a; len]), Ok(Via::Stream));
     }
 }
