@@ -35,6 +35,10 @@ pub(crate) enum LivenessAction {
     Dead,
 }
 
+/// Keepalives per interval sent to a link that has been quiet for a whole interval, until
+/// it is heard from again.
+const QUIET_PROBES: u32 = 10;
+
 /// Keepalive and dead-peer detection, without a clock: feed it `now`.
 ///
 /// Call [`Liveness::on_frame`] for every frame received, sleep until
@@ -75,7 +79,17 @@ impl Liveness {
             return Some(LivenessAction::Dead);
         }
         if now >= self.next_probe {
-            self.next_probe = now + self.interval;
+            // A link that went quiet for a whole interval is probed faster: on QUIC each
+            // keepalive written wakes quinn, which then gets out the ACKs and data a lossy
+            // path's congestion window held (link/congestion.rs), and each is another chance
+            // to be heard before `dead_after`.
+            let quiet = now.saturating_duration_since(self.last_heard) >= self.interval;
+            self.next_probe = now
+                + if quiet {
+                    self.interval / QUIET_PROBES
+                } else {
+                    self.interval
+                };
             self.next_id += 1;
             return Some(LivenessAction::Probe(self.next_id));
         }
@@ -466,23 +480,66 @@ mod tests {
     }
 
     #[test]
-    fn probes_every_interval_and_dies_after_silence() {
+    fn probes_every_interval_while_heard_and_dies_after_silence() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
         let mut live = Liveness::new(t0, s, 4 * s);
         assert_eq!(live.next_timeout(), t0 + s);
         assert_eq!(live.poll(t0), None);
+        // Heard within each interval: one probe a second.
+        live.on_frame(t0 + s / 2);
         assert_eq!(live.poll(t0 + s), Some(LivenessAction::Probe(1)));
         assert_eq!(live.poll(t0 + s), None);
         assert_eq!(live.next_timeout(), t0 + 2 * s);
+        live.on_frame(t0 + 2 * s);
+        assert_eq!(live.poll(t0 + 2 * s), Some(LivenessAction::Probe(2)));
+        assert_eq!(live.next_timeout(), t0 + 3 * s);
         // An answer keeps it alive past the original deadline.
         live.on_frame(t0 + 3 * s);
-        assert_eq!(live.poll(t0 + 3 * s), Some(LivenessAction::Probe(2)));
+        assert_eq!(live.poll(t0 + 3 * s), Some(LivenessAction::Probe(3)));
+        // Nothing heard since: dead 4 s after the last word, whatever the probes.
         assert_eq!(
-            live.poll(t0 + 4 * s + s / 2),
-            Some(LivenessAction::Probe(3))
+            live.poll(t0 + 7 * s - s / 100),
+            Some(LivenessAction::Probe(4))
         );
-        assert_eq!(live.next_timeout(), t0 + 5 * s + s / 2);
         assert_eq!(live.poll(t0 + 7 * s), Some(LivenessAction::Dead));
+    }
+
+    #[test]
+    fn a_link_quiet_for_an_interval_is_probed_ten_times_as_often_until_heard() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut live = Liveness::new(t0, s, 4 * s);
+        // Nothing heard for the first interval.
+        assert_eq!(live.poll(t0 + s), Some(LivenessAction::Probe(1)));
+        assert_eq!(live.next_timeout(), t0 + s + s / 10);
+        assert_eq!(live.poll(t0 + s + s / 20), None);
+        let mut probes = vec![];
+        let mut t = t0 + s;
+        while t < t0 + 3 * s {
+            t = live.next_timeout();
+            if let Some(LivenessAction::Probe(id)) = live.poll(t) {
+                probes.push((id, t - t0));
+            }
+        }
+        assert_eq!(
+            probes,
+            (2..=21)
+                .map(|id| (id, s + (id as u32 - 1) * s / 10))
+                .collect::<Vec<_>>(),
+            "a quiet link's probes"
+        );
+        // Heard again: back to one a second. The deadline never moved.
+        live.on_frame(t);
+        assert_eq!(live.poll(t + s / 10), Some(LivenessAction::Probe(22)));
+        assert_eq!(live.next_timeout(), t + s / 10 + s);
+        let mut quiet = Liveness::new(t0, s, 4 * s);
+        let end = loop {
+            let t = quiet.next_timeout();
+            if let Some(LivenessAction::Dead) = quiet.poll(t) {
+                break t;
+            }
+        };
+        assert_eq!(end, t0 + 4 * s, "a silent link dies when it did before");
     }
 }
