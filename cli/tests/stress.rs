@@ -784,11 +784,12 @@ fn lossy_transfer_over(transport: &str) {
 }
 
 /// Longest time an end of the lossy QUIC link may receive nothing: half the 4 s dead-after
-/// window. An end that has heard nothing for 1 s probes ten times a second, and each probe
-/// lets a packet out whatever the congestion window (link/driver.rs, link/congestion.rs), so a
-/// silence past 1 s needs every one of those round trips lost. Measured 0.07-0.29 s; 2.0 s in
-/// one CI run before a stalled end could send more than 4 packets between two ACKs, when the
-/// bound was 1 s; at 35 % loss (by hand) 0.19-1.31 s now, against a lost link and 2.96 s before.
+/// window. An end that has heard nothing since its last keepalive (1-2 s of silence) probes
+/// ten times a second, and each probe lets a packet out whatever the congestion window
+/// (link/driver.rs, link/congestion.rs), so a longer silence needs every one of those round
+/// trips lost. Measured 0.07-0.48 s; 2.0 s in one CI run before a stalled end could send more
+/// than 4 packets between two ACKs, when the bound was 1 s; at 35 % loss (by hand) 0.19-1.31 s
+/// now, against a lost link and 2.96 s before.
 const MAX_LOSSY_SILENCE: Duration = Duration::from_secs(2);
 
 /// Polls the wire bytes each site's one link received until `stop`, and returns for each the

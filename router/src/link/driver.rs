@@ -35,8 +35,8 @@ pub(crate) enum LivenessAction {
     Dead,
 }
 
-/// Keepalives per interval sent to a link that has been quiet for a whole interval, until
-/// it is heard from again.
+/// Keepalives per interval sent to a link that has said nothing since the last keepalive
+/// went out (so for about an interval), until it is heard from again.
 const QUIET_PROBES: u32 = 10;
 
 /// Keepalive and dead-peer detection, without a clock: feed it `now`.
@@ -48,6 +48,8 @@ pub(crate) struct Liveness {
     interval: Duration,
     dead_after: Duration,
     last_heard: Instant,
+    /// Whether anything was heard since the last probe went out.
+    heard: bool,
     next_probe: Instant,
     next_id: u64,
 }
@@ -58,6 +60,8 @@ impl Liveness {
             interval,
             dead_after,
             last_heard: now,
+            // The hello was just heard.
+            heard: true,
             next_probe: now + interval,
             next_id: 0,
         }
@@ -66,6 +70,7 @@ impl Liveness {
     /// A frame arrived from the peer.
     pub(crate) fn on_frame(&mut self, now: Instant) {
         self.last_heard = now;
+        self.heard = true;
     }
 
     /// When [`Liveness::poll`] has something to do next.
@@ -79,17 +84,19 @@ impl Liveness {
             return Some(LivenessAction::Dead);
         }
         if now >= self.next_probe {
-            // A link that went quiet for a whole interval is probed faster: on QUIC each
-            // keepalive written wakes quinn, which then gets out the ACKs and data a lossy
-            // path's congestion window held (link/congestion.rs), and each is another chance
-            // to be heard before `dead_after`.
-            let quiet = now.saturating_duration_since(self.last_heard) >= self.interval;
+            // A link that said nothing since the last probe (not even its answer) is probed
+            // faster: on QUIC each keepalive written wakes quinn, which then gets out the ACKs
+            // and data a lossy path's congestion window held (link/congestion.rs), and each is
+            // another chance to be heard before `dead_after`. Asked this way, not by the time
+            // since the last word, an idle link whose two ends' keepalives fall together never
+            // counts as quiet because a timer fired a millisecond late.
             self.next_probe = now
-                + if quiet {
-                    self.interval / QUIET_PROBES
-                } else {
+                + if self.heard {
                     self.interval
+                } else {
+                    self.interval / QUIET_PROBES
                 };
+            self.heard = false;
             self.next_id += 1;
             return Some(LivenessAction::Probe(self.next_id));
         }
@@ -506,16 +513,19 @@ mod tests {
     }
 
     #[test]
-    fn a_link_quiet_for_an_interval_is_probed_ten_times_as_often_until_heard() {
+    fn a_link_silent_since_its_last_probe_is_probed_ten_times_as_often_until_heard() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
         let mut live = Liveness::new(t0, s, 4 * s);
-        // Nothing heard for the first interval.
+        // The hello was heard: the first probe comes at the usual pace.
         assert_eq!(live.poll(t0 + s), Some(LivenessAction::Probe(1)));
-        assert_eq!(live.next_timeout(), t0 + s + s / 10);
-        assert_eq!(live.poll(t0 + s + s / 20), None);
+        assert_eq!(live.next_timeout(), t0 + 2 * s);
+        // Nothing since: from the next probe on, ten a second.
+        assert_eq!(live.poll(t0 + 2 * s), Some(LivenessAction::Probe(2)));
+        assert_eq!(live.next_timeout(), t0 + 2 * s + s / 10);
+        assert_eq!(live.poll(t0 + 2 * s + s / 20), None);
         let mut probes = vec![];
-        let mut t = t0 + s;
+        let mut t = t0 + 2 * s;
         while t < t0 + 3 * s {
             t = live.next_timeout();
             if let Some(LivenessAction::Probe(id)) = live.poll(t) {
@@ -524,15 +534,16 @@ mod tests {
         }
         assert_eq!(
             probes,
-            (2..=21)
-                .map(|id| (id, s + (id as u32 - 1) * s / 10))
+            (3..=12)
+                .map(|id| (id, 2 * s + (id as u32 - 2) * s / 10))
                 .collect::<Vec<_>>(),
             "a quiet link's probes"
         );
-        // Heard again: back to one a second. The deadline never moved.
+        // Heard again: back to one a second.
         live.on_frame(t);
-        assert_eq!(live.poll(t + s / 10), Some(LivenessAction::Probe(22)));
+        assert_eq!(live.poll(t + s / 10), Some(LivenessAction::Probe(13)));
         assert_eq!(live.next_timeout(), t + s / 10 + s);
+        // A silent link dies when it did before the fast probes.
         let mut quiet = Liveness::new(t0, s, 4 * s);
         let end = loop {
             let t = quiet.next_timeout();
@@ -540,6 +551,22 @@ mod tests {
                 break t;
             }
         };
-        assert_eq!(end, t0 + 4 * s, "a silent link dies when it did before");
+        assert_eq!(end, t0 + 4 * s);
+    }
+
+    #[test]
+    fn an_idle_link_answering_each_probe_stays_at_one_a_second_however_late_its_timer() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let rtt = Duration::from_micros(100);
+        let mut live = Liveness::new(t0, s, 4 * s);
+        for _ in 0..10 {
+            // The timer fires 2 ms late; the answer comes a round trip after the probe, so
+            // the last word is more than an interval old at the next probe.
+            let at = live.next_timeout() + Duration::from_millis(2);
+            assert!(matches!(live.poll(at), Some(LivenessAction::Probe(_))));
+            assert_eq!(live.next_timeout(), at + s, "probed faster while answered");
+            live.on_frame(at + rtt);
+        }
     }
 }
